@@ -1,0 +1,60 @@
+//! Server configuration: one plain struct, built once (from flags in
+//! `main.rs`, or directly by tests) and passed down. Nothing reads the
+//! environment or global state after start-up.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::ServerName;
+
+/// Everything a running server needs to know. Defaults match `parlor serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The name in user ids, aliases and room ids (`host[:port]`).
+    pub server_name: ServerName,
+    /// Where sled keeps accounts, tokens, the room directory and (embedded) room logs.
+    pub data_dir: PathBuf,
+    /// `redis://…`: keep room logs in Redis Streams instead of the embedded store.
+    pub redis: Option<String>,
+    /// Keep at most this many events per room (None: keep all).
+    pub retention: Option<u64>,
+    /// Register/login/send rate limits on or off.
+    pub rate_limit: bool,
+    /// Open connections at most (also capped by the open-file limit).
+    pub max_connections: usize,
+    /// Extra `Origin`s allowed to open WebSockets (same-origin always is).
+    pub allow_origins: Vec<String>,
+    /// Time allowed to read a request's headers.
+    pub header_timeout: Duration,
+    /// Time allowed to read a request's body.
+    pub body_timeout: Duration,
+    /// Time a WebSocket has to authenticate.
+    pub ws_auth_timeout: Duration,
+    /// Interval between server pings; two silent intervals close the socket.
+    pub ws_ping_interval: Duration,
+    /// Bytes of frames that may wait for one slow WebSocket before it is closed.
+    pub ws_outbound_limit: usize,
+    /// Password hashes computed at once (each ~19 MiB and one core).
+    pub hash_concurrency: usize,
+}
+
+impl Config {
+    /// Defaults for a server called `server_name` keeping its data in `data_dir`.
+    pub fn new(server_name: ServerName, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            server_name,
+            data_dir: data_dir.into(),
+            redis: None,
+            retention: None,
+            rate_limit: true,
+            max_connections: 50_000,
+            allow_origins: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            ws_auth_timeout: Duration::from_secs(10),
+            ws_ping_interval: Duration::from_secs(30),
+            ws_outbound_limit: 1 << 20,
+            hash_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}

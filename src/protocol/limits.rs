@@ -1,0 +1,29 @@
+//! Every size limit of protocol v1. The spec's "Limits" table lists these
+//! same numbers; `tests/spec.rs` fails when the two disagree.
+
+/// Largest HTTP request body, in bytes (larger: 413 `body_too_large`).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest WebSocket message (frame payload), in bytes (larger: close 1009).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Largest message `body`, in bytes of UTF-8 (larger: `message_too_large`).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// Username length, in characters, after folding to lower case.
+pub const USERNAME_MAX: usize = 32;
+/// Room name length, in characters, after folding to lower case.
+pub const ROOM_NAME_MAX: usize = 64;
+/// Minimum password length, in characters.
+pub const PASSWORD_MIN: usize = 8;
+/// Maximum password length, in bytes (bounds the work of one hash).
+pub const PASSWORD_MAX_BYTES: usize = 1024;
+/// Longest `txn_id`, in bytes.
+pub const TXN_ID_MAX: usize = 64;
+/// Longest `device_name`, in characters.
+pub const DEVICE_NAME_MAX: usize = 64;
+/// Largest `limit` on a history page.
+pub const HISTORY_LIMIT_MAX: u32 = 1000;
+/// `limit` of a history page when the client gives none.
+pub const HISTORY_LIMIT_DEFAULT: u32 = 50;
+/// Rooms one WebSocket connection may be subscribed to at once.
+pub const WS_MAX_SUBSCRIPTIONS: usize = 256;
+/// Longest WebSocket frame `id`, in bytes.
+pub const WS_ID_MAX: usize = 64;
