@@ -1,4 +1,10 @@
 //! Parlor: a small, fast, federated chat server with a documented JSON
 //! protocol. See ARCHITECTURE.md for the map of layers.
 
+pub mod config;
+pub mod http;
 pub mod protocol;
+pub mod server;
+pub mod service;
+pub mod storage;
+pub mod ws;

@@ -1,1 +1,128 @@
-fn main() {}
+//! The `parlor` binary: flags (each also `PARLOR_<FLAG>`), logging, signals.
+//! Everything else is the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use parlor::config::Config;
+use parlor::protocol::ServerName;
+
+#[derive(Parser)]
+#[command(name = "parlor", version, about = "A small, fast, federated chat server with a documented JSON protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(Serve),
+    /// Write the protocol's JSON Schemas (spec/schemas) to a directory.
+    Schemas {
+        #[arg(long, default_value = "spec/schemas")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(clap::Args)]
+struct Serve {
+    /// Address to listen on.
+    #[arg(long, env = "PARLOR_LISTEN", default_value = "127.0.0.1:8008")]
+    listen: SocketAddr,
+    /// Where accounts, rooms and (embedded) room logs are kept.
+    #[arg(long, env = "PARLOR_DATA_DIR", default_value = "./parlor-data")]
+    data_dir: PathBuf,
+    /// The name in user ids and room aliases (default: the listen address).
+    #[arg(long, env = "PARLOR_SERVER_NAME")]
+    server_name: Option<String>,
+    /// Keep room logs in Redis Streams at this URL (redis://host:port/) instead of the embedded store.
+    #[arg(long, env = "PARLOR_REDIS")]
+    redis: Option<String>,
+    /// Rate limits on register, login and send.
+    #[arg(long, env = "PARLOR_RATE_LIMIT", value_enum, default_value = "on")]
+    rate_limit: OnOff,
+    /// Keep at most this many events per room (older ones are reported to resuming clients as a gap).
+    #[arg(long, env = "PARLOR_RETENTION")]
+    retention: Option<u64>,
+    /// Open connections at most (also capped by the open-file limit).
+    #[arg(long, env = "PARLOR_MAX_CONNECTIONS", default_value_t = 50_000)]
+    max_connections: usize,
+    /// An extra Origin allowed to open WebSockets, e.g. https://chat.example (repeatable; same-origin is always allowed).
+    #[arg(long = "allow-origin", env = "PARLOR_ALLOW_ORIGIN", value_delimiter = ',')]
+    allow_origins: Vec<String>,
+    /// Seconds between WebSocket pings; a connection silent for two intervals is closed (4003).
+    #[arg(long, env = "PARLOR_WS_PING_SECS", default_value_t = 30)]
+    ws_ping_secs: u64,
+    /// Seconds a WebSocket has to authenticate (else close 4002).
+    #[arg(long, env = "PARLOR_WS_AUTH_SECS", default_value_t = 10)]
+    ws_auth_secs: u64,
+    /// Seconds allowed to read request headers, and again the body.
+    #[arg(long, env = "PARLOR_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    request_timeout_secs: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Schemas { out } => {
+            std::fs::create_dir_all(&out)?;
+            for (file, schema) in parlor::protocol::schemas::all() {
+                std::fs::write(out.join(file), parlor::protocol::schemas::render(&schema))?;
+            }
+            Ok(())
+        }
+        Command::Serve(s) => serve(s),
+    }
+}
+
+fn serve(s: Serve) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "parlor=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let nofile = parlor::server::raise_nofile_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {}", s.listen))?;
+        let addr = listener.local_addr()?;
+        let name = s.server_name.clone().unwrap_or_else(|| addr.to_string());
+        let server_name = ServerName::parse(&name).with_context(|| format!("bad server name {name:?}"))?;
+        let mut config = Config::new(server_name, &s.data_dir);
+        config.redis = s.redis;
+        config.rate_limit = matches!(s.rate_limit, OnOff::On);
+        config.retention = s.retention;
+        config.max_connections = s.max_connections;
+        config.allow_origins = s.allow_origins;
+        config.ws_ping_interval = Duration::from_secs(s.ws_ping_secs.max(1));
+        config.ws_auth_timeout = Duration::from_secs(s.ws_auth_secs.max(1));
+        config.header_timeout = Duration::from_secs(s.request_timeout_secs.max(1));
+        config.body_timeout = config.header_timeout;
+        tracing::info!(server_name = %config.server_name, data_dir = %s.data_dir.display(), nofile, "starting");
+        // Tests and scripts read this line to learn the bound port.
+        println!("parlor listening on http://{addr}");
+        parlor::server::run(listener, config, shutdown_signal()).await.context("server failed")
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received");
+}

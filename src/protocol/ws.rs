@@ -45,19 +45,22 @@ pub enum ClientFrame {
     Join {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
-        room: RoomRef,
+        #[schemars(with = "RoomRef")]
+        room: String,
     },
     /// Leave a room; also ends a subscription to it; answered by `left`.
     Leave {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
-        room: RoomRef,
+        #[schemars(with = "RoomRef")]
+        room: String,
     },
     /// Receive a room's events: those after `since` first, then `caught_up`, then live.
     Subscribe {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
-        room: RoomRef,
+        #[schemars(with = "RoomRef")]
+        room: String,
         /// Without it, live from now.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<Cursor>,
@@ -66,13 +69,15 @@ pub enum ClientFrame {
     Unsubscribe {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
-        room: RoomRef,
+        #[schemars(with = "RoomRef")]
+        room: String,
     },
     /// Send a message; answered by `ack` once it is durably in the room log.
     Send {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
-        room: RoomRef,
+        #[schemars(with = "RoomRef")]
+        room: String,
         /// Same rules and idempotency as the HTTP send's `txn_id`.
         txn_id: String,
         body: String,

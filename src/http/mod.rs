@@ -1,0 +1,248 @@
+//! The HTTP wire: one routing table, request bodies into protocol types,
+//! answers back out as JSON. Handlers are thin: they parse, call a service
+//! and serialize; errors become answers only in [`error_response`].
+
+pub mod accounts;
+pub mod demo;
+pub mod events;
+pub mod rooms;
+pub mod versions;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::protocol::limits::MAX_BODY_BYTES;
+use crate::protocol::{CLIENT_PREFIX, ErrCode, ErrorBody};
+use crate::server::App;
+use crate::service::Error;
+use crate::service::accounts::Session;
+
+pub type Resp = Response<Full<Bytes>>;
+
+/// What a handler gets besides the request.
+pub struct Ctx {
+    pub app: Arc<App>,
+    pub peer: SocketAddr,
+    /// This connection's slot under the connection cap; an upgraded
+    /// WebSocket keeps it until it closes.
+    pub permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Every route of the server.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Versions,
+    Health,
+    Demo(&'static str),
+    Register,
+    Login,
+    Logout,
+    LogoutAll,
+    Whoami,
+    Rooms,
+    Join(String),
+    Leave(String),
+    Members(String),
+    Messages(String),
+    Send(String, String),
+    Ws,
+}
+
+fn decode_segment(seg: &str) -> Result<String, Error> {
+    percent_encoding::percent_decode_str(seg)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| Error::refused(ErrCode::InvalidParam, "a path segment is not UTF-8 after URL-decoding"))
+}
+
+/// The routing table: (method, path) → route, or `not_found` / `method_not_allowed`.
+fn route(method: &Method, path: &str) -> Result<Route, Error> {
+    use Method as M;
+    let allow = |ok: bool, r: Route, allowed: &str| {
+        if ok {
+            Ok(r)
+        } else {
+            Err(Error::refused(ErrCode::MethodNotAllowed, format!("use {allowed} here")))
+        }
+    };
+    if let Some(asset) = demo::asset_name(path) {
+        return allow(method == M::GET || method == M::HEAD, Route::Demo(asset), "GET");
+    }
+    match path {
+        "/_parlor/versions" => return allow(method == M::GET, Route::Versions, "GET"),
+        "/healthz" => return allow(method == M::GET, Route::Health, "GET"),
+        _ => {}
+    }
+    let not_found = || Error::refused(ErrCode::NotFound, format!("no endpoint {path}"));
+    let rest = path.strip_prefix(CLIENT_PREFIX).ok_or_else(not_found)?;
+    let segs: Vec<&str> = rest.strip_prefix('/').ok_or_else(not_found)?.split('/').collect();
+    match segs.as_slice() {
+        ["register"] => allow(method == M::POST, Route::Register, "POST"),
+        ["login"] => allow(method == M::POST, Route::Login, "POST"),
+        ["logout"] => allow(method == M::POST, Route::Logout, "POST"),
+        ["logout", "all"] => allow(method == M::POST, Route::LogoutAll, "POST"),
+        ["account", "whoami"] => allow(method == M::GET, Route::Whoami, "GET"),
+        ["ws"] => allow(method == M::GET, Route::Ws, "GET"),
+        ["rooms"] => allow(method == M::GET, Route::Rooms, "GET"),
+        ["rooms", room, "join"] => allow(method == M::POST, Route::Join(decode_segment(room)?), "POST"),
+        ["rooms", room, "leave"] => allow(method == M::POST, Route::Leave(decode_segment(room)?), "POST"),
+        ["rooms", room, "members"] => allow(method == M::GET, Route::Members(decode_segment(room)?), "GET"),
+        ["rooms", room, "messages"] => allow(method == M::GET, Route::Messages(decode_segment(room)?), "GET"),
+        ["rooms", room, "send", txn] => {
+            allow(method == M::PUT, Route::Send(decode_segment(room)?, decode_segment(txn)?), "PUT")
+        }
+        _ => Err(not_found()),
+    }
+}
+
+/// Entry point for every request on every connection.
+pub async fn handle(req: Request<Incoming>, ctx: Ctx) -> Result<Resp, Infallible> {
+    if req.method() == Method::OPTIONS {
+        return Ok(preflight());
+    }
+    let route = match route(req.method(), req.uri().path()) {
+        Ok(r) => r,
+        Err(e) => return Ok(error_response(&e)),
+    };
+    let result = match route {
+        Route::Versions => versions::versions(&ctx),
+        Route::Health => versions::health(&ctx).await,
+        Route::Demo(name) => Ok(demo::serve(name)),
+        Route::Register => accounts::register(&ctx, req).await,
+        Route::Login => accounts::login(&ctx, req).await,
+        Route::Logout => accounts::logout(&ctx, req).await,
+        Route::LogoutAll => accounts::logout_all(&ctx, req).await,
+        Route::Whoami => accounts::whoami(&ctx, &req),
+        Route::Rooms => rooms::list(&ctx, &req),
+        Route::Join(room) => rooms::join(&ctx, req, &room).await,
+        Route::Leave(room) => rooms::leave(&ctx, req, &room).await,
+        Route::Members(room) => rooms::members(&ctx, &req, &room),
+        Route::Messages(room) => events::messages(&ctx, &req, &room).await,
+        Route::Send(room, txn) => events::send(&ctx, req, &room, &txn).await,
+        Route::Ws => crate::ws::upgrade(&ctx, req),
+    };
+    Ok(result.unwrap_or_else(|e| error_response(&e)))
+}
+
+/// The one place where a service error becomes an HTTP answer.
+pub fn error_response(err: &Error) -> Resp {
+    let code = err.code();
+    if code == ErrCode::Internal {
+        tracing::error!(error = %err, "internal error");
+    }
+    let body = ErrorBody { errcode: code, error: err.public_message(), retry_after_ms: err.retry_after_ms() };
+    let status = StatusCode::from_u16(code.status()).expect("errcode statuses are valid");
+    let mut resp = json(status, &body);
+    if let Some(ms) = err.retry_after_ms() {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
+    }
+    if code == ErrCode::MethodNotAllowed {
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT, OPTIONS"));
+    }
+    resp
+}
+
+/// A JSON answer with the headers every API answer carries.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
+    let body = serde_json::to_vec(value).expect("protocol types serialize");
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Tokens travel in headers, never cookies, so any origin may call the
+    // API; browser clients hosted elsewhere need this.
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    resp
+}
+
+fn preflight() -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, OPTIONS"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    resp
+}
+
+/// Reads the whole body, within the size cap and the body timeout.
+pub async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes, Error> {
+    let too_large = || Error::refused(ErrCode::BodyTooLarge, format!("request bodies are at most {MAX_BODY_BYTES} bytes"));
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        if len > MAX_BODY_BYTES as u64 {
+            return Err(too_large());
+        }
+    }
+    let limited = Limited::new(req.into_body(), MAX_BODY_BYTES);
+    match tokio::time::timeout(ctx.app.services.config.body_timeout, limited.collect()).await {
+        Err(_) => Err(Error::refused(ErrCode::RequestTimeout, "the request body did not arrive in time")),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(Error::refused(ErrCode::MalformedJson, format!("cannot read the body: {e}"))),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// Parses a JSON body into a request type; `empty_ok` treats no body as `{}`.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<T, Error> {
+    let body: &[u8] = if empty_ok && body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    serde_json::from_slice(body).map_err(json_error)
+}
+
+/// serde_json's error, sorted into malformed JSON and wrong fields.
+pub fn json_error(e: serde_json::Error) -> Error {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => Error::refused(ErrCode::InvalidField, e.to_string()),
+        Category::Syntax | Category::Eof | Category::Io => Error::refused(ErrCode::MalformedJson, e.to_string()),
+    }
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, Error> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let v = v.to_str().map_err(|_| Error::refused(ErrCode::UnknownToken, "the Authorization header is not text"))?;
+    let token = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .ok_or_else(|| Error::refused(ErrCode::MissingToken, "use Authorization: Bearer <access_token>"))?;
+    Ok(Some(token.trim()))
+}
+
+/// Authenticates a request by its bearer token.
+pub fn authenticate(ctx: &Ctx, headers: &http::HeaderMap) -> Result<Session, Error> {
+    let token = bearer(headers)?
+        .ok_or_else(|| Error::refused(ErrCode::MissingToken, "this endpoint needs Authorization: Bearer <access_token>"))?;
+    ctx.app.services.accounts.authenticate(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_table() {
+        let p = |s: &str| format!("{CLIENT_PREFIX}{s}");
+        assert_eq!(route(&Method::POST, &p("/register")).unwrap(), Route::Register);
+        assert_eq!(route(&Method::POST, &p("/logout/all")).unwrap(), Route::LogoutAll);
+        assert_eq!(route(&Method::POST, &p("/rooms/%23lobby%3Ax/join")).unwrap(), Route::Join("#lobby:x".into()));
+        assert_eq!(
+            route(&Method::PUT, &p("/rooms/lobby/send/t1")).unwrap(),
+            Route::Send("lobby".into(), "t1".into())
+        );
+        assert_eq!(route(&Method::GET, &p("/register")).unwrap_err().code(), ErrCode::MethodNotAllowed);
+        assert_eq!(route(&Method::GET, &p("/nope")).unwrap_err().code(), ErrCode::NotFound);
+        assert_eq!(route(&Method::GET, "/_parlor/client/v2/rooms").unwrap_err().code(), ErrCode::NotFound);
+        assert_eq!(route(&Method::GET, &p("/rooms/%FF/members")).unwrap_err().code(), ErrCode::InvalidParam);
+    }
+}

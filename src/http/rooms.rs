@@ -1,0 +1,46 @@
+//! HTTP handlers for join, leave, members and the joined-rooms list.
+
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+
+use super::{Ctx, Resp, authenticate, json, parse_json, read_body};
+use crate::protocol::accounts::Empty;
+use crate::protocol::rooms::{JoinResponse, Member, MembersResponse, RoomSummary, RoomsResponse};
+use crate::service::Error;
+use crate::service::rooms::Rooms;
+
+pub async fn join(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp, Error> {
+    let headers = req.headers().clone();
+    let _: Empty = parse_json(&read_body(ctx, req).await?, true)?;
+    let session = authenticate(ctx, &headers)?;
+    let room = ctx.app.services.rooms.join(&session.user_id, &Rooms::parse_ref(room)?).await?;
+    Ok(json(StatusCode::OK, &JoinResponse { room_id: room.room_id, alias: room.alias }))
+}
+
+pub async fn leave(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp, Error> {
+    let headers = req.headers().clone();
+    let _: Empty = parse_json(&read_body(ctx, req).await?, true)?;
+    let session = authenticate(ctx, &headers)?;
+    ctx.app.services.rooms.leave(&session.user_id, &Rooms::parse_ref(room)?).await?;
+    Ok(json(StatusCode::OK, &Empty {}))
+}
+
+pub fn members(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<Resp, Error> {
+    let session = authenticate(ctx, req.headers())?;
+    let (room, members) = ctx.app.services.rooms.members(&session.user_id, &Rooms::parse_ref(room)?)?;
+    let members = members.into_iter().map(|user_id| Member { user_id }).collect();
+    Ok(json(StatusCode::OK, &MembersResponse { room_id: room.room_id, members }))
+}
+
+pub fn list(ctx: &Ctx, req: &Request<Incoming>) -> Result<Resp, Error> {
+    let session = authenticate(ctx, req.headers())?;
+    let rooms = ctx
+        .app
+        .services
+        .rooms
+        .joined(&session.user_id)?
+        .into_iter()
+        .map(|r| RoomSummary { room_id: r.room_id, alias: r.alias })
+        .collect();
+    Ok(json(StatusCode::OK, &RoomsResponse { rooms }))
+}

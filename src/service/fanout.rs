@@ -1,0 +1,243 @@
+//! The fan-out hub: hands every durable event to each local subscriber of
+//! its room. An event is serialized once per room (an `Utf8Bytes` frame that
+//! every subscriber shares) and pushed into each connection's bounded
+//! outbound queue. Publishing never waits on a socket: a connection whose
+//! queue would pass its byte limit is marked for closing (4008) instead.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::protocol::ws::close;
+use crate::protocol::{RoomId, UserId};
+use crate::storage::events::EventSink;
+
+/// Something queued for one connection.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A room event, already serialized as a whole `event` frame.
+    Event { room: Arc<RoomId>, epoch: Arc<str>, seq: u64, frame: Utf8Bytes },
+    /// The user left the room: the subscription is over.
+    Left { room: Arc<RoomId> },
+}
+
+/// Why the server is closing a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    close: Option<CloseReason>,
+}
+
+/// One connection's side of the hub: who it is and its outbound queue.
+pub struct Conn {
+    pub user_id: UserId,
+    pub token_hash: [u8; 32],
+    limit: usize,
+    queue: Mutex<Queue>,
+    notify: Notify,
+}
+
+impl Conn {
+    pub fn new(user_id: UserId, token_hash: [u8; 32], limit: usize) -> Arc<Self> {
+        Arc::new(Self { user_id, token_hash, limit, queue: Mutex::new(Queue::default()), notify: Notify::new() })
+    }
+
+    fn push(&self, item: Outgoing, bytes: usize) {
+        let mut q = self.queue.lock().expect("queue lock");
+        if q.close.is_some() {
+            return;
+        }
+        if q.bytes + bytes > self.limit {
+            // Drop what is queued at once: the client resumes from its own
+            // cursor, so keeping it would only hold memory.
+            q.items = VecDeque::new();
+            q.bytes = 0;
+            q.close = Some(CloseReason { code: close::SLOW_CONSUMER, reason: "slow consumer: resume with since" });
+            drop(q);
+            self.notify.notify_one();
+            return;
+        }
+        let was_empty = q.items.is_empty();
+        q.items.push_back(item);
+        q.bytes += bytes;
+        drop(q);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Asks the connection to close (e.g. its token was revoked).
+    pub fn close(&self, reason: CloseReason) {
+        let mut q = self.queue.lock().expect("queue lock");
+        if q.close.is_none() {
+            q.close = Some(reason);
+        }
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// Waits until something is queued or a close is asked.
+    pub async fn ready(&self) {
+        self.notify.notified().await
+    }
+
+    /// Takes everything queued, or the close reason once one is set.
+    pub fn take(&self) -> Result<VecDeque<Outgoing>, CloseReason> {
+        let mut q = self.queue.lock().expect("queue lock");
+        if let Some(c) = &q.close {
+            return Err(c.clone());
+        }
+        q.bytes = 0;
+        Ok(std::mem::take(&mut q.items))
+    }
+}
+
+struct RoomSubs {
+    room: Arc<RoomId>,
+    conns: Mutex<Vec<Arc<Conn>>>,
+}
+
+/// Subscribers by room.
+#[derive(Default)]
+pub struct Hub {
+    rooms: RwLock<HashMap<RoomId, Arc<RoomSubs>>>,
+}
+
+impl Hub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Adds `conn` to the room's subscribers (once); returns the shared room id.
+    pub fn subscribe(&self, room: &RoomId, conn: &Arc<Conn>) -> Arc<RoomId> {
+        let subs = {
+            let mut rooms = self.rooms.write().expect("hub lock");
+            rooms
+                .entry(room.clone())
+                .or_insert_with(|| Arc::new(RoomSubs { room: Arc::new(room.clone()), conns: Mutex::new(Vec::new()) }))
+                .clone()
+        };
+        let mut conns = subs.conns.lock().expect("room lock");
+        if !conns.iter().any(|c| Arc::ptr_eq(c, conn)) {
+            conns.push(conn.clone());
+        }
+        subs.room.clone()
+    }
+
+    pub fn unsubscribe(&self, room: &RoomId, conn: &Arc<Conn>) {
+        self.remove_where(room, |c| Arc::ptr_eq(c, conn), None);
+    }
+
+    /// Ends every subscription of `user` to `room`, telling each connection.
+    pub fn kick(&self, room: &RoomId, user: &UserId) {
+        self.remove_where(room, |c| &c.user_id == user, Some(()));
+    }
+
+    fn remove_where(&self, room: &RoomId, pred: impl Fn(&Arc<Conn>) -> bool, notify: Option<()>) {
+        let mut rooms = self.rooms.write().expect("hub lock");
+        let Some(subs) = rooms.get(room).cloned() else { return };
+        let mut conns = subs.conns.lock().expect("room lock");
+        conns.retain(|c| {
+            if !pred(c) {
+                return true;
+            }
+            if notify.is_some() {
+                c.push(Outgoing::Left { room: subs.room.clone() }, 64);
+            }
+            false
+        });
+        if conns.is_empty() {
+            rooms.remove(room);
+        }
+    }
+
+    /// Number of rooms with at least one local subscriber.
+    pub fn room_count(&self) -> usize {
+        self.rooms.read().expect("hub lock").len()
+    }
+}
+
+impl EventSink for Hub {
+    fn deliver(&self, room: &RoomId, epoch: &Arc<str>, seq: u64, event_json: &str) {
+        let Some(subs) = self.rooms.read().expect("hub lock").get(room).cloned() else { return };
+        let mut text = String::with_capacity(event_json.len() + room.as_str().len() + epoch.len() + 48);
+        text.push_str(r#"{"type":"event","room_id":"#);
+        push_json_str(&mut text, room.as_str());
+        text.push_str(r#","epoch":"#);
+        push_json_str(&mut text, epoch);
+        text.push_str(r#","event":"#);
+        text.push_str(event_json);
+        text.push('}');
+        let bytes = text.len();
+        let frame = Utf8Bytes::from(text);
+        let conns = subs.conns.lock().expect("room lock");
+        for c in conns.iter() {
+            c.push(Outgoing::Event { room: subs.room.clone(), epoch: epoch.clone(), seq, frame: frame.clone() }, bytes);
+        }
+    }
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).expect("strings serialize"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(limit: usize) -> Arc<Conn> {
+        Conn::new(UserId::parse("@a:x").unwrap(), [0; 32], limit)
+    }
+
+    #[test]
+    fn one_frame_is_shared_by_every_subscriber() {
+        let hub = Hub::new();
+        let room = RoomId::parse("!r:x").unwrap();
+        let (a, b) = (conn(1 << 20), conn(1 << 20));
+        hub.subscribe(&room, &a);
+        hub.subscribe(&room, &b);
+        hub.deliver(&room, &"e".into(), 1, r#"{"seq":1}"#);
+        let fa = a.take().unwrap();
+        let fb = b.take().unwrap();
+        let (Outgoing::Event { frame: x, .. }, Outgoing::Event { frame: y, .. }) = (&fa[0], &fb[0]) else { panic!() };
+        assert_eq!(x.as_str(), r##"{"type":"event","room_id":"!r:x","epoch":"e","event":{"seq":1}}"##);
+        assert_eq!(x.as_str().as_ptr(), y.as_str().as_ptr(), "serialized once");
+    }
+
+    #[test]
+    fn overflow_closes_instead_of_growing() {
+        let hub = Hub::new();
+        let room = RoomId::parse("!r:x").unwrap();
+        let slow = conn(1000);
+        hub.subscribe(&room, &slow);
+        for seq in 1..=100 {
+            hub.deliver(&room, &"e".into(), seq, r#"{"body":"0123456789012345678901234567890123456789"}"#);
+        }
+        assert_eq!(slow.take().unwrap_err().code, close::SLOW_CONSUMER);
+        assert_eq!(slow.queue.lock().unwrap().bytes, 0, "queued frames are released");
+    }
+
+    #[test]
+    fn kick_tells_and_removes_only_that_user() {
+        let hub = Hub::new();
+        let room = RoomId::parse("!r:x").unwrap();
+        let a = conn(1 << 20);
+        let b = Conn::new(UserId::parse("@b:x").unwrap(), [0; 32], 1 << 20);
+        hub.subscribe(&room, &a);
+        hub.subscribe(&room, &b);
+        hub.kick(&room, &UserId::parse("@a:x").unwrap());
+        assert!(matches!(a.take().unwrap()[0], Outgoing::Left { .. }));
+        hub.deliver(&room, &"e".into(), 2, "{}");
+        assert!(a.take().unwrap().is_empty());
+        assert_eq!(b.take().unwrap().len(), 1);
+    }
+}

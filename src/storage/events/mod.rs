@@ -1,0 +1,140 @@
+//! The room log: one trait, [`EventLog`], with two implementations chosen at
+//! start-up, [`embedded`] (sled) and [`redis`] (Redis Streams).
+//!
+//! An implementation owns three things no other layer may do:
+//! - assign `seq` (1, 2, 3, … per room and epoch, no holes) atomically with
+//!   the write of the event and of its transaction record, so idempotency
+//!   holds across restarts and across server processes;
+//! - decide the room's `epoch`, and start a new one when its data was lost;
+//! - feed every durable event, from whichever process appended it, to the
+//!   [`EventSink`] in `seq` order per room.
+
+pub mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::protocol::events::{Event, EventType};
+use crate::protocol::{RoomId, UserId};
+
+use super::StorageError;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An event to append; the log fills in `event_id`, `seq` and `ts`.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: EventType,
+    pub sender: UserId,
+    pub body: Option<String>,
+    /// Present for client sends: makes the append idempotent.
+    pub txn: Option<Txn>,
+}
+
+/// A client transaction: who sent it, its id, and a fingerprint of its
+/// content (so a reused id with another body is told apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Txn {
+    /// `user_id` and `device_id`, the scope of a `txn_id`.
+    pub device: String,
+    pub txn_id: String,
+    pub fingerprint: [u8; 32],
+}
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// A new event was written.
+    Stored { event_id: String, seq: u64 },
+    /// The transaction was already done; nothing was written.
+    Repeated { event_id: String, seq: u64 },
+    /// The transaction id was used with other content; nothing was written.
+    Conflict,
+}
+
+/// Where a room log stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHead {
+    pub epoch: Arc<str>,
+    /// Lowest seq still kept (`latest + 1` when nothing is kept).
+    pub earliest: u64,
+    /// Last seq appended in this epoch (0 when none).
+    pub latest: u64,
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// The first `limit` events with seq > n.
+    After(u64),
+    /// The last `limit` events with seq < n.
+    Before(u64),
+    /// The last `limit` events.
+    Latest,
+}
+
+/// A page of events, ascending by seq, read from one epoch.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub head: LogHead,
+    pub events: Vec<Event>,
+}
+
+/// Receives every durable event, per room in seq order. Implemented by the
+/// fan-out hub; must not block (it runs on the log's delivery path).
+pub trait EventSink: Send + Sync + 'static {
+    /// `event_json` is the event serialized as in the protocol's `Event`.
+    fn deliver(&self, room: &RoomId, epoch: &Arc<str>, seq: u64, event_json: &str);
+}
+
+/// A room log implementation.
+pub trait EventLog: Send + Sync + 'static {
+    /// `embedded` or `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// Appends an event. The append is sequenced when this is *called*: two
+    /// appends called one after the other to one room get seqs in that order,
+    /// however their futures are polled (so a client's pipelined sends keep
+    /// their order). The future resolves only once the event is durable and
+    /// has been handed to the sink. It must fail fast, never hang, when the
+    /// store is unreachable.
+    fn append(&self, room: &RoomId, event: NewEvent) -> BoxFuture<'static, Result<AppendOutcome, StorageError>>;
+
+    fn read<'a>(&'a self, room: &'a RoomId, range: Range, limit: usize) -> BoxFuture<'a, Result<Page, StorageError>>;
+
+    fn head<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<LogHead, StorageError>>;
+
+    /// Whether the backing store answers now.
+    fn healthy(&self) -> BoxFuture<'_, bool>;
+
+    /// Flushes and stops background work; called once at shutdown.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// An event id: unique because (room, epoch, seq) is, and opaque.
+pub fn event_id(room: &RoomId, epoch: &str, seq: u64, server: &str) -> String {
+    use base64::Engine as _;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(room.as_str().as_bytes());
+    ctx.update(&[0]);
+    ctx.update(epoch.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(&seq.to_be_bytes());
+    let d = ctx.finish();
+    format!("${}:{server}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.as_ref()[..16]))
+}
+
+/// A fresh random epoch string.
+pub fn new_epoch() -> String {
+    use base64::Engine as _;
+    use ring::rand::SecureRandom as _;
+    let mut b = [0u8; 9];
+    ring::rand::SystemRandom::new().fill(&mut b).expect("system randomness");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
