@@ -1,0 +1,459 @@
+// End-to-end test of the demo page in real headless Chromium, against a real
+// Parlor server: `node demo.test.mjs http://127.0.0.1:PORT`.
+//
+// Driven by tests/browser.rs (cargo test --test browser). Uses Debian's
+// /usr/bin/chromium through playwright-core; it never downloads a browser.
+// With PARLOR_SCREENSHOTS=1 it also writes the screenshots in docs/.
+//
+// Every page fails the test on an uncaught exception or a console error,
+// except the few network messages Chromium itself logs for the failures a
+// step provokes on purpose (a refused registration, a dropped connection).
+
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { mkdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const base = process.argv[2];
+if (!base || !/^http:\/\/127\.0\.0\.1:\d+$/.test(base)) {
+  console.error('usage: node demo.test.mjs http://127.0.0.1:PORT');
+  process.exit(2);
+}
+const chromiumPath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const screenshots = process.env.PARLOR_SCREENSHOTS === '1';
+const docsDir = fileURLToPath(new URL('../../docs/', import.meta.url));
+const TIMEOUT = 15_000; // for one thing to appear on a page
+
+// A hung browser must not hang CI: fail the whole run after 3 minutes.
+const watchdog = setTimeout(() => {
+  console.error('FAIL: the test did not finish within 180 s');
+  process.exit(1);
+}, 180_000);
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+let stepNo = 0;
+async function step(name, fn) {
+  stepNo += 1;
+  const t0 = Date.now();
+  try {
+    await fn();
+  } catch (err) {
+    console.error(`✘ ${stepNo}. ${name}`);
+    throw err;
+  }
+  console.log(`✔ ${stepNo}. ${name} (${Date.now() - t0} ms)`);
+}
+
+/** Polls `fn` until it returns a truthy value; fails with `what` and the last value seen. */
+async function until(what, fn, timeout = TIMEOUT) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    last = await fn();
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last seen: ${JSON.stringify(last)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const problems = []; // page errors and unexpected console errors, from every page
+
+/**
+ * One person: their own browser context (so their own sessionStorage) and tab.
+ * `allow(re, during)` accepts console errors matching `re` while `during` runs.
+ */
+async function person(browser, name, { url = base, viewport = { width: 1100, height: 720 } } = {}) {
+  const context = await browser.newContext({ viewport, baseURL: url });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  const allowed = [];
+  page.on('pageerror', (err) => problems.push(`${name}: uncaught ${err.stack || err}`));
+  page.on('console', (msg) => {
+    if (msg.type() !== 'error') return;
+    const text = msg.text();
+    if (allowed.some((re) => re.test(text))) return;
+    problems.push(`${name}: console error: ${text}`);
+  });
+  // The page must work offline: nothing from any other host, ever.
+  const origin = new URL(url).origin;
+  page.on('request', (req) => {
+    const u = req.url();
+    if (!u.startsWith(origin + '/') && !u.startsWith('data:')) problems.push(`${name}: request to another origin: ${u}`);
+  });
+  return {
+    name,
+    page,
+    context,
+    async allow(re, during) {
+      allowed.push(re);
+      try {
+        return await during();
+      } finally {
+        allowed.splice(allowed.indexOf(re), 1);
+      }
+    },
+  };
+}
+
+// Chromium logs every HTTP error answer a page receives; these are the ones we provoke.
+const HTTP_4XX = /^Failed to load resource: the server responded with a status of 4(00|09)\b/;
+// And a dropped connection makes reconnect attempts fail until it is back.
+const NET_DOWN = /^(WebSocket connection to '.*' failed|Failed to load resource: net::ERR_)/;
+
+/** The visible field with this label (the login and register forms both have a Username). */
+const field = (p, label) => p.page.getByLabel(label, { exact: true }).filter({ visible: true });
+const heading = (p, name) => p.page.getByRole('heading', { name, exact: true });
+
+async function shot(p, file) {
+  if (!screenshots) return;
+  mkdirSync(docsDir, { recursive: true });
+  await p.page.screenshot({ path: docsDir + file });
+  console.log(`  screenshot docs/${file}`);
+}
+
+/** The events on screen: {seq, sender, body, membership} in screen order. */
+async function timeline(p) {
+  return p.page.locator('#messages > li.message').evaluateAll((lis) =>
+    lis.map((li) => ({
+      seq: Number(li.dataset.seq),
+      sender: li.querySelector('.sender').textContent,
+      time: li.querySelector('.time').textContent,
+      body: li.querySelector('.body').textContent,
+      membership: li.classList.contains('membership'),
+    })));
+}
+
+async function messages(p) {
+  return (await timeline(p)).filter((m) => !m.membership);
+}
+
+async function waitForMessage(p, sender, body) {
+  return until(`${p.name} to see “${body}” from ${sender}`, async () => {
+    const found = (await messages(p)).filter((m) => m.body === body);
+    return found.length > 0 && found;
+  }).then((found) => {
+    assert.equal(found.length, 1, `${p.name} shows “${body}” once`);
+    assert.equal(found[0].sender, sender, `${p.name} shows the sender of “${body}”`);
+    assert.match(found[0].time, /\d/, 'each message shows its time');
+    return found[0];
+  });
+}
+
+async function members(p) {
+  return p.page.locator('#members li').allTextContents();
+}
+
+async function waitForMembers(p, names) {
+  await until(`${p.name}'s member list to be ${names}`, async () => {
+    const got = await members(p);
+    return JSON.stringify(got) === JSON.stringify(names) && got;
+  });
+}
+
+/** Exactly once and in order: the seqs on screen are 1, 2, 3, … with nothing missing or repeated. */
+async function assertGapFree(p) {
+  const seqs = (await timeline(p)).map((m) => m.seq);
+  const first = seqs[0];
+  assert.deepEqual(seqs, seqs.map((_, i) => first + i), `${p.name}'s timeline has no hole and no duplicate`);
+}
+
+async function register(p, username, password, confirm = password) {
+  const { page } = p;
+  await field(p, 'Username').fill(username);
+  await field(p, 'Password').fill(password);
+  await field(p, 'Confirm password').fill(confirm);
+  await page.getByRole('button', { name: 'Register', exact: true }).click();
+}
+
+async function registerRefused(p, username, password, expected, confirm = password) {
+  const error = p.page.locator('#register-error');
+  await p.allow(HTTP_4XX, async () => {
+    await error.evaluate((e) => { e.textContent = ''; });
+    await register(p, username, password, confirm);
+    await until(`the refusal “${expected}”`, async () => (await error.isVisible()) && (await error.textContent()));
+  });
+  const text = await error.textContent();
+  assert.match(text, expected, `registering ${username}/${password} is refused in words`);
+  assert.ok(await heading(p, 'Create an account').isVisible(), 'a refusal stays on the register form');
+}
+
+/** Registers from the login page, lands on the login form, logs in, lands in the lobby. */
+async function signUp(p, username, password) {
+  const { page } = p;
+  await page.goto('/');
+  await heading(p, 'Log in').waitFor();
+  await page.getByRole('button', { name: 'Register', exact: true }).click();
+  await heading(p, 'Create an account').waitFor();
+  await register(p, username, password);
+  await heading(p, 'Log in').waitFor();
+  assert.equal(await field(p, 'Username').inputValue(), username,
+    'the login form has the new username filled in');
+  await logIn(p, username, password);
+}
+
+async function logIn(p, username, password) {
+  const { page } = p;
+  await field(p, 'Username').fill(username);
+  await field(p, 'Password').fill(password);
+  await field(p, 'Password').press('Enter');
+  await waitForRoom(p, 'lobby');
+}
+
+async function waitForRoom(p, name) {
+  await until(`${p.name} to be in #${name}`, async () =>
+    (await p.page.locator('#room-title').textContent()).startsWith(`#${name.toLowerCase()}:`));
+  await until(`${p.name} to be connected`, async () =>
+    (await p.page.locator('#connection').textContent()) === 'connected');
+}
+
+async function joinRoom(p, name) {
+  await field(p, 'Room').fill(name);
+  await p.page.getByRole('button', { name: 'Join', exact: true }).click();
+  await waitForRoom(p, name);
+}
+
+async function send(p, text) {
+  const input = field(p, 'Message');
+  await input.fill(text);
+  await input.press('Enter');
+  assert.equal(await input.inputValue(), '', 'Enter sends and empties the field');
+}
+
+/**
+ * A TCP relay between one browser and the server, so the test can cut the
+ * network under a live WebSocket (as a lost Wi-Fi would) and bring it back.
+ */
+async function relay(target) {
+  const { hostname, port } = new URL(target);
+  const open = new Set();
+  let down = false;
+  const server = net.createServer((client) => {
+    if (down) return client.resetAndDestroy();
+    const upstream = net.connect(Number(port), hostname);
+    open.add(client);
+    open.add(upstream);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      open.delete(client);
+      open.delete(upstream);
+    };
+    client.on('error', end).on('close', end);
+    upstream.on('error', end).on('close', end);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    cut() {
+      down = true;
+      for (const s of open) s.resetAndDestroy();
+      open.clear();
+    },
+    restore() {
+      down = false;
+    },
+    close() {
+      for (const s of open) s.destroy();
+      server.close();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------
+
+const browser = await chromium.launch({
+  executablePath: chromiumPath,
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+    '--disable-sync', '--no-first-run'],
+});
+const net2 = await relay(base);
+let failed = false;
+
+try {
+  await step('the page is served with a CSP that forbids inline script and other origins', async () => {
+    const res = await fetch(base + '/');
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /^text\/html/);
+    const csp = res.headers.get('content-security-policy') ?? '';
+    assert.match(csp, /default-src 'none'/, `CSP: ${csp}`);
+    assert.match(csp, /script-src 'self'(;|$)/, `CSP: ${csp}`);
+    assert.match(csp, /connect-src 'self'(;|$)/, `CSP: ${csp}`);
+    for (const path of ['/app.js', '/style.css']) {
+      const r = await fetch(base + path);
+      assert.equal(r.status, 200, path);
+    }
+  });
+
+  const alice = await person(browser, 'alice');
+  const bob = await person(browser, 'bob', { viewport: { width: 390, height: 780 } }); // a phone
+  const pw = { alice: 'correct horse battery', bob: 'tulip-harbour-77', carol: 'quiet lantern 1942' };
+
+  await step('a new visitor gets the login form, with a way to register', async () => {
+    await alice.page.goto('/');
+    await heading(alice, 'Log in').waitFor();
+    await shot(alice, 'demo-login.png');
+    await alice.page.getByRole('button', { name: 'Register', exact: true }).click();
+    await heading(alice, 'Create an account').waitFor();
+    assert.equal(await alice.page.evaluate(() => document.activeElement.id), 'register-username',
+      'the register form puts the focus in its first field');
+  });
+
+  await step('registration refusals are shown in words', async () => {
+    await registerRefused(alice, 'alice', 'one two three', /passwords differ/i, 'one two tree');
+    await registerRefused(alice, 'alice', 'short', /too short/i);
+    await registerRefused(alice, 'alice', 'alice2024', /too similar/i);
+    await registerRefused(alice, 'al ice', pw.alice, /usernames are 1–32 characters/i);
+    await registerRefused(alice, 'alice', '4082931757', /digits/i);
+    await registerRefused(alice, 'alice', 'password', /too common/i);
+    await shot(alice, 'demo-register-error.png');
+  });
+
+  await step('alice registers, gets the login form, logs in and lands in the lobby', async () => {
+    await register(alice, 'Alice', pw.alice);
+    await heading(alice, 'Log in').waitFor();
+    assert.match(await alice.page.locator('#login-notice').textContent(), /@alice:/);
+    await logIn(alice, 'alice', pw.alice);
+    assert.equal(await alice.page.evaluate(() => document.activeElement.id), 'message',
+      'after login the message field has the focus');
+  });
+
+  await step('a taken username is refused in words', async () => {
+    await bob.page.goto('/');
+    await bob.page.getByRole('button', { name: 'Register', exact: true }).click();
+    await registerRefused(bob, 'ALICE', 'some other words', /taken/i);
+  });
+
+  await step('bob registers and logs in (on a phone-sized screen)', async () => {
+    await register(bob, 'bob', pw.bob);
+    await heading(bob, 'Log in').waitFor();
+    await logIn(bob, 'bob', pw.bob);
+  });
+
+  await step('both join #garden with the Room field; the member list shows both', async () => {
+    await joinRoom(alice, 'garden');
+    await joinRoom(bob, 'Garden');
+    await waitForMembers(alice, ['alice', 'bob']);
+    await waitForMembers(bob, ['alice', 'bob']);
+  });
+
+  await step('alice sends with Enter; bob sees it live with her name', async () => {
+    await send(alice, 'Hello Bob, welcome to the garden!');
+    await waitForMessage(bob, 'alice', 'Hello Bob, welcome to the garden!');
+    await waitForMessage(alice, 'alice', 'Hello Bob, welcome to the garden!');
+  });
+
+  const script = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> <b>bold?</b>';
+  await step('a message with <script> is shown as typed and runs nothing', async () => {
+    await field(bob, 'Message').fill(script);
+    await bob.page.getByRole('button', { name: 'Send', exact: true }).click();
+    for (const p of [alice, bob]) {
+      await waitForMessage(p, 'bob', script);
+      assert.equal(await p.page.locator('#messages script, #messages img, #messages b').count(), 0,
+        `${p.name}: the message made no elements`);
+      assert.equal(await p.page.evaluate(() => window.__pwned), undefined, `${p.name}: nothing ran`);
+    }
+    await send(alice, 'Ha, nice try. Tea at four?');
+    await waitForMessage(bob, 'alice', 'Ha, nice try. Tea at four?');
+    await send(bob, 'Sure — à tout à l’heure.');
+    await waitForMessage(alice, 'bob', 'Sure — à tout à l’heure.');
+    await shot(alice, 'demo-chat.png');
+    await shot(bob, 'demo-chat-phone.png');
+  });
+
+  // carol's tab reaches the server through a relay the test can cut.
+  const carol = await person(browser, 'carol', { url: net2.url });
+
+  await step('carol joins later and sees the history, then live messages', async () => {
+    await signUp(carol, 'carol', pw.carol);
+    await joinRoom(carol, 'garden');
+    const seen = await messages(carol);
+    assert.deepEqual(seen.map((m) => [m.sender, m.body]), [
+      ['alice', 'Hello Bob, welcome to the garden!'],
+      ['bob', script],
+      ['alice', 'Ha, nice try. Tea at four?'],
+      ['bob', 'Sure — à tout à l’heure.'],
+    ], 'carol sees the room history in order, with senders');
+    assert.equal(await carol.page.evaluate(() => window.__pwned), undefined);
+    await waitForMembers(alice, ['alice', 'bob', 'carol']);
+    await send(bob, 'Hi Carol!');
+    await waitForMessage(carol, 'bob', 'Hi Carol!');
+    await assertGapFree(carol);
+  });
+
+  await step('reloading keeps the session and the room', async () => {
+    await alice.page.reload();
+    await waitForRoom(alice, 'garden');
+    await waitForMessage(alice, 'bob', 'Hi Carol!');
+    await send(alice, 'Back after a reload.');
+    await waitForMessage(bob, 'alice', 'Back after a reload.');
+  });
+
+  await step('a dropped connection says “reconnecting…”, then resumes with no gap and no duplicate', async () => {
+    await carol.allow(NET_DOWN, async () => {
+      net2.cut();
+      await until('carol to show “reconnecting…”', async () =>
+        (await carol.page.locator('#connection').textContent()) === 'reconnecting…');
+      // Sent by others while carol is away...
+      await send(alice, 'Carol, are you there?');
+      await send(bob, 'She will see this when she is back.');
+      await waitForMessage(alice, 'bob', 'She will see this when she is back.');
+      // ...and by carol herself: it waits in her outbox.
+      await send(carol, 'Typed while offline.');
+      await until('carol’s message to wait as “sending…”', async () =>
+        (await carol.page.locator('#outbox .status').allTextContents()).includes('sending…'));
+      await shot(carol, 'demo-reconnecting.png');
+      // Let a few reconnection attempts fail before the network comes back.
+      await new Promise((r) => setTimeout(r, 1500));
+      net2.restore();
+      await until('carol to be connected again', async () =>
+        (await carol.page.locator('#connection').textContent()) === 'connected', 30_000);
+    });
+    await waitForMessage(carol, 'alice', 'Carol, are you there?');
+    await waitForMessage(carol, 'bob', 'She will see this when she is back.');
+    await waitForMessage(carol, 'carol', 'Typed while offline.');
+    await waitForMessage(alice, 'carol', 'Typed while offline.');
+    await until('carol’s outbox to empty', async () => (await carol.page.locator('#outbox > li').count()) === 0);
+    // Live again, and still exactly once.
+    await send(alice, 'Welcome back.');
+    await waitForMessage(carol, 'alice', 'Welcome back.');
+    await assertGapFree(carol);
+    const bodies = (await messages(carol)).map((m) => m.body);
+    assert.equal(new Set(bodies).size, bodies.length, 'no message is shown twice');
+  });
+
+  await step('log out returns to the login form and forgets the session', async () => {
+    await alice.page.getByRole('button', { name: 'Log out', exact: true }).click();
+    await heading(alice, 'Log in').waitFor();
+    assert.match(await alice.page.locator('#login-notice').textContent(), /logged out/i);
+    assert.equal(await alice.page.locator('#chat-view').isVisible(), false);
+    await alice.page.reload();
+    await heading(alice, 'Log in').waitFor();
+    assert.equal(await alice.page.locator('#chat-view').isVisible(), false, 'a reload after logout stays logged out');
+    // And the server agrees: the old session is over, a new login works.
+    await logIn(alice, 'alice', pw.alice);
+  });
+
+  await step('no JavaScript errors on any page', async () => {
+    assert.deepEqual(problems, []);
+  });
+} catch (err) {
+  failed = true;
+  console.error(err.stack || err);
+  if (problems.length) console.error('page problems:\n  ' + problems.join('\n  '));
+} finally {
+  await browser.close().catch(() => {});
+  net2.close();
+  clearTimeout(watchdog);
+}
+
+console.log(failed ? `FAIL after ${stepNo} steps` : `ok: ${stepNo} steps passed`);
+process.exit(failed ? 1 : 0);
