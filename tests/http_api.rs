@@ -1,0 +1,486 @@
+//! The client HTTP API end to end, on both room-log backends: every
+//! endpoint, every errcode a client can cause over HTTP, idempotency and
+//! history across restarts, and the server still answering after bad input.
+
+#[macro_use]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Backend, Harness, P, enc, uniq};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+backend_tests!(
+    versions_and_health,
+    accounts_lifecycle,
+    password_and_username_rules,
+    login_failure_does_not_tell_whether_the_user_exists,
+    rooms_join_leave_members_list,
+    sends_are_idempotent_and_checked,
+    seqs_are_contiguous_under_concurrent_senders,
+    history_pages_both_ways,
+    bad_input_gets_clear_errors_and_loses_nothing,
+    everything_survives_a_restart,
+    rate_limits_answer_429_with_retry_after,
+    slow_clients_are_cut_off,
+    connection_cap_closes_extra_connections,
+);
+
+async fn versions_and_health(b: Backend) {
+    let h = Harness::start(b).await;
+    let api = h.api();
+    let (s, v) = api.raw("GET", "/_parlor/versions", None, vec![]).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["versions"], json!(["v1"]));
+    assert_eq!(v["server"]["name"], h.server.addr.to_string());
+    let (s, v) = api.raw("GET", "/healthz", None, vec![]).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
+    assert_eq!(v["room_log"], if b == Backend::Redis { "redis" } else { "embedded" });
+}
+
+async fn accounts_lifecycle(b: Backend) {
+    let h = Harness::start(b).await;
+    let api = h.api();
+    let name = uniq("Ann");
+    let (s, v) = api.register(&name, "zebra-quartz-71").await;
+    assert_eq!(s, 201, "{v}");
+    let lower = name.to_lowercase();
+    assert_eq!(v["user_id"], format!("@{lower}:{}", h.server.addr));
+    // Folded at register: the other case is the same account.
+    let (s, v) = api.register(&lower.to_uppercase(), "zebra-quartz-71").await;
+    assert_eq!((s, v["errcode"].as_str()), (409, Some("username_taken")));
+    // Folded at login too.
+    let (s, v) = api
+        .call("POST", "/login", None, Some(json!({"username": name.to_uppercase(), "password": "zebra-quartz-71", "device_name": "laptop"})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let t1 = v["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(t1.len(), 43);
+    let (_, t2) = api.login(&lower).await;
+    let (_, t3) = api.login(&lower).await;
+    let (s, who) = api.call("GET", "/account/whoami", Some(&t1), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(who["user_id"], format!("@{lower}:{}", h.server.addr));
+    assert_eq!(who["device_id"], v["device_id"]);
+
+    // logout revokes only this token
+    let (s, v) = api.call("POST", "/logout", Some(&t1), None).await;
+    assert_eq!((s, &v), (200, &json!({})));
+    let (s, v) = api.call("GET", "/account/whoami", Some(&t1), None).await;
+    assert_eq!((s, v["errcode"].as_str()), (401, Some("unknown_token")));
+    assert_eq!(api.call("GET", "/account/whoami", Some(&t2), None).await.0, 200);
+    // logout/all revokes the rest
+    let (s, _) = api.call("POST", "/logout/all", Some(&t2), Some(json!({}))).await;
+    assert_eq!(s, 200);
+    for t in [&t2, &t3] {
+        let (s, v) = api.call("GET", "/account/whoami", Some(t), None).await;
+        assert_eq!((s, v["errcode"].as_str()), (401, Some("unknown_token")));
+    }
+    // no token / malformed header / garbage token
+    let (s, v) = api.call("GET", "/account/whoami", None, None).await;
+    assert_eq!((s, v["errcode"].as_str()), (401, Some("missing_token")));
+    let (s, v) = api.call("GET", "/account/whoami", Some("not-a-token"), None).await;
+    assert_eq!((s, v["errcode"].as_str()), (401, Some("unknown_token")));
+}
+
+async fn password_and_username_rules(b: Backend) {
+    let h = Harness::start(b).await;
+    let api = h.api();
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("short", "Ab1!x", 400, "password_too_short"),
+        ("toolong", &"x".repeat(1025), 400, "password_too_long"),
+        ("common", "password1", 400, "password_too_common"),
+        ("numeric", "4815162342718", 400, "password_entirely_numeric"),
+        ("margaret", "margaret7", 400, "password_too_similar"),
+        ("bad name!", "zebra-quartz-71", 400, "invalid_username"),
+        ("", "zebra-quartz-71", 400, "invalid_username"),
+        (&"a".repeat(33), "zebra-quartz-71", 400, "invalid_username"),
+        ("émile", "zebra-quartz-71", 400, "invalid_username"),
+    ];
+    for (name, pw, status, code) in cases {
+        let (s, v) = api.register(name, pw).await;
+        assert_eq!((s, v["errcode"].as_str()), (*status, Some(*code)), "{name:?}/{pw:?}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    // Refused registrations created nothing.
+    let (s, v) = api.call("POST", "/login", None, Some(json!({"username": "margaret", "password": "margaret7"}))).await;
+    assert_eq!((s, v["errcode"].as_str()), (401, Some("invalid_credentials")));
+    let (s, _) = api.register(&"a".repeat(32), "zebra-quartz-71").await;
+    assert_eq!(s, 201, "32 characters is allowed");
+}
+
+async fn login_failure_does_not_tell_whether_the_user_exists(b: Backend) {
+    let h = Harness::start(b).await;
+    let api = h.api();
+    let name = uniq("bob");
+    api.user(&name).await;
+    let attempt = |user: String| {
+        let api = api.clone();
+        async move {
+            let t = Instant::now();
+            let r = api.call("POST", "/login", None, Some(json!({"username": user, "password": "wrong-password-9"}))).await;
+            (r, t.elapsed())
+        }
+    };
+    let mut wrong = Vec::new();
+    let mut unknown = Vec::new();
+    for i in 0..5 {
+        let (rw, tw) = attempt(name.clone()).await;
+        let (ru, tu) = attempt(format!("nobody{i}{name}")).await;
+        assert_eq!(rw, ru, "same status and body for a wrong password and an unknown user");
+        assert_eq!(rw.0, 401);
+        assert_eq!(rw.1["errcode"], "invalid_credentials");
+        wrong.push(tw);
+        unknown.push(tu);
+    }
+    wrong.sort();
+    unknown.sort();
+    // An unknown user costs a full password hash too (without the dummy hash
+    // it would answer ~100x faster).
+    assert!(unknown[2] * 3 >= wrong[2], "unknown-user logins are much faster: {unknown:?} vs {wrong:?}");
+}
+
+async fn rooms_join_leave_members_list(b: Backend) {
+    let h = Harness::start(b).await;
+    let api = h.api();
+    let server = h.server.addr.to_string();
+    let (ann, ta) = api.user(&uniq("ann")).await;
+    let (bob, tb) = api.user(&uniq("bob")).await;
+    let room = uniq("Lobby");
+    let lower = room.to_lowercase();
+
+    // First join of a bare name creates the room.
+    let j = api.join(&ta, &room).await;
+    let alias = format!("#{lower}:{server}");
+    assert_eq!(j["alias"], alias);
+    let room_id = j["room_id"].as_str().unwrap().to_owned();
+    assert!(room_id.starts_with('!') && room_id.ends_with(&format!(":{server}")));
+    // By alias and by id: the same room. Joining twice changes nothing.
+    assert_eq!(api.join(&tb, &alias).await, j);
+    assert_eq!(api.join(&tb, &room_id).await, j);
+    let (_, page) = api.messages(&ta, &room_id, "").await;
+    let kinds: Vec<_> = page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kinds, ["join", "join"], "one join event per effective join");
+    assert_eq!(page["events"][0]["sender"], ann);
+    assert_eq!(page["events"][1]["sender"], bob);
+
+    let (s, m) = api.call("GET", &format!("/rooms/{}/members", enc(&alias)), Some(&ta), None).await;
+    assert_eq!(s, 200);
+    let mut want = vec![ann.clone(), bob.clone()];
+    want.sort();
+    let got: Vec<_> = m["members"].as_array().unwrap().iter().map(|x| x["user_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(got, want);
+    assert_eq!(m["room_id"], room_id);
+
+    let (s, l) = api.call("GET", "/rooms", Some(&ta), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(l["rooms"], json!([{"room_id": room_id, "alias": alias}]));
+
+    // Leave, then every member-only endpoint refuses.
+    let (s, v) = api.call("POST", &format!("/rooms/{}/leave", enc(&room)), Some(&tb), None).await;
+    assert_eq!((s, v), (200, json!({})));
+    for (method, path) in [
+        ("GET", format!("/rooms/{}/members", enc(&room))),
+        ("GET", format!("/rooms/{}/messages", enc(&room))),
+        ("POST", format!("/rooms/{}/leave", enc(&room))),
+    ] {
+        let (s, v) = api.call(method, &path, Some(&tb), None).await;
+        assert_eq!((s, v["errcode"].as_str()), (403, Some("not_member")), "{method} {path}");
+    }
+    let (s, v) = api.send(&tb, &room, "t1", "hi").await;
+    assert_eq!((s, v["errcode"].as_str()), (403, Some("not_member")));
+    let (_, page) = api.messages(&ta, &room, "").await;
+    assert_eq!(page["events"][2]["type"], "leave");
+    assert_eq!(page["events"][2]["sender"], bob);
+    let (_, l) = api.call("GET", "/rooms", Some(&tb), None).await;
+    assert_eq!(l["rooms"], json!([]));
+
+    // Unknown rooms and bad names.
+    for (r, status, code) in [
+        (format!("!nosuchroom:{server}"), 404, "room_not_found"),
+        ("#elsewhere:other.example".to_owned(), 404, "room_not_found"),
+        ("bad room".to_owned(), 400, "invalid_room"),
+        ("#nope".to_owned(), 400, "invalid_room"),
+        ("x".repeat(65), 400, "invalid_room"),
+    ] {
+        let (s, v) = api.call("POST", &format!("/rooms/{}/join", enc(&r)), Some(&ta), None).await;
+        assert_eq!((s, v["errcode"].as_str()), (status, Some(code)), "{r}: {v}");
+    }
+    let (s, v) = api.call("GET", &format!("/rooms/{}/members", enc("neverjoined")), Some(&ta), None).await;
+    assert_eq!((s, v["errcode"].as_str()), (404, Some("room_not_found")));
+}
+
+async fn sends_are_idempotent_and_checked(b: Backend) {
+    let h = Harness::start(b).await;
+    let api = h.api();
+    let (ann, ta) = api.user(&uniq("ann")).await;
+    let room = uniq("r");
+    api.join(&ta, &room).await;
+    let (s, first) = api.send(&ta, &room, "txn-1", "hello").await;
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(first["seq"], 2);
+    // Same txn, same body: same answer, nothing stored twice.
+    let (s, again) = api.send(&ta, &room, "txn-1", "hello").await;
+    assert_eq!((s, &again), (200, &first));
+    // Same txn, other body: conflict.
+    let (s, v) = api.send(&ta, &room, "txn-1", "changed").await;
+    assert_eq!((s, v["errcode"].as_str()), (409, Some("txn_conflict")));
+    // The txn belongs to the device: another login of the same user may reuse the id.
+    let (_, ta2) = api.login(&ann[1..ann.find(':').unwrap()]).await;
+    let (s, other) = api.send(&ta2, &room, "txn-1", "hello").await;
+    assert_eq!(s, 200);
+    assert_eq!(other["seq"], 3);
+    let (_, page) = api.messages(&ta, &room, "").await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 3);
+    assert_eq!(page["events"][1]["body"], "hello");
+    assert_eq!(page["events"][1]["event_id"], first["event_id"]);
+
+    let max = "é".repeat(8192);
+    assert_eq!(max.len(), 16384);
+    assert_eq!(api.send(&ta, &room, "big-ok", &max).await.0, 200);
+    let (s, v) = api.send(&ta, &room, "big", &format!("{max}x")).await;
+    assert_eq!((s, v["errcode"].as_str()), (413, Some("message_too_large")));
+    let (s, v) = api.send(&ta, &room, "empty", "").await;
+    assert_eq!((s, v["errcode"].as_str()), (413, Some("message_too_large")));
+    for bad in ["a%20b", &"t".repeat(65), "%C3%A9"] {
+        let (s, v) = api.send(&ta, &room, bad, "x").await;
+        assert_eq!((s, v["errcode"].as_str()), (400, Some("invalid_param")), "{bad}");
+    }
+    let (s, v) = api
+        .call("PUT", &format!("/rooms/{}/send/t9", enc(&room)), Some(&ta), Some(json!({"body": "x", "extra": 1})))
+        .await;
+    assert_eq!((s, v["errcode"].as_str()), (400, Some("invalid_field")));
+    let (s, v) = api.call("PUT", &format!("/rooms/{}/send/t9", enc(&room)), Some(&ta), Some(json!({"body": 5}))).await;
+    assert_eq!((s, v["errcode"].as_str()), (400, Some("invalid_field")));
+    let (_, page) = api.messages(&ta, &room, "").await;
+    assert_eq!(page["latest_seq"], 4, "refused sends stored nothing");
+}
+
+async fn seqs_are_contiguous_under_concurrent_senders(b: Backend) {
+    let h = Harness::start(b).await;
+    let api = h.api();
+    let room = uniq("busy");
+    let mut tokens = Vec::new();
+    for i in 0..8 {
+        let (_, t) = api.user(&uniq(&format!("u{i}"))).await;
+        api.join(&t, &room).await;
+        tokens.push(t);
+    }
+    let mut tasks = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let (api, t, room) = (api.clone(), t.clone(), room.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for n in 0..25 {
+                let (s, v) = api.send(&t, &room, &format!("m{n}"), &format!("{i}:{n}")).await;
+                assert_eq!(s, 200, "{v}");
+                seqs.push(v["seq"].as_u64().unwrap());
+            }
+            seqs
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        let seqs = t.await.unwrap();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one sender's messages keep their order");
+        acked.extend(seqs);
+    }
+    let (_, page) = api.messages(&tokens[0], &room, "after=0&limit=1000").await;
+    let events = page["events"].as_array().unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=208).collect::<Vec<_>>(), "8 joins + 200 messages, no holes, no duplicates");
+    let ids: std::collections::HashSet<_> = events.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 208, "event ids are unique");
+    acked.sort();
+    assert_eq!(acked, seqs.iter().copied().filter(|s| *s > 8).collect::<Vec<_>>());
+}
+
+async fn history_pages_both_ways(b: Backend) {
+    let h = Harness::start(b).await;
+    let api = h.api();
+    let (_, t) = api.user(&uniq("ann")).await;
+    let room = uniq("hist");
+    api.join(&t, &room).await;
+    for n in 1..=30 {
+        assert_eq!(api.send(&t, &room, &format!("t{n}"), &format!("m{n}")).await.0, 200);
+    }
+    let seqs = |v: &Value| v["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>();
+    let (s, latest) = api.messages(&t, &room, "limit=5").await;
+    assert_eq!(s, 200);
+    assert_eq!(seqs(&latest), [27, 28, 29, 30, 31]);
+    assert_eq!((latest["earliest_seq"].as_u64(), latest["latest_seq"].as_u64()), (Some(1), Some(31)));
+    let epoch = latest["epoch"].as_str().unwrap().to_owned();
+    assert!(!epoch.is_empty());
+    let (_, before) = api.messages(&t, &room, "before=27&limit=5").await;
+    assert_eq!(seqs(&before), [22, 23, 24, 25, 26]);
+    assert_eq!(before["epoch"], epoch);
+    let (_, after) = api.messages(&t, &room, "after=0&limit=3").await;
+    assert_eq!(seqs(&after), [1, 2, 3]);
+    let (_, tail) = api.messages(&t, &room, "after=29").await;
+    assert_eq!(seqs(&tail), [30, 31]);
+    let (_, none) = api.messages(&t, &room, "after=31").await;
+    assert_eq!(seqs(&none), Vec::<u64>::new());
+    let (_, start) = api.messages(&t, &room, "before=3").await;
+    assert_eq!(seqs(&start), [1, 2]);
+    let (_, all) = api.messages(&t, &room, "").await;
+    assert_eq!(seqs(&all).len(), 31, "default limit 50");
+    // Walking backwards from the end reaches every event once.
+    let mut walked = Vec::new();
+    let mut before = u64::MAX;
+    loop {
+        let (_, p) = api.messages(&t, &room, &format!("before={before}&limit=7")).await;
+        let s = seqs(&p);
+        if s.is_empty() {
+            break;
+        }
+        before = s[0];
+        walked.splice(0..0, s);
+    }
+    assert_eq!(walked, (1..=31).collect::<Vec<_>>());
+    for bad in ["before=1&after=2", "limit=0", "limit=1001", "before=x", "after=-1", "bogus=1"] {
+        let (s, v) = api.messages(&t, &room, bad).await;
+        assert_eq!((s, v["errcode"].as_str()), (400, Some("invalid_param")), "{bad}");
+    }
+}
+
+async fn bad_input_gets_clear_errors_and_loses_nothing(b: Backend) {
+    let h = Harness::start(b).await;
+    let api = h.api();
+    let (_, t) = api.user(&uniq("ann")).await;
+    let room = uniq("safe");
+    api.join(&t, &room).await;
+    api.send(&t, &room, "keep", "precious").await;
+    let send_path = format!("{P}/rooms/{}/send/x1", enc(&room));
+    let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
+        ("PUT", send_path.clone(), b"{not json".to_vec(), 400, "malformed_json"),
+        ("PUT", send_path.clone(), b"".to_vec(), 400, "malformed_json"),
+        ("PUT", send_path.clone(), b"[1,2]".to_vec(), 400, "invalid_field"),
+        ("PUT", send_path.clone(), b"{\"body\":\"\xff\xfe\"}".to_vec(), 400, "malformed_json"),
+        ("PUT", send_path.clone(), b"{}".to_vec(), 400, "invalid_field"),
+        ("PUT", send_path.clone(), vec![b' '; 70_000], 413, "body_too_large"),
+        ("POST", format!("{P}/register"), b"{\"username\":\"x\",\"password\":\"y\",\"admin\":true}".to_vec(), 400, "invalid_field"),
+        ("POST", format!("{P}/login"), b"null".to_vec(), 400, "invalid_field"),
+        ("GET", format!("{P}/nope"), vec![], 404, "not_found"),
+        ("GET", "/".to_owned() + "does/not/exist", vec![], 404, "not_found"),
+        ("DELETE", format!("{P}/register"), vec![], 405, "method_not_allowed"),
+        ("GET", format!("{P}/rooms/%FF%FE/members"), vec![], 400, "invalid_param"),
+        ("GET", format!("{P}/ws"), vec![], 426, "upgrade_required"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (s, v) = api.raw(method, &path, Some(&t), body).await;
+        assert_eq!((s, v["errcode"].as_str()), (status, Some(code)), "{method} {path}: {v}");
+    }
+    // Raw garbage on the socket: a clean close, and the server lives on.
+    let mut sock = tokio::net::TcpStream::connect(h.server.addr).await.unwrap();
+    sock.write_all(b"\x00\x01GARBAGE\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut buf)).await;
+    let (_, page) = api.messages(&t, &room, "").await;
+    assert_eq!(page["events"][1]["body"], "precious", "nothing stored was lost");
+    assert_eq!(api.call("GET", "/account/whoami", Some(&t), None).await.0, 200);
+}
+
+async fn everything_survives_a_restart(b: Backend) {
+    let mut h = Harness::start(b).await;
+    let api = h.api();
+    let name = uniq("ann");
+    let (_, t) = api.user(&name).await;
+    let room = uniq("kept");
+    let j = api.join(&t, &room).await;
+    let (_, first) = api.send(&t, &room, "once", "before restart").await;
+    let (_, before) = api.messages(&t, &room, "").await;
+    h.restart().await;
+    let api = h.api();
+    // Tokens, accounts, rooms, history, epoch and txn memory all survived.
+    assert_eq!(api.call("GET", "/account/whoami", Some(&t), None).await.0, 200);
+    api.login(&name).await;
+    assert_eq!(api.join(&t, &room).await, j);
+    let (_, after) = api.messages(&t, &room, "").await;
+    assert_eq!(after, before);
+    let (s, again) = api.send(&t, &room, "once", "before restart").await;
+    assert_eq!((s, &again), (200, &first), "idempotent across a restart");
+    let (_, next) = api.send(&t, &room, "twice", "after restart").await;
+    assert_eq!(next["seq"].as_u64(), Some(first["seq"].as_u64().unwrap() + 1));
+}
+
+async fn rate_limits_answer_429_with_retry_after(b: Backend) {
+    let h = Harness::start_with(b, |c| c.rate_limit = true).await;
+    let api = h.api();
+    // register: 10 per address, then 429
+    let mut statuses = Vec::new();
+    for i in 0..11 {
+        let (s, v) = api.register(&uniq(&format!("rl{i}")), "1").await; // refused fast by the policy, still counted
+        statuses.push((s, v));
+    }
+    assert!(statuses[..10].iter().all(|(s, _)| *s == 400), "{statuses:?}");
+    let (s, v) = &statuses[10];
+    assert_eq!((*s, v["errcode"].as_str()), (429, Some("rate_limited")));
+    assert!(v["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0 && ms <= 6000), "{v}");
+    // login: 10 per username
+    let mut last = (0, Value::Null);
+    for _ in 0..11 {
+        last = api.call("POST", "/login", None, Some(json!({"username": "victim", "password": "wrong-password"}))).await;
+    }
+    assert_eq!((last.0, last.1["errcode"].as_str()), (429, Some("rate_limited")));
+    assert!(last.1["retry_after_ms"].as_u64().is_some());
+}
+
+async fn slow_clients_are_cut_off(b: Backend) {
+    let h = Harness::start_with(b, |c| {
+        c.header_timeout = Duration::from_millis(500);
+        c.body_timeout = Duration::from_millis(500);
+    })
+    .await;
+    // Headers dripped slowly: the connection is closed.
+    let mut sock = tokio::net::TcpStream::connect(h.server.addr).await.unwrap();
+    sock.write_all(b"GET /_parlor/versions HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "the server closed a slow-drip connection");
+    assert!(t.elapsed() < Duration::from_secs(4));
+    // Body promised but never sent: 408.
+    let mut sock = tokio::net::TcpStream::connect(h.server.addr).await.unwrap();
+    sock.write_all(format!("POST {P}/register HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await.expect("an answer").unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"));
+    assert_eq!(h.api().raw("GET", "/_parlor/versions", None, vec![]).await.0, 200);
+}
+
+async fn connection_cap_closes_extra_connections(b: Backend) {
+    let h = Harness::start_with(b, |c| c.max_connections = 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(h.server.addr).await.unwrap();
+        s.write_all(b"GET /_parlor/versions HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        held.push(s);
+    }
+    let mut extra = tokio::net::TcpStream::connect(h.server.addr).await.unwrap();
+    let _ = extra.write_all(b"GET /_parlor/versions HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await.expect("closed at once").unwrap_or(0);
+    assert_eq!(n, 0, "the connection over the cap is closed without an answer");
+    drop(held);
+    // Slots come back once connections close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = tokio::net::TcpStream::connect(h.server.addr).await.unwrap();
+        let _ = s.write_all(b"GET /_parlor/versions HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut buf = vec![0u8; 1024];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            if n > 0 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "slots were not released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
