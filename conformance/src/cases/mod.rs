@@ -1,0 +1,58 @@
+//! The cases, one module per spec section, and small helpers they share.
+//! `all()` lists them in spec order; each module's `cases()` is in the order
+//! of its section.
+
+use serde_json::Value;
+
+use crate::runner::Case;
+
+mod accounts;
+mod conventions;
+mod errors;
+mod federation;
+mod guarantees;
+mod history;
+mod limits;
+mod messages;
+mod operation;
+mod rate_limits;
+mod rooms;
+mod websocket;
+
+pub fn all() -> Vec<Case> {
+    [
+        conventions::cases(),
+        errors::cases(),
+        limits::cases(),
+        accounts::cases(),
+        rooms::cases(),
+        messages::cases(),
+        history::cases(),
+        websocket::cases(),
+        guarantees::cases(),
+        operation::cases(),
+        federation::cases(),
+        rate_limits::cases(),
+    ]
+    .concat()
+}
+
+/// A string field, or "" when absent.
+pub fn s<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// An integer field, or u64::MAX when absent (so it never matches by accident).
+pub fn n(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(u64::MAX)
+}
+
+/// The `seq`s of a list of events.
+pub fn seqs(events: &Value) -> Vec<u64> {
+    events.as_array().map(|a| a.iter().map(|e| n(e, "seq")).collect()).unwrap_or_default()
+}
+
+/// `lo..=hi` as a vector, for comparing seq lists.
+pub fn range(lo: u64, hi: u64) -> Vec<u64> {
+    (lo..=hi).collect()
+}

@@ -1,0 +1,158 @@
+//! §4 Rate limits (only with `--rate-limited`): 429 `rate_limited` with
+//! `retry_after_ms` and `Retry-After` on register and login (per address and
+//! per username) and on sends (per user, HTTP and WebSocket together). These
+//! cases drain the server's buckets on purpose, so they run last.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::s;
+use super::websocket::next_frame;
+use crate::ctx::Ctx;
+use crate::failure::{Failure, Result};
+use crate::http::{Request, Response};
+use crate::runner::{Case, Needs};
+use crate::{case, check, check_eq, fail};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!("rate_limits::register_per_address", "4", register_per_address).needs(Needs::RateLimits).limit(120),
+        case!("rate_limits::login_per_username", "4", login_per_username).needs(Needs::RateLimits).limit(120),
+        case!("rate_limits::login_per_address", "4", login_per_address).needs(Needs::RateLimits).limit(120),
+        case!("rate_limits::send_per_user", "4", send_per_user).needs(Needs::RateLimits).limit(180),
+    ]
+}
+
+/// Checks a 429: errcode, `retry_after_ms` and a matching `Retry-After`.
+fn check_429(resp: &Response) -> Result<u64> {
+    let v = resp.err(429, "rate_limited")?;
+    let Some(ms) = v["retry_after_ms"].as_u64() else { fail!("{}: 429 without retry_after_ms: {v}", resp.what) };
+    check!(ms > 0, "{}: retry_after_ms is 0", resp.what);
+    let Some(header) = resp.header("retry-after") else { fail!("{}: 429 without a Retry-After header", resp.what) };
+    let secs: u64 = header.trim().parse().map_err(|_| Failure::Check(format!("Retry-After {header:?} is not whole seconds")))?;
+    // Seconds rounded up; the two are computed a moment apart, so allow one off.
+    check!(secs.abs_diff(ms.div_ceil(1000)) <= 1, "Retry-After {secs} s does not match retry_after_ms {ms}");
+    Ok(ms)
+}
+
+/// Sends `make(i)` until a 429 (returned) or `max` attempts; every other
+/// answer must have the errcode `expected` (or be a success when it is None).
+async fn until_429(ctx: &Ctx, max: usize, expected: Option<&str>, make: impl Fn(usize) -> Request) -> Result<(usize, Response)> {
+    for i in 0..max {
+        let resp = ctx.http.send(make(i)).await?;
+        if resp.status == 429 {
+            check_429(&resp)?;
+            return Ok((i + 1, resp));
+        }
+        check_eq!(resp.errcode().as_deref(), expected, "answer {} before the limit", i + 1);
+    }
+    fail!("no 429 after {max} requests")
+}
+
+async fn register_per_address(ctx: &Ctx) -> Result<()> {
+    // Too-short passwords: counted by the limiter (it comes before the
+    // endpoint's own checks) without creating accounts or hashing.
+    let (n, _) = until_429(ctx, 15, Some("password_too_short"), |_| {
+        Request::post(Ctx::api("/register")).json(&json!({"username": ctx.username("rl"), "password": "short"}))
+    })
+    .await?;
+    check!(n <= 11, "the 429 came only at request {n}; the burst is 10");
+    Ok(())
+}
+
+async fn login_per_username(ctx: &Ctx) -> Result<()> {
+    let target = ctx.username("rlu");
+    let login = |name: &str| Request::post(Ctx::api("/login")).json(&json!({"username": name, "password": "#Wrong!pass%9"}));
+    let (n, _) = until_429(ctx, 12, Some("invalid_credentials"), |_| login(&target)).await?;
+    check!(n <= 11, "the 429 came only at attempt {n}; the per-username burst is 10");
+    // Another username from the same address is not limited by that bucket
+    // (waiting out the address bucket if the rest of the run drained it).
+    let other = ctx.username("rlo");
+    let mut ok = false;
+    for _ in 0..3 {
+        let resp = ctx.http.send(login(&other)).await?;
+        if resp.status == 429 {
+            tokio::time::sleep(Duration::from_millis(check_429(&resp)?.min(10_000))).await;
+            continue;
+        }
+        resp.err(401, "invalid_credentials")?;
+        ok = true;
+        break;
+    }
+    check!(ok, "a login for another username stayed rate limited: the limit is not per username");
+    let again = ctx.http.send(login(&target)).await?;
+    check_429(&again)?;
+    Ok(())
+}
+
+async fn login_per_address(ctx: &Ctx) -> Result<()> {
+    let (n, _) = until_429(ctx, 25, Some("invalid_credentials"), |_| {
+        Request::post(Ctx::api("/login")).json(&json!({"username": ctx.username("rla"), "password": "#Wrong!pass%9"}))
+    })
+    .await?;
+    check!(n <= 21, "the 429 came only at attempt {n}; the per-address burst is 20");
+    Ok(())
+}
+
+async fn send_per_user(ctx: &Ctx) -> Result<()> {
+    let user = ctx.user("rls").await?;
+    let room = ctx.room(&user, "rls").await?;
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        sockets.push(ctx.ws(&user).await?);
+    }
+    let started = Instant::now();
+    let (mut attempts, mut acks) = (0u64, 0u64);
+    let mut limited: Option<Value> = None;
+    // Pipelined batches on two sockets until the first rate_limited.
+    'outer: while limited.is_none() && attempts < 3000 && started.elapsed() < Duration::from_secs(60) {
+        for (k, ws) in sockets.iter_mut().enumerate() {
+            for i in 0..100 {
+                let frame = json!({"type": "send", "room": room.room_id, "txn_id": ctx.txn(), "body": "r", "id": format!("{k}-{i}")});
+                ws.send(frame).await?;
+            }
+        }
+        for ws in sockets.iter_mut() {
+            for _ in 0..100 {
+                let f = next_frame(ws).await?;
+                attempts += 1;
+                match (s(&f, "type"), s(&f, "errcode")) {
+                    ("ack", _) => acks += 1,
+                    ("error", "rate_limited") => {
+                        check!(f["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "rate_limited frame without retry_after_ms: {f}");
+                        limited.get_or_insert(f);
+                    }
+                    _ => fail!("unexpected answer to a send: {f}"),
+                }
+            }
+            if attempts >= 3000 {
+                break 'outer;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if limited.is_none() {
+        let rate = attempts as f64 / secs;
+        if rate < 60.0 {
+            return Err(Failure::NotRun(format!(
+                "the server accepted sends at only {rate:.0}/s, too slow to pass the 50/s sustained limit"
+            )));
+        }
+        fail!("{attempts} sends in {secs:.1} s over the WebSocket and none was rate limited (burst 300, 50/s)");
+    }
+    check!(acks >= 300, "rate limited after only {acks} accepted sends; the burst is 300");
+    // HTTP shares the bucket: limited at once too.
+    let resp = ctx.http.send(Ctx::send_req(&user, &room.room_id, &ctx.txn(), &json!({"body": "http"}))).await?;
+    let wait = check_429(&resp)?;
+    // A refused send stores nothing.
+    let events = ctx.all_events(&user, &room.room_id).await?;
+    check_eq!(events.len() as u64, acks + 1, "events stored (join + acknowledged sends)");
+    // And after waiting as told, sending works again.
+    tokio::time::sleep(Duration::from_millis(wait + 50)).await;
+    ctx.http.send(Ctx::send_req(&user, &room.room_id, &ctx.txn(), &json!({"body": "later"}))).await?.ok(200, "send_response")?;
+    for ws in sockets {
+        ws.close().await;
+    }
+    Ok(())
+}
