@@ -12,8 +12,8 @@ use clap::Parser;
 #[command(version)]
 struct Args {
     /// The server to test, e.g. http://127.0.0.1:8008
-    #[arg(long)]
-    server: String,
+    #[arg(long, required_unless_present = "list")]
+    server: Option<String>,
     /// Run only the cases whose name contains this (e.g. `accounts::` or `gap`).
     #[arg(long)]
     filter: Option<String>,
@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cfg = conformance::Config {
-        server: args.server,
+        server: args.server.unwrap_or_default(),
         filter: args.filter,
         rate_limited: args.rate_limited,
         storage_down: args.storage_down,

@@ -1,0 +1,102 @@
+//! The suite must fail a server that answers wrongly. A tiny fake server
+//! (raw TCP, fixed answers) gives answers that are off-schema in different
+//! ways; the cases that read them must fail with a schema violation, not pass.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use conformance::{Config, Outcome};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Serves `answers[path] = (status, body)`; every other path gets a
+/// well-formed 404 `not_found`.
+async fn fake_server(answers: HashMap<&'static str, (u16, &'static str)>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf);
+                let path = head.split_whitespace().nth(1).unwrap_or("/").split('?').next().unwrap_or("/").to_owned();
+                let (status, body) =
+                    answers.get(path.as_str()).copied().unwrap_or((404, r#"{"errcode":"not_found","error":"no"}"#));
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+async fn outcomes(addr: SocketAddr, filter: &str) -> Vec<(String, Outcome)> {
+    let cfg = Config { server: format!("http://{addr}"), filter: Some(filter.into()), ..Default::default() };
+    let report = conformance::run(&cfg, |_| {}).await.unwrap();
+    report.results.into_iter().map(|r| (r.name.to_owned(), r.outcome)).collect()
+}
+
+fn assert_schema_failure(results: &[(String, Outcome)], case: &str, schema: &str) {
+    let (_, outcome) = results.iter().find(|(n, _)| n == case).unwrap_or_else(|| panic!("{case} did not run"));
+    match outcome {
+        Outcome::Fail(reason) => {
+            assert!(reason.contains(&format!("violates {schema}")), "{case} failed, but not on {schema}: {reason}")
+        }
+        other => panic!("{case} should fail on {schema}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn off_schema_answers_fail_their_cases() {
+    let addr = fake_server(HashMap::from([
+        // `versions` must be an array.
+        ("/_parlor/versions", (200, r#"{"versions":"v1","server":{"name":"127.0.0.1:1","version":"fake"}}"#)),
+        // `room_log` is missing.
+        ("/healthz", (200, r#"{"status":"ok"}"#)),
+        // An errcode that is not in the spec's table.
+        ("/_parlor/client/v1/no_such_endpoint", (404, r#"{"errcode":"no_such_thing","error":"no"}"#)),
+    ]))
+    .await;
+    let versions = outcomes(addr, "versions::").await;
+    assert_schema_failure(&versions, "versions::lists_v1", "versions_response.json");
+    assert_schema_failure(&versions, "versions::server_name_is_valid", "versions_response.json");
+    assert_schema_failure(&outcomes(addr, "operation::healthz").await, "operation::healthz_ok", "health_response.json");
+    assert_schema_failure(&outcomes(addr, "errors::unknown_endpoint").await, "errors::unknown_endpoint_not_found", "error.json");
+}
+
+#[tokio::test]
+async fn right_shape_wrong_content_still_fails() {
+    // Schema-valid, but v1 is not listed: the case must still fail.
+    let addr = fake_server(HashMap::from([(
+        "/_parlor/versions",
+        (200, r#"{"versions":["v0"],"server":{"name":"127.0.0.1:1","version":"fake"}}"#),
+    )]))
+    .await;
+    let results = outcomes(addr, "versions::lists_v1").await;
+    assert!(matches!(&results[0].1, Outcome::Fail(r) if r.contains("v1")), "{results:?}");
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_there_fails_every_case() {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = Config { server: format!("http://{addr}"), filter: Some("accounts::".into()), ..Default::default() };
+    let report = conformance::run(&cfg, |_| {}).await.unwrap();
+    assert!(report.results.len() > 20);
+    assert_eq!(report.passed(), 0, "{:?}", report.results.iter().find(|r| r.outcome == Outcome::Pass));
+}

@@ -1,0 +1,67 @@
+//! Runs the conformance suite (`conformance/`, a black-box client written
+//! from the spec) in-process against the real `parlor` binary: on the
+//! embedded room log, on Redis Streams (and again with Redis stopped, for
+//! `storage_unavailable`), and on a server with rate limits on. The suite and
+//! the server keep each other honest: any failed case fails the test.
+
+mod support;
+
+use conformance::{Config, Outcome, Report};
+use support::{ParlorProcess, RedisServer};
+
+/// Cases allowed to end "not run" against this server: the modes a test
+/// does not switch on, and federation, which v1 reserves for later.
+fn expected_not_run(name: &str, cfg: &Config) -> bool {
+    (name.starts_with("rate_limits::") && !cfg.rate_limited)
+        || (name == "operation::storage_down_503" && !cfg.storage_down)
+        || (name == "operation::healthz_ok" && cfg.storage_down)
+        || name.starts_with("federation::")
+}
+
+async fn run(url: &str, filter: Option<&str>, rate_limited: bool, storage_down: bool) -> Report {
+    let cfg = Config { server: url.to_owned(), filter: filter.map(str::to_owned), rate_limited, storage_down };
+    let report = conformance::run(&cfg, |r| println!("{}", r.line())).await.expect("the suite runs");
+    println!("{}", report.summary());
+    let failed: Vec<String> = report.failures().iter().map(|r| r.line()).collect();
+    assert!(failed.is_empty(), "{} conformance case(s) failed:\n{}", failed.len(), failed.join("\n"));
+    let unexpected: Vec<String> = report
+        .results
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::NotRun(_)) && !expected_not_run(r.name, &cfg))
+        .map(|r| r.line())
+        .collect();
+    assert!(unexpected.is_empty(), "cases that should have run did not:\n{}", unexpected.join("\n"));
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "off"]);
+    let report = run(&server.url, None, false, false).await;
+    assert!(report.passed() >= 100, "only {} cases passed", report.passed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "off", "--redis", &redis.url]);
+    let report = run(&server.url, None, false, false).await;
+    assert!(report.passed() >= 100, "only {} cases passed", report.passed());
+
+    // With Redis gone, the room log is unreachable: 503 storage_unavailable.
+    let mut redis = redis;
+    redis.kill();
+    let down = run(&server.url, Some("operation::"), false, true).await;
+    assert_eq!(down.passed(), 1, "operation::storage_down_503 must run and pass");
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "on"]);
+    let report = run(&server.url, Some("rate_limits::"), true, false).await;
+    assert_eq!(report.passed(), 4, "every rate-limit case must run and pass");
+}
