@@ -1,4 +1,5 @@
-//! The demo page in real headless Chromium, against the real `parlor` binary:
+//! The demo page in real headless Chromium, against the real `parlor` binary
+//! (two servers: a default one, and one with `--retention 5` for `gap`):
 //! runs `tests/browser/demo.test.mjs` (playwright-core driving Debian's
 //! `/usr/bin/chromium`; no browser is ever downloaded) and fails with its
 //! output when it fails. `PARLOR_SCREENSHOTS=1` makes it refresh the
@@ -63,10 +64,14 @@ fn demo_page_works_in_headless_chromium() {
 
     let data = tempfile::tempdir().unwrap();
     let server = support::ParlorProcess::spawn(data.path(), &["--rate-limit", "off"]);
+    // A second server that keeps only 5 events per room, so the page meets a real `gap`.
+    let data_retention = tempfile::tempdir().unwrap();
+    let retention = support::ParlorProcess::spawn(data_retention.path(), &["--rate-limit", "off", "--retention", "5"]);
 
     let mut node = Command::new("node")
         .arg(dir.join("demo.test.mjs"))
         .arg(&server.url)
+        .arg(&retention.url)
         .env("CHROMIUM_PATH", &chromium)
         .current_dir(&dir)
         .stdin(Stdio::null())

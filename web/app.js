@@ -597,7 +597,7 @@ function refreshMembersSoon() {
       const res = await authed('GET', `/rooms/${enc(r.room_id)}/members`);
       if (r === room) renderMembers(res.members);
     } catch {
-      // Not fatal: the list catches up with the next join or leave.
+      // Not fatal: the list is fetched again after the next join, leave or reconnection.
     }
   }, 150);
 }
@@ -623,13 +623,18 @@ function handleFrame(frame) {
     case 'gap': return onGap(frame);
     case 'ack': return onAck(frame);
     case 'error': return onErrorFrame(frame);
+    case 'caught_up':
+      // After a (re)subscription: people may have come and gone meanwhile, and
+      // a refresh may have failed while the connection was down.
+      if (room && frame.room_id === room.room_id) refreshMembersSoon();
+      return;
     case 'unsubscribed':
       if (room && frame.room_id === room.room_id && frame.reason === 'left') {
         showError(el.roomError, 'You left this room (from another device): join it again to follow it.');
       }
       return;
     default:
-      // caught_up, joined, left, …: nothing to show. Unknown types are ignored,
+      // joined, left, pong, …: nothing to show. Unknown types are ignored,
       // as the spec asks of clients, so newer servers do not break this one.
   }
 }

@@ -1,5 +1,6 @@
-// End-to-end test of the demo page in real headless Chromium, against a real
-// Parlor server: `node demo.test.mjs http://127.0.0.1:PORT`.
+// End-to-end test of the demo page in real headless Chromium, against real
+// Parlor servers: `node demo.test.mjs http://127.0.0.1:PORT http://127.0.0.1:PORT2`,
+// the second one started with `--retention 5` (for the `gap` step).
 //
 // Driven by tests/browser.rs (cargo test --test browser). Uses Debian's
 // /usr/bin/chromium through playwright-core; it never downloads a browser.
@@ -15,9 +16,9 @@ import { mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
-const base = process.argv[2];
-if (!base || !/^http:\/\/127\.0\.0\.1:\d+$/.test(base)) {
-  console.error('usage: node demo.test.mjs http://127.0.0.1:PORT');
+const [base, retentionBase] = process.argv.slice(2);
+if (![base, retentionBase].every((u) => /^http:\/\/127\.0\.0\.1:\d+$/.test(u ?? ''))) {
+  console.error('usage: node demo.test.mjs http://127.0.0.1:PORT http://127.0.0.1:PORT_OF_A_SERVER_WITH_RETENTION_5');
   process.exit(2);
 }
 const chromiumPath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
@@ -101,6 +102,7 @@ async function person(browser, name, { url = base, viewport = { width: 1100, hei
 
 // Chromium logs every HTTP error answer a page receives; these are the ones we provoke.
 const HTTP_4XX = /^Failed to load resource: the server responded with a status of 4(00|09)\b/;
+const HTTP_401 = /^Failed to load resource: the server responded with a status of 401\b/;
 // And a dropped connection makes reconnect attempts fail until it is back.
 const NET_DOWN = /^(WebSocket connection to '.*' failed|Failed to load resource: net::ERR_)/;
 
@@ -223,6 +225,18 @@ async function send(p, text) {
   assert.equal(await input.inputValue(), '', 'Enter sends and empties the field');
 }
 
+/** The protocol spoken directly, for what the test sets up behind the pages' backs. */
+async function http(url, method, path, { token, body } = {}) {
+  const res = await fetch(`${url}/_parlor/client/v1${path}`, {
+    method,
+    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = await res.json();
+  assert.ok(res.ok, `${method} ${path}: ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
 /**
  * A TCP relay between one browser and the server, so the test can cut the
  * network under a live WebSocket (as a lost Wi-Fi would) and bring it back.
@@ -276,6 +290,7 @@ const browser = await chromium.launch({
     '--disable-sync', '--no-first-run'],
 });
 const net2 = await relay(base);
+const net3 = await relay(retentionBase);
 let failed = false;
 
 try {
@@ -324,6 +339,13 @@ try {
     await logIn(alice, 'alice', pw.alice);
     assert.equal(await alice.page.evaluate(() => document.activeElement.id), 'message',
       'after login the message field has the focus');
+    await alice.page.keyboard.press('Tab');
+    const focus = await alice.page.evaluate(() => {
+      const e = document.activeElement;
+      return { text: e.textContent, outline: getComputedStyle(e).outlineStyle, width: getComputedStyle(e).outlineWidth };
+    });
+    assert.equal(focus.text, 'Send', 'Tab goes from the message field to Send');
+    assert.ok(focus.outline !== 'none' && focus.width !== '0px', `the keyboard focus is visible: ${JSON.stringify(focus)}`);
   });
 
   await step('a taken username is refused in words', async () => {
@@ -343,6 +365,8 @@ try {
     await joinRoom(bob, 'Garden');
     await waitForMembers(alice, ['alice', 'bob']);
     await waitForMembers(bob, ['alice', 'bob']);
+    assert.ok(await bob.page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth),
+      'nothing sticks out sideways on a phone-sized screen');
   });
 
   await step('alice sends with Enter; bob sees it live with her name', async () => {
@@ -428,6 +452,7 @@ try {
     await assertGapFree(carol);
     const bodies = (await messages(carol)).map((m) => m.body);
     assert.equal(new Set(bodies).size, bodies.length, 'no message is shown twice');
+    assert.equal(await carol.page.locator('#room-error').isVisible(), false, 'the resume raised no error');
   });
 
   await step('log out returns to the login form and forgets the session', async () => {
@@ -442,6 +467,72 @@ try {
     await logIn(alice, 'alice', pw.alice);
   });
 
+  await step('a long history pages back with “Show earlier messages”', async () => {
+    const { access_token: token } = await http(base, 'POST', '/login', { body: { username: 'bob', password: pw.bob } });
+    await http(base, 'POST', '/rooms/archive/join', { token });
+    for (let i = 1; i <= 60; i += 1) {
+      await http(base, 'PUT', `/rooms/archive/send/old-${i}`, { token, body: { body: `archived ${i}` } });
+    }
+    await joinRoom(alice, 'archive');
+    const first = await messages(alice);
+    assert.equal(first.length, 49, 'joining shows the last 50 events (49 messages and alice’s join)');
+    assert.equal(first[0].body, 'archived 12');
+    await alice.page.getByRole('button', { name: 'Show earlier messages', exact: true }).click();
+    await until('the earlier messages', async () => (await messages(alice)).length === 60);
+    assert.equal((await messages(alice))[0].body, 'archived 1');
+    await until('the button to go once everything is shown', async () =>
+      !(await alice.page.getByRole('button', { name: 'Show earlier messages' }).isVisible()));
+    await assertGapFree(alice);
+    assert.equal((await timeline(alice))[0].seq, 1);
+  });
+
+  await step('events the server no longer keeps are reported as a gap, not skipped silently', async () => {
+    // This server keeps only the last 5 events of a room (--retention 5).
+    const dana = await person(browser, 'dana', { url: net3.url });
+    const erin = await person(browser, 'erin', { url: retentionBase });
+    await signUp(dana, 'dana', 'amber meadow 31');
+    await signUp(erin, 'erin', 'velvet compass 8');
+    await send(erin, 'Before the cut.');
+    await waitForMessage(dana, 'erin', 'Before the cut.');
+    await dana.allow(NET_DOWN, async () => {
+      net3.cut();
+      await until('dana to show “reconnecting…”', async () =>
+        (await dana.page.locator('#connection').textContent()) === 'reconnecting…');
+      for (let i = 1; i <= 8; i += 1) await send(erin, `While dana is away ${i}`);
+      await waitForMessage(erin, 'erin', 'While dana is away 8');
+      net3.restore();
+      await until('dana to be connected again', async () =>
+        (await dana.page.locator('#connection').textContent()) === 'connected', 30_000);
+    });
+    const notice = dana.page.locator('#messages > li.gap');
+    await notice.waitFor();
+    assert.equal(await notice.textContent(), '3 earlier events could not be shown: the server no longer keeps them.');
+    for (let i = 4; i <= 8; i += 1) await waitForMessage(dana, 'erin', `While dana is away ${i}`);
+    const bodies = (await messages(dana)).map((m) => m.body);
+    assert.deepEqual(bodies.slice(-6), ['Before the cut.', ...[4, 5, 6, 7, 8].map((i) => `While dana is away ${i}`)]);
+    // The notice sits where the missing events would have been.
+    const order = await dana.page.locator('#messages > li').evaluateAll((lis) =>
+      lis.map((li) => (li.classList.contains('gap') ? 'gap' : li.querySelector('.body').textContent)));
+    assert.deepEqual(order.slice(-7), ['Before the cut.', 'gap', ...[4, 5, 6, 7, 8].map((i) => `While dana is away ${i}`)]);
+    await shot(dana, 'demo-gap.png');
+    // Live again after the gap.
+    await send(erin, 'After the gap.');
+    await waitForMessage(dana, 'erin', 'After the gap.');
+    await waitForMembers(dana, ['dana', 'erin']);
+    await dana.context.close();
+    await erin.context.close();
+  });
+
+  await step('a session revoked elsewhere (log out everywhere) returns the page to the login form', async () => {
+    const { access_token: token } = await http(base, 'POST', '/login', { body: { username: 'alice', password: pw.alice } });
+    await alice.allow(HTTP_401, async () => {
+      await http(base, 'POST', '/logout/all', { token, body: {} });
+      await heading(alice, 'Log in').waitFor();
+    });
+    assert.match(await alice.page.locator('#login-notice').textContent(), /session has ended/i);
+    assert.equal(await field(alice, 'Username').inputValue(), 'alice');
+  });
+
   await step('no JavaScript errors on any page', async () => {
     assert.deepEqual(problems, []);
   });
@@ -452,6 +543,7 @@ try {
 } finally {
   await browser.close().catch(() => {});
   net2.close();
+  net3.close();
   clearTimeout(watchdog);
 }
 
