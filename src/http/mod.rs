@@ -196,7 +196,27 @@ pub async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes, Error
 /// Parses a JSON body into a request type; `empty_ok` treats no body as `{}`.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<T, Error> {
     let body: &[u8] = if empty_ok && body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    serde_json::from_slice(body).map_err(json_error)
+    parse_object(body)
+}
+
+/// Parses one JSON object into `T`, sorting failures into the spec's codes:
+/// not JSON at all is `malformed_json` (even when serde would have stopped
+/// earlier at an unknown field), anything else is `invalid_field` naming
+/// the field.
+pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    std::str::from_utf8(bytes).map_err(|e| Error::refused(ErrCode::MalformedJson, format!("the body is not UTF-8: {e}")))?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(json_error)?;
+    // serde's derived structs would also take `["ann", "pw"]`.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::refused(ErrCode::InvalidField, "the body must be a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = if path == "." { inner.to_string() } else { format!("{path}: {inner}") };
+        Error::refused(ErrCode::InvalidField, msg)
+    })
 }
 
 /// serde_json's error, sorted into malformed JSON and wrong fields.

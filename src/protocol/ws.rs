@@ -94,9 +94,9 @@ pub const CLIENT_FRAME_TYPES: &[&str] = &["auth", "join", "leave", "subscribe", 
 
 /// Just enough of a client frame to route errors: its `type` and `id`.
 #[derive(Debug, Deserialize)]
-pub struct FrameHead<'a> {
-    #[serde(rename = "type", borrow)]
-    pub kind: Option<std::borrow::Cow<'a, str>>,
+pub struct FrameHead {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
     #[serde(default)]
     pub id: Option<serde_json::Value>,
 }

@@ -16,6 +16,7 @@ pub use error::{Error, Result};
 use crate::config::Config;
 use crate::storage::events::EventLog;
 use crate::storage::events::embedded::EmbeddedLog;
+use crate::storage::events::redis::RedisLog;
 use crate::storage::{AccountStore, RoomStore, StorageError};
 
 /// Every service of one server.
@@ -35,9 +36,7 @@ impl Services {
         let hub = fanout::Hub::new();
         let log: Arc<dyn EventLog> = match &config.redis {
             None => Arc::new(EmbeddedLog::open(&db, hub.clone(), config.retention)?),
-            Some(url) => {
-                return Err(StorageError::Log(format!("Redis room logs are not built into this server yet ({url})")));
-            }
+            Some(url) => Arc::new(RedisLog::open(url, hub.clone(), config.retention).await?),
         };
         let limits = Arc::new(ratelimit::RateLimits::new(config.rate_limit));
         let rooms = Arc::new(rooms::Rooms::new(RoomStore::open(&db)?, log.clone(), hub.clone(), config.server_name.clone()));

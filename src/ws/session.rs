@@ -447,7 +447,7 @@ fn frame_id(f: &ClientFrame) -> Option<String> {
 /// Parses a client frame, sorting failures into the spec's errcodes and
 /// keeping the frame's `id` (when it has a usable one) for the answer.
 fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, Error)> {
-    let head: FrameHead = serde_json::from_str(text).map_err(|e| (None, crate::http::json_error(e)))?;
+    let head: FrameHead = crate::http::parse_object(text.as_bytes()).map_err(|e| (None, e))?;
     let id = head.id.as_ref().and_then(|v| v.as_str()).map(str::to_owned);
     let Some(kind) = head.kind else {
         return Err((id, Error::refused(ErrCode::InvalidField, "type: missing")));
@@ -458,6 +458,5 @@ fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, Error)> {
     if id.as_ref().is_some_and(|i| i.len() > WS_ID_MAX) {
         return Err((None, Error::refused(ErrCode::InvalidField, format!("id: at most {WS_ID_MAX} bytes"))));
     }
-    serde_json::from_str(text).map_err(|e| (id, crate::http::json_error(e)))
+    crate::http::parse_object(text.as_bytes()).map_err(|e| (id, e))
 }
-

@@ -10,6 +10,7 @@
 //!   [`EventSink`] in `seq` order per room.
 
 pub mod embedded;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
