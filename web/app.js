@@ -430,6 +430,7 @@ let live = null; // the LiveConnection while logged in
 // {room_id, alias, epoch, lastSeq, oldestShownSeq, earliestSeq}
 let room = null;
 let enterGeneration = 0; // a newer "Join" makes the answers of an older one stale
+let entering = false; // an enterRoom() is under way
 let subscriptionIds = 0;
 const shownEventIds = new Set();
 
@@ -485,8 +486,6 @@ async function authed(method, path, body) {
     throw err;
   }
 }
-
-let entering = false;
 
 /**
  * Switches the view to a room: join it (idempotent), show its last messages,
