@@ -54,7 +54,8 @@ impl Config {
             ws_auth_timeout: Duration::from_secs(10),
             ws_ping_interval: Duration::from_secs(30),
             ws_outbound_limit: 1 << 20,
-            hash_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // Leave a core for chat: a login storm must not stall delivery.
+            hash_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
         }
     }
 }

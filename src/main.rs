@@ -66,6 +66,9 @@ struct Serve {
     /// Seconds a WebSocket has to authenticate (else close 4002).
     #[arg(long, env = "PARLOR_WS_AUTH_SECS", default_value_t = 10)]
     ws_auth_secs: u64,
+    /// Password hashes computed at once (default: one less than the CPU count, at least 1).
+    #[arg(long, env = "PARLOR_HASH_THREADS")]
+    hash_threads: Option<usize>,
     /// Seconds allowed to read request headers, and again the body.
     #[arg(long, env = "PARLOR_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     request_timeout_secs: u64,
@@ -109,6 +112,9 @@ fn serve(s: Serve) -> Result<()> {
         config.ws_auth_timeout = Duration::from_secs(s.ws_auth_secs.max(1));
         config.header_timeout = Duration::from_secs(s.request_timeout_secs.max(1));
         config.body_timeout = config.header_timeout;
+        if let Some(n) = s.hash_threads {
+            config.hash_concurrency = n.max(1);
+        }
         tracing::info!(server_name = %config.server_name, data_dir = %s.data_dir.display(), nofile, "starting");
         // Tests and scripts read this line to learn the bound port.
         println!("parlor listening on http://{addr}");

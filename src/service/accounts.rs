@@ -69,9 +69,16 @@ impl Accounts {
 
     /// Runs `f` on the blocking pool, at most `hash_concurrency` at once, so
     /// that a login storm queues here instead of starving the async workers.
+    /// The hashing thread also runs at a lower CPU priority: when chat and
+    /// logins compete for a core, chat wins and logins wait a little.
     async fn off_runtime<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let _permit = self.hashing.acquire().await.expect("semaphore never closes");
-        tokio::task::spawn_blocking(f).await.expect("hashing does not panic")
+        tokio::task::spawn_blocking(move || {
+            lower_thread_priority();
+            f()
+        })
+        .await
+        .expect("hashing does not panic")
     }
 
     pub async fn register(&self, username: &str, password: &str, addr: IpAddr) -> Result<UserId> {
@@ -188,6 +195,20 @@ impl Accounts {
             }
         }
     }
+}
+
+/// Nices the calling thread once (Linux threads have their own nice value).
+fn lower_thread_priority() {
+    thread_local!(static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    DONE.with(|done| {
+        if !done.replace(true) {
+            // SAFETY: setpriority on our own thread id; failure is harmless.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+            }
+        }
+    });
 }
 
 fn hash_blocking(rng: &SystemRandom, password: &[u8]) -> String {
