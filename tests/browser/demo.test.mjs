@@ -486,6 +486,16 @@ try {
     assert.equal((await timeline(alice))[0].seq, 1);
   });
 
+  await step('a message the server refuses stays in the outbox with the reason, until dismissed', async () => {
+    await send(alice, 'x'.repeat(16_385));
+    const failed = alice.page.locator('#outbox > li.failed');
+    await failed.waitFor();
+    assert.match(await failed.locator('.status').textContent(), /^Not sent: .*too long/);
+    await failed.getByRole('button', { name: 'Dismiss' }).click();
+    await until('the outbox to empty', async () => (await alice.page.locator('#outbox > li').count()) === 0);
+    assert.equal((await messages(alice)).length, 60, 'nothing was stored');
+  });
+
   await step('events the server no longer keeps are reported as a gap, not skipped silently', async () => {
     // This server keeps only the last 5 events of a room (--retention 5).
     const dana = await person(browser, 'dana', { url: net3.url });
