@@ -16,10 +16,16 @@ fn expected_not_run(name: &str, cfg: &Config) -> bool {
         || (name == "operation::storage_down_503" && !cfg.storage_down)
         || (name == "operation::healthz_ok" && cfg.storage_down)
         || name.starts_with("federation::")
+        || (name == "websocket::gap_when_trimmed" && cfg.retention.is_none())
+        || (name == "websocket::heartbeat_timeout_closes_4003" && cfg.ws_ping_secs.is_none())
 }
 
 async fn run(url: &str, filter: Option<&str>, rate_limited: bool, storage_down: bool) -> Report {
-    let cfg = Config { server: url.to_owned(), filter: filter.map(str::to_owned), rate_limited, storage_down };
+    let cfg = Config { server: url.to_owned(), filter: filter.map(str::to_owned), rate_limited, storage_down, ..Default::default() };
+    run_with(cfg).await
+}
+
+async fn run_with(cfg: Config) -> Report {
     let report = conformance::run(&cfg, |r| println!("{}", r.line())).await.expect("the suite runs");
     println!("{}", report.summary());
     let failed: Vec<String> = report.failures().iter().map(|r| r.line()).collect();
@@ -64,4 +70,22 @@ async fn conformance_rate_limited() {
     let server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "on"]);
     let report = run(&server.url, Some("rate_limits::"), true, false).await;
     assert_eq!(report.passed(), 4, "every rate-limit case must run and pass");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_retention_and_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        ParlorProcess::spawn(dir.path(), &["--rate-limit", "off", "--retention", "20", "--ws-ping-secs", "1"]);
+    for filter in ["websocket::gap_when_trimmed", "websocket::heartbeat_timeout"] {
+        let cfg = Config {
+            server: server.url.clone(),
+            filter: Some(filter.into()),
+            retention: Some(20),
+            ws_ping_secs: Some(1),
+            ..Default::default()
+        };
+        let report = run_with(cfg).await;
+        assert_eq!(report.passed(), 1, "{filter} must run and pass");
+    }
 }

@@ -13,6 +13,7 @@ use tokio::sync::OnceCell;
 
 use crate::failure::{Failure, Result};
 use crate::http::{CLIENT, Http, Request, Response, enc};
+use crate::runner::Config;
 use crate::schema::Schemas;
 use crate::ws::{Ws, WsOptions};
 
@@ -48,23 +49,22 @@ pub struct Ctx {
     pub authority: String,
     /// The server's name, from `GET /_parlor/versions` (the authority when that failed).
     pub server_name: String,
-    pub rate_limited: bool,
-    pub storage_down: bool,
+    /// The run's settings (modes the server was started in).
+    pub cfg: Config,
     run_id: String,
     counter: AtomicU64,
     shared: [OnceCell<User>; 3],
 }
 
 impl Ctx {
-    pub fn new(authority: String, schemas: Arc<Schemas>, rate_limited: bool, storage_down: bool) -> Self {
+    pub fn new(authority: String, schemas: Arc<Schemas>, cfg: Config) -> Self {
         let http = Http::new(authority.clone(), schemas.clone());
         Ctx {
             http,
             schemas,
             server_name: authority.clone(),
             authority,
-            rate_limited,
-            storage_down,
+            cfg,
             run_id: random_base36(5),
             counter: AtomicU64::new(0),
             shared: Default::default(),
@@ -314,8 +314,8 @@ mod tests {
     #[test]
     fn names_are_unique_and_within_limits() {
         let schemas = Arc::new(Schemas::load().unwrap());
-        let a = Ctx::new("127.0.0.1:1".into(), schemas.clone(), false, false);
-        let b = Ctx::new("127.0.0.1:1".into(), schemas, false, false);
+        let a = Ctx::new("127.0.0.1:1".into(), schemas.clone(), Config::default());
+        let b = Ctx::new("127.0.0.1:1".into(), schemas, Config::default());
         let na = a.username("alongtagthatwouldoverflowthelimit");
         assert!(na.len() <= 32 && na.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{na}");
         assert_ne!(a.username("x"), a.username("x"));

@@ -27,6 +27,14 @@ struct Args {
     /// run the `storage_unavailable` cases (skipped otherwise).
     #[arg(long)]
     storage_down: bool,
+    /// The server keeps only the last N events per room (its `--retention N`):
+    /// run the `trimmed` gap case.
+    #[arg(long, value_name = "N")]
+    retention: Option<u64>,
+    /// The server pings WebSockets every N seconds (its `--ws-ping-secs N`):
+    /// run the heartbeat case, which stays silent for about 3 intervals.
+    #[arg(long, value_name = "N")]
+    ws_ping_secs: Option<u64>,
     /// List the cases (name and spec section) and exit.
     #[arg(long)]
     list: bool,
@@ -46,6 +54,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         filter: args.filter,
         rate_limited: args.rate_limited,
         storage_down: args.storage_down,
+        retention: args.retention,
+        ws_ping_secs: args.ws_ping_secs,
     };
     let json = args.json;
     let report = conformance::run(&cfg, |r| {

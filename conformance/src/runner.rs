@@ -20,6 +20,10 @@ pub enum Needs {
     RateLimits,
     /// The server's room log is unreachable right now (`--storage-down`).
     StorageDown,
+    /// The server keeps only the last N events per room (`--retention N`).
+    Retention,
+    /// The server pings WebSockets every N seconds (`--ws-ping-secs N`).
+    PingInterval,
 }
 
 pub type CaseFn = for<'a> fn(&'a Ctx) -> BoxFuture<'a, Result<(), Failure>>;
@@ -121,6 +125,11 @@ pub struct Config {
     pub rate_limited: bool,
     /// The server's room log is down on purpose: run the cases that need that.
     pub storage_down: bool,
+    /// The server runs with `--retention N`: run the `trimmed` cases.
+    pub retention: Option<u64>,
+    /// The server pings WebSockets every N seconds: run the heartbeat case
+    /// (it stays silent for about 3 intervals).
+    pub ws_ping_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +197,7 @@ pub async fn run(cfg: &Config, mut on_result: impl FnMut(&CaseResult)) -> Result
     if cases.is_empty() {
         return Err(RunError::NothingSelected(cfg.filter.clone().unwrap_or_default()));
     }
-    let mut ctx = Ctx::new(authority, schemas, cfg.rate_limited, cfg.storage_down);
+    let mut ctx = Ctx::new(authority, schemas, cfg.clone());
     // Without the server name most checks cannot be exact; the failure itself
     // is reported by the versions cases, so here it only leaves the default.
     let _ = ctx.discover().await;
@@ -230,11 +239,22 @@ fn skip_reason(case: &Case, cfg: &Config) -> Option<String> {
         Needs::StorageDown if !cfg.storage_down => {
             Some("needs a server whose room log is unreachable; pass --storage-down".into())
         }
+        Needs::Retention if cfg.retention.is_none() => {
+            Some("needs a server with retention; pass --retention N (as the server's)".into())
+        }
+        Needs::PingInterval if cfg.ws_ping_secs.is_none() => {
+            Some("waits out the server's WebSocket ping interval; pass --ws-ping-secs N (as the server's)".into())
+        }
         _ => None,
     }
 }
 
-async fn run_one(case: Case, ctx: Arc<Ctx>) -> CaseResult {
+async fn run_one(mut case: Case, ctx: Arc<Ctx>) -> CaseResult {
+    if ctx.cfg.rate_limited && case.needs != Needs::RateLimits {
+        // Against a rate-limited server every registration waits its turn
+        // (one per 6 s after the burst), so ordinary cases get more time.
+        case.limit *= 6;
+    }
     let started = Instant::now();
     // Spawned so that a panic in a case (a suite bug) fails that case only.
     let task = tokio::spawn({

@@ -100,3 +100,58 @@ async fn a_server_that_is_not_there_fails_every_case() {
     assert!(report.results.len() > 20);
     assert_eq!(report.passed(), 0, "{:?}", report.results.iter().find(|r| r.outcome == Outcome::Pass));
 }
+
+/// A WebSocket endpoint that accepts `parlor.v1` and sends `frames`.
+async fn fake_ws_server(frames: Vec<&'static str>) -> SocketAddr {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        // The error type is tungstenite's, not ours to shrink.
+        #[allow(clippy::result_large_err)]
+        let pick = |_: &Request, mut resp: Response| {
+            resp.headers_mut().insert("Sec-WebSocket-Protocol", "parlor.v1".parse().unwrap());
+            Ok(resp)
+        };
+        let mut ws = tokio_tungstenite::accept_hdr_async(sock, pick).await.unwrap();
+        for f in frames {
+            ws.send(Message::text(f)).await.unwrap();
+        }
+        // Hold the connection open until the client is done.
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn off_schema_frames_fail() {
+    use conformance::Failure;
+    use conformance::schema::Schemas;
+    use conformance::ws::{Ws, WsOptions};
+    use std::sync::Arc;
+
+    let schemas = Arc::new(Schemas::load().unwrap());
+    let bad = [
+        // `ready` without its device_id.
+        r#"{"type":"ready","user_id":"@ann:b.example"}"#,
+        // An errcode outside the spec's table.
+        r#"{"type":"error","errcode":"oops","error":"x"}"#,
+        // An event whose seq is a string.
+        r#"{"type":"event","room_id":"!r:b.example","epoch":"e","event":{"event_id":"$e","seq":"1","type":"message","sender":"@a:b.example","ts":1}}"#,
+        // A frame type the spec does not have.
+        r#"{"type":"hello"}"#,
+    ];
+    for frame in bad {
+        let addr = fake_ws_server(vec![r#"{"type":"pong"}"#, frame]).await;
+        let mut ws = Ws::connect(&addr.to_string(), schemas.clone(), &WsOptions::default()).await.unwrap();
+        ws.expect("pong").await.expect("a valid frame passes");
+        match ws.next(std::time::Duration::from_secs(5)).await {
+            Err(Failure::Schema { schema, .. }) => assert_eq!(schema, "server_frame.json"),
+            other => panic!("{frame} was not caught: {other:?}"),
+        }
+    }
+}

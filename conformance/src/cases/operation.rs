@@ -18,7 +18,7 @@ pub fn cases() -> Vec<Case> {
 }
 
 async fn healthz_ok(ctx: &Ctx) -> Result<()> {
-    if ctx.storage_down {
+    if ctx.cfg.storage_down {
         return Err(crate::Failure::NotRun("the room log is down on purpose (--storage-down)".into()));
     }
     let v = ctx.http.send(Request::get("/healthz")).await?.ok(200, "health_response")?;

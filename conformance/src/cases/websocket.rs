@@ -13,7 +13,7 @@ use super::{n, range, s, seqs};
 use crate::ctx::{Ctx, Room, User};
 use crate::failure::{Failure, Result};
 use crate::http::{CLIENT, Request};
-use crate::runner::Case;
+use crate::runner::{Case, Needs};
 use crate::ws::{Incoming, SUBPROTOCOL, Ws, WsOptions};
 use crate::{case, check, check_eq, fail};
 
@@ -31,6 +31,10 @@ pub fn cases() -> Vec<Case> {
         case!("websocket::frame_before_auth_refused", "8", frame_before_auth_refused),
         case!("websocket::already_authenticated", "8", already_authenticated),
         case!("websocket::auth_timeout_closes_4002", "8", auth_timeout_closes_4002).limit(45).background(),
+        case!("websocket::heartbeat_timeout_closes_4003", "8", heartbeat_timeout_closes_4003)
+            .needs(Needs::PingInterval)
+            .limit(300)
+            .background(),
         case!("websocket::ping_pong", "8", ping_pong),
         case!("websocket::join_and_leave_frames", "8", join_and_leave_frames),
         case!("websocket::subscribe_live", "8", subscribe_live),
@@ -46,6 +50,7 @@ pub fn cases() -> Vec<Case> {
         case!("websocket::resume_since", "8", resume_since),
         case!("websocket::resume_since_zero", "8", resume_since_zero),
         case!("websocket::gap_on_forged_epoch", "8", gap_on_forged_epoch),
+        case!("websocket::gap_when_trimmed", "8", gap_when_trimmed).needs(Needs::Retention).limit(120),
         case!("websocket::since_beyond_latest_refused", "8", since_beyond_latest_refused),
         case!("websocket::malformed_json_frame", "8", malformed_json_frame),
         case!("websocket::missing_type", "8", missing_type),
@@ -252,6 +257,16 @@ async fn already_authenticated(ctx: &Ctx) -> Result<()> {
 async fn auth_timeout_closes_4002(ctx: &Ctx) -> Result<()> {
     let mut ws = ctx.ws_with(&WsOptions::default()).await?;
     ws.expect_close_code(4002, Duration::from_secs(30)).await
+}
+
+async fn heartbeat_timeout_closes_4003(ctx: &Ctx) -> Result<()> {
+    let secs = ctx.cfg.ws_ping_secs.unwrap_or(30);
+    let a = ctx.shared(0).await?;
+    let mut ws = ctx.ws(&a).await?;
+    // Read nothing (so the server's pings go unanswered) for three intervals:
+    // two of silence, plus one for the server's timer to notice.
+    tokio::time::sleep(Duration::from_secs(3 * secs + 1)).await;
+    ws.expect_close_code(4003, Duration::from_secs(secs + 10)).await
 }
 
 async fn ping_pong(ctx: &Ctx) -> Result<()> {
@@ -542,6 +557,44 @@ async fn gap_on_forged_epoch(ctx: &Ctx) -> Result<()> {
     check_eq!(seqs(&json!(events)), range(earliest, 4), "replayed seqs after the gap");
     check_eq!((s(&caught_up, "epoch"), n(&caught_up, "seq")), (epoch.as_str(), 4), "caught_up");
     ws.close().await;
+    Ok(())
+}
+
+async fn gap_when_trimmed(ctx: &Ctx) -> Result<()> {
+    let keep = ctx.cfg.retention.unwrap_or_default();
+    check!(keep > 0, "--retention must be at least 1");
+    let a = ctx.shared(0).await?;
+    // Three times what is kept, so something is surely trimmed.
+    let room = room_with(ctx, &a, "trim", 3 * keep as usize).await?;
+    let latest = 3 * keep + 1;
+    let page = ctx.messages(&a, &room.room_id, "limit=1000").await?;
+    let (epoch, earliest) = (s(&page, "epoch").to_owned(), n(&page, "earliest_seq"));
+    check_eq!(n(&page, "latest_seq"), latest, "latest_seq");
+    check!(earliest > 1, "nothing trimmed from {latest} events with --retention {keep}: earliest_seq is {earliest}");
+    check!(latest - earliest + 1 >= keep, "fewer than {keep} events kept: earliest_seq {earliest}, latest_seq {latest}");
+    check_eq!(seqs(&page["events"]), range(earliest, latest), "history holds exactly earliest_seq..=latest_seq");
+    let older = ctx.messages(&a, &room.room_id, &format!("before={earliest}")).await?;
+    check_eq!(seqs(&older["events"]), Vec::<u64>::new(), "events before earliest_seq");
+
+    let mut ws = ctx.ws(&a).await?;
+    let since = json!({"epoch": epoch, "seq": 1});
+    let (gap, events, caught_up) = subscribe(&mut ws, &room.room_id, Some(since.clone())).await?;
+    let Some(gap) = gap else { fail!("no gap when resuming from seq 1 after retention trimmed up to {}", earliest - 1) };
+    check_eq!(s(&gap, "reason"), "trimmed", "gap.reason");
+    check_eq!(gap["from"], since, "gap.from");
+    check_eq!(s(&gap["to"], "epoch"), epoch.as_str(), "gap.to.epoch");
+    let to = n(&gap["to"], "seq");
+    check!(to + 1 >= earliest, "gap.to.seq {to} is before what history still holds ({earliest})");
+    // Delivery goes on right after `to`: nothing skipped silently.
+    check_eq!(seqs(&json!(events)), range(to + 1, latest), "seqs after the gap");
+    check_eq!(n(&caught_up, "seq"), latest, "caught_up seq");
+    // A cursor the log still covers gets no gap.
+    let mut ws2 = ctx.ws(&a).await?;
+    let (gap2, events2, _) = subscribe(&mut ws2, &room.room_id, Some(json!({"epoch": epoch, "seq": latest - 1}))).await?;
+    check!(gap2.is_none(), "gap on a cursor inside the kept range: {gap2:?}");
+    check_eq!(seqs(&json!(events2)), vec![latest], "replay from a kept cursor");
+    ws.close().await;
+    ws2.close().await;
     Ok(())
 }
 
