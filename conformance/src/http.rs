@@ -31,11 +31,19 @@ pub struct Request {
     pub path: String,
     pub headers: Vec<(HeaderName, String)>,
     pub body: Option<Bytes>,
+    /// An error status here may carry another documented body (§10: `/healthz`
+    /// answers 503 with `health_response.json`); the caller validates it.
+    pub not_an_error_body: bool,
 }
 
 impl Request {
     pub fn new(method: Method, path: impl Into<String>) -> Self {
-        Request { method, path: path.into(), headers: Vec::new(), body: None }
+        Request { method, path: path.into(), headers: Vec::new(), body: None, not_an_error_body: false }
+    }
+    /// See [`Request::not_an_error_body`].
+    pub fn own_error_body(mut self) -> Self {
+        self.not_an_error_body = true;
+        self
     }
     pub fn get(path: impl Into<String>) -> Self {
         Self::new(Method::GET, path)
@@ -189,13 +197,14 @@ impl Http {
     /// no case can forget to.
     pub async fn send(&self, req: Request) -> Result<Response> {
         let what = req.describe();
+        let own_error_body = req.not_an_error_body;
         let started = Instant::now();
         let fut = self.exchange(req);
         let (status, headers, body) = tokio::time::timeout(REQUEST_TIMEOUT, fut)
             .await
             .map_err(|_| Failure::Timeout(REQUEST_TIMEOUT, format!("the answer to {what}")))??;
         let resp = Response { status, headers, body, elapsed: started.elapsed(), what, schemas: self.schemas.clone() };
-        if resp.status >= 400 {
+        if resp.status >= 400 && !own_error_body {
             resp.error_body()?;
         }
         Ok(resp)

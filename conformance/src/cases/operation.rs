@@ -21,14 +21,14 @@ async fn healthz_ok(ctx: &Ctx) -> Result<()> {
     if ctx.cfg.storage_down {
         return Err(crate::Failure::NotRun("the room log is down on purpose (--storage-down)".into()));
     }
-    let v = ctx.http.send(Request::get("/healthz")).await?.ok(200, "health_response")?;
+    let v = ctx.http.send(Request::get("/healthz").own_error_body()).await?.ok(200, "health_response")?;
     check_eq!(s(&v, "status"), "ok", "status");
     check!(["embedded", "redis"].contains(&s(&v, "room_log")), "room_log {:?} is neither embedded nor redis", v["room_log"]);
     Ok(())
 }
 
 async fn storage_down_503(ctx: &Ctx) -> Result<()> {
-    let resp = ctx.http.send(Request::get("/healthz")).await?;
+    let resp = ctx.http.send(Request::get("/healthz").own_error_body()).await?;
     check_eq!(resp.status, 503, "GET /healthz status with the room log down");
     let v = resp.json()?;
     ctx.schemas.check("health_response", "GET /healthz", &v)?;

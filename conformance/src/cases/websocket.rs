@@ -37,6 +37,7 @@ pub fn cases() -> Vec<Case> {
             .background(),
         case!("websocket::ping_pong", "8", ping_pong),
         case!("websocket::join_and_leave_frames", "8", join_and_leave_frames),
+        case!("websocket::join_refusals", "8", join_refusals),
         case!("websocket::subscribe_live", "8", subscribe_live),
         case!("websocket::unsubscribe", "8", unsubscribe),
         case!("websocket::leave_ends_subscription", "8", leave_ends_subscription),
@@ -304,6 +305,26 @@ async fn join_and_leave_frames(ctx: &Ctx) -> Result<()> {
         vec![format!("join {}", user.user_id), format!("join {}", other.user_id), format!("leave {}", other.user_id)],
         "events after WebSocket join, join, leave"
     );
+    ws.close().await;
+    Ok(())
+}
+
+async fn join_refusals(ctx: &Ctx) -> Result<()> {
+    let a = ctx.shared(0).await?;
+    let mut ws = ctx.ws(&a).await?;
+    // The HTTP endpoint's errcodes, as error frames; the connection stays open.
+    ws.send(json!({"type": "join", "room": "bad room!", "id": "j1"})).await?;
+    ws.expect_error("invalid_room", Some("j1")).await?;
+    let unknown = format!("!{}:{}", ctx.unique("nosuch", 40), ctx.server_name);
+    ws.send(json!({"type": "join", "room": unknown, "id": "j2"})).await?;
+    ws.expect_error("room_not_found", Some("j2")).await?;
+    ws.send(json!({"type": "subscribe", "room": unknown, "id": "j3"})).await?;
+    let v = ws.expect("error").await?;
+    check!(
+        ["room_not_found", "not_member"].contains(&s(&v, "errcode")) && s(&v, "id") == "j3",
+        "subscribe to an unknown room: expected room_not_found or not_member echoing j3, got {v}"
+    );
+    ws.call(json!({"type": "ping"}), "p", "pong").await?;
     ws.close().await;
     Ok(())
 }
