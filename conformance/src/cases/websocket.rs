@@ -387,6 +387,21 @@ async fn leave_ends_subscription(ctx: &Ctx) -> Result<()> {
     ctx.send(&a, &room.room_id, &ctx.txn(), "not for b").await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     ws.call(json!({"type": "ping"}), "p1", "pong").await?;
+    // Leaving with a frame: `left` answers it, and the subscription ends
+    // with `unsubscribed {reason: left}` (in either order).
+    ctx.join(&b, &room.room_id).await?;
+    subscribe(&mut ws, &room.room_id, None).await?;
+    ws.send(json!({"type": "leave", "room": room.room_id, "id": "l1"})).await?;
+    let (mut left, mut ended) = (false, false);
+    while !(left && ended) {
+        let f = next_frame(&mut ws).await?;
+        match s(&f, "type") {
+            "left" if s(&f, "id") == "l1" => left = true,
+            "unsubscribed" if s(&f, "reason") == "left" => ended = true,
+            "event" if s(&f["event"], "type") == "leave" => continue,
+            _ => fail!("after a leave frame, expected left and unsubscribed {{reason: left}}, got {f}"),
+        }
+    }
     ws.close().await;
     Ok(())
 }
