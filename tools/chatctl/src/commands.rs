@@ -1,0 +1,405 @@
+//! The request/answer commands (everything but `tail` and `completions`):
+//! each turns its arguments into protocol requests, and the answers into
+//! output lines. Which server and token to use was decided before (see
+//! `session::Target`); this module decides what each command prints and
+//! when the stored session is written or forgotten.
+
+use std::io::{self, BufRead, Read};
+use std::path::PathBuf;
+
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::api::{Api, ApiError, Retry, encode_segment};
+use crate::cli::{Command, HistoryArgs, LoginArgs, RegisterArgs, SendArgs};
+use crate::failure::{Exit, Failure};
+use crate::output::{Out, notice, stderr_is_terminal};
+use crate::session::{self, Session, Target, TokenSource};
+use crate::txn::Journal;
+use crate::wire::{
+    LoginRequest, LoginResponse, MembersResponse, MessagesResponse, RegisterRequest,
+    RegisterResponse, RoomsResponse, SendRequest, SendResponse, WhoamiResponse,
+};
+
+/// What every command gets: where to print, where the config lives and
+/// which server and token to use.
+pub struct Ctx {
+    pub out: Out,
+    pub config_dir: Result<PathBuf, Failure>,
+    pub target: Target,
+}
+
+impl Ctx {
+    pub fn config_dir(&self) -> Result<PathBuf, Failure> {
+        match &self.config_dir {
+            Ok(d) => Ok(d.clone()),
+            Err(f) => Err(Failure::new(f.exit, f.message.clone())),
+        }
+    }
+
+    pub fn server(&self) -> &str {
+        &self.target.server
+    }
+
+    fn anonymous(&self) -> Api {
+        Api::new(self.server(), None)
+    }
+
+    /// A client with the session's token; "not logged in" (exit 3) without one.
+    pub fn authed(&self) -> Result<Api, Failure> {
+        Ok(Api::new(
+            self.server(),
+            Some(self.target.require_token()?.to_owned()),
+        ))
+    }
+
+    pub fn fail(&self, e: ApiError) -> anyhow::Error {
+        e.into_failure(self.server()).into()
+    }
+}
+
+pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Register(args) => register(ctx, args).await,
+        Command::Login(args) => {
+            let password = read_password(args.password_stdin, false)?;
+            login(ctx, &args, &password).await
+        }
+        Command::Logout { all } => logout(ctx, all).await,
+        Command::Whoami => whoami(ctx).await,
+        Command::Rooms => rooms(ctx).await,
+        Command::Join { room } => join(ctx, &room).await,
+        Command::Leave { room } => leave(ctx, &room).await,
+        Command::Members { room } => members(ctx, &room).await,
+        Command::Send(args) => send(ctx, args).await,
+        Command::History(args) => history(ctx, args).await,
+        Command::Tail(args) => crate::tail::run(ctx, args).await,
+        Command::Completions { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+async fn register(ctx: &Ctx, args: RegisterArgs) -> anyhow::Result<()> {
+    let password = read_password(args.password_stdin, true)?;
+    let req = RegisterRequest {
+        username: &args.username,
+        password: &password,
+    };
+    let resp: RegisterResponse = ctx
+        .anonymous()
+        .call(Method::POST, "/register", Some(&req), Retry::ONCE)
+        .await
+        .map_err(|e| ctx.fail(e))?;
+    ctx.out.human(&format!("registered {}", resp.user_id));
+    ctx.out.json(&json!({"user_id": resp.user_id}));
+    if args.login {
+        let login_args = LoginArgs {
+            username: args.username,
+            password_stdin: true,
+            device_name: args.device_name,
+        };
+        login(ctx, &login_args, &password).await?;
+    }
+    Ok(())
+}
+
+async fn login(ctx: &Ctx, args: &LoginArgs, password: &str) -> anyhow::Result<()> {
+    // Fail before the server creates a device whose token we could not keep.
+    let dir = ctx.config_dir()?;
+    let req = LoginRequest {
+        username: &args.username,
+        password,
+        device_name: &args.device_name,
+    };
+    let resp: LoginResponse = ctx
+        .anonymous()
+        .call(Method::POST, "/login", Some(&req), Retry::ONCE)
+        .await
+        .map_err(|e| ctx.fail(e))?;
+    let session = Session {
+        server: ctx.server().to_owned(),
+        user_id: resp.user_id,
+        device_id: resp.device_id,
+        token: resp.access_token,
+    };
+    if let Err(e) = session::save(&dir, &session) {
+        // A token nobody holds should not stay valid on the server.
+        let api = Api::new(ctx.server(), Some(session.token.clone()));
+        let _ = api
+            .call::<Value, ()>(Method::POST, "/logout", None, Retry::ONCE)
+            .await;
+        return Err(e.context(
+            "the login worked but the session could not be stored (the new token was revoked)",
+        ));
+    }
+    ctx.out.human(&format!(
+        "logged in as {} on {} (device {})",
+        session.user_id, session.server, session.device_id
+    ));
+    ctx.out.json(&json!({"server": session.server, "user_id": session.user_id, "device_id": session.device_id}));
+    Ok(())
+}
+
+async fn logout(ctx: &Ctx, all: bool) -> anyhow::Result<()> {
+    let api = ctx.authed()?;
+    let path = if all { "/logout/all" } else { "/logout" };
+    match api
+        .call::<Value, ()>(Method::POST, path, None, Retry::ONCE)
+        .await
+    {
+        Ok(_) => {}
+        // The token is dead either way, which is what logout is for.
+        Err(e) if e.errcode() == Some("unknown_token") => {
+            notice("the server had already ended this session")
+        }
+        // The token may still be valid: keep it, so the logout can be retried.
+        Err(e) => return Err(ctx.fail(e)),
+    }
+    let used_stored = matches!(&ctx.target.token, Some((_, TokenSource::File)))
+        || ctx
+            .target
+            .session
+            .as_ref()
+            .map(|s| Some(s.token.as_str()) == api.token())
+            .unwrap_or(false);
+    if used_stored {
+        session::remove(&ctx.config_dir()?)?;
+    }
+    ctx.out.human(if all {
+        "logged out on every device"
+    } else {
+        "logged out"
+    });
+    ctx.out.json(&json!({"logged_out": true, "all": all}));
+    Ok(())
+}
+
+async fn whoami(ctx: &Ctx) -> anyhow::Result<()> {
+    let resp: WhoamiResponse = ctx
+        .authed()?
+        .get("/account/whoami")
+        .await
+        .map_err(|e| ctx.fail(e))?;
+    ctx.out.human(&format!(
+        "{} (device {}) on {}",
+        resp.user_id,
+        resp.device_id,
+        ctx.server()
+    ));
+    ctx.out.json(
+        &json!({"server": ctx.server(), "user_id": resp.user_id, "device_id": resp.device_id}),
+    );
+    Ok(())
+}
+
+async fn rooms(ctx: &Ctx) -> anyhow::Result<()> {
+    let resp: RoomsResponse = ctx.authed()?.get("/rooms").await.map_err(|e| ctx.fail(e))?;
+    for room in &resp.rooms {
+        ctx.out.human(&format!("{}\t{}", room.alias, room.room_id));
+        ctx.out.json(room);
+    }
+    if resp.rooms.is_empty() && !ctx.out.json && stderr_is_terminal() {
+        notice("no rooms yet; try `chatctl join lobby`");
+    }
+    Ok(())
+}
+
+async fn join(ctx: &Ctx, room: &str) -> anyhow::Result<()> {
+    let path = format!("/rooms/{}/join", encode_segment(room));
+    // Joining twice changes nothing, so a lost answer may be retried.
+    let resp: crate::wire::RoomSummary = ctx
+        .authed()?
+        .call(Method::POST, &path, None::<&()>, Retry::IDEMPOTENT)
+        .await
+        .map_err(|e| ctx.fail(e))?;
+    ctx.out
+        .human(&format!("joined {} ({})", resp.alias, resp.room_id));
+    ctx.out.json(&resp);
+    Ok(())
+}
+
+async fn leave(ctx: &Ctx, room: &str) -> anyhow::Result<()> {
+    let path = format!("/rooms/{}/leave", encode_segment(room));
+    // Not retried after a lost answer: a second leave would say `not_member`.
+    let _: Value = ctx
+        .authed()?
+        .call(Method::POST, &path, None::<&()>, Retry::ONCE)
+        .await
+        .map_err(|e| ctx.fail(e))?;
+    ctx.out.human(&format!("left {room}"));
+    ctx.out.json(&json!({"room": room, "left": true}));
+    Ok(())
+}
+
+async fn members(ctx: &Ctx, room: &str) -> anyhow::Result<()> {
+    let path = format!("/rooms/{}/members", encode_segment(room));
+    let resp: MembersResponse = ctx.authed()?.get(&path).await.map_err(|e| ctx.fail(e))?;
+    for m in &resp.members {
+        ctx.out.human(&m.user_id);
+        ctx.out
+            .json(&json!({"room_id": resp.room_id, "user_id": m.user_id}));
+    }
+    Ok(())
+}
+
+async fn send(ctx: &Ctx, args: SendArgs) -> anyhow::Result<()> {
+    let body = if args.text == "-" {
+        read_message_stdin()?
+    } else {
+        args.text
+    };
+    if body.is_empty() {
+        return Err(Failure::usage("nothing to send: the message is empty").into());
+    }
+    let api = ctx.authed()?;
+    let token = api.token().expect("authed clients have a token").to_owned();
+    let pending = match &args.txn_id {
+        Some(_) => None,
+        None => Some(Journal::new(&ctx.config_dir()?).begin(&token, &args.room, &body)?),
+    };
+    let txn_id = match (&args.txn_id, &pending) {
+        (Some(id), _) => id.clone(),
+        (None, Some(p)) => p.txn_id.clone(),
+        (None, None) => unreachable!(),
+    };
+    if pending.as_ref().is_some_and(|p| p.reused) {
+        notice(&format!(
+            "retrying an earlier send of this message whose outcome was unknown (txn {txn_id})"
+        ));
+    }
+    let path = format!(
+        "/rooms/{}/send/{}",
+        encode_segment(&args.room),
+        encode_segment(&txn_id)
+    );
+    let result = api
+        .call::<SendResponse, _>(
+            Method::PUT,
+            &path,
+            Some(&SendRequest { body: &body }),
+            Retry::SEND,
+        )
+        .await;
+    match result {
+        Ok(resp) => {
+            if let Some(p) = pending {
+                p.settle()?;
+            }
+            ctx.out
+                .human(&format!("sent (seq {}, {})", resp.seq, resp.event_id));
+            ctx.out
+                .json(&json!({"event_id": resp.event_id, "seq": resp.seq, "txn_id": txn_id}));
+            Ok(())
+        }
+        Err(e) => {
+            // A plain refusal is an answer: nothing was stored and a later
+            // identical send is a new attempt. Anything else may have been
+            // stored, so the txn id is kept for the user's retry.
+            let settled = matches!(e, ApiError::Refused { .. }) && !is_retryable_refusal(&e);
+            let mut failure = e.into_failure(ctx.server());
+            match pending {
+                Some(p) if settled => p.settle()?,
+                Some(p) => {
+                    p.keep();
+                    failure.message.push_str(" (the message may not have been sent; run the same command again to retry: it will not be sent twice)");
+                }
+                None => {}
+            }
+            Err(failure.into())
+        }
+    }
+}
+
+fn is_retryable_refusal(e: &ApiError) -> bool {
+    matches!(
+        e.errcode(),
+        Some(
+            "rate_limited"
+                | "storage_unavailable"
+                | "home_server_unreachable"
+                | "request_timeout"
+                | "internal"
+        )
+    )
+}
+
+async fn history(ctx: &Ctx, args: HistoryArgs) -> anyhow::Result<()> {
+    let mut path = format!(
+        "/rooms/{}/messages?limit={}",
+        encode_segment(&args.room),
+        args.limit
+    );
+    if let Some(b) = args.before {
+        path.push_str(&format!("&before={b}"));
+    }
+    if let Some(a) = args.after {
+        path.push_str(&format!("&after={a}"));
+    }
+    let page: MessagesResponse = ctx.authed()?.get(&path).await.map_err(|e| ctx.fail(e))?;
+    for event in &page.events {
+        ctx.out.event(&page.room_id, &page.epoch, event);
+    }
+    if !ctx.out.json && stderr_is_terminal() {
+        match page.events.first() {
+            Some(first) if first.seq > page.earliest_seq => {
+                notice(&format!(
+                    "older messages: chatctl history {} --before {}",
+                    args.room, first.seq
+                ));
+            }
+            None => notice("no messages here"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The password from the terminal (hidden), or from the first line of
+/// standard input for scripts.
+fn read_password(from_stdin: bool, confirm: bool) -> Result<String, Failure> {
+    if from_stdin {
+        let mut line = String::new();
+        io::stdin().lock().read_line(&mut line).map_err(|e| {
+            Failure::local(format!("reading the password from standard input: {e}"))
+        })?;
+        let password = line
+            .strip_suffix('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+            .unwrap_or(&line);
+        if password.is_empty() {
+            return Err(Failure::usage("no password on standard input"));
+        }
+        return Ok(password.to_owned());
+    }
+    let ask = |prompt: &str| {
+        rpassword::prompt_password(prompt).map_err(|e| {
+            Failure::new(
+                Exit::Usage,
+                format!("cannot ask for a password ({e}); use --password-stdin"),
+            )
+        })
+    };
+    let password = ask("Password: ")?;
+    if password.is_empty() {
+        return Err(Failure::usage("the password is empty"));
+    }
+    if confirm && ask("Password (again): ")? != password {
+        return Err(Failure::usage("the passwords do not match"));
+    }
+    Ok(password)
+}
+
+/// `send ROOM -`: the whole of standard input, minus the one newline that
+/// `echo` and editors add.
+fn read_message_stdin() -> Result<String, Failure> {
+    let mut body = String::new();
+    io::stdin()
+        .read_to_string(&mut body)
+        .map_err(|e| Failure::local(format!("reading the message from standard input: {e}")))?;
+    if body.ends_with('\n') {
+        body.pop();
+        if body.ends_with('\r') {
+            body.pop();
+        }
+    }
+    Ok(body)
+}

@@ -1,0 +1,225 @@
+//! The v1 wire format as chatctl sees it, written from `spec/protocol.md`
+//! and `spec/schemas/` alone: chatctl must work against any server that
+//! follows the spec, so it deliberately does not share the reference
+//! server's types. Answers ignore fields they do not know (the spec lets
+//! servers add fields); events keep them so `--json` passes them through.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The prefix of every client endpoint.
+pub const CLIENT_PREFIX: &str = "/_parlor/client/v1";
+/// The WebSocket subprotocol a client must offer.
+pub const WS_SUBPROTOCOL: &str = "parlor.v1";
+
+/// Every error answer, on HTTP and (with `type: "error"`) on the WebSocket.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ErrorBody {
+    pub errcode: String,
+    pub error: String,
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RegisterRequest<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RegisterResponse {
+    pub user_id: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoginRequest<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+    pub device_name: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginResponse {
+    pub user_id: String,
+    pub device_id: String,
+    pub access_token: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WhoamiResponse {
+    pub user_id: String,
+    pub device_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomSummary {
+    pub room_id: String,
+    pub alias: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RoomsResponse {
+    pub rooms: Vec<RoomSummary>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Member {
+    pub user_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MembersResponse {
+    pub room_id: String,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SendRequest<'a> {
+    pub body: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SendResponse {
+    pub event_id: String,
+    pub seq: u64,
+}
+
+/// One event of a room log. `extra` keeps fields a later server adds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub event_id: String,
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub sender: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    pub ts: u64,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessagesResponse {
+    pub room_id: String,
+    pub epoch: String,
+    pub earliest_seq: u64,
+    pub latest_seq: u64,
+    pub events: Vec<Event>,
+}
+
+/// A position in a room log: the last event seen (`seq` 0: none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub epoch: String,
+    pub seq: u64,
+}
+
+/// The frames chatctl sends on the WebSocket (it needs only these).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame<'a> {
+    Subscribe {
+        id: &'a str,
+        room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<Cursor>,
+    },
+    Ping {
+        id: &'a str,
+    },
+}
+
+/// Server frames; `Other` absorbs frame types chatctl does not act on
+/// (and any a later minor revision adds), instead of failing on them.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Ready {},
+    Event {
+        room_id: String,
+        epoch: String,
+        event: Event,
+    },
+    CaughtUp {
+        room_id: String,
+        epoch: String,
+        seq: u64,
+    },
+    Gap {
+        room_id: String,
+        from: Cursor,
+        to: Cursor,
+        reason: String,
+    },
+    Unsubscribed {
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Error {
+        #[serde(default)]
+        id: Option<String>,
+        errcode: String,
+        error: String,
+        #[serde(default)]
+        retry_after_ms: Option<u64>,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_keep_unknown_fields_and_omit_absent_body() {
+        let ev: Event = serde_json::from_str(
+            r#"{"event_id":"$a","seq":3,"type":"join","sender":"@ann:x","ts":5,"future":true}"#,
+        )
+        .unwrap();
+        assert_eq!(ev.kind, "join");
+        assert_eq!(ev.body, None);
+        let back = serde_json::to_value(&ev).unwrap();
+        assert_eq!(back["future"], Value::Bool(true));
+        assert!(back.get("body").is_none());
+    }
+
+    #[test]
+    fn subscribe_frame_matches_the_schema() {
+        let f = ClientFrame::Subscribe {
+            id: "s1",
+            room: "lobby",
+            since: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"type":"subscribe","id":"s1","room":"lobby"}"#
+        );
+        let f = ClientFrame::Subscribe {
+            id: "s1",
+            room: "lobby",
+            since: Some(Cursor {
+                epoch: "e".into(),
+                seq: 4,
+            }),
+        };
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"type":"subscribe","id":"s1","room":"lobby","since":{"epoch":"e","seq":4}}"#
+        );
+    }
+
+    #[test]
+    fn unknown_server_frames_are_tolerated() {
+        let f: ServerFrame =
+            serde_json::from_str(r##"{"type":"joined","room_id":"!a:x","alias":"#a:x"}"##).unwrap();
+        assert!(matches!(f, ServerFrame::Other));
+        let f: ServerFrame = serde_json::from_str(
+            r#"{"type":"gap","room_id":"!a:x","from":{"epoch":"e","seq":1},"to":{"epoch":"e","seq":4},"reason":"trimmed"}"#,
+        )
+        .unwrap();
+        assert!(matches!(f, ServerFrame::Gap { .. }));
+    }
+}
