@@ -53,8 +53,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Whether trying again later may succeed; a repeat is only safe when
-    /// the request is idempotent or `self` is `Unreachable`.
+    /// Whether trying again later may succeed.
     fn transient(&self) -> bool {
         match self {
             ApiError::Unreachable(_) | ApiError::Lost(_) => true,
@@ -67,6 +66,23 @@ impl ApiError {
                     | "internal"
             ),
             ApiError::BadAnswer(_) => false,
+        }
+    }
+
+    /// Whether the server certainly did nothing with the request, so that
+    /// even a request that is not idempotent (register, login) may be
+    /// repeated: it was never sent, or the server said it refused it
+    /// before acting (rate limit) or wrote nothing (storage down).
+    fn certainly_not_done(&self) -> bool {
+        match self {
+            ApiError::Unreachable(_) => true,
+            ApiError::Refused { body, .. } => {
+                matches!(
+                    body.errcode.as_str(),
+                    "rate_limited" | "storage_unavailable"
+                )
+            }
+            _ => false,
         }
     }
 
@@ -104,8 +120,9 @@ pub struct Retry {
 }
 
 impl Retry {
-    /// Not idempotent (register, login, logout, leave): retry only what was never sent.
-    pub const ONCE: Retry = Retry {
+    /// Not idempotent (register, login, logout, leave): retry only what
+    /// the server surely did not act on.
+    pub const NOT_IDEMPOTENT: Retry = Retry {
         attempts: 3,
         idempotent: false,
     };
@@ -181,8 +198,7 @@ impl Api {
                 Err(e) => e,
             };
             attempt += 1;
-            let repeatable =
-                matches!(err, ApiError::Unreachable(_)) || (retry.idempotent && err.transient());
+            let repeatable = err.certainly_not_done() || (retry.idempotent && err.transient());
             if attempt >= retry.attempts || !repeatable {
                 return Err(err);
             }
@@ -383,5 +399,11 @@ mod tests {
         assert!(!refused("not_member").transient());
         assert!(!refused("txn_conflict").transient());
         assert!(ApiError::Lost("reset".into()).transient());
+        // Only what the server surely did not act on may be repeated when
+        // the request is not idempotent.
+        assert!(refused("rate_limited").certainly_not_done());
+        assert!(ApiError::Unreachable("refused".into()).certainly_not_done());
+        assert!(!ApiError::Lost("reset".into()).certainly_not_done());
+        assert!(!refused("internal").certainly_not_done());
     }
 }

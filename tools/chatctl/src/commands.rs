@@ -86,7 +86,7 @@ async fn register(ctx: &Ctx, args: RegisterArgs) -> anyhow::Result<()> {
     };
     let resp: RegisterResponse = ctx
         .anonymous()
-        .call(Method::POST, "/register", Some(&req), Retry::ONCE)
+        .call(Method::POST, "/register", Some(&req), Retry::NOT_IDEMPOTENT)
         .await
         .map_err(|e| ctx.fail(e))?;
     ctx.out.human(&format!("registered {}", resp.user_id));
@@ -112,7 +112,7 @@ async fn login(ctx: &Ctx, args: &LoginArgs, password: &str) -> anyhow::Result<()
     };
     let resp: LoginResponse = ctx
         .anonymous()
-        .call(Method::POST, "/login", Some(&req), Retry::ONCE)
+        .call(Method::POST, "/login", Some(&req), Retry::NOT_IDEMPOTENT)
         .await
         .map_err(|e| ctx.fail(e))?;
     let session = Session {
@@ -125,7 +125,7 @@ async fn login(ctx: &Ctx, args: &LoginArgs, password: &str) -> anyhow::Result<()
         // A token nobody holds should not stay valid on the server.
         let api = Api::new(ctx.server(), Some(session.token.clone()));
         let _ = api
-            .call::<Value, ()>(Method::POST, "/logout", None, Retry::ONCE)
+            .call::<Value, ()>(Method::POST, "/logout", None, Retry::NOT_IDEMPOTENT)
             .await;
         return Err(e.context(
             "the login worked but the session could not be stored (the new token was revoked)",
@@ -143,7 +143,7 @@ async fn logout(ctx: &Ctx, all: bool) -> anyhow::Result<()> {
     let api = ctx.authed()?;
     let path = if all { "/logout/all" } else { "/logout" };
     match api
-        .call::<Value, ()>(Method::POST, path, None, Retry::ONCE)
+        .call::<Value, ()>(Method::POST, path, None, Retry::NOT_IDEMPOTENT)
         .await
     {
         Ok(_) => {}
@@ -222,7 +222,7 @@ async fn leave(ctx: &Ctx, room: &str) -> anyhow::Result<()> {
     // Not retried after a lost answer: a second leave would say `not_member`.
     let _: Value = ctx
         .authed()?
-        .call(Method::POST, &path, None::<&()>, Retry::ONCE)
+        .call(Method::POST, &path, None::<&()>, Retry::NOT_IDEMPOTENT)
         .await
         .map_err(|e| ctx.fail(e))?;
     ctx.out.human(&format!("left {room}"));

@@ -584,3 +584,44 @@ fn the_session_picks_the_server_and_completions_are_generated() {
         );
     }
 }
+
+#[test]
+fn tail_ends_when_you_leave_the_room_and_refuses_a_bad_token() {
+    let server = Server::start();
+    let ann = user("ann", &server);
+    ann.run(&["join", "lobby"]).ok();
+    let mut tail = ann.tail("lobby", &["--since", "0"]);
+    assert!(tail.next_line(LINE_WAIT).ends_with("joined"));
+    ann.run(&["leave", "lobby"]).ok();
+    // The leave event itself may or may not reach the subscription first.
+    let (code, stderr) = tail.wait(Duration::from_secs(20));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("you left lobby"), "{stderr}");
+
+    // A token the server does not know is refused on the upgrade: exit 3.
+    let mut cmd = ann.command(&["tail", "lobby"]);
+    cmd.env(
+        "CHATCTL_TOKEN",
+        "bm90LWEtcmVhbC10b2tlbi1hdC1hbGwtbm90LWV2ZW4tY2xvc2U",
+    );
+    ann.run_with(cmd, None).fails(3, "chatctl: unknown_token: ");
+}
+
+#[test]
+fn a_rate_limited_register_is_waited_out() {
+    let server = Server::start_with(|cfg| cfg.rate_limit = true);
+    // The register burst is 10 per client address…
+    for i in 0..10 {
+        User::new(&format!("user{i}"), &server).register().ok();
+    }
+    // …and the 11th is told to wait a few seconds, which chatctl does.
+    let started = std::time::Instant::now();
+    let out = User::new("patient", &server).register().ok();
+    assert!(out.starts_with("registered @patient:"), "{out}");
+    // A plain register takes a fraction of that: it did wait.
+    let waited = started.elapsed();
+    assert!(
+        waited > Duration::from_secs(2),
+        "not rate limited? {waited:?}"
+    );
+}
