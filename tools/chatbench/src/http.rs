@@ -1,0 +1,287 @@
+//! The HTTP half of the client API, as the benchmark uses it: one
+//! keep-alive HTTP/1.1 connection per [`HttpConn`] (hyper's low-level
+//! client, no pool), and typed helpers for register, login, join, send and
+//! history. Errors keep the server's `errcode` so callers can tell a refusal
+//! from a fault.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+/// The client API prefix (spec §1).
+pub const PREFIX: &str = "/_parlor/client/v1";
+
+/// Path segments keep only unreserved characters unescaped (spec §1: `{room}` is URL-encoded).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encode one path segment.
+pub fn seg(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// Where the server is.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub addr: SocketAddr,
+    /// `host:port` as given, for `Host` headers.
+    pub host: String,
+}
+
+/// A refusal from the server: status and errcode.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub errcode: String,
+    pub error: String,
+    pub retry_after_ms: Option<u64>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.errcode, self.error)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl Api {
+    /// Parse `http://host:port[/]` and resolve the host once.
+    pub async fn parse(url: &str) -> Result<Self> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            anyhow!("--server must be an http:// URL (TLS is not supported), got {url}")
+        })?;
+        let host = rest.trim_end_matches('/');
+        if host.contains('/') {
+            bail!("--server must be just scheme, host and port, got {url}");
+        }
+        let with_port = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !host.ends_with(']')
+        {
+            host.to_string()
+        } else {
+            format!("{host}:80")
+        };
+        let addr = tokio::net::lookup_host(&with_port)
+            .await
+            .with_context(|| format!("resolve {with_port}"))?
+            .next()
+            .ok_or_else(|| anyhow!("{with_port} resolves to nothing"))?;
+        Ok(Self {
+            addr,
+            host: host.to_string(),
+        })
+    }
+
+    pub async fn conn(&self) -> Result<HttpConn> {
+        let mut c = HttpConn {
+            api: self.clone(),
+            tx: None,
+        };
+        c.connect().await?;
+        Ok(c)
+    }
+}
+
+/// One keep-alive connection; reconnects if the server closed it.
+pub struct HttpConn {
+    api: Api,
+    tx: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl HttpConn {
+    async fn connect(&mut self) -> Result<()> {
+        let stream = TcpStream::connect(self.api.addr)
+            .await
+            .with_context(|| format!("connect {}", self.api.addr))?;
+        stream.set_nodelay(true)?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+        });
+        self.tx = Some(tx);
+        Ok(())
+    }
+
+    /// One request; `(status, body)`. Retries once on a connection the server had closed.
+    pub async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, Bytes)> {
+        let body = body.map(|b| Bytes::from(serde_json::to_vec(b).expect("json")));
+        for attempt in 0..2 {
+            if self.tx.as_ref().is_none_or(|t| t.is_closed()) {
+                self.connect().await?;
+            }
+            let tx = self.tx.as_mut().expect("connected");
+            if tx.ready().await.is_err() {
+                self.tx = None;
+                continue;
+            }
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header("host", &self.api.host);
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            if body.is_some() {
+                req = req.header("content-type", "application/json");
+            }
+            let req = req.body(Full::new(body.clone().unwrap_or_default()))?;
+            match tx.send_request(req).await {
+                Ok(res) => {
+                    let status = res.status().as_u16();
+                    let bytes = res.into_body().collect().await?.to_bytes();
+                    return Ok((status, bytes));
+                }
+                Err(e)
+                    if attempt == 0
+                        && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) =>
+                {
+                    self.tx = None;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        bail!("{method} {path}: connection closed twice")
+    }
+
+    /// A request whose 2xx answer is JSON; other statuses become [`ApiError`].
+    /// A 429 is waited out and retried (benchmarks run with rate limits off,
+    /// so this only matters against a server that has them on).
+    pub async fn json(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        for _ in 0..20 {
+            let (status, bytes) = self.call(method.clone(), path, token, body).await?;
+            if (200..300).contains(&status) {
+                return serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{method} {path}: answer is not JSON"));
+            }
+            let err = api_error(status, &bytes);
+            if status == 429 {
+                tokio::time::sleep(Duration::from_millis(
+                    err.retry_after_ms.unwrap_or(100).max(1),
+                ))
+                .await;
+                continue;
+            }
+            return Err(anyhow::Error::new(err).context(format!("{method} {path}")));
+        }
+        bail!("{method} {path}: still rate limited after 20 tries")
+    }
+
+    pub async fn register(&mut self, username: &str, password: &str) -> Result<String> {
+        let v = self
+            .json(
+                Method::POST,
+                &format!("{PREFIX}/register"),
+                None,
+                Some(&json!({"username": username, "password": password})),
+            )
+            .await?;
+        str_field(&v, "user_id")
+    }
+
+    /// `(user_id, access_token)`.
+    pub async fn login(&mut self, username: &str, password: &str) -> Result<(String, String)> {
+        let v = self
+            .json(
+                Method::POST,
+                &format!("{PREFIX}/login"),
+                None,
+                Some(&json!({"username": username, "password": password, "device_name": "chatbench"})),
+            )
+            .await?;
+        Ok((str_field(&v, "user_id")?, str_field(&v, "access_token")?))
+    }
+
+    /// Whether `token` is still valid.
+    pub async fn token_valid(&mut self, token: &str) -> Result<bool> {
+        let (status, _) = self
+            .call(
+                Method::GET,
+                &format!("{PREFIX}/account/whoami"),
+                Some(token),
+                None,
+            )
+            .await?;
+        Ok(status == 200)
+    }
+
+    /// `room_id` of the joined room.
+    pub async fn join(&mut self, token: &str, room: &str) -> Result<String> {
+        let v = self
+            .json(
+                Method::POST,
+                &format!("{PREFIX}/rooms/{}/join", seg(room)),
+                Some(token),
+                Some(&json!({})),
+            )
+            .await?;
+        str_field(&v, "room_id")
+    }
+
+    /// `seq` of the stored message.
+    pub async fn send(&mut self, token: &str, room: &str, txn: &str, body: &str) -> Result<u64> {
+        let v = self
+            .json(
+                Method::PUT,
+                &format!("{PREFIX}/rooms/{}/send/{}", seg(room), seg(txn)),
+                Some(token),
+                Some(&json!({"body": body})),
+            )
+            .await?;
+        v.get("seq")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| anyhow!("send answer without seq: {v}"))
+    }
+}
+
+/// The errcode body of a refusal (or a stand-in when the body is not one).
+pub fn api_error(status: u16, bytes: &[u8]) -> ApiError {
+    let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    ApiError {
+        status,
+        errcode: v
+            .get("errcode")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string(),
+        error: v
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned()),
+        retry_after_ms: v.get("retry_after_ms").and_then(Value::as_u64),
+    }
+}
+
+pub fn str_field(v: &Value, k: &str) -> Result<String> {
+    v.get(k)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("answer lacks {k}: {v}"))
+}

@@ -1,0 +1,252 @@
+//! Smoke runs of every workload at tiny sizes against a real Parlor server
+//! started in-process. They assert correctness only — every message
+//! delivered exactly once, in order — never timing: CI machines are noisy.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+struct Server {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let name = parlor::protocol::ServerName::parse(&format!("127.0.0.1:{port}")).unwrap();
+    let mut cfg = parlor::config::Config::new(name, dir.path().join("data"));
+    cfg.rate_limit = false;
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(parlor::server::run(listener, cfg, async move {
+        let _ = rx.await;
+    }));
+    Server {
+        url: format!("http://127.0.0.1:{port}"),
+        stop: Some(tx),
+        dir,
+    }
+}
+
+/// Run chatbench with `args` against `s`; every result line it printed.
+async fn bench(s: &Server, args: &[&str]) -> Vec<Value> {
+    let users = s.dir.path().join("users.jsonl");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbench"))
+        .args(["--server", &s.url, "--json", "--users-file", path(&users)])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "chatbench {args:?} exited {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status.code()
+    );
+    let runs: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!runs.is_empty(), "no result; stderr: {stderr}");
+    runs
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The fields every run reports, with nothing lost, duplicated or reordered.
+fn assert_clean(v: &Value) {
+    for k in [
+        "workload",
+        "offered_rate",
+        "expected",
+        "delivered",
+        "lost",
+        "duplicates",
+        "out_of_order",
+        "deliveries_per_s",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k}: {v}");
+    }
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["expected"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["delivered"], v["expected"], "{v}");
+    for k in ["lost", "duplicates", "out_of_order"] {
+        assert_eq!(v[k], 0, "{k}: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_open_and_closed_loop_deliver_everything_once() {
+    let s = server().await;
+    let open = bench(
+        &s,
+        &[
+            "fanout",
+            "--rooms",
+            "2",
+            "--members",
+            "3",
+            "--rate",
+            "200",
+            "--messages",
+            "60",
+        ],
+    )
+    .await;
+    assert_clean(&open[0]);
+    assert_eq!(
+        open[0]["expected"], 180,
+        "60 messages × 3 members each: {}",
+        open[0]
+    );
+    assert_eq!(open[0]["acked"], 60);
+    // Closed loop, repeated: the second run reuses the users (from the users file and in process).
+    let max = bench(
+        &s,
+        &[
+            "--repeat",
+            "2",
+            "fanout",
+            "--rooms",
+            "2",
+            "--members",
+            "3",
+            "--rate",
+            "max",
+            "--messages",
+            "60",
+            "--body-bytes",
+            "300",
+        ],
+    )
+    .await;
+    assert_eq!(max.len(), 2);
+    for r in &max {
+        assert_clean(r);
+        assert_eq!(r["mode"], "closed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_register_and_log_in_everyone_even_during_chat() {
+    let s = server().await;
+    let quiet = bench(&s, &["accounts", "--users", "4", "--concurrency", "2"]).await;
+    assert_clean(&quiet[0]);
+    assert_eq!(quiet[0]["expected"], 4);
+    assert_eq!(quiet[0]["register_failed"], 0);
+    let storm = bench(
+        &s,
+        &[
+            "accounts",
+            "--users",
+            "3",
+            "--during-fanout",
+            "--rooms",
+            "1",
+            "--members",
+            "2",
+            "--rate",
+            "100",
+            "--quiet-secs",
+            "0.3",
+        ],
+    )
+    .await;
+    assert_clean(&storm[0]);
+    assert_eq!(storm[0]["login_failed"], 0);
+    assert_eq!(storm[0]["quiet"]["ok"], true, "{}", storm[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_walk_finds_every_message_once_in_order() {
+    let s = server().await;
+    let h = bench(
+        &s,
+        &[
+            "history",
+            "--messages",
+            "35",
+            "--page",
+            "10",
+            "--joiners",
+            "2",
+            "--fetches",
+            "5",
+        ],
+    )
+    .await;
+    assert_clean(&h[0]);
+    assert_eq!(
+        h[0]["expected"], 70,
+        "35 messages seen by each of 2 joiners: {}",
+        h[0]
+    );
+    assert_eq!(h[0]["seq_gaps"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_all_receive_the_probe() {
+    let s = server().await;
+    let i = bench(
+        &s,
+        &[
+            "idle",
+            "--connections",
+            "24",
+            "--rooms",
+            "3",
+            "--users",
+            "2",
+            "--settle-secs",
+            "0.2",
+        ],
+    )
+    .await;
+    assert_clean(&i[0]);
+    assert_eq!(i[0]["connections"], 24);
+    assert_eq!(i[0]["expected"], 24, "one probe per connection: {}", i[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_mass_drops_loses_and_repeats_nothing() {
+    let s = server().await;
+    let r = bench(
+        &s,
+        &[
+            "resume",
+            "--rooms",
+            "2",
+            "--members",
+            "3",
+            "--rate",
+            "300",
+            "--messages",
+            "300",
+            "--drops",
+            "2",
+        ],
+    )
+    .await;
+    assert_clean(&r[0]);
+    assert_eq!(r[0]["reconnects"], 12, "6 members × 2 drops: {}", r[0]);
+    assert_eq!(r[0]["gap_frames"], 0);
+    assert_eq!(r[0]["unacked"], 0);
+}
