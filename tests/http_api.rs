@@ -25,6 +25,7 @@ backend_tests!(
     rate_limits_answer_429_with_retry_after,
     slow_clients_are_cut_off,
     connection_cap_closes_extra_connections,
+    concurrent_account_and_room_writes_do_not_hang,
 );
 
 async fn versions_and_health(b: Backend) {
@@ -483,4 +484,43 @@ async fn connection_cap_closes_extra_connections(b: Backend) {
         assert!(Instant::now() < deadline, "slots were not released");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Many account and membership writes at once, each flushed before its
+/// answer: none may hang (sled 0.34's `flush_async` could, under exactly this).
+async fn concurrent_account_and_room_writes_do_not_hang(b: Backend) {
+    let h = Harness::start(b).await;
+    let api = h.api();
+    let mut tokens = Vec::new();
+    for i in 0..6 {
+        tokens.push(api.user(&uniq(&format!("c{i}"))).await.1);
+    }
+    let work = async {
+        let mut tasks = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            for r in 0..8 {
+                let (api, t) = (api.clone(), t.clone());
+                tasks.push(tokio::spawn(async move {
+                    let room = format!("cw{r}");
+                    api.join(&t, &room).await;
+                    let (s, _) = api.send(&t, &room, &format!("t{i}"), "x").await;
+                    assert_eq!(s, 200);
+                    let (s, _) = api.call("POST", &format!("/rooms/{room}/leave"), Some(&t), None).await;
+                    assert_eq!(s, 200);
+                    api.join(&t, &room).await;
+                }));
+            }
+        }
+        for name in 0..6 {
+            let api = api.clone();
+            tasks.push(tokio::spawn(async move {
+                let (s, _) = api.register(&uniq(&format!("cr{name}")), "zebra-quartz-71").await;
+                assert_eq!(s, 201);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), work).await.expect("concurrent writes finished");
 }

@@ -55,6 +55,6 @@ impl Services {
     /// Flushes everything; called once after the last connection is gone.
     pub async fn close(&self) {
         self.events.log().close().await;
-        let _ = self.db.flush_async().await;
+        let _ = crate::storage::flush(&self.db).await;
     }
 }

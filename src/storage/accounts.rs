@@ -56,7 +56,7 @@ impl AccountStore {
             .compare_and_swap(username.as_bytes(), None as Option<&[u8]>, Some(to_record(record)))?
             .is_ok();
         if created {
-            self.db.flush_async().await?;
+            super::flush(&self.db).await?;
         }
         Ok(created)
     }
@@ -82,7 +82,7 @@ impl AccountStore {
             tokens.insert(&token_hash[..], token.as_slice())?;
             Ok::<_, ConflictableTransactionError<StorageError>>(())
         })?;
-        self.db.flush_async().await?;
+        super::flush(&self.db).await?;
         Ok(())
     }
 
@@ -99,7 +99,7 @@ impl AccountStore {
             devices.remove(dkey.as_slice())?;
             Ok::<_, ConflictableTransactionError<StorageError>>(())
         })?;
-        self.db.flush_async().await?;
+        super::flush(&self.db).await?;
         Ok(())
     }
 
@@ -122,7 +122,7 @@ impl AccountStore {
             })?;
             revoked.push(hash);
         }
-        self.db.flush_async().await?;
+        super::flush(&self.db).await?;
         Ok(revoked)
     }
 }

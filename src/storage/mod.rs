@@ -46,6 +46,18 @@ pub fn open_db(dir: &Path) -> Result<sled::Db, StorageError> {
     Ok(db)
 }
 
+/// Makes every write so far durable (fsync) without blocking an async
+/// worker. Not sled's own `flush_async`: in 0.34 concurrent calls to it can
+/// hang forever (spacejam/sled#1308); a blocking `flush` on the blocking
+/// pool has no such problem.
+pub async fn flush(db: &sled::Db) -> Result<(), StorageError> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.flush())
+        .await
+        .map_err(|e| StorageError::Log(format!("flush task failed: {e}")))??;
+    Ok(())
+}
+
 pub(crate) fn json_record<T: serde::de::DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StorageError> {
     serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt { tree, detail: e.to_string() })
 }

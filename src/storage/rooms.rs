@@ -67,7 +67,7 @@ impl RoomStore {
         })?;
         match winner {
             None => {
-                self.db.flush_async().await?;
+                super::flush(&self.db).await?;
                 Ok(record.clone())
             }
             Some(id) => {
@@ -96,7 +96,7 @@ impl RoomStore {
             }
             Ok::<_, ConflictableTransactionError<StorageError>>(())
         })?;
-        self.db.flush_async().await?;
+        super::flush(&self.db).await?;
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 //! - `parlor:{ROOM}:meta` hash `epoch`, `gen`, `seq`: the room's epoch, its
 //!   generation (Redis clock in ms when it was started) and last seq;
 //! - `parlor:{ROOM}:log` stream, entry id `<seq>-0`, fields `t` type, `s`
-//!   sender, `b` body (messages only), `ts`;
+//!   sender, `b` body (messages only), `ts`; trimmed to the retention;
 //! - `parlor:{ROOM}:txn:<hash of device and txn_id>` string
 //!   `"<fingerprint hex> <epoch> <seq>"`, expiring after [`TXN_TTL_SECS`];
 //! - `parlor:feed` stream: one entry per append of every room (`r` room, `e`
@@ -128,10 +128,12 @@ if fp ~= '' then
   end
 end
 
+-- Exact MAXLEN, not '~': retention means the last N events on both logs,
+-- and trimming the one entry an append pushes out is cheap.
 local function add(s)
   local id = string.format('%d-0', s)
   if retention > 0 then
-    return redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', retention, id, unpack(fields))
+    return redis.pcall('XADD', KEYS[2], 'MAXLEN', retention, id, unpack(fields))
   end
   return redis.pcall('XADD', KEYS[2], id, unpack(fields))
 end
