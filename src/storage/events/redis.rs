@@ -46,7 +46,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{AppendOutcome, BoxFuture, EventLog, EventSink, LogHead, NewEvent, Page, Range, event_id, new_epoch, now_ms};
+use super::{
+    AppendOutcome, BoxFuture, EventLog, EventSink, LogHead, NewEvent, Page, Range, event_id, new_epoch, now_ms,
+};
 use crate::protocol::events::{Event, EventType};
 use crate::protocol::{RoomId, UserId};
 use crate::storage::StorageError;
@@ -236,12 +238,30 @@ impl SeenMap {
     fn observe(&self, room: &RoomId, epoch: &Arc<str>, generation: u64, seq: u64) {
         let mut m = self.0.lock().expect("seen lock");
         match m.get_mut(room) {
-            Some(s) if s.generation > generation => {}
-            Some(s) if s.generation == generation && *s.epoch == **epoch => s.seq = s.seq.max(seq),
-            Some(s) => *s = Seen { epoch: epoch.clone(), generation, seq },
+            Some(s) => Self::merge(s, epoch, generation, seq),
             None => {
                 m.insert(room.clone(), Seen { epoch: epoch.clone(), generation, seq });
             }
+        }
+    }
+
+    /// Records a sighting from the feed, for rooms this process appends to
+    /// or reads (every room with a local subscriber was read at subscribe):
+    /// the map then grows with this process's rooms, not with all rooms.
+    fn observe_tracked(&self, room: &RoomId, epoch: &Arc<str>, generation: u64, seq: u64) {
+        if let Some(s) = self.0.lock().expect("seen lock").get_mut(room) {
+            Self::merge(s, epoch, generation, seq);
+        }
+    }
+
+    fn merge(s: &mut Seen, epoch: &Arc<str>, generation: u64, seq: u64) {
+        if s.generation > generation {
+            return;
+        }
+        if s.generation == generation && *s.epoch == **epoch {
+            s.seq = s.seq.max(seq);
+        } else {
+            *s = Seen { epoch: epoch.clone(), generation, seq };
         }
     }
 }
@@ -741,7 +761,14 @@ impl Feed {
 
     /// The id of the feed's last entry, if it has any.
     async fn tail(&mut self) -> Result<Option<String>, RedisError> {
-        let v: Value = redis::cmd("XREVRANGE").arg(FEED_KEY).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut self.conn).await?;
+        let v: Value = redis::cmd("XREVRANGE")
+            .arg(FEED_KEY)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn)
+            .await?;
         let entries = entries(v).map_err(|e| RedisError::from((ErrorKind::Parse, "feed entry", e.to_string())))?;
         Ok(entries.into_iter().next().map(|(id, _)| id))
     }
@@ -867,7 +894,7 @@ impl FeedReader {
         match self.decode(fields) {
             Ok((room, epoch, generation, event, origin)) => {
                 let json = serde_json::to_string(&event).expect("events serialize");
-                self.shared.seen.observe(&room, &epoch, generation, event.seq);
+                self.shared.seen.observe_tracked(&room, &epoch, generation, event.seq);
                 self.shared.sink.deliver(&room, &epoch, event.seq, &json);
                 if let Some(ticket) = origin.strip_prefix(&self.shared.instance).and_then(|t| t.strip_prefix('/')) {
                     if let Ok(t) = ticket.parse::<u64>() {
@@ -973,8 +1000,11 @@ fn entries(v: Value) -> Result<Vec<(String, Vec<Value>)>, StorageError> {
         .collect()
 }
 
-/// The read script's answer: the head, the generation, and (seq, fields) entries.
-fn parse_read(v: Value) -> Result<(LogHead, u64, Vec<(u64, Vec<Value>)>), StorageError> {
+/// Room stream entries as (seq, raw fields).
+type Entries = Vec<(u64, Vec<Value>)>;
+
+/// The read script's answer: the head, the generation, and the entries.
+fn parse_read(v: Value) -> Result<(LogHead, u64, Entries), StorageError> {
     let Value::Array(mut items) = v else { return Err(corrupt("read script answer".into())) };
     if items.len() != 5 {
         return Err(corrupt(format!("read script answered {} values", items.len())));
@@ -984,10 +1014,8 @@ fn parse_read(v: Value) -> Result<(LogHead, u64, Vec<(u64, Vec<Value>)>), Storag
     let latest = parse_u64(&text(items.pop().expect("five items"))?)?;
     let generation = parse_u64(&text(items.pop().expect("five items"))?)?;
     let epoch: Arc<str> = text(items.pop().expect("five items"))?.into();
-    let entries = entries(raw)?
-        .into_iter()
-        .map(|(id, f)| Ok((stream_id(&id).0, f)))
-        .collect::<Result<Vec<_>, StorageError>>()?;
+    let entries =
+        entries(raw)?.into_iter().map(|(id, f)| Ok((stream_id(&id).0, f))).collect::<Result<Vec<_>, StorageError>>()?;
     Ok((LogHead { epoch, earliest: earliest.min(latest + 1), latest }, generation, entries))
 }
 
@@ -1046,6 +1074,11 @@ mod tests {
         seen.observe(&room, &b, 6, 1);
         let s = seen.get(&room).unwrap();
         assert_eq!((&*s.epoch, s.generation, s.seq), ("b", 6, 1));
+        seen.observe_tracked(&room, &b, 6, 3);
+        assert_eq!(seen.get(&room).unwrap().seq, 3);
+        let other = RoomId::parse("!o:x").unwrap();
+        seen.observe_tracked(&other, &b, 6, 3);
+        assert!(seen.get(&other).is_none(), "untouched rooms are not tracked");
     }
 
     #[test]

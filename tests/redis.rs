@@ -1,0 +1,364 @@
+//! Parlor on Redis Streams, end to end: two server processes sharing one
+//! Redis, concurrent senders on both, lost Redis data (FLUSHALL) becoming a
+//! new epoch, a Redis outage failing fast and healing by itself, restarts,
+//! and retention. Each test starts its own redis-server (see tests/support).
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Api, ParlorProcess, RedisServer, WsClient};
+
+const NAME: &str = "parlor.test";
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn serve_args(redis: &RedisServer) -> Vec<String> {
+    ["--redis", &redis.url, "--rate-limit", "off", "--server-name", NAME].iter().map(|s| s.to_string()).collect()
+}
+
+fn spawn(dir: &Path, args: &[String]) -> ParlorProcess {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ParlorProcess::spawn(dir, &args)
+}
+
+/// Two parlor processes on one Redis. Accounts and the room directory live
+/// in each process's own sled, so both start from one snapshot: `ann` and
+/// `bob`, both in `lobby`, with the same tokens on both processes.
+struct Pair {
+    redis: RedisServer,
+    a: ParlorProcess,
+    b: ParlorProcess,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    room: String,
+    ann: String,
+    bob: String,
+}
+
+async fn pair() -> Pair {
+    let redis = RedisServer::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = serve_args(&redis);
+    let mut a = spawn(da.path(), &args);
+    let api = Api::new(&a.url);
+    let (_, ann) = api.user("ann").await;
+    let (_, bob) = api.user("bob").await;
+    let joined = api.join(&ann, "lobby").await;
+    api.join(&bob, "lobby").await;
+    let room = joined["room_id"].as_str().unwrap().to_owned();
+    assert!(a.terminate().success());
+    copy_dir(da.path(), db.path());
+    let a = spawn(da.path(), &args);
+    let b = spawn(db.path(), &args);
+    Pair { redis, a, b, _dirs: (da, db), room, ann, bob }
+}
+
+async fn subscribe(c: &mut WsClient, room: &str, since: Option<Value>) -> (Value, Vec<Value>) {
+    let mut frame = json!({"type": "subscribe", "room": room});
+    if let Some(s) = since {
+        frame["since"] = s;
+    }
+    c.send(frame).await;
+    c.until("caught_up").await
+}
+
+fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames.iter().map(|f| f["event"]["seq"].as_u64().unwrap()).collect()
+}
+
+/// The next `n` frames, which must all be events.
+async fn events(c: &mut WsClient, n: usize) -> Vec<Value> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let f = c.recv().await;
+        assert_eq!(f["type"], "event", "{f}");
+        out.push(f);
+    }
+    out
+}
+
+async fn health(url: &str) -> u16 {
+    Api::new(url).raw("GET", "/healthz", None, vec![]).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_through_one_process_reach_subscribers_of_the_other_once_in_order() {
+    let p = pair().await;
+    let (api_a, api_b) = (Api::new(&p.a.url), Api::new(&p.b.url));
+    let mut bob_on_b = WsClient::authed(&p.b.url, &p.bob).await;
+    let (cu, _) = subscribe(&mut bob_on_b, &p.room, None).await;
+    let start = cu["seq"].as_u64().unwrap();
+    let mut ann_on_a = WsClient::authed(&p.a.url, &p.ann).await;
+    subscribe(&mut ann_on_a, &p.room, None).await;
+
+    for n in 0..40 {
+        let (s, v) = api_a.send(&p.ann, &p.room, &format!("a{n}"), &format!("from a {n}")).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["seq"].as_u64(), Some(start + 1 + n));
+    }
+    let got = events(&mut bob_on_b, 40).await;
+    assert_eq!(seqs(&got), (start + 1..=start + 40).collect::<Vec<_>>(), "in order, no holes");
+    assert!(got.iter().enumerate().all(|(n, f)| f["event"]["body"] == format!("from a {n}")));
+    assert!(got.iter().all(|f| f["event"]["sender"] == format!("@ann:{NAME}")));
+    // And the other way round, over the socket.
+    bob_on_b.send(json!({"type": "send", "id": "x", "room": p.room, "txn_id": "b0", "body": "from b"})).await;
+    let mut seen = events(&mut ann_on_a, 41).await;
+    assert_eq!(seqs(&seen), (start + 1..=start + 41).collect::<Vec<_>>());
+    assert_eq!(seen.pop().unwrap()["event"]["body"], "from b");
+    let (ack, before) = bob_on_b.until("ack").await;
+    assert_eq!(ack["seq"].as_u64(), Some(start + 41));
+    assert_eq!(seqs(&before), [start + 41], "bob sees his own event once, via the feed");
+    // Exactly once: the next frame after all that is the next event, not a repeat.
+    api_b.send(&p.bob, &p.room, "b1", "last").await;
+    for c in [&mut ann_on_a, &mut bob_on_b] {
+        let f = c.recv().await;
+        assert_eq!((f["event"]["seq"].as_u64(), f["event"]["body"].as_str()), (Some(start + 42), Some("last")));
+    }
+    // Both processes serve the same history.
+    let (_, ha) = api_a.messages(&p.ann, &p.room, "limit=100").await;
+    let (_, hb) = api_b.messages(&p.bob, &p.room, "limit=100").await;
+    assert_eq!(ha, hb);
+    assert_eq!(ha["latest_seq"].as_u64(), Some(start + 42));
+    drop(p.redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_on_both_processes_keep_seq_contiguous() {
+    let p = pair().await;
+    let mut watcher = WsClient::authed(&p.b.url, &p.bob).await;
+    let (cu, _) = subscribe(&mut watcher, &p.room, None).await;
+    let start = cu["seq"].as_u64().unwrap();
+    const PER: u64 = 150;
+    let mut tasks = Vec::new();
+    for (url, token, tag) in [(&p.a.url, &p.ann, "a"), (&p.b.url, &p.bob, "b")] {
+        for n in 0..PER {
+            let api = Api::new(url);
+            let (token, room) = (token.clone(), p.room.clone());
+            tasks.push(tokio::spawn(async move {
+                let (s, v) = api.send(&token, &room, &format!("{tag}{n}"), &format!("{tag}{n}")).await;
+                assert_eq!(s, 200, "{v}");
+                (v["seq"].as_u64().unwrap(), v["event_id"].as_str().unwrap().to_owned())
+            }));
+        }
+    }
+    let mut acks = Vec::new();
+    for t in tasks {
+        acks.push(t.await.unwrap());
+    }
+    let mut got: Vec<u64> = acks.iter().map(|(s, _)| *s).collect();
+    got.sort_unstable();
+    assert_eq!(got, (start + 1..=start + 2 * PER).collect::<Vec<_>>(), "contiguous, no duplicates");
+    let live = events(&mut watcher, 2 * PER as usize).await;
+    assert_eq!(seqs(&live), (start + 1..=start + 2 * PER).collect::<Vec<_>>());
+    // History agrees with the acks: each event once, under its acked seq and id.
+    let (_, page) = Api::new(&p.a.url).messages(&p.ann, &p.room, &format!("after={start}&limit=1000")).await;
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len() as u64, 2 * PER);
+    for (seq, id) in &acks {
+        let e = &events[(seq - start - 1) as usize];
+        assert_eq!((e["seq"].as_u64(), e["event_id"].as_str()), (Some(*seq), Some(id.as_str())));
+    }
+    let mut bodies: Vec<&str> = events.iter().map(|e| e["body"].as_str().unwrap()).collect();
+    bodies.sort_unstable();
+    bodies.dedup();
+    assert_eq!(bodies.len() as u64, 2 * PER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_starts_a_new_epoch_and_resuming_clients_get_a_gap() {
+    let p = pair().await;
+    let (api_a, api_b) = (Api::new(&p.a.url), Api::new(&p.b.url));
+    for n in 0..3 {
+        api_a.send(&p.ann, &p.room, &format!("old{n}"), &format!("old {n}")).await;
+    }
+    let (_, page) = api_a.messages(&p.ann, &p.room, "limit=100").await;
+    let old_epoch = page["epoch"].as_str().unwrap().to_owned();
+    let old_last = page["latest_seq"].as_u64().unwrap();
+    let old_ids: Vec<String> =
+        page["events"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap().into()).collect();
+    // A live subscriber on the other process, across the loss.
+    let mut live = WsClient::authed(&p.b.url, &p.bob).await;
+    subscribe(&mut live, &p.room, None).await;
+
+    assert_eq!(p.redis.cli(&["FLUSHALL"]).unwrap().trim(), "OK");
+
+    // A client resuming from the old epoch is told, never skipped silently.
+    let mut resumer = WsClient::authed(&p.a.url, &p.ann).await;
+    resumer.send(json!({"type": "subscribe", "room": p.room, "since": {"epoch": old_epoch, "seq": old_last}})).await;
+    let gap = resumer.recv().await;
+    assert_eq!((gap["type"].as_str(), gap["reason"].as_str()), (Some("gap"), Some("epoch_changed")), "{gap}");
+    assert_eq!(gap["from"], json!({"epoch": old_epoch, "seq": old_last}));
+    let new_epoch = gap["to"]["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(new_epoch, old_epoch);
+    assert_eq!(gap["to"]["seq"], 0);
+    let (cu, before) = resumer.until("caught_up").await;
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!((cu["epoch"].as_str(), cu["seq"].as_u64()), (Some(new_epoch.as_str()), Some(0)));
+
+    // The next send starts the new epoch at 1; no event id is reused.
+    let (s, v) = api_b.send(&p.bob, &p.room, "new0", "new 0").await;
+    assert_eq!((s, v["seq"].as_u64()), (200, Some(1)), "{v}");
+    assert!(!old_ids.contains(&v["event_id"].as_str().unwrap().to_owned()));
+    let f = resumer.recv().await;
+    assert_eq!((f["epoch"].as_str(), f["event"]["seq"].as_u64()), (Some(new_epoch.as_str()), Some(1)));
+    // The live subscriber gets the epoch change as a gap, then the new event.
+    let gap = live.recv().await;
+    assert_eq!((gap["type"].as_str(), gap["reason"].as_str()), (Some("gap"), Some("epoch_changed")), "{gap}");
+    assert_eq!(gap["from"]["epoch"], old_epoch.as_str());
+    assert_eq!(gap["to"]["epoch"], new_epoch.as_str());
+    let f = live.recv().await;
+    assert_eq!(
+        (f["epoch"].as_str(), f["event"]["seq"].as_u64(), f["event"]["body"].as_str()),
+        (Some(new_epoch.as_str()), Some(1), Some("new 0"))
+    );
+    let (_, page) = api_a.messages(&p.ann, &p.room, "limit=100").await;
+    assert_eq!(page["epoch"], new_epoch.as_str());
+    assert_eq!(seqs(&page["events"].as_array().unwrap().iter().map(|e| json!({"event": e})).collect::<Vec<_>>()), [1]);
+    // A transaction id used before the loss starts afresh in the new epoch.
+    let (s, v) = api_a.send(&p.ann, &p.room, "old0", "old 0").await;
+    assert_eq!((s, v["seq"].as_u64()), (200, Some(2)), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_fails_fast_and_heals_without_losing_acknowledged_events() {
+    let aof = ["--appendonly", "yes", "--appendfsync", "always"];
+    let mut redis = RedisServer::start_with(&aof);
+    let dir = tempfile::tempdir().unwrap();
+    let parlor = spawn(dir.path(), &serve_args(&redis));
+    let api = Api::new(&parlor.url);
+    let (_, ann) = api.user("ann").await;
+    let (_, bob) = api.user("bob").await;
+    let room = api.join(&ann, "ops").await["room_id"].as_str().unwrap().to_owned();
+    api.join(&bob, "ops").await;
+    let mut sub = WsClient::authed(&parlor.url, &bob).await;
+    let (cu, _) = subscribe(&mut sub, &room, None).await;
+    let epoch = cu["epoch"].as_str().unwrap().to_owned();
+    let mut acked = Vec::new();
+    for n in 0..3 {
+        let (s, v) = api.send(&ann, &room, &format!("pre{n}"), &format!("pre {n}")).await;
+        assert_eq!(s, 200);
+        acked.push(v["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs(&events(&mut sub, 3).await), acked);
+
+    redis.kill();
+    let mut ws_sender = WsClient::authed(&parlor.url, &ann).await;
+    for n in 0..3 {
+        let t = Instant::now();
+        let (s, v) = api.send(&ann, &room, &format!("down{n}"), "during the outage").await;
+        let took = t.elapsed();
+        assert_eq!((s, v["errcode"].as_str()), (503, Some("storage_unavailable")), "{v}");
+        eprintln!("send during the outage failed in {took:?}");
+        assert!(took < Duration::from_secs(1), "a send during the outage took {took:?}");
+        ws_sender
+            .send(json!({"type": "send", "id": "w", "room": room, "txn_id": format!("wdown{n}"), "body": "x"}))
+            .await;
+        let e = ws_sender.recv().await;
+        assert_eq!(
+            (e["type"].as_str(), e["errcode"].as_str(), e["id"].as_str()),
+            (Some("error"), Some("storage_unavailable"), Some("w"))
+        );
+    }
+    assert_eq!(health(&parlor.url).await, 503);
+
+    redis.restart(&aof);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(&parlor.url).await != 200 {
+        assert!(Instant::now() < deadline, "parlor did not reconnect to redis by itself");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The same txn id as a failed send: it was not written, so it is new now.
+    let (s, v) = api.send(&ann, &room, "down0", "after the outage").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["seq"].as_u64(), Some(acked[2] + 1), "nothing from the outage was half-written");
+    // The subscriber that stayed connected carries on without a gap.
+    let f = sub.recv().await;
+    assert_eq!(
+        (f["type"].as_str(), f["epoch"].as_str(), f["event"]["seq"].as_u64()),
+        (Some("event"), Some(epoch.as_str()), Some(acked[2] + 1)),
+        "{f}"
+    );
+    // A client resuming from the start gets every acknowledged event.
+    let mut late = WsClient::authed(&parlor.url, &bob).await;
+    let (cu, replayed) = subscribe(&mut late, &room, Some(json!({"epoch": epoch, "seq": 0}))).await;
+    let bodies: Vec<&str> = replayed.iter().filter_map(|f| f["event"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["pre 0", "pre 1", "pre 2", "after the outage"]);
+    assert_eq!(seqs(&replayed), (1..=acked[2] + 1).collect::<Vec<_>>());
+    assert_eq!(cu["epoch"], epoch.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_survives_a_parlor_restart() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let args = serve_args(&redis);
+    let mut first = spawn(dir.path(), &args);
+    let api = Api::new(&first.url);
+    let (_, ann) = api.user("ann").await;
+    let room = api.join(&ann, "keep").await["room_id"].as_str().unwrap().to_owned();
+    for n in 0..5 {
+        api.send(&ann, &room, &format!("k{n}"), &format!("keep {n}")).await;
+    }
+    let (_, before) = api.messages(&ann, &room, "limit=100").await;
+    assert!(first.terminate().success());
+
+    let second = spawn(dir.path(), &args);
+    let api = Api::new(&second.url);
+    let (_, after) = api.messages(&ann, &room, "limit=100").await;
+    assert_eq!(after, before, "same epoch, same events");
+    // Idempotency survives too, and seqs go on.
+    let (s, v) = api.send(&ann, &room, "k4", "keep 4").await;
+    assert_eq!((s, v["seq"].as_u64()), (200, Some(6)), "{v}");
+    let (s, v) = api.send(&ann, &room, "k5", "keep 5").await;
+    assert_eq!((s, v["seq"].as_u64()), (200, Some(7)), "{v}");
+    let mut c = WsClient::authed(&second.url, &ann).await;
+    let (cu, replayed) = subscribe(&mut c, &room, Some(json!({"epoch": before["epoch"], "seq": 4}))).await;
+    assert_eq!(seqs(&replayed), [5, 6, 7]);
+    assert_eq!(cu["epoch"], before["epoch"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimmed_history_is_reported_as_a_gap() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = serve_args(&redis);
+    args.extend(["--retention".to_string(), "10".to_string()]);
+    let parlor = spawn(dir.path(), &args);
+    let api = Api::new(&parlor.url);
+    let (_, ann) = api.user("ann").await;
+    let room = api.join(&ann, "short").await["room_id"].as_str().unwrap().to_owned();
+    for n in 0..30 {
+        api.send(&ann, &room, &format!("t{n}"), &format!("m{n}")).await;
+    }
+    let (_, page) = api.messages(&ann, &room, "limit=100").await;
+    let epoch = page["epoch"].as_str().unwrap().to_owned();
+    assert_eq!((page["earliest_seq"].as_u64(), page["latest_seq"].as_u64()), (Some(22), Some(31)), "{page}");
+    assert_eq!(page["events"].as_array().unwrap().len(), 10);
+    let mut c = WsClient::authed(&parlor.url, &ann).await;
+    c.send(json!({"type": "subscribe", "room": room, "since": {"epoch": epoch, "seq": 3}})).await;
+    let gap = c.recv().await;
+    assert_eq!((gap["type"].as_str(), gap["reason"].as_str()), (Some("gap"), Some("trimmed")), "{gap}");
+    assert_eq!(gap["from"], json!({"epoch": epoch, "seq": 3}));
+    assert_eq!(gap["to"], json!({"epoch": epoch, "seq": 21}));
+    let (cu, replayed) = c.until("caught_up").await;
+    assert_eq!(seqs(&replayed), (22..=31).collect::<Vec<_>>());
+    assert_eq!(cu["seq"], 31);
+    assert_eq!(
+        redis.cli(&["XLEN", &format!("parlor:{{{room}}}:log")]).unwrap().trim(),
+        "10",
+        "Redis keeps no more than that"
+    );
+}
