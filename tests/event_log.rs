@@ -294,8 +294,10 @@ async fn two_logs_on_one_redis_see_each_others_appends_once_in_order() {
     sb.wait_for(&r, 300).await;
     assert_eq!(sa.seqs(&r), (1..=300).collect::<Vec<u64>>());
     assert_eq!(sb.seqs(&r), (1..=300).collect::<Vec<u64>>());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(sa.seqs(&r).len(), 300, "nothing delivered twice");
+    // One more event marks the end: anything delivered twice would show before it.
+    b.append(&r, msg("end")).await.unwrap();
+    sa.wait_for(&r, 301).await;
+    assert_eq!(sa.seqs(&r), (1..=301).collect::<Vec<u64>>(), "nothing delivered twice");
     assert_eq!(sa.json(&r, 7), sb.json(&r, 7), "both processes build the same event");
     a.close().await;
     b.close().await;

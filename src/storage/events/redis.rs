@@ -11,8 +11,10 @@
 //! - `parlor:{ROOM}:txn:<hash of device and txn_id>` string
 //!   `"<fingerprint hex> <epoch> <seq>"`, expiring after [`TXN_TTL_SECS`];
 //! - `parlor:feed` stream: one entry per append of every room (`r` room, `e`
-//!   epoch, `g` generation, `q` seq, `o` origin, then the event fields), trimmed to
-//!   about [`FEED_MAXLEN`] entries.
+//!   epoch, `g` generation, `q` seq, `o` origin, then the event fields),
+//!   trimmed to about [`FEED_MAXLEN`] entries. A reader that falls behind
+//!   the trim, or a feed lost with Redis's data, costs live delivery only:
+//!   sessions fill a seq hole from the room stream, and a new epoch is a gap.
 //!
 //! Appends: `append` puts the job on an unbounded queue at call time (which
 //! fixes the order); one writer task takes everything waiting and sends it as
@@ -455,8 +457,27 @@ struct Shared {
     /// This log's id on the feed: entries whose origin starts with it are ours.
     instance: String,
     next_ticket: AtomicU64,
+    /// When the feed was last reported behind (ms since the Unix epoch).
+    behind_warned_ms: AtomicU64,
     /// Appends waiting for their event to come back on the feed.
     tickets: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+}
+
+impl Shared {
+    /// Notes an ack sent before its event came back on the feed; said at most
+    /// every 10 s, since under overload it holds for every append at once.
+    fn feed_behind(&self) {
+        let now = now_ms();
+        let last = self.behind_warned_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self.behind_warned_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(
+                "the redis feed is over {} ms behind: acknowledging sends before local delivery",
+                FEED_WAIT.as_millis()
+            );
+        }
+    }
 }
 
 /// Removes an append's ticket however its future ends.
@@ -499,6 +520,7 @@ impl RedisLog {
             seen: SeenMap::default(),
             instance: new_epoch(),
             next_ticket: AtomicU64::new(1),
+            behind_warned_ms: AtomicU64::new(0),
             tickets: Mutex::new(HashMap::new()),
         });
         let stop = CancellationToken::new();
@@ -560,14 +582,14 @@ impl EventLog for RedisLog {
         let (reply, rx) = oneshot::channel();
         let origin = format!("{}/{ticket}", self.shared.instance);
         let sent = self.jobs.send(Msg::Append(Job { room: room.clone(), event, ts: now_ms(), origin, reply }));
+        let shared = self.shared.clone();
         Box::pin(async move {
             let _guard = guard;
             sent.map_err(|_| StorageError::Log("the redis log has stopped".into()))?;
             let outcome = rx.await.map_err(|_| StorageError::Log("the redis log has stopped".into()))??;
-            if let AppendOutcome::Stored { seq, .. } = &outcome {
-                if tokio::time::timeout(FEED_WAIT, fed_rx).await.is_err() {
-                    tracing::warn!(seq, "the redis feed is behind; acknowledging before local delivery");
-                }
+            if matches!(outcome, AppendOutcome::Stored { .. }) && tokio::time::timeout(FEED_WAIT, fed_rx).await.is_err()
+            {
+                shared.feed_behind();
             }
             Ok(outcome)
         })
