@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -176,20 +176,40 @@ fn preflight() -> Resp {
     resp
 }
 
-/// Reads the whole body, within the size cap and the body timeout.
+/// Bodies up to this size are read to the end even when refused, so that the
+/// client, still sending, gets the 413 instead of a reset connection.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+/// Reads the whole body, within the size cap and the body timeout. A body
+/// over the cap is refused with 413, after reading (and dropping) up to
+/// `DRAIN_LIMIT` of it.
 pub async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes, Error> {
     let too_large = || Error::refused(ErrCode::BodyTooLarge, format!("request bodies are at most {MAX_BODY_BYTES} bytes"));
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
-        if len > MAX_BODY_BYTES as u64 {
-            return Err(too_large());
-        }
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > DRAIN_LIMIT as u64) {
+        return Err(too_large());
     }
-    let limited = Limited::new(req.into_body(), MAX_BODY_BYTES);
-    match tokio::time::timeout(ctx.app.services.config.body_timeout, limited.collect()).await {
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else { continue };
+            seen += data.len();
+            if seen <= MAX_BODY_BYTES {
+                buf.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+        Ok::<_, hyper::Error>(())
+    };
+    match tokio::time::timeout(ctx.app.services.config.body_timeout, read).await {
         Err(_) => Err(Error::refused(ErrCode::RequestTimeout, "the request body did not arrive in time")),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(e)) => Err(Error::refused(ErrCode::MalformedJson, format!("cannot read the body: {e}"))),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Ok(())) if seen > MAX_BODY_BYTES => Err(too_large()),
+        Ok(Ok(())) => Ok(buf.freeze()),
     }
 }
 

@@ -41,7 +41,9 @@ impl Error {
     /// Text for the client: storage details stay in the server log.
     pub fn public_message(&self) -> String {
         match self {
-            Self::Storage(StorageError::Unavailable(_)) => "the room log is unavailable; nothing was written, try again".into(),
+            Self::Storage(StorageError::Unavailable(_)) => {
+                "the room log is unavailable; if this was a send, retry with the same txn_id (it is stored at most once)".into()
+            }
             Self::Storage(_) => "internal server error".into(),
             other => other.to_string(),
         }
