@@ -162,6 +162,10 @@ pub struct Engine {
     stray_acks: Cell<u64>,
     /// Sends written again after a reconnect (same txn_id).
     resent: Cell<u64>,
+    /// Resumes answered with a `caught_up` seq below the cursor resumed from.
+    caught_up_behind: Cell<u64>,
+    /// Resumes where live events arrived before `caught_up`.
+    live_before_caught_up: Cell<u64>,
     scratch: RefCell<Vec<u8>>,
     connect_concurrency: usize,
 }
@@ -239,6 +243,8 @@ impl Engine {
             malformed: Cell::new(0),
             stray_acks: Cell::new(0),
             resent: Cell::new(0),
+            caught_up_behind: Cell::new(0),
+            live_before_caught_up: Cell::new(0),
             scratch: RefCell::new(Vec::with_capacity(256)),
             connect_concurrency: layout.connect_concurrency.max(1),
         });
@@ -295,7 +301,7 @@ impl Engine {
             sub["since"] = json!({"epoch": epoch, "seq": seq});
         }
         shared.send_text(sub.to_string().as_bytes())?;
-        let caught = self.wait_for(m, &mut reader, "caught_up").await?;
+        let (caught, held) = self.wait_for(m, &mut reader, "caught_up").await?;
         let seq = caught
             .get("seq")
             .and_then(Value::as_u64)
@@ -307,11 +313,20 @@ impl Engine {
             .to_string();
         if since.is_none() {
             *m.check.borrow_mut() = MemberCheck::new(seq);
-        } else if seq < m.check.borrow().last_seq() {
-            bail!(
-                "caught_up at seq {seq}, behind the cursor {} we resumed from",
-                m.check.borrow().last_seq()
-            );
+        } else if let Some((_, from)) = &since
+            && seq < held
+        {
+            // Spec §8: replayed events, then `caught_up`, then live events.
+            // A `caught_up` below what this member already holds means either
+            // the server went back behind the cursor, or live events
+            // overtook `caught_up` on the new connection. Both are counted;
+            // what follows is still checked.
+            let c = if seq < *from {
+                &self.caught_up_behind
+            } else {
+                &self.live_before_caught_up
+            };
+            c.set(c.get() + 1);
         }
         *m.epoch.borrow_mut() = epoch;
         *m.ws.borrow_mut() = Some(shared.clone());
@@ -327,17 +342,23 @@ impl Engine {
 
     /// Read until a control frame of type `want` arrives (events and acks on
     /// the way are accounted as usual); an `error` not answering a send fails.
-    async fn wait_for(&self, m: &Member, r: &mut WsReader, want: &str) -> Result<Value> {
+    ///
+    /// Returns the frame and the member's last seq at the moment the frame
+    /// was read: frames behind it in the same read are accounted before this
+    /// returns, so only that snapshot says what came *before* it.
+    async fn wait_for(&self, m: &Member, r: &mut WsReader, want: &str) -> Result<(Value, u64)> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let mut found: Option<Value> = None;
+            let mut found: Option<(Value, u64)> = None;
             let mut err: Option<Value> = None;
             let out = tokio::time::timeout_at(
                 deadline,
                 r.read_frames(&mut |p, now| {
                     if let Some(v) = self.on_frame(m, p, now) {
                         match v.get("type").and_then(Value::as_str) {
-                            Some(t) if t == want && found.is_none() => found = Some(v),
+                            Some(t) if t == want && found.is_none() => {
+                                found = Some((v, m.check.borrow().last_seq()))
+                            }
                             Some("error") if send_id(&v).is_none() && err.is_none() => {
                                 err = Some(v)
                             }
@@ -348,8 +369,8 @@ impl Engine {
             )
             .await
             .map_err(|_| anyhow!("no {want} within 60 s"))??;
-            if let Some(v) = found {
-                return Ok(v);
+            if let Some(f) = found {
+                return Ok(f);
             }
             if let Some(e) = err {
                 bail!("waiting for {want}, the server answered {e}");
@@ -770,6 +791,14 @@ impl Engine {
             json!(self.stray_acks.get() + ph.extra_acks),
         );
         j.insert("resent".into(), json!(self.resent.get()));
+        j.insert(
+            "caught_up_behind".into(),
+            json!(self.caught_up_behind.get()),
+        );
+        j.insert(
+            "live_before_caught_up".into(),
+            json!(self.live_before_caught_up.get()),
+        );
         let failures = lost
             + counts.duplicates
             + counts.out_of_order
@@ -778,7 +807,9 @@ impl Engine {
             + foreign
             + gaps
             + unacked
-            + self.malformed.get();
+            + self.malformed.get()
+            + self.caught_up_behind.get()
+            + self.live_before_caught_up.get();
         j.insert("ok".into(), json!(failures == 0));
         PhaseResult {
             expected: ph.expected,
