@@ -67,7 +67,7 @@ struct Harness {
     log: Arc<dyn EventLog>,
     sink: Arc<Recorder>,
     _dir: tempfile::TempDir,
-    _db: Option<sled::Db>,
+    _db: Option<parlor::storage::Db>,
     redis: Option<RedisServer>,
 }
 
@@ -76,7 +76,7 @@ async fn harness(backend: Backend, retention: Option<u64>) -> Harness {
     let sink = Arc::new(Recorder::default());
     match backend {
         Backend::Embedded => {
-            let db = parlor::storage::open_db(dir.path()).unwrap();
+            let db = parlor::storage::Db::open(dir.path()).unwrap();
             let log = Arc::new(EmbeddedLog::open(&db, sink.clone(), retention).unwrap());
             Harness { log, sink, _dir: dir, _db: Some(db), redis: None }
         }

@@ -26,13 +26,13 @@ pub struct Services {
     pub rooms: Arc<rooms::Rooms>,
     pub events: events::Events,
     pub hub: Arc<fanout::Hub>,
-    db: sled::Db,
+    db: crate::storage::Db,
 }
 
 impl Services {
     /// Opens storage and builds the services.
     pub async fn open(config: Config) -> Result<Self, StorageError> {
-        let db = crate::storage::open_db(&config.data_dir)?;
+        let db = crate::storage::Db::open(&config.data_dir)?;
         let hub = fanout::Hub::new();
         let log: Arc<dyn EventLog> = match &config.redis {
             None => Arc::new(EmbeddedLog::open(&db, hub.clone(), config.retention)?),
@@ -55,6 +55,6 @@ impl Services {
     /// Flushes everything; called once after the last connection is gone.
     pub async fn close(&self) {
         self.events.log().close().await;
-        let _ = crate::storage::flush(&self.db).await;
+        let _ = self.db.sync().await;
     }
 }

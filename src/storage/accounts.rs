@@ -33,19 +33,19 @@ struct DeviceRecord {
 /// The account trees of one sled database.
 #[derive(Clone)]
 pub struct AccountStore {
-    db: sled::Db,
+    db: super::Db,
     users: sled::Tree,
     tokens: sled::Tree,
     devices: sled::Tree,
 }
 
 impl AccountStore {
-    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+    pub fn open(db: &super::Db) -> Result<Self, StorageError> {
         Ok(Self {
             db: db.clone(),
-            users: db.open_tree("users")?,
-            tokens: db.open_tree("tokens")?,
-            devices: db.open_tree("devices")?,
+            users: db.tree("users")?,
+            tokens: db.tree("tokens")?,
+            devices: db.tree("devices")?,
         })
     }
 
@@ -56,7 +56,7 @@ impl AccountStore {
             .compare_and_swap(username.as_bytes(), None as Option<&[u8]>, Some(to_record(record)))?
             .is_ok();
         if created {
-            super::flush(&self.db).await?;
+            self.db.sync().await?;
         }
         Ok(created)
     }
@@ -82,7 +82,7 @@ impl AccountStore {
             tokens.insert(&token_hash[..], token.as_slice())?;
             Ok::<_, ConflictableTransactionError<StorageError>>(())
         })?;
-        super::flush(&self.db).await?;
+        self.db.sync().await?;
         Ok(())
     }
 
@@ -99,7 +99,7 @@ impl AccountStore {
             devices.remove(dkey.as_slice())?;
             Ok::<_, ConflictableTransactionError<StorageError>>(())
         })?;
-        super::flush(&self.db).await?;
+        self.db.sync().await?;
         Ok(())
     }
 
@@ -122,7 +122,7 @@ impl AccountStore {
             })?;
             revoked.push(hash);
         }
-        super::flush(&self.db).await?;
+        self.db.sync().await?;
         Ok(revoked)
     }
 }

@@ -17,7 +17,7 @@ pub struct RoomRecord {
 
 #[derive(Clone)]
 pub struct RoomStore {
-    db: sled::Db,
+    db: super::Db,
     aliases: sled::Tree,
     rooms: sled::Tree,
     members: sled::Tree,
@@ -35,13 +35,13 @@ fn suffix_after_prefix(k: &[u8], prefix_len: usize) -> Result<String, StorageErr
 }
 
 impl RoomStore {
-    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+    pub fn open(db: &super::Db) -> Result<Self, StorageError> {
         Ok(Self {
             db: db.clone(),
-            aliases: db.open_tree("aliases")?,
-            rooms: db.open_tree("rooms")?,
-            members: db.open_tree("members")?,
-            user_rooms: db.open_tree("user_rooms")?,
+            aliases: db.tree("aliases")?,
+            rooms: db.tree("rooms")?,
+            members: db.tree("members")?,
+            user_rooms: db.tree("user_rooms")?,
         })
     }
 
@@ -67,7 +67,7 @@ impl RoomStore {
         })?;
         match winner {
             None => {
-                super::flush(&self.db).await?;
+                self.db.sync().await?;
                 Ok(record.clone())
             }
             Some(id) => {
@@ -96,7 +96,7 @@ impl RoomStore {
             }
             Ok::<_, ConflictableTransactionError<StorageError>>(())
         })?;
-        super::flush(&self.db).await?;
+        self.db.sync().await?;
         Ok(())
     }
 

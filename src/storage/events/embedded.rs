@@ -2,7 +2,7 @@
 //!
 //! One writer thread owns every append. It takes all waiting appends at once,
 //! assigns seqs, writes events and transaction records in one atomic sled
-//! batch, fsyncs once for the whole batch, and only then answers and feeds
+//! batch, syncs once for the whole batch (sled flush + fdatasync), and only then answers and feeds
 //! the sink in order. So acks are durable, seqs have no holes, and a burst
 //! costs one fsync instead of one per message.
 //!
@@ -116,6 +116,7 @@ struct RoomState {
 }
 
 struct Writer {
+    db: crate::storage::Db,
     tree: sled::Tree,
     durable: Arc<Durable>,
     sink: Arc<dyn EventSink>,
@@ -155,7 +156,7 @@ impl Writer {
                 self.commit(std::mem::take(&mut batch));
             }
         }
-        let _ = self.tree.flush();
+        let _ = self.db.sync_blocking();
         if let Some(done) = stop {
             let _ = done.send(());
         }
@@ -196,7 +197,7 @@ impl Writer {
                 }
             }
         }
-        let result = self.tree.apply_batch(writes).and_then(|()| self.tree.flush().map(|_| ()));
+        let result = self.tree.apply_batch(writes).map_err(StorageError::from).and_then(|()| self.db.sync_blocking());
         if let Err(e) = result {
             // Nothing of this batch is acknowledged; forget cached counters so
             // the next batch re-reads the truth from the tree.
@@ -292,13 +293,14 @@ fn decode_txn(v: &[u8]) -> Result<([u8; 32], u64, String), StorageError> {
 
 impl EmbeddedLog {
     /// Opens the log in `db` and starts its writer thread, which feeds `sink`.
-    pub fn open(db: &sled::Db, sink: Arc<dyn EventSink>, retention: Option<u64>) -> Result<Self, StorageError> {
-        let tree = db.open_tree("events")?;
+    pub fn open(db: &crate::storage::Db, sink: Arc<dyn EventSink>, retention: Option<u64>) -> Result<Self, StorageError> {
+        let tree = db.tree("events")?;
         // Unbounded so that `append` can enqueue synchronously (fixing the
         // order at call time); callers bound their own in-flight appends.
         let (tx, rx) = mpsc::unbounded_channel();
         let durable = Arc::new(Durable::default());
-        let writer = Writer { tree: tree.clone(), durable: durable.clone(), sink, retention, rooms: HashMap::new() };
+        let writer =
+            Writer { db: db.clone(), tree: tree.clone(), durable: durable.clone(), sink, retention, rooms: HashMap::new() };
         let handle = std::thread::Builder::new()
             .name("parlor-log-writer".into())
             .spawn(move || writer.run(rx))
