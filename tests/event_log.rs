@@ -488,17 +488,15 @@ async fn a_hung_redis_fails_sends_within_the_timeout() {
     assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
 }
 
-/// Accepted appends per second on each log, with `window` appends in flight
-/// over 20 rooms, each a 64-byte message with a txn id. A measurement for
-/// the docs, not a timing check; it still fails if an ack goes missing or a
-/// room's seqs are not 1..=n.
-/// `cargo test --release --test event_log -- --ignored --nocapture throughput`
+/// Many appends in flight over 20 rooms, on each log, with deep and with no
+/// pipelining: every ack arrives and each room's seqs are exactly 1..=n, in
+/// the log and at the sink. It prints the rate it saw (`--nocapture`) as a
+/// rough figure only; the load tool (`chatbench`) is where speed is measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement; run it by name in release mode"]
-async fn throughput() {
+async fn pipelined_appends_over_many_rooms_stay_contiguous() {
     use futures_util::StreamExt;
     use futures_util::stream::FuturesUnordered;
-    const TOTAL: u64 = 40_000;
+    const TOTAL: u64 = 4_000;
     const ROOMS: u64 = 20;
     for (name, backend, window) in [
         ("embedded", Backend::Embedded, 256),
