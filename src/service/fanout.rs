@@ -1,14 +1,14 @@
 //! The fan-out hub: hands every durable event to each local subscriber of
-//! its room. An event is serialized once per room (an `Utf8Bytes` frame that
-//! every subscriber shares) and pushed into each connection's bounded
-//! outbound queue. Publishing never waits on a socket: a connection whose
+//! its room. An event is serialized once per room, as a complete WebSocket
+//! frame that every subscriber shares, and pushed into each connection's
+//! bounded outbound queue. Publishing never waits on a socket: a connection whose
 //! queue would pass its byte limit is marked for closing (4008) instead.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::protocol::ws::close;
 use crate::protocol::{RoomId, UserId};
@@ -17,8 +17,9 @@ use crate::storage::events::EventSink;
 /// Something queued for one connection.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
-    /// A room event, already serialized as a whole `event` frame.
-    Event { room: Arc<RoomId>, epoch: Arc<str>, seq: u64, frame: Utf8Bytes },
+    /// A room event, already encoded as a whole WebSocket frame (header and
+    /// `event` JSON), the same bytes for every subscriber.
+    Event { room: Arc<RoomId>, epoch: Arc<str>, seq: u64, frame: Bytes },
     /// The user left the room: the subscription is over.
     Left { room: Arc<RoomId> },
 }
@@ -177,8 +178,8 @@ impl EventSink for Hub {
         text.push_str(r#","event":"#);
         text.push_str(event_json);
         text.push('}');
-        let bytes = text.len();
-        let frame = Utf8Bytes::from(text);
+        let frame = crate::ws::frame::text(&text);
+        let bytes = frame.len();
         let conns = subs.conns.lock().expect("room lock");
         for c in conns.iter() {
             c.push(Outgoing::Event { room: subs.room.clone(), epoch: epoch.clone(), seq, frame: frame.clone() }, bytes);
@@ -209,8 +210,8 @@ mod tests {
         let fa = a.take().unwrap();
         let fb = b.take().unwrap();
         let (Outgoing::Event { frame: x, .. }, Outgoing::Event { frame: y, .. }) = (&fa[0], &fb[0]) else { panic!() };
-        assert_eq!(x.as_str(), r##"{"type":"event","room_id":"!r:x","epoch":"e","event":{"seq":1}}"##);
-        assert_eq!(x.as_str().as_ptr(), y.as_str().as_ptr(), "serialized once");
+        assert_eq!(&x[2..], br##"{"type":"event","room_id":"!r:x","epoch":"e","event":{"seq":1}}"##);
+        assert_eq!(x.as_ptr(), y.as_ptr(), "serialized once");
     }
 
     #[test]

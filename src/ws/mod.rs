@@ -2,6 +2,8 @@
 //! subprotocol, Origin, optional bearer auth) and, in [`session`], the life
 //! of one connection.
 
+pub mod frame;
+mod io;
 mod session;
 
 use http::header::{self, HeaderValue};
@@ -9,27 +11,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio::net::TcpStream;
 
 use crate::http::{Ctx, Resp, authenticate};
-use crate::protocol::limits::MAX_FRAME_BYTES;
 use crate::protocol::{ErrCode, WS_SUBPROTOCOL};
 use crate::service::Error;
-
-/// Small buffers and real limits instead of tungstenite's defaults (128 KiB
-/// read buffer per connection, 64 MiB messages): an idle connection must
-/// stay cheap, and no client may make the server buffer more than a frame.
-pub fn ws_config() -> WebSocketConfig {
-    let mut c = WebSocketConfig::default();
-    c.read_buffer_size = 1024;
-    c.write_buffer_size = 16 * 1024;
-    c.max_write_buffer_size = 256 * 1024;
-    c.max_message_size = Some(MAX_FRAME_BYTES);
-    c.max_frame_size = Some(MAX_FRAME_BYTES);
-    c
-}
 
 fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
     req.headers()
@@ -75,13 +61,15 @@ pub fn upgrade(ctx: &Ctx, mut req: Request<Incoming>) -> Result<Resp, Error> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     app.clone().tasks.spawn(async move {
         let _permit = permit;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
-                session::run(ws, app, preauth).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
-        }
+        // The session frames its own traffic on the raw socket (see
+        // `frame`), so take the TCP stream back from hyper, with whatever it
+        // read past the request.
+        let parts = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
+            Ok(Ok(parts)) => parts,
+            Ok(Err(_)) => return tracing::error!("upgraded connection is not a TCP stream"),
+            Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
+        };
+        session::run(io::Io::new(parts.io.into_inner(), parts.read_buf), app, preauth).await;
     });
     let mut resp = Response::new(Full::default());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -90,7 +78,7 @@ pub fn upgrade(ctx: &Ctx, mut req: Request<Incoming>) -> Result<Resp, Error> {
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(
         header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is a valid header"),
+        HeaderValue::from_str(&frame::accept_key(key.as_bytes())).expect("base64 is a valid header"),
     );
     h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(WS_SUBPROTOCOL));
     Ok(resp)

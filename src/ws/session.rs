@@ -7,20 +7,18 @@
 //! `last + 1` in the same epoch. Older ones (the replay/live seam) are
 //! skipped; a hole is filled from the log, or reported as `gap`.
 
-use std::collections::HashMap;
+use std::future::Future;
+use std::task::Poll;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
 
+use super::frame::{self, Incoming};
+use super::io::{Broken, Io};
 use crate::protocol::events::{Cursor, Event};
 use crate::protocol::limits::{WS_ID_MAX, WS_MAX_SUBSCRIPTIONS};
 use crate::protocol::ws::{CLIENT_FRAME_TYPES, ClientFrame, FrameHead, GapReason, ServerFrame, close};
@@ -33,13 +31,12 @@ use crate::service::fanout::{CloseReason, Conn, Outgoing};
 use crate::service::rooms::{Room, Rooms};
 use crate::storage::events::Range;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
-type Tx = SplitSink<Ws, Message>;
-
 /// Sends a client may have waiting for their ack at once; past it the
 /// session stops reading until some complete (back-pressure, not errors).
 const MAX_IN_FLIGHT: usize = 64;
 const REPLAY_PAGE: usize = 256;
+/// How long a close frame may take to get out to a peer that is not reading.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the session ends.
 enum End {
@@ -49,139 +46,244 @@ enum End {
     Close(u16, &'static str),
 }
 
-impl From<WsError> for End {
-    fn from(_: WsError) -> Self {
+impl From<Broken> for End {
+    fn from(_: Broken) -> Self {
         End::Gone
     }
 }
 
 struct Sub {
+    /// The hub's shared id for the room: events carry the same `Arc`, so
+    /// finding their subscription is a pointer comparison.
+    key: Arc<RoomId>,
     epoch: Arc<str>,
     last: u64,
     room: Room,
 }
 
-struct State {
-    app: Arc<App>,
-    tx: Tx,
-    auth: Option<(Session, Arc<Conn>)>,
-    subs: HashMap<RoomId, Sub>,
+/// A connection's subscriptions: few per connection (at most 256), looked up
+/// for every event, so a vector scanned by pointer beats hashing the id.
+#[derive(Default)]
+struct Subs(Vec<Sub>);
+
+impl Subs {
+    fn position(&self, room: &RoomId) -> Option<usize> {
+        self.0.iter().position(|s| std::ptr::eq(&*s.key, room) || *s.key == *room)
+    }
+    fn get_mut(&mut self, room: &RoomId) -> Option<&mut Sub> {
+        let i = self.position(room)?;
+        Some(&mut self.0[i])
+    }
+    fn remove(&mut self, room: &RoomId) -> Option<Sub> {
+        let i = self.position(room)?;
+        Some(self.0.swap_remove(i))
+    }
+    fn insert(&mut self, sub: Sub) {
+        self.remove(&sub.key.clone());
+        self.0.push(sub);
+    }
+    fn contains(&self, room: &RoomId) -> bool {
+        self.position(room).is_some()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
-pub async fn run(ws: Ws, app: Arc<App>, preauth: Option<Session>) {
-    let (tx, mut rx) = ws.split();
-    let mut st = State { app: app.clone(), tx, auth: None, subs: HashMap::new() };
-    let end = st.main_loop(&mut rx, preauth).await;
+/// What woke the session.
+enum Wake {
+    Shutdown,
+    AuthTimeout,
+    Writable,
+    Answer(ServerFrame),
+    Queued,
+    Readable,
+    Heartbeat,
+}
+
+struct State {
+    app: Arc<App>,
+    io: Io,
+    /// Bytes of frames that may wait for this peer before it is a slow consumer.
+    limit: usize,
+    auth: Option<(Session, Arc<Conn>)>,
+    subs: Subs,
+}
+
+pub async fn run(io: Io, app: Arc<App>, preauth: Option<Session>) {
+    let limit = app.services.config.ws_outbound_limit;
+    let mut st = State { app: app.clone(), io, limit, auth: None, subs: Subs::default() };
+    let end = st.main_loop(preauth).await;
     if let Some((_, conn)) = &st.auth {
-        for room in st.subs.keys() {
-            app.services.hub.unsubscribe(room, conn);
+        for sub in &st.subs.0 {
+            app.services.hub.unsubscribe(&sub.key, conn);
         }
     }
     if let Err(End::Close(code, reason)) = end {
-        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-        // A peer that does not read cannot stall shutdown or this task.
-        let _ = tokio::time::timeout(Duration::from_secs(2), st.tx.send(Message::Close(Some(frame)))).await;
+        // A peer that does not read gets its close code once it reads again,
+        // as long as that is within a heartbeat; otherwise it is dropped.
+        let grace = match code {
+            close::SLOW_CONSUMER | close::HEARTBEAT_TIMEOUT => {
+                st.io.discard_unsent();
+                app.services.config.ws_ping_interval
+            }
+            _ => CLOSE_GRACE,
+        };
+        st.io.queue(frame::close(code, reason));
+        if st.io.flush_until(0, grace).await.is_ok() {
+            st.io.shutdown().await;
+        }
     }
 }
 
 type Pending = FuturesOrdered<futures_util::future::BoxFuture<'static, ServerFrame>>;
 
 impl State {
-    async fn main_loop(&mut self, rx: &mut SplitStream<Ws>, preauth: Option<Session>) -> Result<(), End> {
+    async fn main_loop(&mut self, preauth: Option<Session>) -> Result<(), End> {
         if let Some(session) = preauth {
-            self.authenticated(session, None).await?;
+            self.authenticated(session, None)?;
         }
         let cfg = &self.app.services.config;
         let ping_every = cfg.ws_ping_interval;
-        let auth_deadline = Instant::now() + cfg.ws_auth_timeout;
+        let auth_deadline = tokio::time::sleep(cfg.ws_auth_timeout);
         let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
         let mut pending: Pending = FuturesOrdered::new();
-        let shutdown = self.app.shutdown.clone();
+        let token = self.app.shutdown.clone();
+        let shutdown = token.cancelled();
+        tokio::pin!(auth_deadline, shutdown);
+        // Bytes hyper read past the upgrade request may already hold frames.
+        self.read_messages(&mut pending).await?;
+        // The loop polls long-lived futures by hand instead of rebuilding a
+        // `select!` on every wake-up: this runs once per delivered batch on
+        // every connection, so its overhead is paid a hundred thousand times
+        // a second under load. It restarts when the connection authenticates,
+        // to start watching the new outbound queue.
         loop {
             let conn = self.auth.as_ref().map(|(_, c)| c.clone());
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Err(End::Close(close::GOING_AWAY, "server shutting down")),
-                _ = tokio::time::sleep_until(auth_deadline), if self.auth.is_none() => {
-                    return Err(End::Close(close::AUTH_TIMEOUT, "authenticate within the auth timeout"));
-                }
-                Some(frame) = pending.next(), if !pending.is_empty() => {
-                    self.write(frame).await?;
-                }
-                _ = async { conn.as_ref().expect("guarded").ready().await }, if conn.is_some() => {
-                    self.drain(conn.as_ref().expect("guarded")).await?;
-                }
-                msg = rx.next(), if pending.len() < MAX_IN_FLIGHT => {
-                    last_heard = Instant::now();
-                    match msg {
-                        None => return Err(End::Gone),
-                        Some(Ok(Message::Text(text))) => self.on_text(&text, &mut pending).await?,
-                        Some(Ok(Message::Binary(_))) => {
-                            return Err(End::Close(close::UNSUPPORTED_DATA, "frames are JSON text"));
-                        }
-                        Some(Ok(Message::Close(_))) => return Err(End::Gone),
-                        Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
-                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))
-                        | Some(Err(WsError::Capacity(_))) => {
-                            return Err(End::Close(close::TOO_BIG, "messages are at most 65536 bytes"));
-                        }
-                        Some(Err(WsError::Utf8(_))) => return Err(End::Close(close::INVALID_PAYLOAD, "text frames must be UTF-8")),
-                        Some(Err(WsError::Protocol(_))) => return Err(End::Close(1002, "protocol error")),
-                        Some(Err(_)) => return Err(End::Gone),
+            let queued = conn.as_ref().map(|c| c.ready());
+            tokio::pin!(queued);
+            while self.auth.is_some() == conn.is_some() {
+                let authed = conn.is_some();
+                let wake = std::future::poll_fn(|cx| {
+                    if shutdown.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Shutdown);
                     }
-                }
-                _ = heartbeat.tick() => {
-                    if last_heard.elapsed() >= ping_every * 2 {
-                        return Err(End::Close(close::HEARTBEAT_TIMEOUT, "no answer to pings"));
+                    if !authed && auth_deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::AuthTimeout);
                     }
-                    self.send_timed(Message::Ping(Default::default())).await?;
+                    if self.io.has_unsent() && self.io.poll_writable(cx).is_ready() {
+                        return Poll::Ready(Wake::Writable);
+                    }
+                    if let Poll::Ready(Some(frame)) = pending.poll_next_unpin(cx) {
+                        return Poll::Ready(Wake::Answer(frame));
+                    }
+                    if let Some(q) = queued.as_mut().as_pin_mut() {
+                        if q.poll(cx).is_ready() {
+                            return Poll::Ready(Wake::Queued);
+                        }
+                    }
+                    if pending.len() < MAX_IN_FLIGHT && self.io.poll_readable(cx).is_ready() {
+                        return Poll::Ready(Wake::Readable);
+                    }
+                    if heartbeat.poll_tick(cx).is_ready() {
+                        return Poll::Ready(Wake::Heartbeat);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match wake {
+                    Wake::Shutdown => return Err(End::Close(close::GOING_AWAY, "server shutting down")),
+                    Wake::AuthTimeout => return Err(End::Close(close::AUTH_TIMEOUT, "authenticate within the auth timeout")),
+                    Wake::Writable => self.io.try_flush()?,
+                    Wake::Answer(frame) => self.write(frame)?,
+                    Wake::Queued => {
+                        let c = conn.as_ref().expect("only armed with a connection");
+                        queued.set(Some(c.ready()));
+                        self.drain(c).await?;
+                    }
+                    Wake::Readable => {
+                        last_heard = Instant::now();
+                        if !self.io.try_read()? {
+                            return Err(End::Gone);
+                        }
+                        self.read_messages(&mut pending).await?;
+                    }
+                    Wake::Heartbeat => {
+                        if last_heard.elapsed() >= ping_every * 2 {
+                            return Err(End::Close(close::HEARTBEAT_TIMEOUT, "no answer to pings"));
+                        }
+                        self.io.queue(frame::ping());
+                        self.io.try_flush()?;
+                    }
                 }
             }
         }
     }
 
-    /// Writes one message and flushes, within the write timeout: a peer that
-    /// stops reading is dropped, never waited for forever.
-    async fn send_timed(&mut self, msg: Message) -> Result<(), End> {
-        let limit = self.app.services.config.ws_ping_interval;
-        match tokio::time::timeout(limit, self.tx.send(msg)).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(End::Gone),
+    /// Handles every complete message already read.
+    async fn read_messages(&mut self, pending: &mut Pending) -> Result<(), End> {
+        loop {
+            let msg = match self.io.next_message() {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(v) => return Err(End::Close(v.code, v.reason)),
+            };
+            match msg {
+                Incoming::Text(text) => self.on_text(&text, pending).await?,
+                Incoming::Binary => return Err(End::Close(close::UNSUPPORTED_DATA, "frames are JSON text")),
+                Incoming::Ping(payload) => {
+                    self.io.queue(frame::pong(&payload));
+                    self.io.try_flush()?;
+                }
+                Incoming::Pong => {}
+                Incoming::Close(code) => {
+                    // Echo a valid code, as RFC 6455 §5.5.1 suggests.
+                    let echo = code.filter(|c| matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999)).unwrap_or(1000);
+                    return Err(End::Close(echo, ""));
+                }
+            }
         }
     }
 
-    async fn write(&mut self, frame: ServerFrame) -> Result<(), End> {
-        self.send_timed(Message::text(frame.to_json())).await
-    }
-
-    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        Ok(self.tx.feed(Message::Text(text)).await?)
-    }
-
-    async fn flush(&mut self) -> Result<(), End> {
-        let limit = self.app.services.config.ws_ping_interval;
-        match tokio::time::timeout(limit, self.tx.flush()).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(End::Gone),
+    /// Queues a frame and writes what the socket takes now. Over the limit,
+    /// the peer is a slow consumer.
+    fn send_frame(&mut self, frame: Bytes) -> Result<(), End> {
+        self.io.queue(frame);
+        self.io.try_flush()?;
+        if self.io.queued() > self.limit {
+            return Err(End::Close(close::SLOW_CONSUMER, "slow consumer: resume with since"));
         }
+        Ok(())
     }
 
-    async fn error(&mut self, id: Option<String>, e: &Error) -> Result<(), End> {
+    fn write(&mut self, frame: ServerFrame) -> Result<(), End> {
+        self.send_frame(frame::text(&frame.to_json()))
+    }
+
+    /// Queues without writing yet (a caller writes once for a batch).
+    fn feed(&mut self, frame: Bytes) -> Result<(), End> {
+        self.io.queue(frame);
+        if self.io.queued() > self.limit {
+            return Err(End::Close(close::SLOW_CONSUMER, "slow consumer: resume with since"));
+        }
+        Ok(())
+    }
+
+    fn error(&mut self, id: Option<String>, e: &Error) -> Result<(), End> {
         if e.code() == ErrCode::Internal {
             tracing::error!(error = %e, "internal error on websocket");
         }
         self.write(ServerFrame::Error { id, errcode: e.code(), error: e.public_message(), retry_after_ms: e.retry_after_ms() })
-            .await
     }
 
-    async fn authenticated(&mut self, session: Session, id: Option<String>) -> Result<(), End> {
+    fn authenticated(&mut self, session: Session, id: Option<String>) -> Result<(), End> {
         let services = &self.app.services;
         let conn = Conn::new(session.user_id.clone(), session.token_hash, services.config.ws_outbound_limit);
         services.accounts.track(&conn);
         let ready = ServerFrame::Ready { id, user_id: session.user_id.clone(), device_id: session.device_id.clone() };
         self.auth = Some((session, conn));
-        self.write(ready).await
+        self.write(ready)
     }
 
     /// Sends everything the hub queued for this connection.
@@ -193,43 +295,57 @@ impl State {
         for item in items {
             match item {
                 Outgoing::Event { room, epoch, seq, frame } => {
-                    let Some(sub) = self.subs.get_mut(&*room) else { continue };
-                    if *epoch != *sub.epoch {
-                        let from = Cursor { epoch: sub.epoch.to_string(), seq: sub.last };
-                        let to = Cursor { epoch: epoch.to_string(), seq: 0 };
+                    let Some(sub) = self.subs.get_mut(&room) else { continue };
+                    let same_epoch = Arc::ptr_eq(&epoch, &sub.epoch) || *epoch == *sub.epoch;
+                    if same_epoch {
+                        // Share the hub's Arc from now on: later checks are a pointer compare.
                         sub.epoch = epoch.clone();
-                        sub.last = 0;
-                        let gap = ServerFrame::Gap { room_id: (*room).clone(), from, to, reason: GapReason::EpochChanged };
-                        self.feed(Utf8Bytes::from(gap.to_json())).await?;
-                    }
-                    let sub = self.subs.get_mut(&*room).expect("present");
-                    if seq <= sub.last {
-                        continue; // already sent by the replay
-                    }
-                    if seq > sub.last + 1 {
-                        // A hole (the hub never skips, but a log may restart
-                        // or trim under us): fill it from the log.
-                        let mut sub = self.subs.remove(&*room).expect("present");
-                        let filled = self.replay(&mut sub, seq - 1).await;
-                        let caught_up = sub.last + 1 == seq && *sub.epoch == *epoch;
-                        self.subs.insert((*room).clone(), sub);
-                        filled?;
-                        if !caught_up {
+                        if seq == sub.last + 1 {
+                            sub.last = seq;
+                            self.io.queue(frame);
                             continue;
                         }
+                        if seq <= sub.last {
+                            continue; // already sent by the replay
+                        }
                     }
-                    self.feed(frame).await?;
-                    self.subs.get_mut(&*room).expect("present").last = seq;
+                    self.out_of_line(&room, &epoch, seq, frame).await?;
                 }
                 Outgoing::Left { room } => {
-                    if self.subs.remove(&*room).is_some() {
+                    if self.subs.remove(&room).is_some() {
                         let f = ServerFrame::Unsubscribed { id: None, room_id: (*room).clone(), reason: Some("left".into()) };
-                        self.feed(Utf8Bytes::from(f.to_json())).await?;
+                        self.io.queue(frame::text(&f.to_json()));
                     }
                 }
             }
         }
-        self.flush().await
+        if self.io.queued() > self.limit {
+            return Err(End::Close(close::SLOW_CONSUMER, "slow consumer: resume with since"));
+        }
+        self.io.try_flush()?;
+        Ok(())
+    }
+
+    /// A live event that is not simply the next one: the log started a new
+    /// epoch, or there is a hole (the hub never skips, but a log may restart
+    /// or trim under us). Says so with `gap` and fills what the log has.
+    async fn out_of_line(&mut self, room: &Arc<RoomId>, epoch: &Arc<str>, seq: u64, frame: Bytes) -> Result<(), End> {
+        let mut sub = self.subs.remove(room).expect("caller found it");
+        if **epoch != *sub.epoch {
+            let from = Cursor { epoch: sub.epoch.to_string(), seq: sub.last };
+            let to = Cursor { epoch: epoch.to_string(), seq: 0 };
+            sub.epoch = epoch.clone();
+            sub.last = 0;
+            let gap = ServerFrame::Gap { room_id: (**room).clone(), from, to, reason: GapReason::EpochChanged };
+            self.io.queue(frame::text(&gap.to_json()));
+        }
+        let filled = if seq > sub.last + 1 { self.replay(&mut sub, seq - 1).await } else { Ok(()) };
+        if filled.is_ok() && sub.last + 1 == seq && *sub.epoch == **epoch {
+            self.io.queue(frame);
+            sub.last = seq;
+        }
+        self.subs.insert(sub);
+        filled
     }
 
     /// Sends the log's events after `sub.last` up to `until`, with `gap`
@@ -245,19 +361,19 @@ impl State {
             let page = match events.read(&sub.room, Range::After(sub.last), REPLAY_PAGE).await {
                 Ok(p) => p,
                 Err(e) => {
-                    self.error(None, &e).await?;
+                    self.error(None, &e)?;
                     return Err(End::Close(close::INTERNAL, "room log unavailable; resume later"));
                 }
             };
             let head = &page.head;
             if *head.epoch != *sub.epoch {
-                self.gap(sub, &head.epoch, head.earliest - 1, GapReason::EpochChanged).await?;
+                self.gap(sub, &head.epoch, head.earliest - 1, GapReason::EpochChanged)?;
                 until = head.latest;
                 continue;
             }
             if head.earliest > sub.last + 1 {
                 let epoch = head.epoch.clone();
-                self.gap(sub, &epoch, head.earliest - 1, GapReason::Trimmed).await?;
+                self.gap(sub, &epoch, head.earliest - 1, GapReason::Trimmed)?;
                 continue;
             }
             if page.events.is_empty() {
@@ -267,64 +383,68 @@ impl State {
                 if ev.seq > until {
                     break;
                 }
-                self.feed(Utf8Bytes::from(event_frame(&sub.room.room_id, &sub.epoch, ev))).await?;
+                self.io.queue(frame::text(&event_frame(&sub.room.room_id, &sub.epoch, ev)));
                 sub.last = ev.seq;
             }
-            self.flush().await?;
+            // Replay at the pace the peer reads, holding at most half the
+            // outbound limit; a peer that stops reading for a heartbeat is gone.
+            let grace = self.app.services.config.ws_ping_interval;
+            self.io.flush_until(self.limit / 2, grace).await?;
             if page.events.last().is_some_and(|e| e.seq >= until) {
                 break;
             }
         }
-        self.flush().await
+        self.io.try_flush()?;
+        Ok(())
     }
 
-    async fn gap(&mut self, sub: &mut Sub, epoch: &Arc<str>, to_seq: u64, reason: GapReason) -> Result<(), End> {
+    fn gap(&mut self, sub: &mut Sub, epoch: &Arc<str>, to_seq: u64, reason: GapReason) -> Result<(), End> {
         let from = Cursor { epoch: sub.epoch.to_string(), seq: sub.last };
         let to = Cursor { epoch: epoch.to_string(), seq: to_seq };
         sub.epoch = epoch.clone();
         sub.last = to_seq;
         let f = ServerFrame::Gap { room_id: sub.room.room_id.clone(), from, to, reason };
-        self.feed(Utf8Bytes::from(f.to_json())).await
+        self.feed(frame::text(&f.to_json()))
     }
 
     async fn on_text(&mut self, text: &str, pending: &mut Pending) -> Result<(), End> {
         let frame = match parse_frame(text) {
             Ok(f) => f,
-            Err((id, e)) => return self.error(id, &e).await,
+            Err((id, e)) => return self.error(id, &e),
         };
         let authed = self.auth.is_some();
         match frame {
             ClientFrame::Auth { id, token } => {
                 if authed {
-                    return self.error(id, &Error::refused(ErrCode::AlreadyAuthenticated, "already authenticated")).await;
+                    return self.error(id, &Error::refused(ErrCode::AlreadyAuthenticated, "already authenticated"));
                 }
                 match self.app.services.accounts.authenticate(&token) {
-                    Ok(session) => self.authenticated(session, id).await,
+                    Ok(session) => self.authenticated(session, id),
                     Err(e) => {
-                        self.error(id, &e).await?;
+                        self.error(id, &e)?;
                         Err(End::Close(close::UNAUTHORIZED, "authentication failed"))
                     }
                 }
             }
-            ClientFrame::Ping { id } => self.write(ServerFrame::Pong { id }).await,
+            ClientFrame::Ping { id } => self.write(ServerFrame::Pong { id }),
             other if !authed => {
                 let id = frame_id(&other);
-                self.error(id, &Error::refused(ErrCode::NotAuthenticated, "send an auth frame first")).await
+                self.error(id, &Error::refused(ErrCode::NotAuthenticated, "send an auth frame first"))
             }
             ClientFrame::Join { id, room } => {
                 let user = self.session().user_id.clone();
                 let app = self.app.clone();
                 match async { app.services.rooms.join(&user, &Rooms::parse_ref(&room)?).await }.await {
-                    Ok(r) => self.write(ServerFrame::Joined { id, room_id: r.room_id, alias: r.alias }).await,
-                    Err(e) => self.error(id, &e).await,
+                    Ok(r) => self.write(ServerFrame::Joined { id, room_id: r.room_id, alias: r.alias }),
+                    Err(e) => self.error(id, &e),
                 }
             }
             ClientFrame::Leave { id, room } => {
                 let user = self.session().user_id.clone();
                 let app = self.app.clone();
                 match async { app.services.rooms.leave(&user, &Rooms::parse_ref(&room)?).await }.await {
-                    Ok(r) => self.write(ServerFrame::Left { id, room_id: r.room_id }).await,
-                    Err(e) => self.error(id, &e).await,
+                    Ok(r) => self.write(ServerFrame::Left { id, room_id: r.room_id }),
+                    Err(e) => self.error(id, &e),
                 }
             }
             ClientFrame::Subscribe { id, room, since } => self.subscribe(id, &room, since).await,
@@ -333,14 +453,14 @@ impl State {
                     let conn = self.conn().clone();
                     self.app.services.hub.unsubscribe(&r.room_id, &conn);
                     self.subs.remove(&r.room_id);
-                    self.write(ServerFrame::Unsubscribed { id, room_id: r.room_id, reason: None }).await
+                    self.write(ServerFrame::Unsubscribed { id, room_id: r.room_id, reason: None })
                 }
-                Err(e) => self.error(id, &e).await,
+                Err(e) => self.error(id, &e),
             },
             ClientFrame::Send { id, room, txn_id, body } => {
                 if !valid_txn_id(&txn_id) {
                     let e = Error::refused(ErrCode::InvalidField, "txn_id: 1 to 64 characters of A-Z a-z 0-9 . _ ~ -");
-                    return self.error(id, &e).await;
+                    return self.error(id, &e);
                 }
                 let begun = Rooms::parse_ref(&room)
                     .and_then(|room| self.app.services.events.begin_send(self.session(), &room, &txn_id, body));
@@ -359,7 +479,7 @@ impl State {
                         }));
                         Ok(())
                     }
-                    Err(e) => self.error(id, &e).await,
+                    Err(e) => self.error(id, &e),
                 }
             }
         }
@@ -379,26 +499,26 @@ impl State {
         let resolved = Rooms::parse_ref(room).and_then(|r| services.rooms.resolve_member(&self.session().user_id, &r));
         let room = match resolved {
             Ok(r) => r,
-            Err(e) => return self.error(id, &e).await,
+            Err(e) => return self.error(id, &e),
         };
-        if !self.subs.contains_key(&room.room_id) && self.subs.len() >= WS_MAX_SUBSCRIPTIONS {
+        if !self.subs.contains(&room.room_id) && self.subs.len() >= WS_MAX_SUBSCRIPTIONS {
             let e = Error::refused(ErrCode::TooManySubscriptions, format!("at most {WS_MAX_SUBSCRIPTIONS} subscriptions"));
-            return self.error(id, &e).await;
+            return self.error(id, &e);
         }
         // Subscribe to live events before reading the head: whatever is
         // appended from here on is queued, and the seq filter drops what the
         // replay already sent. That is the whole seam.
         self.subs.remove(&room.room_id);
         let conn = self.conn().clone();
-        services.hub.subscribe(&room.room_id, &conn);
+        let key = services.hub.subscribe(&room.room_id, &conn);
         let head = match services.events.head(&room).await {
             Ok(h) => h,
             Err(e) => {
                 services.hub.unsubscribe(&room.room_id, &conn);
-                return self.error(id, &e).await;
+                return self.error(id, &e);
             }
         };
-        let mut sub = Sub { epoch: head.epoch.clone(), last: head.latest, room: room.clone() };
+        let mut sub = Sub { key, epoch: head.epoch.clone(), last: head.latest, room: room.clone() };
         if let Some(since) = since {
             if *since.epoch == *head.epoch {
                 if since.seq > head.latest {
@@ -407,7 +527,7 @@ impl State {
                         ErrCode::InvalidField,
                         format!("since.seq {} is past the room's last seq {}", since.seq, head.latest),
                     );
-                    return self.error(id, &e).await;
+                    return self.error(id, &e);
                 }
                 sub.last = since.seq;
             } else {
@@ -416,15 +536,14 @@ impl State {
                 sub.epoch = since.epoch.as_str().into();
                 sub.last = since.seq;
                 let epoch = head.epoch.clone();
-                self.gap(&mut sub, &epoch, head.earliest - 1, GapReason::EpochChanged).await?;
+                self.gap(&mut sub, &epoch, head.earliest - 1, GapReason::EpochChanged)?;
             }
             self.replay(&mut sub, head.latest).await?;
         }
         let caught_up =
             ServerFrame::CaughtUp { id, room_id: room.room_id.clone(), epoch: sub.epoch.to_string(), seq: sub.last };
-        self.subs.insert(room.room_id.clone(), sub);
-        self.feed(Utf8Bytes::from(caught_up.to_json())).await?;
-        self.flush().await
+        self.subs.insert(sub);
+        self.write(caught_up)
     }
 }
 

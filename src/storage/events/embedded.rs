@@ -1,10 +1,14 @@
 //! The embedded room log: sled, with group commit.
 //!
-//! One writer thread owns every append. It takes all waiting appends at once,
-//! assigns seqs, writes events and transaction records in one atomic sled
-//! batch, syncs once for the whole batch (sled flush + fdatasync), and only then answers and feeds
-//! the sink in order. So acks are durable, seqs have no holes, and a burst
-//! costs one fsync instead of one per message.
+//! Appends go through a two-stage pipeline on two threads. The writer takes
+//! all waiting appends at once, assigns seqs, and writes events and
+//! transaction records in one atomic sled batch. The syncer makes everything
+//! written so far durable (sled flush + fdatasync) and only then, batch by
+//! batch in order, answers and feeds the sink. So acks are durable, seqs have
+//! no holes, a burst costs one sync instead of one per message, and the
+//! writer prepares the next batch while the syncer waits on the disk (the
+//! sync is most of a batch's time, and it covers every batch written before
+//! it, so under load one sync serves several).
 //!
 //! Keys (one tree, `events`), parts separated by NUL:
 //! - `e` room seq(u64 BE) → event JSON
@@ -12,6 +16,7 @@
 //! - `m` room → epoch
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -41,7 +46,8 @@ pub struct EmbeddedLog {
     tree: sled::Tree,
     durable: Arc<Durable>,
     jobs: mpsc::UnboundedSender<Msg>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    poisoned: Arc<AtomicBool>,
 }
 
 fn ekey_prefix(room: &RoomId) -> Vec<u8> {
@@ -116,12 +122,84 @@ struct RoomState {
 }
 
 struct Writer {
-    db: crate::storage::Db,
     tree: sled::Tree,
     durable: Arc<Durable>,
-    sink: Arc<dyn EventSink>,
     retention: Option<u64>,
     rooms: HashMap<RoomId, RoomState>,
+    syncer: std::sync::mpsc::Sender<ToSyncer>,
+    /// Set when a sync failed: the disk may have lost acknowledged-looking
+    /// writes, so the log refuses everything from then on (as databases do
+    /// after a failed fsync) instead of guessing.
+    poisoned: Arc<AtomicBool>,
+}
+
+enum ToSyncer {
+    Batch(Vec<Done>),
+    Stop(oneshot::Sender<()>),
+}
+
+struct Syncer {
+    db: crate::storage::Db,
+    durable: Arc<Durable>,
+    sink: Arc<dyn EventSink>,
+    poisoned: Arc<AtomicBool>,
+}
+
+fn poisoned_error() -> StorageError {
+    StorageError::Log("the room log could not sync to disk and refuses writes; restart the server".into())
+}
+
+impl Syncer {
+    fn run(self, batches: std::sync::mpsc::Receiver<ToSyncer>) {
+        let mut stop = None;
+        while stop.is_none() {
+            let Ok(first) = batches.recv() else { break };
+            let mut ready = Vec::new();
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    ToSyncer::Batch(b) => ready.push(b),
+                    ToSyncer::Stop(done) => {
+                        stop = Some(done);
+                        break;
+                    }
+                }
+                next = batches.try_recv().ok();
+            }
+            self.settle(ready);
+        }
+        let _ = self.db.sync_blocking();
+        if let Some(done) = stop {
+            let _ = done.send(());
+        }
+    }
+
+    /// One sync for every batch written so far, then their answers in order.
+    fn settle(&self, batches: Vec<Vec<Done>>) {
+        if !self.poisoned.load(Ordering::Acquire) {
+            if let Err(e) = self.db.sync_blocking() {
+                tracing::error!(error = %e, "room log sync failed; refusing further writes");
+                self.poisoned.store(true, Ordering::Release);
+            }
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            for d in batches.into_iter().flatten() {
+                let _ = d.reply.send(Err(poisoned_error()));
+            }
+            return;
+        }
+        for d in batches.iter().flatten() {
+            if d.json.is_some() {
+                self.durable.set(&d.room, d.seq);
+            }
+        }
+        for d in batches.into_iter().flatten() {
+            if let Some(json) = &d.json {
+                self.sink.deliver(&d.room, &d.epoch, d.seq, json);
+            }
+            let _ = d.reply.send(Ok(d.outcome));
+        }
+    }
 }
 
 struct Done {
@@ -156,9 +234,9 @@ impl Writer {
                 self.commit(std::mem::take(&mut batch));
             }
         }
-        let _ = self.db.sync_blocking();
+        // The syncer answers `stop` after a last sync of everything written.
         if let Some(done) = stop {
-            let _ = done.send(());
+            let _ = self.syncer.send(ToSyncer::Stop(done));
         }
     }
 
@@ -182,6 +260,12 @@ impl Writer {
     }
 
     fn commit(&mut self, jobs: Vec<Job>) {
+        if self.poisoned.load(Ordering::Acquire) {
+            for job in jobs {
+                let _ = job.reply.send(Err(poisoned_error()));
+            }
+            return;
+        }
         let mut writes = sled::Batch::default();
         let mut done: Vec<Done> = Vec::with_capacity(jobs.len());
         // Transactions decided earlier in this same batch, not yet in the tree.
@@ -197,9 +281,8 @@ impl Writer {
                 }
             }
         }
-        let result = self.tree.apply_batch(writes).map_err(StorageError::from).and_then(|()| self.db.sync_blocking());
-        if let Err(e) = result {
-            // Nothing of this batch is acknowledged; forget cached counters so
+        if let Err(e) = self.tree.apply_batch(writes) {
+            // Nothing of this batch is written; forget cached counters so
             // the next batch re-reads the truth from the tree.
             self.rooms.clear();
             for d in done {
@@ -207,16 +290,10 @@ impl Writer {
             }
             return;
         }
-        for d in &done {
-            if d.json.is_some() {
-                self.durable.set(&d.room, d.seq);
+        if let Err(std::sync::mpsc::SendError(ToSyncer::Batch(done))) = self.syncer.send(ToSyncer::Batch(done)) {
+            for d in done {
+                let _ = d.reply.send(Err(poisoned_error()));
             }
-        }
-        for d in done {
-            if let Some(json) = &d.json {
-                self.sink.deliver(&d.room, &d.epoch, d.seq, json);
-            }
-            let _ = d.reply.send(Ok(d.outcome));
         }
     }
 
@@ -292,20 +369,36 @@ fn decode_txn(v: &[u8]) -> Result<([u8; 32], u64, String), StorageError> {
 }
 
 impl EmbeddedLog {
-    /// Opens the log in `db` and starts its writer thread, which feeds `sink`.
+    /// Opens the log in `db` and starts its writer and syncer threads; the
+    /// syncer feeds `sink`.
     pub fn open(db: &crate::storage::Db, sink: Arc<dyn EventSink>, retention: Option<u64>) -> Result<Self, StorageError> {
         let tree = db.tree("events")?;
         // Unbounded so that `append` can enqueue synchronously (fixing the
         // order at call time); callers bound their own in-flight appends.
         let (tx, rx) = mpsc::unbounded_channel();
         let durable = Arc::new(Durable::default());
-        let writer =
-            Writer { db: db.clone(), tree: tree.clone(), durable: durable.clone(), sink, retention, rooms: HashMap::new() };
-        let handle = std::thread::Builder::new()
-            .name("parlor-log-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StorageError::Log(format!("cannot start the log writer: {e}")))?;
-        Ok(Self { tree, durable, jobs: tx, writer: Mutex::new(Some(handle)) })
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let (to_syncer, batches) = std::sync::mpsc::channel();
+        let syncer = Syncer { db: db.clone(), durable: durable.clone(), sink, poisoned: poisoned.clone() };
+        let writer = Writer {
+            tree: tree.clone(),
+            durable: durable.clone(),
+            retention,
+            rooms: HashMap::new(),
+            syncer: to_syncer,
+            poisoned: poisoned.clone(),
+        };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| StorageError::Log(format!("cannot start the log {name}: {e}")))
+        };
+        let threads = vec![
+            spawn("parlor-log-syncer", Box::new(move || syncer.run(batches)))?,
+            spawn("parlor-log-writer", Box::new(move || writer.run(rx)))?,
+        ];
+        Ok(Self { tree, durable, jobs: tx, threads: Mutex::new(threads), poisoned })
     }
 
     /// The head as readers may see it: capped at the durable seq.
@@ -379,7 +472,7 @@ impl EventLog for EmbeddedLog {
     }
 
     fn healthy(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async move { !self.jobs.is_closed() })
+        Box::pin(async move { !self.jobs.is_closed() && !self.poisoned.load(Ordering::Acquire) })
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -388,10 +481,8 @@ impl EventLog for EmbeddedLog {
             if self.jobs.send(Msg::Stop(done)).is_ok() {
                 let _ = flushed.await;
             }
-            let handle = self.writer.lock().expect("writer lock").take();
-            if let Some(h) = handle {
-                let _ = tokio::task::spawn_blocking(move || h.join()).await;
-            }
+            let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
+            let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
         })
     }
 }
