@@ -34,7 +34,7 @@ pub struct Config {
     pub ws_ping_interval: Duration,
     /// Bytes of frames that may wait for one slow WebSocket before it is closed.
     pub ws_outbound_limit: usize,
-    /// Password hashes computed at once (each ~19 MiB and one core).
+    /// Password-hashing threads (each keeps one 19 MiB argon2 work area).
     pub hash_concurrency: usize,
 }
 

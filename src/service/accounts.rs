@@ -1,18 +1,17 @@
 //! Accounts: registration with the password policy, login with argon2id on
-//! a bounded blocking pool, access tokens (issued, resolved, revoked) and the
+//! the hashing pool, access tokens (issued, resolved, revoked) and the
 //! registry that closes live connections when their token is revoked.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 
-use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::Semaphore;
 
 use super::error::{Error, Result};
 use super::fanout::{CloseReason, Conn};
+use super::hashing::Hasher;
 use super::passwords::PasswordPolicy;
 use super::ratelimit::{self, RateLimits};
 use crate::protocol::accounts::LoginResponse;
@@ -34,7 +33,7 @@ pub struct Accounts {
     store: AccountStore,
     server_name: ServerName,
     policy: PasswordPolicy,
-    hashing: Arc<Semaphore>,
+    hasher: Hasher,
     dummy_hash: String,
     limits: Arc<RateLimits>,
     rng: SystemRandom,
@@ -50,35 +49,27 @@ fn invalid_credentials() -> Error {
 }
 
 impl Accounts {
-    pub fn new(store: AccountStore, server_name: ServerName, hash_concurrency: usize, limits: Arc<RateLimits>) -> Self {
+    pub async fn new(
+        store: AccountStore,
+        server_name: ServerName,
+        hash_threads: usize,
+        limits: Arc<RateLimits>,
+    ) -> std::io::Result<Self> {
         let rng = SystemRandom::new();
+        let hasher = Hasher::new(hash_threads)?;
         let mut pw = [0u8; 24];
         rng.fill(&mut pw).expect("system randomness");
-        let dummy_hash = hash_blocking(&rng, &pw);
-        Self {
+        let dummy_hash = hasher.hash(&pw).await;
+        Ok(Self {
             store,
             server_name,
             policy: PasswordPolicy::new(),
-            hashing: Arc::new(Semaphore::new(hash_concurrency.max(1))),
+            hasher,
             dummy_hash,
             limits,
             rng,
             live: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Runs `f` on the blocking pool, at most `hash_concurrency` at once, so
-    /// that a login storm queues here instead of starving the async workers.
-    /// The hashing thread also runs at a lower CPU priority: when chat and
-    /// logins compete for a core, chat wins and logins wait a little.
-    async fn off_runtime<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let _permit = self.hashing.acquire().await.expect("semaphore never closes");
-        tokio::task::spawn_blocking(move || {
-            lower_thread_priority();
-            f()
         })
-        .await
-        .expect("hashing does not panic")
     }
 
     pub async fn register(&self, username: &str, password: &str, addr: IpAddr) -> Result<UserId> {
@@ -89,9 +80,7 @@ impl Accounts {
         if self.store.get(name.as_str())?.is_some() {
             return Err(taken());
         }
-        let rng = self.rng.clone();
-        let pw = password.as_bytes().to_vec();
-        let password_hash = self.off_runtime(move || hash_blocking(&rng, &pw)).await;
+        let password_hash = self.hasher.hash(password.as_bytes()).await;
         let user_id = UserId::new(&name, &self.server_name);
         let record = AccountRecord { user_id: user_id.to_string(), password_hash, created_ms: now_ms() };
         if !self.store.create(name.as_str(), &record).await? {
@@ -123,9 +112,8 @@ impl Accounts {
         };
         // Unknown users are checked against a dummy hash with the same
         // parameters, so the answer takes as long as for a wrong password.
-        let hash = account.as_ref().map_or_else(|| self.dummy_hash.clone(), |a| a.password_hash.clone());
-        let pw = password.as_bytes().to_vec();
-        let ok = self.off_runtime(move || verify_blocking(&pw, &hash)).await;
+        let hash = account.as_ref().map_or(self.dummy_hash.as_str(), |a| a.password_hash.as_str());
+        let ok = self.hasher.verify(password.as_bytes(), hash).await;
         let account = match account {
             Some(a) if ok => a,
             _ => return Err(invalid_credentials()),
@@ -195,28 +183,4 @@ impl Accounts {
             }
         }
     }
-}
-
-/// Nices the calling thread once (Linux threads have their own nice value).
-fn lower_thread_priority() {
-    thread_local!(static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-    DONE.with(|done| {
-        if !done.replace(true) {
-            // SAFETY: setpriority on our own thread id; failure is harmless.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-            }
-        }
-    });
-}
-
-fn hash_blocking(rng: &SystemRandom, password: &[u8]) -> String {
-    let mut salt = [0u8; 16];
-    rng.fill(&mut salt).expect("system randomness");
-    argon2::Argon2::default().hash_password_with_salt(password, &salt).expect("argon2 hashes any password").to_string()
-}
-
-fn verify_blocking(password: &[u8], phc: &str) -> bool {
-    argon2::Argon2::default().verify_password(password, phc).is_ok()
 }

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod error;
 pub mod events;
 pub mod fanout;
+pub mod hashing;
 pub mod passwords;
 pub mod ratelimit;
 pub mod rooms;
@@ -40,14 +41,14 @@ impl Services {
         };
         let limits = Arc::new(ratelimit::RateLimits::new(config.rate_limit));
         let rooms = Arc::new(rooms::Rooms::new(RoomStore::open(&db)?, log.clone(), hub.clone(), config.server_name.clone()));
-        let hash_concurrency = config.hash_concurrency;
-        let store = AccountStore::open(&db)?;
-        let server_name = config.server_name.clone();
-        let limits2 = limits.clone();
-        let accounts =
-            tokio::task::spawn_blocking(move || accounts::Accounts::new(store, server_name, hash_concurrency, limits2))
-                .await
-                .map_err(|e| StorageError::Log(e.to_string()))?;
+        let accounts = accounts::Accounts::new(
+            AccountStore::open(&db)?,
+            config.server_name.clone(),
+            config.hash_concurrency,
+            limits.clone(),
+        )
+        .await
+        .map_err(|e| StorageError::Log(format!("cannot start the hashing threads: {e}")))?;
         let events = events::Events::new(rooms.clone(), log, limits);
         Ok(Self { config, accounts, rooms, events, hub, db })
     }
