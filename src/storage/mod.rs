@@ -7,7 +7,7 @@ pub mod events;
 pub mod rooms;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 pub use accounts::AccountStore;
 pub use rooms::RoomStore;
@@ -38,15 +38,37 @@ impl From<sled::transaction::TransactionError<StorageError>> for StorageError {
 ///
 /// sled 0.34's own `flush` writes its log with `sync_file_range`, which
 /// flushes neither the drive's cache nor the file's size, so a power loss
-/// could still take an acknowledged write. [`Db::sync_blocking`] therefore
-/// follows it with a real `fdatasync` of sled's log file. Large values are
+/// could still take an acknowledged write. A sync here is therefore sled's
+/// flush followed by a real `fdatasync` of sled's log file. Large values are
 /// the other hole: sled writes items over a quarter segment to separate blob
 /// files that it never syncs, so the segment is sized to keep every item we
 /// store (at most a 17-entry leaf of ~17 KiB events) well under that.
+///
+/// Syncs are group commits: whoever asks while no sync runs performs one, for
+/// everything written so far; whoever asks while one runs waits for the next,
+/// which one of them performs. So the room log, logins and joins share
+/// fsyncs instead of queueing behind each other's, and a lone caller (the
+/// room log under load) syncs on its own thread with no hand-off.
 #[derive(Clone)]
 pub struct Db {
     pub sled: sled::Db,
-    log_file: Arc<std::fs::File>,
+    syncs: Arc<SyncState>,
+}
+
+struct SyncState {
+    log_file: std::fs::File,
+    progress: Mutex<SyncProgress>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct SyncProgress {
+    requested: u64,
+    completed: u64,
+    running: bool,
+    /// A sync failed: the disk may have dropped writes, so every later sync
+    /// fails too (as databases do after a failed fsync) instead of guessing.
+    failed: Option<String>,
 }
 
 impl Db {
@@ -68,18 +90,52 @@ impl Db {
         for d in [&path, dir] {
             std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(io)?;
         }
-        Ok(Self { sled, log_file: Arc::new(log_file) })
+        let syncs =
+            Arc::new(SyncState { log_file, progress: Mutex::new(SyncProgress::default()), done: Condvar::new() });
+        Ok(Self { sled, syncs })
     }
 
     pub fn tree(&self, name: &str) -> Result<sled::Tree, StorageError> {
         Ok(self.sled.open_tree(name)?)
     }
 
-    /// Makes every write so far durable. Blocks: call it from a blocking
-    /// context (the log writer thread, or through [`Db::sync`]).
+    /// Makes every write so far durable. Blocks: for threads that may block
+    /// (the room log's own threads); async code uses [`Db::sync`].
     pub fn sync_blocking(&self) -> Result<(), StorageError> {
-        self.sled.flush()?;
-        self.log_file.sync_data().map_err(|e| StorageError::Sled(sled::Error::Io(e)))
+        let st = &*self.syncs;
+        let mut p = st.progress.lock().expect("sync lock");
+        p.requested += 1;
+        let mine = p.requested;
+        loop {
+            if let Some(e) = &p.failed {
+                return Err(StorageError::Log(format!("the disk refused a sync ({e}); restart the server")));
+            }
+            if p.completed >= mine {
+                return Ok(());
+            }
+            if p.running {
+                p = st.done.wait(p).expect("sync lock");
+                continue;
+            }
+            // Lead a sync covering every request so far (all were written before asking).
+            p.running = true;
+            let target = p.requested;
+            drop(p);
+            let result = self
+                .sled
+                .flush()
+                .map(drop)
+                .map_err(|e| e.to_string())
+                .and_then(|()| st.log_file.sync_data().map_err(|e| e.to_string()));
+            p = st.progress.lock().expect("sync lock");
+            p.running = false;
+            p.completed = target;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "sync failed; refusing further writes");
+                p.failed = Some(e);
+            }
+            st.done.notify_all();
+        }
     }
 
     /// [`Db::sync_blocking`] on the blocking pool. Not sled's own
