@@ -255,13 +255,64 @@ macro_rules! both {
     };
 }
 
+/// An event as a federated room's home server would send it.
+fn remote_event(seq: u64, body: &str) -> parlor::protocol::events::Event {
+    parlor::protocol::events::Event {
+        event_id: format!("$remote{seq}:home.example"),
+        seq,
+        kind: EventType::Message,
+        sender: UserId::parse("@bob:home.example").unwrap(),
+        body: Some(body.into()),
+        ts: 1_700_000_000_000 + seq,
+    }
+}
+
+/// Imports keep the home server's epoch, seqs, ids and times; repeats are
+/// skipped, a hole stops the import, a new epoch or a restart starts over.
+async fn imports_keep_the_home_servers_order(b: Backend) {
+    let h = harness(b, None).await;
+    let r = RoomId::parse("!replica:home.example").unwrap();
+    let ev = |seqs: std::ops::RangeInclusive<u64>| seqs.map(|s| remote_event(s, &format!("m{s}"))).collect::<Vec<_>>();
+
+    let i = h.log.import(&r, "home-epoch", None, ev(1..=3)).await.unwrap();
+    assert_eq!((i.latest, i.written, i.hole), (3, 3, false));
+    // Again, overlapping: only the new one is written.
+    let i = h.log.import(&r, "home-epoch", None, ev(2..=4)).await.unwrap();
+    assert_eq!((i.latest, i.written, i.hole), (4, 1, false));
+    // A hole stops the import before it.
+    let i = h.log.import(&r, "home-epoch", None, ev(6..=7)).await.unwrap();
+    assert_eq!((i.latest, i.written, i.hole), (4, 0, true));
+    let page = h.log.read(&r, Range::After(0), 10).await.unwrap();
+    assert_eq!(&*page.head.epoch, "home-epoch");
+    assert_eq!(page.events, ev(1..=4), "ids, senders and times are the home server's");
+    h.sink.wait_for(&r, 4).await;
+    assert_eq!(h.sink.seqs(&r), vec![1, 2, 3, 4], "the sink saw each once, in order");
+
+    // The home server trimmed what we missed: start over at its earliest.
+    let i = h.log.import(&r, "home-epoch", Some(10), ev(10..=11)).await.unwrap();
+    assert_eq!((i.latest, i.written, i.hole), (11, 2, false));
+    let page = h.log.read(&r, Range::After(0), 10).await.unwrap();
+    assert_eq!((page.head.earliest, page.head.latest), (10, 11));
+    assert_eq!(page.events, ev(10..=11));
+
+    // The home server's log started a new epoch.
+    let i = h.log.import(&r, "epoch-two", None, ev(1..=2)).await.unwrap();
+    assert_eq!((i.latest, i.written, i.hole), (2, 2, false));
+    let page = h.log.read(&r, Range::Latest, 10).await.unwrap();
+    assert_eq!((&*page.head.epoch, page.head.earliest, page.head.latest), ("epoch-two", 1, 2));
+    assert_eq!(page.events, ev(1..=2));
+    h.sink.wait_for(&r, 8).await;
+    assert_eq!(h.sink.epochs(&r).last().map(String::as_str), Some("epoch-two"));
+}
+
 both!(
     contiguous_under_concurrency,
     pipelined_order,
     resolves_after_the_sink_has_it,
     idempotent_transactions,
     read_ranges,
-    retention_trims
+    retention_trims,
+    imports_keep_the_home_servers_order
 );
 
 // ---- Redis only ----

@@ -13,7 +13,9 @@
 //! Keys (one tree, `events`), parts separated by NUL:
 //! - `e` room seq(u64 BE) → event JSON
 //! - `t` room device txn_id → fingerprint(32) seq(u64 BE) event_id
-//! - `m` room → epoch
+//! - `m` room → epoch, optionally NUL and a base seq (u64 BE): the seq before
+//!   the first event, kept for a log that was started over at a later seq
+//!   (federated rooms joined after their home trimmed its history)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AppendOutcome, BoxFuture, EventLog, EventSink, LogHead, NewEvent, Page, Range, event_id, new_epoch, now_ms,
+    AppendOutcome, BoxFuture, EventLog, EventSink, Imported, LogHead, NewEvent, Page, Range, event_id, new_epoch,
+    now_ms,
 };
 use crate::protocol::RoomId;
 use crate::protocol::events::Event;
@@ -30,14 +33,28 @@ use crate::storage::{StorageError, json_record, key};
 
 const MAX_BATCH: usize = 1024;
 
-struct Job {
-    room: RoomId,
-    event: NewEvent,
-    reply: oneshot::Sender<Result<AppendOutcome, StorageError>>,
+enum Job {
+    Append { room: RoomId, event: NewEvent, reply: oneshot::Sender<Result<AppendOutcome, StorageError>> },
+    Import {
+        room: RoomId,
+        epoch: String,
+        restart_at: Option<u64>,
+        events: Vec<Event>,
+        reply: oneshot::Sender<Result<Imported, StorageError>>,
+    },
+}
+
+impl Job {
+    fn fail(self, e: StorageError) {
+        match self {
+            Job::Append { reply, .. } => drop(reply.send(Err(e))),
+            Job::Import { reply, .. } => drop(reply.send(Err(e))),
+        }
+    }
 }
 
 enum Msg {
-    Append(Job),
+    Job(Job),
     /// Flush and stop; answered once the last batch is on disk.
     Stop(oneshot::Sender<()>),
 }
@@ -77,8 +94,12 @@ fn seq_of(k: &[u8]) -> u64 {
 
 /// Reads where a room's log stands, straight from the tree.
 fn read_head(tree: &sled::Tree, room: &RoomId) -> Result<Option<LogHead>, StorageError> {
-    let Some(epoch) = tree.get(mkey(room))? else { return Ok(None) };
-    let epoch: Arc<str> = String::from_utf8_lossy(&epoch).into();
+    let Some(meta) = tree.get(mkey(room))? else { return Ok(None) };
+    let (epoch, base) = match meta.iter().position(|&b| b == 0) {
+        Some(i) if meta.len() == i + 9 => (&meta[..i], u64::from_be_bytes(meta[i + 1..].try_into().expect("8 bytes"))),
+        _ => (&meta[..], 0),
+    };
+    let epoch: Arc<str> = String::from_utf8_lossy(epoch).into();
     let prefix = ekey_prefix(room);
     let mut scan = tree.scan_prefix(&prefix);
     let first = scan.next().transpose()?.map(|(k, _)| seq_of(&k));
@@ -86,30 +107,32 @@ fn read_head(tree: &sled::Tree, room: &RoomId) -> Result<Option<LogHead>, Storag
     let (earliest, latest) = match (first, last) {
         (Some(f), Some(l)) => (f, l),
         (Some(f), None) => (f, f),
-        _ => (1, 0),
+        _ => (base + 1, base),
     };
-    // An empty log keeps its counter in the meta value's absence of events;
-    // `latest` can only be 0 when nothing was ever appended or all was trimmed.
     Ok(Some(LogHead { epoch, earliest, latest }))
 }
 
 /// The last durable seq of each room written since start-up. Readers cap what
 /// they return at it, so nobody sees an event before its fsync (which could
 /// otherwise be lost in a crash and its seq reused). Rooms not in the map
-/// were not written since start-up: all they hold is durable.
+/// were not written since start-up: all they hold is durable. A room whose
+/// log is started over gets a new generation, so that a sync finishing for
+/// the old log cannot raise the new one's mark.
 #[derive(Default)]
-struct Durable(Mutex<HashMap<RoomId, u64>>);
+struct Durable(Mutex<HashMap<RoomId, (u64, u64)>>);
 
 impl Durable {
     fn get(&self, room: &RoomId) -> Option<u64> {
-        self.0.lock().expect("durable lock").get(room).copied()
+        self.0.lock().expect("durable lock").get(room).map(|d| d.1)
     }
-    fn set(&self, room: &RoomId, seq: u64) {
-        let mut m = self.0.lock().expect("durable lock");
-        match m.get_mut(room) {
-            Some(s) => *s = (*s).max(seq),
-            None => {
-                m.insert(room.clone(), seq);
+    /// Starts a room's mark (or a new generation of it) at `seq`.
+    fn reset(&self, room: &RoomId, generation: u64, seq: u64) {
+        self.0.lock().expect("durable lock").insert(room.clone(), (generation, seq));
+    }
+    fn set(&self, room: &RoomId, generation: u64, seq: u64) {
+        if let Some(d) = self.0.lock().expect("durable lock").get_mut(room) {
+            if d.0 == generation {
+                d.1 = d.1.max(seq);
             }
         }
     }
@@ -119,6 +142,8 @@ struct RoomState {
     epoch: Arc<str>,
     earliest: u64,
     latest: u64,
+    /// Bumped whenever the log is started over (see [`Durable`]).
+    generation: u64,
 }
 
 struct Writer {
@@ -134,8 +159,43 @@ struct Writer {
 }
 
 enum ToSyncer {
-    Batch(Vec<Done>),
+    Batch(Vec<Committed>),
     Stop(oneshot::Sender<()>),
+}
+
+/// An event written in a batch, to mark durable and hand to the sink once synced.
+struct Delivery {
+    room: RoomId,
+    epoch: Arc<str>,
+    seq: u64,
+    generation: u64,
+    json: String,
+}
+
+enum Reply {
+    Append(oneshot::Sender<Result<AppendOutcome, StorageError>>, AppendOutcome),
+    Import(oneshot::Sender<Result<Imported, StorageError>>, Imported),
+}
+
+/// A job written to the tree, waiting for its sync.
+struct Committed {
+    deliveries: Vec<Delivery>,
+    reply: Reply,
+}
+
+impl Committed {
+    fn fail(self, e: StorageError) {
+        match self.reply {
+            Reply::Append(tx, _) => drop(tx.send(Err(e))),
+            Reply::Import(tx, _) => drop(tx.send(Err(e))),
+        }
+    }
+    fn answer(self) {
+        match self.reply {
+            Reply::Append(tx, outcome) => drop(tx.send(Ok(outcome))),
+            Reply::Import(tx, imported) => drop(tx.send(Ok(imported))),
+        }
+    }
 }
 
 struct Syncer {
@@ -175,7 +235,7 @@ impl Syncer {
     }
 
     /// One sync for every batch written so far, then their answers in order.
-    fn settle(&self, batches: Vec<Vec<Done>>) {
+    fn settle(&self, batches: Vec<Vec<Committed>>) {
         if !self.poisoned.load(Ordering::Acquire) {
             if let Err(e) = self.db.sync_blocking() {
                 tracing::error!(error = %e, "room log sync failed; refusing further writes");
@@ -183,32 +243,21 @@ impl Syncer {
             }
         }
         if self.poisoned.load(Ordering::Acquire) {
-            for d in batches.into_iter().flatten() {
-                let _ = d.reply.send(Err(poisoned_error()));
+            for c in batches.into_iter().flatten() {
+                c.fail(poisoned_error());
             }
             return;
         }
-        for d in batches.iter().flatten() {
-            if d.json.is_some() {
-                self.durable.set(&d.room, d.seq);
-            }
+        for d in batches.iter().flatten().flat_map(|c| &c.deliveries) {
+            self.durable.set(&d.room, d.generation, d.seq);
         }
-        for d in batches.into_iter().flatten() {
-            if let Some(json) = &d.json {
-                self.sink.deliver(&d.room, &d.epoch, d.seq, json);
+        for c in batches.into_iter().flatten() {
+            for d in &c.deliveries {
+                self.sink.deliver(&d.room, &d.epoch, d.seq, &d.json);
             }
-            let _ = d.reply.send(Ok(d.outcome));
+            c.answer();
         }
     }
-}
-
-struct Done {
-    room: RoomId,
-    epoch: Arc<str>,
-    seq: u64,
-    json: Option<String>,
-    outcome: AppendOutcome,
-    reply: oneshot::Sender<Result<AppendOutcome, StorageError>>,
 }
 
 impl Writer {
@@ -220,7 +269,7 @@ impl Writer {
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Append(j) => batch.push(j),
+                    Msg::Job(j) => batch.push(j),
                     Msg::Stop(done) => {
                         stop = Some(done);
                         break;
@@ -243,17 +292,14 @@ impl Writer {
     fn state(&mut self, room: &RoomId, writes: &mut sled::Batch) -> Result<&mut RoomState, StorageError> {
         if !self.rooms.contains_key(room) {
             let st = match read_head(&self.tree, room)? {
-                Some(h) => {
-                    self.durable.set(room, h.latest);
-                    RoomState { epoch: h.epoch, earliest: h.earliest, latest: h.latest }
-                }
+                Some(h) => RoomState { epoch: h.epoch, earliest: h.earliest, latest: h.latest, generation: 0 },
                 None => {
-                    self.durable.set(room, 0);
                     let epoch = new_epoch();
                     writes.insert(mkey(room), epoch.as_bytes());
-                    RoomState { epoch: epoch.into(), earliest: 1, latest: 0 }
+                    RoomState { epoch: epoch.into(), earliest: 1, latest: 0, generation: 0 }
                 }
             };
+            self.durable.reset(room, st.generation, st.latest);
             self.rooms.insert(room.clone(), st);
         }
         Ok(self.rooms.get_mut(room).expect("just inserted"))
@@ -262,79 +308,96 @@ impl Writer {
     fn commit(&mut self, jobs: Vec<Job>) {
         if self.poisoned.load(Ordering::Acquire) {
             for job in jobs {
-                let _ = job.reply.send(Err(poisoned_error()));
+                job.fail(poisoned_error());
             }
             return;
         }
         let mut writes = sled::Batch::default();
-        let mut done: Vec<Done> = Vec::with_capacity(jobs.len());
+        let mut done: Vec<Committed> = Vec::with_capacity(jobs.len());
         // Transactions decided earlier in this same batch, not yet in the tree.
         let mut pending_txns: HashMap<Vec<u8>, ([u8; 32], u64, String)> = HashMap::new();
         for job in jobs {
             // A job that fails here wrote nothing to `writes`; the rest go on.
-            match self.prepare(&job, &mut writes, &mut pending_txns) {
-                Ok((epoch, seq, json, outcome)) => {
-                    done.push(Done { room: job.room, epoch, seq, json, outcome, reply: job.reply })
+            let prepared = match &job {
+                Job::Append { room, event, .. } => self.prepare_append(room, event, &mut writes, &mut pending_txns),
+                Job::Import { room, epoch, restart_at, events, .. } => {
+                    self.prepare_import(room, epoch, *restart_at, events, &mut writes)
                 }
-                Err(e) => {
-                    let _ = job.reply.send(Err(e));
+            };
+            match (prepared, job) {
+                (Ok((deliveries, Prepared::Append(outcome))), Job::Append { reply, .. }) => {
+                    done.push(Committed { deliveries, reply: Reply::Append(reply, outcome) })
                 }
+                (Ok((deliveries, Prepared::Import(imported))), Job::Import { reply, .. }) => {
+                    done.push(Committed { deliveries, reply: Reply::Import(reply, imported) })
+                }
+                (Ok(_), job) => job.fail(StorageError::Log("mismatched job".into())),
+                (Err(e), job) => job.fail(e),
             }
         }
         if let Err(e) = self.tree.apply_batch(writes) {
             // Nothing of this batch is written; forget cached counters so
             // the next batch re-reads the truth from the tree.
             self.rooms.clear();
-            for d in done {
-                let _ = d.reply.send(Err(StorageError::Log(e.to_string())));
+            for c in done {
+                c.fail(StorageError::Log(e.to_string()));
             }
             return;
         }
         if let Err(std::sync::mpsc::SendError(ToSyncer::Batch(done))) = self.syncer.send(ToSyncer::Batch(done)) {
-            for d in done {
-                let _ = d.reply.send(Err(poisoned_error()));
+            for c in done {
+                c.fail(poisoned_error());
             }
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn prepare(
+    fn prepare_append(
         &mut self,
-        job: &Job,
+        room: &RoomId,
+        new: &NewEvent,
         writes: &mut sled::Batch,
         pending_txns: &mut HashMap<Vec<u8>, ([u8; 32], u64, String)>,
-    ) -> Result<(Arc<str>, u64, Option<String>, AppendOutcome), StorageError> {
-        let room = &job.room;
-        let tk = job.event.txn.as_ref().map(|t| tkey(room, &t.device, &t.txn_id));
-        if let (Some(tk), Some(txn)) = (&tk, &job.event.txn) {
+    ) -> Result<(Vec<Delivery>, Prepared), StorageError> {
+        let tk = new.txn.as_ref().map(|t| tkey(room, &t.device, &t.txn_id));
+        if let (Some(tk), Some(txn)) = (&tk, &new.txn) {
             let known = match pending_txns.get(tk) {
                 Some(v) => Some(v.clone()),
                 None => self.tree.get(tk)?.map(|v| decode_txn(&v)).transpose()?,
             };
             if let Some((fp, seq, event_id)) = known {
-                let epoch = self.state(room, writes)?.epoch.clone();
                 let outcome =
                     if fp == txn.fingerprint { AppendOutcome::Repeated { event_id, seq } } else { AppendOutcome::Conflict };
-                return Ok((epoch, seq, None, outcome));
+                return Ok((Vec::new(), Prepared::Append(outcome)));
             }
         }
         let server = room.server().to_owned();
-        let retention = self.retention;
         let st = self.state(room, writes)?;
         let seq = st.latest + 1;
         let event = Event {
             event_id: event_id(room, &st.epoch, seq, &server),
             seq,
-            kind: job.event.kind,
-            sender: job.event.sender.clone(),
-            body: job.event.body.clone(),
+            kind: new.kind,
+            sender: new.sender.clone(),
+            body: new.body.clone(),
             ts: now_ms(),
         };
-        let json = serde_json::to_string(&event).expect("events serialize");
-        writes.insert(ekey(room, seq), json.as_bytes());
-        st.latest = seq;
-        if st.earliest > seq {
-            st.earliest = seq;
+        let delivery = self.write_event(room, &event, writes)?;
+        if let (Some(tk), Some(txn)) = (tk, &new.txn) {
+            writes.insert(tk.clone(), encode_txn(&txn.fingerprint, seq, &event.event_id));
+            pending_txns.insert(tk, (txn.fingerprint, seq, event.event_id.clone()));
+        }
+        Ok((vec![delivery], Prepared::Append(AppendOutcome::Stored { event_id: event.event_id, seq })))
+    }
+
+    /// Writes the room's next event (its seq must be `latest + 1`) and trims to the retention.
+    fn write_event(&mut self, room: &RoomId, event: &Event, writes: &mut sled::Batch) -> Result<Delivery, StorageError> {
+        let retention = self.retention;
+        let st = self.state(room, writes)?;
+        let json = serde_json::to_string(event).expect("events serialize");
+        writes.insert(ekey(room, event.seq), json.as_bytes());
+        st.latest = event.seq;
+        if st.earliest > event.seq {
+            st.earliest = event.seq;
         }
         if let Some(keep) = retention {
             while st.latest - st.earliest + 1 > keep.max(1) {
@@ -342,13 +405,58 @@ impl Writer {
                 st.earliest += 1;
             }
         }
-        let epoch = st.epoch.clone();
-        if let (Some(tk), Some(txn)) = (tk, &job.event.txn) {
-            writes.insert(tk.clone(), encode_txn(&txn.fingerprint, seq, &event.event_id));
-            pending_txns.insert(tk, (txn.fingerprint, seq, event.event_id.clone()));
-        }
-        Ok((epoch, seq, Some(json), AppendOutcome::Stored { event_id: event.event_id, seq }))
+        Ok(Delivery { room: room.clone(), epoch: st.epoch.clone(), seq: event.seq, generation: st.generation, json })
     }
+
+    fn prepare_import(
+        &mut self,
+        room: &RoomId,
+        epoch: &str,
+        restart_at: Option<u64>,
+        events: &[Event],
+        writes: &mut sled::Batch,
+    ) -> Result<(Vec<Delivery>, Prepared), StorageError> {
+        let st = self.state(room, writes)?;
+        if *st.epoch != *epoch || restart_at.is_some() {
+            // Start over: drop every event the log holds (the cached range
+            // covers this batch's writes too), then continue from the base.
+            for seq in st.earliest..=st.latest {
+                writes.remove(ekey(room, seq));
+            }
+            let base = restart_at.unwrap_or(1).saturating_sub(1);
+            let mut meta = epoch.as_bytes().to_vec();
+            meta.push(0);
+            meta.extend_from_slice(&base.to_be_bytes());
+            writes.insert(mkey(room), meta);
+            st.epoch = epoch.into();
+            st.earliest = base + 1;
+            st.latest = base;
+            st.generation += 1;
+            let generation = st.generation;
+            self.durable.reset(room, generation, base);
+        }
+        let mut deliveries = Vec::new();
+        let mut hole = false;
+        for event in events {
+            let latest = self.rooms.get(room).expect("state loaded").latest;
+            if event.seq <= latest {
+                continue;
+            }
+            if event.seq != latest + 1 {
+                hole = true;
+                break;
+            }
+            deliveries.push(self.write_event(room, event, writes)?);
+        }
+        let latest = self.rooms.get(room).expect("state loaded").latest;
+        let written = deliveries.len();
+        Ok((deliveries, Prepared::Import(Imported { latest, written, hole })))
+    }
+}
+
+enum Prepared {
+    Append(AppendOutcome),
+    Import(Imported),
 }
 
 fn encode_txn(fp: &[u8; 32], seq: u64, event_id: &str) -> Vec<u8> {
@@ -449,7 +557,7 @@ impl EventLog for EmbeddedLog {
 
     fn append(&self, room: &RoomId, event: NewEvent) -> BoxFuture<'static, Result<AppendOutcome, StorageError>> {
         let (reply, rx) = oneshot::channel();
-        let sent = self.jobs.send(Msg::Append(Job { room: room.clone(), event, reply }));
+        let sent = self.jobs.send(Msg::Job(Job::Append { room: room.clone(), event, reply }));
         Box::pin(async move {
             sent.map_err(|_| StorageError::Log("the log writer has stopped".into()))?;
             rx.await.map_err(|_| StorageError::Log("the log writer has stopped".into()))?
@@ -468,6 +576,22 @@ impl EventLog for EmbeddedLog {
             // No log yet: let the writer create it, so only one thread ever
             // picks a room's epoch.
             Ok(LogHead { epoch: "".into(), earliest: 1, latest: 0 })
+        })
+    }
+
+    fn import(
+        &self,
+        room: &RoomId,
+        epoch: &str,
+        restart_at: Option<u64>,
+        events: Vec<Event>,
+    ) -> BoxFuture<'static, Result<Imported, StorageError>> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::Import { room: room.clone(), epoch: epoch.to_owned(), restart_at, events, reply };
+        let sent = self.jobs.send(Msg::Job(job));
+        Box::pin(async move {
+            sent.map_err(|_| StorageError::Log("the log writer has stopped".into()))?;
+            rx.await.map_err(|_| StorageError::Log("the log writer has stopped".into()))?
         })
     }
 

@@ -64,6 +64,18 @@ pub struct LogHead {
     pub latest: u64,
 }
 
+/// What an import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    /// The log's last seq afterwards.
+    pub latest: u64,
+    /// Events actually written (the rest were already there).
+    pub written: usize,
+    /// The import stopped at an event that was not the next seq: the log is
+    /// missing events before it, which the caller must fetch and import first.
+    pub hole: bool,
+}
+
 /// Which events to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Range {
@@ -105,6 +117,21 @@ pub trait EventLog: Send + Sync + 'static {
     fn read<'a>(&'a self, room: &'a RoomId, range: Range, limit: usize) -> BoxFuture<'a, Result<Page, StorageError>>;
 
     fn head<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<LogHead, StorageError>>;
+
+    /// Writes events that another server (a federated room's home) ordered,
+    /// keeping their epoch, seqs, ids and times, durably and through the sink
+    /// like appends. Events at or below the log's last seq are skipped (so
+    /// imports are idempotent); the first one that is not the next seq stops
+    /// the import (`hole`). `restart_at = Some(n)`, or an `epoch` other than
+    /// the log's, drops what the log holds for the room and starts it over
+    /// so that its next seq is `n` (1 when only the epoch changed).
+    fn import(
+        &self,
+        room: &RoomId,
+        epoch: &str,
+        restart_at: Option<u64>,
+        events: Vec<Event>,
+    ) -> BoxFuture<'static, Result<Imported, StorageError>>;
 
     /// Whether the backing store answers now.
     fn healthy(&self) -> BoxFuture<'_, bool>;

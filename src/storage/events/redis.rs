@@ -7,7 +7,8 @@
 //! - `parlor:{ROOM}:meta` hash `epoch`, `gen`, `seq`: the room's epoch, its
 //!   generation (Redis clock in ms when it was started) and last seq;
 //! - `parlor:{ROOM}:log` stream, entry id `<seq>-0`, fields `t` type, `s`
-//!   sender, `b` body (messages only), `ts`; trimmed to the retention;
+//!   sender, `b` body (messages only), `ts`, and `i` the event id for events
+//!   imported from a federated room's home server; trimmed to the retention;
 //! - `parlor:{ROOM}:txn:<hash of device and txn_id>` string
 //!   `"<fingerprint hex> <epoch> <seq>"`, expiring after [`TXN_TTL_SECS`];
 //! - `parlor:feed` stream: one entry per append of every room (`r` room, `e`
@@ -49,7 +50,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AppendOutcome, BoxFuture, EventLog, EventSink, LogHead, NewEvent, Page, Range, event_id, new_epoch, now_ms,
+    AppendOutcome, BoxFuture, EventLog, EventSink, Imported, LogHead, NewEvent, Page, Range, event_id, new_epoch,
+    now_ms,
 };
 use crate::protocol::events::{Event, EventType};
 use crate::protocol::{RoomId, UserId};
@@ -190,6 +192,60 @@ end
 return {epoch, string.format('%d', gen), string.format('%d', seq), earliest, entries}
 "#;
 
+/// Writes events a federated room's home server ordered (see
+/// `EventLog::import`). KEYS: meta, log, feed. ARGV: room, epoch, restart
+/// seq ('' = none), retention, feed maxlen, origin, count, then per event
+/// seq, event id, type, sender, has-body ('1'/'0'), body, ts.
+const IMPORT_LUA: &str = r#"
+local room, epoch, restart = ARGV[1], ARGV[2], ARGV[3]
+local retention, feed_max, origin = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local n = tonumber(ARGV[7])
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'gen', 'seq')
+local gen, seq = tonumber(m[2]) or 0, tonumber(m[3]) or 0
+if (not m[1]) or m[1] ~= epoch or restart ~= '' then
+  local t = redis.call('TIME')
+  gen = math.max(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), gen + 1)
+  seq = 0
+  if restart ~= '' then seq = tonumber(restart) - 1 end
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'gen', string.format('%d', gen), 'seq', string.format('%d', seq))
+end
+local sgen = string.format('%d', gen)
+local written, hole = 0, 0
+local i = 8
+for _ = 1, n do
+  local eseq = tonumber(ARGV[i])
+  if eseq > seq then
+    if eseq ~= seq + 1 then
+      hole = 1
+      break
+    end
+    local fields = {'t', ARGV[i + 2], 's', ARGV[i + 3]}
+    if ARGV[i + 4] == '1' then
+      fields[#fields + 1] = 'b'
+      fields[#fields + 1] = ARGV[i + 5]
+    end
+    fields[#fields + 1] = 'ts'
+    fields[#fields + 1] = ARGV[i + 6]
+    fields[#fields + 1] = 'i'
+    fields[#fields + 1] = ARGV[i + 1]
+    local id = string.format('%d-0', eseq)
+    if retention > 0 then
+      redis.call('XADD', KEYS[2], 'MAXLEN', retention, id, unpack(fields))
+    else
+      redis.call('XADD', KEYS[2], id, unpack(fields))
+    end
+    seq = eseq
+    written = written + 1
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', feed_max, '*',
+      'r', room, 'e', epoch, 'g', sgen, 'q', string.format('%d', seq), 'o', origin, unpack(fields))
+  end
+  i = i + 7
+end
+redis.call('HSET', KEYS[1], 'seq', string.format('%d', seq))
+return {sgen, string.format('%d', seq), string.format('%d', written), string.format('%d', hole)}
+"#;
+
 fn meta_key(room: &RoomId) -> String {
     format!("parlor:{{{room}}}:meta")
 }
@@ -310,6 +366,7 @@ struct Link {
     connecting: tokio::sync::Mutex<()>,
     append_sha: String,
     read_sha: String,
+    import_sha: String,
     append_src: String,
     read_src: String,
 }
@@ -333,6 +390,7 @@ impl Link {
             connecting: tokio::sync::Mutex::new(()),
             append_sha: redis::Script::new(&append_src).get_hash().to_owned(),
             read_sha: redis::Script::new(&read_src).get_hash().to_owned(),
+            import_sha: redis::Script::new(IMPORT_LUA).get_hash().to_owned(),
             append_src,
             read_src,
         }
@@ -396,6 +454,9 @@ impl Link {
             .cmd("SCRIPT")
             .arg("LOAD")
             .arg(&self.read_src)
+            .cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(IMPORT_LUA)
             .query_async::<()>(&mut conn)
             .await?;
         Ok(conn)
@@ -601,6 +662,45 @@ impl EventLog for RedisLog {
 
     fn head<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<LogHead, StorageError>> {
         Box::pin(async move { Ok(self.page(room, Range::Latest, 0).await?.head) })
+    }
+
+    fn import(
+        &self,
+        room: &RoomId,
+        epoch: &str,
+        restart_at: Option<u64>,
+        events: Vec<Event>,
+    ) -> BoxFuture<'static, Result<Imported, StorageError>> {
+        let shared = self.shared.clone();
+        let room = room.clone();
+        let epoch: Arc<str> = epoch.into();
+        Box::pin(async move {
+            let link = &shared.link;
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(&link.import_sha).arg(3).arg(meta_key(&room)).arg(log_key(&room)).arg(FEED_KEY);
+            cmd.arg(room.as_str()).arg(&*epoch);
+            match restart_at {
+                Some(n) => cmd.arg(n.max(1)),
+                None => cmd.arg(""),
+            };
+            cmd.arg(shared.retention.unwrap_or(0)).arg(FEED_MAXLEN).arg(format!("{}/import", shared.instance));
+            cmd.arg(events.len());
+            for e in &events {
+                cmd.arg(e.seq).arg(&e.event_id).arg(e.kind.as_str()).arg(e.sender.as_str());
+                match &e.body {
+                    Some(b) => cmd.arg("1").arg(b),
+                    None => cmd.arg("0").arg(""),
+                };
+                cmd.arg(e.ts);
+            }
+            let parts = strings(link.query(&cmd).await?)?;
+            let [generation, latest, written, hole] = parts.as_slice() else {
+                return Err(StorageError::Log(format!("import script answered {} values", parts.len())));
+            };
+            let latest = parse_u64(latest)?;
+            shared.seen.observe(&room, &epoch, parse_u64(generation)?, latest);
+            Ok(Imported { latest, written: parse_u64(written)? as usize, hole: hole == "1" })
+        })
     }
 
     fn healthy(&self) -> BoxFuture<'_, bool> {
@@ -1050,6 +1150,7 @@ fn event_from(room: &RoomId, epoch: &str, seq: u64, fields: Vec<(String, String)
     let mut sender = None;
     let mut body = None;
     let mut ts = 0;
+    let mut id = None;
     for (k, v) in fields {
         match k.as_str() {
             "t" => {
@@ -1063,13 +1164,16 @@ fn event_from(room: &RoomId, epoch: &str, seq: u64, fields: Vec<(String, String)
             "s" => sender = Some(UserId::parse(&v).map_err(|e| corrupt(format!("sender {v:?}: {e}")))?),
             "b" => body = Some(v),
             "ts" => ts = parse_u64(&v)?,
+            // Imported events keep the id their home server gave them.
+            "i" => id = Some(v),
             _ => {}
         }
     }
     let (Some(kind), Some(sender)) = (kind, sender) else {
         return Err(corrupt(format!("event {seq} of {room} without type or sender")));
     };
-    Ok(Event { event_id: event_id(room, epoch, seq, room.server()), seq, kind, sender, body, ts })
+    let event_id = id.unwrap_or_else(|| event_id(room, epoch, seq, room.server()));
+    Ok(Event { event_id, seq, kind, sender, body, ts })
 }
 
 #[cfg(test)]
