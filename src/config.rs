@@ -36,6 +36,17 @@ pub struct Config {
     pub ws_outbound_limit: usize,
     /// Password-hashing threads (each keeps one 19 MiB argon2 work area).
     pub hash_concurrency: usize,
+    /// Federation with other servers on or off.
+    pub federation: bool,
+    /// The base URL this server announces in `/.well-known/parlor/server`
+    /// (None: `http://<server name>`).
+    pub public_url: Option<String>,
+    /// Fixed base URLs of other servers by name, instead of discovery.
+    pub federation_peers: Vec<(String, String)>,
+    /// Longest wait between attempts to push events to a server that is down.
+    pub federation_retry_max: Duration,
+    /// How often rooms homed elsewhere are caught up from their home servers.
+    pub federation_catch_up: Duration,
 }
 
 impl Config {
@@ -54,6 +65,11 @@ impl Config {
             ws_auth_timeout: Duration::from_secs(10),
             ws_ping_interval: Duration::from_secs(30),
             ws_outbound_limit: 1 << 20,
+            federation: true,
+            public_url: None,
+            federation_peers: Vec::new(),
+            federation_retry_max: Duration::from_secs(60),
+            federation_catch_up: Duration::from_secs(60),
             // Leave a core for chat: a login storm must not stall delivery.
             hash_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
         }

@@ -66,6 +66,21 @@ struct Serve {
     /// Seconds a WebSocket has to authenticate (else close 4002).
     #[arg(long, env = "PARLOR_WS_AUTH_SECS", default_value_t = 10)]
     ws_auth_secs: u64,
+    /// Federation with other Parlor servers.
+    #[arg(long, env = "PARLOR_FEDERATION", value_enum, default_value = "on")]
+    federation: OnOff,
+    /// The base URL other servers reach this one at, announced in /.well-known/parlor/server (default: http://<server name>).
+    #[arg(long, env = "PARLOR_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// A fixed address for another server, NAME=URL, instead of discovery (repeatable).
+    #[arg(long = "federation-peer", env = "PARLOR_FEDERATION_PEER", value_delimiter = ',', value_parser = parse_peer)]
+    federation_peers: Vec<(String, String)>,
+    /// Longest wait, in seconds, between attempts to push events to a server that is down.
+    #[arg(long, env = "PARLOR_FEDERATION_RETRY_MAX_SECS", default_value_t = 60)]
+    federation_retry_max_secs: u64,
+    /// Seconds between catch-ups of rooms homed on other servers.
+    #[arg(long, env = "PARLOR_FEDERATION_CATCH_UP_SECS", default_value_t = 60)]
+    federation_catch_up_secs: u64,
     /// Password hashes computed at once (default: one less than the CPU count, at least 1).
     #[arg(long, env = "PARLOR_HASH_THREADS")]
     hash_threads: Option<usize>,
@@ -112,6 +127,11 @@ fn serve(s: Serve) -> Result<()> {
         config.ws_auth_timeout = Duration::from_secs(s.ws_auth_secs.max(1));
         config.header_timeout = Duration::from_secs(s.request_timeout_secs.max(1));
         config.body_timeout = config.header_timeout;
+        config.federation = matches!(s.federation, OnOff::On);
+        config.public_url = s.public_url;
+        config.federation_peers = s.federation_peers;
+        config.federation_retry_max = Duration::from_secs(s.federation_retry_max_secs.max(1));
+        config.federation_catch_up = Duration::from_secs(s.federation_catch_up_secs.max(1));
         if let Some(n) = s.hash_threads {
             config.hash_concurrency = n.max(1);
         }
@@ -120,6 +140,15 @@ fn serve(s: Serve) -> Result<()> {
         println!("parlor listening on http://{addr}");
         parlor::server::run(listener, config, shutdown_signal()).await.context("server failed")
     })
+}
+
+fn parse_peer(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s.split_once('=').ok_or("expected NAME=URL")?;
+    let name = ServerName::parse(name).map_err(|e| e.to_string())?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err("the URL must start with http:// or https://".into());
+    }
+    Ok((name.to_string(), url.trim_end_matches('/').to_owned()))
 }
 
 async fn shutdown_signal() {

@@ -25,7 +25,7 @@ pub async fn send(ctx: &Ctx, req: Request<Incoming>, room: &str, txn_id: &str) -
 }
 
 /// `before`, `after` and `limit` from the query string.
-fn history_query(query: Option<&str>) -> Result<(Range, u32), Error> {
+pub(crate) fn history_query(query: Option<&str>) -> Result<(Range, u32), Error> {
     let bad = |m: String| Error::refused(ErrCode::InvalidParam, m);
     let (mut before, mut after, mut limit) = (None, None, None);
     for (k, v) in form_pairs(query.unwrap_or("")) {

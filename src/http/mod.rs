@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod demo;
 pub mod events;
+pub mod federation;
 pub mod rooms;
 pub mod versions;
 
@@ -21,6 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::protocol::limits::MAX_BODY_BYTES;
+use crate::protocol::federation::{FEDERATION_PREFIX, KEY_PATH, WELL_KNOWN_PATH};
 use crate::protocol::{CLIENT_PREFIX, ErrCode, ErrorBody};
 use crate::server::App;
 use crate::service::Error;
@@ -55,6 +57,13 @@ enum Route {
     Messages(String),
     Send(String, String),
     Ws,
+    FedKey,
+    FedWellKnown,
+    FedJoin,
+    FedLeave,
+    FedSend(String, String),
+    FedEvents(String),
+    FedTransaction(String),
 }
 
 fn decode_segment(seg: &str) -> Result<String, Error> {
@@ -80,9 +89,24 @@ fn route(method: &Method, path: &str) -> Result<Route, Error> {
     match path {
         "/_parlor/versions" => return allow(method == M::GET, Route::Versions, "GET"),
         "/healthz" => return allow(method == M::GET, Route::Health, "GET"),
+        KEY_PATH => return allow(method == M::GET, Route::FedKey, "GET"),
+        WELL_KNOWN_PATH => return allow(method == M::GET, Route::FedWellKnown, "GET"),
         _ => {}
     }
     let not_found = || Error::refused(ErrCode::NotFound, format!("no endpoint {path}"));
+    if let Some(rest) = path.strip_prefix(FEDERATION_PREFIX) {
+        let segs: Vec<&str> = rest.strip_prefix('/').ok_or_else(not_found)?.split('/').collect();
+        return match segs.as_slice() {
+            ["join"] => allow(method == M::POST, Route::FedJoin, "POST"),
+            ["leave"] => allow(method == M::POST, Route::FedLeave, "POST"),
+            ["send", txn] => allow(method == M::PUT, Route::FedTransaction(decode_segment(txn)?), "PUT"),
+            ["rooms", room, "send", txn] => {
+                allow(method == M::PUT, Route::FedSend(decode_segment(room)?, decode_segment(txn)?), "PUT")
+            }
+            ["rooms", room, "events"] => allow(method == M::GET, Route::FedEvents(decode_segment(room)?), "GET"),
+            _ => Err(not_found()),
+        };
+    }
     let rest = path.strip_prefix(CLIENT_PREFIX).ok_or_else(not_found)?;
     let segs: Vec<&str> = rest.strip_prefix('/').ok_or_else(not_found)?.split('/').collect();
     match segs.as_slice() {
@@ -129,6 +153,13 @@ pub async fn handle(req: Request<Incoming>, ctx: Ctx) -> Result<Resp, Infallible
         Route::Messages(room) => events::messages(&ctx, &req, &room).await,
         Route::Send(room, txn) => events::send(&ctx, req, &room, &txn).await,
         Route::Ws => crate::ws::upgrade(&ctx, req),
+        Route::FedKey => federation::key(&ctx),
+        Route::FedWellKnown => federation::well_known(&ctx),
+        Route::FedJoin => federation::join(&ctx, req).await,
+        Route::FedLeave => federation::leave(&ctx, req).await,
+        Route::FedSend(room, txn) => federation::send(&ctx, req, &room, &txn).await,
+        Route::FedEvents(room) => federation::events(&ctx, req, &room).await,
+        Route::FedTransaction(_) => federation::transaction(&ctx, req).await,
     };
     Ok(result.unwrap_or_else(|e| error_response(&e)))
 }

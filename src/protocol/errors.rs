@@ -74,7 +74,7 @@ errcodes! {
     UnknownToken = ("unknown_token", 401),
     /// The room name, alias or id is not valid syntax.
     InvalidRoom = ("invalid_room", 400),
-    /// No room with this id or alias exists (or its home server cannot be reached to find it).
+    /// No room with this id or alias exists.
     RoomNotFound = ("room_not_found", 404),
     /// The user is not a member of the room.
     NotMember = ("not_member", 403),
@@ -102,7 +102,7 @@ errcodes! {
     ForbiddenOrigin = ("forbidden_origin", 403),
     /// Federation: the request's signature is missing or does not verify against the origin's key.
     BadSignature = ("bad_signature", 401),
-    /// Federation: the origin server's key could not be fetched, or federation with it is not allowed.
+    /// Federation: the origin server's key could not be fetched, or the origin acted for another server's user.
     UnknownServer = ("unknown_server", 403),
     /// An unexpected server fault; details are in the server log.
     Internal = ("internal", 500),

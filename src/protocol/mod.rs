@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod errors;
 pub mod events;
+pub mod federation;
 pub mod ids;
 pub mod limits;
 pub mod rooms;

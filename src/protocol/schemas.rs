@@ -5,7 +5,7 @@
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
 
-use super::{accounts, errors, events, rooms, versions, ws};
+use super::{accounts, errors, events, federation, rooms, versions, ws};
 
 fn schema_for<T: JsonSchema>(id: &str) -> Schema {
     let mut schema = SchemaSettings::draft2020_12().into_generator().into_root_schema_for::<T>();
@@ -38,6 +38,13 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         "cursor.json" => events::Cursor,
         "client_frame.json" => ws::ClientFrame,
         "server_frame.json" => ws::ServerFrame,
+        "federation_server_key.json" => federation::ServerKeyResponse,
+        "federation_well_known.json" => federation::WellKnownResponse,
+        "federation_join_request.json" => federation::FedJoinRequest,
+        "federation_join_response.json" => federation::FedJoinResponse,
+        "federation_leave_request.json" => federation::FedLeaveRequest,
+        "federation_send_request.json" => federation::FedSendRequest,
+        "federation_transaction.json" => federation::FedTransaction,
     }
 }
 

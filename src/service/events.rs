@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use futures_util::future::Either;
+
 use super::accounts::Session;
 use super::error::{Error, Result};
 use super::ratelimit::{self, RateLimits};
@@ -12,13 +14,24 @@ use super::rooms::{Room, Rooms};
 use crate::protocol::events::EventType;
 use crate::protocol::limits::{HISTORY_LIMIT_MAX, MAX_MESSAGE_BYTES, TXN_ID_MAX};
 use crate::protocol::rooms::{MessagesResponse, SendResponse};
-use crate::protocol::{ErrCode, RoomRef};
+use crate::protocol::federation::FedSendRequest;
+use crate::protocol::{ErrCode, RoomId, RoomRef, ServerName};
 use crate::storage::events::{AppendOutcome, EventLog, LogHead, NewEvent, Page, Range, Txn};
 
 pub struct Events {
     rooms: Arc<Rooms>,
     log: Arc<dyn EventLog>,
     limits: Arc<RateLimits>,
+}
+
+fn check_body(body: &str) -> Result<()> {
+    if body.is_empty() || body.len() > MAX_MESSAGE_BYTES {
+        return Err(Error::refused(
+            ErrCode::MessageTooLarge,
+            format!("a message body is 1 to {MAX_MESSAGE_BYTES} bytes; this one is {}", body.len()),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a `txn_id` is 1-64 bytes of `A-Z a-z 0-9 . _ ~ -`.
@@ -39,7 +52,8 @@ impl Events {
 
     /// Checks and sequences a send now; the returned future resolves once the
     /// event is durable. Two sends begun one after the other keep their order.
-    /// `txn_id` must already be valid (see [`valid_txn_id`]).
+    /// `txn_id` must already be valid (see [`valid_txn_id`]). A room homed on
+    /// another server is sent to through that server, which orders it.
     pub fn begin_send(
         &self,
         session: &Session,
@@ -47,22 +61,62 @@ impl Events {
         txn_id: &str,
         body: String,
     ) -> Result<(Room, impl Future<Output = Result<SendResponse>> + Send + 'static + use<>)> {
-        if body.is_empty() || body.len() > MAX_MESSAGE_BYTES {
-            return Err(Error::refused(
-                ErrCode::MessageTooLarge,
-                format!("a message body is 1 to {MAX_MESSAGE_BYTES} bytes; this one is {}", body.len()),
-            ));
-        }
+        check_body(&body)?;
         let room = self.rooms.resolve_member(&session.user_id, room)?;
         ratelimit::check(&self.limits.send_by_user, session.user_id.as_str())?;
+        if self.rooms.is_remote(&room.room_id) {
+            let fed = self.rooms.federation().cloned().ok_or_else(|| Error::refused(ErrCode::RoomNotFound, "federation is off"))?;
+            let req = FedSendRequest { sender: session.user_id.clone(), device_id: session.device_id.clone(), body };
+            let (room_id, txn_id) = (room.room_id.clone(), txn_id.to_owned());
+            let remote = async move {
+                fed.send(&room_id, &txn_id, &req).await.map_err(|f| f.into_error(room_id.server()))
+            };
+            return Ok((room, Either::Left(remote)));
+        }
+        let local = self.append_message(&room.room_id, session.user_id.clone(), &session.device_id, txn_id, body);
+        Ok((room, Either::Right(local)))
+    }
+
+    /// A message from a user of another server to a room homed here.
+    pub async fn send_from_federation(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        txn_id: &str,
+        req: FedSendRequest,
+    ) -> Result<SendResponse> {
+        if req.sender.server() != origin.as_str() {
+            return Err(Error::refused(ErrCode::UnknownServer, format!("{origin} cannot send for {}", req.sender)));
+        }
+        if req.device_id.is_empty() || req.device_id.len() > 64 || req.device_id.contains('\0') {
+            return Err(Error::refused(ErrCode::InvalidField, "device_id: 1 to 64 bytes"));
+        }
+        if !valid_txn_id(txn_id) {
+            return Err(Error::refused(ErrCode::InvalidParam, "txn_id: 1 to 64 characters of A-Z a-z 0-9 . _ ~ -"));
+        }
+        check_body(&req.body)?;
+        let room = self.rooms.resolve_member(&req.sender, &RoomRef::Id(room_id.clone()))?;
+        if self.rooms.is_remote(&room.room_id) {
+            return Err(Error::refused(ErrCode::RoomNotFound, format!("{room_id} is not homed here")));
+        }
+        ratelimit::check(&self.limits.send_by_user, req.sender.as_str())?;
+        self.append_message(&room.room_id, req.sender, &req.device_id, txn_id, req.body).await
+    }
+
+    fn append_message(
+        &self,
+        room_id: &RoomId,
+        sender: crate::protocol::UserId,
+        device_id: &str,
+        txn_id: &str,
+        body: String,
+    ) -> impl Future<Output = Result<SendResponse>> + Send + 'static + use<> {
         let fingerprint = ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref().try_into().expect("32 bytes");
-        let txn = Txn { device: format!("{}\0{}", session.user_id, session.device_id), txn_id: txn_id.to_owned(), fingerprint };
-        let pending = self.log.append(
-            &room.room_id,
-            NewEvent { kind: EventType::Message, sender: session.user_id.clone(), body: Some(body), txn: Some(txn) },
-        );
+        let txn = Txn { device: format!("{sender}\0{device_id}"), txn_id: txn_id.to_owned(), fingerprint };
+        let pending =
+            self.log.append(room_id, NewEvent { kind: EventType::Message, sender, body: Some(body), txn: Some(txn) });
         let txn_id = txn_id.to_owned();
-        Ok((room, async move {
+        async move {
             match pending.await? {
                 AppendOutcome::Stored { event_id, seq } | AppendOutcome::Repeated { event_id, seq } => {
                     Ok(SendResponse { event_id, seq })
@@ -72,7 +126,7 @@ impl Events {
                     format!("txn_id {txn_id} was already used in this room with a different body"),
                 )),
             }
-        }))
+        }
     }
 
     pub async fn messages(&self, session: &Session, room: &RoomRef, range: Range, limit: u32) -> Result<MessagesResponse> {

@@ -187,6 +187,22 @@ impl EventSink for Hub {
     }
 }
 
+/// Where every durable event goes: the local subscribers, and (for rooms
+/// homed here with members elsewhere) the federation queue.
+pub struct Fanout {
+    pub hub: Arc<Hub>,
+    pub federation: Option<Arc<crate::service::federation::Federation>>,
+}
+
+impl EventSink for Fanout {
+    fn deliver(&self, room: &RoomId, epoch: &Arc<str>, seq: u64, event_json: &str) {
+        self.hub.deliver(room, epoch, seq, event_json);
+        if let Some(f) = &self.federation {
+            f.on_event(room, epoch, event_json);
+        }
+    }
+}
+
 fn push_json_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).expect("strings serialize"));
 }

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod error;
 pub mod events;
 pub mod fanout;
+pub mod federation;
 pub mod hashing;
 pub mod passwords;
 pub mod ratelimit;
@@ -27,6 +28,7 @@ pub struct Services {
     pub rooms: Arc<rooms::Rooms>,
     pub events: events::Events,
     pub hub: Arc<fanout::Hub>,
+    pub federation: Option<Arc<federation::Federation>>,
     db: crate::storage::Db,
 }
 
@@ -35,12 +37,38 @@ impl Services {
     pub async fn open(config: Config) -> Result<Self, StorageError> {
         let db = crate::storage::Db::open(&config.data_dir)?;
         let hub = fanout::Hub::new();
+        let directory = RoomStore::open(&db)?;
+        let federation = match config.federation {
+            false => None,
+            true => {
+                let pkcs8 = crate::storage::federation::load_or_create_key(
+                    &config.data_dir,
+                    federation::Federation::generate_key,
+                )?;
+                let settings = federation::Settings {
+                    public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.server_name)),
+                    peers: config.federation_peers.iter().cloned().collect(),
+                    retry_max: config.federation_retry_max,
+                };
+                let outbox = crate::storage::federation::Outbox::open(&db)?;
+                let fed = federation::Federation::new(config.server_name.clone(), &pkcs8, settings, outbox, directory.clone())
+                    .map_err(StorageError::Log)?;
+                Some(fed)
+            }
+        };
+        let sink = Arc::new(fanout::Fanout { hub: hub.clone(), federation: federation.clone() });
         let log: Arc<dyn EventLog> = match &config.redis {
-            None => Arc::new(EmbeddedLog::open(&db, hub.clone(), config.retention)?),
-            Some(url) => Arc::new(RedisLog::open(url, hub.clone(), config.retention).await?),
+            None => Arc::new(EmbeddedLog::open(&db, sink, config.retention)?),
+            Some(url) => Arc::new(RedisLog::open(url, sink, config.retention).await?),
         };
         let limits = Arc::new(ratelimit::RateLimits::new(config.rate_limit));
-        let rooms = Arc::new(rooms::Rooms::new(RoomStore::open(&db)?, log.clone(), hub.clone(), config.server_name.clone()));
+        let rooms = Arc::new(rooms::Rooms::new(
+            directory,
+            log.clone(),
+            hub.clone(),
+            config.server_name.clone(),
+            federation.clone(),
+        ));
         let accounts = accounts::Accounts::new(
             AccountStore::open(&db)?,
             config.server_name.clone(),
@@ -50,11 +78,19 @@ impl Services {
         .await
         .map_err(|e| StorageError::Log(format!("cannot start the hashing threads: {e}")))?;
         let events = events::Events::new(rooms.clone(), log, limits);
-        Ok(Self { config, accounts, rooms, events, hub, db })
+        if let Some(fed) = &federation {
+            fed.start()?;
+            let (rooms, every) = (rooms.clone(), config.federation_catch_up);
+            fed.spawn(async move { rooms.catch_up_forever(every).await });
+        }
+        Ok(Self { config, accounts, rooms, events, hub, federation, db })
     }
 
     /// Flushes everything; called once after the last connection is gone.
     pub async fn close(&self) {
+        if let Some(f) = &self.federation {
+            f.close().await;
+        }
         self.events.log().close().await;
         let _ = self.db.sync().await;
     }

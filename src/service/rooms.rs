@@ -1,22 +1,32 @@
 //! Rooms: resolving names, aliases and ids; creating a room on the first
 //! join of a local alias; membership (join, leave, members, rooms list),
 //! each effective change recorded as an event in the room log.
+//!
+//! A room homed on another server is joined and left through that server
+//! (federation), which orders its events; this server keeps a replica of
+//! its log, fed by the home server's pushes and caught up by backfill, and
+//! derives the replica's membership from the join and leave events in it.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::error::{Error, Result};
 use super::fanout::Hub;
-use crate::protocol::events::EventType;
+use super::federation::Federation;
+use crate::protocol::events::{Event, EventType};
+use crate::protocol::federation::FedEvent;
 use crate::protocol::{ErrCode, RoomAlias, RoomId, RoomRef, ServerName, UserId};
 use crate::storage::RoomStore;
-use crate::storage::events::{EventLog, NewEvent, now_ms};
+use crate::storage::events::{EventLog, LogHead, NewEvent, Range, now_ms};
 use crate::storage::rooms::RoomRecord;
 
 const LOCK_STRIPES: usize = 64;
+/// Events per backfill request when catching up a replica.
+const BACKFILL_PAGE: u32 = 500;
 
 /// A resolved room: its id and alias.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,14 +40,22 @@ pub struct Rooms {
     log: Arc<dyn EventLog>,
     hub: Arc<Hub>,
     server_name: ServerName,
+    federation: Option<Arc<Federation>>,
     rng: SystemRandom,
     /// Serializes membership changes of one (room, user), so that two joins
     /// racing each other append one join event, not two.
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Serializes catching up one replica, so that two catch-ups cannot
+    /// start it over in turn.
+    catch_up_stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 fn not_found(r: &impl std::fmt::Display) -> Error {
     Error::refused(ErrCode::RoomNotFound, format!("no room {r} here"))
+}
+
+fn not_member(room: &Room) -> Error {
+    Error::refused(ErrCode::NotMember, format!("you are not a member of {}", room.alias))
 }
 
 fn to_room(rec: RoomRecord) -> Result<Room> {
@@ -45,20 +63,43 @@ fn to_room(rec: RoomRecord) -> Result<Room> {
     Ok(Room { room_id: RoomId::parse(&rec.room_id).map_err(corrupt)?, alias: RoomAlias::parse(&rec.alias).map_err(corrupt)? })
 }
 
+fn stripe_of(key: impl Hash) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % LOCK_STRIPES
+}
+
 impl Rooms {
-    pub fn new(store: RoomStore, log: Arc<dyn EventLog>, hub: Arc<Hub>, server_name: ServerName) -> Self {
+    pub fn new(
+        store: RoomStore,
+        log: Arc<dyn EventLog>,
+        hub: Arc<Hub>,
+        server_name: ServerName,
+        federation: Option<Arc<Federation>>,
+    ) -> Self {
         Self {
             store,
             log,
             hub,
             server_name,
+            federation,
             rng: SystemRandom::new(),
             stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            catch_up_stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
     pub fn parse_ref(raw: &str) -> Result<RoomRef> {
         RoomRef::parse(raw).map_err(|e| Error::refused(ErrCode::InvalidRoom, format!("{raw:?}: {e}")))
+    }
+
+    /// Whether the room is homed on another server.
+    pub fn is_remote(&self, room_id: &RoomId) -> bool {
+        room_id.server() != self.server_name.as_str()
+    }
+
+    pub fn federation(&self) -> Option<&Arc<Federation>> {
+        self.federation.as_ref()
     }
 
     fn local_alias(&self, r: &RoomRef) -> Option<RoomAlias> {
@@ -69,7 +110,7 @@ impl Rooms {
         }
     }
 
-    /// Finds an existing room.
+    /// Finds a room this server knows (its own, or a replica).
     pub fn resolve(&self, r: &RoomRef) -> Result<Room> {
         let room_id = match r {
             RoomRef::Id(id) => id.to_string(),
@@ -86,26 +127,61 @@ impl Rooms {
     pub fn resolve_member(&self, user: &UserId, r: &RoomRef) -> Result<Room> {
         let room = self.resolve(r)?;
         if !self.store.is_member(room.room_id.as_str(), user.as_str())? {
-            return Err(Error::refused(ErrCode::NotMember, format!("you are not a member of {}", room.alias)));
+            return Err(not_member(&room));
         }
         Ok(room)
     }
 
     fn stripe(&self, room: &RoomId, user: &UserId) -> &tokio::sync::Mutex<()> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (room, user).hash(&mut h);
-        &self.stripes[(h.finish() as usize) % LOCK_STRIPES]
+        &self.stripes[stripe_of((room, user))]
     }
 
+    /// A local user joins a room, wherever it is homed.
     pub async fn join(&self, user: &UserId, r: &RoomRef) -> Result<Room> {
-        let room = match self.resolve(r) {
-            Ok(room) => room,
+        match self.resolve(r) {
+            Ok(room) if self.is_remote(&room.room_id) => {
+                if self.store.is_member(room.room_id.as_str(), user.as_str())? {
+                    return Ok(room);
+                }
+                let home = room.room_id.server().to_owned();
+                self.join_remote(user, &home, room.room_id.as_str()).await
+            }
+            Ok(room) => self.join_here(user, room).await,
             Err(e) if e.code() == ErrCode::RoomNotFound => {
-                let alias = self.local_alias(r).ok_or(e)?;
+                if let Some(alias) = self.local_alias(r) {
+                    let room = self.create(&alias).await?;
+                    return self.join_here(user, room).await;
+                }
+                match r {
+                    RoomRef::Alias(a) => self.join_remote(user, a.server(), a.as_str()).await,
+                    RoomRef::Id(id) if self.is_remote(id) => self.join_remote(user, id.server(), id.as_str()).await,
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A user of another server joins one of this server's rooms (federation).
+    pub async fn join_from_federation(&self, user: &UserId, room: &str) -> Result<(Room, LogHead, Vec<UserId>)> {
+        let r = Self::parse_ref(room)?;
+        let room = match self.resolve(&r) {
+            Ok(room) if !self.is_remote(&room.room_id) => room,
+            Ok(room) => return Err(not_found(&room.room_id)),
+            Err(e) if e.code() == ErrCode::RoomNotFound => {
+                let alias = self.local_alias(&r).ok_or(e)?;
                 self.create(&alias).await?
             }
             Err(e) => return Err(e),
         };
+        let room = self.join_here(user, room).await?;
+        let head = self.log.head(&room.room_id).await?;
+        let members = self.member_ids(&room)?;
+        Ok((room, head, members))
+    }
+
+    /// Joins a room homed here.
+    async fn join_here(&self, user: &UserId, room: Room) -> Result<Room> {
         let _guard = self.stripe(&room.room_id, user).lock().await;
         if self.store.is_member(room.room_id.as_str(), user.as_str())? {
             return Ok(room);
@@ -114,6 +190,32 @@ impl Rooms {
             .append(&room.room_id, NewEvent { kind: EventType::Join, sender: user.clone(), body: None, txn: None })
             .await?;
         self.store.set_member(room.room_id.as_str(), user.as_str(), true, now_ms()).await?;
+        if let Some(f) = &self.federation {
+            f.membership_changed(&room.room_id);
+        }
+        Ok(room)
+    }
+
+    /// Joins a room homed on `home` through that server, then keeps a replica.
+    async fn join_remote(&self, user: &UserId, home: &str, room: &str) -> Result<Room> {
+        let Some(fed) = &self.federation else {
+            return Err(Error::refused(ErrCode::RoomNotFound, format!("{room} is on {home}, and federation is off here")));
+        };
+        let answer = fed.join(home, room, user).await.map_err(|f| f.into_error(home))?;
+        if answer.room_id.server() != home || answer.alias.server() != home {
+            return Err(Error::refused(
+                ErrCode::HomeServerUnreachable,
+                format!("{home} answered with a room it is not home to ({})", answer.room_id),
+            ));
+        }
+        let rec = RoomRecord { room_id: answer.room_id.to_string(), alias: answer.alias.to_string(), created_ms: now_ms() };
+        let room = to_room(self.store.create(&rec).await?)?;
+        let changes: Vec<(String, bool)> = answer.members.iter().map(|m| (m.to_string(), true)).collect();
+        self.store.set_members(room.room_id.as_str(), &changes, now_ms()).await?;
+        if let Err(e) = self.catch_up(&room.room_id).await {
+            // Joined all the same; the periodic catch-up fills the replica.
+            tracing::warn!(room = %room.room_id, error = %e, "could not fill the replica of a joined room yet");
+        }
         Ok(room)
     }
 
@@ -130,29 +232,62 @@ impl Rooms {
         to_room(winner)
     }
 
+    /// A local user leaves a room, wherever it is homed.
     pub async fn leave(&self, user: &UserId, r: &RoomRef) -> Result<Room> {
         let room = self.resolve(r)?;
-        let _guard = self.stripe(&room.room_id, user).lock().await;
-        if !self.store.is_member(room.room_id.as_str(), user.as_str())? {
-            return Err(Error::refused(ErrCode::NotMember, format!("you are not a member of {}", room.alias)));
+        if !self.is_remote(&room.room_id) {
+            return self.leave_here(user, room).await;
         }
-        self.log
-            .append(&room.room_id, NewEvent { kind: EventType::Leave, sender: user.clone(), body: None, txn: None })
-            .await?;
+        if !self.store.is_member(room.room_id.as_str(), user.as_str())? {
+            return Err(not_member(&room));
+        }
+        let home = room.room_id.server().to_owned();
+        let fed = self.federation.as_ref().ok_or_else(|| not_found(&room.room_id))?;
+        fed.leave(&home, &room.room_id, user).await.map_err(|f| f.into_error(&home))?;
+        // The home server's leave event will say the same; don't wait for it.
         self.store.set_member(room.room_id.as_str(), user.as_str(), false, now_ms()).await?;
         self.hub.kick(&room.room_id, user);
         Ok(room)
     }
 
+    /// A user of another server leaves one of this server's rooms (federation).
+    pub async fn leave_from_federation(&self, user: &UserId, room_id: &RoomId) -> Result<Room> {
+        let room = self.resolve(&RoomRef::Id(room_id.clone()))?;
+        if self.is_remote(&room.room_id) {
+            return Err(not_found(room_id));
+        }
+        self.leave_here(user, room).await
+    }
+
+    async fn leave_here(&self, user: &UserId, room: Room) -> Result<Room> {
+        let _guard = self.stripe(&room.room_id, user).lock().await;
+        if !self.store.is_member(room.room_id.as_str(), user.as_str())? {
+            return Err(not_member(&room));
+        }
+        self.log
+            .append(&room.room_id, NewEvent { kind: EventType::Leave, sender: user.clone(), body: None, txn: None })
+            .await?;
+        self.store.set_member(room.room_id.as_str(), user.as_str(), false, now_ms()).await?;
+        if let Some(f) = &self.federation {
+            f.membership_changed(&room.room_id);
+        }
+        self.hub.kick(&room.room_id, user);
+        Ok(room)
+    }
+
+    fn member_ids(&self, room: &Room) -> Result<Vec<UserId>> {
+        Ok(self.store.members(room.room_id.as_str())?.into_iter().filter_map(|m| UserId::parse(&m).ok()).collect())
+    }
+
     pub fn members(&self, user: &UserId, r: &RoomRef) -> Result<(Room, Vec<UserId>)> {
         let room = self.resolve_member(user, r)?;
-        let members = self
-            .store
-            .members(room.room_id.as_str())?
-            .into_iter()
-            .filter_map(|m| UserId::parse(&m).ok())
-            .collect();
+        let members = self.member_ids(&room)?;
         Ok((room, members))
+    }
+
+    /// Whether any member of the room is a user of `server`.
+    pub fn has_member_from(&self, room: &Room, server: &str) -> Result<bool> {
+        Ok(self.member_ids(room)?.iter().any(|m| m.server() == server))
     }
 
     /// The rooms a user is in, sorted by alias.
@@ -161,4 +296,133 @@ impl Rooms {
         rooms.sort_by(|a, b| a.alias.cmp(&b.alias));
         Ok(rooms)
     }
+
+    // ---- replicas of rooms homed elsewhere ----
+
+    /// Events pushed by `origin` for rooms it is home to. Rooms this server
+    /// has no replica of are ignored; a hole or a new epoch is filled by a
+    /// catch-up in the background.
+    pub async fn receive(self: &Arc<Self>, origin: &ServerName, events: Vec<FedEvent>) -> Result<()> {
+        let mut rest = events.into_iter().peekable();
+        while let Some(first) = rest.next() {
+            let (room_id, epoch) = (first.room_id.clone(), first.epoch.clone());
+            let mut batch = vec![first.event];
+            while let Some(next) = rest.next_if(|e| e.room_id == room_id && e.epoch == epoch) {
+                batch.push(next.event);
+            }
+            if room_id.server() != origin.as_str() {
+                tracing::warn!(%origin, %room_id, "ignoring events for a room the origin is not home to");
+                continue;
+            }
+            if self.store.room(room_id.as_str())?.is_none() {
+                continue;
+            }
+            let before = self.log.head(&room_id).await?;
+            let imported = self.log.import(&room_id, &epoch, None, batch.clone()).await?;
+            self.apply_membership(&room_id, before_seq(&before, &epoch), imported.latest, &batch).await?;
+            if imported.hole {
+                let rooms = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = rooms.catch_up(&room_id).await {
+                        tracing::warn!(%room_id, error = %e, "catch-up after a hole failed; will retry");
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the replica of a room homed elsewhere up to its home server's log.
+    pub async fn catch_up(&self, room_id: &RoomId) -> Result<()> {
+        let Some(fed) = &self.federation else { return Ok(()) };
+        let _one = self.catch_up_stripes[stripe_of(room_id)].lock().await;
+        let home = room_id.server().to_owned();
+        loop {
+            let head = self.log.head(room_id).await?;
+            let mut page = fed.backfill(room_id, head.latest, BACKFILL_PAGE).await.map_err(|f| f.into_error(&home))?;
+            let mut restart_at = None;
+            if *page.epoch != *head.epoch {
+                // The home's log is not the one we hold: take it from its start.
+                page = fed.backfill(room_id, page.earliest_seq.saturating_sub(1), BACKFILL_PAGE).await.map_err(|f| f.into_error(&home))?;
+                restart_at = Some(page.earliest_seq);
+            } else if page.earliest_seq > head.latest + 1 {
+                // The home trimmed what we missed: go on from what it keeps.
+                restart_at = Some(page.earliest_seq);
+            }
+            let from = if restart_at.is_some() { page.earliest_seq.saturating_sub(1) } else { head.latest };
+            let imported = self.log.import(room_id, &page.epoch, restart_at, page.events.clone()).await?;
+            self.apply_membership(room_id, from, imported.latest, &page.events).await?;
+            if page.events.is_empty() || imported.latest >= page.latest_seq || imported.written == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Catches up every replica with a local member, now and then every `every`.
+    pub async fn catch_up_forever(self: Arc<Self>, every: Duration) {
+        loop {
+            let rooms = match self.store.all() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list rooms to catch up");
+                    Vec::new()
+                }
+            };
+            for rec in rooms {
+                let Ok(room) = to_room(rec) else { continue };
+                if !self.is_remote(&room.room_id) || !self.has_member_from(&room, self.server_name.as_str()).unwrap_or(false) {
+                    continue;
+                }
+                if let Err(e) = self.catch_up(&room.room_id).await {
+                    tracing::debug!(room = %room.room_id, error = %e, "catch-up failed; will retry");
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Mirrors the membership the replica's new join and leave events record
+    /// (those with `from < seq <= to`), and ends local users' subscriptions
+    /// when they left.
+    async fn apply_membership(&self, room_id: &RoomId, from: u64, to: u64, events: &[Event]) -> Result<()> {
+        let mut changes = Vec::new();
+        for e in events.iter().filter(|e| e.seq > from && e.seq <= to) {
+            match e.kind {
+                EventType::Join => changes.push((e.sender.to_string(), true)),
+                EventType::Leave => changes.push((e.sender.to_string(), false)),
+                EventType::Message => {}
+            }
+        }
+        self.store.set_members(room_id.as_str(), &changes, now_ms()).await?;
+        for e in events.iter().filter(|e| e.seq > from && e.seq <= to && e.kind == EventType::Leave) {
+            if e.sender.server() == self.server_name.as_str() {
+                self.hub.kick(room_id, &e.sender);
+            }
+        }
+        Ok(())
+    }
+
+    /// A page of a room homed here, for a server with members in it.
+    pub async fn events_for_server(&self, origin: &ServerName, room_id: &RoomId, after: u64, limit: u32) -> Result<crate::protocol::rooms::MessagesResponse> {
+        let room = self.resolve(&RoomRef::Id(room_id.clone()))?;
+        if self.is_remote(&room.room_id) {
+            return Err(not_found(room_id));
+        }
+        if !self.has_member_from(&room, origin.as_str())? {
+            return Err(Error::refused(ErrCode::NotMember, format!("{origin} has no members in {}", room.alias)));
+        }
+        let page = self.log.read(&room.room_id, Range::After(after), limit as usize).await?;
+        Ok(crate::protocol::rooms::MessagesResponse {
+            room_id: room.room_id,
+            epoch: page.head.epoch.to_string(),
+            events: page.events,
+            earliest_seq: page.head.earliest,
+            latest_seq: page.head.latest,
+        })
+    }
+}
+
+/// The replica's last seq before an import, in the imported epoch's terms.
+fn before_seq(head: &LogHead, epoch: &str) -> u64 {
+    if *head.epoch == *epoch { head.latest } else { 0 }
 }

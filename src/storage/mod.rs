@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod events;
+pub mod federation;
 pub mod rooms;
 
 use std::path::Path;

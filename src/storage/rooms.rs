@@ -100,6 +100,35 @@ impl RoomStore {
         Ok(())
     }
 
+    /// Applies several membership changes of one room at once; durable on return.
+    pub async fn set_members(&self, room_id: &str, changes: &[(String, bool)], now_ms: u64) -> Result<(), StorageError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let ts = now_ms.to_be_bytes();
+        (&self.members, &self.user_rooms).transaction(|(members, user_rooms)| {
+            for (user_id, member) in changes {
+                let mk = key(&[room_id.as_bytes(), user_id.as_bytes()]);
+                let uk = key(&[user_id.as_bytes(), room_id.as_bytes()]);
+                if *member {
+                    members.insert(mk.as_slice(), &ts[..])?;
+                    user_rooms.insert(uk.as_slice(), &ts[..])?;
+                } else {
+                    members.remove(mk.as_slice())?;
+                    user_rooms.remove(uk.as_slice())?;
+                }
+            }
+            Ok::<_, ConflictableTransactionError<StorageError>>(())
+        })?;
+        self.db.sync().await?;
+        Ok(())
+    }
+
+    /// Every room the directory knows.
+    pub fn all(&self) -> Result<Vec<RoomRecord>, StorageError> {
+        self.rooms.iter().map(|item| json_record("rooms", &item?.1)).collect()
+    }
+
     /// Member user ids, sorted.
     pub fn members(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
         let prefix = prefix_of(room_id);

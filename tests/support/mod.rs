@@ -262,9 +262,20 @@ impl Harness {
 
     /// Stops the server gracefully and starts it again on the same data (and Redis).
     pub async fn restart(&mut self) {
-        let old = std::mem::replace(&mut self.server, placeholder());
-        let port = old.addr.port();
+        self.stop().await;
+        self.resume().await;
+    }
+
+    /// Stops the server gracefully (its port and data stay reserved for `resume`).
+    pub async fn stop(&mut self) {
+        let addr = self.server.addr;
+        let old = std::mem::replace(&mut self.server, placeholder(addr));
         old.stop().await;
+    }
+
+    /// Starts the server again on the same port and data after `stop`.
+    pub async fn resume(&mut self) {
+        let port = self.server.addr.port();
         let listener = loop {
             match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
                 Ok(l) => break l,
@@ -286,9 +297,9 @@ impl Harness {
     }
 }
 
-fn placeholder() -> TestServer {
+fn placeholder(addr: SocketAddr) -> TestServer {
     TestServer {
-        addr: "127.0.0.1:9".parse().unwrap(),
+        addr,
         url: String::new(),
         data_dir: PathBuf::new(),
         shutdown: None,

@@ -135,7 +135,15 @@ async fn join_unresolvable_remote_alias_not_found(ctx: &Ctx) -> Result<()> {
     // A server name on this machine where nothing listens (port 9, discard):
     // resolving it fails fast and sends nothing off the machine.
     let alias = format!("#{}:127.0.0.1:9", ctx.room_name("far"));
-    ctx.join_raw(&user, &alias).await?.err(404, "room_not_found")?;
+    let resp = ctx.join_raw(&user, &alias).await?;
+    // §11.5: with federation, an unreachable home server is said as such;
+    // without it, the room simply is not found.
+    let federates = ctx.http.send(Request::get("/_parlor/key/v1/server")).await?.status == 200;
+    if federates {
+        resp.err(503, "home_server_unreachable")?;
+    } else {
+        resp.err(404, "room_not_found")?;
+    }
     Ok(())
 }
 

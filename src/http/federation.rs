@@ -1,0 +1,95 @@
+//! HTTP handlers of the server-to-server API: the key document, discovery,
+//! and the signed federation endpoints. Every federation request is verified
+//! against its origin's key before its body is even parsed.
+
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+
+use super::{Ctx, Resp, json, parse_json, read_body};
+use crate::protocol::accounts::Empty;
+use crate::protocol::federation::{FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedSendRequest, FedTransaction};
+use crate::protocol::{ErrCode, RoomId, ServerName};
+use crate::service::Error;
+use crate::service::federation::Federation;
+
+fn federation(ctx: &Ctx) -> Result<&std::sync::Arc<Federation>, Error> {
+    ctx.app.services.federation.as_ref().ok_or_else(|| Error::refused(ErrCode::NotFound, "federation is off on this server"))
+}
+
+pub fn key(ctx: &Ctx) -> Result<Resp, Error> {
+    Ok(json(StatusCode::OK, &federation(ctx)?.key_document()))
+}
+
+pub fn well_known(ctx: &Ctx) -> Result<Resp, Error> {
+    Ok(json(StatusCode::OK, &federation(ctx)?.well_known()))
+}
+
+/// Reads the body and checks the signature; returns the origin and the body.
+async fn signed(ctx: &Ctx, req: Request<Incoming>) -> Result<(ServerName, bytes::Bytes), Error> {
+    let fed = federation(ctx)?.clone();
+    let method = req.method().clone();
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let headers = req.headers().clone();
+    let body = read_body(ctx, req).await?;
+    let origin = fed.verify(&method, &path, &headers, &body).await?;
+    Ok((origin, body))
+}
+
+fn room_id(raw: &str) -> Result<RoomId, Error> {
+    RoomId::parse(raw).map_err(|e| Error::refused(ErrCode::InvalidRoom, format!("{raw:?}: {e}")))
+}
+
+pub async fn join(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
+    let (origin, body) = signed(ctx, req).await?;
+    let body: FedJoinRequest = parse_json(&body, false)?;
+    if body.user_id.server() != origin.as_str() {
+        return Err(Error::refused(ErrCode::UnknownServer, format!("{origin} cannot act for {}", body.user_id)));
+    }
+    let (room, head, members) = ctx.app.services.rooms.join_from_federation(&body.user_id, &body.room).await?;
+    Ok(json(
+        StatusCode::OK,
+        &FedJoinResponse {
+            room_id: room.room_id,
+            alias: room.alias,
+            epoch: head.epoch.to_string(),
+            earliest_seq: head.earliest,
+            latest_seq: head.latest,
+            members,
+        },
+    ))
+}
+
+pub async fn leave(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
+    let (origin, body) = signed(ctx, req).await?;
+    let body: FedLeaveRequest = parse_json(&body, false)?;
+    if body.user_id.server() != origin.as_str() {
+        return Err(Error::refused(ErrCode::UnknownServer, format!("{origin} cannot act for {}", body.user_id)));
+    }
+    ctx.app.services.rooms.leave_from_federation(&body.user_id, &body.room_id).await?;
+    Ok(json(StatusCode::OK, &Empty {}))
+}
+
+pub async fn send(ctx: &Ctx, req: Request<Incoming>, room: &str, txn_id: &str) -> Result<Resp, Error> {
+    let (origin, body) = signed(ctx, req).await?;
+    let body: FedSendRequest = parse_json(&body, false)?;
+    let answer = ctx.app.services.events.send_from_federation(&origin, &room_id(room)?, txn_id, body).await?;
+    Ok(json(StatusCode::OK, &answer))
+}
+
+pub async fn events(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp, Error> {
+    let query = req.uri().query().map(str::to_owned);
+    let (origin, _) = signed(ctx, req).await?;
+    let (range, limit) = super::events::history_query(query.as_deref())?;
+    let crate::storage::events::Range::After(after) = range else {
+        return Err(Error::refused(ErrCode::InvalidParam, "federation backfill takes after=SEQ"));
+    };
+    let page = ctx.app.services.rooms.events_for_server(&origin, &room_id(room)?, after, limit).await?;
+    Ok(json(StatusCode::OK, &page))
+}
+
+pub async fn transaction(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
+    let (origin, body) = signed(ctx, req).await?;
+    let txn: FedTransaction = parse_json(&body, false)?;
+    ctx.app.services.rooms.receive(&origin, txn.events).await?;
+    Ok(json(StatusCode::OK, &Empty {}))
+}
