@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Write the protocol's JSON Schemas (spec/schemas) to a directory.
     Schemas {
         #[arg(long, default_value = "spec/schemas")]
@@ -99,7 +99,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Serve(s) => serve(s),
+        Command::Serve(s) => serve(*s),
     }
 }
 

@@ -488,6 +488,6 @@ async fn origins_are_checked(b: Backend) {
     // No subprotocol: refused.
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let req = format!("{}/_parlor/client/v1/ws", h.url().replacen("http", "ws", 1)).into_client_request().unwrap();
-    let err = tokio_tungstenite::connect_async(req).await.err().expect("refused");
+    let err = tokio_tungstenite::connect_async(req).await.expect_err("refused");
     assert!(err.to_string().contains("400"), "{err}");
 }

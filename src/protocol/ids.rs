@@ -170,7 +170,7 @@ string_newtype!(
     "A bare room name; folded to lower case by the server."
 );
 
-fn split_sigil<'a>(raw: &'a str, sigil: char) -> Option<(&'a str, &'a str)> {
+fn split_sigil(raw: &str, sigil: char) -> Option<(&str, &str)> {
     raw.strip_prefix(sigil)?.split_once(':')
 }
 

@@ -79,6 +79,9 @@ impl Failure {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// A server's key as last fetched: (key id, public key, when).
+type CachedKey = (String, Vec<u8>, Instant);
+
 pub struct Federation {
     server_name: ServerName,
     key: Ed25519KeyPair,
@@ -87,7 +90,7 @@ pub struct Federation {
     settings: Settings,
     client: HttpClient,
     bases: Mutex<HashMap<String, (String, Instant)>>,
-    keys: Mutex<HashMap<String, (String, Vec<u8>, Instant)>>,
+    keys: Mutex<HashMap<String, CachedKey>>,
     outbox: Outbox,
     directory: RoomStore,
     participants: RwLock<HashMap<RoomId, Arc<Vec<String>>>>,
