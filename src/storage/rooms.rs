@@ -83,21 +83,7 @@ impl RoomStore {
 
     /// Records (or removes) a membership in both directions; durable on return.
     pub async fn set_member(&self, room_id: &str, user_id: &str, member: bool, now_ms: u64) -> Result<(), StorageError> {
-        let mk = key(&[room_id.as_bytes(), user_id.as_bytes()]);
-        let uk = key(&[user_id.as_bytes(), room_id.as_bytes()]);
-        let ts = now_ms.to_be_bytes();
-        (&self.members, &self.user_rooms).transaction(|(members, user_rooms)| {
-            if member {
-                members.insert(mk.as_slice(), &ts[..])?;
-                user_rooms.insert(uk.as_slice(), &ts[..])?;
-            } else {
-                members.remove(mk.as_slice())?;
-                user_rooms.remove(uk.as_slice())?;
-            }
-            Ok::<_, ConflictableTransactionError<StorageError>>(())
-        })?;
-        self.db.sync().await?;
-        Ok(())
+        self.set_members(room_id, &[(user_id.to_owned(), member)], now_ms).await
     }
 
     /// Applies several membership changes of one room at once; durable on return.
