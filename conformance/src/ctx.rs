@@ -1,7 +1,8 @@
 //! What every case shares during one run: the server's address and name, the
 //! schemas, a source of unique names (so two runs against one server never
-//! collide), a few lazily registered users, and the client steps most cases
-//! are built from (register, log in, join, send, read history, open a socket).
+//! collide), a few lazily registered users, the fake federation peer (started
+//! by the first case that needs it), and the client steps most cases are built
+//! from (register, log in, join, send, read history, open a socket).
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::sync::OnceCell;
 
 use crate::failure::{Failure, Result};
 use crate::http::{CLIENT, Http, Request, Response, enc};
+use crate::peer::Peer;
 use crate::runner::Config;
 use crate::schema::Schemas;
 use crate::ws::{Ws, WsOptions};
@@ -54,6 +56,7 @@ pub struct Ctx {
     run_id: String,
     counter: AtomicU64,
     shared: [OnceCell<User>; 3],
+    peer: OnceCell<Arc<Peer>>,
 }
 
 impl Ctx {
@@ -68,6 +71,7 @@ impl Ctx {
             run_id: random_base36(5),
             counter: AtomicU64::new(0),
             shared: Default::default(),
+            peer: OnceCell::new(),
         }
     }
 
@@ -184,6 +188,12 @@ impl Ctx {
             })
             .await
             .cloned()
+    }
+
+    /// The runner's fake federation peer (§11), one per run: the server
+    /// under test then fetches one key and pushes to one address.
+    pub async fn peer(&self) -> Result<Arc<Peer>> {
+        self.peer.get_or_try_init(|| async { Peer::start(&self.schemas).await.map(Arc::new) }).await.cloned()
     }
 
     /// Creates a room (by joining a fresh bare name) as `user`.

@@ -7,6 +7,7 @@
 
 pub mod failure;
 pub mod http;
+pub mod peer;
 pub mod schema;
 pub mod ws;
 

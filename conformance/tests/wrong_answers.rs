@@ -1,6 +1,8 @@
 //! The suite must fail a server that answers wrongly. A tiny fake server
 //! (raw TCP, fixed answers) gives answers that are off-schema in different
-//! ways; the cases that read them must fail with a schema violation, not pass.
+//! ways, or well-formed but wrong (a key document that is not the server's);
+//! the cases that read them must fail, not pass, and cases a server cannot
+//! take part in (federation, when it has none) must say "not run".
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -153,5 +155,47 @@ async fn off_schema_frames_fail() {
             Err(Failure::Schema { schema, .. }) => assert_eq!(schema, "server_frame.json"),
             other => panic!("{frame} was not caught: {other:?}"),
         }
+    }
+}
+
+#[tokio::test]
+async fn without_federation_every_federation_case_is_not_run() {
+    // Every path, the key endpoint included, is 404 `not_found`.
+    let addr = fake_server(HashMap::new()).await;
+    let results = outcomes(addr, "federation::").await;
+    assert!(results.len() >= 15, "{results:?}");
+    for (name, outcome) in &results {
+        assert!(matches!(outcome, Outcome::NotRun(r) if r.contains("no federation")), "{name}: {outcome:?}");
+    }
+}
+
+/// A schema-valid key document for `name`, signed by a fresh key over the
+/// bytes §11.1 names, but for `signed_name`.
+fn key_document(name: &str, signed_name: &str) -> &'static str {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use ring::signature::{Ed25519KeyPair, KeyPair as _};
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let pk = B64.encode(key.public_key().as_ref());
+    let sig = B64.encode(key.sign(&conformance::peer::key_signed_bytes(signed_name, "ed25519:k1", &pk)).as_ref());
+    let doc = serde_json::json!({"server_name": name, "key_id": "ed25519:k1", "public_key": pk, "signature": sig});
+    Box::leak(doc.to_string().into_boxed_str())
+}
+
+#[tokio::test]
+async fn a_key_document_that_is_not_the_servers_fails() {
+    const VERSIONS: &str = r#"{"versions":["v1"],"server":{"name":"127.0.0.1:1","version":"fake"}}"#;
+    for (doc, why) in [
+        (key_document("127.0.0.1:1", "127.0.0.1:2"), "does not verify"),
+        (key_document("127.0.0.1:2", "127.0.0.1:2"), "names"),
+    ] {
+        let addr = fake_server(HashMap::from([
+            ("/_parlor/versions", (200, VERSIONS)),
+            ("/_parlor/key/v1/server", (200, doc)),
+        ]))
+        .await;
+        let results = outcomes(addr, "federation::key_document").await;
+        assert!(matches!(&results[0].1, Outcome::Fail(r) if r.contains(why)), "{why}: {results:?}");
     }
 }
