@@ -44,8 +44,7 @@ pub struct Cli {
     /// Concurrent register/login requests when creating users.
     #[arg(long, global = true, default_value_t = 4)]
     pub user_concurrency: usize,
-    /// Concurrent room joins while setting up. Kept low by default: see
-    /// BENCHMARKS.md (concurrent account/room writes can wedge sled 0.34).
+    /// Concurrent room joins while setting up.
     #[arg(long, global = true, default_value_t = 4)]
     pub setup_concurrency: usize,
     #[command(subcommand)]
