@@ -160,11 +160,6 @@ impl Hub {
             rooms.remove(room);
         }
     }
-
-    /// Number of rooms with at least one local subscriber.
-    pub fn room_count(&self) -> usize {
-        self.rooms.read().expect("hub lock").len()
-    }
 }
 
 impl EventSink for Hub {

@@ -169,10 +169,6 @@ impl Federation {
         Ok(())
     }
 
-    pub fn server_name(&self) -> &ServerName {
-        &self.server_name
-    }
-
     /// `GET /_parlor/key/v1/server`.
     pub fn key_document(&self) -> ServerKeyResponse {
         let bytes = ServerKeyResponse::signed_bytes(self.server_name.as_str(), &self.key_id, &self.public_key);
