@@ -279,6 +279,7 @@ async fn imports_keep_the_home_servers_order(b: Backend) {
     // Again, overlapping: only the new one is written.
     let i = h.log.import(&r, "home-epoch", None, ev(2..=4)).await.unwrap();
     assert_eq!((i.latest, i.written, i.hole), (4, 1, false));
+    assert_eq!(i.before, 3, "what the log held before, for the caller to apply only what is new");
     // A hole stops the import before it.
     let i = h.log.import(&r, "home-epoch", None, ev(6..=7)).await.unwrap();
     assert_eq!((i.latest, i.written, i.hole), (4, 0, true));
@@ -291,6 +292,7 @@ async fn imports_keep_the_home_servers_order(b: Backend) {
     // The home server trimmed what we missed: start over at its earliest.
     let i = h.log.import(&r, "home-epoch", Some(10), ev(10..=11)).await.unwrap();
     assert_eq!((i.latest, i.written, i.hole), (11, 2, false));
+    assert_eq!(i.before, 9, "started over just before the restart seq");
     let page = h.log.read(&r, Range::After(0), 10).await.unwrap();
     assert_eq!((page.head.earliest, page.head.latest), (10, 11));
     assert_eq!(page.events, ev(10..=11));

@@ -317,9 +317,8 @@ impl Rooms {
             if self.store.room(room_id.as_str())?.is_none() {
                 continue;
             }
-            let before = self.log.head(&room_id).await?;
             let imported = self.log.import(&room_id, &epoch, None, batch.clone()).await?;
-            self.apply_membership(&room_id, before_seq(&before, &epoch), imported.latest, &batch).await?;
+            self.apply_membership(&room_id, imported.before, imported.latest, &batch).await?;
             if imported.hole {
                 let rooms = self.clone();
                 tokio::spawn(async move {
@@ -349,9 +348,8 @@ impl Rooms {
                 // The home trimmed what we missed: go on from what it keeps.
                 restart_at = Some(page.earliest_seq);
             }
-            let from = if restart_at.is_some() { page.earliest_seq.saturating_sub(1) } else { head.latest };
             let imported = self.log.import(room_id, &page.epoch, restart_at, page.events.clone()).await?;
-            self.apply_membership(room_id, from, imported.latest, &page.events).await?;
+            self.apply_membership(room_id, imported.before, imported.latest, &page.events).await?;
             if page.events.is_empty() || imported.latest >= page.latest_seq || imported.written == 0 {
                 return Ok(());
             }
@@ -420,9 +418,4 @@ impl Rooms {
             latest_seq: page.head.latest,
         })
     }
-}
-
-/// The replica's last seq before an import, in the imported epoch's terms.
-fn before_seq(head: &LogHead, epoch: &str) -> u64 {
-    if *head.epoch == *epoch { head.latest } else { 0 }
 }

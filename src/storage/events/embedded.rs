@@ -435,6 +435,7 @@ impl Writer {
             let generation = st.generation;
             self.durable.reset(room, generation, base);
         }
+        let before = self.rooms.get(room).expect("state loaded").latest;
         let mut deliveries = Vec::new();
         let mut hole = false;
         for event in events {
@@ -450,7 +451,7 @@ impl Writer {
         }
         let latest = self.rooms.get(room).expect("state loaded").latest;
         let written = deliveries.len();
-        Ok((deliveries, Prepared::Import(Imported { latest, written, hole })))
+        Ok((deliveries, Prepared::Import(Imported { before, latest, written, hole })))
     }
 }
 
@@ -519,8 +520,14 @@ impl EmbeddedLog {
         Ok(Some(head))
     }
 
+    /// The durable head, or that of an empty log for a room never written
+    /// (its epoch is picked by the writer at its first append).
+    fn head_or_empty(&self, room: &RoomId) -> Result<LogHead, StorageError> {
+        Ok(self.durable_head(room)?.unwrap_or(LogHead { epoch: "".into(), earliest: 1, latest: 0 }))
+    }
+
     fn page(&self, room: &RoomId, range: Range, limit: usize) -> Result<Page, StorageError> {
-        let head = self.durable_head(room)?.unwrap_or(LogHead { epoch: "".into(), earliest: 1, latest: 0 });
+        let head = self.head_or_empty(room)?;
         let visible_end = head.latest.saturating_add(1);
         let prefix = ekey_prefix(room);
         let decode = |item: Result<(sled::IVec, sled::IVec), sled::Error>| -> Result<Event, StorageError> {
@@ -569,14 +576,7 @@ impl EventLog for EmbeddedLog {
     }
 
     fn head<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<LogHead, StorageError>> {
-        Box::pin(async move {
-            if let Some(h) = self.durable_head(room)? {
-                return Ok(h);
-            }
-            // No log yet: let the writer create it, so only one thread ever
-            // picks a room's epoch.
-            Ok(LogHead { epoch: "".into(), earliest: 1, latest: 0 })
-        })
+        Box::pin(async move { self.head_or_empty(room) })
     }
 
     fn import(

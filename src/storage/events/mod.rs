@@ -67,6 +67,9 @@ pub struct LogHead {
 /// What an import did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Imported {
+    /// The log's last seq before the import, in the imported epoch (after a
+    /// start over, the seq before the first one expected).
+    pub before: u64,
     /// The log's last seq afterwards.
     pub latest: u64,
     /// Events actually written (the rest were already there).

@@ -211,6 +211,7 @@ if (not m[1]) or m[1] ~= epoch or restart ~= '' then
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'gen', string.format('%d', gen), 'seq', string.format('%d', seq))
 end
 local sgen = string.format('%d', gen)
+local before = seq
 local written, hole = 0, 0
 local i = 8
 for _ = 1, n do
@@ -243,7 +244,7 @@ for _ = 1, n do
   i = i + 7
 end
 redis.call('HSET', KEYS[1], 'seq', string.format('%d', seq))
-return {sgen, string.format('%d', seq), string.format('%d', written), string.format('%d', hole)}
+return {sgen, string.format('%d', before), string.format('%d', seq), string.format('%d', written), string.format('%d', hole)}
 "#;
 
 fn meta_key(room: &RoomId) -> String {
@@ -694,12 +695,12 @@ impl EventLog for RedisLog {
                 cmd.arg(e.ts);
             }
             let parts = strings(link.query(&cmd).await?)?;
-            let [generation, latest, written, hole] = parts.as_slice() else {
+            let [generation, before, latest, written, hole] = parts.as_slice() else {
                 return Err(StorageError::Log(format!("import script answered {} values", parts.len())));
             };
             let latest = parse_u64(latest)?;
             shared.seen.observe(&room, &epoch, parse_u64(generation)?, latest);
-            Ok(Imported { latest, written: parse_u64(written)? as usize, hole: hole == "1" })
+            Ok(Imported { before: parse_u64(before)?, latest, written: parse_u64(written)? as usize, hole: hole == "1" })
         })
     }
 
