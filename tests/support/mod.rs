@@ -247,17 +247,22 @@ impl Harness {
     pub async fn start_with(backend: Backend, tweak: fn(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let redis = (backend == Backend::Redis).then(RedisServer::start);
-        let server = Self::boot(dir.path(), redis.as_ref(), tweak).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Self::boot(listener, dir.path(), redis.as_ref(), tweak).await;
         Harness { server, redis, dir, backend, tweak }
     }
 
-    async fn boot(dir: &Path, redis: Option<&RedisServer>, tweak: fn(&mut Config)) -> TestServer {
-        let url = redis.map(|r| r.url.clone());
-        TestServer::start_in(dir, move |cfg| {
-            cfg.redis = url;
-            tweak(cfg);
-        })
-        .await
+    /// Starts a server on `listener` with the test config for this data and Redis.
+    async fn boot(
+        listener: tokio::net::TcpListener,
+        dir: &Path,
+        redis: Option<&RedisServer>,
+        tweak: fn(&mut Config),
+    ) -> TestServer {
+        let mut cfg = TestServer::config(listener.local_addr().unwrap().port(), dir);
+        cfg.redis = redis.map(|r| r.url.clone());
+        tweak(&mut cfg);
+        TestServer::start_with(listener, cfg).await
     }
 
     /// Stops the server gracefully and starts it again on the same data (and Redis).
@@ -282,10 +287,7 @@ impl Harness {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        let mut cfg = TestServer::config(port, self.dir.path());
-        cfg.redis = self.redis.as_ref().map(|r| r.url.clone());
-        (self.tweak)(&mut cfg);
-        self.server = TestServer::start_with(listener, cfg).await;
+        self.server = Self::boot(listener, self.dir.path(), self.redis.as_ref(), self.tweak).await;
     }
 
     pub fn url(&self) -> &str {
