@@ -255,12 +255,24 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<T,
 /// earlier at an unknown field), anything else is `invalid_field` naming
 /// the field.
 pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    check_object(bytes)?;
+    parse_fields(bytes)
+}
+
+/// The checks of [`parse_object`] that come before the fields: UTF-8,
+/// well-formed JSON, an object.
+pub fn check_object(bytes: &[u8]) -> Result<(), Error> {
     std::str::from_utf8(bytes).map_err(|e| Error::refused(ErrCode::MalformedJson, format!("the body is not UTF-8: {e}")))?;
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(json_error)?;
     // serde's derived structs would also take `["ann", "pw"]`.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(Error::refused(ErrCode::InvalidField, "the body must be a JSON object"));
     }
+    Ok(())
+}
+
+/// Deserializes bytes that passed [`check_object`], naming the bad field on error.
+pub fn parse_fields<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -566,7 +566,9 @@ fn frame_id(f: &ClientFrame) -> Option<String> {
 /// Parses a client frame, sorting failures into the spec's errcodes and
 /// keeping the frame's `id` (when it has a usable one) for the answer.
 fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, Error)> {
-    let head: FrameHead = crate::http::parse_object(text.as_bytes()).map_err(|e| (None, e))?;
+    // The frame is read twice (its head, then all of it) but checked once.
+    crate::http::check_object(text.as_bytes()).map_err(|e| (None, e))?;
+    let head: FrameHead = crate::http::parse_fields(text.as_bytes()).map_err(|e| (None, e))?;
     let id = head.id.as_ref().and_then(|v| v.as_str()).map(str::to_owned);
     let Some(kind) = head.kind else {
         return Err((id, Error::refused(ErrCode::InvalidField, "type: missing")));
@@ -577,5 +579,5 @@ fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, Error)> {
     if id.as_ref().is_some_and(|i| i.len() > WS_ID_MAX) {
         return Err((None, Error::refused(ErrCode::InvalidField, format!("id: at most {WS_ID_MAX} bytes"))));
     }
-    crate::http::parse_object(text.as_bytes()).map_err(|e| (id, e))
+    crate::http::parse_fields(text.as_bytes()).map_err(|e| (id, e))
 }
