@@ -113,7 +113,8 @@ fn serve(s: Serve) -> Result<()> {
     let nofile = parlor::server::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {}", s.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {}", s.listen))?;
         let addr = listener.local_addr()?;
         let name = s.server_name.clone().unwrap_or_else(|| addr.to_string());
         let server_name = ServerName::parse(&name).with_context(|| format!("bad server name {name:?}"))?;

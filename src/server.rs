@@ -71,7 +71,11 @@ pub fn raise_nofile_limit() -> u64 {
 
 /// Serves on `listener` until `shutdown` resolves, then drains and returns
 /// with everything flushed.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
     let max_conns = config.max_connections.min(fd_budget());
     let header_timeout = config.header_timeout;
     let services = Services::open(config).await?;

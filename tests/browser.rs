@@ -36,11 +36,10 @@ fn install_npm_packages(dir: &Path) {
     if wanted.is_some() && wanted == installed {
         return;
     }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run npm ({e}): run `apt-get install -y nodejs npm` (or `.ci/run`, which does it)"));
+    let status =
+        Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(dir).status().unwrap_or_else(|e| {
+            panic!("cannot run npm ({e}): run `apt-get install -y nodejs npm` (or `.ci/run`, which does it)")
+        });
     assert!(status.success(), "`npm ci` in tests/browser failed");
 }
 

@@ -20,7 +20,13 @@ fn expected_not_run(name: &str, cfg: &Config) -> bool {
 }
 
 async fn run(url: &str, filter: Option<&str>, rate_limited: bool, storage_down: bool) -> Report {
-    let cfg = Config { server: url.to_owned(), filter: filter.map(str::to_owned), rate_limited, storage_down, ..Default::default() };
+    let cfg = Config {
+        server: url.to_owned(),
+        filter: filter.map(str::to_owned),
+        rate_limited,
+        storage_down,
+        ..Default::default()
+    };
     run_with(cfg).await
 }
 
@@ -74,8 +80,7 @@ async fn conformance_rate_limited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_retention_and_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
-    let server =
-        ParlorProcess::spawn(dir.path(), &["--rate-limit", "off", "--retention", "20", "--ws-ping-secs", "1"]);
+    let server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "off", "--retention", "20", "--ws-ping-secs", "1"]);
     for filter in ["websocket::gap_when_trimmed", "websocket::heartbeat_timeout"] {
         let cfg = Config {
             server: server.url.clone(),

@@ -130,7 +130,8 @@ async fn remote_users_join_and_talk_live_in_one_order(b: Backend) {
     for (h, t) in [(&a, &ta), (&home, &tb)] {
         let (s, m) = h.api().call("GET", &format!("/rooms/{}/members", enc(&room_id)), Some(t), None).await;
         assert_eq!(s, 200, "{m}");
-        let got: Vec<String> = m["members"].as_array().unwrap().iter().map(|x| x["user_id"].as_str().unwrap().into()).collect();
+        let got: Vec<String> =
+            m["members"].as_array().unwrap().iter().map(|x| x["user_id"].as_str().unwrap().into()).collect();
         assert_eq!(got, both, "both servers agree on the members");
     }
     let (_, rooms) = a.api().call("GET", "/rooms", Some(&ta), None).await;

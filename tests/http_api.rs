@@ -53,7 +53,12 @@ async fn accounts_lifecycle(b: Backend) {
     assert_eq!((s, v["errcode"].as_str()), (409, Some("username_taken")));
     // Folded at login too.
     let (s, v) = api
-        .call("POST", "/login", None, Some(json!({"username": name.to_uppercase(), "password": "zebra-quartz-71", "device_name": "laptop"})))
+        .call(
+            "POST",
+            "/login",
+            None,
+            Some(json!({"username": name.to_uppercase(), "password": "zebra-quartz-71", "device_name": "laptop"})),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     let t1 = v["access_token"].as_str().unwrap().to_owned();
@@ -120,7 +125,8 @@ async fn login_failure_does_not_tell_whether_the_user_exists(b: Backend) {
         let api = api.clone();
         async move {
             let t = Instant::now();
-            let r = api.call("POST", "/login", None, Some(json!({"username": user, "password": "wrong-password-9"}))).await;
+            let r =
+                api.call("POST", "/login", None, Some(json!({"username": user, "password": "wrong-password-9"}))).await;
             (r, t.elapsed())
         }
     };
@@ -161,7 +167,8 @@ async fn rooms_join_leave_members_list(b: Backend) {
     assert_eq!(api.join(&tb, &alias).await, j);
     assert_eq!(api.join(&tb, &room_id).await, j);
     let (_, page) = api.messages(&ta, &room_id, "").await;
-    let kinds: Vec<_> = page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
+    let kinds: Vec<_> =
+        page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
     assert_eq!(kinds, ["join", "join"], "one join event per effective join");
     assert_eq!(page["events"][0]["sender"], ann);
     assert_eq!(page["events"][1]["sender"], bob);
@@ -170,7 +177,8 @@ async fn rooms_join_leave_members_list(b: Backend) {
     assert_eq!(s, 200);
     let mut want = vec![ann.clone(), bob.clone()];
     want.sort();
-    let got: Vec<_> = m["members"].as_array().unwrap().iter().map(|x| x["user_id"].as_str().unwrap().to_owned()).collect();
+    let got: Vec<_> =
+        m["members"].as_array().unwrap().iter().map(|x| x["user_id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(got, want);
     assert_eq!(m["room_id"], room_id);
 
@@ -307,7 +315,8 @@ async fn history_pages_both_ways(b: Backend) {
     for n in 1..=30 {
         assert_eq!(api.send(&t, &room, &format!("t{n}"), &format!("m{n}")).await.0, 200);
     }
-    let seqs = |v: &Value| v["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>();
+    let seqs =
+        |v: &Value| v["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>();
     let (s, latest) = api.messages(&t, &room, "limit=5").await;
     assert_eq!(s, 200);
     assert_eq!(seqs(&latest), [27, 28, 29, 30, 31]);
@@ -361,7 +370,13 @@ async fn bad_input_gets_clear_errors_and_loses_nothing(b: Backend) {
         ("PUT", send_path.clone(), b"{\"body\":\"\xff\xfe\"}".to_vec(), 400, "malformed_json"),
         ("PUT", send_path.clone(), b"{}".to_vec(), 400, "invalid_field"),
         ("PUT", send_path.clone(), vec![b' '; 70_000], 413, "body_too_large"),
-        ("POST", format!("{P}/register"), b"{\"username\":\"x\",\"password\":\"y\",\"admin\":true}".to_vec(), 400, "invalid_field"),
+        (
+            "POST",
+            format!("{P}/register"),
+            b"{\"username\":\"x\",\"password\":\"y\",\"admin\":true}".to_vec(),
+            400,
+            "invalid_field",
+        ),
         ("POST", format!("{P}/login"), b"null".to_vec(), 400, "invalid_field"),
         ("GET", format!("{P}/nope"), vec![], 404, "not_found"),
         ("GET", "/".to_owned() + "does/not/exist", vec![], 404, "not_found"),
@@ -422,7 +437,8 @@ async fn rate_limits_answer_429_with_retry_after(b: Backend) {
     // login: 10 per username
     let mut last = (0, Value::Null);
     for _ in 0..11 {
-        last = api.call("POST", "/login", None, Some(json!({"username": "victim", "password": "wrong-password"}))).await;
+        last =
+            api.call("POST", "/login", None, Some(json!({"username": "victim", "password": "wrong-password"}))).await;
     }
     assert_eq!((last.0, last.1["errcode"].as_str()), (429, Some("rate_limited")));
     assert!(last.1["retry_after_ms"].as_u64().is_some());
@@ -468,7 +484,8 @@ async fn connection_cap_closes_extra_connections(b: Backend) {
     let mut extra = tokio::net::TcpStream::connect(h.server.addr).await.unwrap();
     let _ = extra.write_all(b"GET /_parlor/versions HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await.expect("closed at once").unwrap_or(0);
+    let n =
+        tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await.expect("closed at once").unwrap_or(0);
     assert_eq!(n, 0, "the connection over the cap is closed without an answer");
     drop(held);
     // Slots come back once connections close.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::{Backend, Harness, Next, WsClient, uniq};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::{Frame, coding::OpCode, coding::Data};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, coding::Data, coding::OpCode};
 
 backend_tests!(
     auth_by_header_and_by_first_frame,
@@ -52,7 +52,11 @@ async fn subscribe(c: &mut WsClient, room: &str) -> Value {
 }
 
 fn bodies(frames: &[Value]) -> Vec<String> {
-    frames.iter().filter(|f| f["type"] == "event").map(|f| f["event"]["body"].as_str().unwrap_or("").to_owned()).collect()
+    frames
+        .iter()
+        .filter(|f| f["type"] == "event")
+        .map(|f| f["event"]["body"].as_str().unwrap_or("").to_owned())
+        .collect()
 }
 
 async fn auth_by_header_and_by_first_frame(b: Backend) {
@@ -195,7 +199,10 @@ async fn resume_is_gap_free_and_exactly_once(b: Backend) {
     c.send(json!({"type": "subscribe", "id": "r", "room": room, "since": {"epoch": epoch, "seq": 3}})).await;
     let (cu, before) = c.until("caught_up").await;
     assert_eq!(bodies(&before), ["two", "three"]);
-    assert_eq!((cu["seq"].as_u64(), cu["id"].as_str(), cu["epoch"].as_str()), (Some(5), Some("r"), Some(epoch.as_str())));
+    assert_eq!(
+        (cu["seq"].as_u64(), cu["id"].as_str(), cu["epoch"].as_str()),
+        (Some(5), Some("r"), Some(epoch.as_str()))
+    );
     // Then live.
     h.api().send(ta, &room, "d", "four").await;
     let f = c.recv().await;
@@ -482,8 +489,12 @@ async fn origins_are_checked(b: Backend) {
     let host = h.server.addr.to_string();
     let same = format!("http://{host}");
     assert!(WsClient::connect_with(h.url(), Some(t), &[("origin", &same)]).await.is_ok(), "same origin");
-    assert!(WsClient::connect_with(h.url(), Some(t), &[("origin", "https://chat.example")]).await.is_ok(), "allow-listed");
-    let err = WsClient::connect_with(h.url(), Some(t), &[("origin", "https://evil.example")]).await.err().expect("refused");
+    assert!(
+        WsClient::connect_with(h.url(), Some(t), &[("origin", "https://chat.example")]).await.is_ok(),
+        "allow-listed"
+    );
+    let err =
+        WsClient::connect_with(h.url(), Some(t), &[("origin", "https://evil.example")]).await.err().expect("refused");
     assert!(err.to_string().contains("403"), "{err}");
     // No subprotocol: refused.
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;

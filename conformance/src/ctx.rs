@@ -137,8 +137,10 @@ impl Ctx {
     }
 
     pub async fn register_raw(&self, username: &str, password: &str) -> Result<Response> {
-        self.send_patiently(Request::post(Self::api("/register")).json(&json!({"username": username, "password": password})))
-            .await
+        self.send_patiently(
+            Request::post(Self::api("/register")).json(&json!({"username": username, "password": password})),
+        )
+        .await
     }
 
     pub async fn login_raw(&self, username: &str, password: &str, device_name: Option<&str>) -> Result<Response> {

@@ -303,10 +303,7 @@ impl Http {
 
 /// Percent-encodes a path segment (`#lobby:b.example` → `%23lobby%3Ab.example`).
 pub fn enc(segment: &str) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
+    const SET: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
     percent_encoding::utf8_percent_encode(segment, SET).to_string()
 }

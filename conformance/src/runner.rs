@@ -190,10 +190,8 @@ pub fn authority_of(server: &str) -> Result<String, RunError> {
 pub async fn run(cfg: &Config, mut on_result: impl FnMut(&CaseResult)) -> Result<Report, RunError> {
     let authority = authority_of(&cfg.server)?;
     let schemas = Arc::new(Schemas::load()?);
-    let cases: Vec<Case> = all_cases()
-        .into_iter()
-        .filter(|c| cfg.filter.as_deref().is_none_or(|f| c.name.contains(f)))
-        .collect();
+    let cases: Vec<Case> =
+        all_cases().into_iter().filter(|c| cfg.filter.as_deref().is_none_or(|f| c.name.contains(f))).collect();
     if cases.is_empty() {
         return Err(RunError::NothingSelected(cfg.filter.clone().unwrap_or_default()));
     }
@@ -211,7 +209,12 @@ pub async fn run(cfg: &Config, mut on_result: impl FnMut(&CaseResult)) -> Result
     let mut report = Report::default();
     for (i, case) in cases.into_iter().enumerate() {
         let result = if let Some(reason) = skip_reason(&case, cfg) {
-            CaseResult { name: case.name, section: case.section, outcome: Outcome::NotRun(reason), duration: Duration::ZERO }
+            CaseResult {
+                name: case.name,
+                section: case.section,
+                outcome: Outcome::NotRun(reason),
+                duration: Duration::ZERO,
+            }
         } else if let Some(handle) = background[i].take() {
             match handle.await {
                 Ok(r) => r,
@@ -305,7 +308,8 @@ mod tests {
     #[test]
     fn summary_counts_not_run_visibly() {
         let r = |outcome| CaseResult { name: "a::b", section: "1", outcome, duration: Duration::ZERO };
-        let rep = Report { results: vec![r(Outcome::Pass), r(Outcome::Fail("x".into())), r(Outcome::NotRun("y".into()))] };
+        let rep =
+            Report { results: vec![r(Outcome::Pass), r(Outcome::Fail("x".into())), r(Outcome::NotRun("y".into()))] };
         assert_eq!(rep.summary(), "1 passed, 1 failed, 1 skipped");
         assert!(rep.results[2].line().starts_with("SKIP"));
         assert_eq!(rep.results[1].to_json()["outcome"], "fail");

@@ -64,10 +64,7 @@ pub enum SchemaLoadError {
 struct Embedded;
 
 impl jsonschema::Retrieve for Embedded {
-    fn retrieve(
-        &self,
-        uri: &jsonschema::Uri<String>,
-    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    fn retrieve(&self, uri: &jsonschema::Uri<String>) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
         let wanted = uri.as_str().split('#').next().unwrap_or_default();
         let file = wanted.strip_prefix(ID_PREFIX).and_then(|f| f.strip_suffix(".json"));
         match FILES.iter().find(|(name, _)| Some(*name) == file) {
@@ -160,8 +157,12 @@ mod tests {
         s.check("error", "t", &json!({"errcode": "not_member", "error": "no"})).unwrap();
         s.check("login_response", "t", &json!({"user_id": "@ann:b.example", "device_id": "D1", "access_token": "x"}))
             .unwrap();
-        s.check("server_frame", "t", &json!({"type": "caught_up", "room_id": "!r:b.example:8008", "epoch": "e", "seq": 3}))
-            .unwrap();
+        s.check(
+            "server_frame",
+            "t",
+            &json!({"type": "caught_up", "room_id": "!r:b.example:8008", "epoch": "e", "seq": 3}),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -173,8 +174,11 @@ mod tests {
             ("login_response", json!({"user_id": "@Ann:b.example", "device_id": "D1", "access_token": "x"})),
             ("send_response", json!({"event_id": "$e", "seq": "7"})),
             ("send_response", json!({"event_id": "$e", "seq": -1})),
-            ("messages_response", json!({"room_id": "!r:b", "epoch": "e", "earliest_seq": 1, "latest_seq": 1,
-                "events": [{"event_id": "$e", "seq": 1, "type": "shout", "sender": "@a:b", "ts": 1}]})),
+            (
+                "messages_response",
+                json!({"room_id": "!r:b", "epoch": "e", "earliest_seq": 1, "latest_seq": 1,
+                "events": [{"event_id": "$e", "seq": 1, "type": "shout", "sender": "@a:b", "ts": 1}]}),
+            ),
             ("server_frame", json!({"type": "ack", "event_id": "$e", "seq": 1})),
             ("server_frame", json!({"type": "hello"})),
             ("empty", json!({"ok": true})),

@@ -64,7 +64,8 @@ impl Ws {
             .map_err(|e| transport(&e))?
             .next()
             .ok_or_else(|| transport(&"no address"))?;
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|e| transport(&e))?;
+        let socket =
+            if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|e| transport(&e))?;
         if opts.small_recv_buffer {
             socket.set_recv_buffer_size(4096).map_err(|e| transport(&e))?;
         }
@@ -151,7 +152,9 @@ impl Ws {
                     return Ok(Incoming::Frame(v));
                 }
                 Message::Binary(_) => {
-                    return Err(Failure::Check("server sent a binary frame; the spec has only JSON text frames".into()));
+                    return Err(Failure::Check(
+                        "server sent a binary frame; the spec has only JSON text frames".into(),
+                    ));
                 }
                 Message::Close(frame) => {
                     self.closed = true;
@@ -170,9 +173,15 @@ impl Ws {
     pub async fn expect_within(&mut self, ty: &str, within: Duration) -> Result<Value> {
         match self.next(within).await.map_err(|e| waiting_for(e, ty))? {
             Incoming::Frame(v) if v["type"] == ty => Ok(v),
-            Incoming::Frame(v) => Err(Failure::Check(format!("expected a `{ty}` frame, got {}", clip(&v.to_string(), 300)))),
-            Incoming::Closed(code) => Err(Failure::Check(format!("expected a `{ty}` frame, the server closed with {code:?}"))),
-            Incoming::Dropped(why) => Err(Failure::Check(format!("expected a `{ty}` frame, the connection dropped: {why}"))),
+            Incoming::Frame(v) => {
+                Err(Failure::Check(format!("expected a `{ty}` frame, got {}", clip(&v.to_string(), 300))))
+            }
+            Incoming::Closed(code) => {
+                Err(Failure::Check(format!("expected a `{ty}` frame, the server closed with {code:?}")))
+            }
+            Incoming::Dropped(why) => {
+                Err(Failure::Check(format!("expected a `{ty}` frame, the connection dropped: {why}")))
+            }
         }
     }
 

@@ -76,7 +76,11 @@ async fn off_schema_answers_fail_their_cases() {
     assert_schema_failure(&versions, "versions::lists_v1", "versions_response.json");
     assert_schema_failure(&versions, "versions::server_name_is_valid", "versions_response.json");
     assert_schema_failure(&outcomes(addr, "operation::healthz").await, "operation::healthz_ok", "health_response.json");
-    assert_schema_failure(&outcomes(addr, "errors::unknown_endpoint").await, "errors::unknown_endpoint_not_found", "error.json");
+    assert_schema_failure(
+        &outcomes(addr, "errors::unknown_endpoint").await,
+        "errors::unknown_endpoint_not_found",
+        "error.json",
+    );
 }
 
 #[tokio::test]

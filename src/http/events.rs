@@ -33,7 +33,9 @@ pub(crate) fn history_query(query: Option<&str>) -> Result<(Range, u32), Error> 
         match k.as_str() {
             "before" if before.is_none() => before = Some(n()?),
             "after" if after.is_none() => after = Some(n()?),
-            "limit" if limit.is_none() => limit = Some(u32::try_from(n()?).map_err(|_| bad("limit: too large".into()))?),
+            "limit" if limit.is_none() => {
+                limit = Some(u32::try_from(n()?).map_err(|_| bad("limit: too large".into()))?)
+            }
             "before" | "after" | "limit" => return Err(bad(format!("{k} given twice"))),
             _ => return Err(bad(format!("unknown query parameter {k:?}"))),
         }

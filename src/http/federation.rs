@@ -13,7 +13,11 @@ use crate::service::Error;
 use crate::service::federation::Federation;
 
 fn federation(ctx: &Ctx) -> Result<&std::sync::Arc<Federation>, Error> {
-    ctx.app.services.federation.as_ref().ok_or_else(|| Error::refused(ErrCode::NotFound, "federation is off on this server"))
+    ctx.app
+        .services
+        .federation
+        .as_ref()
+        .ok_or_else(|| Error::refused(ErrCode::NotFound, "federation is off on this server"))
 }
 
 pub fn key(ctx: &Ctx) -> Result<Resp, Error> {

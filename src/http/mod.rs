@@ -21,8 +21,8 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::protocol::limits::MAX_BODY_BYTES;
 use crate::protocol::federation::{FEDERATION_PREFIX, KEY_PATH, WELL_KNOWN_PATH};
+use crate::protocol::limits::MAX_BODY_BYTES;
 use crate::protocol::{CLIENT_PREFIX, ErrCode, ErrorBody};
 use crate::server::App;
 use crate::service::Error;
@@ -77,11 +77,7 @@ fn decode_segment(seg: &str) -> Result<String, Error> {
 fn route(method: &Method, path: &str) -> Result<Route, Error> {
     use Method as M;
     let allow = |ok: bool, r: Route, allowed: &str| {
-        if ok {
-            Ok(r)
-        } else {
-            Err(Error::refused(ErrCode::MethodNotAllowed, format!("use {allowed} here")))
-        }
+        if ok { Ok(r) } else { Err(Error::refused(ErrCode::MethodNotAllowed, format!("use {allowed} here"))) }
     };
     if let Some(asset) = demo::asset_name(path) {
         return allow(method == M::GET || method == M::HEAD, Route::Demo(asset), "GET");
@@ -215,9 +211,9 @@ const DRAIN_LIMIT: usize = 1 << 20;
 /// over the cap is refused with 413, after reading (and dropping) up to
 /// `DRAIN_LIMIT` of it.
 pub async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes, Error> {
-    let too_large = || Error::refused(ErrCode::BodyTooLarge, format!("request bodies are at most {MAX_BODY_BYTES} bytes"));
-    let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large =
+        || Error::refused(ErrCode::BodyTooLarge, format!("request bodies are at most {MAX_BODY_BYTES} bytes"));
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > DRAIN_LIMIT as u64) {
         return Err(too_large());
     }
@@ -262,7 +258,8 @@ pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 /// The checks of [`parse_object`] that come before the fields: UTF-8,
 /// well-formed JSON, an object.
 pub fn check_object(bytes: &[u8]) -> Result<(), Error> {
-    std::str::from_utf8(bytes).map_err(|e| Error::refused(ErrCode::MalformedJson, format!("the body is not UTF-8: {e}")))?;
+    std::str::from_utf8(bytes)
+        .map_err(|e| Error::refused(ErrCode::MalformedJson, format!("the body is not UTF-8: {e}")))?;
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(json_error)?;
     // serde's derived structs would also take `["ann", "pw"]`.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -304,8 +301,9 @@ pub fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, Error> {
 
 /// Authenticates a request by its bearer token.
 pub fn authenticate(ctx: &Ctx, headers: &http::HeaderMap) -> Result<Session, Error> {
-    let token = bearer(headers)?
-        .ok_or_else(|| Error::refused(ErrCode::MissingToken, "this endpoint needs Authorization: Bearer <access_token>"))?;
+    let token = bearer(headers)?.ok_or_else(|| {
+        Error::refused(ErrCode::MissingToken, "this endpoint needs Authorization: Bearer <access_token>")
+    })?;
     ctx.app.services.accounts.authenticate(token)
 }
 
@@ -319,10 +317,7 @@ mod tests {
         assert_eq!(route(&Method::POST, &p("/register")).unwrap(), Route::Register);
         assert_eq!(route(&Method::POST, &p("/logout/all")).unwrap(), Route::LogoutAll);
         assert_eq!(route(&Method::POST, &p("/rooms/%23lobby%3Ax/join")).unwrap(), Route::Join("#lobby:x".into()));
-        assert_eq!(
-            route(&Method::PUT, &p("/rooms/lobby/send/t1")).unwrap(),
-            Route::Send("lobby".into(), "t1".into())
-        );
+        assert_eq!(route(&Method::PUT, &p("/rooms/lobby/send/t1")).unwrap(), Route::Send("lobby".into(), "t1".into()));
         assert_eq!(route(&Method::GET, &p("/register")).unwrap_err().code(), ErrCode::MethodNotAllowed);
         assert_eq!(route(&Method::GET, &p("/nope")).unwrap_err().code(), ErrCode::NotFound);
         assert_eq!(route(&Method::GET, "/_parlor/client/v2/rooms").unwrap_err().code(), ErrCode::NotFound);

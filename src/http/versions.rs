@@ -24,5 +24,8 @@ pub async fn health(ctx: &Ctx) -> Result<Resp, Error> {
     let log = ctx.app.services.events.log();
     let ok = log.healthy().await;
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    Ok(json(status, &HealthResponse { status: if ok { "ok" } else { "unavailable" }.into(), room_log: log.kind().into() }))
+    Ok(json(
+        status,
+        &HealthResponse { status: if ok { "ok" } else { "unavailable" }.into(), room_log: log.kind().into() },
+    ))
 }

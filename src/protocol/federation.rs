@@ -49,7 +49,8 @@ pub fn request_signed_bytes(
     ts: u64,
     body_sha256_b64: &str,
 ) -> Vec<u8> {
-    format!("parlor-request-v1\n{method}\n{path_and_query}\n{origin}\n{destination}\n{ts}\n{body_sha256_b64}").into_bytes()
+    format!("parlor-request-v1\n{method}\n{path_and_query}\n{origin}\n{destination}\n{ts}\n{body_sha256_b64}")
+        .into_bytes()
 }
 
 /// `GET /.well-known/parlor/server`: where this server name is served.

@@ -117,7 +117,10 @@ impl ServerName {
             }
         }
         if let Some(p) = port.strip_prefix(':') {
-            let ok = !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0);
+            let ok = !p.is_empty()
+                && p.len() <= 5
+                && p.chars().all(|c| c.is_ascii_digit())
+                && p.parse::<u16>().is_ok_and(|n| n > 0);
             if !ok {
                 return Err(IdError::ServerName);
             }

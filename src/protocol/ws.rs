@@ -192,7 +192,8 @@ mod tests {
 
     #[test]
     fn client_frames_parse_and_refuse_unknown_fields() {
-        let f: ClientFrame = serde_json::from_str(r#"{"type":"send","id":"1","room":"lobby","txn_id":"t","body":"hi"}"#).unwrap();
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"send","id":"1","room":"lobby","txn_id":"t","body":"hi"}"#).unwrap();
         assert!(matches!(f, ClientFrame::Send { .. }));
         let f: ClientFrame =
             serde_json::from_str(r##"{"type":"subscribe","room":"#a:x","since":{"epoch":"e","seq":3}}"##).unwrap();

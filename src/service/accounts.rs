@@ -124,7 +124,9 @@ impl Accounts {
         self.rng.fill(&mut raw).expect("system randomness");
         let access_token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
         let device_id = self.device_id();
-        self.store.add_device(user_id.as_str(), &device_id, device_name, &sha256(access_token.as_bytes()), now_ms()).await?;
+        self.store
+            .add_device(user_id.as_str(), &device_id, device_name, &sha256(access_token.as_bytes()), now_ms())
+            .await?;
         Ok(LoginResponse { user_id, device_id, access_token })
     }
 

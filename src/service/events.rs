@@ -12,9 +12,9 @@ use super::error::{Error, Result};
 use super::ratelimit::{self, RateLimits};
 use super::rooms::{Room, Rooms};
 use crate::protocol::events::EventType;
+use crate::protocol::federation::FedSendRequest;
 use crate::protocol::limits::{HISTORY_LIMIT_MAX, MAX_MESSAGE_BYTES, TXN_ID_MAX};
 use crate::protocol::rooms::{MessagesResponse, SendResponse};
-use crate::protocol::federation::FedSendRequest;
 use crate::protocol::{ErrCode, RoomId, RoomRef, ServerName};
 use crate::storage::events::{AppendOutcome, EventLog, LogHead, NewEvent, Page, Range, Txn};
 
@@ -65,12 +65,15 @@ impl Events {
         let room = self.rooms.resolve_member(&session.user_id, room)?;
         ratelimit::check(&self.limits.send_by_user, session.user_id.as_str())?;
         if self.rooms.is_remote(&room.room_id) {
-            let fed = self.rooms.federation().cloned().ok_or_else(|| Error::refused(ErrCode::RoomNotFound, "federation is off"))?;
+            let fed = self
+                .rooms
+                .federation()
+                .cloned()
+                .ok_or_else(|| Error::refused(ErrCode::RoomNotFound, "federation is off"))?;
             let req = FedSendRequest { sender: session.user_id.clone(), device_id: session.device_id.clone(), body };
             let (room_id, txn_id) = (room.room_id.clone(), txn_id.to_owned());
-            let remote = async move {
-                fed.send(&room_id, &txn_id, &req).await.map_err(|f| f.into_error(room_id.server()))
-            };
+            let remote =
+                async move { fed.send(&room_id, &txn_id, &req).await.map_err(|f| f.into_error(room_id.server())) };
             return Ok((room, Either::Left(remote)));
         }
         let local = self.append_message(&room.room_id, session.user_id.clone(), &session.device_id, txn_id, body);
@@ -111,7 +114,8 @@ impl Events {
         txn_id: &str,
         body: String,
     ) -> impl Future<Output = Result<SendResponse>> + Send + 'static + use<> {
-        let fingerprint = ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref().try_into().expect("32 bytes");
+        let fingerprint =
+            ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref().try_into().expect("32 bytes");
         let txn = Txn { device: format!("{sender}\0{device_id}"), txn_id: txn_id.to_owned(), fingerprint };
         let pending =
             self.log.append(room_id, NewEvent { kind: EventType::Message, sender, body: Some(body), txn: Some(txn) });
@@ -129,7 +133,13 @@ impl Events {
         }
     }
 
-    pub async fn messages(&self, session: &Session, room: &RoomRef, range: Range, limit: u32) -> Result<MessagesResponse> {
+    pub async fn messages(
+        &self,
+        session: &Session,
+        room: &RoomRef,
+        range: Range,
+        limit: u32,
+    ) -> Result<MessagesResponse> {
         if limit == 0 || limit > HISTORY_LIMIT_MAX {
             return Err(Error::refused(ErrCode::InvalidParam, format!("limit: 1 to {HISTORY_LIMIT_MAX}")));
         }

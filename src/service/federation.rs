@@ -70,7 +70,9 @@ impl Failure {
         match self {
             Failure::Unreachable(why) => Error::refused(
                 ErrCode::HomeServerUnreachable,
-                format!("the room's home server {server} cannot be reached ({why}); the room is read-only until it is back"),
+                format!(
+                    "the room's home server {server} cannot be reached ({why}); the room is read-only until it is back"
+                ),
             ),
             Failure::Refused(_, body) => Error::refused(body.errcode, format!("{server}: {}", body.error)),
         }
@@ -151,7 +153,8 @@ impl Federation {
             pushers: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            runtime: tokio::runtime::Handle::try_current().map_err(|e| format!("federation needs a tokio runtime: {e}"))?,
+            runtime: tokio::runtime::Handle::try_current()
+                .map_err(|e| format!("federation needs a tokio runtime: {e}"))?,
         });
         Ok(fed)
     }
@@ -199,7 +202,10 @@ impl Federation {
             }
         }
         let fallback = format!("http://{server}");
-        let found = match self.get_json::<WellKnownResponse>(&format!("{fallback}{WELL_KNOWN_PATH}"), DISCOVERY_TIMEOUT).await {
+        let found = match self
+            .get_json::<WellKnownResponse>(&format!("{fallback}{WELL_KNOWN_PATH}"), DISCOVERY_TIMEOUT)
+            .await
+        {
             Ok(w) if w.base_url.starts_with("http://") || w.base_url.starts_with("https://") => {
                 w.base_url.trim_end_matches('/').to_owned()
             }
@@ -238,10 +244,13 @@ impl Federation {
                 }
             }
         }
-        let unknown = |why: String| Error::refused(ErrCode::UnknownServer, format!("cannot get the key of {server}: {why}"));
+        let unknown =
+            |why: String| Error::refused(ErrCode::UnknownServer, format!("cannot get the key of {server}: {why}"));
         let base = self.base_url(server).await;
-        let doc: ServerKeyResponse =
-            self.get_json(&format!("{base}{KEY_PATH}"), REQUEST_TIMEOUT).await.map_err(|e| unknown(format!("{e:?}")))?;
+        let doc: ServerKeyResponse = self
+            .get_json(&format!("{base}{KEY_PATH}"), REQUEST_TIMEOUT)
+            .await
+            .map_err(|e| unknown(format!("{e:?}")))?;
         if doc.server_name != server {
             return Err(unknown(format!("its key document is for {}", doc.server_name)));
         }
@@ -251,7 +260,10 @@ impl Federation {
         UnparsedPublicKey::new(&ring::signature::ED25519, &pk)
             .verify(&signed, &sig)
             .map_err(|_| unknown("its key document is not signed by its key".into()))?;
-        self.keys.lock().expect("keys lock").insert(server.to_owned(), (doc.key_id.clone(), pk.clone(), Instant::now()));
+        self.keys
+            .lock()
+            .expect("keys lock")
+            .insert(server.to_owned(), (doc.key_id.clone(), pk.clone(), Instant::now()));
         if doc.key_id != key_id {
             return Err(bad_signature(format!("{server} signs with {}, not {key_id}", doc.key_id)));
         }
@@ -259,7 +271,13 @@ impl Federation {
     }
 
     /// Checks an incoming request's signature; returns the origin server.
-    pub async fn verify(&self, method: &Method, path_and_query: &str, headers: &HeaderMap, body: &[u8]) -> Result<ServerName, Error> {
+    pub async fn verify(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ServerName, Error> {
         let header = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -356,7 +374,8 @@ impl Federation {
 
     pub async fn leave(&self, home: &str, room_id: &RoomId, user: &UserId) -> Result<(), Failure> {
         let req = FedLeaveRequest { room_id: room_id.clone(), user_id: user.clone() };
-        let _: serde_json::Value = self.call_json(home, Method::POST, &format!("{FEDERATION_PREFIX}/leave"), Some(&req)).await?;
+        let _: serde_json::Value =
+            self.call_json(home, Method::POST, &format!("{FEDERATION_PREFIX}/leave"), Some(&req)).await?;
         Ok(())
     }
 
@@ -368,7 +387,8 @@ impl Federation {
 
     /// The home server's events after `after`.
     pub async fn backfill(&self, room_id: &RoomId, after: u64, limit: u32) -> Result<MessagesResponse, Failure> {
-        let path = format!("{FEDERATION_PREFIX}/rooms/{}/events?after={after}&limit={limit}", Self::enc(room_id.as_str()));
+        let path =
+            format!("{FEDERATION_PREFIX}/rooms/{}/events?after={after}&limit={limit}", Self::enc(room_id.as_str()));
         self.call_json::<(), _>(room_id.server(), Method::GET, &path, None).await
     }
 
@@ -476,7 +496,9 @@ impl Federation {
                         tracing::error!(error = %e, "cannot clear pushed federation events");
                     }
                 }
-                Err(Failure::Refused(status, err)) if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS => {
+                Err(Failure::Refused(status, err))
+                    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS =>
+                {
                     // It will never take these: drop them rather than retry forever.
                     tracing::warn!(%server, %status, errcode = %err.errcode, error = %err.error, "federation push refused; dropped");
                     let _ = self.outbox.remove(&keys);

@@ -45,7 +45,9 @@ impl Hasher {
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`) for `password`.
     pub async fn hash(&self, password: &[u8]) -> String {
         let (reply, answer) = oneshot::channel();
-        self.work.send(Work::Hash { password: password.to_vec(), reply }).expect("hashing threads live as long as the pool");
+        self.work
+            .send(Work::Hash { password: password.to_vec(), reply })
+            .expect("hashing threads live as long as the pool");
         answer.await.expect("hashing threads answer every job")
     }
 

@@ -51,8 +51,14 @@ impl Services {
                     retry_max: config.federation_retry_max,
                 };
                 let outbox = crate::storage::federation::Outbox::open(&db)?;
-                let fed = federation::Federation::new(config.server_name.clone(), &pkcs8, settings, outbox, directory.clone())
-                    .map_err(StorageError::Log)?;
+                let fed = federation::Federation::new(
+                    config.server_name.clone(),
+                    &pkcs8,
+                    settings,
+                    outbox,
+                    directory.clone(),
+                )
+                .map_err(StorageError::Log)?;
                 Some(fed)
             }
         };

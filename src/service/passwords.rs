@@ -31,7 +31,10 @@ impl PasswordPolicy {
     /// The first rule the password breaks, as `(errcode, message)`.
     pub fn check(&self, username: &str, password: &str) -> Result<(), (ErrCode, String)> {
         if password.chars().count() < PASSWORD_MIN {
-            return Err((ErrCode::PasswordTooShort, format!("the password must have at least {PASSWORD_MIN} characters")));
+            return Err((
+                ErrCode::PasswordTooShort,
+                format!("the password must have at least {PASSWORD_MIN} characters"),
+            ));
         }
         if password.len() > PASSWORD_MAX_BYTES {
             return Err((ErrCode::PasswordTooLong, format!("the password must be at most {PASSWORD_MAX_BYTES} bytes")));
@@ -61,11 +64,12 @@ impl Default for PasswordPolicy {
 fn too_similar(password: &str, username: &str) -> bool {
     let password = password.to_lowercase();
     let value = username.to_lowercase();
-    let mut parts: Vec<&str> = value.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|p| !p.is_empty()).collect();
+    let mut parts: Vec<&str> =
+        value.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|p| !p.is_empty()).collect();
     parts.push(&value);
-    parts.into_iter().any(|part| {
-        !exceeds_maximum_length_ratio(&password, part) && quick_ratio(&password, part) >= MAX_SIMILARITY
-    })
+    parts
+        .into_iter()
+        .any(|part| !exceeds_maximum_length_ratio(&password, part) && quick_ratio(&password, part) >= MAX_SIMILARITY)
 }
 
 fn exceeds_maximum_length_ratio(password: &str, value: &str) -> bool {

@@ -59,8 +59,12 @@ fn not_member(room: &Room) -> Error {
 }
 
 fn to_room(rec: RoomRecord) -> Result<Room> {
-    let corrupt = |e: crate::protocol::IdError| crate::storage::StorageError::Corrupt { tree: "rooms", detail: e.to_string() };
-    Ok(Room { room_id: RoomId::parse(&rec.room_id).map_err(corrupt)?, alias: RoomAlias::parse(&rec.alias).map_err(corrupt)? })
+    let corrupt =
+        |e: crate::protocol::IdError| crate::storage::StorageError::Corrupt { tree: "rooms", detail: e.to_string() };
+    Ok(Room {
+        room_id: RoomId::parse(&rec.room_id).map_err(corrupt)?,
+        alias: RoomAlias::parse(&rec.alias).map_err(corrupt)?,
+    })
 }
 
 fn stripe_of(key: impl Hash) -> usize {
@@ -199,7 +203,10 @@ impl Rooms {
     /// Joins a room homed on `home` through that server, then keeps a replica.
     async fn join_remote(&self, user: &UserId, home: &str, room: &str) -> Result<Room> {
         let Some(fed) = &self.federation else {
-            return Err(Error::refused(ErrCode::RoomNotFound, format!("{room} is on {home}, and federation is off here")));
+            return Err(Error::refused(
+                ErrCode::RoomNotFound,
+                format!("{room} is on {home}, and federation is off here"),
+            ));
         };
         let answer = fed.join(home, room, user).await.map_err(|f| f.into_error(home))?;
         if answer.room_id.server() != home || answer.alias.server() != home {
@@ -208,7 +215,8 @@ impl Rooms {
                 format!("{home} answered with a room it is not home to ({})", answer.room_id),
             ));
         }
-        let rec = RoomRecord { room_id: answer.room_id.to_string(), alias: answer.alias.to_string(), created_ms: now_ms() };
+        let rec =
+            RoomRecord { room_id: answer.room_id.to_string(), alias: answer.alias.to_string(), created_ms: now_ms() };
         let room = to_room(self.store.create(&rec).await?)?;
         let changes: Vec<(String, bool)> = answer.members.iter().map(|m| (m.to_string(), true)).collect();
         self.store.set_members(room.room_id.as_str(), &changes, now_ms()).await?;
@@ -342,7 +350,10 @@ impl Rooms {
             let mut restart_at = None;
             if *page.epoch != *head.epoch {
                 // The home's log is not the one we hold: take it from its start.
-                page = fed.backfill(room_id, page.earliest_seq.saturating_sub(1), BACKFILL_PAGE).await.map_err(|f| f.into_error(&home))?;
+                page = fed
+                    .backfill(room_id, page.earliest_seq.saturating_sub(1), BACKFILL_PAGE)
+                    .await
+                    .map_err(|f| f.into_error(&home))?;
                 restart_at = Some(page.earliest_seq);
             } else if page.earliest_seq > head.latest + 1 {
                 // The home trimmed what we missed: go on from what it keeps.
@@ -368,7 +379,9 @@ impl Rooms {
             };
             for rec in rooms {
                 let Ok(room) = to_room(rec) else { continue };
-                if !self.is_remote(&room.room_id) || !self.has_member_from(&room, self.server_name.as_str()).unwrap_or(false) {
+                if !self.is_remote(&room.room_id)
+                    || !self.has_member_from(&room, self.server_name.as_str()).unwrap_or(false)
+                {
                     continue;
                 }
                 if let Err(e) = self.catch_up(&room.room_id).await {
@@ -401,7 +414,13 @@ impl Rooms {
     }
 
     /// A page of a room homed here, for a server with members in it.
-    pub async fn events_for_server(&self, origin: &ServerName, room_id: &RoomId, after: u64, limit: u32) -> Result<crate::protocol::rooms::MessagesResponse> {
+    pub async fn events_for_server(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        after: u64,
+        limit: u32,
+    ) -> Result<crate::protocol::rooms::MessagesResponse> {
         let room = self.resolve(&RoomRef::Id(room_id.clone()))?;
         if self.is_remote(&room.room_id) {
             return Err(not_found(room_id));

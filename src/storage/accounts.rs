@@ -2,8 +2,8 @@
 //! SHA-256 hashes; passwords only as the PHC strings the service hands us.
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::{StorageError, json_record, key, to_record};
 
@@ -41,20 +41,13 @@ pub struct AccountStore {
 
 impl AccountStore {
     pub fn open(db: &super::Db) -> Result<Self, StorageError> {
-        Ok(Self {
-            db: db.clone(),
-            users: db.tree("users")?,
-            tokens: db.tree("tokens")?,
-            devices: db.tree("devices")?,
-        })
+        Ok(Self { db: db.clone(), users: db.tree("users")?, tokens: db.tree("tokens")?, devices: db.tree("devices")? })
     }
 
     /// Creates the account unless the username is taken; durable on `Ok(true)`.
     pub async fn create(&self, username: &str, record: &AccountRecord) -> Result<bool, StorageError> {
-        let created = self
-            .users
-            .compare_and_swap(username.as_bytes(), None as Option<&[u8]>, Some(to_record(record)))?
-            .is_ok();
+        let created =
+            self.users.compare_and_swap(username.as_bytes(), None as Option<&[u8]>, Some(to_record(record)))?.is_ok();
         if created {
             self.db.sync().await?;
         }
@@ -74,7 +67,11 @@ impl AccountStore {
         token_hash: &[u8; 32],
         now_ms: u64,
     ) -> Result<(), StorageError> {
-        let device = to_record(&DeviceRecord { name: name.map(str::to_owned), created_ms: now_ms, token_hash: token_hash.to_vec() });
+        let device = to_record(&DeviceRecord {
+            name: name.map(str::to_owned),
+            created_ms: now_ms,
+            token_hash: token_hash.to_vec(),
+        });
         let token = to_record(&TokenRecord { user_id: user_id.to_owned(), device_id: device_id.to_owned() });
         let dkey = key(&[user_id.as_bytes(), device_id.as_bytes()]);
         (&self.devices, &self.tokens).transaction(|(devices, tokens)| {
@@ -111,15 +108,18 @@ impl AccountStore {
         for item in self.devices.scan_prefix(&prefix) {
             let (dkey, v) = item?;
             let dev: DeviceRecord = json_record("devices", &v)?;
-            let hash: [u8; 32] = dev.token_hash.as_slice().try_into().map_err(|_| StorageError::Corrupt {
-                tree: "devices",
-                detail: "token hash is not 32 bytes".into(),
-            })?;
-            (&self.devices, &self.tokens).transaction(|(devices, tokens): &(TransactionalTree, TransactionalTree)| {
-                tokens.remove(&hash[..])?;
-                devices.remove(&dkey)?;
-                Ok::<_, ConflictableTransactionError<StorageError>>(())
-            })?;
+            let hash: [u8; 32] = dev
+                .token_hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| StorageError::Corrupt { tree: "devices", detail: "token hash is not 32 bytes".into() })?;
+            (&self.devices, &self.tokens).transaction(
+                |(devices, tokens): &(TransactionalTree, TransactionalTree)| {
+                    tokens.remove(&hash[..])?;
+                    devices.remove(&dkey)?;
+                    Ok::<_, ConflictableTransactionError<StorageError>>(())
+                },
+            )?;
             revoked.push(hash);
         }
         self.db.sync().await?;

@@ -21,7 +21,13 @@ pub fn load_or_create_key(dir: &Path, generate: impl FnOnce() -> Vec<u8>) -> Res
             use std::os::unix::fs::OpenOptionsExt as _;
             let pkcs8 = generate();
             let tmp = dir.join(format!("{KEY_FILE}.tmp"));
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io)?;
             f.write_all(&pkcs8).and_then(|()| f.sync_all()).map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)?;
             std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;

@@ -31,7 +31,8 @@ fn prefix_of(part: &str) -> Vec<u8> {
 }
 
 fn suffix_after_prefix(k: &[u8], prefix_len: usize) -> Result<String, StorageError> {
-    String::from_utf8(k[prefix_len..].to_vec()).map_err(|e| StorageError::Corrupt { tree: "members", detail: e.to_string() })
+    String::from_utf8(k[prefix_len..].to_vec())
+        .map_err(|e| StorageError::Corrupt { tree: "members", detail: e.to_string() })
 }
 
 impl RoomStore {
@@ -72,7 +73,10 @@ impl RoomStore {
             }
             Some(id) => {
                 let id = String::from_utf8_lossy(&id).into_owned();
-                self.room(&id)?.ok_or(StorageError::Corrupt { tree: "aliases", detail: format!("alias points to missing room {id}") })
+                self.room(&id)?.ok_or(StorageError::Corrupt {
+                    tree: "aliases",
+                    detail: format!("alias points to missing room {id}"),
+                })
             }
         }
     }
@@ -82,12 +86,23 @@ impl RoomStore {
     }
 
     /// Records (or removes) a membership in both directions; durable on return.
-    pub async fn set_member(&self, room_id: &str, user_id: &str, member: bool, now_ms: u64) -> Result<(), StorageError> {
+    pub async fn set_member(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        member: bool,
+        now_ms: u64,
+    ) -> Result<(), StorageError> {
         self.set_members(room_id, &[(user_id.to_owned(), member)], now_ms).await
     }
 
     /// Applies several membership changes of one room at once; durable on return.
-    pub async fn set_members(&self, room_id: &str, changes: &[(String, bool)], now_ms: u64) -> Result<(), StorageError> {
+    pub async fn set_members(
+        &self,
+        room_id: &str,
+        changes: &[(String, bool)],
+        now_ms: u64,
+    ) -> Result<(), StorageError> {
         if changes.is_empty() {
             return Ok(());
         }

@@ -8,8 +8,8 @@
 //! skipped; a hole is filled from the log, or reported as `gap`.
 
 use std::future::Future;
-use std::task::Poll;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -194,7 +194,9 @@ impl State {
                 .await;
                 match wake {
                     Wake::Shutdown => return Err(End::Close(close::GOING_AWAY, "server shutting down")),
-                    Wake::AuthTimeout => return Err(End::Close(close::AUTH_TIMEOUT, "authenticate within the auth timeout")),
+                    Wake::AuthTimeout => {
+                        return Err(End::Close(close::AUTH_TIMEOUT, "authenticate within the auth timeout"));
+                    }
                     Wake::Writable => self.io.try_flush()?,
                     Wake::Answer(frame) => self.write(frame)?,
                     Wake::Queued => {
@@ -274,7 +276,12 @@ impl State {
         if e.code() == ErrCode::Internal {
             tracing::error!(error = %e, "internal error on websocket");
         }
-        self.write(ServerFrame::Error { id, errcode: e.code(), error: e.public_message(), retry_after_ms: e.retry_after_ms() })
+        self.write(ServerFrame::Error {
+            id,
+            errcode: e.code(),
+            error: e.public_message(),
+            retry_after_ms: e.retry_after_ms(),
+        })
     }
 
     fn authenticated(&mut self, session: Session, id: Option<String>) -> Result<(), End> {
@@ -313,7 +320,11 @@ impl State {
                 }
                 Outgoing::Left { room } => {
                     if self.subs.remove(&room).is_some() {
-                        let f = ServerFrame::Unsubscribed { id: None, room_id: (*room).clone(), reason: Some("left".into()) };
+                        let f = ServerFrame::Unsubscribed {
+                            id: None,
+                            room_id: (*room).clone(),
+                            reason: Some("left".into()),
+                        };
                         self.io.queue(frame::text(&f.to_json()));
                     }
                 }
@@ -448,15 +459,17 @@ impl State {
                 }
             }
             ClientFrame::Subscribe { id, room, since } => self.subscribe(id, &room, since).await,
-            ClientFrame::Unsubscribe { id, room } => match Rooms::parse_ref(&room).and_then(|r| self.app.services.rooms.resolve(&r)) {
-                Ok(r) => {
-                    let conn = self.conn().clone();
-                    self.app.services.hub.unsubscribe(&r.room_id, &conn);
-                    self.subs.remove(&r.room_id);
-                    self.write(ServerFrame::Unsubscribed { id, room_id: r.room_id, reason: None })
+            ClientFrame::Unsubscribe { id, room } => {
+                match Rooms::parse_ref(&room).and_then(|r| self.app.services.rooms.resolve(&r)) {
+                    Ok(r) => {
+                        let conn = self.conn().clone();
+                        self.app.services.hub.unsubscribe(&r.room_id, &conn);
+                        self.subs.remove(&r.room_id);
+                        self.write(ServerFrame::Unsubscribed { id, room_id: r.room_id, reason: None })
+                    }
+                    Err(e) => self.error(id, &e),
                 }
-                Err(e) => self.error(id, &e),
-            },
+            }
             ClientFrame::Send { id, room, txn_id, body } => {
                 if !valid_txn_id(&txn_id) {
                     let e = Error::refused(ErrCode::InvalidField, "txn_id: 1 to 64 characters of A-Z a-z 0-9 . _ ~ -");
@@ -502,7 +515,8 @@ impl State {
             Err(e) => return self.error(id, &e),
         };
         if !self.subs.contains(&room.room_id) && self.subs.len() >= WS_MAX_SUBSCRIPTIONS {
-            let e = Error::refused(ErrCode::TooManySubscriptions, format!("at most {WS_MAX_SUBSCRIPTIONS} subscriptions"));
+            let e =
+                Error::refused(ErrCode::TooManySubscriptions, format!("at most {WS_MAX_SUBSCRIPTIONS} subscriptions"));
             return self.error(id, &e);
         }
         // Subscribe to live events before reading the head: whatever is

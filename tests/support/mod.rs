@@ -300,13 +300,7 @@ impl Harness {
 }
 
 fn placeholder(addr: SocketAddr) -> TestServer {
-    TestServer {
-        addr,
-        url: String::new(),
-        data_dir: PathBuf::new(),
-        shutdown: None,
-        task: None,
-    }
+    TestServer { addr, url: String::new(), data_dir: PathBuf::new(), shutdown: None, task: None }
 }
 
 /// Instantiates each named `async fn(Backend)` as a test on both backends.
@@ -328,7 +322,10 @@ macro_rules! backend_tests {
 #[derive(Clone)]
 pub struct Api {
     pub base: String,
-    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, http_body_util::Full<bytes::Bytes>>,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
 }
 
 pub const P: &str = "/_parlor/client/v1";
@@ -353,11 +350,21 @@ impl Api {
         let status = resp.status().as_u16();
         use http_body_util::BodyExt;
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let v = if bytes.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&bytes).expect("JSON answer") };
+        let v = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON answer")
+        };
         (status, v)
     }
 
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let bytes = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
         self.raw(method, &format!("{P}{path}"), token, bytes).await
     }
@@ -388,8 +395,13 @@ impl Api {
     }
 
     pub async fn send(&self, token: &str, room: &str, txn: &str, body: &str) -> (u16, serde_json::Value) {
-        self.call("PUT", &format!("/rooms/{}/send/{txn}", enc(room)), Some(token), Some(serde_json::json!({"body": body})))
-            .await
+        self.call(
+            "PUT",
+            &format!("/rooms/{}/send/{txn}", enc(room)),
+            Some(token),
+            Some(serde_json::json!({"body": body})),
+        )
+        .await
     }
 
     pub async fn messages(&self, token: &str, room: &str, query: &str) -> (u16, serde_json::Value) {

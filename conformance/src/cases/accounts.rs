@@ -58,8 +58,8 @@ fn valid_server_name(name: &str) -> bool {
             None => (name, None),
         }
     };
-    let host_ok = !host.is_empty()
-        && host.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b".-:".contains(&c));
+    let host_ok =
+        !host.is_empty() && host.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b".-:".contains(&c));
     let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
     host_ok && port_ok
 }
@@ -90,7 +90,8 @@ async fn register_returns_user_id(ctx: &Ctx) -> Result<()> {
 
 async fn register_folds_case(ctx: &Ctx) -> Result<()> {
     let lower = ctx.username("fold");
-    let mixed: String = lower.chars().enumerate().map(|(i, c)| if i % 2 == 0 { c.to_ascii_uppercase() } else { c }).collect();
+    let mixed: String =
+        lower.chars().enumerate().map(|(i, c)| if i % 2 == 0 { c.to_ascii_uppercase() } else { c }).collect();
     let v = ctx.register_raw(&mixed, GOOD_PASSWORD).await?.ok(201, "register_response")?;
     check_eq!(s(&v, "user_id"), ctx.user_id(&lower).as_str(), "user_id of {mixed}");
     Ok(())
@@ -240,7 +241,11 @@ async fn login_new_device_each_time(ctx: &Ctx) -> Result<()> {
     check!(a.device_id != b.device_id, "two logins gave one device_id {}", a.device_id);
     check!(a.token != b.token, "two logins gave one token");
     for u in [&a, &b] {
-        let w = ctx.http.send(Request::get(Ctx::api("/account/whoami")).token(&u.token)).await?.ok(200, "whoami_response")?;
+        let w = ctx
+            .http
+            .send(Request::get(Ctx::api("/account/whoami")).token(&u.token))
+            .await?
+            .ok(200, "whoami_response")?;
         check_eq!(s(&w, "device_id"), u.device_id.as_str(), "whoami device_id");
     }
     Ok(())
@@ -279,11 +284,7 @@ async fn login_no_user_enumeration(ctx: &Ctx) -> Result<()> {
     }
     for (w, g) in &answers {
         let (wv, gv) = (w.err(401, "invalid_credentials")?, g.err(401, "invalid_credentials")?);
-        check_eq!(
-            gv,
-            wv,
-            "the answer for an unknown user differs from the one for a wrong password (it tells which)"
-        );
+        check_eq!(gv, wv, "the answer for an unknown user differs from the one for a wrong password (it tells which)");
     }
     // Loose timing: an unknown user must cost a hash too. Only a gap of 5x or
     // more is called out, so a busy machine does not fail the case.
@@ -297,7 +298,11 @@ async fn login_no_user_enumeration(ctx: &Ctx) -> Result<()> {
 
 async fn whoami(ctx: &Ctx) -> Result<()> {
     let user = ctx.shared(0).await?;
-    let v = ctx.http.send(Request::get(Ctx::api("/account/whoami")).token(&user.token)).await?.ok(200, "whoami_response")?;
+    let v = ctx
+        .http
+        .send(Request::get(Ctx::api("/account/whoami")).token(&user.token))
+        .await?
+        .ok(200, "whoami_response")?;
     check_eq!(s(&v, "user_id"), user.user_id.as_str(), "user_id");
     check_eq!(s(&v, "device_id"), user.device_id.as_str(), "device_id");
     Ok(())
@@ -314,10 +319,7 @@ async fn missing_token(ctx: &Ctx) -> Result<()> {
 async fn unknown_token(ctx: &Ctx) -> Result<()> {
     let made_up = "A".repeat(43);
     for token in [made_up.as_str(), "short", "not base64 at all!"] {
-        ctx.http
-            .send(Request::get(Ctx::api("/account/whoami")).token(token))
-            .await?
-            .err(401, "unknown_token")?;
+        ctx.http.send(Request::get(Ctx::api("/account/whoami")).token(token)).await?.err(401, "unknown_token")?;
     }
     Ok(())
 }

@@ -4,11 +4,11 @@
 use http::Method;
 use serde_json::json;
 
+use crate::case;
 use crate::ctx::Ctx;
 use crate::failure::Result;
 use crate::http::{Request, enc};
 use crate::runner::Case;
-use crate::case;
 
 pub fn cases() -> Vec<Case> {
     vec![
@@ -52,7 +52,10 @@ async fn order_body_before_auth(ctx: &Ctx) -> Result<()> {
 async fn order_auth_before_params(ctx: &Ctx) -> Result<()> {
     let path = Ctx::api(&format!("/rooms/{}/send/{}", enc("bad room!"), enc("bad$txn")));
     ctx.http.send(Request::put(path.clone()).json(&json!({"body": "x"}))).await?.err(401, "missing_token")?;
-    ctx.http.send(Request::put(path).token("not-a-token").json(&json!({"body": "x"}))).await?.err(401, "unknown_token")?;
+    ctx.http
+        .send(Request::put(path).token("not-a-token").json(&json!({"body": "x"})))
+        .await?
+        .err(401, "unknown_token")?;
     Ok(())
 }
 

@@ -129,7 +129,8 @@ async fn gap_free_resume_while_others_write(ctx: &Ctx) -> Result<()> {
         drop(first);
         let last = *seen.last().unwrap_or(&start);
         let mut again = ctx.ws(&b).await?;
-        let (gap, replay, cu) = subscribe(&mut again, &room.room_id, Some(json!({"epoch": epoch, "seq": last}))).await?;
+        let (gap, replay, cu) =
+            subscribe(&mut again, &room.room_id, Some(json!({"epoch": epoch, "seq": last}))).await?;
         check!(gap.is_none(), "gap on resuming from a cursor the log still holds: {gap:?}");
         let replayed = seqs(&json!(replay));
         check_eq!(n(&cu, "seq"), replayed.last().copied().unwrap_or(last), "caught_up seq vs last replayed");
@@ -178,8 +179,9 @@ async fn slow_consumer_closed_4008(ctx: &Ctx) -> Result<()> {
     let room = ctx.room(&writer, "slow").await?;
     ctx.join(&slow_user, &room.room_id).await?;
     ctx.join(&fast_user, &room.room_id).await?;
-    let mut slow =
-        ctx.ws_with(&WsOptions { token: Some(slow_user.token.clone()), small_recv_buffer: true, ..Default::default() }).await?;
+    let mut slow = ctx
+        .ws_with(&WsOptions { token: Some(slow_user.token.clone()), small_recv_buffer: true, ..Default::default() })
+        .await?;
     slow.expect("ready").await?;
     let (_, _, cu) = subscribe(&mut slow, &room.room_id, None).await?;
     let (epoch, start) = (s(&cu, "epoch").to_owned(), n(&cu, "seq"));
@@ -216,7 +218,11 @@ async fn slow_consumer_closed_4008(ctx: &Ctx) -> Result<()> {
             Ok(Incoming::Closed(code)) => fail!("slow consumer closed with {code:?}, expected 4008"),
             Ok(Incoming::Dropped(why)) => fail!("slow consumer dropped without a close frame: {why}"),
             Err(Failure::Timeout(..)) => {
-                fail!("a subscriber that read nothing while ~10 MB of events queued was never closed with 4008 (it got {} of {} events)", seen - start, last - start)
+                fail!(
+                    "a subscriber that read nothing while ~10 MB of events queued was never closed with 4008 (it got {} of {} events)",
+                    seen - start,
+                    last - start
+                )
             }
             Err(e) => return Err(e),
         }
@@ -258,7 +264,10 @@ async fn bad_input_loses_nothing(ctx: &Ctx) -> Result<()> {
     let mut ws = ctx.ws(&a).await?;
     ws.send_text("{oops").await?;
     ws.expect_error("malformed_json", None).await?;
-    ws.send_text(json!({"type": "send", "room": room.room_id, "txn_id": txn, "body": "overwrite", "id": "o"}).to_string()).await?;
+    ws.send_text(
+        json!({"type": "send", "room": room.room_id, "txn_id": txn, "body": "overwrite", "id": "o"}).to_string(),
+    )
+    .await?;
     ws.expect_error("txn_conflict", Some("o")).await?;
     let _ = ws.send_message(Message::text("x".repeat(100_000))).await;
     let _ = ws.expect_close(Duration::from_secs(10)).await?;

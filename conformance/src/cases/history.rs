@@ -134,7 +134,11 @@ async fn event_fields(ctx: &Ctx) -> Result<()> {
     let page = ctx.messages(&user, &room.room_id, "").await?;
     let events = page["events"].as_array().cloned().unwrap_or_default();
     check_eq!(events.len(), 2, "events");
-    check!(s(&events[0], "type") == "join" && events[0].get("body").is_none_or(|b| b.is_null()), "event 1: {}", events[0]);
+    check!(
+        s(&events[0], "type") == "join" && events[0].get("body").is_none_or(|b| b.is_null()),
+        "event 1: {}",
+        events[0]
+    );
     check!(s(&events[1], "type") == "message" && !s(&events[1], "body").is_empty(), "event 2: {}", events[1]);
     for e in &events {
         check_eq!(s(e, "sender"), user.user_id.as_str(), "sender of {e}");

@@ -35,9 +35,13 @@ async fn send_appends_event(ctx: &Ctx) -> Result<()> {
     check_eq!(s(e, "type"), "message", "type");
     check_eq!(s(e, "sender"), user.user_id.as_str(), "sender");
     check_eq!(s(e, "body"), body, "body, byte for byte");
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     let ts = n(e, "ts");
-    check!(ts.abs_diff(now_ms) < 10 * 60 * 1000, "ts {ts} is not milliseconds since the Unix epoch near now ({now_ms})");
+    check!(
+        ts.abs_diff(now_ms) < 10 * 60 * 1000,
+        "ts {ts} is not milliseconds since the Unix epoch near now ({now_ms})"
+    );
     // Another send in a room by alias and by bare name reaches the same room.
     let v2 = ctx.send(&user, &room.alias, &ctx.txn(), "by alias").await?;
     let v3 = ctx.send(&user, &room.name, &ctx.txn(), "by name").await?;

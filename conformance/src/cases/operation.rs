@@ -23,7 +23,11 @@ async fn healthz_ok(ctx: &Ctx) -> Result<()> {
     }
     let v = ctx.http.send(Request::get("/healthz").own_error_body()).await?.ok(200, "health_response")?;
     check_eq!(s(&v, "status"), "ok", "status");
-    check!(["embedded", "redis"].contains(&s(&v, "room_log")), "room_log {:?} is neither embedded nor redis", v["room_log"]);
+    check!(
+        ["embedded", "redis"].contains(&s(&v, "room_log")),
+        "room_log {:?} is neither embedded nor redis",
+        v["room_log"]
+    );
     Ok(())
 }
 

@@ -30,7 +30,8 @@ fn check_429(resp: &Response) -> Result<u64> {
     let Some(ms) = v["retry_after_ms"].as_u64() else { fail!("{}: 429 without retry_after_ms: {v}", resp.what) };
     check!(ms > 0, "{}: retry_after_ms is 0", resp.what);
     let Some(header) = resp.header("retry-after") else { fail!("{}: 429 without a Retry-After header", resp.what) };
-    let secs: u64 = header.trim().parse().map_err(|_| Failure::Check(format!("Retry-After {header:?} is not whole seconds")))?;
+    let secs: u64 =
+        header.trim().parse().map_err(|_| Failure::Check(format!("Retry-After {header:?} is not whole seconds")))?;
     // Seconds rounded up; the two are computed a moment apart, so allow one off.
     check!(secs.abs_diff(ms.div_ceil(1000)) <= 1, "Retry-After {secs} s does not match retry_after_ms {ms}");
     Ok(ms)
@@ -38,7 +39,12 @@ fn check_429(resp: &Response) -> Result<u64> {
 
 /// Sends `make(i)` until a 429 (returned) or `max` attempts; every other
 /// answer must have the errcode `expected` (or be a success when it is None).
-async fn until_429(ctx: &Ctx, max: usize, expected: Option<&str>, make: impl Fn(usize) -> Request) -> Result<(usize, Response)> {
+async fn until_429(
+    ctx: &Ctx,
+    max: usize,
+    expected: Option<&str>,
+    make: impl Fn(usize) -> Request,
+) -> Result<(usize, Response)> {
     for i in 0..max {
         let resp = ctx.http.send(make(i)).await?;
         if resp.status == 429 {
@@ -63,7 +69,8 @@ async fn register_per_address(ctx: &Ctx) -> Result<()> {
 
 async fn login_per_username(ctx: &Ctx) -> Result<()> {
     let target = ctx.username("rlu");
-    let login = |name: &str| Request::post(Ctx::api("/login")).json(&json!({"username": name, "password": "#Wrong!pass%9"}));
+    let login =
+        |name: &str| Request::post(Ctx::api("/login")).json(&json!({"username": name, "password": "#Wrong!pass%9"}));
     let (n, _) = until_429(ctx, 12, Some("invalid_credentials"), |_| login(&target)).await?;
     check!(n <= 11, "the 429 came only at attempt {n}; the per-username burst is 10");
     // Another username from the same address is not limited by that bucket
@@ -120,7 +127,10 @@ async fn send_per_user(ctx: &Ctx) -> Result<()> {
                 match (s(&f, "type"), s(&f, "errcode")) {
                     ("ack", _) => acks += 1,
                     ("error", "rate_limited") => {
-                        check!(f["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "rate_limited frame without retry_after_ms: {f}");
+                        check!(
+                            f["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+                            "rate_limited frame without retry_after_ms: {f}"
+                        );
                         limited.get_or_insert(f);
                     }
                     _ => fail!("unexpected answer to a send: {f}"),
@@ -165,7 +175,10 @@ async fn send_per_user(ctx: &Ctx) -> Result<()> {
     check_eq!(events.len() as u64, acks + http_acks + 1, "events stored (join + acknowledged sends)");
     // And after waiting as told, sending works again.
     tokio::time::sleep(Duration::from_millis(wait + 50)).await;
-    ctx.http.send(Ctx::send_req(&user, &room.room_id, &ctx.txn(), &json!({"body": "later"}))).await?.ok(200, "send_response")?;
+    ctx.http
+        .send(Ctx::send_req(&user, &room.room_id, &ctx.txn(), &json!({"body": "later"})))
+        .await?
+        .ok(200, "send_response")?;
     for ws in sockets {
         ws.close().await;
     }

@@ -99,7 +99,10 @@ pub(super) async fn read_replay(ws: &mut Ws, room_id: &str, id: &str) -> Result<
                 events.push(f["event"].clone());
             }
             "caught_up" => {
-                check!(epoch.as_ref().is_none_or(|x| x == s(&f, "epoch")), "caught_up in another epoch than the events: {f}");
+                check!(
+                    epoch.as_ref().is_none_or(|x| x == s(&f, "epoch")),
+                    "caught_up in another epoch than the events: {f}"
+                );
                 check_eq!(s(&f, "id"), id, "id echoed by caught_up");
                 return Ok((gap, events, f));
             }
@@ -117,7 +120,11 @@ pub(super) async fn next_frame(ws: &mut Ws) -> Result<Value> {
 }
 
 /// Subscribes and reads up to `caught_up`.
-pub(super) async fn subscribe(ws: &mut Ws, room_id: &str, since: Option<Value>) -> Result<(Option<Value>, Vec<Value>, Value)> {
+pub(super) async fn subscribe(
+    ws: &mut Ws,
+    room_id: &str,
+    since: Option<Value>,
+) -> Result<(Option<Value>, Vec<Value>, Value)> {
     let mut frame = json!({"type": "subscribe", "room": room_id, "id": "sub"});
     if let Some(since) = since {
         frame["since"] = since;
@@ -146,7 +153,8 @@ pub async fn ws_send(ws: &mut Ws, room: &str, txn: &str, body: &str, id: &str) -
             next_frame(ws).await?
         };
         if s(&v, "type") == "error" && s(&v, "errcode") == "rate_limited" {
-            tokio::time::sleep(Duration::from_millis(v["retry_after_ms"].as_u64().unwrap_or(1000).clamp(50, 10_000))).await;
+            tokio::time::sleep(Duration::from_millis(v["retry_after_ms"].as_u64().unwrap_or(1000).clamp(50, 10_000)))
+                .await;
             continue;
         }
         check!(s(&v, "type") == "ack", "expected an ack, got {v}");
@@ -193,7 +201,11 @@ async fn forbidden_origin_refused(ctx: &Ctx) -> Result<()> {
 
 async fn same_origin_allowed(ctx: &Ctx) -> Result<()> {
     let user = ctx.shared(0).await?;
-    let opts = WsOptions { token: Some(user.token.clone()), origin: Some(format!("http://{}", ctx.authority)), ..Default::default() };
+    let opts = WsOptions {
+        token: Some(user.token.clone()),
+        origin: Some(format!("http://{}", ctx.authority)),
+        ..Default::default()
+    };
     let mut ws = ctx.ws_with(&opts).await?;
     ws.expect("ready").await?;
     ws.close().await;
@@ -427,7 +439,11 @@ async fn send_idempotent(ctx: &Ctx) -> Result<()> {
     let txn = ctx.txn();
     let first = ws_send(&mut ws, &room.room_id, &txn, "twice", "s1").await?;
     let again = ws_send(&mut ws, &room.room_id, &txn, "twice", "s2").await?;
-    check_eq!((s(&again, "event_id"), n(&again, "seq")), (s(&first, "event_id"), n(&first, "seq")), "ack of a retried send");
+    check_eq!(
+        (s(&again, "event_id"), n(&again, "seq")),
+        (s(&first, "event_id"), n(&first, "seq")),
+        "ack of a retried send"
+    );
     // Begun over HTTP, retried over the socket (same device).
     let txn2 = ctx.txn();
     let http = ctx.send(&a, &room.room_id, &txn2, "cross").await?;
@@ -472,7 +488,8 @@ async fn send_bad_txn_id(ctx: &Ctx) -> Result<()> {
     let a = ctx.shared(0).await?;
     let room = ctx.room(&a, "wstxn").await?;
     let mut ws = ctx.ws(&a).await?;
-    for (id, txn) in [("space", "a b".to_owned()), ("slash", "a/b".to_owned()), ("long", "t".repeat(65)), ("empty", String::new())]
+    for (id, txn) in
+        [("space", "a b".to_owned()), ("slash", "a/b".to_owned()), ("long", "t".repeat(65)), ("empty", String::new())]
     {
         ws.send(json!({"type": "send", "room": room.room_id, "txn_id": txn, "body": "x", "id": id})).await?;
         ws.expect_error("invalid_field", Some(id)).await?;
@@ -526,7 +543,8 @@ async fn live_order_across_clients(ctx: &Ctx) -> Result<()> {
     let (ws_acks, http_acks) = tokio::join!(ws_writer, http_writer);
     let (ws_acks, http_acks) = (ws_acks?, http_acks?);
     let history = ctx.messages(&users[0], &room.room_id, "after=3&limit=1000").await?;
-    let expected: Vec<String> = history["events"].as_array().into_iter().flatten().map(|e| s(e, "event_id").to_owned()).collect();
+    let expected: Vec<String> =
+        history["events"].as_array().into_iter().flatten().map(|e| s(e, "event_id").to_owned()).collect();
     check_eq!(seqs(&history["events"]), range(4, 3 + 2 * EACH as u64), "seqs in history");
     for (i, ws) in subs.iter_mut().enumerate() {
         let got = live_events(ws, &room.room_id, 2 * EACH).await?;
@@ -607,7 +625,10 @@ async fn gap_when_trimmed(ctx: &Ctx) -> Result<()> {
     let (epoch, earliest) = (s(&page, "epoch").to_owned(), n(&page, "earliest_seq"));
     check_eq!(n(&page, "latest_seq"), latest, "latest_seq");
     check!(earliest > 1, "nothing trimmed from {latest} events with --retention {keep}: earliest_seq is {earliest}");
-    check!(latest - earliest + 1 >= keep, "fewer than {keep} events kept: earliest_seq {earliest}, latest_seq {latest}");
+    check!(
+        latest - earliest + 1 >= keep,
+        "fewer than {keep} events kept: earliest_seq {earliest}, latest_seq {latest}"
+    );
     check_eq!(seqs(&page["events"]), range(earliest, latest), "history holds exactly earliest_seq..=latest_seq");
     let older = ctx.messages(&a, &room.room_id, &format!("before={earliest}")).await?;
     check_eq!(seqs(&older["events"]), Vec::<u64>::new(), "events before earliest_seq");
@@ -615,7 +636,9 @@ async fn gap_when_trimmed(ctx: &Ctx) -> Result<()> {
     let mut ws = ctx.ws(&a).await?;
     let since = json!({"epoch": epoch, "seq": 1});
     let (gap, events, caught_up) = subscribe(&mut ws, &room.room_id, Some(since.clone())).await?;
-    let Some(gap) = gap else { fail!("no gap when resuming from seq 1 after retention trimmed up to {}", earliest - 1) };
+    let Some(gap) = gap else {
+        fail!("no gap when resuming from seq 1 after retention trimmed up to {}", earliest - 1)
+    };
     check_eq!(s(&gap, "reason"), "trimmed", "gap.reason");
     check_eq!(gap["from"], since, "gap.from");
     check_eq!(s(&gap["to"], "epoch"), epoch.as_str(), "gap.to.epoch");
@@ -626,7 +649,8 @@ async fn gap_when_trimmed(ctx: &Ctx) -> Result<()> {
     check_eq!(n(&caught_up, "seq"), latest, "caught_up seq");
     // A cursor the log still covers gets no gap.
     let mut ws2 = ctx.ws(&a).await?;
-    let (gap2, events2, _) = subscribe(&mut ws2, &room.room_id, Some(json!({"epoch": epoch, "seq": latest - 1}))).await?;
+    let (gap2, events2, _) =
+        subscribe(&mut ws2, &room.room_id, Some(json!({"epoch": epoch, "seq": latest - 1}))).await?;
     check!(gap2.is_none(), "gap on a cursor inside the kept range: {gap2:?}");
     check_eq!(seqs(&json!(events2)), vec![latest], "replay from a kept cursor");
     ws.close().await;
@@ -639,7 +663,8 @@ async fn since_beyond_latest_refused(ctx: &Ctx) -> Result<()> {
     let room = room_with(ctx, &a, "beyond", 1).await?;
     let epoch = s(&ctx.messages(&a, &room.room_id, "limit=1").await?, "epoch").to_owned();
     let mut ws = ctx.ws(&a).await?;
-    ws.send(json!({"type": "subscribe", "room": room.room_id, "since": {"epoch": epoch, "seq": 9}, "id": "s1"})).await?;
+    ws.send(json!({"type": "subscribe", "room": room.room_id, "since": {"epoch": epoch, "seq": 9}, "id": "s1"}))
+        .await?;
     ws.expect_error("invalid_field", Some("s1")).await?;
     ws.close().await;
     Ok(())

@@ -34,7 +34,11 @@ use crate::storage::{StorageError, json_record, key};
 const MAX_BATCH: usize = 1024;
 
 enum Job {
-    Append { room: RoomId, event: NewEvent, reply: oneshot::Sender<Result<AppendOutcome, StorageError>> },
+    Append {
+        room: RoomId,
+        event: NewEvent,
+        reply: oneshot::Sender<Result<AppendOutcome, StorageError>>,
+    },
     Import {
         room: RoomId,
         epoch: String,
@@ -365,8 +369,11 @@ impl Writer {
                 None => self.tree.get(tk)?.map(|v| decode_txn(&v)).transpose()?,
             };
             if let Some((fp, seq, event_id)) = known {
-                let outcome =
-                    if fp == txn.fingerprint { AppendOutcome::Repeated { event_id, seq } } else { AppendOutcome::Conflict };
+                let outcome = if fp == txn.fingerprint {
+                    AppendOutcome::Repeated { event_id, seq }
+                } else {
+                    AppendOutcome::Conflict
+                };
                 return Ok((Vec::new(), Prepared::Append(outcome)));
             }
         }
@@ -390,7 +397,12 @@ impl Writer {
     }
 
     /// Writes the room's next event (its seq must be `latest + 1`) and trims to the retention.
-    fn write_event(&mut self, room: &RoomId, event: &Event, writes: &mut sled::Batch) -> Result<Delivery, StorageError> {
+    fn write_event(
+        &mut self,
+        room: &RoomId,
+        event: &Event,
+        writes: &mut sled::Batch,
+    ) -> Result<Delivery, StorageError> {
         let retention = self.retention;
         let st = self.state(room, writes)?;
         let json = serde_json::to_string(event).expect("events serialize");
@@ -480,7 +492,11 @@ fn decode_txn(v: &[u8]) -> Result<([u8; 32], u64, String), StorageError> {
 impl EmbeddedLog {
     /// Opens the log in `db` and starts its writer and syncer threads; the
     /// syncer feeds `sink`.
-    pub fn open(db: &crate::storage::Db, sink: Arc<dyn EventSink>, retention: Option<u64>) -> Result<Self, StorageError> {
+    pub fn open(
+        db: &crate::storage::Db,
+        sink: Arc<dyn EventSink>,
+        retention: Option<u64>,
+    ) -> Result<Self, StorageError> {
         let tree = db.tree("events")?;
         // Unbounded so that `append` can enqueue synchronously (fixing the
         // order at call time); callers bound their own in-flight appends.
@@ -548,7 +564,8 @@ impl EmbeddedLog {
                     Range::Before(n) => ekey(room, n.min(visible_end)),
                     _ => ekey(room, visible_end),
                 };
-                let mut v = self.tree.range(prefix..end).rev().take(limit).map(decode).collect::<Result<Vec<_>, _>>()?;
+                let mut v =
+                    self.tree.range(prefix..end).rev().take(limit).map(decode).collect::<Result<Vec<_>, _>>()?;
                 v.reverse();
                 v
             }

@@ -700,7 +700,12 @@ impl EventLog for RedisLog {
             };
             let latest = parse_u64(latest)?;
             shared.seen.observe(&room, &epoch, parse_u64(generation)?, latest);
-            Ok(Imported { before: parse_u64(before)?, latest, written: parse_u64(written)? as usize, hole: hole == "1" })
+            Ok(Imported {
+                before: parse_u64(before)?,
+                latest,
+                written: parse_u64(written)? as usize,
+                hole: hole == "1",
+            })
         })
     }
 

@@ -34,9 +34,7 @@ impl BitSet {
     }
 
     pub fn contains(&self, i: u64) -> bool {
-        self.0
-            .get((i / 64) as usize)
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+        self.0.get((i / 64) as usize).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 }
 
@@ -100,11 +98,7 @@ pub struct MemberCheck {
 impl MemberCheck {
     /// Start after `caught_up` said the room was at `seq`.
     pub fn new(seq: u64) -> Self {
-        Self {
-            last_seq: seq,
-            seen: BitSet::default(),
-            counts: Counts::default(),
-        }
+        Self { last_seq: seq, seen: BitSet::default(), counts: Counts::default() }
     }
 
     /// The last seq received, the cursor to resume from.
@@ -165,11 +159,7 @@ pub struct SeqBook {
 impl SeqBook {
     /// Seqs above `base` are checked.
     pub fn new(base: u64) -> Self {
-        Self {
-            base,
-            slots: Vec::new(),
-            conflicts: 0,
-        }
+        Self { base, slots: Vec::new(), conflicts: 0 }
     }
 
     /// Record that `seq` holds message `msg`; false (and a conflict) when
@@ -212,13 +202,7 @@ mod tests {
         for (i, seq) in (11..=20).enumerate() {
             assert_eq!(m.on_event(seq, Some(i as u64)), Verdict::New);
         }
-        assert_eq!(
-            m.counts,
-            Counts {
-                delivered: 10,
-                ..Counts::default()
-            }
-        );
+        assert_eq!(m.counts, Counts { delivered: 10, ..Counts::default() });
         assert_eq!(m.lost(10), 0);
         assert_eq!(m.last_seq(), 20);
     }
@@ -282,12 +266,7 @@ mod tests {
         m.on_event(2, Some(1));
         assert_eq!(
             m.counts.since(&before),
-            Counts {
-                delivered: 1,
-                duplicates: 1,
-                seq_regressions: 1,
-                ..Counts::default()
-            }
+            Counts { delivered: 1, duplicates: 1, seq_regressions: 1, ..Counts::default() }
         );
     }
 

@@ -200,10 +200,7 @@ pub struct Outcome {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("chatbench: {e}");
@@ -222,19 +219,13 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<bool> {
-    let Some(server) = cli.server.clone() else {
-        bail!("--server URL is required (or CHATBENCH_SERVER)")
-    };
+    let Some(server) = cli.server.clone() else { bail!("--server URL is required (or CHATBENCH_SERVER)") };
     // Before any socket: the idle workload needs thousands of descriptors.
     let nofile = sys::raise_nofile(1 << 20);
     let api = Api::parse(&server).await?;
-    let server_pid = cli.server_pid.or_else(|| {
-        if api.addr.ip().is_loopback() {
-            sys::find_listener_pid(api.addr.port())
-        } else {
-            None
-        }
-    });
+    let server_pid = cli
+        .server_pid
+        .or_else(|| if api.addr.ip().is_loopback() { sys::find_listener_pid(api.addr.port()) } else { None });
     let ctx = Ctx {
         users: Users::open(&api, cli.users_file.clone()).await?,
         api,
@@ -268,10 +259,7 @@ fn print(j: &Map<String, Value>, as_json: bool) {
         return;
     }
     let name = j.get("workload").and_then(Value::as_str).unwrap_or("?");
-    println!(
-        "== {name} (run {}) ==",
-        j.get("run").cloned().unwrap_or(Value::Null)
-    );
+    println!("== {name} (run {}) ==", j.get("run").cloned().unwrap_or(Value::Null));
     for (k, v) in j {
         if k != "workload" && k != "run" {
             println!("{k:>24}: {v}");
@@ -283,11 +271,7 @@ fn print(j: &Map<String, Value>, as_json: bool) {
 pub fn put_usage(j: &mut Map<String, Value>, u: &UsageReport) {
     use crate::stats::round3;
     let pct = |cpu: f64| {
-        if u.wall_s > 0.0 {
-            round3(100.0 * cpu / u.wall_s)
-        } else {
-            0.0
-        }
+        if u.wall_s > 0.0 { round3(100.0 * cpu / u.wall_s) } else { 0.0 }
     };
     j.insert("wall_s".into(), json!(round3(u.wall_s)));
     j.insert("client_cpu_s".into(), json!(round3(u.client_cpu_s)));

@@ -135,9 +135,7 @@ struct Phase {
 
 impl Phase {
     fn done(&self) -> bool {
-        self.issuing_done
-            && self.acked + self.refused == self.issued
-            && self.delivered >= self.expected
+        self.issuing_done && self.acked + self.refused == self.issued && self.delivered >= self.expected
     }
 }
 
@@ -282,19 +280,9 @@ impl Engine {
     /// Open `m`'s WebSocket, subscribe (from `since` when resuming), wait for
     /// `caught_up` (handling replayed events), then re-send what is unacked
     /// and start the reading task. Returns the `caught_up` seq.
-    async fn connect_member(
-        self: &Rc<Self>,
-        m: &Rc<Member>,
-        since: Option<(String, u64)>,
-    ) -> Result<u64> {
-        let (shared, mut reader) = ws::connect(
-            self.api.addr,
-            &self.api.host,
-            WS_PATH,
-            Some(&m.user.token),
-            self.buf_cap,
-        )
-        .await?;
+    async fn connect_member(self: &Rc<Self>, m: &Rc<Member>, since: Option<(String, u64)>) -> Result<u64> {
+        let (shared, mut reader) =
+            ws::connect(self.api.addr, &self.api.host, WS_PATH, Some(&m.user.token), self.buf_cap).await?;
         self.wait_for(m, &mut reader, "ready").await?;
         let mut sub = json!({"type": "subscribe", "id": "sub", "room": self.rooms[m.room].room_id});
         if let Some((epoch, seq)) = &since {
@@ -302,15 +290,9 @@ impl Engine {
         }
         shared.send_text(sub.to_string().as_bytes())?;
         let (caught, held) = self.wait_for(m, &mut reader, "caught_up").await?;
-        let seq = caught
-            .get("seq")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| anyhow!("caught_up without seq: {caught}"))?;
-        let epoch = caught
-            .get("epoch")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let seq =
+            caught.get("seq").and_then(Value::as_u64).ok_or_else(|| anyhow!("caught_up without seq: {caught}"))?;
+        let epoch = caught.get("epoch").and_then(Value::as_str).unwrap_or_default().to_string();
         if since.is_none() {
             *m.check.borrow_mut() = MemberCheck::new(seq);
         } else if let Some((_, from)) = &since
@@ -321,11 +303,7 @@ impl Engine {
             // the server went back behind the cursor, or live events
             // overtook `caught_up` on the new connection. Both are counted;
             // what follows is still checked.
-            let c = if seq < *from {
-                &self.caught_up_behind
-            } else {
-                &self.live_before_caught_up
-            };
+            let c = if seq < *from { &self.caught_up_behind } else { &self.live_before_caught_up };
             c.set(c.get() + 1);
         }
         *m.epoch.borrow_mut() = epoch;
@@ -356,12 +334,8 @@ impl Engine {
                 r.read_frames(&mut |p, now| {
                     if let Some(v) = self.on_frame(m, p, now) {
                         match v.get("type").and_then(Value::as_str) {
-                            Some(t) if t == want && found.is_none() => {
-                                found = Some((v, m.check.borrow().last_seq()))
-                            }
-                            Some("error") if send_id(&v).is_none() && err.is_none() => {
-                                err = Some(v)
-                            }
+                            Some(t) if t == want && found.is_none() => found = Some((v, m.check.borrow().last_seq())),
+                            Some("error") if send_id(&v).is_none() && err.is_none() => err = Some(v),
                             _ => {}
                         }
                     }
@@ -397,10 +371,7 @@ impl Engine {
                         break;
                     }
                     Err(err) => {
-                        *e.errcodes
-                            .borrow_mut()
-                            .entry(format!("client: {err}"))
-                            .or_default() += 1;
+                        *e.errcodes.borrow_mut().entry(format!("client: {err}")).or_default() += 1;
                         m.closes.borrow_mut().push(None);
                         break;
                     }
@@ -442,11 +413,7 @@ impl Engine {
         let tag = match tag {
             Some(t)
                 if t.msg % rooms == m.room as u64
-                    && self
-                        .sched
-                        .borrow()
-                        .get(t.msg as usize)
-                        .is_some_and(|&s| (s - self.t0) / 1000 == t.sched_us) =>
+                    && self.sched.borrow().get(t.msg as usize).is_some_and(|&s| (s - self.t0) / 1000 == t.sched_us) =>
             {
                 Some(t)
             }
@@ -456,20 +423,13 @@ impl Engine {
             }
             None => None,
         };
-        let verdict = m
-            .check
-            .borrow_mut()
-            .on_event(seq, tag.map(|t| t.msg / rooms));
+        let verdict = m.check.borrow_mut().on_event(seq, tag.map(|t| t.msg / rooms));
         let Some(t) = tag else { return };
         self.rooms[m.room].book.borrow_mut().record(seq, t.msg);
-        if matches!(
-            verdict,
-            crate::check::Verdict::New | crate::check::Verdict::OutOfOrder
-        ) {
+        if matches!(verdict, crate::check::Verdict::New | crate::check::Verdict::OutOfOrder) {
             let mut ph = self.phase.borrow_mut();
             ph.delivered += 1;
-            ph.lat
-                .record_ns(now.saturating_sub(self.t0 + t.sched_us * 1000));
+            ph.lat.record_ns(now.saturating_sub(self.t0 + t.sched_us * 1000));
             ph.last_arrival_ns = ph.last_arrival_ns.max(now);
             if ph.done() {
                 self.done.notify_one();
@@ -497,11 +457,7 @@ impl Engine {
     fn on_control(&self, m: &Member, v: &Value) {
         match v.get("type").and_then(Value::as_str) {
             Some("error") => {
-                let code = v
-                    .get("errcode")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_string();
+                let code = v.get("errcode").and_then(Value::as_str).unwrap_or("?").to_string();
                 *self.errcodes.borrow_mut().entry(code).or_default() += 1;
                 if let Some(g) = send_id(v)
                     && m.unacked.borrow_mut().remove(&g)
@@ -692,8 +648,7 @@ impl Engine {
         let ph = self.phase.borrow();
         let mut counts = Counts::default();
         let mut lost = 0;
-        let (mut gaps, mut unsubscribed, mut foreign, mut closes) =
-            (0, 0, 0, BTreeMap::<String, u64>::new());
+        let (mut gaps, mut unsubscribed, mut foreign, mut closes) = (0, 0, 0, BTreeMap::<String, u64>::new());
         for m in &self.members {
             let c = m.check.borrow().counts.since(&m.phase0.get());
             let expected_m = ph.issued_room[m.room] - ph.refused_room[m.room];
@@ -703,24 +658,13 @@ impl Engine {
             unsubscribed += m.unsubscribed.get();
             foreign += m.foreign.get();
             for code in m.closes.borrow().iter() {
-                *closes
-                    .entry(code.map_or("eof".into(), |c| c.to_string()))
-                    .or_default() += 1;
+                *closes.entry(code.map_or("eof".into(), |c| c.to_string())).or_default() += 1;
             }
         }
-        let conflicts = self
-            .rooms
-            .iter()
-            .map(|r| r.book.borrow().conflicts)
-            .sum::<u64>()
-            - ph.conflicts0;
+        let conflicts = self.rooms.iter().map(|r| r.book.borrow().conflicts).sum::<u64>() - ph.conflicts0;
         let unacked = ph.issued - ph.acked - ph.refused;
         let span = |end: u64| {
-            if end > ph.start_ns {
-                (end - ph.start_ns) as f64 / 1e9
-            } else {
-                0.0
-            }
+            if end > ph.start_ns { (end - ph.start_ns) as f64 / 1e9 } else { 0.0 }
         };
         let deliver_s = span(ph.last_arrival_ns);
         let ack_s = span(ph.last_ack_ns);
@@ -755,20 +699,9 @@ impl Engine {
         j.insert("duration_s".into(), json!(round3(deliver_s)));
         j.insert(
             "deliveries_per_s".into(),
-            json!(if deliver_s > 0.0 {
-                (counts.delivered as f64 / deliver_s).round()
-            } else {
-                0.0
-            }),
+            json!(if deliver_s > 0.0 { (counts.delivered as f64 / deliver_s).round() } else { 0.0 }),
         );
-        j.insert(
-            "sends_per_s".into(),
-            json!(if ack_s > 0.0 {
-                (ph.acked as f64 / ack_s).round()
-            } else {
-                0.0
-            }),
-        );
+        j.insert("sends_per_s".into(), json!(if ack_s > 0.0 { (ph.acked as f64 / ack_s).round() } else { 0.0 }));
         ph.lat.put(&mut j, "");
         ph.ack_lat.put(&mut j, "ack_");
         j.insert("client_lag_p99_ms".into(), json!(round3(ph.lag.q_ms(0.99))));
@@ -776,29 +709,13 @@ impl Engine {
         let (reads, msgs) = ws::io_counts();
         let (reads, msgs) = (reads - ph.io0.0, msgs - ph.io0.1);
         j.insert("client_reads".into(), json!(reads));
-        j.insert(
-            "frames_per_read".into(),
-            json!(if reads > 0 {
-                round3(msgs as f64 / reads as f64)
-            } else {
-                0.0
-            }),
-        );
+        j.insert("frames_per_read".into(), json!(if reads > 0 { round3(msgs as f64 / reads as f64) } else { 0.0 }));
         j.insert("errcodes".into(), json!(*self.errcodes.borrow()));
         j.insert("malformed_frames".into(), json!(self.malformed.get()));
-        j.insert(
-            "stray_acks".into(),
-            json!(self.stray_acks.get() + ph.extra_acks),
-        );
+        j.insert("stray_acks".into(), json!(self.stray_acks.get() + ph.extra_acks));
         j.insert("resent".into(), json!(self.resent.get()));
-        j.insert(
-            "caught_up_behind".into(),
-            json!(self.caught_up_behind.get()),
-        );
-        j.insert(
-            "live_before_caught_up".into(),
-            json!(self.live_before_caught_up.get()),
-        );
+        j.insert("caught_up_behind".into(), json!(self.caught_up_behind.get()));
+        j.insert("live_before_caught_up".into(), json!(self.live_before_caught_up.get()));
         let failures = lost
             + counts.duplicates
             + counts.out_of_order
@@ -844,9 +761,7 @@ impl Engine {
                     // The task may still be winding down after abort(); wait for it to let go.
                     tokio::task::yield_now().await;
                     let since = (m.epoch.borrow().clone(), m.check.borrow().last_seq());
-                    e.connect_member(&m, Some(since))
-                        .await
-                        .with_context(|| format!("resume member {}", m.idx))?;
+                    e.connect_member(&m, Some(since)).await.with_context(|| format!("resume member {}", m.idx))?;
                     Ok(now_ns() - dropped_at)
                 }
             })
@@ -881,9 +796,7 @@ async fn join_rooms(api: &Api, layout: &Layout) -> Result<Vec<String>> {
     let conc = layout.join_concurrency.max(1);
     let distinct = layout.members.min(layout.users.len());
     let users = &layout.users[..distinct];
-    let names: Vec<String> = (0..layout.rooms)
-        .map(|r| format!("{}-r{r}", layout.room_prefix))
-        .collect();
+    let names: Vec<String> = (0..layout.rooms).map(|r| format!("{}-r{r}", layout.room_prefix)).collect();
     let by_chunks = |pairs: Vec<(usize, usize)>| {
         let per = pairs.len().div_ceil(conc).max(1);
         let chunks: Vec<Vec<(usize, usize)>> = pairs.chunks(per).map(<[_]>::to_vec).collect();
@@ -912,18 +825,12 @@ async fn join_rooms(api: &Api, layout: &Layout) -> Result<Vec<String>> {
             ids[r] = id;
         }
     }
-    let rest: Vec<(usize, usize)> = (0..layout.rooms)
-        .flat_map(|r| (1..distinct).map(move |u| (r, u)))
-        .collect();
+    let rest: Vec<(usize, usize)> = (0..layout.rooms).flat_map(|r| (1..distinct).map(move |u| (r, u))).collect();
     if !rest.is_empty() {
         for res in by_chunks(rest).await {
             for (r, id) in res? {
                 if id != ids[r] {
-                    bail!(
-                        "joining {} answered room id {id}, but its creator got {}",
-                        names[r],
-                        ids[r]
-                    );
+                    bail!("joining {} answered room id {id}, but its creator got {}", names[r], ids[r]);
                 }
             }
         }

@@ -21,11 +21,7 @@ use tokio::net::TcpStream;
 pub const PREFIX: &str = "/_parlor/client/v1";
 
 /// Path segments keep only unreserved characters unescaped (spec §1: `{room}` is URL-encoded).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Percent-encode one path segment.
 pub fn seg(s: &str) -> String {
@@ -60,17 +56,14 @@ impl std::error::Error for ApiError {}
 impl Api {
     /// Parse `http://host:port[/]` and resolve the host once.
     pub async fn parse(url: &str) -> Result<Self> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            anyhow!("--server must be an http:// URL (TLS is not supported), got {url}")
-        })?;
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow!("--server must be an http:// URL (TLS is not supported), got {url}"))?;
         let host = rest.trim_end_matches('/');
         if host.contains('/') {
             bail!("--server must be just scheme, host and port, got {url}");
         }
-        let with_port = if host
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            && !host.ends_with(']')
+        let with_port = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !host.ends_with(']')
         {
             host.to_string()
         } else {
@@ -81,17 +74,11 @@ impl Api {
             .with_context(|| format!("resolve {with_port}"))?
             .next()
             .ok_or_else(|| anyhow!("{with_port} resolves to nothing"))?;
-        Ok(Self {
-            addr,
-            host: host.to_string(),
-        })
+        Ok(Self { addr, host: host.to_string() })
     }
 
     pub async fn conn(&self) -> Result<HttpConn> {
-        let mut c = HttpConn {
-            api: self.clone(),
-            tx: None,
-        };
+        let mut c = HttpConn { api: self.clone(), tx: None };
         c.connect().await?;
         Ok(c)
     }
@@ -105,9 +92,7 @@ pub struct HttpConn {
 
 impl HttpConn {
     async fn connect(&mut self) -> Result<()> {
-        let stream = TcpStream::connect(self.api.addr)
-            .await
-            .with_context(|| format!("connect {}", self.api.addr))?;
+        let stream = TcpStream::connect(self.api.addr).await.with_context(|| format!("connect {}", self.api.addr))?;
         stream.set_nodelay(true)?;
         let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::task::spawn_local(async move {
@@ -135,10 +120,7 @@ impl HttpConn {
                 self.tx = None;
                 continue;
             }
-            let mut req = Request::builder()
-                .method(method.clone())
-                .uri(path)
-                .header("host", &self.api.host);
+            let mut req = Request::builder().method(method.clone()).uri(path).header("host", &self.api.host);
             if let Some(t) = token {
                 req = req.header("authorization", format!("Bearer {t}"));
             }
@@ -152,10 +134,7 @@ impl HttpConn {
                     let bytes = res.into_body().collect().await?.to_bytes();
                     return Ok((status, bytes));
                 }
-                Err(e)
-                    if attempt == 0
-                        && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) =>
-                {
+                Err(e) if attempt == 0 && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) => {
                     self.tx = None;
                 }
                 Err(e) => return Err(e.into()),
@@ -177,15 +156,11 @@ impl HttpConn {
         for _ in 0..20 {
             let (status, bytes) = self.call(method.clone(), path, token, body).await?;
             if (200..300).contains(&status) {
-                return serde_json::from_slice(&bytes)
-                    .with_context(|| format!("{method} {path}: answer is not JSON"));
+                return serde_json::from_slice(&bytes).with_context(|| format!("{method} {path}: answer is not JSON"));
             }
             let err = api_error(status, &bytes);
             if status == 429 {
-                tokio::time::sleep(Duration::from_millis(
-                    err.retry_after_ms.unwrap_or(100).max(1),
-                ))
-                .await;
+                tokio::time::sleep(Duration::from_millis(err.retry_after_ms.unwrap_or(100).max(1))).await;
                 continue;
             }
             return Err(anyhow::Error::new(err).context(format!("{method} {path}")));
@@ -220,26 +195,14 @@ impl HttpConn {
 
     /// Whether `token` is still valid.
     pub async fn token_valid(&mut self, token: &str) -> Result<bool> {
-        let (status, _) = self
-            .call(
-                Method::GET,
-                &format!("{PREFIX}/account/whoami"),
-                Some(token),
-                None,
-            )
-            .await?;
+        let (status, _) = self.call(Method::GET, &format!("{PREFIX}/account/whoami"), Some(token), None).await?;
         Ok(status == 200)
     }
 
     /// `room_id` of the joined room.
     pub async fn join(&mut self, token: &str, room: &str) -> Result<String> {
         let v = self
-            .json(
-                Method::POST,
-                &format!("{PREFIX}/rooms/{}/join", seg(room)),
-                Some(token),
-                Some(&json!({})),
-            )
+            .json(Method::POST, &format!("{PREFIX}/rooms/{}/join", seg(room)), Some(token), Some(&json!({})))
             .await?;
         str_field(&v, "room_id")
     }
@@ -254,9 +217,7 @@ impl HttpConn {
                 Some(&json!({"body": body})),
             )
             .await?;
-        v.get("seq")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| anyhow!("send answer without seq: {v}"))
+        v.get("seq").and_then(Value::as_u64).ok_or_else(|| anyhow!("send answer without seq: {v}"))
     }
 }
 
@@ -265,11 +226,7 @@ pub fn api_error(status: u16, bytes: &[u8]) -> ApiError {
     let v: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
     ApiError {
         status,
-        errcode: v
-            .get("errcode")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string(),
+        errcode: v.get("errcode").and_then(Value::as_str).unwrap_or("?").to_string(),
         error: v
             .get("error")
             .and_then(Value::as_str)
@@ -280,8 +237,5 @@ pub fn api_error(status: u16, bytes: &[u8]) -> ApiError {
 }
 
 pub fn str_field(v: &Value, k: &str) -> Result<String> {
-    v.get(k)
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("answer lacks {k}: {v}"))
+    v.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| anyhow!("answer lacks {k}: {v}"))
 }

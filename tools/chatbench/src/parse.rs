@@ -65,11 +65,7 @@ fn fast(p: &[u8]) -> Option<Frame> {
                 let rest = &p[ACK.len() + i + 6..];
                 let (n, used) = digits(rest)?;
                 // The id must be exactly the number: "12x" is not ours.
-                if rest.get(used) == Some(&b'"') {
-                    Some(n)
-                } else {
-                    None
-                }
+                if rest.get(used) == Some(&b'"') { Some(n) } else { None }
             }
             None => None,
         };
@@ -84,11 +80,7 @@ fn fast(p: &[u8]) -> Option<Frame> {
 fn parse_tag(s: &[u8]) -> Option<Option<Tag>> {
     let Some(rest) = s.strip_prefix(b"cb ") else {
         // A body with escapes could still hide our tag behind `\u0063`…; let serde see it.
-        return if s.iter().take_while(|&&b| b != b'"').any(|&b| b == b'\\') {
-            None
-        } else {
-            Some(None)
-        };
+        return if s.iter().take_while(|&&b| b != b'"').any(|&b| b == b'\\') { None } else { Some(None) };
     };
     let Some((msg, n1)) = digits(rest) else {
         return Some(None);
@@ -162,10 +154,7 @@ fn slow(p: &[u8]) -> Frame {
             let Some(seq) = ev.and_then(|e| e.get("seq")).and_then(Value::as_u64) else {
                 return Frame::Malformed;
             };
-            let tag = ev
-                .and_then(|e| e.get("body"))
-                .and_then(Value::as_str)
-                .and_then(tag_of);
+            let tag = ev.and_then(|e| e.get("body")).and_then(Value::as_str).and_then(tag_of);
             Frame::Event { seq, tag }
         }
         Some("ack") => {
@@ -173,11 +162,7 @@ fn slow(p: &[u8]) -> Frame {
                 return Frame::Malformed;
             };
             let id = v.get("id").and_then(Value::as_str).and_then(|s| {
-                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                    None
-                } else {
-                    s.parse().ok()
-                }
+                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) { None } else { s.parse().ok() }
             });
             Frame::Ack { id, seq }
         }
@@ -200,38 +185,14 @@ mod tests {
     fn reference_shaped_frames_take_the_fast_path_and_agree() {
         let ev = r#"{"type":"event","room_id":"!r:x","epoch":"e","event":{"event_id":"$a","seq":42,"type":"message","sender":"@u:x","body":"cb 7 1234 xxxx","ts":1}}"#;
         assert!(fast(ev.as_bytes()).is_some());
-        assert_eq!(
-            both(ev),
-            Frame::Event {
-                seq: 42,
-                tag: Some(Tag {
-                    msg: 7,
-                    sched_us: 1234
-                })
-            }
-        );
+        assert_eq!(both(ev), Frame::Event { seq: 42, tag: Some(Tag { msg: 7, sched_us: 1234 }) });
         let bare = r#"{"type":"event","room_id":"!r:x","epoch":"e","event":{"event_id":"$a","seq":43,"type":"message","sender":"@u:x","body":"cb 8 99","ts":1}}"#;
-        assert_eq!(
-            both(bare),
-            Frame::Event {
-                seq: 43,
-                tag: Some(Tag {
-                    msg: 8,
-                    sched_us: 99
-                })
-            }
-        );
+        assert_eq!(both(bare), Frame::Event { seq: 43, tag: Some(Tag { msg: 8, sched_us: 99 }) });
         let join = r#"{"type":"event","room_id":"!r:x","epoch":"e","event":{"event_id":"$b","seq":1,"type":"join","sender":"@u:x","ts":1}}"#;
         assert_eq!(both(join), Frame::Event { seq: 1, tag: None });
         let ack = r#"{"type":"ack","id":"17","room_id":"!r:x","event_id":"$c","seq":9}"#;
         assert!(fast(ack.as_bytes()).is_some());
-        assert_eq!(
-            both(ack),
-            Frame::Ack {
-                id: Some(17),
-                seq: 9
-            }
-        );
+        assert_eq!(both(ack), Frame::Ack { id: Some(17), seq: 9 });
     }
 
     #[test]
@@ -239,62 +200,23 @@ mod tests {
         // Keys reordered, spaces after colons: not the fast shape.
         let ev = r#"{"epoch": "e", "event": {"body": "cb 5 10 pad", "seq": 3, "type": "message"}, "type": "event"}"#;
         assert!(fast(ev.as_bytes()).is_none());
-        assert_eq!(
-            classify(ev.as_bytes()),
-            Frame::Event {
-                seq: 3,
-                tag: Some(Tag {
-                    msg: 5,
-                    sched_us: 10
-                })
-            }
-        );
+        assert_eq!(classify(ev.as_bytes()), Frame::Event { seq: 3, tag: Some(Tag { msg: 5, sched_us: 10 }) });
         // Fast shape but a space before the number: fast gives up, slow reads it.
-        let spaced =
-            r#"{"type":"event","room_id":"!r:x","epoch":"e","event":{"seq": 4,"body":"cb 1 2"}}"#;
-        assert_eq!(
-            classify(spaced.as_bytes()),
-            Frame::Event {
-                seq: 4,
-                tag: Some(Tag {
-                    msg: 1,
-                    sched_us: 2
-                })
-            }
-        );
+        let spaced = r#"{"type":"event","room_id":"!r:x","epoch":"e","event":{"seq": 4,"body":"cb 1 2"}}"#;
+        assert_eq!(classify(spaced.as_bytes()), Frame::Event { seq: 4, tag: Some(Tag { msg: 1, sched_us: 2 }) });
         // An escaped body might hide a tag: the slow path unescapes it.
         let esc = r#"{"type":"event","room_id":"!r:x","epoch":"e","event":{"seq":5,"body":"\u0063b 3 4"}}"#;
-        assert_eq!(
-            classify(esc.as_bytes()),
-            Frame::Event {
-                seq: 5,
-                tag: Some(Tag {
-                    msg: 3,
-                    sched_us: 4
-                })
-            }
-        );
+        assert_eq!(classify(esc.as_bytes()), Frame::Event { seq: 5, tag: Some(Tag { msg: 3, sched_us: 4 }) });
         let ctl = r#"{"type":"caught_up","room_id":"!r:x","epoch":"e","seq":12}"#;
         assert!(matches!(classify(ctl.as_bytes()), Frame::Control(v) if v["seq"] == 12));
         assert_eq!(classify(b"not json"), Frame::Malformed);
-        assert_eq!(
-            classify(br#"{"type":"event","event":{}}"#),
-            Frame::Malformed
-        );
+        assert_eq!(classify(br#"{"type":"event","event":{}}"#), Frame::Malformed);
     }
 
     #[test]
     fn bodies_that_are_not_ours_carry_no_tag() {
-        for body in [
-            "hello",
-            "cb",
-            "cb x 1",
-            "cb 1",
-            "cb 1 2x",
-            "cb 1 2\"q",
-            "cb 99999999999999999999999 1",
-            "xcb 1 2",
-        ] {
+        for body in ["hello", "cb", "cb x 1", "cb 1", "cb 1 2x", "cb 1 2\"q", "cb 99999999999999999999999 1", "xcb 1 2"]
+        {
             let ev = format!(
                 r#"{{"type":"event","room_id":"!r:x","epoch":"e","event":{{"event_id":"$a","seq":2,"type":"message","sender":"@u:x","body":{},"ts":1}}}}"#,
                 serde_json::to_string(body).unwrap()

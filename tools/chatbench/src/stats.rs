@@ -24,27 +24,15 @@ impl Lat {
 
     /// The `q` quantile (0..=1) in milliseconds; 0 when empty.
     pub fn q_ms(&self, q: f64) -> f64 {
-        if self.0.is_empty() {
-            0.0
-        } else {
-            self.0.value_at_quantile(q) as f64 / 1000.0
-        }
+        if self.0.is_empty() { 0.0 } else { self.0.value_at_quantile(q) as f64 / 1000.0 }
     }
 
     pub fn max_ms(&self) -> f64 {
-        if self.0.is_empty() {
-            0.0
-        } else {
-            self.0.max() as f64 / 1000.0
-        }
+        if self.0.is_empty() { 0.0 } else { self.0.max() as f64 / 1000.0 }
     }
 
     pub fn mean_ms(&self) -> f64 {
-        if self.0.is_empty() {
-            0.0
-        } else {
-            self.0.mean() / 1000.0
-        }
+        if self.0.is_empty() { 0.0 } else { self.0.mean() / 1000.0 }
     }
 
     pub fn add(&mut self, other: &Lat) {

@@ -19,8 +19,7 @@ pub fn self_cpu_s() -> f64 {
 
 /// CPU seconds (user + system) process `pid` has used, from /proc/PID/stat.
 pub fn proc_cpu_s(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("read /proc/{pid}/stat"))?;
     // The command name may contain spaces and parentheses; fields resume after the last ')'.
     let rest = &stat[stat.rfind(')').context("malformed stat")? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -34,8 +33,8 @@ pub fn proc_cpu_s(pid: u32) -> Result<f64> {
 
 /// Resident memory of `pid` in KiB: (VmRSS, VmHWM).
 pub fn proc_rss_kib(pid: u32) -> Result<(u64, u64)> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("read /proc/{pid}/status"))?;
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("read /proc/{pid}/status"))?;
     let field = |name: &str| -> u64 {
         status
             .lines()
@@ -64,10 +63,7 @@ pub fn find_listener_pid(port: u16) -> Option<u32> {
             if f.len() < 10 || f[3] != "0A" {
                 continue; // 0A is LISTEN
             }
-            let lport = f[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let lport = f[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
             if lport == Some(port) {
                 inodes.push(format!("socket:[{}]", f[9]));
             }
@@ -77,11 +73,7 @@ pub fn find_listener_pid(port: u16) -> Option<u32> {
         return None;
     }
     for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
@@ -104,30 +96,19 @@ pub fn find_listener_pid(port: u16) -> Option<u32> {
 /// Returns the soft limit now in force.
 pub fn raise_nofile(want: u64) -> u64 {
     // SAFETY: getrlimit/setrlimit read and write the struct we pass.
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    let nr_open: u64 = fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(lim.rlim_max);
+    let nr_open: u64 =
+        fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(lim.rlim_max);
     let target = want.min(nr_open);
     if target > lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: target,
-            rlim_max: target,
-        };
+        let raised = libc::rlimit { rlim_cur: target, rlim_max: target };
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             return target;
         }
     }
     if lim.rlim_cur < lim.rlim_max {
-        let soft = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
+        let soft = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } == 0 {
             return lim.rlim_max;
         }

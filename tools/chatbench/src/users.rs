@@ -49,9 +49,7 @@ pub fn unique_prefix() -> String {
 }
 
 fn wall_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Users {
@@ -84,10 +82,7 @@ impl Users {
                 let mut c = api.conn().await?;
                 anyhow::Ok(c.token_valid(&u.token).await?)
             });
-            for (u, ok) in chunk
-                .iter()
-                .zip(futures_util::future::join_all(checks).await)
-            {
+            for (u, ok) in chunk.iter().zip(futures_util::future::join_all(checks).await) {
                 if ok.unwrap_or(false) {
                     valid.push(Rc::new(u.clone()));
                 }
@@ -112,9 +107,7 @@ impl Users {
             let names: Vec<String> = (have..n).map(|_| self.fresh_name()).collect();
             let created = create(&self.api, &names, concurrency).await?;
             self.remember(&created)?;
-            self.pool
-                .borrow_mut()
-                .extend(created.into_iter().map(Rc::new));
+            self.pool.borrow_mut().extend(created.into_iter().map(Rc::new));
         }
         Ok(self.pool.borrow()[..n].to_vec())
     }
@@ -148,13 +141,8 @@ pub async fn create(api: &Api, names: &[String], concurrency: usize) -> Result<V
             }
             next.set(i + 1);
             let name = &names[i];
-            c.register(name, PASSWORD)
-                .await
-                .with_context(|| format!("register {name}"))?;
-            let (user_id, token) = c
-                .login(name, PASSWORD)
-                .await
-                .with_context(|| format!("login {name}"))?;
+            c.register(name, PASSWORD).await.with_context(|| format!("register {name}"))?;
+            let (user_id, token) = c.login(name, PASSWORD).await.with_context(|| format!("login {name}"))?;
             out.borrow_mut()[i] = Some(User {
                 server: api.host.clone(),
                 username: name.clone(),
@@ -166,9 +154,5 @@ pub async fn create(api: &Api, names: &[String], concurrency: usize) -> Result<V
     };
     let workers = (0..concurrency.max(1).min(names.len().max(1))).map(|_| worker());
     futures_util::future::try_join_all(workers).await?;
-    Ok(out
-        .into_inner()
-        .into_iter()
-        .map(|u| u.expect("every name was created"))
-        .collect())
+    Ok(out.into_inner().into_iter().map(|u| u.expect("every name was created")).collect())
 }

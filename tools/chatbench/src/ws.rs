@@ -94,9 +94,7 @@ pub async fn connect(
     token: Option<&str>,
     buf_cap: usize,
 ) -> Result<(Rc<WsShared>, WsReader)> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connect {addr}"))?;
+    let mut stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true)?;
     let mut key_raw = [0u8; 16];
     fill_random(&mut key_raw);
@@ -133,21 +131,13 @@ pub async fn connect(
     };
     let head = std::str::from_utf8(&buf[..head_len]).context("upgrade answer is not UTF-8")?;
     let status_line = head.lines().next().unwrap_or("");
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     if status != 101 {
         // Read a little of the body so the error says why (e.g. unknown_token).
         let mut body = String::from_utf8_lossy(&buf[head_len..end]).into_owned();
         if body.is_empty() {
             let mut more = [0u8; 512];
-            if let Ok(Ok(n)) = tokio::time::timeout(
-                std::time::Duration::from_millis(500),
-                stream.read(&mut more),
-            )
-            .await
+            if let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_millis(500), stream.read(&mut more)).await
             {
                 body = String::from_utf8_lossy(&more[..n]).into_owned();
             }
@@ -155,8 +145,8 @@ pub async fn connect(
         bail!("WebSocket upgrade refused: {status_line}: {}", body.trim());
     }
     let expected = accept_key(&key);
-    let accept = header(head, "sec-websocket-accept")
-        .ok_or_else(|| anyhow!("upgrade answer lacks Sec-WebSocket-Accept"))?;
+    let accept =
+        header(head, "sec-websocket-accept").ok_or_else(|| anyhow!("upgrade answer lacks Sec-WebSocket-Accept"))?;
     if accept != expected {
         bail!("bad Sec-WebSocket-Accept {accept:?}, expected {expected:?}");
     }
@@ -306,9 +296,7 @@ pub fn encode_frame(out: &mut Vec<u8>, op: u8, payload: &[u8], mask: [u8; 4]) {
 }
 
 fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
-    let m8 = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
+    let m8 = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
     let mut chunks = data.chunks_exact_mut(8);
     for c in &mut chunks {
         let v = u64::from_ne_bytes(c.try_into().unwrap()) ^ m8;
@@ -328,10 +316,7 @@ impl WsReader {
     /// Wait until the socket has data, read once, and hand every complete text
     /// message to `on_text(payload, arrival_ns)`; answers pings. Cancel-safe:
     /// it only awaits readiness.
-    pub async fn read_frames(
-        &mut self,
-        on_text: &mut dyn FnMut(&[u8], u64),
-    ) -> Result<ReadOutcome> {
+    pub async fn read_frames(&mut self, on_text: &mut dyn FnMut(&[u8], u64)) -> Result<ReadOutcome> {
         if std::mem::take(&mut self.undecoded) {
             if let Some(code) = self.decode(now_ns(), on_text)? {
                 return Ok(ReadOutcome::Closed(code));
@@ -356,12 +341,7 @@ impl WsReader {
                     return Ok(ReadOutcome::Data);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                    ) =>
-                {
+                Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => {
                     return Ok(ReadOutcome::Closed(None));
                 }
                 Err(e) => return Err(e.into()),
@@ -370,22 +350,11 @@ impl WsReader {
     }
 
     /// Decode every complete frame in the buffer. Returns `Some(code)` on a close frame.
-    fn decode(
-        &mut self,
-        now: u64,
-        on_text: &mut dyn FnMut(&[u8], u64),
-    ) -> Result<Option<Option<u16>>> {
+    fn decode(&mut self, now: u64, on_text: &mut dyn FnMut(&[u8], u64)) -> Result<Option<Option<u16>>> {
         let mut closed = None;
         loop {
             let avail = &self.buf[self.start..self.end];
-            let Some(FrameHead {
-                op,
-                fin,
-                masked,
-                hdr,
-                len,
-            }) = parse_header(avail)?
-            else {
+            let Some(FrameHead { op, fin, masked, hdr, len }) = parse_header(avail)? else {
                 break;
             };
             if avail.len() < hdr + len {
@@ -396,12 +365,7 @@ impl WsReader {
             let p0 = self.start + hdr;
             let p1 = p0 + len;
             if masked {
-                let m = [
-                    self.buf[p0 - 4],
-                    self.buf[p0 - 3],
-                    self.buf[p0 - 2],
-                    self.buf[p0 - 1],
-                ];
+                let m = [self.buf[p0 - 4], self.buf[p0 - 3], self.buf[p0 - 2], self.buf[p0 - 1]];
                 apply_mask(&mut self.buf[p0..p1], m);
             }
             self.start = p1;
@@ -438,8 +402,7 @@ impl WsReader {
                 }
                 OP_PONG => {}
                 OP_CLOSE => {
-                    let code =
-                        (len >= 2).then(|| u16::from_be_bytes([self.buf[p0], self.buf[p0 + 1]]));
+                    let code = (len >= 2).then(|| u16::from_be_bytes([self.buf[p0], self.buf[p0 + 1]]));
                     closed = Some(code);
                     break;
                 }
@@ -519,13 +482,7 @@ fn parse_header(b: &[u8]) -> Result<Option<FrameHead>> {
     if b.len() < hdr {
         return Ok(None);
     }
-    Ok(Some(FrameHead {
-        op,
-        fin,
-        masked,
-        hdr,
-        len,
-    }))
+    Ok(Some(FrameHead { op, fin, masked, hdr, len }))
 }
 
 /// Random bytes for keys and mask seeds: not cryptographic, only unpredictable enough.
@@ -549,10 +506,7 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -561,13 +515,7 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut out = Vec::new();
             encode_frame(&mut out, OP_TEXT, &payload, [1, 2, 3, 4]);
-            let FrameHead {
-                op,
-                fin,
-                masked,
-                hdr,
-                len: plen,
-            } = parse_header(&out).unwrap().unwrap();
+            let FrameHead { op, fin, masked, hdr, len: plen } = parse_header(&out).unwrap().unwrap();
             assert_eq!((op, fin, masked, plen), (OP_TEXT, true, true, len));
             let mut body = out[hdr..].to_vec();
             apply_mask(&mut body, [1, 2, 3, 4]);

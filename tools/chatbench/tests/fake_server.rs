@@ -115,10 +115,7 @@ async fn http(stream: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
         let mut parts = line.split_whitespace();
-        let (method, path) = (
-            parts.next().unwrap_or("").to_string(),
-            parts.next().unwrap_or("").to_string(),
-        );
+        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
         let mut len = 0usize;
         loop {
             let mut h = String::new();
@@ -137,10 +134,9 @@ async fn http(stream: TcpStream) -> std::io::Result<()> {
         let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let p = path.strip_prefix("/_parlor/client/v1").unwrap_or(&path);
         let (status, answer) = match (method.as_str(), p) {
-            ("POST", "/register") => (
-                "201 Created",
-                json!({"user_id": format!("@{}:fake", req["username"].as_str().unwrap_or(""))}),
-            ),
+            ("POST", "/register") => {
+                ("201 Created", json!({"user_id": format!("@{}:fake", req["username"].as_str().unwrap_or(""))}))
+            }
             ("POST", "/login") => {
                 let name = req["username"].as_str().unwrap_or("");
                 (
@@ -148,20 +144,12 @@ async fn http(stream: TcpStream) -> std::io::Result<()> {
                     json!({"user_id": format!("@{name}:fake"), "device_id": "D", "access_token": format!("tok-{name}")}),
                 )
             }
-            ("GET", "/account/whoami") => {
-                ("200 OK", json!({"user_id": "@x:fake", "device_id": "D"}))
-            }
+            ("GET", "/account/whoami") => ("200 OK", json!({"user_id": "@x:fake", "device_id": "D"})),
             ("POST", p) if p.starts_with("/rooms/") && p.ends_with("/join") => {
                 let name = &p["/rooms/".len()..p.len() - "/join".len()];
-                (
-                    "200 OK",
-                    json!({"room_id": format!("!{name}:fake"), "alias": format!("#{name}:fake")}),
-                )
+                ("200 OK", json!({"room_id": format!("!{name}:fake"), "alias": format!("#{name}:fake")}))
             }
-            _ => (
-                "404 Not Found",
-                json!({"errcode": "not_found", "error": "no such endpoint"}),
-            ),
+            _ => ("404 Not Found", json!({"errcode": "not_found", "error": "no such endpoint"})),
         };
         let body = answer.to_string();
         let resp = format!(
@@ -177,14 +165,9 @@ async fn http(stream: TcpStream) -> std::io::Result<()> {
 async fn websocket(stream: TcpStream, fake: Arc<Fake>) {
     let mut user = String::new();
     let callback = |req: &Request, mut resp: Response| {
-        let token = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let token = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
         user = format!("@{}:fake", token.trim_start_matches("Bearer tok-"));
-        resp.headers_mut()
-            .insert("sec-websocket-protocol", "parlor.v1".parse().unwrap());
+        resp.headers_mut().insert("sec-websocket-protocol", "parlor.v1".parse().unwrap());
         Ok(resp)
     };
     let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
@@ -225,42 +208,19 @@ async fn websocket(stream: TcpStream, fake: Arc<Fake>) {
 async fn bench_against(faults: Faults) -> (Value, i32) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let fake = Arc::new(Fake {
-        faults,
-        rooms: Mutex::new(HashMap::new()),
-    });
+    let fake = Arc::new(Fake { faults, rooms: Mutex::new(HashMap::new()) });
     let server = tokio::spawn(serve(listener, fake));
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbench"))
-        .args([
-            "--server",
-            &format!("http://{addr}"),
-            "--json",
-            "--drain-timeout",
-            "1",
-        ])
-        .args([
-            "fanout",
-            "--rooms",
-            "1",
-            "--members",
-            "3",
-            "--rate",
-            "300",
-            "--messages",
-            "30",
-        ])
+        .args(["--server", &format!("http://{addr}"), "--json", "--drain-timeout", "1"])
+        .args(["fanout", "--rooms", "1", "--members", "3", "--rate", "300", "--messages", "30"])
         .output()
         .await
         .unwrap();
     server.abort();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no output; stderr: {stderr}"));
-    let v: Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}; stderr: {stderr}"));
+    let line = stdout.lines().last().unwrap_or_else(|| panic!("no output; stderr: {stderr}"));
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}; stderr: {stderr}"));
     eprintln!("chatbench said: {v}");
     (v, out.status.code().unwrap_or(-1))
 }
@@ -270,14 +230,7 @@ async fn a_clean_server_passes_every_check() {
     let (v, code) = bench_against(Faults::default()).await;
     assert_eq!(v["expected"], 90, "{v}");
     assert_eq!(v["delivered"], 90, "{v}");
-    for k in [
-        "lost",
-        "duplicates",
-        "out_of_order",
-        "seq_gaps",
-        "seq_conflicts",
-        "unacked",
-    ] {
+    for k in ["lost", "duplicates", "out_of_order", "seq_gaps", "seq_conflicts", "unacked"] {
         assert_eq!(v[k], 0, "{k}: {v}");
     }
     assert_eq!(v["ok"], true, "{v}");
@@ -286,11 +239,7 @@ async fn a_clean_server_passes_every_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_duplicated_and_reordered_events_are_each_caught() {
-    let faults = Faults {
-        drop: Some((0, 5)),
-        duplicate: Some((1, 12)),
-        swap: Some((2, 20)),
-    };
+    let faults = Faults { drop: Some((0, 5)), duplicate: Some((1, 12)), swap: Some((2, 20)) };
     let (v, code) = bench_against(faults).await;
     assert_eq!(v["expected"], 90, "{v}");
     assert_eq!(v["lost"], 1, "the dropped event: {v}");
@@ -304,35 +253,13 @@ async fn dropped_duplicated_and_reordered_events_are_each_caught() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_fault_alone_is_attributed_to_its_own_counter() {
     for (faults, field) in [
-        (
-            Faults {
-                drop: Some((1, 7)),
-                ..Faults::default()
-            },
-            "lost",
-        ),
-        (
-            Faults {
-                duplicate: Some((2, 3)),
-                ..Faults::default()
-            },
-            "duplicates",
-        ),
-        (
-            Faults {
-                swap: Some((0, 9)),
-                ..Faults::default()
-            },
-            "out_of_order",
-        ),
+        (Faults { drop: Some((1, 7)), ..Faults::default() }, "lost"),
+        (Faults { duplicate: Some((2, 3)), ..Faults::default() }, "duplicates"),
+        (Faults { swap: Some((0, 9)), ..Faults::default() }, "out_of_order"),
     ] {
         let (v, _) = bench_against(faults).await;
         for k in ["lost", "duplicates", "out_of_order"] {
-            assert_eq!(
-                v[k],
-                u64::from(k == field),
-                "{field} injected, {k} counted: {v}"
-            );
+            assert_eq!(v[k], u64::from(k == field), "{field} injected, {k} counted: {v}");
         }
     }
 }

@@ -33,11 +33,7 @@ async fn server() -> Server {
     tokio::spawn(parlor::server::run(listener, cfg, async move {
         let _ = rx.await;
     }));
-    Server {
-        url: format!("http://127.0.0.1:{port}"),
-        stop: Some(tx),
-        dir,
-    }
+    Server { url: format!("http://127.0.0.1:{port}"), stop: Some(tx), dir }
 }
 
 /// Run chatbench with `args` against `s`; every result line it printed.
@@ -56,10 +52,8 @@ async fn bench(s: &Server, args: &[&str]) -> Vec<Value> {
         "chatbench {args:?} exited {:?}\nstdout: {stdout}\nstderr: {stderr}",
         out.status.code()
     );
-    let runs: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let runs: Vec<Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
     assert!(!runs.is_empty(), "no result; stderr: {stderr}");
     runs
 }
@@ -96,27 +90,9 @@ fn assert_clean(v: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_open_and_closed_loop_deliver_everything_once() {
     let s = server().await;
-    let open = bench(
-        &s,
-        &[
-            "fanout",
-            "--rooms",
-            "2",
-            "--members",
-            "3",
-            "--rate",
-            "200",
-            "--messages",
-            "60",
-        ],
-    )
-    .await;
+    let open = bench(&s, &["fanout", "--rooms", "2", "--members", "3", "--rate", "200", "--messages", "60"]).await;
     assert_clean(&open[0]);
-    assert_eq!(
-        open[0]["expected"], 180,
-        "60 messages × 3 members each: {}",
-        open[0]
-    );
+    assert_eq!(open[0]["expected"], 180, "60 messages × 3 members each: {}", open[0]);
     assert_eq!(open[0]["acked"], 60);
     // Closed loop, repeated: the second run reuses the users (from the users file and in process).
     let max = bench(
@@ -178,48 +154,16 @@ async fn accounts_register_and_log_in_everyone_even_during_chat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_walk_finds_every_message_once_in_order() {
     let s = server().await;
-    let h = bench(
-        &s,
-        &[
-            "history",
-            "--messages",
-            "35",
-            "--page",
-            "10",
-            "--joiners",
-            "2",
-            "--fetches",
-            "5",
-        ],
-    )
-    .await;
+    let h = bench(&s, &["history", "--messages", "35", "--page", "10", "--joiners", "2", "--fetches", "5"]).await;
     assert_clean(&h[0]);
-    assert_eq!(
-        h[0]["expected"], 70,
-        "35 messages seen by each of 2 joiners: {}",
-        h[0]
-    );
+    assert_eq!(h[0]["expected"], 70, "35 messages seen by each of 2 joiners: {}", h[0]);
     assert_eq!(h[0]["seq_gaps"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_all_receive_the_probe() {
     let s = server().await;
-    let i = bench(
-        &s,
-        &[
-            "idle",
-            "--connections",
-            "24",
-            "--rooms",
-            "3",
-            "--users",
-            "2",
-            "--settle-secs",
-            "0.2",
-        ],
-    )
-    .await;
+    let i = bench(&s, &["idle", "--connections", "24", "--rooms", "3", "--users", "2", "--settle-secs", "0.2"]).await;
     assert_clean(&i[0]);
     assert_eq!(i[0]["connections"], 24);
     assert_eq!(i[0]["expected"], 24, "one probe per connection: {}", i[0]);
@@ -228,23 +172,9 @@ async fn idle_connections_all_receive_the_probe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_mass_drops_loses_and_repeats_nothing() {
     let s = server().await;
-    let r = bench(
-        &s,
-        &[
-            "resume",
-            "--rooms",
-            "2",
-            "--members",
-            "3",
-            "--rate",
-            "300",
-            "--messages",
-            "300",
-            "--drops",
-            "2",
-        ],
-    )
-    .await;
+    let r =
+        bench(&s, &["resume", "--rooms", "2", "--members", "3", "--rate", "300", "--messages", "300", "--drops", "2"])
+            .await;
     assert_clean(&r[0]);
     assert_eq!(r[0]["reconnects"], 12, "6 members × 2 drops: {}", r[0]);
     assert_eq!(r[0]["gap_frames"], 0);

@@ -29,11 +29,7 @@ const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// Path segments are encoded except for RFC 3986's unreserved characters,
 /// so `#lobby:b.example` becomes `%23lobby%3Ab.example`.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 pub fn encode_segment(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
@@ -59,11 +55,7 @@ impl ApiError {
             ApiError::Unreachable(_) | ApiError::Lost(_) => true,
             ApiError::Refused { body, .. } => matches!(
                 body.errcode.as_str(),
-                "rate_limited"
-                    | "storage_unavailable"
-                    | "home_server_unreachable"
-                    | "request_timeout"
-                    | "internal"
+                "rate_limited" | "storage_unavailable" | "home_server_unreachable" | "request_timeout" | "internal"
             ),
             ApiError::BadAnswer(_) => false,
         }
@@ -77,10 +69,7 @@ impl ApiError {
         match self {
             ApiError::Unreachable(_) => true,
             ApiError::Refused { body, .. } => {
-                matches!(
-                    body.errcode.as_str(),
-                    "rate_limited" | "storage_unavailable"
-                )
+                matches!(body.errcode.as_str(), "rate_limited" | "storage_unavailable")
             }
             _ => false,
         }
@@ -95,16 +84,11 @@ impl ApiError {
 
     pub fn into_failure(self, server: &str) -> Failure {
         match self {
-            ApiError::Unreachable(why) => {
-                Failure::new(Exit::Unreachable, format!("cannot reach {server}: {why}"))
+            ApiError::Unreachable(why) => Failure::new(Exit::Unreachable, format!("cannot reach {server}: {why}")),
+            ApiError::Lost(why) => Failure::new(Exit::Unreachable, format!("no answer from {server}: {why}")),
+            ApiError::BadAnswer(why) => {
+                Failure::new(Exit::Unreachable, format!("unexpected answer from {server}: {why}"))
             }
-            ApiError::Lost(why) => {
-                Failure::new(Exit::Unreachable, format!("no answer from {server}: {why}"))
-            }
-            ApiError::BadAnswer(why) => Failure::new(
-                Exit::Unreachable,
-                format!("unexpected answer from {server}: {why}"),
-            ),
             ApiError::Refused { body, .. } => Failure::refused(&body.errcode, &body.error),
         }
     }
@@ -122,19 +106,10 @@ pub struct Retry {
 impl Retry {
     /// Not idempotent (register, login, logout, leave): retry only what
     /// the server surely did not act on.
-    pub const NOT_IDEMPOTENT: Retry = Retry {
-        attempts: 3,
-        idempotent: false,
-    };
-    pub const IDEMPOTENT: Retry = Retry {
-        attempts: 3,
-        idempotent: true,
-    };
+    pub const NOT_IDEMPOTENT: Retry = Retry { attempts: 3, idempotent: false };
+    pub const IDEMPOTENT: Retry = Retry { attempts: 3, idempotent: true };
     /// Sends carry a txn id, so they are worth trying harder.
-    pub const SEND: Retry = Retry {
-        attempts: 6,
-        idempotent: true,
-    };
+    pub const SEND: Retry = Retry { attempts: 6, idempotent: true };
 }
 
 /// Backoff between attempts: 250 ms doubling, at most 2 s.
@@ -157,11 +132,7 @@ impl Api {
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).build(http);
-        Self {
-            client,
-            base: base.to_owned(),
-            token,
-        }
+        Self { client, base: base.to_owned(), token }
     }
 
     pub fn token(&self) -> Option<&str> {
@@ -170,8 +141,7 @@ impl Api {
 
     /// `GET` a client endpoint (`path` is relative to the client prefix).
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
-        self.call(Method::GET, path, None::<&()>, Retry::IDEMPOTENT)
-            .await
+        self.call(Method::GET, path, None::<&()>, Retry::IDEMPOTENT).await
     }
 
     /// Sends one request, retrying by `retry`. Bodiless POSTs send `{}`.
@@ -225,31 +195,21 @@ impl Api {
         let mut req = Request::builder()
             .method(method)
             .uri(&uri)
-            .header(
-                header::USER_AGENT,
-                concat!("chatctl/", env!("CARGO_PKG_VERSION")),
-            )
+            .header(header::USER_AGENT, concat!("chatctl/", env!("CARGO_PKG_VERSION")))
             .header(header::ACCEPT, "application/json");
         if !body.is_empty() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
         if let Some(token) = &self.token {
-            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                ApiError::BadAnswer("the access token has characters a header cannot carry".into())
-            })?;
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ApiError::BadAnswer("the access token has characters a header cannot carry".into()))?;
             req = req.header(header::AUTHORIZATION, value);
         }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| ApiError::Unreachable(format!("bad URL {uri}: {e}")))?;
+        let req = req.body(Full::new(body)).map_err(|e| ApiError::Unreachable(format!("bad URL {uri}: {e}")))?;
 
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    ApiError::Unreachable(root_cause(&e))
-                } else {
-                    ApiError::Lost(root_cause(&e))
-                }
+                if e.is_connect() { ApiError::Unreachable(root_cause(&e)) } else { ApiError::Lost(root_cause(&e)) }
             })?;
             let status = resp.status();
             let bytes = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
@@ -261,17 +221,13 @@ impl Api {
         };
         let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|_| {
-                ApiError::Lost(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()))
-            })??;
+            .map_err(|_| ApiError::Lost(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())))??;
         if status.is_success() {
             return Ok(bytes);
         }
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => Err(ApiError::Refused { body }),
-            Err(_) => Err(ApiError::BadAnswer(format!(
-                "HTTP {status} without a protocol error body"
-            ))),
+            Err(_) => Err(ApiError::BadAnswer(format!("HTTP {status} without a protocol error body"))),
         }
     }
 }
@@ -297,14 +253,8 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// is refused with a usage error rather than failing obscurely later.
 pub fn normalize_server(raw: &str) -> Result<String, Failure> {
     let raw = raw.trim();
-    let with_scheme = if raw.contains("://") {
-        raw.to_owned()
-    } else {
-        format!("http://{raw}")
-    };
-    let uri: http::Uri = with_scheme
-        .parse()
-        .map_err(|e| Failure::usage(format!("invalid server URL {raw:?}: {e}")))?;
+    let with_scheme = if raw.contains("://") { raw.to_owned() } else { format!("http://{raw}") };
+    let uri: http::Uri = with_scheme.parse().map_err(|e| Failure::usage(format!("invalid server URL {raw:?}: {e}")))?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
@@ -313,24 +263,15 @@ pub fn normalize_server(raw: &str) -> Result<String, Failure> {
             )));
         }
         _ => {
-            return Err(Failure::usage(format!(
-                "invalid server URL {raw:?}: the scheme must be http://"
-            )));
+            return Err(Failure::usage(format!("invalid server URL {raw:?}: the scheme must be http://")));
         }
     }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| Failure::usage(format!("invalid server URL {raw:?}: no host")))?;
+    let authority = uri.authority().ok_or_else(|| Failure::usage(format!("invalid server URL {raw:?}: no host")))?;
     if uri.query().is_some() {
-        return Err(Failure::usage(format!(
-            "invalid server URL {raw:?}: no query string allowed"
-        )));
+        return Err(Failure::usage(format!("invalid server URL {raw:?}: no query string allowed")));
     }
     let path = uri.path().trim_end_matches('/');
-    Ok(format!(
-        "http://{}{path}",
-        authority.as_str().to_ascii_lowercase()
-    ))
+    Ok(format!("http://{}{path}", authority.as_str().to_ascii_lowercase()))
 }
 
 /// The WebSocket endpoint of a normalized server URL.
@@ -345,24 +286,12 @@ mod tests {
 
     #[test]
     fn server_urls_normalize() {
-        assert_eq!(
-            normalize_server("127.0.0.1:8008").unwrap(),
-            "http://127.0.0.1:8008"
-        );
-        assert_eq!(
-            normalize_server("http://Chat.Example:80/").unwrap(),
-            "http://chat.example:80"
-        );
-        assert_eq!(
-            normalize_server("http://h:1/parlor/").unwrap(),
-            "http://h:1/parlor"
-        );
+        assert_eq!(normalize_server("127.0.0.1:8008").unwrap(), "http://127.0.0.1:8008");
+        assert_eq!(normalize_server("http://Chat.Example:80/").unwrap(), "http://chat.example:80");
+        assert_eq!(normalize_server("http://h:1/parlor/").unwrap(), "http://h:1/parlor");
         assert_eq!(normalize_server("https://h").unwrap_err().exit, Exit::Usage);
         assert_eq!(normalize_server("ftp://h").unwrap_err().exit, Exit::Usage);
-        assert_eq!(
-            normalize_server("http://h/?x=1").unwrap_err().exit,
-            Exit::Usage
-        );
+        assert_eq!(normalize_server("http://h/?x=1").unwrap_err().exit, Exit::Usage);
     }
 
     #[test]
@@ -388,11 +317,7 @@ mod tests {
     #[test]
     fn only_some_refusals_are_transient() {
         let refused = |code: &str| ApiError::Refused {
-            body: ErrorBody {
-                errcode: code.into(),
-                error: String::new(),
-                retry_after_ms: None,
-            },
+            body: ErrorBody { errcode: code.into(), error: String::new(), retry_after_ms: None },
         };
         assert!(refused("storage_unavailable").transient());
         assert!(refused("rate_limited").transient());

@@ -49,13 +49,7 @@ pub fn command() -> clap::Command {
 )]
 pub struct Cli {
     /// Server URL [default: the server of the stored session, else http://127.0.0.1:8008]
-    #[arg(
-        long,
-        global = true,
-        env = "CHATCTL_SERVER",
-        hide_env_values = true,
-        value_name = "URL"
-    )]
+    #[arg(long, global = true, env = "CHATCTL_SERVER", hide_env_values = true, value_name = "URL")]
     pub server: Option<String>,
 
     /// Machine output: one JSON object per line on stdout
@@ -121,12 +115,7 @@ pub struct RegisterArgs {
     #[arg(long)]
     pub login: bool,
     /// With --login: a name for this device, shown in your device list
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "chatctl",
-        requires = "login"
-    )]
+    #[arg(long, value_name = "NAME", default_value = "chatctl", requires = "login")]
     pub device_name: String,
 }
 
@@ -208,20 +197,13 @@ mod tests {
             assert!(help.contains(&line), "{line:?} missing from:\n{help}");
         }
         let mut cmd = command();
-        let send_help = cmd
-            .find_subcommand_mut("send")
-            .unwrap()
-            .render_help()
-            .to_string();
+        let send_help = cmd.find_subcommand_mut("send").unwrap().render_help().to_string();
         assert!(send_help.contains("3 not logged in"), "{send_help}");
     }
 
     #[test]
     fn before_and_after_are_exclusive_and_limits_checked() {
-        assert!(
-            Cli::try_parse_from(["chatctl", "history", "r", "--before", "3", "--after", "1"])
-                .is_err()
-        );
+        assert!(Cli::try_parse_from(["chatctl", "history", "r", "--before", "3", "--after", "1"]).is_err());
         assert!(Cli::try_parse_from(["chatctl", "history", "r", "--limit", "1001"]).is_err());
         assert!(Cli::try_parse_from(["chatctl", "history", "r", "--limit", "0"]).is_err());
         assert!(Cli::try_parse_from(["chatctl", "tail", "r", "--since", "3", "-n", "5"]).is_err());

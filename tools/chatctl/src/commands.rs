@@ -17,8 +17,8 @@ use crate::output::{Out, notice, stderr_is_terminal};
 use crate::session::{self, Session, Target, TokenSource};
 use crate::txn::Journal;
 use crate::wire::{
-    LoginRequest, LoginResponse, MembersResponse, MessagesResponse, RegisterRequest,
-    RegisterResponse, RoomsResponse, SendRequest, SendResponse, WhoamiResponse,
+    LoginRequest, LoginResponse, MembersResponse, MessagesResponse, RegisterRequest, RegisterResponse, RoomsResponse,
+    SendRequest, SendResponse, WhoamiResponse,
 };
 
 /// What every command gets: where to print, where the config lives and
@@ -47,10 +47,7 @@ impl Ctx {
 
     /// A client with the session's token; "not logged in" (exit 3) without one.
     pub fn authed(&self) -> Result<Api, Failure> {
-        Ok(Api::new(
-            self.server(),
-            Some(self.target.require_token()?.to_owned()),
-        ))
+        Ok(Api::new(self.server(), Some(self.target.require_token()?.to_owned())))
     }
 
     pub fn fail(&self, e: ApiError) -> anyhow::Error {
@@ -80,10 +77,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
 
 async fn register(ctx: &Ctx, args: RegisterArgs) -> anyhow::Result<()> {
     let password = read_password(args.password_stdin, true)?;
-    let req = RegisterRequest {
-        username: &args.username,
-        password: &password,
-    };
+    let req = RegisterRequest { username: &args.username, password: &password };
     let resp: RegisterResponse = ctx
         .anonymous()
         .call(Method::POST, "/register", Some(&req), Retry::NOT_IDEMPOTENT)
@@ -92,11 +86,7 @@ async fn register(ctx: &Ctx, args: RegisterArgs) -> anyhow::Result<()> {
     ctx.out.human(&format!("registered {}", resp.user_id));
     ctx.out.json(&json!({"user_id": resp.user_id}));
     if args.login {
-        let login_args = LoginArgs {
-            username: args.username,
-            password_stdin: true,
-            device_name: args.device_name,
-        };
+        let login_args = LoginArgs { username: args.username, password_stdin: true, device_name: args.device_name };
         login(ctx, &login_args, &password).await?;
     }
     Ok(())
@@ -105,11 +95,7 @@ async fn register(ctx: &Ctx, args: RegisterArgs) -> anyhow::Result<()> {
 async fn login(ctx: &Ctx, args: &LoginArgs, password: &str) -> anyhow::Result<()> {
     // Fail before the server creates a device whose token we could not keep.
     let dir = ctx.config_dir()?;
-    let req = LoginRequest {
-        username: &args.username,
-        password,
-        device_name: &args.device_name,
-    };
+    let req = LoginRequest { username: &args.username, password, device_name: &args.device_name };
     let resp: LoginResponse = ctx
         .anonymous()
         .call(Method::POST, "/login", Some(&req), Retry::NOT_IDEMPOTENT)
@@ -124,17 +110,10 @@ async fn login(ctx: &Ctx, args: &LoginArgs, password: &str) -> anyhow::Result<()
     if let Err(e) = session::save(&dir, &session) {
         // A token nobody holds should not stay valid on the server.
         let api = Api::new(ctx.server(), Some(session.token.clone()));
-        let _ = api
-            .call::<Value, ()>(Method::POST, "/logout", None, Retry::NOT_IDEMPOTENT)
-            .await;
-        return Err(e.context(
-            "the login worked but the session could not be stored (the new token was revoked)",
-        ));
+        let _ = api.call::<Value, ()>(Method::POST, "/logout", None, Retry::NOT_IDEMPOTENT).await;
+        return Err(e.context("the login worked but the session could not be stored (the new token was revoked)"));
     }
-    ctx.out.human(&format!(
-        "logged in as {} on {} (device {})",
-        session.user_id, session.server, session.device_id
-    ));
+    ctx.out.human(&format!("logged in as {} on {} (device {})", session.user_id, session.server, session.device_id));
     ctx.out.json(&json!({"server": session.server, "user_id": session.user_id, "device_id": session.device_id}));
     Ok(())
 }
@@ -142,52 +121,27 @@ async fn login(ctx: &Ctx, args: &LoginArgs, password: &str) -> anyhow::Result<()
 async fn logout(ctx: &Ctx, all: bool) -> anyhow::Result<()> {
     let api = ctx.authed()?;
     let path = if all { "/logout/all" } else { "/logout" };
-    match api
-        .call::<Value, ()>(Method::POST, path, None, Retry::NOT_IDEMPOTENT)
-        .await
-    {
+    match api.call::<Value, ()>(Method::POST, path, None, Retry::NOT_IDEMPOTENT).await {
         Ok(_) => {}
         // The token is dead either way, which is what logout is for.
-        Err(e) if e.errcode() == Some("unknown_token") => {
-            notice("the server had already ended this session")
-        }
+        Err(e) if e.errcode() == Some("unknown_token") => notice("the server had already ended this session"),
         // The token may still be valid: keep it, so the logout can be retried.
         Err(e) => return Err(ctx.fail(e)),
     }
     let used_stored = matches!(&ctx.target.token, Some((_, TokenSource::File)))
-        || ctx
-            .target
-            .session
-            .as_ref()
-            .map(|s| Some(s.token.as_str()) == api.token())
-            .unwrap_or(false);
+        || ctx.target.session.as_ref().map(|s| Some(s.token.as_str()) == api.token()).unwrap_or(false);
     if used_stored {
         session::remove(&ctx.config_dir()?)?;
     }
-    ctx.out.human(if all {
-        "logged out on every device"
-    } else {
-        "logged out"
-    });
+    ctx.out.human(if all { "logged out on every device" } else { "logged out" });
     ctx.out.json(&json!({"logged_out": true, "all": all}));
     Ok(())
 }
 
 async fn whoami(ctx: &Ctx) -> anyhow::Result<()> {
-    let resp: WhoamiResponse = ctx
-        .authed()?
-        .get("/account/whoami")
-        .await
-        .map_err(|e| ctx.fail(e))?;
-    ctx.out.human(&format!(
-        "{} (device {}) on {}",
-        resp.user_id,
-        resp.device_id,
-        ctx.server()
-    ));
-    ctx.out.json(
-        &json!({"server": ctx.server(), "user_id": resp.user_id, "device_id": resp.device_id}),
-    );
+    let resp: WhoamiResponse = ctx.authed()?.get("/account/whoami").await.map_err(|e| ctx.fail(e))?;
+    ctx.out.human(&format!("{} (device {}) on {}", resp.user_id, resp.device_id, ctx.server()));
+    ctx.out.json(&json!({"server": ctx.server(), "user_id": resp.user_id, "device_id": resp.device_id}));
     Ok(())
 }
 
@@ -206,13 +160,9 @@ async fn rooms(ctx: &Ctx) -> anyhow::Result<()> {
 async fn join(ctx: &Ctx, room: &str) -> anyhow::Result<()> {
     let path = format!("/rooms/{}/join", encode_segment(room));
     // Joining twice changes nothing, so a lost answer may be retried.
-    let resp: crate::wire::RoomSummary = ctx
-        .authed()?
-        .call(Method::POST, &path, None::<&()>, Retry::IDEMPOTENT)
-        .await
-        .map_err(|e| ctx.fail(e))?;
-    ctx.out
-        .human(&format!("joined {} ({})", resp.alias, resp.room_id));
+    let resp: crate::wire::RoomSummary =
+        ctx.authed()?.call(Method::POST, &path, None::<&()>, Retry::IDEMPOTENT).await.map_err(|e| ctx.fail(e))?;
+    ctx.out.human(&format!("joined {} ({})", resp.alias, resp.room_id));
     ctx.out.json(&resp);
     Ok(())
 }
@@ -220,11 +170,8 @@ async fn join(ctx: &Ctx, room: &str) -> anyhow::Result<()> {
 async fn leave(ctx: &Ctx, room: &str) -> anyhow::Result<()> {
     let path = format!("/rooms/{}/leave", encode_segment(room));
     // Not retried after a lost answer: a second leave would say `not_member`.
-    let _: Value = ctx
-        .authed()?
-        .call(Method::POST, &path, None::<&()>, Retry::NOT_IDEMPOTENT)
-        .await
-        .map_err(|e| ctx.fail(e))?;
+    let _: Value =
+        ctx.authed()?.call(Method::POST, &path, None::<&()>, Retry::NOT_IDEMPOTENT).await.map_err(|e| ctx.fail(e))?;
     ctx.out.human(&format!("left {room}"));
     ctx.out.json(&json!({"room": room, "left": true}));
     Ok(())
@@ -235,18 +182,13 @@ async fn members(ctx: &Ctx, room: &str) -> anyhow::Result<()> {
     let resp: MembersResponse = ctx.authed()?.get(&path).await.map_err(|e| ctx.fail(e))?;
     for m in &resp.members {
         ctx.out.human(&m.user_id);
-        ctx.out
-            .json(&json!({"room_id": resp.room_id, "user_id": m.user_id}));
+        ctx.out.json(&json!({"room_id": resp.room_id, "user_id": m.user_id}));
     }
     Ok(())
 }
 
 async fn send(ctx: &Ctx, args: SendArgs) -> anyhow::Result<()> {
-    let body = if args.text == "-" {
-        read_message_stdin()?
-    } else {
-        args.text
-    };
+    let body = if args.text == "-" { read_message_stdin()? } else { args.text };
     if body.is_empty() {
         return Err(Failure::usage("nothing to send: the message is empty").into());
     }
@@ -262,32 +204,17 @@ async fn send(ctx: &Ctx, args: SendArgs) -> anyhow::Result<()> {
         (None, None) => unreachable!(),
     };
     if pending.as_ref().is_some_and(|p| p.reused) {
-        notice(&format!(
-            "retrying an earlier send of this message whose outcome was unknown (txn {txn_id})"
-        ));
+        notice(&format!("retrying an earlier send of this message whose outcome was unknown (txn {txn_id})"));
     }
-    let path = format!(
-        "/rooms/{}/send/{}",
-        encode_segment(&args.room),
-        encode_segment(&txn_id)
-    );
-    let result = api
-        .call::<SendResponse, _>(
-            Method::PUT,
-            &path,
-            Some(&SendRequest { body: &body }),
-            Retry::SEND,
-        )
-        .await;
+    let path = format!("/rooms/{}/send/{}", encode_segment(&args.room), encode_segment(&txn_id));
+    let result = api.call::<SendResponse, _>(Method::PUT, &path, Some(&SendRequest { body: &body }), Retry::SEND).await;
     match result {
         Ok(resp) => {
             if let Some(p) = pending {
                 p.settle()?;
             }
-            ctx.out
-                .human(&format!("sent (seq {}, {})", resp.seq, resp.event_id));
-            ctx.out
-                .json(&json!({"event_id": resp.event_id, "seq": resp.seq, "txn_id": txn_id}));
+            ctx.out.human(&format!("sent (seq {}, {})", resp.seq, resp.event_id));
+            ctx.out.json(&json!({"event_id": resp.event_id, "seq": resp.seq, "txn_id": txn_id}));
             Ok(())
         }
         Err(e) => {
@@ -312,22 +239,12 @@ async fn send(ctx: &Ctx, args: SendArgs) -> anyhow::Result<()> {
 fn is_retryable_refusal(e: &ApiError) -> bool {
     matches!(
         e.errcode(),
-        Some(
-            "rate_limited"
-                | "storage_unavailable"
-                | "home_server_unreachable"
-                | "request_timeout"
-                | "internal"
-        )
+        Some("rate_limited" | "storage_unavailable" | "home_server_unreachable" | "request_timeout" | "internal")
     )
 }
 
 async fn history(ctx: &Ctx, args: HistoryArgs) -> anyhow::Result<()> {
-    let mut path = format!(
-        "/rooms/{}/messages?limit={}",
-        encode_segment(&args.room),
-        args.limit
-    );
+    let mut path = format!("/rooms/{}/messages?limit={}", encode_segment(&args.room), args.limit);
     if let Some(b) = args.before {
         path.push_str(&format!("&before={b}"));
     }
@@ -341,10 +258,7 @@ async fn history(ctx: &Ctx, args: HistoryArgs) -> anyhow::Result<()> {
     if !ctx.out.json && stderr_is_terminal() {
         match page.events.first() {
             Some(first) if first.seq > page.earliest_seq => {
-                notice(&format!(
-                    "older messages: chatctl history {} --before {}",
-                    args.room, first.seq
-                ));
+                notice(&format!("older messages: chatctl history {} --before {}", args.room, first.seq));
             }
             None => notice("no messages here"),
             _ => {}
@@ -358,25 +272,19 @@ async fn history(ctx: &Ctx, args: HistoryArgs) -> anyhow::Result<()> {
 fn read_password(from_stdin: bool, confirm: bool) -> Result<String, Failure> {
     if from_stdin {
         let mut line = String::new();
-        io::stdin().lock().read_line(&mut line).map_err(|e| {
-            Failure::local(format!("reading the password from standard input: {e}"))
-        })?;
-        let password = line
-            .strip_suffix('\n')
-            .map(|l| l.strip_suffix('\r').unwrap_or(l))
-            .unwrap_or(&line);
+        io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure::local(format!("reading the password from standard input: {e}")))?;
+        let password = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
         if password.is_empty() {
             return Err(Failure::usage("no password on standard input"));
         }
         return Ok(password.to_owned());
     }
     let ask = |prompt: &str| {
-        rpassword::prompt_password(prompt).map_err(|e| {
-            Failure::new(
-                Exit::Usage,
-                format!("cannot ask for a password ({e}); use --password-stdin"),
-            )
-        })
+        rpassword::prompt_password(prompt)
+            .map_err(|e| Failure::new(Exit::Usage, format!("cannot ask for a password ({e}); use --password-stdin")))
     };
     let password = ask("Password: ")?;
     if password.is_empty() {

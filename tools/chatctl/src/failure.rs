@@ -29,10 +29,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(exit: Exit, message: impl Into<String>) -> Self {
-        Self {
-            exit,
-            message: one_line(&message.into()),
-        }
+        Self { exit, message: one_line(&message.into()) }
     }
 
     pub fn usage(message: impl Into<String>) -> Self {
@@ -73,10 +70,7 @@ impl std::error::Error for Failure {}
 
 /// Server text may hold newlines; the contract is one line on stderr.
 fn one_line(s: &str) -> String {
-    s.split(['\n', '\r'])
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    s.split(['\n', '\r']).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -85,14 +79,8 @@ mod tests {
 
     #[test]
     fn token_errors_mean_not_logged_in() {
-        assert_eq!(
-            Failure::refused("unknown_token", "revoked").exit,
-            Exit::NotLoggedIn
-        );
-        assert_eq!(
-            Failure::refused("missing_token", "x").exit,
-            Exit::NotLoggedIn
-        );
+        assert_eq!(Failure::refused("unknown_token", "revoked").exit, Exit::NotLoggedIn);
+        assert_eq!(Failure::refused("missing_token", "x").exit, Exit::NotLoggedIn);
         let f = Failure::refused("not_member", "you are not a member of #x:y");
         assert_eq!(f.exit, Exit::Refused);
         assert_eq!(f.to_string(), "not_member: you are not a member of #x:y");

@@ -64,15 +64,7 @@ async fn start(cli: Cli) -> anyhow::Result<()> {
         }),
         Err(_) => None,
     };
-    let target = Target::resolve(
-        cli.server.as_deref(),
-        std::env::var("CHATCTL_TOKEN").ok(),
-        stored,
-    )?;
-    let ctx = Ctx {
-        out: Out { json: cli.json },
-        config_dir,
-        target,
-    };
+    let target = Target::resolve(cli.server.as_deref(), std::env::var("CHATCTL_TOKEN").ok(), stored)?;
+    let ctx = Ctx { out: Out { json: cli.json }, config_dir, target };
     commands::run(&ctx, cli.command).await
 }

@@ -113,10 +113,8 @@ pub fn render_event(event: &Event, time: &str) -> String {
         ("join", _) => format!("{time} * {sender} joined"),
         ("leave", _) => format!("{time} * {sender} left"),
         (other, body) => {
-            let body = body
-                .as_deref()
-                .map(|b| format!(": {}", sanitize(b).replace('\n', "\n    ")))
-                .unwrap_or_default();
+            let body =
+                body.as_deref().map(|b| format!(": {}", sanitize(b).replace('\n', "\n    "))).unwrap_or_default();
             format!("{time} * {sender} ({}){body}", sanitize(other))
         }
     }
@@ -174,20 +172,11 @@ mod tests {
 
     #[test]
     fn events_render_with_time_sender_and_text() {
-        assert_eq!(
-            render_event(&ev("message", Some("hi")), "T"),
-            "T <@ann:h> hi"
-        );
-        assert_eq!(
-            render_event(&ev("message", Some("a\nb")), "T"),
-            "T <@ann:h> a\n    b"
-        );
+        assert_eq!(render_event(&ev("message", Some("hi")), "T"), "T <@ann:h> hi");
+        assert_eq!(render_event(&ev("message", Some("a\nb")), "T"), "T <@ann:h> a\n    b");
         assert_eq!(render_event(&ev("join", None), "T"), "T * @ann:h joined");
         assert_eq!(render_event(&ev("leave", None), "T"), "T * @ann:h left");
-        assert_eq!(
-            render_event(&ev("topic", Some("x")), "T"),
-            "T * @ann:h (topic): x"
-        );
+        assert_eq!(render_event(&ev("topic", Some("x")), "T"), "T * @ann:h (topic): x");
     }
 
     #[test]

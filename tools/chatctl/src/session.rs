@@ -29,30 +29,18 @@ pub struct Session {
 /// chatctl's directory. A relative `XDG_CONFIG_HOME` is ignored, as the XDG
 /// spec says, rather than resolved against whatever the cwd happens to be.
 pub fn config_dir() -> Result<PathBuf, Failure> {
-    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-    {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from).filter(|p| p.is_absolute()) {
         return Ok(dir.join("chatctl"));
     }
-    match std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-    {
+    match std::env::var_os("HOME").map(PathBuf::from).filter(|p| p.is_absolute()) {
         Some(home) => Ok(home.join(".config").join("chatctl")),
-        None => Err(Failure::local(
-            "cannot find a config directory: set XDG_CONFIG_HOME or HOME",
-        )),
+        None => Err(Failure::local("cannot find a config directory: set XDG_CONFIG_HOME or HOME")),
     }
 }
 
 /// Creates `dir` (and parents) with mode 0700 if missing.
 pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
+    DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 pub fn session_path(dir: &Path) -> PathBuf {
@@ -68,23 +56,14 @@ pub fn load(dir: &Path) -> anyhow::Result<Option<Session>> {
     };
     // Someone (a copy, an editor) widened the permissions of a file that
     // holds a bearer token: narrow them again and say so.
-    let too_open = fs::metadata(&path)
-        .map(|m| m.permissions().mode() & 0o077 != 0)
-        .unwrap_or(false);
+    let too_open = fs::metadata(&path).map(|m| m.permissions().mode() & 0o077 != 0).unwrap_or(false);
     if too_open {
-        eprintln!(
-            "chatctl: warning: {} was readable by others; set it to 0600",
-            path.display()
-        );
+        eprintln!("chatctl: warning: {} was readable by others; set it to 0600", path.display());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
             .with_context(|| format!("restricting {}", path.display()))?;
     }
-    let session = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a chatctl session; remove it and log in again",
-            path.display()
-        )
-    })?;
+    let session = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a chatctl session; remove it and log in again", path.display()))?;
     Ok(Some(session))
 }
 
@@ -96,11 +75,7 @@ pub fn save(dir: &Path, session: &Session) -> anyhow::Result<()> {
     let path = session_path(dir);
     let tmp = dir.join(format!(".{SESSION_FILE}.{}.tmp", std::process::id()));
     let write = || -> io::Result<()> {
-        let mut f: File = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f: File = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         // The umask can only remove bits; make the mode exact anyway.
         f.set_permissions(fs::Permissions::from_mode(0o600))?;
         f.write_all(&serde_json::to_vec_pretty(session).expect("sessions serialize"))?;
@@ -178,16 +153,9 @@ impl Target {
         };
         let token = match env_token.filter(|t| !t.is_empty()) {
             Some(t) => Some((t, TokenSource::Env)),
-            None => session
-                .as_ref()
-                .map(|s| (s.token.clone(), TokenSource::File)),
+            None => session.as_ref().map(|s| (s.token.clone(), TokenSource::File)),
         };
-        Ok(Self {
-            server,
-            token,
-            session,
-            why_no_token,
-        })
+        Ok(Self { server, token, session, why_no_token })
     }
 
     pub fn require_token(&self) -> Result<&str, Failure> {
@@ -203,12 +171,7 @@ mod tests {
     use super::*;
 
     fn session(server: &str) -> Session {
-        Session {
-            server: server.into(),
-            user_id: "@ann:h".into(),
-            device_id: "D".into(),
-            token: "tok".into(),
-        }
+        Session { server: server.into(), user_id: "@ann:h".into(), device_id: "D".into(), token: "tok".into() }
     }
 
     #[test]
@@ -217,42 +180,18 @@ mod tests {
         let dir = tmp.path().join("nested").join("chatctl");
         let s = session("http://h:1");
         save(&dir, &s).unwrap();
-        assert_eq!(
-            fs::metadata(session_path(&dir))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
-        assert_eq!(
-            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(fs::metadata(session_path(&dir)).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(load(&dir).unwrap(), Some(s.clone()));
 
         // A file whose mode was widened is replaced by a private one on save…
         fs::set_permissions(session_path(&dir), fs::Permissions::from_mode(0o644)).unwrap();
         save(&dir, &s).unwrap();
-        assert_eq!(
-            fs::metadata(session_path(&dir))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(session_path(&dir)).unwrap().permissions().mode() & 0o777, 0o600);
         // …and narrowed on load.
         fs::set_permissions(session_path(&dir), fs::Permissions::from_mode(0o640)).unwrap();
         load(&dir).unwrap();
-        assert_eq!(
-            fs::metadata(session_path(&dir))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(session_path(&dir)).unwrap().permissions().mode() & 0o777, 0o600);
 
         remove(&dir).unwrap();
         assert_eq!(load(&dir).unwrap(), None);
@@ -279,12 +218,7 @@ mod tests {
         assert!(err.message.contains("http://h:1"), "{}", err.message);
 
         // CHATCTL_TOKEN wins, on whichever server is chosen.
-        let t = Target::resolve(
-            Some("other:2"),
-            Some("envtok".into()),
-            Some(session("http://h:1")),
-        )
-        .unwrap();
+        let t = Target::resolve(Some("other:2"), Some("envtok".into()), Some(session("http://h:1"))).unwrap();
         assert_eq!(t.token, Some(("envtok".into(), TokenSource::Env)));
         // An empty CHATCTL_TOKEN counts as unset.
         let t = Target::resolve(None, Some(String::new()), Some(session("http://h:1"))).unwrap();

@@ -48,20 +48,12 @@ enum Lost {
     /// Reconnecting cannot help.
     Fatal(Failure),
     /// Reconnect (after `wait`, if the server asked for it).
-    Retry {
-        why: String,
-        unreachable: bool,
-        wait: Option<Duration>,
-    },
+    Retry { why: String, unreachable: bool, wait: Option<Duration> },
 }
 
 impl Lost {
     fn retry(why: impl Into<String>) -> Self {
-        Lost::Retry {
-            why: why.into(),
-            unreachable: false,
-            wait: None,
-        }
+        Lost::Retry { why: why.into(), unreachable: false, wait: None }
     }
 }
 
@@ -85,10 +77,7 @@ struct Signals {
 
 impl Signals {
     fn new() -> anyhow::Result<Self> {
-        Ok(Self {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-        })
+        Ok(Self { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
     }
 
     async fn recv(&mut self) {
@@ -102,38 +91,23 @@ impl Signals {
 pub async fn run(ctx: &Ctx, args: TailArgs) -> anyhow::Result<()> {
     let api = ctx.authed()?;
     let token = api.token().expect("authed clients have a token").to_owned();
-    let mut state = Follow {
-        room: args.room.clone(),
-        cursor: None,
-        following: false,
-        reached_live: false,
-        interrupted: false,
-    };
+    let mut state =
+        Follow { room: args.room.clone(), cursor: None, following: false, reached_live: false, interrupted: false };
 
     // A starting point in the past needs the room's epoch, which only the
     // history endpoint tells outside a subscription.
     if let Some(seq) = args.since {
         let path = format!("/rooms/{}/messages?limit=1", encode_segment(&args.room));
         let page: MessagesResponse = api.get(&path).await.map_err(|e| ctx.fail(e))?;
-        state.cursor = Some(Cursor {
-            epoch: page.epoch,
-            seq,
-        });
+        state.cursor = Some(Cursor { epoch: page.epoch, seq });
     } else if args.lines > 0 {
-        let path = format!(
-            "/rooms/{}/messages?limit={}",
-            encode_segment(&args.room),
-            args.lines
-        );
+        let path = format!("/rooms/{}/messages?limit={}", encode_segment(&args.room), args.lines);
         let page: MessagesResponse = api.get(&path).await.map_err(|e| ctx.fail(e))?;
         for event in &page.events {
             ctx.out.event(&page.room_id, &page.epoch, event);
         }
         let seq = page.events.last().map_or(page.latest_seq, |e| e.seq);
-        state.cursor = Some(Cursor {
-            epoch: page.epoch,
-            seq,
-        });
+        state.cursor = Some(Cursor { epoch: page.epoch, seq });
     }
 
     let mut signals = Signals::new()?;
@@ -152,19 +126,11 @@ pub async fn run(ctx: &Ctx, args: TailArgs) -> anyhow::Result<()> {
             }
             Ok(Stop::Left) => return Ok(()),
             Err(Lost::Fatal(f)) => return Err(f.into()),
-            Err(Lost::Retry {
-                why,
-                unreachable,
-                wait,
-            }) => {
+            Err(Lost::Retry { why, unreachable, wait }) => {
                 // A server that was never there is a mistake to report, not
                 // an outage to wait out.
                 if unreachable && !state.following {
-                    return Err(Failure::new(
-                        Exit::Unreachable,
-                        format!("cannot reach {}: {why}", ctx.server()),
-                    )
-                    .into());
+                    return Err(Failure::new(Exit::Unreachable, format!("cannot reach {}: {why}", ctx.server())).into());
                 }
                 // A connection that got as far as following was healthy:
                 // this drop starts a fresh series of attempts.
@@ -172,15 +138,9 @@ pub async fn run(ctx: &Ctx, args: TailArgs) -> anyhow::Result<()> {
                     backoff = BACKOFF_MIN;
                 }
                 let delay = wait.unwrap_or_else(|| jitter(backoff));
-                let (what, then) = if unreachable {
-                    ("cannot connect", "retrying")
-                } else {
-                    ("connection lost", "reconnecting")
-                };
-                notice(&format!(
-                    "{what} ({why}); {then} in {:.1} s",
-                    delay.as_secs_f32()
-                ));
+                let (what, then) =
+                    if unreachable { ("cannot connect", "retrying") } else { ("connection lost", "reconnecting") };
+                notice(&format!("{what} ({why}); {then} in {:.1} s", delay.as_secs_f32()));
                 state.interrupted = true;
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -194,30 +154,16 @@ pub async fn run(ctx: &Ctx, args: TailArgs) -> anyhow::Result<()> {
 
 /// One connection: upgrade, `ready`, `subscribe`, then events until the
 /// connection ends or the user stops.
-async fn connection(
-    ctx: &Ctx,
-    token: &str,
-    state: &mut Follow,
-    signals: &mut Signals,
-) -> Result<Stop, Lost> {
+async fn connection(ctx: &Ctx, token: &str, state: &mut Follow, signals: &mut Signals) -> Result<Stop, Lost> {
     let mut req = ws_url(ctx.server())
         .into_client_request()
         .map_err(|e| Lost::Fatal(Failure::usage(format!("bad WebSocket URL: {e}"))))?;
     let headers = req.headers_mut();
-    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        Lost::Fatal(Failure::local(
-            "the access token has characters a header cannot carry",
-        ))
-    })?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| Lost::Fatal(Failure::local("the access token has characters a header cannot carry")))?;
     headers.insert(header::AUTHORIZATION, bearer);
-    headers.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(WS_SUBPROTOCOL),
-    );
-    headers.insert(
-        header::USER_AGENT,
-        HeaderValue::from_static(concat!("chatctl/", env!("CARGO_PKG_VERSION"))),
-    );
+    headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(WS_SUBPROTOCOL));
+    headers.insert(header::USER_AGENT, HeaderValue::from_static(concat!("chatctl/", env!("CARGO_PKG_VERSION"))));
     // Server frames are small, but a message of 16 KiB of escaped text is
     // several times that as JSON.
     let config = WebSocketConfig::default().max_message_size(Some(4 << 20));
@@ -258,11 +204,7 @@ async fn connection(
         _ = signals.recv() => return Ok(Stop::Interrupted),
     }
 
-    let subscribe = ClientFrame::Subscribe {
-        id: SUBSCRIBE_ID,
-        room: &state.room,
-        since: state.cursor.clone(),
-    };
+    let subscribe = ClientFrame::Subscribe { id: SUBSCRIBE_ID, room: &state.room, since: state.cursor.clone() };
     send_frame(&mut ws, &subscribe).await?;
 
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -303,18 +245,12 @@ fn handle(ctx: &Ctx, state: &mut Follow, text: &str) -> Result<Option<Stop>, Los
     let frame = match serde_json::from_str::<ServerFrame>(text) {
         Ok(f) => f,
         Err(e) => {
-            notice(&format!(
-                "warning: ignoring a frame outside the protocol ({e})"
-            ));
+            notice(&format!("warning: ignoring a frame outside the protocol ({e})"));
             return Ok(None);
         }
     };
     match frame {
-        ServerFrame::Event {
-            room_id,
-            epoch,
-            event,
-        } => {
+        ServerFrame::Event { room_id, epoch, event } => {
             match &state.cursor {
                 // Already printed (a replay overlapping what we saw).
                 Some(c) if c.epoch == epoch && event.seq <= c.seq => return Ok(None),
@@ -329,26 +265,16 @@ fn handle(ctx: &Ctx, state: &mut Follow, text: &str) -> Result<Option<Stop>, Los
                 _ => {}
             }
             ctx.out.event(&room_id, &epoch, &event);
-            state.cursor = Some(Cursor {
-                epoch,
-                seq: event.seq,
-            });
+            state.cursor = Some(Cursor { epoch, seq: event.seq });
         }
-        ServerFrame::CaughtUp {
-            epoch,
-            seq,
-            room_id,
-        } => {
+        ServerFrame::CaughtUp { epoch, seq, room_id } => {
             match &state.cursor {
                 // In the same epoch the cursor already says what was printed.
                 Some(c) if c.epoch == epoch => {}
                 _ => state.cursor = Some(Cursor { epoch, seq }),
             }
             if !state.following && !ctx.out.json && stderr_is_terminal() {
-                notice(&format!(
-                    "following {} ({room_id}); Ctrl-C to stop",
-                    state.room
-                ));
+                notice(&format!("following {} ({room_id}); Ctrl-C to stop", state.room));
             }
             if std::mem::take(&mut state.interrupted) {
                 let after = state.cursor.as_ref().map_or(0, |c| c.seq);
@@ -357,12 +283,7 @@ fn handle(ctx: &Ctx, state: &mut Follow, text: &str) -> Result<Option<Stop>, Los
             state.following = true;
             state.reached_live = true;
         }
-        ServerFrame::Gap {
-            room_id,
-            from,
-            to,
-            reason,
-        } => {
+        ServerFrame::Gap { room_id, from, to, reason } => {
             ctx.out.gap(&room_id, &from, &to, &reason);
             state.cursor = Some(to);
         }
@@ -373,12 +294,7 @@ fn handle(ctx: &Ctx, state: &mut Follow, text: &str) -> Result<Option<Stop>, Los
             }
             return Err(Lost::retry("the server ended the subscription"));
         }
-        ServerFrame::Error {
-            id,
-            errcode,
-            error,
-            retry_after_ms,
-        } => {
+        ServerFrame::Error { id, errcode, error, retry_after_ms } => {
             if id.as_deref() == Some(SUBSCRIBE_ID) {
                 return Err(subscribe_refused(errcode, error, retry_after_ms));
             }
@@ -399,9 +315,7 @@ fn subscribe_refused(errcode: String, error: String, retry_after_ms: Option<u64>
             unreachable: false,
             wait: Some(Duration::from_millis(retry_after_ms.unwrap_or(1000))),
         },
-        "storage_unavailable" | "home_server_unreachable" | "internal" => {
-            Lost::retry(format!("{errcode}: {error}"))
-        }
+        "storage_unavailable" | "home_server_unreachable" | "internal" => Lost::retry(format!("{errcode}: {error}")),
         _ => Lost::Fatal(Failure::refused(&errcode, &error)),
     }
 }
@@ -412,21 +326,16 @@ fn closed(frame: Option<CloseFrame>) -> Lost {
         return Lost::retry("the server closed the connection");
     };
     let code = u16::from(frame.code);
-    let reason = if frame.reason.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", frame.reason)
-    };
+    let reason = if frame.reason.is_empty() { String::new() } else { format!(": {}", frame.reason) };
     match code {
         4001 => Lost::Fatal(Failure::new(
             Exit::NotLoggedIn,
             format!("the server ended the session (close 4001{reason}); log in again"),
         )),
         // Frames chatctl sent were refused: retrying would repeat them.
-        1003 | 1007 | 1009 => Lost::Fatal(Failure::new(
-            Exit::Refused,
-            format!("the server refused a frame (close {code}{reason})"),
-        )),
+        1003 | 1007 | 1009 => {
+            Lost::Fatal(Failure::new(Exit::Refused, format!("the server refused a frame (close {code}{reason})")))
+        }
         _ => Lost::retry(format!("closed by the server, code {code}{reason}")),
     }
 }
@@ -445,21 +354,12 @@ fn upgrade_failure(e: tungstenite::Error) -> Lost {
                     | std::io::ErrorKind::NotFound
             );
             let why = io.to_string();
-            let why = why
-                .find(" (os error")
-                .map_or(why.clone(), |i| why[..i].to_owned());
-            Lost::Retry {
-                why,
-                unreachable,
-                wait: None,
-            }
+            let why = why.find(" (os error").map_or(why.clone(), |i| why[..i].to_owned());
+            Lost::Retry { why, unreachable, wait: None }
         }
         tungstenite::Error::Http(resp) => {
             let status = resp.status();
-            let body = resp
-                .body()
-                .as_deref()
-                .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
+            let body = resp.body().as_deref().and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok());
             match body {
                 Some(body) => {
                     let err = ApiError::Refused { body: body.clone() };
@@ -469,15 +369,11 @@ fn upgrade_failure(e: tungstenite::Error) -> Lost {
                             unreachable: false,
                             wait: Some(Duration::from_millis(body.retry_after_ms.unwrap_or(1000))),
                         },
-                        "storage_unavailable" | "internal" => {
-                            Lost::retry(format!("{}: {}", body.errcode, body.error))
-                        }
+                        "storage_unavailable" | "internal" => Lost::retry(format!("{}: {}", body.errcode, body.error)),
                         _ => Lost::Fatal(err.into_failure("")),
                     }
                 }
-                None if status.is_server_error() => {
-                    Lost::retry(format!("HTTP {status} on the WebSocket upgrade"))
-                }
+                None if status.is_server_error() => Lost::retry(format!("HTTP {status} on the WebSocket upgrade")),
                 None => Lost::Fatal(Failure::new(
                     Exit::Unreachable,
                     format!("the server refused the WebSocket upgrade with HTTP {status}"),
@@ -493,17 +389,13 @@ where
     S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
 {
     let text = serde_json::to_string(frame).expect("client frames serialize");
-    ws.send(Message::text(text))
-        .await
-        .map_err(|e| Lost::retry(e.to_string()))
+    ws.send(Message::text(text)).await.map_err(|e| Lost::retry(e.to_string()))
 }
 
 /// Up to a quarter more, so many clients cut off together do not all come
 /// back in the same instant.
 fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
     let spread = (d.as_millis() as u64 / 4).max(1);
     d + Duration::from_millis(u64::from(nanos) % spread)
 }
@@ -513,10 +405,7 @@ mod tests {
     use super::*;
 
     fn close(code: u16) -> Option<CloseFrame> {
-        Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: "".into(),
-        })
+        Some(CloseFrame { code: CloseCode::from(code), reason: "".into() })
     }
 
     #[test]
@@ -538,20 +427,14 @@ mod tests {
             subscribe_refused("rate_limited".into(), "x".into(), Some(1500)),
             Lost::Retry { wait: Some(w), .. } if w == Duration::from_millis(1500)
         ));
-        assert!(matches!(
-            subscribe_refused("storage_unavailable".into(), "x".into(), None),
-            Lost::Retry { .. }
-        ));
+        assert!(matches!(subscribe_refused("storage_unavailable".into(), "x".into(), None), Lost::Retry { .. }));
     }
 
     #[test]
     fn jitter_stays_within_a_quarter() {
         for _ in 0..100 {
             let j = jitter(Duration::from_secs(4));
-            assert!(
-                j >= Duration::from_secs(4) && j < Duration::from_secs(5),
-                "{j:?}"
-            );
+            assert!(j >= Duration::from_secs(4) && j < Duration::from_secs(5), "{j:?}");
         }
     }
 }

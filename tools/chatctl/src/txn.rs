@@ -59,9 +59,7 @@ pub struct Pending {
 
 impl Journal {
     pub fn new(config_dir: &Path) -> Self {
-        Self {
-            dir: config_dir.join("pending"),
-        }
+        Self { dir: config_dir.join("pending") }
     }
 
     pub fn begin(&self, token: &str, room: &str, body: &str) -> anyhow::Result<Pending> {
@@ -71,23 +69,14 @@ impl Journal {
         let mut file = lock_entry(&path).with_context(|| format!("locking {}", path.display()))?;
         let now = now_ms();
         let mut text = String::new();
-        file.read_to_string(&mut text)
-            .with_context(|| format!("reading {}", path.display()))?;
+        file.read_to_string(&mut text).with_context(|| format!("reading {}", path.display()))?;
         let live = serde_json::from_str::<Entry>(&text)
             .ok()
             .filter(|e| now.saturating_sub(e.created_ms) < ENTRY_TTL.as_millis() as u64);
         if let Some(entry) = live {
-            return Ok(Pending {
-                file,
-                path,
-                txn_id: entry.txn_id,
-                reused: true,
-            });
+            return Ok(Pending { file, path, txn_id: entry.txn_id, reused: true });
         }
-        let entry = Entry {
-            txn_id: new_txn_id(),
-            created_ms: now,
-        };
+        let entry = Entry { txn_id: new_txn_id(), created_ms: now };
         let write = |f: &mut File| -> io::Result<()> {
             f.set_len(0)?;
             f.seek(SeekFrom::Start(0))?;
@@ -97,12 +86,7 @@ impl Journal {
             f.sync_all()
         };
         write(&mut file).with_context(|| format!("writing {}", path.display()))?;
-        Ok(Pending {
-            file,
-            path,
-            txn_id: entry.txn_id,
-            reused: false,
-        })
+        Ok(Pending { file, path, txn_id: entry.txn_id, reused: false })
     }
 
     /// Removes entries too old to be reused. Best effort: a failure here
@@ -113,11 +97,7 @@ impl Journal {
         };
         let cutoff = SystemTime::now() - ENTRY_TTL;
         for entry in dir.flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(|t| t < cutoff)
-                .unwrap_or(false);
+            let old = entry.metadata().and_then(|m| m.modified()).map(|t| t < cutoff).unwrap_or(false);
             if old {
                 let _ = fs::remove_file(entry.path());
             }
@@ -147,13 +127,7 @@ impl Pending {
 /// unlinks it).
 fn lock_entry(path: &Path) -> io::Result<File> {
     loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
         loop {
             // SAFETY: flock on a descriptor this function owns.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
@@ -188,9 +162,7 @@ fn key(token: &str, room: &str, body: &str) -> String {
 /// 128 random bits; the characters are within the spec's txn_id alphabet.
 pub fn new_txn_id() -> String {
     let mut bytes = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("the system random source works");
+    SystemRandom::new().fill(&mut bytes).expect("the system random source works");
     format!("cc{}", hex(&bytes))
 }
 
@@ -199,10 +171,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -239,11 +208,7 @@ mod tests {
         let a = j.begin("tok", "lobby", "hi").unwrap();
         let (a_id, a_path) = (a.txn_id.clone(), a.path.clone());
         a.keep();
-        for (tok, room, body) in [
-            ("tok", "lobby", "hi!"),
-            ("tok", "other", "hi"),
-            ("tok2", "lobby", "hi"),
-        ] {
+        for (tok, room, body) in [("tok", "lobby", "hi!"), ("tok", "other", "hi"), ("tok2", "lobby", "hi")] {
             let p = j.begin(tok, room, body).unwrap();
             assert!(!p.reused);
             assert_ne!(p.txn_id, a_id);
@@ -257,10 +222,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let j = Journal::new(tmp.path());
         let p = j.begin("tok", "lobby", "hi").unwrap();
-        let stale = Entry {
-            txn_id: "ccold".into(),
-            created_ms: now_ms() - ENTRY_TTL.as_millis() as u64 - 1,
-        };
+        let stale = Entry { txn_id: "ccold".into(), created_ms: now_ms() - ENTRY_TTL.as_millis() as u64 - 1 };
         fs::write(&p.path, serde_json::to_vec(&stale).unwrap()).unwrap();
         p.keep();
         let p = j.begin("tok", "lobby", "hi").unwrap();
@@ -279,10 +241,7 @@ mod tests {
             (p.txn_id.clone(), p.reused)
         });
         std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            !waiter.is_finished(),
-            "the second sender must wait for the first"
-        );
+        assert!(!waiter.is_finished(), "the second sender must wait for the first");
         first.settle().unwrap();
         let (second_id, reused) = waiter.join().unwrap();
         assert!(!reused);
@@ -293,9 +252,6 @@ mod tests {
     fn txn_ids_fit_the_spec_alphabet() {
         let id = new_txn_id();
         assert!(id.len() <= 64);
-        assert!(
-            id.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
-        );
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b)));
     }
 }

@@ -175,10 +175,9 @@ mod tests {
 
     #[test]
     fn events_keep_unknown_fields_and_omit_absent_body() {
-        let ev: Event = serde_json::from_str(
-            r#"{"event_id":"$a","seq":3,"type":"join","sender":"@ann:x","ts":5,"future":true}"#,
-        )
-        .unwrap();
+        let ev: Event =
+            serde_json::from_str(r#"{"event_id":"$a","seq":3,"type":"join","sender":"@ann:x","ts":5,"future":true}"#)
+                .unwrap();
         assert_eq!(ev.kind, "join");
         assert_eq!(ev.body, None);
         let back = serde_json::to_value(&ev).unwrap();
@@ -188,23 +187,9 @@ mod tests {
 
     #[test]
     fn subscribe_frame_matches_the_schema() {
-        let f = ClientFrame::Subscribe {
-            id: "s1",
-            room: "lobby",
-            since: None,
-        };
-        assert_eq!(
-            serde_json::to_string(&f).unwrap(),
-            r#"{"type":"subscribe","id":"s1","room":"lobby"}"#
-        );
-        let f = ClientFrame::Subscribe {
-            id: "s1",
-            room: "lobby",
-            since: Some(Cursor {
-                epoch: "e".into(),
-                seq: 4,
-            }),
-        };
+        let f = ClientFrame::Subscribe { id: "s1", room: "lobby", since: None };
+        assert_eq!(serde_json::to_string(&f).unwrap(), r#"{"type":"subscribe","id":"s1","room":"lobby"}"#);
+        let f = ClientFrame::Subscribe { id: "s1", room: "lobby", since: Some(Cursor { epoch: "e".into(), seq: 4 }) };
         assert_eq!(
             serde_json::to_string(&f).unwrap(),
             r#"{"type":"subscribe","id":"s1","room":"lobby","since":{"epoch":"e","seq":4}}"#
@@ -213,8 +198,7 @@ mod tests {
 
     #[test]
     fn unknown_server_frames_are_tolerated() {
-        let f: ServerFrame =
-            serde_json::from_str(r##"{"type":"joined","room_id":"!a:x","alias":"#a:x"}"##).unwrap();
+        let f: ServerFrame = serde_json::from_str(r##"{"type":"joined","room_id":"!a:x","alias":"#a:x"}"##).unwrap();
         assert!(matches!(f, ServerFrame::Other));
         let f: ServerFrame = serde_json::from_str(
             r#"{"type":"gap","room_id":"!a:x","from":{"epoch":"e","seq":1},"to":{"epoch":"e","seq":4},"reason":"trimmed"}"#,

@@ -22,9 +22,7 @@ fn user(name: &str, server: &Server) -> User {
 /// The room's last seq, from `history --json`.
 fn last_seq(u: &User, room: &str) -> u64 {
     let out = u.run(&["--json", "history", room, "--limit", "1"]).ok();
-    json_lines(&out)
-        .last()
-        .map_or(0, |e| e["seq"].as_u64().expect("seq"))
+    json_lines(&out).last().map_or(0, |e| e["seq"].as_u64().expect("seq"))
 }
 
 /// The bodies of a room's messages, oldest first.
@@ -49,15 +47,11 @@ fn the_whole_flow_from_register_to_logout() {
 
     // Login stores a private session file.
     let out = ann.login().ok();
-    assert!(
-        out.starts_with(&format!("logged in as @ann:{host} on {}", server.url)),
-        "{out}"
-    );
+    assert!(out.starts_with(&format!("logged in as @ann:{host} on {}", server.url)), "{out}");
     let file = ann.session_file();
     assert_eq!(mode(&file), 0o600, "the token file must be private");
     assert_eq!(mode(file.parent().unwrap()), 0o700);
-    let session: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let session: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     assert_eq!(session["server"], server.url.as_str());
     assert_eq!(session["user_id"], format!("@ann:{host}"));
     assert!(session["device_id"].is_string());
@@ -68,27 +62,17 @@ fn the_whole_flow_from_register_to_logout() {
 
     // Bob registers and logs in in one go, from another terminal.
     let bob = User::new("bob", &server);
-    let out = bob
-        .run_stdin(
-            &["--json", "register", "bob", "--password-stdin", "--login"],
-            &format!("{PASSWORD}\n"),
-        )
-        .ok();
+    let out =
+        bob.run_stdin(&["--json", "register", "bob", "--password-stdin", "--login"], &format!("{PASSWORD}\n")).ok();
     let lines = json_lines(&out);
     assert_eq!(lines[0]["user_id"], format!("@bob:{host}"));
     assert_eq!(lines[1]["user_id"], format!("@bob:{host}"));
     assert_eq!(lines[1]["server"], server.url.as_str());
-    assert!(
-        lines[1].get("token").is_none() && lines[1].get("access_token").is_none(),
-        "no token on stdout"
-    );
+    assert!(lines[1].get("token").is_none() && lines[1].get("access_token").is_none(), "no token on stdout");
 
     // Both join the lobby.
     let out = ann.run(&["join", "lobby"]).ok();
-    assert!(
-        out.starts_with(&format!("joined #lobby:{host} (!")),
-        "{out}"
-    );
+    assert!(out.starts_with(&format!("joined #lobby:{host} (!")), "{out}");
     let out = bob.run(&["--json", "join", &format!("#lobby:{host}")]).ok();
     let joined = &json_lines(&out)[0];
     assert_eq!(joined["alias"], format!("#lobby:{host}"));
@@ -102,29 +86,16 @@ fn the_whole_flow_from_register_to_logout() {
     // Send, from an argument and from standard input.
     let out = ann.run(&["send", "lobby", "hello bob"]).ok();
     assert!(out.starts_with("sent (seq "), "{out}");
-    ann.run_stdin(&["send", "lobby", "-"], "line one\nline two\n")
-        .ok();
+    ann.run_stdin(&["send", "lobby", "-"], "line one\nline two\n").ok();
 
     // History: time, sender and text.
     let out = bob.run(&["history", "lobby"]).ok();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 5, "{out}"); // 2 joins, 2 messages, one of them on two lines
-    assert!(
-        lines[0].ends_with(&format!("* @ann:{host} joined")),
-        "{out}"
-    );
-    assert!(
-        lines[1].ends_with(&format!("* @bob:{host} joined")),
-        "{out}"
-    );
-    assert!(
-        lines[2].ends_with(&format!(" <@ann:{host}> hello bob")),
-        "{out}"
-    );
-    assert!(
-        lines[3].ends_with(&format!(" <@ann:{host}> line one")),
-        "{out}"
-    );
+    assert!(lines[0].ends_with(&format!("* @ann:{host} joined")), "{out}");
+    assert!(lines[1].ends_with(&format!("* @bob:{host} joined")), "{out}");
+    assert!(lines[2].ends_with(&format!(" <@ann:{host}> hello bob")), "{out}");
+    assert!(lines[3].ends_with(&format!(" <@ann:{host}> line one")), "{out}");
     assert_eq!(lines[4], "    line two");
     let time = &lines[2][..19];
     assert!(
@@ -133,9 +104,7 @@ fn the_whole_flow_from_register_to_logout() {
     );
 
     // --json history: one event object per line with room and epoch.
-    let out = bob
-        .run(&["--json", "history", "lobby", "--limit", "2"])
-        .ok();
+    let out = bob.run(&["--json", "history", "lobby", "--limit", "2"]).ok();
     let events = json_lines(&out);
     assert_eq!(events.len(), 2);
     assert_eq!(events[0]["body"], "hello bob");
@@ -146,13 +115,9 @@ fn the_whole_flow_from_register_to_logout() {
     assert_eq!(events[1]["seq"].as_u64().unwrap(), seq + 1);
 
     // --before and --after page through it.
-    let out = bob
-        .run(&["--json", "history", "lobby", "--before", &seq.to_string()])
-        .ok();
+    let out = bob.run(&["--json", "history", "lobby", "--before", &seq.to_string()]).ok();
     assert_eq!(json_lines(&out).len() as u64, seq - 1);
-    let out = bob
-        .run(&["--json", "history", "lobby", "--after", &seq.to_string()])
-        .ok();
+    let out = bob.run(&["--json", "history", "lobby", "--after", &seq.to_string()]).ok();
     assert_eq!(json_lines(&out)[0]["body"], "line one\nline two");
 
     // Ann follows the room from where she is; Bob talks; Ann sees it live.
@@ -162,17 +127,13 @@ fn the_whole_flow_from_register_to_logout() {
     assert!(line.ends_with(&format!(" <@bob:{host}> hi ann")), "{line}");
     bob.run(&["send", "lobby", "still there?"]).ok();
     let line = tail.next_line(LINE_WAIT);
-    assert!(
-        line.ends_with(&format!(" <@bob:{host}> still there?")),
-        "{line}"
-    );
+    assert!(line.ends_with(&format!(" <@bob:{host}> still there?")), "{line}");
     // Ctrl-C ends it cleanly.
     assert_eq!(tail.interrupt(), 0);
 
     // Leave, then the room is closed to Bob.
     assert_eq!(bob.run(&["leave", "lobby"]).ok(), "left lobby\n");
-    bob.run(&["send", "lobby", "hello?"])
-        .fails(1, "chatctl: not_member: ");
+    bob.run(&["send", "lobby", "hello?"]).fails(1, "chatctl: not_member: ");
     assert_eq!(bob.run(&["rooms"]).ok(), "");
 
     // Logout revokes the token and forgets the session.
@@ -201,43 +162,23 @@ fn tail_starts_live_prints_recent_lines_and_json() {
     let mut probe = 0;
     let first = loop {
         probe += 1;
-        assert!(
-            probe < 40,
-            "tail never went live; stderr: {}",
-            tail.stderr()
-        );
+        assert!(probe < 40, "tail never went live; stderr: {}", tail.stderr());
         bob.run(&["send", "den", &format!("probe {probe}")]).ok();
-        if let Some(line) = tail
-            .lines_within(Duration::from_millis(500))
-            .into_iter()
-            .next()
-        {
+        if let Some(line) = tail.lines_within(Duration::from_millis(500)).into_iter().next() {
             break line;
         }
     };
     assert!(first.contains("<@bob:"), "{first}");
-    assert!(
-        !tail.seen.iter().any(|l| l.contains("before tail")),
-        "{:?}",
-        tail.seen
-    );
+    assert!(!tail.seen.iter().any(|l| l.contains("before tail")), "{:?}", tail.seen);
     for i in 0..3 {
         bob.run(&["send", "den", &format!("live {i}")]).ok();
     }
     let mut rest = Vec::new();
-    while rest
-        .iter()
-        .filter(|l: &&String| l.contains("live "))
-        .count()
-        < 3
-    {
+    while rest.iter().filter(|l: &&String| l.contains("live ")).count() < 3 {
         rest.push(tail.next_line(LINE_WAIT));
     }
     let live: Vec<_> = rest.iter().filter(|l| l.contains("live ")).collect();
-    assert!(
-        live[0].ends_with("live 0") && live[1].ends_with("live 1") && live[2].ends_with("live 2"),
-        "{rest:?}"
-    );
+    assert!(live[0].ends_with("live 0") && live[1].ends_with("live 1") && live[2].ends_with("live 2"), "{rest:?}");
     assert_eq!(tail.interrupt(), 0);
 
     // -n shows recent history first, then follows, with JSON events shaped
@@ -250,10 +191,7 @@ fn tail_starts_live_prints_recent_lines_and_json() {
     let ev = serde_json::from_str::<serde_json::Value>(&tail.next_line(LINE_WAIT)).unwrap();
     assert_eq!(ev["type"], "message");
     assert_eq!(ev["body"], "after json tail");
-    assert_eq!(
-        ev["seq"].as_u64().unwrap(),
-        last["seq"].as_u64().unwrap() + 1
-    );
+    assert_eq!(ev["seq"].as_u64().unwrap(), last["seq"].as_u64().unwrap() + 1);
     assert!(ev["room_id"].is_string() && ev["epoch"].is_string() && ev["ts"].is_u64());
     assert_eq!(tail.interrupt(), 0);
 }
@@ -275,24 +213,11 @@ fn tail_reconnects_after_a_server_restart_and_resumes_without_gaps_or_repeats() 
     // a message is sent, and another one after.
     server.restart();
     bob.run(&["send", "lobby", "m2"]).ok();
-    assert!(
-        tail.next_line(LINE_WAIT).ends_with("> m2"),
-        "{:?} {}",
-        tail.seen,
-        tail.stderr()
-    );
+    assert!(tail.next_line(LINE_WAIT).ends_with("> m2"), "{:?} {}", tail.seen, tail.stderr());
     bob.run(&["send", "lobby", "m3"]).ok();
-    assert!(
-        tail.next_line(LINE_WAIT).ends_with("> m3"),
-        "{:?}",
-        tail.seen
-    );
+    assert!(tail.next_line(LINE_WAIT).ends_with("> m3"), "{:?}", tail.seen);
     // Nothing printed twice.
-    assert!(
-        tail.lines_within(Duration::from_millis(500)).is_empty(),
-        "{:?}",
-        tail.seen
-    );
+    assert!(tail.lines_within(Duration::from_millis(500)).is_empty(), "{:?}", tail.seen);
     assert!(tail.stderr().contains("reconnecting"), "{}", tail.stderr());
     assert_eq!(tail.interrupt(), 0);
 }
@@ -308,21 +233,13 @@ fn tail_says_so_when_the_server_reports_a_gap() {
     // Seq 1 is the join, m1..m6 are 2..7; only 5..7 are kept.
     let mut tail = ann.tail("lobby", &["--since", "1"]);
     let gap = tail.next_line(LINE_WAIT);
-    assert!(
-        gap.starts_with("-- gap (trimmed): events 2..4 are no longer available"),
-        "{gap}"
-    );
+    assert!(gap.starts_with("-- gap (trimmed): events 2..4 are no longer available"), "{gap}");
     for m in ["m4", "m5", "m6"] {
-        assert!(
-            tail.next_line(LINE_WAIT).ends_with(&format!("> {m}")),
-            "{:?}",
-            tail.seen
-        );
+        assert!(tail.next_line(LINE_WAIT).ends_with(&format!("> {m}")), "{:?}", tail.seen);
     }
     assert_eq!(tail.interrupt(), 0);
 
-    let mut tail =
-        support::Tail::spawn_command(ann.command(&["--json", "tail", "lobby", "--since", "1"]));
+    let mut tail = support::Tail::spawn_command(ann.command(&["--json", "tail", "lobby", "--since", "1"]));
     let gap: serde_json::Value = serde_json::from_str(&tail.next_line(LINE_WAIT)).unwrap();
     assert_eq!(gap["type"], "gap");
     assert_eq!(gap["reason"], "trimmed");
@@ -352,26 +269,16 @@ fn a_send_retried_after_a_lost_answer_is_stored_once() {
     // with the same txn id and the server answers with the stored event.
     proxy.swallow.store(1, std::sync::atomic::Ordering::SeqCst);
     let out = via_proxy(&["--json", "send", "lobby", "exactly once"]).ok();
-    assert_eq!(
-        proxy.swallowed.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "the proxy did cut an answer"
-    );
+    assert_eq!(proxy.swallowed.load(std::sync::atomic::Ordering::SeqCst), 1, "the proxy did cut an answer");
     let sent = &json_lines(&out)[0];
     assert_eq!(bodies(&ann, "lobby"), ["exactly once"]);
     assert_eq!(sent["seq"].as_u64().unwrap(), last_seq(&ann, "lobby"));
 
     // Every answer is lost: the command gives up, unsure whether it sent…
-    proxy
-        .swallow
-        .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    proxy.swallow.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
     let err = via_proxy(&["send", "lobby", "run me twice"]).fails(4, "run the same command again");
     assert!(err.contains("no answer from"), "{err}");
-    assert_eq!(
-        bodies(&ann, "lobby"),
-        ["exactly once", "run me twice"],
-        "the server did store it"
-    );
+    assert_eq!(bodies(&ann, "lobby"), ["exactly once", "run me twice"], "the server did store it");
     // …and running the same command again does not send it a second time.
     proxy.swallow.store(0, std::sync::atomic::Ordering::SeqCst);
     let run = via_proxy(&["send", "lobby", "run me twice"]);
@@ -382,28 +289,14 @@ fn a_send_retried_after_a_lost_answer_is_stored_once() {
     // A message that was delivered and then sent again on purpose is two messages.
     ann.run(&["send", "lobby", "ok"]).ok();
     ann.run(&["send", "lobby", "ok"]).ok();
-    assert_eq!(
-        bodies(&ann, "lobby"),
-        ["exactly once", "run me twice", "ok", "ok"]
-    );
+    assert_eq!(bodies(&ann, "lobby"), ["exactly once", "run me twice", "ok", "ok"]);
 
     // An explicit txn id is the caller's idempotency key.
-    let a = ann
-        .run(&["--json", "send", "lobby", "keyed", "--txn-id", "my-key-1"])
-        .ok();
-    let b = ann
-        .run(&["--json", "send", "lobby", "keyed", "--txn-id", "my-key-1"])
-        .ok();
+    let a = ann.run(&["--json", "send", "lobby", "keyed", "--txn-id", "my-key-1"]).ok();
+    let b = ann.run(&["--json", "send", "lobby", "keyed", "--txn-id", "my-key-1"]).ok();
     assert_eq!(json_lines(&a)[0]["event_id"], json_lines(&b)[0]["event_id"]);
-    ann.run(&["send", "lobby", "other text", "--txn-id", "my-key-1"])
-        .fails(1, "chatctl: txn_conflict: ");
-    assert_eq!(
-        bodies(&ann, "lobby")
-            .iter()
-            .filter(|b| *b == "keyed")
-            .count(),
-        1
-    );
+    ann.run(&["send", "lobby", "other text", "--txn-id", "my-key-1"]).fails(1, "chatctl: txn_conflict: ");
+    assert_eq!(bodies(&ann, "lobby").iter().filter(|b| *b == "keyed").count(), 1);
 }
 
 #[test]
@@ -417,37 +310,23 @@ fn refusals_carry_the_servers_errcode_and_exit_codes() {
         ("password", "password_too_common"),
         ("83749261093", "password_entirely_numeric"),
     ] {
-        ann.run_stdin(
-            &["register", "ann", "--password-stdin"],
-            &format!("{password}\n"),
-        )
-        .fails(1, &format!("chatctl: {code}: "));
+        ann.run_stdin(&["register", "ann", "--password-stdin"], &format!("{password}\n"))
+            .fails(1, &format!("chatctl: {code}: "));
     }
-    ann.run_stdin(
-        &["register", "annabelle", "--password-stdin"],
-        "annabelle1\n",
-    )
-    .fails(1, "chatctl: password_too_similar: ");
+    ann.run_stdin(&["register", "annabelle", "--password-stdin"], "annabelle1\n")
+        .fails(1, "chatctl: password_too_similar: ");
     ann.register().ok();
     ann.register().fails(1, "chatctl: username_taken: ");
     User::new("x", &server)
-        .run_stdin(
-            &["register", "no spaces", "--password-stdin"],
-            &format!("{PASSWORD}\n"),
-        )
+        .run_stdin(&["register", "no spaces", "--password-stdin"], &format!("{PASSWORD}\n"))
         .fails(1, "chatctl: invalid_username: ");
 
     // A wrong password: refused, and no session is stored.
-    ann.run_stdin(
-        &["login", "ann", "--password-stdin"],
-        "not-the-password-at-all\n",
-    )
-    .fails(1, "chatctl: invalid_credentials: ");
+    ann.run_stdin(&["login", "ann", "--password-stdin"], "not-the-password-at-all\n")
+        .fails(1, "chatctl: invalid_credentials: ");
     assert!(!ann.session_file().exists());
     // So is an unknown user, with the same errcode.
-    User::new("nobody", &server)
-        .login()
-        .fails(1, "chatctl: invalid_credentials: ");
+    User::new("nobody", &server).login().fails(1, "chatctl: invalid_credentials: ");
 
     // Not logged in: exit 3 for every command that needs a session.
     for args in [
@@ -464,8 +343,7 @@ fn refusals_carry_the_servers_errcode_and_exit_codes() {
 
     ann.login().ok();
     ann.run(&["send", "nowhere", "hi"]).fails(1, "chatctl: ");
-    ann.run(&["history", "#bad alias"])
-        .fails(1, "chatctl: invalid_room: ");
+    ann.run(&["history", "#bad alias"]).fails(1, "chatctl: invalid_room: ");
     ann.run(&["tail", "nowhere"]).fails(1, "chatctl: ");
 
     // Usage errors: exit 2, nothing on stdout.
@@ -474,12 +352,10 @@ fn refusals_carry_the_servers_errcode_and_exit_codes() {
     let run = ann.run(&["frobnicate"]);
     assert_eq!((run.code, run.stdout.as_str()), (2, ""), "{run:?}");
     ann.run_stdin(&["send", "lobby", "-"], "").fails(2, "empty");
-    ann.run_stdin(&["login", "ann", "--password-stdin"], "")
-        .fails(2, "no password");
+    ann.run_stdin(&["login", "ann", "--password-stdin"], "").fails(2, "no password");
     // No terminal to ask a password on.
     ann.run(&["login", "ann"]).fails(2, "--password-stdin");
-    ann.run(&["--server", "https://example.org", "rooms"])
-        .fails(2, "http://");
+    ann.run(&["--server", "https://example.org", "rooms"]).fails(2, "http://");
 }
 
 #[test]
@@ -491,26 +367,12 @@ fn an_unreachable_server_is_exit_4() {
 
     let mut u = User::new("ann", &server);
     u.server = dead.clone();
-    u.run_stdin(
-        &["login", "ann", "--password-stdin"],
-        &format!("{PASSWORD}\n"),
-    )
-    .fails(4, "cannot reach");
-    u.run_stdin(
-        &["register", "zed", "--password-stdin"],
-        &format!("{PASSWORD}\n"),
-    )
-    .fails(4, "cannot reach");
-    for args in [
-        &["rooms"][..],
-        &["send", "lobby", "hi"],
-        &["history", "lobby"],
-        &["tail", "lobby"],
-    ] {
+    u.run_stdin(&["login", "ann", "--password-stdin"], &format!("{PASSWORD}\n")).fails(4, "cannot reach");
+    u.run_stdin(&["register", "zed", "--password-stdin"], &format!("{PASSWORD}\n")).fails(4, "cannot reach");
+    for args in [&["rooms"][..], &["send", "lobby", "hi"], &["history", "lobby"], &["tail", "lobby"]] {
         let mut cmd = u.command(args);
         cmd.env("CHATCTL_TOKEN", &token);
-        u.run_with(cmd, None)
-            .fails(4, &format!("cannot reach {dead}"));
+        u.run_with(cmd, None).fails(4, &format!("cannot reach {dead}"));
     }
 
     // A stored session survives a logout that could not reach the server,
@@ -534,30 +396,16 @@ fn logout_all_ends_every_session_and_tail_stops_with_exit_3() {
     // Membership is the account's: the laptop is in the room too.
     let mut tail = phone.tail("lobby", &["--since", "1"]);
     laptop.run(&["send", "lobby", "from the laptop"]).ok();
-    assert!(
-        tail.next_line(LINE_WAIT).ends_with("> from the laptop"),
-        "{:?}",
-        tail.seen
-    );
+    assert!(tail.next_line(LINE_WAIT).ends_with("> from the laptop"), "{:?}", tail.seen);
 
-    assert_eq!(
-        laptop.run(&["logout", "--all"]).ok(),
-        "logged out on every device\n"
-    );
+    assert_eq!(laptop.run(&["logout", "--all"]).ok(), "logged out on every device\n");
     assert!(!laptop.session_file().exists());
     phone.run(&["whoami"]).fails(3, "chatctl: unknown_token: ");
     // The phone's live connection is closed by the server (4001), which
     // tail reports as a revoked session.
     let (code, stderr) = tail.wait(Duration::from_secs(20));
     assert_eq!(code, 3, "{stderr}");
-    assert!(
-        stderr
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .contains("log in again"),
-        "{stderr}"
-    );
+    assert!(stderr.lines().last().unwrap_or_default().contains("log in again"), "{stderr}");
     // A revoked session can still be logged out of locally.
     phone.run(&["logout"]).ok();
     assert!(!phone.session_file().exists());
@@ -573,15 +421,11 @@ fn the_session_picks_the_server_and_completions_are_generated() {
     assert!(ann.run_with(cmd, None).ok().contains(&server.url));
     // Another server does not get this server's token.
     let other = format!("http://127.0.0.1:{}", dead_port());
-    ann.run(&["--server", &other, "rooms"])
-        .fails(3, "stored session is for");
+    ann.run(&["--server", &other, "rooms"]).fails(3, "stored session is for");
 
     for shell in ["bash", "zsh", "fish"] {
         let out = ann.run(&["completions", shell]).ok();
-        assert!(
-            out.contains("chatctl") && out.contains("history"),
-            "{shell}: {out}"
-        );
+        assert!(out.contains("chatctl") && out.contains("history"), "{shell}: {out}");
     }
 }
 
@@ -600,10 +444,7 @@ fn tail_ends_when_you_leave_the_room_and_refuses_a_bad_token() {
 
     // A token the server does not know is refused on the upgrade: exit 3.
     let mut cmd = ann.command(&["tail", "lobby"]);
-    cmd.env(
-        "CHATCTL_TOKEN",
-        "bm90LWEtcmVhbC10b2tlbi1hdC1hbGwtbm90LWV2ZW4tY2xvc2U",
-    );
+    cmd.env("CHATCTL_TOKEN", "bm90LWEtcmVhbC10b2tlbi1hdC1hbGwtbm90LWV2ZW4tY2xvc2U");
     ann.run_with(cmd, None).fails(3, "chatctl: unknown_token: ");
 }
 
@@ -620,8 +461,5 @@ fn a_rate_limited_register_is_waited_out() {
     assert!(out.starts_with("registered @patient:"), "{out}");
     // A plain register takes a fraction of that: it did wait.
     let waited = started.elapsed();
-    assert!(
-        waited > Duration::from_secs(2),
-        "not rate limited? {waited:?}"
-    );
+    assert!(waited > Duration::from_secs(2), "not rate limited? {waited:?}");
 }

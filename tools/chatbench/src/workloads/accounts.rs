@@ -37,13 +37,7 @@ pub async fn run(ctx: &Ctx, a: &AccountsArgs) -> Result<Outcome> {
 
     let engine = if a.during_fanout {
         let users = ctx.users.take(a.members, ctx.user_concurrency).await?;
-        Some(
-            Engine::build(
-                &ctx.api,
-                super::fanout::layout(ctx, a.rooms, a.members, users, a.body_bytes),
-            )
-            .await?,
-        )
+        Some(Engine::build(&ctx.api, super::fanout::layout(ctx, a.rooms, a.members, users, a.body_bytes)).await?)
     } else {
         None
     };
@@ -100,11 +94,7 @@ pub async fn run(ctx: &Ctx, a: &AccountsArgs) -> Result<Outcome> {
             j.insert("storm_p99_ms".into(), json!(round3(stormy.p99_ms)));
             j.insert(
                 "p99_ratio".into(),
-                json!(if quiet.p99_ms > 0.0 {
-                    round3(stormy.p99_ms / quiet.p99_ms)
-                } else {
-                    0.0
-                }),
+                json!(if quiet.p99_ms > 0.0 { round3(stormy.p99_ms / quiet.p99_ms) } else { 0.0 }),
             );
             j.insert("quiet".into(), Value::Object(quiet.json));
             for (k, v) in stormy.json {
@@ -124,10 +114,7 @@ pub async fn run(ctx: &Ctx, a: &AccountsArgs) -> Result<Outcome> {
     reg.lat.put(&mut j, "register_");
     j.insert("login_per_s".into(), json!(round3(login.per_s)));
     j.insert("login_failed".into(), json!(login.failed));
-    j.insert(
-        "login_efficiency".into(),
-        json!(round3(login.per_s / argon2_limit)),
-    );
+    j.insert("login_efficiency".into(), json!(round3(login.per_s / argon2_limit)));
     login.lat.put(&mut j, "login_");
     if let Some(e) = reg.first_error.or(login.first_error) {
         j.insert("first_error".into(), json!(e));
@@ -167,28 +154,19 @@ async fn burst(api: &Api, names: &[String], concurrency: usize, op: Op) -> Resul
                 Ok(()) => ok.set(ok.get() + 1),
                 Err(e) => {
                     failed.set(failed.get() + 1);
-                    first_error
-                        .borrow_mut()
-                        .get_or_insert_with(|| format!("{e:#}"));
+                    first_error.borrow_mut().get_or_insert_with(|| format!("{e:#}"));
                 }
             }
         }
     };
-    futures_util::future::try_join_all(
-        (0..concurrency.clamp(1, names.len().max(1))).map(|_| worker()),
-    )
-    .await?;
+    futures_util::future::try_join_all((0..concurrency.clamp(1, names.len().max(1))).map(|_| worker())).await?;
     let secs = (now_ns() - t0) as f64 / 1e9;
     Ok(Burst {
         lat: lat.into_inner(),
         ok: ok.get(),
         failed: failed.get(),
         first_error: first_error.into_inner(),
-        per_s: if secs > 0.0 {
-            names.len() as f64 / secs
-        } else {
-            0.0
-        },
+        per_s: if secs > 0.0 { names.len() as f64 / secs } else { 0.0 },
     })
 }
 
@@ -196,8 +174,7 @@ async fn burst(api: &Api, names: &[String], concurrency: usize, op: Op) -> Resul
 /// p = 1) takes on this machine: the best of three, after a warm-up.
 fn argon2_reference_ms() -> Result<f64> {
     use argon2::{Algorithm, Argon2, Params, Version};
-    let params = Params::new(19 * 1024, 2, 1, Some(32))
-        .map_err(|e| anyhow::anyhow!("argon2 params: {e}"))?;
+    let params = Params::new(19 * 1024, 2, 1, Some(32)).map_err(|e| anyhow::anyhow!("argon2 params: {e}"))?;
     let a2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
     let mut out = [0u8; 32];
     let mut best = f64::MAX;

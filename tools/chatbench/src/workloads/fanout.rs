@@ -14,36 +14,21 @@ use crate::users::unique_prefix;
 
 pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Result<Outcome> {
     let users = ctx.users.take(a.members, ctx.user_concurrency).await?;
-    let engine = Engine::build(
-        &ctx.api,
-        layout(ctx, a.rooms, a.members, users, a.body_bytes),
-    )
-    .await?;
+    let engine = Engine::build(&ctx.api, layout(ctx, a.rooms, a.members, users, a.body_bytes)).await?;
     let mode = match a.rate {
         Rate::PerSec(rate) => Mode::Open { rate },
-        Rate::Max => Mode::Closed {
-            window: a.window.unwrap_or(2 * a.rooms as u64).max(1),
-        },
+        Rate::Max => Mode::Closed { window: a.window.unwrap_or(2 * a.rooms as u64).max(1) },
     };
     let usage = Usage::start(ctx.server_pid);
-    let res = engine
-        .run_phase(PhaseSpec {
-            mode,
-            limit: Some(a.messages),
-            stop: None,
-            drain_timeout: ctx.drain,
-        })
-        .await?;
+    let res =
+        engine.run_phase(PhaseSpec { mode, limit: Some(a.messages), stop: None, drain_timeout: ctx.drain }).await?;
     let u = usage.stop();
     engine.close();
     let mut j = res.json;
     j.insert("workload".into(), json!("fanout"));
     j.insert("body_bytes".into(), json!(a.body_bytes));
     put_usage(&mut j, &u);
-    Ok(Outcome {
-        json: j,
-        ok: res.failures == 0,
-    })
+    Ok(Outcome { json: j, ok: res.failures == 0 })
 }
 
 /// The usual layout: every member a distinct user, 16 KiB read buffers.

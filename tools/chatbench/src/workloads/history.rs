@@ -37,10 +37,7 @@ pub async fn run(ctx: &Ctx, a: &HistoryArgs) -> Result<Outcome> {
     if a.page == 0 || a.page > 1000 {
         bail!("--page must be 1..=1000 (the spec's maximum)");
     }
-    let users = ctx
-        .users
-        .take(1 + a.joiners.max(1), ctx.user_concurrency)
-        .await?;
+    let users = ctx.users.take(1 + a.joiners.max(1), ctx.user_concurrency).await?;
     let (writer, joiners) = users.split_first().expect("at least two users");
     let room = format!("{}-hist", unique_prefix());
     let mut c = ctx.api.conn().await?;
@@ -64,13 +61,7 @@ pub async fn run(ctx: &Ctx, a: &HistoryArgs) -> Result<Outcome> {
                 body.push(b' ');
                 body.resize(a.body_bytes, b'x');
             }
-            c.send(
-                &writer.token,
-                &room_id,
-                &format!("t{g}"),
-                std::str::from_utf8(&body)?,
-            )
-            .await?;
+            c.send(&writer.token, &room_id, &format!("t{g}"), std::str::from_utf8(&body)?).await?;
         }
     });
     futures_util::future::try_join_all(fill).await?;
@@ -108,9 +99,7 @@ pub async fn run(ctx: &Ctx, a: &HistoryArgs) -> Result<Outcome> {
     let mut c = ctx.api.conn().await?;
     for _ in 0..a.fetches {
         let t = now_ns();
-        let (status, body) = c
-            .call(Method::GET, &path, Some(&joiners[0].token), None)
-            .await?;
+        let (status, body) = c.call(Method::GET, &path, Some(&joiners[0].token), None).await?;
         let dt = now_ns() - t;
         if status != 200 {
             bail!("GET {path}: {}", api_error(status, &body));
@@ -129,10 +118,7 @@ pub async fn run(ctx: &Ctx, a: &HistoryArgs) -> Result<Outcome> {
     j.insert("page".into(), json!(a.page));
     j.insert("joiners".into(), json!(joiners.len()));
     j.insert("fill_s".into(), json!(round3(fill_s)));
-    j.insert(
-        "fill_sends_per_s".into(),
-        json!(round3(a.messages as f64 / fill_s.max(1e-9))),
-    );
+    j.insert("fill_sends_per_s".into(), json!(round3(a.messages as f64 / fill_s.max(1e-9))));
     j.insert("expected".into(), json!(expected));
     j.insert("delivered".into(), json!(walk.delivered));
     j.insert("lost".into(), json!(lost));
@@ -140,10 +126,7 @@ pub async fn run(ctx: &Ctx, a: &HistoryArgs) -> Result<Outcome> {
     j.insert("out_of_order".into(), json!(walk.out_of_order));
     j.insert("seq_gaps".into(), json!(walk.seq_gaps));
     j.insert("pages_walked".into(), json!(walk.pages));
-    j.insert(
-        "page_bytes_mean".into(),
-        json!(walk.bytes / walk.pages.max(1)),
-    );
+    j.insert("page_bytes_mean".into(), json!(walk.bytes / walk.pages.max(1)));
     j.insert("fetches".into(), json!(all.count()));
     j.insert("deliveries_per_s".into(), Value::Null);
     all.put(&mut j, "");
@@ -157,13 +140,7 @@ pub async fn run(ctx: &Ctx, a: &HistoryArgs) -> Result<Outcome> {
 /// Fetch the latest page (timed as the first page), then page backwards to
 /// the start, checking every page. Returns (first-page latency, all
 /// latencies, what was found).
-async fn walk_room(
-    c: &mut HttpConn,
-    token: &str,
-    room_id: &str,
-    page: u64,
-    messages: u64,
-) -> Result<(Lat, Lat, Walk)> {
+async fn walk_room(c: &mut HttpConn, token: &str, room_id: &str, page: u64, messages: u64) -> Result<(Lat, Lat, Walk)> {
     let mut first = Lat::default();
     let mut all = Lat::default();
     let mut w = Walk::default();
@@ -174,10 +151,7 @@ async fn walk_room(
     loop {
         let path = match before {
             None => format!("{PREFIX}/rooms/{}/messages?limit={page}", seg(room_id)),
-            Some(b) => format!(
-                "{PREFIX}/rooms/{}/messages?before={b}&limit={page}",
-                seg(room_id)
-            ),
+            Some(b) => format!("{PREFIX}/rooms/{}/messages?before={b}&limit={page}", seg(room_id)),
         };
         let t = now_ns();
         let (status, body) = c.call(Method::GET, &path, Some(token), None).await?;
@@ -191,22 +165,15 @@ async fn walk_room(
         all.record_ns(dt);
         w.pages += 1;
         w.bytes += body.len() as u64;
-        let v: Value =
-            serde_json::from_slice(&body).with_context(|| format!("GET {path}: not JSON"))?;
-        let events = v
-            .get("events")
-            .and_then(Value::as_array)
-            .with_context(|| format!("GET {path}: no events"))?;
+        let v: Value = serde_json::from_slice(&body).with_context(|| format!("GET {path}: not JSON"))?;
+        let events = v.get("events").and_then(Value::as_array).with_context(|| format!("GET {path}: no events"))?;
         let earliest = v.get("earliest_seq").and_then(Value::as_u64).unwrap_or(1);
         if events.len() as u64 > page {
             bail!("GET {path}: {} events on a page of {page}", events.len());
         }
         let mut prev: Option<u64> = None;
         for ev in events {
-            let seq = ev
-                .get("seq")
-                .and_then(Value::as_u64)
-                .with_context(|| format!("event without seq: {ev}"))?;
+            let seq = ev.get("seq").and_then(Value::as_u64).with_context(|| format!("event without seq: {ev}"))?;
             if let Some(p) = prev {
                 if seq <= p {
                     w.out_of_order += 1;
@@ -215,10 +182,7 @@ async fn walk_room(
                 }
             }
             prev = Some(seq);
-            if let Some(tag) = ev
-                .get("body")
-                .and_then(Value::as_str)
-                .and_then(parse::tag_of)
+            if let Some(tag) = ev.get("body").and_then(Value::as_str).and_then(parse::tag_of)
                 && tag.msg < messages
             {
                 if seen.test_and_set(tag.msg) {
@@ -235,11 +199,7 @@ async fn walk_room(
             && hi + 1 != n
         {
             // Pages must abut exactly: overlap repeats events, a hole skips them.
-            if hi >= n {
-                w.out_of_order += 1
-            } else {
-                w.seq_gaps += 1
-            }
+            if hi >= n { w.out_of_order += 1 } else { w.seq_gaps += 1 }
         }
         next_lowest = Some(lo);
         if lo <= earliest {

@@ -24,10 +24,7 @@ pub async fn run(ctx: &Ctx, a: &IdleArgs, nofile: u64) -> Result<Outcome> {
             connections + 64
         );
     }
-    let users = ctx
-        .users
-        .take(a.users.clamp(1, per_room), ctx.user_concurrency)
-        .await?;
+    let users = ctx.users.take(a.users.clamp(1, per_room), ctx.user_concurrency).await?;
     let engine = Engine::prepare(
         &ctx.api,
         Layout {
@@ -45,27 +42,19 @@ pub async fn run(ctx: &Ctx, a: &IdleArgs, nofile: u64) -> Result<Outcome> {
     .await?;
     // Let the joins' allocations settle so they are not charged to the connections.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let before = ctx
-        .server_pid
-        .and_then(|p| sys::proc_rss_kib(p).ok())
-        .map(|r| r.0);
+    let before = ctx.server_pid.and_then(|p| sys::proc_rss_kib(p).ok()).map(|r| r.0);
     let client_before = sys::self_rss_kib();
     let usage = Usage::start(ctx.server_pid);
     let t = crate::clock::now_ns();
     engine.connect_all().await?;
     let connect_s = (crate::clock::now_ns() - t) as f64 / 1e9;
     tokio::time::sleep(std::time::Duration::from_secs_f64(a.settle_secs)).await;
-    let after = ctx
-        .server_pid
-        .and_then(|p| sys::proc_rss_kib(p).ok())
-        .map(|r| r.0);
+    let after = ctx.server_pid.and_then(|p| sys::proc_rss_kib(p).ok()).map(|r| r.0);
     let client_after = sys::self_rss_kib();
     // One message per room, all at once: every connection must get its room's.
     let probe = engine
         .run_phase(PhaseSpec {
-            mode: Mode::Closed {
-                window: rooms as u64,
-            },
+            mode: Mode::Closed { window: rooms as u64 },
             limit: Some(rooms as u64),
             stop: None,
             drain_timeout: ctx.drain,
@@ -79,10 +68,7 @@ pub async fn run(ctx: &Ctx, a: &IdleArgs, nofile: u64) -> Result<Outcome> {
     j.insert("connections".into(), json!(connections));
     j.insert("nofile_limit".into(), json!(nofile));
     j.insert("connect_s".into(), json!(round3(connect_s)));
-    j.insert(
-        "connects_per_s".into(),
-        json!(round3(connections as f64 / connect_s.max(1e-9))),
-    );
+    j.insert("connects_per_s".into(), json!(round3(connections as f64 / connect_s.max(1e-9))));
     j.insert("server_rss_before_kib".into(), json!(before));
     j.insert("server_rss_after_kib".into(), json!(after));
     let per_conn = match (before, after) {
@@ -92,13 +78,8 @@ pub async fn run(ctx: &Ctx, a: &IdleArgs, nofile: u64) -> Result<Outcome> {
     j.insert("server_kib_per_connection".into(), json!(per_conn));
     j.insert(
         "client_kib_per_connection".into(),
-        json!(round3(
-            (client_after as f64 - client_before as f64) / connections as f64
-        )),
+        json!(round3((client_after as f64 - client_before as f64) / connections as f64)),
     );
     put_usage(&mut j, &u);
-    Ok(Outcome {
-        json: j,
-        ok: probe.failures == 0,
-    })
+    Ok(Outcome { json: j, ok: probe.failures == 0 })
 }

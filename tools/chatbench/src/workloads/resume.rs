@@ -17,11 +17,7 @@ use crate::sys::Usage;
 
 pub async fn run(ctx: &Ctx, a: &ResumeArgs) -> Result<Outcome> {
     let users = ctx.users.take(a.members, ctx.user_concurrency).await?;
-    let engine = Engine::build(
-        &ctx.api,
-        super::fanout::layout(ctx, a.rooms, a.members, users, a.body_bytes),
-    )
-    .await?;
+    let engine = Engine::build(&ctx.api, super::fanout::layout(ctx, a.rooms, a.members, users, a.body_bytes)).await?;
     let usage = Usage::start(ctx.server_pid);
     let drops = a.drops.max(1) as u64;
     let chat = engine.run_phase(PhaseSpec {
@@ -53,8 +49,5 @@ pub async fn run(ctx: &Ctx, a: &ResumeArgs) -> Result<Outcome> {
     j.insert("reconnects".into(), json!(resumed.count()));
     resumed.put(&mut j, "resume_");
     put_usage(&mut j, &u);
-    Ok(Outcome {
-        json: j,
-        ok: res.failures == 0,
-    })
+    Ok(Outcome { json: j, ok: res.failures == 0 })
 }

@@ -40,13 +40,7 @@ impl Server {
     /// Starts a server whose config `tweak` adjusts (e.g. retention).
     pub fn start_with(tweak: fn(&mut parlor::config::Config)) -> Self {
         let data = tempfile::tempdir().expect("temp dir");
-        let mut server = Server {
-            port: 0,
-            url: String::new(),
-            data,
-            tweak,
-            running: None,
-        };
+        let mut server = Server { port: 0, url: String::new(), data, tweak, running: None };
         server.launch(0);
         server
     }
@@ -57,11 +51,8 @@ impl Server {
         let data_dir = self.data.path().to_owned();
         let tweak = self.tweak;
         let thread = thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
             rt.block_on(async move {
                 // A restart rebinds the same port, which the old listener
                 // may still be releasing for a moment.
@@ -77,8 +68,7 @@ impl Server {
                     }
                 };
                 let port = listener.local_addr().expect("local addr").port();
-                let name = parlor::protocol::ServerName::parse(&format!("127.0.0.1:{port}"))
-                    .expect("server name");
+                let name = parlor::protocol::ServerName::parse(&format!("127.0.0.1:{port}")).expect("server name");
                 let mut cfg = parlor::config::Config::new(name, &data_dir);
                 cfg.rate_limit = false;
                 tweak(&mut cfg);
@@ -90,9 +80,7 @@ impl Server {
                 .expect("the server runs and shuts down cleanly");
             });
         });
-        self.port = port_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server started");
+        self.port = port_rx.recv_timeout(Duration::from_secs(30)).expect("server started");
         self.url = format!("http://127.0.0.1:{}", self.port);
         self.running = Some((stop_tx, thread));
     }
@@ -152,10 +140,7 @@ impl Run {
     #[track_caller]
     pub fn fails(self, code: i32, needle: &str) -> String {
         assert_eq!(self.code, code, "wrong exit code: {self:#?}");
-        assert_eq!(
-            self.stdout, "",
-            "stdout must stay empty on failure: {self:#?}"
-        );
+        assert_eq!(self.stdout, "", "stdout must stay empty on failure: {self:#?}");
         let last = self.stderr.lines().last().unwrap_or_default().to_owned();
         assert!(last.starts_with("chatctl: "), "{self:#?}");
         assert!(last.contains(needle), "stderr lacks {needle:?}: {self:#?}");
@@ -172,11 +157,7 @@ pub struct User {
 
 impl User {
     pub fn new(name: &str, server: &Server) -> Self {
-        User {
-            name: name.to_owned(),
-            server: server.url.clone(),
-            home: tempfile::tempdir().expect("temp dir"),
-        }
+        User { name: name.to_owned(), server: server.url.clone(), home: tempfile::tempdir().expect("temp dir") }
     }
 
     pub fn config_dir(&self) -> PathBuf {
@@ -217,9 +198,7 @@ impl User {
     }
 
     pub fn run_with(&self, mut cmd: Command, stdin: Option<&str>) -> Run {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("chatctl starts");
         {
             let mut pipe = child.stdin.take().expect("stdin");
@@ -231,17 +210,11 @@ impl User {
     }
 
     pub fn register(&self) -> Run {
-        self.run_stdin(
-            &["register", &self.name, "--password-stdin"],
-            &format!("{PASSWORD}\n"),
-        )
+        self.run_stdin(&["register", &self.name, "--password-stdin"], &format!("{PASSWORD}\n"))
     }
 
     pub fn login(&self) -> Run {
-        self.run_stdin(
-            &["login", &self.name, "--password-stdin"],
-            &format!("{PASSWORD}\n"),
-        )
+        self.run_stdin(&["login", &self.name, "--password-stdin"], &format!("{PASSWORD}\n"))
     }
 
     /// Starts `chatctl tail` with `args` after the room.
@@ -279,9 +252,7 @@ pub struct Tail {
 impl Tail {
     /// Starts a prepared `chatctl tail` command.
     pub fn spawn_command(mut cmd: Command) -> Self {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("chatctl tail starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut stderr_pipe = child.stderr.take().expect("stderr");
@@ -302,17 +273,10 @@ impl Tail {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Tail {
-            child,
-            lines: rx,
-            stderr,
-            seen: Vec::new(),
-        }
+        Tail { child, lines: rx, stderr, seen: Vec::new() }
     }
 
     /// The next stdout line, within `limit`.
@@ -323,11 +287,7 @@ impl Tail {
                 self.seen.push(line.clone());
                 line
             }
-            Err(_) => panic!(
-                "no line from tail within {limit:?}; so far {:#?}; stderr: {}",
-                self.seen,
-                self.stderr()
-            ),
+            Err(_) => panic!("no line from tail within {limit:?}; so far {:#?}; stderr: {}", self.seen, self.stderr()),
         }
     }
 
@@ -364,11 +324,7 @@ impl Tail {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status.code().unwrap_or(-1);
             }
-            assert!(
-                Instant::now() < deadline,
-                "tail ignored Ctrl-C; stderr: {}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "tail ignored Ctrl-C; stderr: {}", self.stderr());
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -381,11 +337,7 @@ impl Tail {
                 thread::sleep(Duration::from_millis(50));
                 return (status.code().unwrap_or(-1), self.stderr());
             }
-            assert!(
-                Instant::now() < deadline,
-                "tail did not end; stderr: {}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "tail did not end; stderr: {}", self.stderr());
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -420,25 +372,14 @@ impl Proxy {
             for client in listener.incoming() {
                 let Ok(client) = client else { break };
                 let (swallow, swallowed) = (swallow2.clone(), swallowed2.clone());
-                thread::spawn(move || {
-                    proxy_connection(client, upstream_port, &swallow, &swallowed)
-                });
+                thread::spawn(move || proxy_connection(client, upstream_port, &swallow, &swallowed));
             }
         });
-        Proxy {
-            url,
-            swallow,
-            swallowed,
-        }
+        Proxy { url, swallow, swallowed }
     }
 }
 
-fn proxy_connection(
-    mut client: TcpStream,
-    upstream_port: u16,
-    swallow: &AtomicUsize,
-    swallowed: &AtomicUsize,
-) {
+fn proxy_connection(mut client: TcpStream, upstream_port: u16, swallow: &AtomicUsize, swallowed: &AtomicUsize) {
     let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
         return;
     };
@@ -458,10 +399,7 @@ fn proxy_connection(
         let _ = std::io::copy(&mut c2, &mut u2);
         let _ = u2.shutdown(Shutdown::Write);
     });
-    let take = is_put
-        && swallow
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+    let take = is_put && swallow.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     if take {
         // The first byte of the answer means the server has finished.
         let mut buf = [0u8; 1];
@@ -487,8 +425,7 @@ pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout
         .lines()
         .map(|l| {
-            let v: serde_json::Value =
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"));
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"));
             assert!(v.is_object(), "not an object: {l}");
             v
         })
@@ -497,9 +434,5 @@ pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
 
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .expect("metadata")
-        .permissions()
-        .mode()
-        & 0o777
+    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
 }
