@@ -1,6 +1,7 @@
 //! Parlor: a small, fast, federated chat server with a documented JSON
 //! protocol. See ARCHITECTURE.md for the map of layers.
 
+pub mod app;
 pub mod config;
 pub mod http;
 pub mod protocol;

@@ -15,18 +15,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::app::{App, Ctx};
 use crate::config::Config;
 use crate::service::Services;
 use crate::storage::StorageError;
-
-/// What every connection shares.
-pub struct App {
-    pub services: Services,
-    /// Cancelled at shutdown: WebSocket sessions close with 1001.
-    pub shutdown: CancellationToken,
-    /// WebSocket sessions, awaited at shutdown.
-    pub tasks: TaskTracker,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -108,9 +100,8 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let permit = Arc::new(permit);
         let app2 = app.clone();
-        let svc = service_fn(move |req| {
-            crate::http::handle(req, crate::http::Ctx { app: app2.clone(), peer, permit: permit.clone() })
-        });
+        let svc =
+            service_fn(move |req| crate::http::handle(req, Ctx { app: app2.clone(), peer, permit: permit.clone() }));
         let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
         let stop = app.shutdown.clone();
         http_conns.spawn(async move {

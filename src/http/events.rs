@@ -5,12 +5,12 @@ use hyper::body::Incoming;
 
 use super::{Ctx, Resp, authenticate, json, parse_json, read_body};
 use crate::protocol::ErrCode;
+use crate::protocol::events::Range;
 use crate::protocol::limits::HISTORY_LIMIT_DEFAULT;
 use crate::protocol::rooms::SendRequest;
 use crate::service::Error;
 use crate::service::events::valid_txn_id;
 use crate::service::rooms::Rooms;
-use crate::storage::events::Range;
 
 pub async fn send(ctx: &Ctx, req: Request<Incoming>, room: &str, txn_id: &str) -> Result<Resp, Error> {
     let headers = req.headers().clone();

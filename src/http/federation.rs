@@ -84,7 +84,7 @@ pub async fn events(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Res
     let query = req.uri().query().map(str::to_owned);
     let (origin, _) = signed(ctx, req).await?;
     let (range, limit) = super::events::history_query(query.as_deref())?;
-    let crate::storage::events::Range::After(after) = range else {
+    let crate::protocol::events::Range::After(after) = range else {
         return Err(Error::refused(ErrCode::InvalidParam, "federation backfill takes after=SEQ"));
     };
     let page = ctx.app.services.rooms.events_for_server(&origin, &room_id(room)?, after, limit).await?;

@@ -10,8 +10,6 @@ pub mod rooms;
 pub mod versions;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -19,25 +17,12 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
+pub use crate::app::{Ctx, Resp, authenticate};
 use crate::protocol::federation::{FEDERATION_PREFIX, KEY_PATH, WELL_KNOWN_PATH};
 use crate::protocol::limits::MAX_BODY_BYTES;
 use crate::protocol::{CLIENT_PREFIX, ErrCode, ErrorBody};
-use crate::server::App;
 use crate::service::Error;
-use crate::service::accounts::Session;
-
-pub type Resp = Response<Full<Bytes>>;
-
-/// What a handler gets besides the request.
-pub struct Ctx {
-    pub app: Arc<App>,
-    pub peer: SocketAddr,
-    /// This connection's slot under the connection cap; an upgraded
-    /// WebSocket keeps it until it closes.
-    pub permit: Arc<tokio::sync::OwnedSemaphorePermit>,
-}
 
 /// Every route of the server.
 #[derive(Debug, PartialEq, Eq)]
@@ -240,72 +225,7 @@ pub async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes, Error
     }
 }
 
-/// Parses a JSON body into a request type; `empty_ok` treats no body as `{}`.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8], empty_ok: bool) -> Result<T, Error> {
-    let body: &[u8] = if empty_ok && body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    parse_object(body)
-}
-
-/// Parses one JSON object into `T`, sorting failures into the spec's codes:
-/// not JSON at all is `malformed_json` (even when serde would have stopped
-/// earlier at an unknown field), anything else is `invalid_field` naming
-/// the field.
-pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    check_object(bytes)?;
-    parse_fields(bytes)
-}
-
-/// The checks of [`parse_object`] that come before the fields: UTF-8,
-/// well-formed JSON, an object.
-pub fn check_object(bytes: &[u8]) -> Result<(), Error> {
-    std::str::from_utf8(bytes)
-        .map_err(|e| Error::refused(ErrCode::MalformedJson, format!("the body is not UTF-8: {e}")))?;
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(json_error)?;
-    // serde's derived structs would also take `["ann", "pw"]`.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(Error::refused(ErrCode::InvalidField, "the body must be a JSON object"));
-    }
-    Ok(())
-}
-
-/// Deserializes bytes that passed [`check_object`], naming the bad field on error.
-pub fn parse_fields<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = if path == "." { inner.to_string() } else { format!("{path}: {inner}") };
-        Error::refused(ErrCode::InvalidField, msg)
-    })
-}
-
-/// serde_json's error, sorted into malformed JSON and wrong fields.
-pub fn json_error(e: serde_json::Error) -> Error {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Data => Error::refused(ErrCode::InvalidField, e.to_string()),
-        Category::Syntax | Category::Eof | Category::Io => Error::refused(ErrCode::MalformedJson, e.to_string()),
-    }
-}
-
-/// The bearer token of a request, if any.
-pub fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, Error> {
-    let Some(v) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let v = v.to_str().map_err(|_| Error::refused(ErrCode::UnknownToken, "the Authorization header is not text"))?;
-    let token = v
-        .strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-        .ok_or_else(|| Error::refused(ErrCode::MissingToken, "use Authorization: Bearer <access_token>"))?;
-    Ok(Some(token.trim()))
-}
-
-/// Authenticates a request by its bearer token.
-pub fn authenticate(ctx: &Ctx, headers: &http::HeaderMap) -> Result<Session, Error> {
-    let token = bearer(headers)?.ok_or_else(|| {
-        Error::refused(ErrCode::MissingToken, "this endpoint needs Authorization: Bearer <access_token>")
-    })?;
-    ctx.app.services.accounts.authenticate(token)
-}
+pub use crate::protocol::parse::parse_json;
 
 #[cfg(test)]
 mod tests {

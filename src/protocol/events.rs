@@ -54,3 +54,15 @@ pub struct Cursor {
     /// The seq of the last event seen; 0 means none.
     pub seq: u64,
 }
+
+/// Which events of a room log to read: the `before` / `after` of a
+/// history request or the `since` of a subscription, as the log sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// The first `limit` events with seq > n.
+    After(u64),
+    /// The last `limit` events with seq < n.
+    Before(u64),
+    /// The last `limit` events.
+    Latest,
+}

@@ -12,6 +12,7 @@ pub mod events;
 pub mod federation;
 pub mod ids;
 pub mod limits;
+pub mod parse;
 pub mod rooms;
 pub mod schemas;
 pub mod versions;

@@ -50,4 +50,10 @@ impl Error {
     }
 }
 
+impl From<crate::protocol::parse::Refusal> for Error {
+    fn from(r: crate::protocol::parse::Refusal) -> Self {
+        Self::Refused { code: r.code, message: r.message }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::http::{Ctx, Resp, authenticate};
+use crate::app::{Ctx, Resp, authenticate};
 use crate::protocol::{ErrCode, WS_SUBPROTOCOL};
 use crate::service::Error;
 

@@ -19,17 +19,17 @@ use tokio::time::Instant;
 
 use super::frame::{self, Incoming};
 use super::io::{Broken, Io};
+use crate::app::App;
+use crate::protocol::events::Range;
 use crate::protocol::events::{Cursor, Event};
 use crate::protocol::limits::{WS_ID_MAX, WS_MAX_SUBSCRIPTIONS};
 use crate::protocol::ws::{CLIENT_FRAME_TYPES, ClientFrame, FrameHead, GapReason, ServerFrame, close};
 use crate::protocol::{ErrCode, RoomId};
-use crate::server::App;
 use crate::service::Error;
 use crate::service::accounts::Session;
 use crate::service::events::valid_txn_id;
 use crate::service::fanout::{CloseReason, Conn, Outgoing};
 use crate::service::rooms::{Room, Rooms};
-use crate::storage::events::Range;
 
 /// Sends a client may have waiting for their ack at once; past it the
 /// session stops reading until some complete (back-pressure, not errors).
@@ -581,8 +581,8 @@ fn frame_id(f: &ClientFrame) -> Option<String> {
 /// keeping the frame's `id` (when it has a usable one) for the answer.
 fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, Error)> {
     // The frame is read twice (its head, then all of it) but checked once.
-    crate::http::check_object(text.as_bytes()).map_err(|e| (None, e))?;
-    let head: FrameHead = crate::http::parse_fields(text.as_bytes()).map_err(|e| (None, e))?;
+    crate::protocol::parse::check_object(text.as_bytes()).map_err(|e| (None, e.into()))?;
+    let head: FrameHead = crate::protocol::parse::parse_fields(text.as_bytes()).map_err(|e| (None, e.into()))?;
     let id = head.id.as_ref().and_then(|v| v.as_str()).map(str::to_owned);
     let Some(kind) = head.kind else {
         return Err((id, Error::refused(ErrCode::InvalidField, "type: missing")));
@@ -593,5 +593,5 @@ fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, Error)> {
     if id.as_ref().is_some_and(|i| i.len() > WS_ID_MAX) {
         return Err((None, Error::refused(ErrCode::InvalidField, format!("id: at most {WS_ID_MAX} bytes"))));
     }
-    crate::http::parse_fields(text.as_bytes()).map_err(|e| (id, e))
+    crate::protocol::parse::parse_fields(text.as_bytes()).map_err(|e| (id, e.into()))
 }

@@ -16,6 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use crate::protocol::events::Range;
 use crate::protocol::events::{Event, EventType};
 use crate::protocol::{RoomId, UserId};
 
@@ -77,17 +78,6 @@ pub struct Imported {
     /// The import stopped at an event that was not the next seq: the log is
     /// missing events before it, which the caller must fetch and import first.
     pub hole: bool,
-}
-
-/// Which events to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Range {
-    /// The first `limit` events with seq > n.
-    After(u64),
-    /// The last `limit` events with seq < n.
-    Before(u64),
-    /// The last `limit` events.
-    Latest,
 }
 
 /// A page of events, ascending by seq, read from one epoch.
