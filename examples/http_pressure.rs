@@ -10,9 +10,10 @@
 //! ```
 //!
 //! - `slow-readers`: a room of 1,000 messages of 16 KiB; N connections (80)
-//!   each ask `messages?limit=1000` and never read. Reports the server's RSS
-//!   (before, peak, at the end) and the latency of small probe requests sent
-//!   meanwhile from another connection.
+//!   each ask `messages?limit=1000` (`--pipeline N` times in a row) and never
+//!   read. Reports the server's RSS (before, peak, at the end), the latency of
+//!   small probe requests sent meanwhile from another connection, and how many
+//!   readers the server still holds open after `--hold-secs`.
 //! - `conn-flood`: one address (127.0.0.1) opens 2,500 connections against
 //!   `--max-connections 2000`; then probes from another address (127.0.0.2)
 //!   each open a connection and ask `GET /_parlor/versions`. Reports how many
@@ -33,6 +34,7 @@ struct Args {
     mode: String,
     bin: String,
     readers: usize,
+    pipeline: usize,
     hold: Duration,
     extra: Vec<String>,
 }
@@ -42,6 +44,7 @@ fn args() -> Args {
         mode: String::new(),
         bin: "target/release/parlor".into(),
         readers: 80,
+        pipeline: 1,
         hold: Duration::from_secs(15),
         extra: Vec::new(),
     };
@@ -50,6 +53,7 @@ fn args() -> Args {
         match arg.as_str() {
             "--bin" => a.bin = it.next().expect("--bin PATH"),
             "--readers" => a.readers = it.next().and_then(|n| n.parse().ok()).expect("--readers N"),
+            "--pipeline" => a.pipeline = it.next().and_then(|n| n.parse().ok()).expect("--pipeline N"),
             "--hold-secs" => {
                 a.hold = Duration::from_secs(it.next().and_then(|n| n.parse().ok()).expect("--hold-secs N"))
             }
@@ -217,7 +221,7 @@ async fn slow_readers(a: &Args) -> Value {
         let sock = TcpSocket::new_v4().unwrap();
         sock.set_recv_buffer_size(4096).unwrap();
         let mut s = sock.connect(addr).await.unwrap();
-        s.write_all(req.as_bytes()).await.unwrap();
+        s.write_all(req.repeat(a.pipeline).as_bytes()).await.unwrap();
         readers.push(s);
     }
     let started = Instant::now();
@@ -232,12 +236,14 @@ async fn slow_readers(a: &Args) -> Value {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (rss_end, hwm) = server.rss_mib();
-    // How many readers the server still holds open: read what is there.
+    // How many readers the server still holds open: read what is there for
+    // a moment (a closed one ends with EOF once the kernel's bytes are read).
     let mut open = 0;
     for mut s in readers {
         let mut buf = vec![0u8; 1 << 16];
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
         let closed = loop {
-            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            match tokio::time::timeout_at(until, s.read(&mut buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => break true,
                 Ok(Ok(_)) => continue,
                 Err(_) => break false,
@@ -247,7 +253,7 @@ async fn slow_readers(a: &Args) -> Value {
     }
     lat.sort();
     json!({
-        "mode": "slow-readers", "bin": a.bin, "readers": a.readers, "hold_s": a.hold.as_secs(),
+        "mode": "slow-readers", "bin": a.bin, "readers": a.readers, "pipeline": a.pipeline, "hold_s": a.hold.as_secs(),
         "rss_before_mib": rss_before.round(), "rss_peak_sampled_mib": peak.round(), "rss_hwm_mib": hwm.round(),
         "rss_end_mib": rss_end.round(),
         "probe_idle_p50_ms": percentile(&idle, 0.5), "probe_idle_p99_ms": percentile(&idle, 0.99),
@@ -269,10 +275,13 @@ async fn conn_flood(a: &Args) -> Value {
             Err(e) => panic!("flood connect: {e}"),
         }
     }
-    // Let the server's accept loop take them all before probing.
-    let mut probe = TcpStream::connect(addr).await.unwrap();
-    let _ = request(&mut probe, "GET", "/_parlor/versions", None, None).await;
-    drop(probe);
+    // The server has taken them all off its accept queue once it answers or
+    // closes a connection made after them.
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.9:0".parse().unwrap()).unwrap();
+    let mut sync = sock.connect(addr).await.unwrap();
+    sync.write_all(b"GET /_parlor/versions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let _ = sync.read_to_end(&mut Vec::new()).await;
     let (mut served, mut refused) = (0, 0);
     let started = Instant::now();
     for _ in 0..123 {

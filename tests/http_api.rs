@@ -841,6 +841,27 @@ async fn history_pages_are_cut_to_their_byte_limit() {
     assert_eq!(seq_list(&few), [11, 12, 13, 14, 15]);
 }
 
+/// A page of many small events is read in steps (64, then 128, …) and
+/// joined without a hole or a repeat, whichever way it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_many_small_events_come_whole_and_in_order() {
+    let h = Harness::start(Backend::Embedded).await;
+    let api = h.api();
+    let (_, t) = api.user(&uniq("ann")).await;
+    let room = uniq("many");
+    api.join(&t, &room).await;
+    for i in 0..299 {
+        assert_eq!(api.send(&t, &room, &format!("m{i}"), "hi").await.0, 200);
+    }
+    let range = |a: u64, b: u64| (a..=b).collect::<Vec<_>>();
+    assert_eq!(seq_list(&api.messages(&t, &room, "limit=1000").await.1), range(1, 300));
+    assert_eq!(seq_list(&api.messages(&t, &room, "limit=250").await.1), range(51, 300));
+    assert_eq!(seq_list(&api.messages(&t, &room, "after=7&limit=200").await.1), range(8, 207));
+    assert_eq!(seq_list(&api.messages(&t, &room, "after=100&limit=1000").await.1), range(101, 300));
+    assert_eq!(seq_list(&api.messages(&t, &room, "before=290&limit=195").await.1), range(95, 289));
+    assert_eq!(seq_list(&api.messages(&t, &room, "before=100&limit=1000").await.1), range(1, 99));
+}
+
 /// Clients that ask many pages at once and never read: once the kernel's
 /// buffers are full their answers wait in the server, until the write
 /// timeout closes their connections (their places under the per-address

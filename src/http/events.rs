@@ -76,8 +76,57 @@ pub async fn messages(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<
     let session = authenticate(ctx, req.headers())?;
     let (range, limit) = history_query(req.uri().query())?;
     let room = Rooms::parse_ref(&param(room)?)?;
-    let page = ctx.app.services.events.messages(&session, &room, range, limit).await?;
+    let page = read_page(ctx, &session, &room, range, limit).await?;
     Ok(page_answer(ctx, page, range))
+}
+
+/// Events of the first read of a page; later reads double it.
+const FIRST_READ: u32 = 64;
+
+/// Reads a page in growing steps from its cursor, and stops once it holds
+/// `limit` events, reaches the end of the log or fills
+/// `HISTORY_PAGE_MAX_BYTES`: a page of 1,000 large events that will be cut
+/// to a few dozen is not read whole (on the embedded log, reading is work
+/// done on the request's own thread). Every step is from one epoch: a step
+/// that finds another one is dropped, and the page ends before it.
+async fn read_page(
+    ctx: &Ctx,
+    session: &crate::service::accounts::Session,
+    room: &crate::protocol::RoomRef,
+    range: Range,
+    limit: u32,
+) -> Result<MessagesResponse, Error> {
+    let events = &ctx.app.services.events;
+    let mut step = limit.min(FIRST_READ);
+    let mut page = events.messages(session, room, range, step).await?;
+    let mut bytes: usize = page.events.iter().map(json_len).sum();
+    loop {
+        let have = page.events.len() as u32;
+        let (Some(first), Some(last)) = (page.events.first(), page.events.last()) else { break };
+        if have >= limit || bytes >= HISTORY_PAGE_MAX_BYTES || have < step {
+            break;
+        }
+        let next_range = match range {
+            Range::After(_) => Range::After(last.seq),
+            Range::Before(_) | Range::Latest => Range::Before(first.seq),
+        };
+        step = (step * 2).min(limit - have);
+        let next = events.messages(session, room, next_range, step).await?;
+        if next.epoch != page.epoch {
+            break;
+        }
+        let got = next.events.len() as u32;
+        bytes += next.events.iter().map(json_len).sum::<usize>();
+        match range {
+            Range::After(_) => page.events.extend(next.events),
+            Range::Before(_) | Range::Latest => drop(page.events.splice(0..0, next.events)),
+        }
+        (page.earliest_seq, page.latest_seq) = (next.earliest_seq, next.latest_seq);
+        if got < step {
+            break;
+        }
+    }
+    Ok(page)
 }
 
 /// A page's JSON answer, cut to the bytes it may take: the events nearest
