@@ -22,6 +22,12 @@ pub struct Config {
     pub rate_limit: bool,
     /// Open connections at most (also capped by the open-file limit).
     pub max_connections: usize,
+    /// Open connections at most from one address (an IPv4 address or an IPv6 /64).
+    pub max_connections_per_address: usize,
+    /// Time a client has to take an answer once its socket stops taking bytes.
+    pub write_timeout: Duration,
+    /// Bytes of history pages that may wait for slow readers, server-wide.
+    pub response_budget: usize,
     /// Extra `Origin`s allowed to open WebSockets (same-origin always is).
     pub allow_origins: Vec<String>,
     /// Time allowed to read a request's headers.
@@ -59,6 +65,9 @@ impl Config {
             retention: None,
             rate_limit: true,
             max_connections: 50_000,
+            max_connections_per_address: 256,
+            write_timeout: Duration::from_secs(30),
+            response_budget: 64 << 20,
             allow_origins: Vec::new(),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),

@@ -57,6 +57,15 @@ struct Serve {
     /// Open connections at most (also capped by the open-file limit).
     #[arg(long, env = "PARLOR_MAX_CONNECTIONS", default_value_t = 50_000)]
     max_connections: usize,
+    /// Open connections at most from one address (an IPv4 address, or an IPv6 /64); further ones are closed at once.
+    #[arg(long, env = "PARLOR_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    max_connections_per_address: usize,
+    /// Seconds a client has to take an answer once its socket stops taking bytes (else the connection is closed).
+    #[arg(long, env = "PARLOR_WRITE_TIMEOUT_SECS", default_value_t = 30)]
+    write_timeout_secs: u64,
+    /// MiB of history pages that may wait for slow readers, server-wide; past it pages are cut shorter.
+    #[arg(long, env = "PARLOR_RESPONSE_BUDGET_MIB", default_value_t = 64)]
+    response_budget_mib: usize,
     /// An extra Origin allowed to open WebSockets, e.g. https://chat.example (repeatable; same-origin is always allowed).
     #[arg(long = "allow-origin", env = "PARLOR_ALLOW_ORIGIN", value_delimiter = ',')]
     allow_origins: Vec<String>,
@@ -123,6 +132,9 @@ fn serve(s: Serve) -> Result<()> {
         config.rate_limit = matches!(s.rate_limit, OnOff::On);
         config.retention = s.retention;
         config.max_connections = s.max_connections;
+        config.max_connections_per_address = s.max_connections_per_address.max(1);
+        config.write_timeout = Duration::from_secs(s.write_timeout_secs.max(1));
+        config.response_budget = s.response_budget_mib.saturating_mul(1 << 20);
         config.allow_origins = s.allow_origins;
         config.ws_ping_interval = Duration::from_secs(s.ws_ping_secs.max(1));
         config.ws_auth_timeout = Duration::from_secs(s.ws_auth_secs.max(1));

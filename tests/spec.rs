@@ -100,6 +100,10 @@ fn protocol_md_states_every_limit() {
         ("history limit default", limits::HISTORY_LIMIT_DEFAULT as usize),
         ("subscriptions per connection", limits::WS_MAX_SUBSCRIPTIONS),
         ("frame id", limits::WS_ID_MAX),
+        ("history page size", limits::HISTORY_PAGE_MAX_BYTES),
+        ("request target", limits::MAX_TARGET_BYTES),
+        ("request head", limits::MAX_HEAD_BYTES),
+        ("header fields", limits::MAX_HEADER_FIELDS),
     ] {
         let row = format!("| {what} | {} |", fmt(n));
         assert!(md.contains(&row), "spec/protocol.md lacks the limit row {row:?}");

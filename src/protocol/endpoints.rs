@@ -123,11 +123,12 @@ pub const TAGS: &[(&str, &str)] = &[
     ("federation", "Server keys, discovery and the signed server-to-server API (spec §11)."),
 ];
 
-/// Errcodes any request may get from routing, whatever its endpoint.
-pub const ROUTING_ERRORS: &[ErrCode] = &[NotFound, MethodNotAllowed];
+/// Errcodes any request may get from routing or from reading the request
+/// itself, whatever its endpoint.
+pub const ROUTING_ERRORS: &[ErrCode] = &[NotFound, MethodNotAllowed, MalformedRequest, UriTooLong, HeadersTooLarge];
 
 /// A request body was read and parsed into a protocol type.
-const BODY: &[ErrCode] = &[BodyTooLarge, RequestTimeout, MalformedJson, InvalidField];
+const BODY: &[ErrCode] = &[BodyTooLarge, RequestTimeout, UnsupportedMediaType, MalformedJson, InvalidField];
 /// The endpoint takes a bearer token.
 const BEARER: &[ErrCode] = &[MissingToken, UnknownToken];
 /// A signed federation request; `not_found` when federation is off.

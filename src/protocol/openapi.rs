@@ -22,8 +22,9 @@ the WebSocket frames are in asyncapi.json.\n\n\
 `malformed_json`; an unknown, missing or mistyped field is `invalid_field`, and `error` names the field. \
 Clients must ignore answer fields they do not know.\n\
 - Every error answer is an `ErrorBody` `{errcode, error}` with the status of its errcode; each operation \
-lists the errcodes the spec gives it. Any request may also get `not_found` (404, no such endpoint) or \
-`method_not_allowed` (405).\n\
+lists the errcodes the spec gives it. Any request may also get `not_found` (404, no such endpoint), \
+`method_not_allowed` (405), or, when it cannot be read as HTTP at all, `malformed_request` (400), \
+`uri_too_long` (414) or `headers_too_large` (431).\n\
 - When several checks fail, the order is: endpoint and method, body size and JSON, authentication, rate \
 limits, parameters, then the endpoint's own checks.\n\
 - `rate_limited` (429) carries `retry_after_ms` and a `Retry-After` header (seconds, rounded up).";

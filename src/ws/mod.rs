@@ -11,8 +11,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
+use crate::app::conn::ConnIo;
 use crate::app::{Ctx, Resp, authenticate};
 use crate::protocol::{ErrCode, WS_SUBPROTOCOL};
 use crate::service::Error;
@@ -64,12 +64,12 @@ pub fn upgrade(ctx: &Ctx, mut req: Request<Incoming>) -> Result<Resp, Error> {
         // The session frames its own traffic on the raw socket (see
         // `frame`), so take the TCP stream back from hyper, with whatever it
         // read past the request.
-        let parts = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
+        let parts = match on_upgrade.await.map(|u| u.downcast::<TokioIo<ConnIo>>()) {
             Ok(Ok(parts)) => parts,
             Ok(Err(_)) => return tracing::error!("upgraded connection is not a TCP stream"),
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
         };
-        session::run(io::Io::new(parts.io.into_inner(), parts.read_buf), app, preauth).await;
+        session::run(io::Io::new(parts.io.into_inner().into_stream(), parts.read_buf), app, preauth).await;
     });
     let mut resp = Response::new(Full::default());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

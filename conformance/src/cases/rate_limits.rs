@@ -1,7 +1,8 @@
 //! §4 Rate limits (only with `--rate-limited`): 429 `rate_limited` with
 //! `retry_after_ms` and `Retry-After` on register and login (per address and
-//! per username) and on sends (per user, HTTP and WebSocket together). These
-//! cases drain the server's buckets on purpose, so they run last.
+//! per username) and on sends (per user, HTTP and WebSocket together, and
+//! before the send's parameters are looked at, §3). These cases drain the
+//! server's buckets on purpose, so they run last.
 
 use std::time::{Duration, Instant};
 
@@ -170,6 +171,32 @@ async fn send_per_user(ctx: &Ctx) -> Result<()> {
         }
     }
     let Some(wait) = wait else { fail!("10 HTTP sends right after the WebSocket was rate limited were all accepted") };
+    // §3: rate limits come before parameters and the endpoint's checks, so
+    // with the bucket empty a send is 429 whatever its txn_id or room (a
+    // burst each, as a token may refill meanwhile; never the other answer alone).
+    let unknown = format!("!{}:{}", crate::ctx::random_base36(18), ctx.server_name);
+    for (room_ref, txn, other) in [
+        (room.room_id.as_str(), "bad!txn", "invalid_param"),
+        ("bad room", "t1", "invalid_room"),
+        (unknown.as_str(), "t1", "room_not_found"),
+    ] {
+        let burst: Vec<_> =
+            (0..10).map(|_| ctx.http.send(Ctx::send_req(&user, room_ref, txn, &json!({"body": "x"})))).collect();
+        let mut limited = 0;
+        for resp in futures_util::future::join_all(burst).await {
+            let resp = resp?;
+            if resp.status == 429 {
+                check_429(&resp)?;
+                limited += 1;
+            } else {
+                check_eq!(resp.errcode().as_deref(), Some(other), "a send to {room_ref:?} with txn_id {txn:?}");
+            }
+        }
+        check!(
+            limited > 0,
+            "with an empty bucket, 10 sends to {room_ref:?} with txn_id {txn:?} all got {other}: parameters were checked before the rate limit"
+        );
+    }
     // A refused send stores nothing.
     let events = ctx.all_events(&user, &room.room_id).await?;
     check_eq!(events.len() as u64, acks + http_acks + 1, "events stored (join + acknowledged sends)");
