@@ -17,13 +17,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{App, Ctx};
 use crate::config::Config;
-use crate::service::Services;
-use crate::storage::StorageError;
+use crate::service::{Services, StartError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open storage: {0}")]
-    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
