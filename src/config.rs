@@ -42,6 +42,9 @@ pub struct Config {
     pub ws_outbound_limit: usize,
     /// Password-hashing threads (each keeps one 19 MiB argon2 work area).
     pub hash_concurrency: usize,
+    /// Password hashes that may wait in each lane of the hashing queue
+    /// (logins from known origins, everything else); beyond it, 429 at once.
+    pub hash_queue: usize,
     /// Federation with other servers on or off.
     pub federation: bool,
     /// The base URL this server announces in `/.well-known/parlor/server`
@@ -81,6 +84,7 @@ impl Config {
             federation_catch_up: Duration::from_secs(60),
             // Leave a core for chat: a login storm must not stall delivery.
             hash_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            hash_queue: 32,
         }
     }
 }

@@ -93,6 +93,9 @@ struct Serve {
     /// Password hashes computed at once (default: one less than the CPU count, at least 1).
     #[arg(long, env = "PARLOR_HASH_THREADS")]
     hash_threads: Option<usize>,
+    /// Password hashes that may wait in each lane of the hashing queue; when full, 429 at once.
+    #[arg(long, env = "PARLOR_HASH_QUEUE", default_value_t = 32)]
+    hash_queue: usize,
     /// Seconds allowed to read request headers, and again the body.
     #[arg(long, env = "PARLOR_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     request_timeout_secs: u64,
@@ -148,6 +151,7 @@ fn serve(s: Serve) -> Result<()> {
         if let Some(n) = s.hash_threads {
             config.hash_concurrency = n.max(1);
         }
+        config.hash_queue = s.hash_queue.max(1);
         tracing::info!(server_name = %config.server_name, data_dir = %s.data_dir.display(), nofile, "starting");
         // Tests and scripts read this line to learn the bound port.
         println!("parlor listening on http://{addr}");

@@ -19,13 +19,12 @@ use crate::app::conn::{ConnCaps, ConnIo, ConnState, Refused, ResponseBudget, add
 use crate::app::{App, Ctx};
 use crate::config::Config;
 use crate::protocol::limits::{MAX_HEAD_BYTES, MAX_HEADER_FIELDS};
-use crate::service::Services;
-use crate::storage::StorageError;
+use crate::service::{Services, StartError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open storage: {0}")]
-    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -74,7 +74,7 @@ async fn conformance_rate_limited() {
     let dir = tempfile::tempdir().unwrap();
     let server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "on"]);
     let report = run(&server.url, Some("rate_limits::"), true, false).await;
-    assert_eq!(report.passed(), 4, "every rate-limit case must run and pass");
+    assert_eq!(report.passed(), 5, "every rate-limit case must run and pass");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ pub mod rooms;
 
 use std::sync::Arc;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, StartError};
 
 use crate::config::Config;
 use crate::storage::events::EventLog;
@@ -34,7 +34,7 @@ pub struct Services {
 
 impl Services {
     /// Opens storage and builds the services.
-    pub async fn open(config: Config) -> Result<Self, StorageError> {
+    pub async fn open(config: Config) -> Result<Self, StartError> {
         let db = crate::storage::Db::open(&config.data_dir)?;
         let hub = fanout::Hub::new();
         let directory = RoomStore::open(&db)?;
@@ -79,10 +79,10 @@ impl Services {
             AccountStore::open(&db)?,
             config.server_name.clone(),
             config.hash_concurrency,
+            config.hash_queue,
             limits.clone(),
         )
-        .await
-        .map_err(|e| StorageError::Log(format!("cannot start the hashing threads: {e}")))?;
+        .await?;
         let events = events::Events::new(rooms.clone(), log, limits);
         if let Some(fed) = &federation {
             fed.start()?;

@@ -1,8 +1,9 @@
 //! §4 Rate limits (only with `--rate-limited`): 429 `rate_limited` with
-//! `retry_after_ms` and `Retry-After` on register and login (per address and
-//! per username) and on sends (per user, HTTP and WebSocket together, and
-//! before the send's parameters are looked at, §3). These cases drain the
-//! server's buckets on purpose, so they run last.
+//! `retry_after_ms` and `Retry-After` on register and login (per address,
+//! per username and origin, and not for a device proof of the account
+//! against failures from elsewhere) and on sends (per user, HTTP and
+//! WebSocket together, and before the send's parameters are looked at, §3).
+//! These cases drain the server's buckets on purpose, so they run last.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::s;
 use super::websocket::next_frame;
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, GOOD_PASSWORD};
 use crate::failure::{Failure, Result};
 use crate::http::{Request, Response};
 use crate::runner::{Case, Needs};
@@ -21,6 +22,9 @@ pub fn cases() -> Vec<Case> {
         case!("rate_limits::register_per_address", "4", register_per_address).needs(Needs::RateLimits).limit(120),
         case!("rate_limits::login_per_username", "4", login_per_username).needs(Needs::RateLimits).limit(120),
         case!("rate_limits::login_per_address", "4", login_per_address).needs(Needs::RateLimits).limit(120),
+        case!("rate_limits::login_known_device_not_slowed", "4", login_known_device_not_slowed)
+            .needs(Needs::RateLimits)
+            .limit(120),
         case!("rate_limits::send_per_user", "4", send_per_user).needs(Needs::RateLimits).limit(180),
     ]
 }
@@ -73,7 +77,7 @@ async fn login_per_username(ctx: &Ctx) -> Result<()> {
     let login =
         |name: &str| Request::post(Ctx::api("/login")).json(&json!({"username": name, "password": "#Wrong!pass%9"}));
     let (n, _) = until_429(ctx, 12, Some("invalid_credentials"), |_| login(&target)).await?;
-    check!(n <= 11, "the 429 came only at attempt {n}; the per-username burst is 10");
+    check!(n <= 6, "the 429 came only at attempt {n}; the per-(username, address) burst is 5");
     // Another username from the same address is not limited by that bucket
     // (waiting out the address bucket if the rest of the run drained it).
     let other = ctx.username("rlo");
@@ -100,6 +104,29 @@ async fn login_per_address(ctx: &Ctx) -> Result<()> {
     })
     .await?;
     check!(n <= 21, "the 429 came only at attempt {n}; the per-address burst is 20");
+    Ok(())
+}
+
+/// Failures drain the (username, address) bucket; a login with a device
+/// proof of the account has a bucket of its own and still gets in.
+async fn login_known_device_not_slowed(ctx: &Ctx) -> Result<()> {
+    let name = ctx.username("rlk");
+    ctx.register_raw(&name, GOOD_PASSWORD).await?.ok(201, "register_response")?;
+    let login = |password: &str, proof: Option<&str>| {
+        let mut body = json!({"username": name, "password": password});
+        if let Some(p) = proof {
+            body["device_proof"] = json!(p);
+        }
+        Request::post(Ctx::api("/login")).json(&body)
+    };
+    let first = ctx.send_patiently(login(GOOD_PASSWORD, None)).await?.ok(200, "login_response")?;
+    let proof = s(&first, "device_proof").to_owned();
+    let (n, _) = until_429(ctx, 8, Some("invalid_credentials"), |_| login("#Wrong!pass%9", None)).await?;
+    check!(n <= 6, "the 429 came only at attempt {n}; the per-(username, address) burst is 5");
+    // The right password from this address is slowed too: the bucket is the address's...
+    check_429(&ctx.http.send(login(GOOD_PASSWORD, None)).await?)?;
+    // ...but not with the device proof.
+    ctx.http.send(login(GOOD_PASSWORD, Some(&proof))).await?.ok(200, "login_response")?;
     Ok(())
 }
 
