@@ -70,7 +70,8 @@ pub async fn run(
 ) -> Result<(), Error> {
     let max_conns = config.max_connections.min(fd_budget());
     let header_timeout = config.header_timeout;
-    let services = Services::open(config).await?;
+    let transport = Arc::new(crate::fedclient::HttpTransport::new(config.federation_peers.clone()));
+    let services = Services::open(config, transport).await?;
     let app = Arc::new(App { services, shutdown: CancellationToken::new(), tasks: TaskTracker::new() });
     let permits = Arc::new(Semaphore::new(max_conns));
     let http_conns = TaskTracker::new();
