@@ -56,6 +56,12 @@ pub struct Config {
     pub federation_retry_max: Duration,
     /// How often rooms homed elsewhere are caught up from their home servers.
     pub federation_catch_up: Duration,
+    /// A server whose pushes have failed for this long is dropped from push
+    /// sets (and probed) until it is back.
+    pub federation_give_up: Duration,
+    /// Events of one room kept for pushing to other servers; a server
+    /// further behind skips to the oldest kept (and backfills the rest).
+    pub federation_queue_max: usize,
 }
 
 impl Config {
@@ -82,6 +88,8 @@ impl Config {
             federation_peers: Vec::new(),
             federation_retry_max: Duration::from_secs(60),
             federation_catch_up: Duration::from_secs(60),
+            federation_give_up: Duration::from_secs(600),
+            federation_queue_max: 10_000,
             // Leave a core for chat: a login storm must not stall delivery.
             hash_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
             hash_queue: 32,

@@ -90,6 +90,12 @@ struct Serve {
     /// Seconds between catch-ups of rooms homed on other servers.
     #[arg(long, env = "PARLOR_FEDERATION_CATCH_UP_SECS", default_value_t = 60)]
     federation_catch_up_secs: u64,
+    /// Seconds a server may fail every push before it is dropped from push sets (then probed until it is back).
+    #[arg(long, env = "PARLOR_FEDERATION_GIVE_UP_SECS", default_value_t = 600)]
+    federation_give_up_secs: u64,
+    /// Events of one room kept for pushing to other servers; a server further behind skips ahead (and backfills).
+    #[arg(long, env = "PARLOR_FEDERATION_QUEUE_MAX", default_value_t = 10_000)]
+    federation_queue_max: usize,
     /// Password hashes computed at once (default: one less than the CPU count, at least 1).
     #[arg(long, env = "PARLOR_HASH_THREADS")]
     hash_threads: Option<usize>,
@@ -148,6 +154,8 @@ fn serve(s: Serve) -> Result<()> {
         config.federation_peers = s.federation_peers;
         config.federation_retry_max = Duration::from_secs(s.federation_retry_max_secs.max(1));
         config.federation_catch_up = Duration::from_secs(s.federation_catch_up_secs.max(1));
+        config.federation_give_up = Duration::from_secs(s.federation_give_up_secs.max(1));
+        config.federation_queue_max = s.federation_queue_max.max(1);
         if let Some(n) = s.hash_threads {
             config.hash_concurrency = n.max(1);
         }

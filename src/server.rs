@@ -73,7 +73,8 @@ pub async fn run(
     let caps = ConnCaps::new(max_conns, config.max_connections_per_address);
     let (header_timeout, write_timeout) = (config.header_timeout, config.write_timeout);
     let responses = Arc::new(ResponseBudget::new(config.response_budget));
-    let services = Services::open(config).await?;
+    let transport = Arc::new(crate::fedclient::HttpTransport::new(config.federation_peers.clone()));
+    let services = Services::open(config, transport).await?;
     let app = Arc::new(App { services, shutdown: CancellationToken::new(), tasks: TaskTracker::new(), responses });
     let http_conns = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();

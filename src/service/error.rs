@@ -65,4 +65,6 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     HashPool(#[from] super::hashing::StartError),
+    #[error("cannot start federation: {0}")]
+    Federation(#[from] super::federation::FederationError),
 }

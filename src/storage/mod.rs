@@ -24,6 +24,8 @@ pub enum StorageError {
     Unavailable(String),
     #[error("room log: {0}")]
     Log(String),
+    #[error(transparent)]
+    KeyFile(#[from] federation::KeyFileError),
 }
 
 impl From<sled::transaction::TransactionError<StorageError>> for StorageError {
