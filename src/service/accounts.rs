@@ -16,7 +16,6 @@ use super::passwords::PasswordPolicy;
 use super::ratelimit::{self, RateLimits};
 use crate::protocol::accounts::LoginResponse;
 use crate::protocol::limits::DEVICE_NAME_MAX;
-use crate::protocol::ws::close;
 use crate::protocol::{ErrCode, ServerName, UserId, Username};
 use crate::storage::accounts::{AccountRecord, AccountStore};
 use crate::storage::events::now_ms;
@@ -174,7 +173,7 @@ impl Accounts {
         if let Some(list) = live.get_mut(user) {
             list.retain(|w| match w.upgrade() {
                 Some(c) if which(&c) => {
-                    c.close(CloseReason { code: close::UNAUTHORIZED, reason: "access token revoked" });
+                    c.close(CloseReason::TokenRevoked);
                     false
                 }
                 Some(_) => true,
