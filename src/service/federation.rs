@@ -112,8 +112,9 @@ fn bad_signature(why: impl Into<String>) -> Error {
     Error::refused(ErrCode::BadSignature, why)
 }
 
-/// `k="v", k2="v2"` after the scheme name.
-fn parse_signature_header(value: &str) -> Option<HashMap<&str, &str>> {
+/// `k="v", k2="v2"` after the scheme name. Public for the fuzz target
+/// (`fuzz/fuzz_targets/federation_auth.rs`).
+pub fn parse_signature_header(value: &str) -> Option<HashMap<&str, &str>> {
     let rest = value.strip_prefix(SIGNATURE_SCHEME)?.trim_start();
     let mut out = HashMap::new();
     for part in rest.split(',') {
