@@ -30,7 +30,6 @@ use super::passwords::PasswordPolicy;
 use super::ratelimit::{self, AddrKey, RateLimits, Trust};
 use crate::protocol::accounts::{LoginRequest, LoginResponse};
 use crate::protocol::limits::{DEVICE_NAME_MAX, PASSWORD_MAX_BYTES};
-use crate::protocol::ws::close;
 use crate::protocol::{ErrCode, ServerName, UserId, Username};
 use crate::storage::accounts::{AccountRecord, AccountStore, NewDevice};
 use crate::storage::events::now_ms;
@@ -233,7 +232,7 @@ impl Accounts {
         if let Some(list) = live.get_mut(user) {
             list.retain(|w| match w.upgrade() {
                 Some(c) if which(&c) => {
-                    c.close(CloseReason { code: close::UNAUTHORIZED, reason: "access token revoked" });
+                    c.close(CloseReason::TokenRevoked);
                     false
                 }
                 Some(_) => true,
