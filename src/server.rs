@@ -75,7 +75,13 @@ pub async fn run(
     let responses = Arc::new(ResponseBudget::new(config.response_budget));
     let transport = Arc::new(crate::fedclient::HttpTransport::new(config.federation_peers.clone()));
     let services = Services::open(config, transport).await?;
-    let app = Arc::new(App { services, shutdown: CancellationToken::new(), tasks: TaskTracker::new(), responses });
+    let app = Arc::new(App {
+        services,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        responses,
+        ws_upgrade: crate::ws::upgrade,
+    });
     let http_conns = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
