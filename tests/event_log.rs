@@ -17,6 +17,7 @@ use parlor::storage::StorageError;
 use parlor::storage::events::embedded::EmbeddedLog;
 use parlor::storage::events::redis::RedisLog;
 use parlor::storage::events::{AppendOutcome, EventLog, EventSink, LogHead, NewEvent, Range, Txn};
+use rustix::process::Signal;
 use support::RedisServer;
 
 /// (epoch, seq, event JSON) as handed to the sink.
@@ -502,6 +503,10 @@ where
     }
 }
 
+fn signal(pid: i32, sig: Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).expect("a positive pid"), sig).unwrap();
+}
+
 fn redis_pid(redis: &RedisServer) -> i32 {
     let info = redis.cli(&["INFO", "server"]).unwrap();
     let line = info.lines().find_map(|l| l.strip_prefix("process_id:")).expect("INFO has process_id");
@@ -518,13 +523,13 @@ async fn a_hung_redis_fails_sends_within_the_timeout() {
     let r = room("hung");
     h.log.append(&r, txn_msg("D", "before", "before")).await.unwrap();
     let pid = redis_pid(redis);
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    signal(pid, Signal::STOP);
     let t = Instant::now();
     let res = h.log.append(&r, txn_msg("D", "during", "during")).await;
     let took = t.elapsed();
     let read = h.log.head(&r).await;
     let healthy = h.log.healthy().await;
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    signal(pid, Signal::CONT);
     assert!(matches!(res, Err(StorageError::Unavailable(_))), "{res:?}");
     assert!(took < Duration::from_secs(3), "a send to a hung redis took {took:?}");
     assert!(matches!(read, Err(StorageError::Unavailable(_))), "{read:?}");

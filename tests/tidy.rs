@@ -5,7 +5,8 @@
 //! path it names (`use` trees expanded, `crate::`/`super::`/`self::` made
 //! absolute, and inline paths such as `tokio::spawn`) is checked against its
 //! layer's rules. A failure names `file:line`, the path and the rule it
-//! breaks.
+//! breaks. The same scan finds `unsafe` anywhere in the workspace outside the
+//! two places allowed to hold it.
 
 use std::path::{Path, PathBuf};
 
@@ -128,6 +129,11 @@ const RULES: &[Rule] = &[
         why: "server.rs builds everything but storage/, which only service/ opens",
     },
 ];
+
+/// The only files that may contain `unsafe` or `allow(unsafe_code)`: every
+/// other system call goes through rustix. tokio has no safe way to register
+/// a descriptor with its reactor, and libc's `localtime_r` has no safe wrapper.
+const UNSAFE_ALLOWED: &[&str] = &["tools/chatbench/src/pacer.rs", "tools/chatctl/src/localtime.rs"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -431,6 +437,65 @@ fn layers_import_only_downwards() {
         bad.extend(layer_violations(rel, &std::fs::read_to_string(file).unwrap()));
     }
     assert!(bad.is_empty(), "imports against ARCHITECTURE.md's layer rules:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn unsafe_stays_out() {
+    let root = root();
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "crates", "tools", "conformance", "examples", "fuzz"] {
+        rs_files(&root.join(dir), &mut files);
+    }
+    assert!(files.len() > 100, "tidy found only {} files in the workspace", files.len());
+    let mut bad = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&root).unwrap();
+        if rel == Path::new("tests/tidy.rs") || UNSAFE_ALLOWED.iter().any(|a| rel == Path::new(a)) {
+            continue;
+        }
+        let code = strip(&std::fs::read_to_string(file).unwrap());
+        let b = code.as_bytes();
+        for (at, _) in code.match_indices("unsafe") {
+            let before = at == 0 || !is_ident_byte(b[at - 1]);
+            let after = b.get(at + 6).is_none_or(|&c| !is_ident_byte(c));
+            let allow = code[..at].trim_end().ends_with("allow(");
+            if (before && after) || allow {
+                let what = if allow { "allow(unsafe_code)" } else { "unsafe" };
+                bad.push(format!(
+                    "{}:{}: `{what}` — rule: system calls go through rustix; `unsafe` only in {UNSAFE_ALLOWED:?}",
+                    rel.display(),
+                    line_of(&code, at)
+                ));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "`unsafe` outside its allowed modules:\n{}", bad.join("\n"));
+}
+
+/// Every crate root of the workspace forbids `unsafe_code` (or denies it,
+/// where one module of [`UNSAFE_ALLOWED`] needs it), so the compiler keeps it
+/// out too.
+#[test]
+fn crate_roots_forbid_unsafe() {
+    let root = root();
+    let roots = [
+        ("src/lib.rs", "#![forbid(unsafe_code)]"),
+        ("src/main.rs", "#![forbid(unsafe_code)]"),
+        ("crates/wsframe/src/lib.rs", "#![forbid(unsafe_code)]"),
+        ("conformance/src/lib.rs", "#![forbid(unsafe_code)]"),
+        ("conformance/src/main.rs", "#![forbid(unsafe_code)]"),
+        ("tools/chatbench/src/main.rs", "#![forbid(unsafe_code)]"),
+        ("tools/chatbench/src/lib.rs", "#![deny(unsafe_code)]"),
+        ("tools/chatctl/src/main.rs", "#![deny(unsafe_code)]"),
+    ];
+    let mut bad = Vec::new();
+    for (file, attr) in roots {
+        let src = std::fs::read_to_string(root.join(file)).unwrap();
+        if !src.lines().any(|l| l.trim() == attr) {
+            bad.push(format!("{file}: crate root lacks {attr}"));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
 /// The scanner itself: a planted import against the rules is found, and

@@ -317,8 +317,8 @@ impl Tail {
 
     /// Sends SIGINT (Ctrl-C) and returns the exit code.
     pub fn interrupt(mut self) -> i32 {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.pid(), libc::SIGINT) };
+        let pid = rustix::process::Pid::from_raw(self.pid()).expect("a child's pid is positive");
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("signal our own child");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
