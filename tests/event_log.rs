@@ -18,7 +18,7 @@ use parlor::storage::events::embedded::EmbeddedLog;
 use parlor::storage::events::redis::RedisLog;
 use parlor::storage::events::{AppendOutcome, EventLog, EventSink, LogHead, NewEvent, Range, Txn};
 use rustix::process::Signal;
-use support::RedisServer;
+use support::{Backend, RedisServer};
 
 /// (epoch, seq, event JSON) as handed to the sink.
 type Delivery = (String, u64, String);
@@ -56,11 +56,6 @@ impl Recorder {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-}
-
-enum Backend {
-    Embedded,
-    Redis,
 }
 
 /// A log of the given kind with its sink; keeps its temp dir and Redis alive.
@@ -235,27 +230,6 @@ async fn retention_trims(b: Backend) {
     assert_eq!(page.events.len() as u64, 300 - head.earliest + 1);
 }
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Embedded).await
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Redis).await
-                }
-            )*
-        }
-    };
-}
-
 /// An event as a federated room's home server would send it.
 fn remote_event(seq: u64, body: &str) -> parlor::protocol::events::Event {
     parlor::protocol::events::Event {
@@ -308,7 +282,7 @@ async fn imports_keep_the_home_servers_order(b: Backend) {
     assert_eq!(h.sink.epochs(&r).last().map(String::as_str), Some("epoch-two"));
 }
 
-both!(
+backend_tests!(
     contiguous_under_concurrency,
     pipelined_order,
     resolves_after_the_sink_has_it,
