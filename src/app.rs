@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::Response;
+use http::{Request, Response};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -29,7 +30,14 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Answer bytes waiting for slow readers, server-wide.
     pub responses: Arc<conn::ResponseBudget>,
+    /// Takes over a WebSocket upgrade request (`ws::upgrade`): `server.rs`
+    /// injects it, so the HTTP routing table can hand `/ws` on without
+    /// `http/` importing `ws/`.
+    pub ws_upgrade: WsUpgrade,
 }
+
+/// What answers a WebSocket upgrade request (see [`App::ws_upgrade`]).
+pub type WsUpgrade = fn(&Ctx, Request<Incoming>) -> Result<Resp, Error>;
 
 /// An HTTP answer, as both wires build it.
 pub type Resp = Response<Full<Bytes>>;

@@ -1,6 +1,8 @@
 //! Parlor: a small, fast, federated chat server with a documented JSON
 //! protocol. See ARCHITECTURE.md for the map of layers.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod config;
 pub mod fedclient;

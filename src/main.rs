@@ -1,6 +1,8 @@
 //! The `parlor` binary: flags (each also `PARLOR_<FLAG>`), logging, signals.
 //! Everything else is the library.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -34,32 +34,23 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most connections the open-file limit leaves room for.
 fn fd_budget() -> usize {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we pass and nothing else.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-    if !ok || lim.rlim_cur == libc::RLIM_INFINITY {
-        return usize::MAX;
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        // sled, the listener, Redis and the runtime need a few descriptors too.
+        Some(soft) => (soft as usize).saturating_sub(64).max(16),
+        None => usize::MAX, // unlimited
     }
-    // sled, the listener, Redis and the runtime need a few descriptors too.
-    (lim.rlim_cur as usize).saturating_sub(64).max(16)
 }
 
 /// Raises the soft open-file limit to the hard limit; returns the new limit.
 pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                lim = want;
-            }
-        }
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is unlimited (RLIM_INFINITY).
+    let (soft, hard) = (lim.current.unwrap_or(u64::MAX), lim.maximum.unwrap_or(u64::MAX));
+    if soft < hard && setrlimit(Resource::Nofile, Rlimit { current: lim.maximum, maximum: lim.maximum }).is_ok() {
+        return hard;
     }
-    lim.rlim_cur
+    soft
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains and returns
@@ -75,7 +66,13 @@ pub async fn run(
     let responses = Arc::new(ResponseBudget::new(config.response_budget));
     let transport = Arc::new(crate::fedclient::HttpTransport::new(config.federation_peers.clone()));
     let services = Services::open(config, transport).await?;
-    let app = Arc::new(App { services, shutdown: CancellationToken::new(), tasks: TaskTracker::new(), responses });
+    let app = Arc::new(App {
+        services,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        responses,
+        ws_upgrade: crate::ws::upgrade,
+    });
     let http_conns = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -17,7 +17,8 @@ use parlor::storage::StorageError;
 use parlor::storage::events::embedded::EmbeddedLog;
 use parlor::storage::events::redis::RedisLog;
 use parlor::storage::events::{AppendOutcome, EventLog, EventSink, LogHead, NewEvent, Range, Txn};
-use support::RedisServer;
+use rustix::process::Signal;
+use support::{Backend, RedisServer};
 
 /// (epoch, seq, event JSON) as handed to the sink.
 type Delivery = (String, u64, String);
@@ -55,11 +56,6 @@ impl Recorder {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-}
-
-enum Backend {
-    Embedded,
-    Redis,
 }
 
 /// A log of the given kind with its sink; keeps its temp dir and Redis alive.
@@ -234,27 +230,6 @@ async fn retention_trims(b: Backend) {
     assert_eq!(page.events.len() as u64, 300 - head.earliest + 1);
 }
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Embedded).await
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Redis).await
-                }
-            )*
-        }
-    };
-}
-
 /// An event as a federated room's home server would send it.
 fn remote_event(seq: u64, body: &str) -> parlor::protocol::events::Event {
     parlor::protocol::events::Event {
@@ -307,7 +282,7 @@ async fn imports_keep_the_home_servers_order(b: Backend) {
     assert_eq!(h.sink.epochs(&r).last().map(String::as_str), Some("epoch-two"));
 }
 
-both!(
+backend_tests!(
     contiguous_under_concurrency,
     pipelined_order,
     resolves_after_the_sink_has_it,
@@ -502,6 +477,10 @@ where
     }
 }
 
+fn signal(pid: i32, sig: Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).expect("a positive pid"), sig).unwrap();
+}
+
 fn redis_pid(redis: &RedisServer) -> i32 {
     let info = redis.cli(&["INFO", "server"]).unwrap();
     let line = info.lines().find_map(|l| l.strip_prefix("process_id:")).expect("INFO has process_id");
@@ -518,13 +497,13 @@ async fn a_hung_redis_fails_sends_within_the_timeout() {
     let r = room("hung");
     h.log.append(&r, txn_msg("D", "before", "before")).await.unwrap();
     let pid = redis_pid(redis);
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    signal(pid, Signal::STOP);
     let t = Instant::now();
     let res = h.log.append(&r, txn_msg("D", "during", "during")).await;
     let took = t.elapsed();
     let read = h.log.head(&r).await;
     let healthy = h.log.healthy().await;
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    signal(pid, Signal::CONT);
     assert!(matches!(res, Err(StorageError::Unavailable(_))), "{res:?}");
     assert!(took < Duration::from_secs(3), "a send to a hung redis took {took:?}");
     assert!(matches!(read, Err(StorageError::Unavailable(_))), "{read:?}");

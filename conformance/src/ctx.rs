@@ -132,6 +132,7 @@ impl Ctx {
                     resp.what
                 )));
             }
+            // Not synchronisation: waiting as long as the server said is the protocol.
             tokio::time::sleep(wait).await;
         }
     }

@@ -5,6 +5,8 @@
 //! Use [`run`] in-process (the workspace's `tests/conformance.rs` does) or the
 //! `conformance` binary from a shell.
 
+#![forbid(unsafe_code)]
+
 pub mod failure;
 pub mod http;
 pub mod peer;

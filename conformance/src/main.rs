@@ -1,6 +1,8 @@
 //! The `conformance` command: parses flags, runs the suite, prints one line
 //! (or JSON object) per case and the summary, and sets the exit code.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::process::ExitCode;
 

@@ -146,7 +146,7 @@ pub async fn handle(req: Request<Incoming>, ctx: Ctx) -> Result<Resp, Infallible
         Route::Members(room) => rooms::members(&ctx, &req, &room),
         Route::Messages(room) => events::messages(&ctx, &req, &room).await,
         Route::Send(room, txn) => events::send(&ctx, req, &room, &txn).await,
-        Route::Ws => crate::ws::upgrade(&ctx, req),
+        Route::Ws => (ctx.app.ws_upgrade)(&ctx, req),
         Route::FedKey => federation::key(&ctx),
         Route::FedWellKnown => federation::well_known(&ctx),
         Route::FedJoin => federation::join(&ctx, req).await,

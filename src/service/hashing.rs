@@ -214,11 +214,10 @@ fn worker(shared: &Shared) {
 
 /// Nices the calling thread (Linux threads have their own nice value).
 fn lower_thread_priority() {
-    // SAFETY: setpriority on our own thread id; failure only leaves the default priority.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-    }
+    // Failure only leaves the default priority. Elsewhere a thread id is
+    // not a process id, and setpriority would nice the whole process.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
 }
 
 fn argon2(params: Params) -> Argon2<'static> {

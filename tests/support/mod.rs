@@ -139,6 +139,7 @@ impl TestServer {
     pub async fn start_with(listener: tokio::net::TcpListener, cfg: Config) -> Self {
         let addr = listener.local_addr().unwrap();
         let data_dir = cfg.data_dir.clone();
+        let room_log = if cfg.redis.is_some() { "redis" } else { "embedded" };
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             parlor::server::run(listener, cfg, async {
@@ -148,24 +149,30 @@ impl TestServer {
             .expect("server runs");
         });
         let s = TestServer { addr, url: format!("http://{addr}"), data_dir, shutdown: Some(tx), task: Some(task) };
-        s.wait_healthy().await;
+        s.wait_healthy(room_log).await;
         s
     }
 
-    /// Waits until `GET /healthz` answers 200 (the listener being open is
-    /// not enough: storage may still be opening); fails at once if the
-    /// server task ended.
-    async fn wait_healthy(&self) {
+    /// Waits until `GET /healthz` answers 200 with `{"status": "ok",
+    /// "room_log": room_log}` (the listener being open is not enough:
+    /// storage may still be opening); fails at once if the server task ended.
+    async fn wait_healthy(&self, room_log: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.task.as_ref().is_some_and(|t| t.is_finished()) {
                 panic!("the server stopped before it was healthy");
             }
-            let status = health_status(self.addr).await;
-            if status == Some(200) {
+            let answer = health(self.addr).await;
+            if let Some((200, body)) = &answer {
+                assert_eq!(
+                    body,
+                    &serde_json::json!({"status": "ok", "room_log": room_log}),
+                    "GET /healthz answered 200 with the wrong body"
+                );
                 return;
             }
-            assert!(Instant::now() < deadline, "GET /healthz did not answer 200 within 30 s (last: {status:?})");
+            assert!(Instant::now() < deadline, "GET /healthz did not answer 200 within 30 s (last: {answer:?})");
+            // Poll interval of a wait on a condition (bounded by `deadline`).
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -183,16 +190,30 @@ impl TestServer {
 
 /// The status of `GET /healthz` on `addr`, or None when nothing answers.
 pub async fn health_status(addr: SocketAddr) -> Option<u16> {
+    health(addr).await.map(|(status, _)| status)
+}
+
+/// `GET /healthz` on `addr`: its status and JSON body, or None when nothing
+/// answers (or the answer is not a status line and a JSON body).
+pub async fn health(addr: SocketAddr) -> Option<(u16, serde_json::Value)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ask = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: parlor.test\r\nConnection: close\r\n\r\n").await.ok()?;
+        s.write_all(HEALTH_REQUEST).await.ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
-        let status = buf.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
-        std::str::from_utf8(status).ok()?.parse().ok()
+        parse_health(&buf)
     };
     tokio::time::timeout(Duration::from_secs(5), ask).await.ok().flatten()
+}
+
+const HEALTH_REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: parlor.test\r\nConnection: close\r\n\r\n";
+
+/// A whole `Connection: close` answer to [`HEALTH_REQUEST`] → status and body.
+fn parse_health(answer: &[u8]) -> Option<(u16, serde_json::Value)> {
+    let status = std::str::from_utf8(answer.strip_prefix(b"HTTP/1.1 ")?.get(..3)?).ok()?.parse().ok()?;
+    let body = &answer[answer.windows(4).position(|w| w == b"\r\n\r\n")? + 4..];
+    Some((status, serde_json::from_slice(body).ok()?))
 }
 
 /// The real `parlor` binary, started as a child process.
@@ -229,9 +250,10 @@ impl ParlorProcess {
         p
     }
 
-    /// Waits until `GET /healthz` answers 200 (the address is printed before
-    /// storage is open), the process exits, or `within` passes; a test that
-    /// expects the process to fail or to be unhealthy sees that itself.
+    /// Waits until `GET /healthz` answers 200 with `"status": "ok"` (the
+    /// address is printed before storage is open), the process exits, or
+    /// `within` passes; a test that expects the process to fail or to be
+    /// unhealthy sees that itself.
     fn wait_healthy_or_exit(&mut self, within: Duration) {
         use std::io::{Read, Write};
         let deadline = Instant::now() + within;
@@ -242,23 +264,24 @@ impl ParlorProcess {
             let healthy = (|| {
                 let mut s = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).ok()?;
                 s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: parlor.test\r\nConnection: close\r\n\r\n").ok()?;
+                s.write_all(HEALTH_REQUEST).ok()?;
                 let mut buf = Vec::new();
                 s.read_to_end(&mut buf).ok()?;
-                buf.starts_with(b"HTTP/1.1 200 ").then_some(())
+                let (status, body) = parse_health(&buf)?;
+                (status == 200 && body["status"] == "ok").then_some(())
             })();
             if healthy.is_some() {
                 return;
             }
+            // Poll interval of a wait on a condition (bounded by `deadline`).
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
+        let _ =
+            rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), rustix::process::Signal::TERM);
         self.child.wait().unwrap()
     }
 }
@@ -329,12 +352,7 @@ impl Harness {
     /// Starts the server again on the same port and data after `stop`.
     pub async fn resume(&mut self) {
         let port = self.server.addr.port();
-        let listener = loop {
-            match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                Ok(l) => break l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
+        let listener = rebind(port).await;
         self.server = Self::boot(listener, self.dir.path(), self.redis.as_ref(), self.tweak).await;
     }
 
@@ -344,6 +362,19 @@ impl Harness {
 
     pub fn api(&self) -> Api {
         Api::new(&self.server.url)
+    }
+}
+
+/// Binds `127.0.0.1:port` again after a server on it stopped; the old
+/// listener may still be releasing it for a moment (bounded wait).
+pub async fn rebind(port: u16) -> tokio::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => return l,
+            Err(e) => assert!(Instant::now() < deadline, "cannot bind 127.0.0.1:{port} again within 10 s: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

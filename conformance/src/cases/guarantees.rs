@@ -108,6 +108,10 @@ async fn one_order_for_all_subscribers(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// How long the writer of `gap_free_resume_while_others_write` waits for
+/// the reader to reach a phase; only bounds a failure.
+const PHASE_WAIT: Duration = Duration::from_secs(30);
+
 async fn gap_free_resume_while_others_write(ctx: &Ctx) -> Result<()> {
     let (a, b) = (ctx.shared(0).await?, ctx.shared(1).await?);
     let room = ctx.room(&a, "gf").await?;
@@ -116,10 +120,18 @@ async fn gap_free_resume_while_others_write(ctx: &Ctx) -> Result<()> {
     let (_, _, cu) = subscribe(&mut first, &room.room_id, None).await?;
     let (epoch, start) = (s(&cu, "epoch").to_owned(), n(&cu, "seq"));
     const TOTAL: u64 = 60;
+    // The writer's three thirds go out before the reader drops its socket,
+    // while it is away and resubscribing, and after it caught up: each phase
+    // is waited for (bounded: a failing reader reports its own failure).
+    let (dropped, resubscribed) = (tokio::sync::Notify::new(), tokio::sync::Notify::new());
     let writer = async {
         for i in 0..TOTAL {
+            if i == TOTAL / 3 {
+                let _ = tokio::time::timeout(PHASE_WAIT, dropped.notified()).await;
+            } else if i == 2 * TOTAL / 3 {
+                let _ = tokio::time::timeout(PHASE_WAIT, resubscribed.notified()).await;
+            }
             ctx.send(&a, &room.room_id, &ctx.txn(), &format!("g{i}")).await?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok::<_, Failure>(())
     };
@@ -127,10 +139,12 @@ async fn gap_free_resume_while_others_write(ctx: &Ctx) -> Result<()> {
         let mut seen: Vec<u64> = seqs(&json!(live_events(&mut first, &room.room_id, 10).await?));
         // Gone without a goodbye, as a dropped network would leave it.
         drop(first);
+        dropped.notify_one();
         let last = *seen.last().unwrap_or(&start);
         let mut again = ctx.ws(&b).await?;
         let (gap, replay, cu) =
             subscribe(&mut again, &room.room_id, Some(json!({"epoch": epoch, "seq": last}))).await?;
+        resubscribed.notify_one();
         check!(gap.is_none(), "gap on resuming from a cursor the log still holds: {gap:?}");
         let replayed = seqs(&json!(replay));
         check_eq!(n(&cu, "seq"), replayed.last().copied().unwrap_or(last), "caught_up seq vs last replayed");

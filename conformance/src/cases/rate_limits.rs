@@ -85,6 +85,7 @@ async fn login_per_username(ctx: &Ctx) -> Result<()> {
     for _ in 0..3 {
         let resp = ctx.http.send(login(&other)).await?;
         if resp.status == 429 {
+            // Not synchronisation: waiting as long as the 429 said is the protocol.
             tokio::time::sleep(Duration::from_millis(check_429(&resp)?.min(10_000))).await;
             continue;
         }
@@ -227,7 +228,8 @@ async fn send_per_user(ctx: &Ctx) -> Result<()> {
     // A refused send stores nothing.
     let events = ctx.all_events(&user, &room.room_id).await?;
     check_eq!(events.len() as u64, acks + http_acks + 1, "events stored (join + acknowledged sends)");
-    // And after waiting as told, sending works again.
+    // And after waiting as told, sending works again (the wait is what is
+    // under test: the bucket refills in `retry_after_ms`).
     tokio::time::sleep(Duration::from_millis(wait + 50)).await;
     ctx.http
         .send(Ctx::send_req(&user, &room.room_id, &ctx.txn(), &json!({"body": "later"})))

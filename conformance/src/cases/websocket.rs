@@ -156,6 +156,7 @@ pub async fn ws_send(ws: &mut Ws, room: &str, txn: &str, body: &str, id: &str) -
             next_frame(ws).await?
         };
         if s(&v, "type") == "error" && s(&v, "errcode") == "rate_limited" {
+            // Not synchronisation: waiting as long as the server said is the protocol.
             tokio::time::sleep(Duration::from_millis(v["retry_after_ms"].as_u64().unwrap_or(1000).clamp(50, 10_000)))
                 .await;
             continue;

@@ -10,6 +10,9 @@
 //! (precise open-loop timing), `stats` (histograms), `sys` (CPU, memory,
 //! limits), `users` (accounts) and `clock`.
 
+// System calls go through rustix; the one `unsafe` left is `pacer::Pacer::new`.
+#![deny(unsafe_code)]
+
 pub mod check;
 pub mod cli;
 pub mod clock;

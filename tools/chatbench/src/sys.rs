@@ -8,13 +8,11 @@ use std::fs;
 
 use anyhow::{Context, Result};
 
-/// CPU seconds (user + system) this process has used.
+/// CPU seconds (user + system) this process has used
+/// (CLOCK_PROCESS_CPUTIME_ID: the same sum getrusage gives, in nanoseconds).
 pub fn self_cpu_s() -> f64 {
-    // SAFETY: getrusage writes into the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// CPU seconds (user + system) process `pid` has used, from /proc/PID/stat.
@@ -26,8 +24,7 @@ pub fn proc_cpu_s(pid: u32) -> Result<f64> {
     // After ')', index 0 is field 3 (state): utime is field 14, stime 15.
     let utime: f64 = f.get(11).context("no utime")?.parse()?;
     let stime: f64 = f.get(12).context("no stime")?.parse()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = rustix::param::clock_ticks_per_second() as f64;
     Ok((utime + stime) / hz)
 }
 
@@ -95,25 +92,20 @@ pub fn find_listener_pid(port: u16) -> Option<u32> {
 /// (root), the hard one toward `want` (capped by /proc/sys/fs/nr_open).
 /// Returns the soft limit now in force.
 pub fn raise_nofile(want: u64) -> u64 {
-    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is unlimited (RLIM_INFINITY).
+    let (soft, hard) = (lim.current.unwrap_or(u64::MAX), lim.maximum.unwrap_or(u64::MAX));
     let nr_open: u64 =
-        fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(lim.rlim_max);
+        fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(hard);
     let target = want.min(nr_open);
-    if target > lim.rlim_max {
-        let raised = libc::rlimit { rlim_cur: target, rlim_max: target };
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            return target;
-        }
+    if target > hard && setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum: Some(target) }).is_ok() {
+        return target;
     }
-    if lim.rlim_cur < lim.rlim_max {
-        let soft = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } == 0 {
-            return lim.rlim_max;
-        }
+    if soft < hard && setrlimit(Resource::Nofile, Rlimit { current: lim.maximum, maximum: lim.maximum }).is_ok() {
+        return hard;
     }
-    lim.rlim_cur
+    soft
 }
 
 /// A measured interval: our CPU, and the server's CPU and memory when its pid is known.

@@ -33,7 +33,33 @@ async fn server() -> Server {
     tokio::spawn(parlor::server::run(listener, cfg, async move {
         let _ = rx.await;
     }));
+    wait_healthy(port).await;
     Server { url: format!("http://127.0.0.1:{port}"), stop: Some(tx), dir }
+}
+
+/// Waits until `GET /healthz` answers 200 with `{"status": "ok", …}`: the
+/// listener is open before storage is.
+async fn wait_healthy(port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let mut buf = Vec::new();
+            let asked = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: parlor.test\r\nConnection: close\r\n\r\n").await;
+            if asked.is_ok() && s.read_to_end(&mut buf).await.is_ok() {
+                last = String::from_utf8_lossy(&buf).into_owned();
+                let body = last.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                let ok = serde_json::from_str::<Value>(body).is_ok_and(|v| v["status"] == "ok");
+                if last.starts_with("HTTP/1.1 200 ") && ok {
+                    return;
+                }
+            }
+        }
+        // Poll interval of a wait on a condition (bounded by `deadline`).
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("GET /healthz did not answer 200 with status ok within 30 s; last answer: {last:?}");
 }
 
 /// Run chatbench with `args` against `s`; every result line it printed.

@@ -6,10 +6,14 @@
 //! chatctl speaks only the public v1 protocol (`spec/protocol.md`); it
 //! shares no code with the server.
 
+// System calls go through rustix; the one `unsafe` left is `localtime`.
+#![deny(unsafe_code)]
+
 mod api;
 mod cli;
 mod commands;
 mod failure;
+mod localtime;
 mod output;
 mod session;
 mod tail;

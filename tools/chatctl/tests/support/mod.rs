@@ -83,6 +83,35 @@ impl Server {
         self.port = port_rx.recv_timeout(Duration::from_secs(30)).expect("server started");
         self.url = format!("http://127.0.0.1:{}", self.port);
         self.running = Some((stop_tx, thread));
+        self.wait_healthy();
+    }
+
+    /// Waits until `GET /healthz` answers 200 with `{"status": "ok", …}`:
+    /// the port is known before storage is open.
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let answer = (|| {
+                let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: parlor.test\r\nConnection: close\r\n\r\n").ok()?;
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).ok()?;
+                Some(String::from_utf8_lossy(&buf).into_owned())
+            })();
+            if let Some(answer) = answer {
+                let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                let ok = serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| v["status"] == "ok");
+                if answer.starts_with("HTTP/1.1 200 ") && ok {
+                    return;
+                }
+                last = answer;
+            }
+            // Poll interval of a wait on a condition (bounded by `deadline`).
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("GET /healthz did not answer 200 with status ok within 30 s; last answer: {last:?}");
     }
 
     /// The server name in user ids and aliases.
@@ -246,6 +275,8 @@ pub struct Tail {
     child: Child,
     lines: mpsc::Receiver<String>,
     stderr: Arc<std::sync::Mutex<String>>,
+    /// The thread reading stderr: it ends at EOF, once the process has exited.
+    stderr_reader: Option<JoinHandle<()>>,
     pub seen: Vec<String>,
 }
 
@@ -267,7 +298,7 @@ impl Tail {
         });
         let stderr = Arc::new(std::sync::Mutex::new(String::new()));
         let sink = stderr.clone();
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = stderr_pipe.read(&mut buf) {
                 if n == 0 {
@@ -276,7 +307,7 @@ impl Tail {
                 sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Tail { child, lines: rx, stderr, seen: Vec::new() }
+        Tail { child, lines: rx, stderr, stderr_reader: Some(stderr_reader), seen: Vec::new() }
     }
 
     /// The next stdout line, within `limit`.
@@ -317,8 +348,8 @@ impl Tail {
 
     /// Sends SIGINT (Ctrl-C) and returns the exit code.
     pub fn interrupt(mut self) -> i32 {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.pid(), libc::SIGINT) };
+        let pid = rustix::process::Pid::from_raw(self.pid()).expect("a child's pid is positive");
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("signal our own child");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -334,7 +365,10 @@ impl Tail {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                thread::sleep(Duration::from_millis(50));
+                // All of stderr is read once its reader sees EOF.
+                if let Some(reader) = self.stderr_reader.take() {
+                    reader.join().expect("stderr reader");
+                }
                 return (status.code().unwrap_or(-1), self.stderr());
             }
             assert!(Instant::now() < deadline, "tail did not end; stderr: {}", self.stderr());
