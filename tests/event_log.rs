@@ -16,7 +16,8 @@ use parlor::protocol::{RoomId, UserId};
 use parlor::storage::StorageError;
 use parlor::storage::events::embedded::EmbeddedLog;
 use parlor::storage::events::redis::RedisLog;
-use parlor::storage::events::{AppendOutcome, EventLog, EventSink, LogHead, NewEvent, Range, Txn};
+use parlor::storage::Db;
+use parlor::storage::events::{AppendOutcome, EventLog, EventSink, LogHead, LogSettings, NewEvent, Range, Txn};
 use support::RedisServer;
 
 /// (epoch, seq, event JSON) as handed to the sink.
@@ -62,30 +63,55 @@ enum Backend {
     Redis,
 }
 
-/// A log of the given kind with its sink; keeps its temp dir and Redis alive.
+/// A log of the given kind with its sink; keeps its data dir and Redis alive.
 struct Harness {
     log: Arc<dyn EventLog>,
     sink: Arc<Recorder>,
     _dir: tempfile::TempDir,
-    _db: Option<parlor::storage::Db>,
+    db: Db,
     redis: Option<RedisServer>,
 }
 
 async fn harness(backend: Backend, retention: Option<u64>) -> Harness {
+    harness_with(backend, LogSettings::new(retention)).await
+}
+
+async fn harness_with(backend: Backend, settings: LogSettings) -> Harness {
     let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
     let sink = Arc::new(Recorder::default());
     match backend {
         Backend::Embedded => {
-            let db = parlor::storage::Db::open(dir.path()).unwrap();
-            let log = Arc::new(EmbeddedLog::open(&db, sink.clone(), retention).unwrap());
-            Harness { log, sink, _dir: dir, _db: Some(db), redis: None }
+            let log = Arc::new(EmbeddedLog::open(&db, sink.clone(), &settings).unwrap());
+            Harness { log, sink, _dir: dir, db, redis: None }
         }
         Backend::Redis => {
             let redis = RedisServer::start();
-            let log = Arc::new(RedisLog::open(&redis.url, sink.clone(), retention).await.unwrap());
-            Harness { log, sink, _dir: dir, _db: None, redis: Some(redis) }
+            let log = Arc::new(RedisLog::open(&redis.url, &db, sink.clone(), &settings).await.unwrap());
+            Harness { log, sink, _dir: dir, db, redis: Some(redis) }
         }
     }
+}
+
+/// A Redis log as one server process has it: its own data directory (where
+/// its high-water marks live) and sink.
+struct Process {
+    log: RedisLog,
+    sink: Arc<Recorder>,
+    db: Db,
+    _dir: tempfile::TempDir,
+}
+
+async fn process(url: &str) -> Process {
+    let dir = tempfile::tempdir().unwrap();
+    process_in(url, dir).await
+}
+
+async fn process_in(url: &str, dir: tempfile::TempDir) -> Process {
+    let db = Db::open(dir.path()).unwrap();
+    let sink = Arc::new(Recorder::default());
+    let log = RedisLog::open(url, &db, sink.clone(), &LogSettings::default()).await.unwrap();
+    Process { log, sink, db, _dir: dir }
 }
 
 fn room(name: &str) -> RoomId {
@@ -326,9 +352,9 @@ fn meta(redis: &RedisServer, r: &RoomId) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_logs_on_one_redis_see_each_others_appends_once_in_order() {
     let redis = RedisServer::start();
-    let (sa, sb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
-    let a = Arc::new(RedisLog::open(&redis.url, sa.clone(), None).await.unwrap());
-    let b = Arc::new(RedisLog::open(&redis.url, sb.clone(), None).await.unwrap());
+    let (pa, pb) = (process(&redis.url).await, process(&redis.url).await);
+    let (sa, sb) = (pa.sink.clone(), pb.sink.clone());
+    let (a, b) = (Arc::new(pa.log), Arc::new(pb.log));
     let r = room("shared");
     let mut futs = Vec::new();
     for i in 0..300 {
@@ -383,8 +409,7 @@ async fn flushall_starts_a_new_epoch_and_reuses_no_seq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_behind_what_was_seen_starts_a_new_epoch() {
     let mut redis = RedisServer::start();
-    let sink = Arc::new(Recorder::default());
-    let log = RedisLog::open(&redis.url, sink.clone(), None).await.unwrap();
+    let Process { log, sink: _sink, _dir, .. } = process(&redis.url).await;
     let r = room("failover");
     for i in 0..3 {
         log.append(&r, msg(&format!("a{i}"))).await.unwrap();
@@ -410,7 +435,7 @@ async fn a_counter_behind_what_was_seen_starts_a_new_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_generation_is_not_resumed() {
     let mut redis = RedisServer::start();
-    let log = RedisLog::open(&redis.url, Arc::new(Recorder::default()), None).await.unwrap();
+    let Process { log, _dir, .. } = process(&redis.url).await;
     let r = room("gen");
     log.append(&r, msg("e1")).await.unwrap();
     assert_eq!(redis.cli(&["SAVE"]).unwrap().trim(), "OK");
@@ -431,8 +456,7 @@ async fn an_older_generation_is_not_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_fails_fast_and_recovers_by_itself() {
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let sink = Arc::new(Recorder::default());
-    let log = RedisLog::open(&redis.url, sink.clone(), None).await.unwrap();
+    let Process { log, sink, _dir, .. } = process(&redis.url).await;
     let r = room("outage");
     for i in 0..3 {
         log.append(&r, msg(&format!("o{i}"))).await.unwrap();
@@ -477,7 +501,10 @@ async fn a_flushed_script_cache_is_reloaded() {
 async fn an_unreachable_redis_at_start_is_an_error() {
     let port = support::free_port();
     let t = Instant::now();
-    let res = RedisLog::open(&format!("redis://127.0.0.1:{port}/"), Arc::new(Recorder::default()), None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let res = RedisLog::open(&url, &db, Arc::new(Recorder::default()), &LogSettings::default()).await;
     assert!(matches!(res, Err(StorageError::Unavailable(_))), "{:?}", res.err());
     assert!(t.elapsed() < Duration::from_secs(2));
 }

@@ -36,6 +36,9 @@ pub(crate) fn history_query(query: Option<&str>) -> Result<(Range, u32), Error> 
             "limit" if limit.is_none() => {
                 limit = Some(u32::try_from(n()?).map_err(|_| bad("limit: too large".into()))?)
             }
+            // An epoch selector, read by `history_epoch`.
+            "epoch" if !v.is_empty() => {}
+            "epoch" => return Err(bad("epoch: empty".into())),
             "before" | "after" | "limit" => return Err(bad(format!("{k} given twice"))),
             _ => return Err(bad(format!("unknown query parameter {k:?}"))),
         }
@@ -49,6 +52,16 @@ pub(crate) fn history_query(query: Option<&str>) -> Result<(Range, u32), Error> 
     Ok((range, limit.unwrap_or(HISTORY_LIMIT_DEFAULT)))
 }
 
+/// The `epoch` query parameter of `messages` (once, if at all).
+pub(crate) fn history_epoch(query: Option<&str>) -> Result<Option<String>, Error> {
+    let mut epochs = form_pairs(query.unwrap_or("")).filter(|(k, _)| k == "epoch").map(|(_, v)| v);
+    let first = epochs.next();
+    if epochs.next().is_some() {
+        return Err(Error::refused(ErrCode::InvalidParam, "epoch given twice"));
+    }
+    Ok(first)
+}
+
 fn form_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
     q.split('&').filter(|p| !p.is_empty()).map(|p| {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
@@ -60,8 +73,9 @@ fn form_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
 pub async fn messages(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<Resp, Error> {
     let session = authenticate(ctx, req.headers())?;
     let (range, limit) = history_query(req.uri().query())?;
+    let epoch = history_epoch(req.uri().query())?;
     let room = Rooms::parse_ref(room)?;
-    let page = ctx.app.services.events.messages(&session, &room, range, limit).await?;
+    let page = ctx.app.services.events.messages(&session, &room, range, limit, epoch.as_deref()).await?;
     Ok(json(StatusCode::OK, &page))
 }
 
@@ -74,8 +88,12 @@ mod tests {
         assert_eq!(history_query(None).unwrap(), (Range::Latest, 50));
         assert_eq!(history_query(Some("before=10&limit=5")).unwrap(), (Range::Before(10), 5));
         assert_eq!(history_query(Some("after=0")).unwrap(), (Range::After(0), 50));
-        for bad in ["before=1&after=2", "before=-1", "limit=x", "limit=99999999999", "foo=1", "after=1&after=2"] {
+        for bad in ["before=1&after=2", "before=-1", "limit=x", "limit=99999999999", "foo=1", "after=1&after=2", "epoch="] {
             assert_eq!(history_query(Some(bad)).unwrap_err().code(), ErrCode::InvalidParam, "{bad}");
         }
+        assert_eq!(history_query(Some("epoch=e1&after=3")).unwrap(), (Range::After(3), 50));
+        assert_eq!(history_epoch(Some("epoch=e%2B1&after=3")).unwrap().as_deref(), Some("e+1"));
+        assert_eq!(history_epoch(Some("after=3")).unwrap(), None);
+        assert_eq!(history_epoch(Some("epoch=a&epoch=b")).unwrap_err().code(), ErrCode::InvalidParam);
     }
 }

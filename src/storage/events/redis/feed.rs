@@ -1,0 +1,225 @@
+//! Live delivery between processes: each process tails the one shared feed
+//! stream (`parlor:feed`) with `XREAD BLOCK` and hands its entries to the
+//! local sink in feed order, which is seq order per room. The read path
+//! costs one `XREAD` per batch however many rooms there are.
+//!
+//! The feed has a connection of its own: a blocking read holds its
+//! connection for the whole block, and on the shared multiplexed connection
+//! it would stall other commands behind it and outlast their 1 s response
+//! timeout. Before handing a batch out, the reader records the rooms' marks
+//! and syncs them (see `highwater`), so a seq reaches no client before this
+//! process can tell, after a crash, that it was handed out.
+//!
+//! A reader that falls behind the feed's trim, or a feed lost with Redis's
+//! data, costs live delivery only: sessions fill a seq hole from the room
+//! stream, and a new epoch is a gap.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands as _, RedisError};
+use tokio_util::sync::CancellationToken;
+
+use super::replies::{FeedEntry, feed_entry, stream_id};
+use super::{FEED_KEY, Shared};
+
+pub(super) const FEED_BLOCK: Duration = Duration::from_secs(2);
+const FEED_COUNT: usize = 1_024;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+pub(super) struct FeedReader {
+    shared: Arc<Shared>,
+    conn: ConnectionManager,
+    /// The id of the last entry handed out ("0-0": none).
+    cursor: String,
+    /// Set when the feed was found replaced under the cursor (Redis lost or
+    /// rolled back its data) and is read again from its start: entries up to
+    /// this id may have been handed out before, and are skipped if the
+    /// rooms' marks say so.
+    replay_until: Option<String>,
+    stop: CancellationToken,
+}
+
+impl FeedReader {
+    /// A reader that starts after the feed's current last entry: no append
+    /// is sent before this returns, so none of this process's can be missed.
+    pub async fn start(
+        shared: Arc<Shared>,
+        conn: ConnectionManager,
+        stop: CancellationToken,
+    ) -> Result<Self, RedisError> {
+        let mut reader = Self { shared, conn, cursor: "0-0".into(), replay_until: None, stop };
+        reader.cursor = reader.tail().await?.unwrap_or_else(|| "0-0".into());
+        Ok(reader)
+    }
+
+    pub async fn run(mut self) {
+        let stop = self.stop.clone();
+        let mut backoff = BACKOFF_MIN;
+        // After an error: look at the feed again before reading on.
+        let mut suspect = false;
+        while !self.stop.is_cancelled() {
+            if suspect {
+                let checked = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    c = self.check() => c,
+                };
+                match checked {
+                    Ok(()) => {
+                        tracing::info!(cursor = %self.cursor, "redis feed reconnected");
+                        suspect = false;
+                        backoff = BACKOFF_MIN;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "redis feed still unreachable");
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                }
+            }
+            let got = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = self.read() => r,
+            };
+            match got {
+                // Idle: make sure the feed was not replaced under us.
+                Ok(batch) if batch.is_empty() => {
+                    if let Err(e) = self.check().await {
+                        tracing::warn!(error = %e, "redis feed lost");
+                        suspect = true;
+                    }
+                }
+                Ok(batch) => self.hand_out(batch).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis feed lost; reconnecting");
+                    suspect = true;
+                }
+            }
+        }
+        // Nobody will complete these now; let their appends return.
+        self.shared.tickets.lock().expect("tickets lock").clear();
+    }
+
+    async fn read(&mut self) -> Result<Vec<StreamId>, RedisError> {
+        let opts = StreamReadOptions::default().count(FEED_COUNT).block(FEED_BLOCK.as_millis() as usize);
+        let reply: Option<StreamReadReply> = self.conn.xread_options(&[FEED_KEY], &[&self.cursor], &opts).await?;
+        Ok(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect())
+    }
+
+    /// The id of the feed's last entry, if it has any.
+    async fn tail(&mut self) -> Result<Option<String>, RedisError> {
+        let r: StreamRangeReply = self.conn.xrevrange_count(FEED_KEY, "+", "-", 1).await?;
+        Ok(r.ids.into_iter().next().map(|e| e.id))
+    }
+
+    /// Whether Redis lost data under the cursor: the feed's last entry is
+    /// below it, or the entry at the cursor is gone. Either way the rooms'
+    /// marks are checked against Redis (rooms behind theirs start a new
+    /// epoch), and if the feed went back it is read again from its start.
+    async fn check(&mut self) -> Result<(), RedisError> {
+        let tail = self.tail().await?;
+        let went_back = match &tail {
+            None => self.cursor != "0-0",
+            Some(t) => stream_id(t) < stream_id(&self.cursor),
+        };
+        let lost = went_back
+            || (self.cursor != "0-0" && {
+                let at: StreamRangeReply = self.conn.xrange(FEED_KEY, &self.cursor, &self.cursor).await?;
+                at.ids.is_empty()
+            });
+        if lost {
+            tracing::warn!(cursor = %self.cursor, tail = ?tail, "redis lost data: checking every room's high-water mark");
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                if let Err(e) = shared.check_marks().await {
+                    tracing::error!(error = %e, "cannot check the rooms' high-water marks");
+                }
+            });
+        }
+        if went_back {
+            tracing::warn!(cursor = %self.cursor, tail = ?tail, "the redis feed went back; reading it from the start");
+            self.replay_until = Some(std::mem::replace(&mut self.cursor, "0-0".into()));
+        }
+        Ok(())
+    }
+
+    /// Records the batch's marks durably, then hands each event to the sink
+    /// and completes the appends waiting for it.
+    async fn hand_out(&mut self, batch: Vec<StreamId>) {
+        let last = batch.last().expect("a batch is not empty").id.clone();
+        let mut entries: Vec<FeedEntry> = Vec::with_capacity(batch.len());
+        for raw in &batch {
+            match feed_entry(raw) {
+                Ok(e) if !self.handed_out_before(&raw.id, &e) => entries.push(e),
+                Ok(_) => {}
+                // Skipped, not fatal: sessions fill the hole from the room stream.
+                Err(e) => tracing::error!(error = %e, "undecodable redis feed entry"),
+            }
+        }
+        if self.replay_until.as_deref().is_some_and(|u| stream_id(&last) >= stream_id(u)) {
+            self.replay_until = None;
+        }
+        self.cursor = last;
+        if let Err(e) = self.record(&entries).await {
+            // Handing these out could let a rollback reissue their seqs
+            // unnoticed; sessions read them from the room stream later, if
+            // the disk recovers (it does not: the data directory refuses
+            // writes after a failed sync, and health says so).
+            tracing::error!(error = %e, "cannot record the rooms' high-water marks; events not delivered");
+            return;
+        }
+        let shared = &self.shared;
+        for e in entries {
+            let json = serde_json::to_string(&e.event).expect("events serialize");
+            shared.seen.observe_tracked(&e.room, &e.epoch, e.generation, e.event.seq);
+            shared.sink.deliver(&e.room, &e.epoch, e.event.seq, &json);
+            if let Some(ticket) = e.origin.strip_prefix(&shared.instance).and_then(|t| t.strip_prefix('/')) {
+                if let Ok(t) = ticket.parse::<u64>() {
+                    if let Some(fed) = shared.tickets.lock().expect("tickets lock").remove(&t) {
+                        let _ = fed.send(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// While the feed is read again after going back: whether this entry
+    /// was handed out before (its room's mark covers it).
+    fn handed_out_before(&self, id: &str, e: &FeedEntry) -> bool {
+        let Some(until) = &self.replay_until else { return false };
+        if stream_id(id) > stream_id(until) {
+            return false;
+        }
+        match self.shared.high_water.get(&e.room) {
+            Ok(Some(mark)) => mark.covers(e.generation, e.event.seq),
+            Ok(None) => false,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read a high-water mark");
+                false
+            }
+        }
+    }
+
+    /// One mark per room for the batch, then one sync for all of them.
+    async fn record(&self, entries: &[FeedEntry]) -> Result<(), crate::storage::StorageError> {
+        let mut marks: HashMap<&crate::protocol::RoomId, (&Arc<str>, u64, u64)> = HashMap::new();
+        for e in entries {
+            let m = marks.entry(&e.room).or_insert((&e.epoch, e.generation, e.event.seq));
+            if (e.generation, e.event.seq) > (m.1, m.2) {
+                *m = (&e.epoch, e.generation, e.event.seq);
+            }
+        }
+        for (room, (epoch, generation, seq)) in marks {
+            self.shared.high_water.note(room, epoch, generation, seq)?;
+        }
+        self.shared.high_water.sync().await
+    }
+}
