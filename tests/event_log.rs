@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use parlor::protocol::events::EventType;
 use parlor::protocol::{RoomId, UserId};
+use parlor::storage::Db;
 use parlor::storage::StorageError;
 use parlor::storage::events::embedded::EmbeddedLog;
 use parlor::storage::events::redis::RedisLog;
-use parlor::storage::Db;
 use parlor::storage::events::{AppendOutcome, EventLog, EventSink, LogHead, LogSettings, NewEvent, Range, Txn};
 use support::RedisServer;
 
@@ -103,15 +103,26 @@ struct Process {
 }
 
 async fn process(url: &str) -> Process {
-    let dir = tempfile::tempdir().unwrap();
-    process_in(url, dir).await
+    process_in(url, tempfile::tempdir().unwrap()).await
 }
 
+/// A process on a data directory that another process used before it.
 async fn process_in(url: &str, dir: tempfile::TempDir) -> Process {
     let db = Db::open(dir.path()).unwrap();
     let sink = Arc::new(Recorder::default());
     let log = RedisLog::open(url, &db, sink.clone(), &LogSettings::default()).await.unwrap();
     Process { log, sink, db, _dir: dir }
+}
+
+impl Process {
+    /// Shuts down and hands back the data directory.
+    async fn stop(self) -> tempfile::TempDir {
+        self.log.close().await;
+        drop(self.log);
+        self.db.sync().await.unwrap();
+        drop(self.db);
+        self._dir
+    }
 }
 
 fn room(name: &str) -> RoomId {
@@ -237,6 +248,11 @@ async fn read_ranges(b: Backend) {
     let head = h.log.head(&r).await.unwrap();
     assert_eq!((head.earliest, head.latest), (1, 30));
     assert!(!head.epoch.is_empty());
+    // The current epoch by name reads the same; an epoch the log never had is none.
+    let named = h.log.read_epoch(&r, &head.epoch, Range::Before(10), 3).await.unwrap().unwrap();
+    assert_eq!((seqs(&named), named.head.clone()), (vec![7, 8, 9], head.clone()));
+    assert!(h.log.read_epoch(&r, "no-such-epoch", Range::Latest, 3).await.unwrap().is_none());
+    assert!(h.log.read_epoch(&room("never"), &head.epoch, Range::Latest, 3).await.unwrap().is_none());
     // What the sink got is what a reader gets.
     let page = h.log.read(&r, Range::After(0), 100).await.unwrap();
     assert_eq!(page.head, head);
@@ -427,6 +443,11 @@ async fn a_counter_behind_what_was_seen_starts_a_new_epoch() {
     assert_eq!((head.earliest, head.latest), (1, 0), "the old epoch's stream is not served as the new one");
     let (_, seq) = stored(wait_ok(|| log.append(&r, msg("after"))).await);
     assert_eq!(seq, 1);
+    // What Redis still had of the old epoch is kept, under its name.
+    let kept = log.read_epoch(&r, &old.epoch, Range::After(0), 10).await.unwrap().expect("the old epoch is archived");
+    assert_eq!((&*kept.head.epoch, kept.head.earliest, kept.head.latest), (&*old.epoch, 1, 3));
+    let bodies: Vec<_> = kept.events.iter().map(|e| e.body.clone().unwrap()).collect();
+    assert_eq!(bodies, ["a0", "a1", "a2"]);
     log.close().await;
 }
 
@@ -610,4 +631,107 @@ async fn pipelined_appends_over_many_rooms_stay_contiguous() {
         println!("{name:9} window {window:4}: {total} appends in {secs:.2} s = {:.0}/s", total as f64 / secs);
         h.log.close().await;
     }
+}
+
+fn epoch_of(redis: &RedisServer, r: &RoomId) -> String {
+    meta(redis, r)
+}
+
+/// Issue 11 #2: Redis comes back from an older snapshot while every server
+/// is down. The process that appended starts again and, before anything is
+/// appended, moves the room to a new epoch (its high-water mark on disk says
+/// Redis is behind), so even a process that never saw the room cannot
+/// reissue the lost seqs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_process_moves_a_rolled_back_room_on_before_anyone_appends() {
+    let mut redis = RedisServer::start();
+    let a = process(&redis.url).await;
+    let r = room("snapshot");
+    for i in 0..10 {
+        a.log.append(&r, msg(&format!("kept {i}"))).await.unwrap();
+    }
+    assert_eq!(redis.cli(&["SAVE"]).unwrap().trim(), "OK");
+    for i in 10..15 {
+        a.log.append(&r, msg(&format!("lost {i}"))).await.unwrap();
+    }
+    let old_epoch = epoch_of(&redis, &r);
+    let dir = a.stop().await;
+    redis.restart(&[]);
+    assert_eq!(redis.cli(&["HGET", &format!("parlor:{{{r}}}:meta"), "seq"]).unwrap().trim(), "10");
+
+    let a = process_in(&redis.url, dir).await;
+    let new_epoch = epoch_of(&redis, &r);
+    assert_ne!(new_epoch, old_epoch, "the room moved on when the process started");
+    let fresh = process(&redis.url).await;
+    let (_, seq) = stored(fresh.log.append(&r, msg("from a process that never saw the room")).await.unwrap());
+    assert_eq!(seq, 1);
+    assert_eq!(epoch_of(&redis, &r), new_epoch);
+    let kept = a.log.read_epoch(&r, &old_epoch, Range::Latest, 100).await.unwrap().unwrap();
+    assert_eq!(kept.events.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+}
+
+/// Issue 11 #2, while running: a process that only read a room's events on
+/// the feed (it never appended to it or read it) notices that Redis came
+/// back with less when its feed reconnects, and moves the room on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_process_moves_rooms_on_when_redis_comes_back_older() {
+    let mut redis = RedisServer::start();
+    let (a, b) = (process(&redis.url).await, process(&redis.url).await);
+    let r = room("watched");
+    for i in 0..10 {
+        a.log.append(&r, msg(&format!("kept {i}"))).await.unwrap();
+    }
+    assert_eq!(redis.cli(&["SAVE"]).unwrap().trim(), "OK");
+    for i in 10..15 {
+        a.log.append(&r, msg(&format!("lost {i}"))).await.unwrap();
+    }
+    b.sink.wait_for(&r, 15).await;
+    let old_epoch = epoch_of(&redis, &r);
+    drop(a.stop().await);
+    redis.restart(&[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while epoch_of(&redis, &r) == old_epoch {
+        assert!(Instant::now() < deadline, "the room was not moved on after redis came back older");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = process(&redis.url).await;
+    let (_, seq) = stored(fresh.log.append(&r, msg("after")).await.unwrap());
+    assert_eq!(seq, 1, "no seq of the old epoch is handed out again");
+    // B delivered 1..15 of the old epoch once; the feed read again after the
+    // rollback does not deliver them twice, and the new epoch follows.
+    b.sink.wait_for(&r, 16).await;
+    assert_eq!(b.sink.seqs(&r), (1..=15).chain([1]).collect::<Vec<_>>());
+    assert_eq!(b.sink.epochs(&r).last().unwrap(), &epoch_of(&redis, &r));
+    drop(b);
+}
+
+/// The embedded log forgets a transaction id once its TTL has passed (24 h
+/// outside tests), so its records do not grow without bound; never sooner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_transaction_records_expire_after_their_ttl() {
+    let ttl = Duration::from_millis(400);
+    let h = harness_with(Backend::Embedded, LogSettings { retention: None, txn_ttl: ttl }).await;
+    let r = room("expiry");
+    let tree = h.db.tree("events").unwrap();
+    let records = || tree.scan_prefix(b"t\0").count();
+    let written = Instant::now();
+    let (id, seq) = stored(h.log.append(&r, txn_msg("D", "t1", "hello")).await.unwrap());
+    for i in 0..20 {
+        h.log.append(&r, txn_msg("D", &format!("other{i}"), "x")).await.unwrap();
+    }
+    match h.log.append(&r, txn_msg("D", "t1", "hello")).await.unwrap() {
+        AppendOutcome::Repeated { event_id, seq: s } => assert_eq!((event_id, s), (id, seq)),
+        other => assert!(written.elapsed() >= ttl, "forgotten before its ttl: {other:?}"),
+    }
+    assert!(records() > 0);
+    tokio::time::sleep_until((written + ttl).into()).await;
+    // Expiry happens on write: appends without a transaction sweep too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records() > 0 {
+        assert!(Instant::now() < deadline, "{} transaction records left after their ttl", records());
+        h.log.append(&r, msg("tick")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, again) = stored(h.log.append(&r, txn_msg("D", "t1", "hello")).await.unwrap());
+    assert!(again > seq, "an expired transaction id is a new send");
 }

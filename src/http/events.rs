@@ -88,7 +88,9 @@ mod tests {
         assert_eq!(history_query(None).unwrap(), (Range::Latest, 50));
         assert_eq!(history_query(Some("before=10&limit=5")).unwrap(), (Range::Before(10), 5));
         assert_eq!(history_query(Some("after=0")).unwrap(), (Range::After(0), 50));
-        for bad in ["before=1&after=2", "before=-1", "limit=x", "limit=99999999999", "foo=1", "after=1&after=2", "epoch="] {
+        for bad in
+            ["before=1&after=2", "before=-1", "limit=x", "limit=99999999999", "foo=1", "after=1&after=2", "epoch="]
+        {
             assert_eq!(history_query(Some(bad)).unwrap_err().code(), ErrCode::InvalidParam, "{bad}");
         }
         assert_eq!(history_query(Some("epoch=e1&after=3")).unwrap(), (Range::After(3), 50));

@@ -16,9 +16,9 @@ use std::sync::Arc;
 pub use error::{Error, Result};
 
 use crate::config::Config;
-use crate::storage::events::{EventLog, LogSettings};
 use crate::storage::events::embedded::EmbeddedLog;
 use crate::storage::events::redis::RedisLog;
+use crate::storage::events::{EventLog, LogSettings};
 use crate::storage::{AccountStore, RoomStore, StorageError};
 
 /// Every service of one server.

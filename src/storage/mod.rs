@@ -239,7 +239,8 @@ fn make_private(path: &Path) -> Result<(), StorageError> {
     let meta = std::fs::symlink_metadata(path).map_err(StorageError::io("read", path))?;
     let mode = if meta.is_dir() { 0o700 } else { 0o600 };
     if meta.permissions().mode() & 0o777 != mode && !meta.file_type().is_symlink() {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(StorageError::io("chmod", path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(StorageError::io("chmod", path))?;
     }
     if meta.is_dir() {
         for entry in std::fs::read_dir(path).map_err(StorageError::io("list", path))? {

@@ -137,6 +137,8 @@ impl FeedReader {
             });
         if lost {
             tracing::warn!(cursor = %self.cursor, tail = ?tail, "redis lost data: checking every room's high-water mark");
+        }
+        if lost || self.shared.marks_unchecked.load(std::sync::atomic::Ordering::Acquire) {
             let shared = self.shared.clone();
             tokio::spawn(async move {
                 if let Err(e) = shared.check_marks().await {

@@ -107,11 +107,32 @@ impl Link {
         }
     }
 
+    /// Sends a pipeline that is safe to repeat as a whole, as [`Link::query`]
+    /// repeats a command; each answer is a value or a `Value::ServerError`.
+    pub async fn pipeline_repeatable(&self, pipe: &Pipeline) -> Result<Vec<Value>, StorageError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.pipeline(pipe).await {
+                Ok(values) if tries < 3 && values.iter().any(is_noscript_value) => {
+                    self.load_scripts().await.map_err(|e| storage_error(&e))?;
+                }
+                Ok(values) => return Ok(values),
+                Err(e) if tries < 2 && e.is_unrecoverable_error() => {}
+                Err(e) => return Err(storage_error(&e)),
+            }
+        }
+    }
+
     /// Sends a pipeline whose commands fail one by one: each answer is a
     /// value or a `Value::ServerError`. Not repeated: the caller decides.
     pub async fn pipeline(&self, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {
         pipe.query_async::<Vec<Value>>(&mut self.conn.clone()).await
     }
+}
+
+pub(super) fn is_noscript_value(v: &Value) -> bool {
+    matches!(v, Value::ServerError(se) if se.kind() == Some(ServerErrorKind::NoScript))
 }
 
 fn is_noscript(e: &RedisError) -> bool {

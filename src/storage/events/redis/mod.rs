@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::{Client, ServerErrorKind, Value};
+use redis::{Client, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -143,6 +143,8 @@ struct Shared {
     tickets: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// A check of every mark is running.
     checking: AtomicBool,
+    /// The last check of every mark failed.
+    marks_unchecked: AtomicBool,
 }
 
 impl Shared {
@@ -174,7 +176,14 @@ impl Shared {
 
     /// The read script for `room`: `mode` head|after|before|latest from `n`,
     /// of the current epoch or of `want`.
-    fn read_cmd(&self, room: &RoomId, mode: &str, n: u64, limit: usize, want: &str) -> Result<redis::Cmd, StorageError> {
+    fn read_cmd(
+        &self,
+        room: &RoomId,
+        mode: &str,
+        n: u64,
+        limit: usize,
+        want: &str,
+    ) -> Result<redis::Cmd, StorageError> {
         let mut cmd = evalsha(&self.link.scripts.read, 2);
         cmd.arg(meta_key(room)).arg(log_key(room));
         push_known(&mut cmd, self.known(room)?.as_ref());
@@ -194,6 +203,9 @@ impl Shared {
             return Ok(0);
         }
         let result = self.check_marks_now().await;
+        // A check that did not finish (Redis went away again) is run again
+        // at the feed's next look at Redis.
+        self.marks_unchecked.store(result.is_err(), Ordering::Release);
         self.checking.store(false, Ordering::Release);
         result
     }
@@ -215,13 +227,8 @@ impl Shared {
                 cmd.arg(new_epoch()).arg("head").arg(0).arg(1).arg("");
                 pipe.add_command(cmd);
             }
-            let mut values = self.link.pipeline(&pipe).await.map_err(|e| storage_error(&e))?;
-            if values.iter().any(|v| matches!(v, Value::ServerError(se) if se.kind() == Some(ServerErrorKind::NoScript))) {
-                // Nothing ran for those; the others only read or moved rooms
-                // on, which running again leaves as it is.
-                self.link.load_scripts().await.map_err(|e| storage_error(&e))?;
-                values = self.link.pipeline(&pipe).await.map_err(|e| storage_error(&e))?;
-            }
+            // Repeatable: a room moved on is not moved again (its generation is newer).
+            let values = self.link.pipeline_repeatable(&pipe).await?;
             for ((room, mark), v) in batch.iter().zip(values) {
                 if let Value::ServerError(se) = v {
                     return Err(storage_error(&se.into()));
@@ -274,9 +281,9 @@ impl RedisLog {
         settings: &LogSettings,
     ) -> Result<Self, StorageError> {
         let shown = redacted(url);
-        let client =
-            Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url {shown:?}: {e}")))?;
-        let unreachable = |e: redis::RedisError| StorageError::Unavailable(format!("cannot reach redis at {shown}: {e}"));
+        let client = Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url {shown:?}: {e}")))?;
+        let unreachable =
+            |e: redis::RedisError| StorageError::Unavailable(format!("cannot reach redis at {shown}: {e}"));
         let link = Link::connect(&client).await.map_err(unreachable)?;
         let feed_conn = link::manager(&client, feed::FEED_BLOCK + RESPONSE_TIMEOUT).await.map_err(unreachable)?;
         let shared = Arc::new(Shared {
@@ -291,10 +298,14 @@ impl RedisLog {
             behind_warned_ms: AtomicU64::new(0),
             tickets: Mutex::new(HashMap::new()),
             checking: AtomicBool::new(false),
+            marks_unchecked: AtomicBool::new(false),
         });
         let restarted = shared.check_marks().await?;
         if restarted > 0 {
-            tracing::warn!(rooms = restarted, "redis lost writes this server had handed out; those rooms start new epochs");
+            tracing::warn!(
+                rooms = restarted,
+                "redis lost writes this server had handed out; those rooms start new epochs"
+            );
         }
         let stop = CancellationToken::new();
         let reader = FeedReader::start(shared.clone(), feed_conn, stop.clone()).await.map_err(unreachable)?;
@@ -325,11 +336,8 @@ impl RedisLog {
                 shared.high_water.cover(room, &a.epoch, a.generation, a.latest).await?;
             }
         }
-        let mut events = a
-            .entries
-            .iter()
-            .map(|entry| replies::event(room, &a.epoch, entry))
-            .collect::<Result<Vec<Event>, _>>()?;
+        let mut events =
+            a.entries.iter().map(|entry| replies::event(room, &a.epoch, entry)).collect::<Result<Vec<Event>, _>>()?;
         if matches!(mode, "before" | "latest") {
             events.reverse();
         }
