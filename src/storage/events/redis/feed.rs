@@ -6,9 +6,15 @@
 //! The feed has a connection of its own: a blocking read holds its
 //! connection for the whole block, and on the shared multiplexed connection
 //! it would stall other commands behind it and outlast their 1 s response
-//! timeout. Before handing a batch out, the reader records the rooms' marks
-//! and syncs them (see `highwater`), so a seq reaches no client before this
-//! process can tell, after a crash, that it was handed out.
+//! timeout.
+//!
+//! Two stages, like the embedded log's writer and syncer: the reader reads
+//! and decodes batches, and the hand-out task records the rooms' marks for
+//! everything read so far, syncs them once (see `highwater`), and only then
+//! hands the events to the sink, in order. So a seq reaches no client before
+//! this process can tell, after a crash, that it was handed out; and the
+//! reader goes on reading while a sync runs, so under load one sync serves
+//! many batches instead of each batch waiting for its own.
 //!
 //! A reader that falls behind the feed's trim, or a feed lost with Redis's
 //! data, costs live delivery only: sessions fill a seq hole from the room
@@ -21,6 +27,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands as _, RedisError};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::replies::{FeedEntry, feed_entry, stream_id};
@@ -28,6 +35,8 @@ use super::{FEED_KEY, Shared};
 
 pub(super) const FEED_BLOCK: Duration = Duration::from_secs(2);
 const FEED_COUNT: usize = 1_024;
+/// Batches read but not yet handed out, at most (then the reader waits).
+const HAND_OUT_QUEUE: usize = 64;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -42,6 +51,14 @@ pub(super) struct FeedReader {
     /// rooms' marks say so.
     replay_until: Option<String>,
     stop: CancellationToken,
+    hand_out: mpsc::Sender<ToHandOut>,
+    hand_out_rx: Option<mpsc::Receiver<ToHandOut>>,
+}
+
+enum ToHandOut {
+    Batch(Vec<FeedEntry>),
+    /// Answered once everything sent before it has been handed out.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 impl FeedReader {
@@ -52,9 +69,17 @@ impl FeedReader {
         conn: ConnectionManager,
         stop: CancellationToken,
     ) -> Result<Self, RedisError> {
-        let mut reader = Self { shared, conn, cursor: "0-0".into(), replay_until: None, stop };
+        let (hand_out, rx) = mpsc::channel(HAND_OUT_QUEUE);
+        let mut reader =
+            Self { shared, conn, cursor: "0-0".into(), replay_until: None, stop, hand_out, hand_out_rx: Some(rx) };
         reader.cursor = reader.tail().await?.unwrap_or_else(|| "0-0".into());
         Ok(reader)
+    }
+
+    /// The hand-out stage, to run beside [`FeedReader::run`]; it ends once the reader has.
+    pub fn hand_out_task(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let rx = self.hand_out_rx.take().expect("one hand-out task");
+        hand_out(self.shared.clone(), rx)
     }
 
     pub async fn run(mut self) {
@@ -97,15 +122,19 @@ impl FeedReader {
                         suspect = true;
                     }
                 }
-                Ok(batch) => self.hand_out(batch).await,
+                Ok(batch) => {
+                    let entries = self.decode(batch);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        sent = self.hand_out.send(ToHandOut::Batch(entries)) => if sent.is_err() { break },
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "redis feed lost; reconnecting");
                     suspect = true;
                 }
             }
         }
-        // Nobody will complete these now; let their appends return.
-        self.shared.tickets.lock().expect("tickets lock").clear();
     }
 
     async fn read(&mut self) -> Result<Vec<StreamId>, RedisError> {
@@ -148,16 +177,22 @@ impl FeedReader {
         }
         if went_back {
             tracing::warn!(cursor = %self.cursor, tail = ?tail, "the redis feed went back; reading it from the start");
+            // What was read before is handed out (and its marks recorded)
+            // before the feed is read again and filtered by those marks.
+            let (done, handed_out) = tokio::sync::oneshot::channel();
+            if self.hand_out.send(ToHandOut::Barrier(done)).await.is_ok() {
+                let _ = handed_out.await;
+            }
             self.replay_until = Some(std::mem::replace(&mut self.cursor, "0-0".into()));
         }
         Ok(())
     }
 
-    /// Records the batch's marks durably, then hands each event to the sink
-    /// and completes the appends waiting for it.
-    async fn hand_out(&mut self, batch: Vec<StreamId>) {
+    /// The batch's entries, less any handed out before the feed went back;
+    /// moves the cursor past the batch.
+    fn decode(&mut self, batch: Vec<StreamId>) -> Vec<FeedEntry> {
         let last = batch.last().expect("a batch is not empty").id.clone();
-        let mut entries: Vec<FeedEntry> = Vec::with_capacity(batch.len());
+        let mut entries = Vec::with_capacity(batch.len());
         for raw in &batch {
             match feed_entry(raw) {
                 Ok(e) if !self.handed_out_before(&raw.id, &e) => entries.push(e),
@@ -170,27 +205,7 @@ impl FeedReader {
             self.replay_until = None;
         }
         self.cursor = last;
-        if let Err(e) = self.record(&entries).await {
-            // Handing these out could let a rollback reissue their seqs
-            // unnoticed; sessions read them from the room stream later, if
-            // the disk recovers (it does not: the data directory refuses
-            // writes after a failed sync, and health says so).
-            tracing::error!(error = %e, "cannot record the rooms' high-water marks; events not delivered");
-            return;
-        }
-        let shared = &self.shared;
-        for e in entries {
-            let json = serde_json::to_string(&e.event).expect("events serialize");
-            shared.seen.observe_tracked(&e.room, &e.epoch, e.generation, e.event.seq);
-            shared.sink.deliver(&e.room, &e.epoch, e.event.seq, &json);
-            if let Some(ticket) = e.origin.strip_prefix(&shared.instance).and_then(|t| t.strip_prefix('/')) {
-                if let Ok(t) = ticket.parse::<u64>() {
-                    if let Some(fed) = shared.tickets.lock().expect("tickets lock").remove(&t) {
-                        let _ = fed.send(());
-                    }
-                }
-            }
-        }
+        entries
     }
 
     /// While the feed is read again after going back: whether this entry
@@ -210,18 +225,66 @@ impl FeedReader {
         }
     }
 
-    /// One mark per room for the batch, then one sync for all of them.
-    async fn record(&self, entries: &[FeedEntry]) -> Result<(), crate::storage::StorageError> {
-        let mut marks: HashMap<&crate::protocol::RoomId, (&Arc<str>, u64, u64)> = HashMap::new();
-        for e in entries {
-            let m = marks.entry(&e.room).or_insert((&e.epoch, e.generation, e.event.seq));
-            if (e.generation, e.event.seq) > (m.1, m.2) {
-                *m = (&e.epoch, e.generation, e.event.seq);
+}
+
+/// The hand-out stage: takes every batch read so far, records the rooms'
+/// marks and syncs them once, then hands each event to the sink and
+/// completes the appends waiting for it.
+async fn hand_out(shared: Arc<Shared>, mut rx: mpsc::Receiver<ToHandOut>) {
+    while let Some(first) = rx.recv().await {
+        let mut batches = Vec::new();
+        let mut barriers = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                ToHandOut::Batch(b) => batches.push(b),
+                ToHandOut::Barrier(done) => barriers.push(done),
+            }
+            next = rx.try_recv().ok();
+        }
+        hand_out_batches(&shared, batches).await;
+        for done in barriers {
+            let _ = done.send(());
+        }
+    }
+    // Nobody will complete these now; let their appends return.
+    shared.tickets.lock().expect("tickets lock").clear();
+}
+
+async fn hand_out_batches(shared: &Shared, batches: Vec<Vec<FeedEntry>>) {
+    if let Err(e) = record(shared, &batches).await {
+        // Handing these out could let a rollback reissue their seqs
+        // unnoticed. The data directory refuses writes after a failed sync
+        // and health says so: sessions that read the room stream later fail
+        // the same way.
+        tracing::error!(error = %e, "cannot record the rooms' high-water marks; events not delivered");
+        return;
+    }
+    for e in batches.into_iter().flatten() {
+        let json = serde_json::to_string(&e.event).expect("events serialize");
+        shared.seen.observe_tracked(&e.room, &e.epoch, e.generation, e.event.seq);
+        shared.sink.deliver(&e.room, &e.epoch, e.event.seq, &json);
+        if let Some(ticket) = e.origin.strip_prefix(&shared.instance).and_then(|t| t.strip_prefix('/')) {
+            if let Ok(t) = ticket.parse::<u64>() {
+                if let Some(fed) = shared.tickets.lock().expect("tickets lock").remove(&t) {
+                    let _ = fed.send(());
+                }
             }
         }
-        for (room, (epoch, generation, seq)) in marks {
-            self.shared.high_water.note(room, epoch, generation, seq)?;
-        }
-        self.shared.high_water.sync().await
     }
+}
+
+/// One mark per room for the batches, then one sync for all of them.
+async fn record(shared: &Shared, batches: &[Vec<FeedEntry>]) -> Result<(), crate::storage::StorageError> {
+    let mut marks: HashMap<&crate::protocol::RoomId, (&Arc<str>, u64, u64)> = HashMap::new();
+    for e in batches.iter().flatten() {
+        let m = marks.entry(&e.room).or_insert((&e.epoch, e.generation, e.event.seq));
+        if (e.generation, e.event.seq) > (m.1, m.2) {
+            *m = (&e.epoch, e.generation, e.event.seq);
+        }
+    }
+    for (room, (epoch, generation, seq)) in marks {
+        shared.high_water.note(room, epoch, generation, seq)?;
+    }
+    shared.high_water.sync().await
 }

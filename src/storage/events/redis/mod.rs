@@ -308,11 +308,12 @@ impl RedisLog {
             );
         }
         let stop = CancellationToken::new();
-        let reader = FeedReader::start(shared.clone(), feed_conn, stop.clone()).await.map_err(unreachable)?;
+        let mut reader = FeedReader::start(shared.clone(), feed_conn, stop.clone()).await.map_err(unreachable)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(Writer { shared: shared.clone() }.run(rx));
+        let hand_out = tokio::spawn(reader.hand_out_task());
         let reader = tokio::spawn(reader.run());
-        Ok(Self { shared, jobs: tx, stop, tasks: Mutex::new(vec![writer, reader]) })
+        Ok(Self { shared, jobs: tx, stop, tasks: Mutex::new(vec![writer, reader, hand_out]) })
     }
 
     /// A page of the room's current epoch, or of `want` (None when the room
