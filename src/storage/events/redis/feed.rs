@@ -12,9 +12,11 @@
 //! and decodes batches, and the hand-out task records the rooms' marks for
 //! everything read so far, syncs them once (see `highwater`), and only then
 //! hands the events to the sink, in order. So a seq reaches no client before
-//! this process can tell, after a crash, that it was handed out; and the
-//! reader goes on reading while a sync runs, so under load one sync serves
-//! many batches instead of each batch waiting for its own.
+//! this process can tell, after a crash, that it was handed out, and the
+//! reader goes on reading while a sync runs: under load one sync serves many
+//! batches. Both stages are tasks: handing out from a thread of its own was
+//! measured to double the futex calls per send (every subscriber and append
+//! woken from outside the runtime), for no gain.
 //!
 //! A reader that falls behind the feed's trim, or a feed lost with Redis's
 //! data, costs live delivery only: sessions fill a seq hole from the room
@@ -25,13 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands as _, RedisError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::replies::{FeedEntry, feed_entry, stream_id};
+use super::replies::{FeedEntry, RawEntry, feed_batch, feed_entry, stream_id};
 use super::{FEED_KEY, Shared};
+use crate::storage::StorageError;
 
 pub(super) const FEED_BLOCK: Duration = Duration::from_secs(2);
 const FEED_COUNT: usize = 1_024;
@@ -58,7 +61,7 @@ pub(super) struct FeedReader {
 enum ToHandOut {
     Batch(Vec<FeedEntry>),
     /// Answered once everything sent before it has been handed out.
-    Barrier(tokio::sync::oneshot::Sender<()>),
+    Barrier(oneshot::Sender<()>),
 }
 
 impl FeedReader {
@@ -116,17 +119,25 @@ impl FeedReader {
             };
             match got {
                 // Idle: make sure the feed was not replaced under us.
-                Ok(batch) if batch.is_empty() => {
+                Ok(Ok(batch)) if batch.is_empty() => {
                     if let Err(e) = self.check().await {
                         tracing::warn!(error = %e, "redis feed lost");
                         suspect = true;
                     }
                 }
-                Ok(batch) => {
+                Ok(Ok(batch)) => {
                     let entries = self.decode(batch);
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         sent = self.hand_out.send(ToHandOut::Batch(entries)) => if sent.is_err() { break },
+                    }
+                }
+                Ok(Err(e)) => {
+                    // Not something to read past: sessions would miss events silently.
+                    tracing::error!(error = %e, "undecodable redis feed answer; reading it again");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(BACKOFF_MAX) => {}
                     }
                 }
                 Err(e) => {
@@ -137,10 +148,20 @@ impl FeedReader {
         }
     }
 
-    async fn read(&mut self) -> Result<Vec<StreamId>, RedisError> {
-        let opts = StreamReadOptions::default().count(FEED_COUNT).block(FEED_BLOCK.as_millis() as usize);
-        let reply: Option<StreamReadReply> = self.conn.xread_options(&[FEED_KEY], &[&self.cursor], &opts).await?;
-        Ok(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect())
+    /// The next batch (empty when the block timed out). Parsed by
+    /// `replies::feed_batch`, not redis-rs's `StreamReadReply` (why: there).
+    async fn read(&mut self) -> Result<Result<Vec<RawEntry>, StorageError>, RedisError> {
+        let v: redis::Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(FEED_COUNT)
+            .arg("BLOCK")
+            .arg(FEED_BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(FEED_KEY)
+            .arg(&self.cursor)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(feed_batch(v))
     }
 
     /// The id of the feed's last entry, if it has any.
@@ -179,7 +200,7 @@ impl FeedReader {
             tracing::warn!(cursor = %self.cursor, tail = ?tail, "the redis feed went back; reading it from the start");
             // What was read before is handed out (and its marks recorded)
             // before the feed is read again and filtered by those marks.
-            let (done, handed_out) = tokio::sync::oneshot::channel();
+            let (done, handed_out) = oneshot::channel();
             if self.hand_out.send(ToHandOut::Barrier(done)).await.is_ok() {
                 let _ = handed_out.await;
             }
@@ -190,12 +211,13 @@ impl FeedReader {
 
     /// The batch's entries, less any handed out before the feed went back;
     /// moves the cursor past the batch.
-    fn decode(&mut self, batch: Vec<StreamId>) -> Vec<FeedEntry> {
+    fn decode(&mut self, batch: Vec<RawEntry>) -> Vec<FeedEntry> {
         let last = batch.last().expect("a batch is not empty").id.clone();
         let mut entries = Vec::with_capacity(batch.len());
-        for raw in &batch {
+        for raw in batch {
+            let id = raw.id.clone();
             match feed_entry(raw) {
-                Ok(e) if !self.handed_out_before(&raw.id, &e) => entries.push(e),
+                Ok(e) if !self.handed_out_before(&id, &e) => entries.push(e),
                 Ok(_) => {}
                 // Skipped, not fatal: sessions fill the hole from the room stream.
                 Err(e) => tracing::error!(error = %e, "undecodable redis feed entry"),
@@ -224,7 +246,6 @@ impl FeedReader {
             }
         }
     }
-
 }
 
 /// The hand-out stage: takes every batch read so far, records the rooms'
@@ -275,7 +296,7 @@ async fn hand_out_batches(shared: &Shared, batches: Vec<Vec<FeedEntry>>) {
 }
 
 /// One mark per room for the batches, then one sync for all of them.
-async fn record(shared: &Shared, batches: &[Vec<FeedEntry>]) -> Result<(), crate::storage::StorageError> {
+async fn record(shared: &Shared, batches: &[Vec<FeedEntry>]) -> Result<(), StorageError> {
     let mut marks: HashMap<&crate::protocol::RoomId, (&Arc<str>, u64, u64)> = HashMap::new();
     for e in batches.iter().flatten() {
         let m = marks.entry(&e.room).or_insert((&e.epoch, e.generation, e.event.seq));

@@ -169,21 +169,26 @@ impl HighWater {
     /// Makes every mark noted so far durable (one group commit of the data
     /// directory; a call with nothing pending returns at once).
     pub async fn sync(&self) -> Result<(), StorageError> {
-        let covered: Vec<(RoomId, u64)> = {
-            let d = self.dirty.lock().expect("dirty lock");
-            if d.is_empty() {
-                return Ok(());
-            }
-            d.iter().map(|(r, n)| (r.clone(), *n)).collect()
-        };
+        let Some(covered) = self.pending() else { return Ok(()) };
         self.db.sync().await?;
+        self.synced(covered);
+        Ok(())
+    }
+
+    /// The changes a sync starting now covers.
+    fn pending(&self) -> Option<Vec<(RoomId, u64)>> {
+        let d = self.dirty.lock().expect("dirty lock");
+        (!d.is_empty()).then(|| d.iter().map(|(r, n)| (r.clone(), *n)).collect())
+    }
+
+    /// Forgets the changes a sync covered, unless the room changed since.
+    fn synced(&self, covered: Vec<(RoomId, u64)>) {
         let mut d = self.dirty.lock().expect("dirty lock");
         for (room, n) in covered {
             if d.get(&room) == Some(&n) {
                 d.remove(&room);
             }
         }
-        Ok(())
     }
 
     /// Makes sure the room's mark covers `(generation, seq)` on disk,

@@ -337,8 +337,11 @@ impl RedisLog {
                 shared.high_water.cover(room, &a.epoch, a.generation, a.latest).await?;
             }
         }
-        let mut events =
-            a.entries.iter().map(|entry| replies::event(room, &a.epoch, entry)).collect::<Result<Vec<Event>, _>>()?;
+        let mut events = a
+            .entries
+            .into_iter()
+            .map(|entry| replies::event(room, &a.epoch, entry))
+            .collect::<Result<Vec<Event>, _>>()?;
         if matches!(mode, "before" | "latest") {
             events.reverse();
         }
