@@ -38,8 +38,10 @@ use crate::storage::StorageError;
 
 pub(super) const FEED_BLOCK: Duration = Duration::from_secs(2);
 const FEED_COUNT: usize = 1_024;
-/// Batches read but not yet handed out, at most (then the reader waits).
-const HAND_OUT_QUEUE: usize = 64;
+/// Batches read but not yet handed out, at most: the reader stays one batch
+/// ahead, so that while a sync runs the next events gather in Redis and come
+/// back in one `XREAD` rather than in many small ones.
+const HAND_OUT_QUEUE: usize = 1;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
