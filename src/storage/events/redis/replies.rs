@@ -314,8 +314,9 @@ mod tests {
             Value::Array(v) => v.len() * 1024,
             _ => 0,
         });
-        let ours =
-            per_entry(&|| feed_batch(answer.clone()).unwrap().into_iter().map(|r| feed_entry(r).unwrap()).count());
+        let ours = per_entry(&|| {
+            feed_batch(answer.clone()).unwrap().into_iter().try_fold(0, |n, r| feed_entry(r).map(|_| n + 1)).unwrap()
+        });
         let theirs = per_entry(&|| {
             let reply = redis::streams::StreamReadReply::from_redis_value(answer.clone()).unwrap();
             reply
