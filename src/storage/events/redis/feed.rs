@@ -42,6 +42,8 @@ const FEED_COUNT: usize = 1_024;
 /// ahead, so that while a sync runs the next events gather in Redis and come
 /// back in one `XREAD` rather than in many small ones.
 const HAND_OUT_QUEUE: usize = 1;
+/// How often Redis's persistence settings are read again while the feed is busy.
+const DURABILITY_CHECK: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -58,6 +60,7 @@ pub(super) struct FeedReader {
     stop: CancellationToken,
     hand_out: mpsc::Sender<ToHandOut>,
     hand_out_rx: Option<mpsc::Receiver<ToHandOut>>,
+    durability_checked: tokio::time::Instant,
 }
 
 enum ToHandOut {
@@ -75,8 +78,16 @@ impl FeedReader {
         stop: CancellationToken,
     ) -> Result<Self, RedisError> {
         let (hand_out, rx) = mpsc::channel(HAND_OUT_QUEUE);
-        let mut reader =
-            Self { shared, conn, cursor: "0-0".into(), replay_until: None, stop, hand_out, hand_out_rx: Some(rx) };
+        let mut reader = Self {
+            shared,
+            conn,
+            cursor: "0-0".into(),
+            replay_until: None,
+            stop,
+            hand_out,
+            hand_out_rx: Some(rx),
+            durability_checked: tokio::time::Instant::now(),
+        };
         reader.cursor = reader.tail().await?.unwrap_or_else(|| "0-0".into());
         Ok(reader)
     }
@@ -114,6 +125,9 @@ impl FeedReader {
                         continue;
                     }
                 }
+            }
+            if self.durability_checked.elapsed() >= DURABILITY_CHECK {
+                self.check_durability().await;
             }
             let got = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -177,6 +191,7 @@ impl FeedReader {
     /// marks are checked against Redis (rooms behind theirs start a new
     /// epoch), and if the feed went back it is read again from its start.
     async fn check(&mut self) -> Result<(), RedisError> {
+        self.check_durability().await;
         let tail = self.tail().await?;
         let went_back = match &tail {
             None => self.cursor != "0-0",
@@ -209,6 +224,15 @@ impl FeedReader {
             self.replay_until = Some(std::mem::replace(&mut self.cursor, "0-0".into()));
         }
         Ok(())
+    }
+
+    /// Rereads Redis's persistence settings (see `highwater`); a failure is
+    /// retried at the next check.
+    async fn check_durability(&mut self) {
+        match self.shared.check_durability().await {
+            Ok(()) => self.durability_checked = tokio::time::Instant::now(),
+            Err(e) => tracing::debug!(error = %e, "cannot read redis's persistence settings"),
+        }
     }
 
     /// The batch's entries, less any handed out before the feed went back;

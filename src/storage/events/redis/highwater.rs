@@ -15,13 +15,31 @@
 //!   one's mark covers what every process appended while it was reading the
 //!   feed, not only its own appends.
 //!
-//! A mark must be on disk before the seq it covers reaches a client, or a
-//! crash of the whole machine could lose both the mark and Redis's last
-//! second. Marks are therefore made durable in groups, not per append: the
-//! feed reader records a whole batch and syncs once before handing the
-//! batch to subscribers (acks wait for that hand-off), and the sync is the
-//! data directory's group commit, shared with every other sync that is
-//! waiting. Reads that show a seq the disk does not cover yet sync first.
+//! When must a mark be on disk? Before the seq it covers reaches a client
+//! whenever Redis could come back from a crash of the machine with *part* of
+//! what it acknowledged: AOF with `appendfsync everysec` or `no`, or RDB
+//! snapshots ([`Durability::BeforeHandOut`]). A crash that takes Parlor and
+//! the last second of Redis together would otherwise lose both the mark and
+//! the events, and the seqs would be handed out again. Marks are then made
+//! durable in groups, not per append: the feed's hand-out stage records a
+//! whole batch and syncs once before handing it to subscribers (acks wait
+//! for that hand-off), and the sync is the data directory's group commit.
+//!
+//! With `appendfsync always` a crash loses nothing Redis acknowledged, and
+//! with no persistence at all a restart loses everything (every room then
+//! starts a new epoch because its meta key is gone): neither comes back
+//! with part of a log. Only an operator's restore or a failover to a lagging
+//! replica can, and Parlor is not killed at that moment but running (its
+//! marks are current in sled) or stopped cleanly (they were synced). So
+//! there marks are written before hand-out but synced in the background
+//! (sled flushes every second, and at shutdown): [`Durability::Background`],
+//! which spares the send path a sync per batch (measured: one fsync of
+//! latency per append, and about a quarter of the appends per second with
+//! 256 in flight). Which one applies is read from Redis's configuration at
+//! start, at every [`super::feed`] check (reconnect, idle) and every 30 s
+//! while the feed is busy; unknown (`CONFIG` refused) means before hand-out.
+//! A change of Redis's settings at run time is therefore seen late, by up to
+//! that period.
 //!
 //! Reserving ranges ahead ("seqs up to N may have been handed out", synced
 //! once per N) would cost fewer syncs, but after any unclean exit of Parlor
@@ -29,7 +47,7 @@
 //! active room would start a new epoch after a plain `kill -9`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::protocol::RoomId;
@@ -99,9 +117,32 @@ pub(super) struct HighWater {
     db: Db,
     tree: sled::Tree,
     /// Rooms whose mark changed since the last sync that covers it, with the
-    /// number of the change (so a sync only clears what it covered).
+    /// number of the change (so a sync only clears what it covered). Kept
+    /// only while marks are synced before hand-out.
     dirty: Mutex<HashMap<RoomId, u64>>,
     changes: AtomicU64,
+    /// Whether marks must be on disk before hand-out (see the module doc).
+    before_hand_out: AtomicBool,
+}
+
+/// When marks must reach the disk, from what Redis's persistence can lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// Before the seqs they cover reach a client.
+    BeforeHandOut,
+    /// Soon after (sled's flush every second, and at shutdown).
+    Background,
+}
+
+impl Durability {
+    /// From `CONFIG GET appendonly appendfsync save` (None: not allowed).
+    pub fn of_redis(appendonly: Option<&str>, appendfsync: Option<&str>, save: Option<&str>) -> Self {
+        match (appendonly, appendfsync, save) {
+            (Some("yes"), Some("always"), _) => Durability::Background,
+            (Some("no"), _, Some(s)) if s.trim().is_empty() => Durability::Background,
+            _ => Durability::BeforeHandOut,
+        }
+    }
 }
 
 const TREE: &str = "redis_high_water";
@@ -127,7 +168,32 @@ fn decode(v: &[u8]) -> Result<Seen, StorageError> {
 
 impl HighWater {
     pub fn open(db: &Db) -> Result<Self, StorageError> {
-        Ok(Self { db: db.clone(), tree: db.tree(TREE)?, dirty: Mutex::default(), changes: AtomicU64::new(0) })
+        Ok(Self {
+            db: db.clone(),
+            tree: db.tree(TREE)?,
+            dirty: Mutex::default(),
+            changes: AtomicU64::new(0),
+            before_hand_out: AtomicBool::new(true),
+        })
+    }
+
+    /// Sets when marks must reach the disk; moving to [`Durability::BeforeHandOut`]
+    /// first syncs everything noted so far.
+    pub async fn set_durability(&self, d: Durability) -> Result<(), StorageError> {
+        let strict = d == Durability::BeforeHandOut;
+        if self.before_hand_out.swap(strict, Ordering::AcqRel) != strict {
+            tracing::info!(durability = ?d, "redis high-water marks");
+            if strict {
+                self.db.sync().await?;
+            } else {
+                self.dirty.lock().expect("dirty lock").clear();
+            }
+        }
+        Ok(())
+    }
+
+    pub fn strict(&self) -> bool {
+        self.before_hand_out.load(Ordering::Acquire)
     }
 
     pub fn get(&self, room: &RoomId) -> Result<Option<Seen>, StorageError> {
@@ -159,7 +225,7 @@ impl HighWater {
         if let Some(e) = bad {
             tracing::warn!(room = %room, error = %e, "replaced an undecodable redis high-water mark");
         }
-        if changed {
+        if changed && self.strict() {
             let n = self.changes.fetch_add(1, Ordering::Relaxed) + 1;
             self.dirty.lock().expect("dirty lock").insert(room.clone(), n);
         }
@@ -167,7 +233,8 @@ impl HighWater {
     }
 
     /// Makes every mark noted so far durable (one group commit of the data
-    /// directory; a call with nothing pending returns at once).
+    /// directory; a call with nothing pending returns at once) when marks
+    /// must be on disk before hand-out.
     pub async fn sync(&self) -> Result<(), StorageError> {
         let Some(covered) = self.pending() else { return Ok(()) };
         self.db.sync().await?;
@@ -191,8 +258,8 @@ impl HighWater {
         }
     }
 
-    /// Makes sure the room's mark covers `(generation, seq)` on disk,
-    /// syncing only when it does not yet.
+    /// Makes sure the room's mark covers `(generation, seq)` (on disk when
+    /// marks must be before hand-out), syncing only when it does not yet.
     pub async fn cover(&self, room: &RoomId, epoch: &Arc<str>, generation: u64, seq: u64) -> Result<(), StorageError> {
         let pending = self.dirty.lock().expect("dirty lock").contains_key(room);
         if !pending && self.get(room)?.is_some_and(|m| m.covers(generation, seq)) {
@@ -243,6 +310,17 @@ mod tests {
         let other = RoomId::parse("!o:x").unwrap();
         seen.observe_tracked(&other, &b, 6, 3);
         assert!(seen.get(&other).is_none(), "untouched rooms are not tracked");
+    }
+
+    #[test]
+    fn marks_wait_for_the_disk_unless_redis_cannot_lose_part_of_a_log() {
+        let d = |a, f, s| Durability::of_redis(a, f, s);
+        assert_eq!(d(Some("yes"), Some("always"), Some("")), Durability::Background);
+        assert_eq!(d(Some("no"), Some("everysec"), Some("")), Durability::Background, "no persistence");
+        assert_eq!(d(Some("yes"), Some("everysec"), Some("")), Durability::BeforeHandOut);
+        assert_eq!(d(Some("yes"), Some("no"), Some("")), Durability::BeforeHandOut);
+        assert_eq!(d(Some("no"), Some("everysec"), Some("3600 1 300 100")), Durability::BeforeHandOut, "snapshots");
+        assert_eq!(d(None, None, None), Durability::BeforeHandOut, "unknown");
     }
 
     #[tokio::test]

@@ -58,7 +58,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use self::feed::FeedReader;
-use self::highwater::{HighWater, Seen, SeenMap};
+use self::highwater::{Durability, HighWater, Seen, SeenMap};
 use self::link::{Link, RESPONSE_TIMEOUT, evalsha, storage_error};
 use self::replies::{ReadStatus, read_answer};
 use self::writer::{Job, Msg, Writer};
@@ -127,6 +127,19 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// The durability the answers to `CONFIG GET appendonly`, `appendfsync` and
+/// `save` give; an answer that is not a name and a value (an error) leaves
+/// its setting unknown, which means the strict way.
+fn durability_of(answers: &[Value]) -> Durability {
+    let config: HashMap<String, String> = answers
+        .iter()
+        .filter_map(|v| redis::from_redis_value_ref::<HashMap<String, String>>(v).ok())
+        .flatten()
+        .collect();
+    let get = |k: &str| config.get(k).map(String::as_str);
+    Durability::of_redis(get("appendonly"), get("appendfsync"), get("save"))
+}
+
 struct Shared {
     link: Link,
     sink: Arc<dyn EventSink>,
@@ -189,6 +202,23 @@ impl Shared {
         push_known(&mut cmd, self.known(room)?.as_ref());
         cmd.arg(new_epoch()).arg(mode).arg(n).arg(limit.max(1)).arg(want);
         Ok(cmd)
+    }
+
+    /// Reads what Redis's persistence can lose in a crash, which decides
+    /// when the high-water marks must reach the disk (see `highwater`).
+    /// Only an outage is an error; any other failure (`CONFIG` renamed away,
+    /// or not allowed to this user) means the strict way.
+    async fn check_durability(&self) -> Result<(), StorageError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("CONFIG").arg("GET").arg("appendonly");
+        pipe.cmd("CONFIG").arg("GET").arg("appendfsync");
+        pipe.cmd("CONFIG").arg("GET").arg("save");
+        let d = match self.link.pipeline(&pipe).await {
+            Ok(answers) => durability_of(&answers),
+            Err(e) if link::is_outage(&e) => return Err(storage_error(&e)),
+            Err(_) => Durability::BeforeHandOut,
+        };
+        self.high_water.set_durability(d).await
     }
 
     /// Compares every room's high-water mark on disk with Redis, in
@@ -300,6 +330,7 @@ impl RedisLog {
             checking: AtomicBool::new(false),
             marks_unchecked: AtomicBool::new(false),
         });
+        shared.check_durability().await?;
         let restarted = shared.check_marks().await?;
         if restarted > 0 {
             tracing::warn!(
@@ -501,5 +532,85 @@ mod tests {
     fn urls_are_shown_without_their_password() {
         assert_eq!(redacted("redis://:secret@host:6379/2"), "redis://***@host:6379/2");
         assert_eq!(redacted("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+    }
+
+    #[test]
+    fn a_refused_config_get_means_marks_wait_for_the_disk() {
+        let resp = |s: &str| redis::parse_redis_value(s.as_bytes()).unwrap();
+        let pair = |k: &str, v: &str| resp(&format!("*2\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n", k.len(), v.len()));
+        let always = [pair("appendonly", "yes"), pair("appendfsync", "always"), pair("save", "")];
+        assert_eq!(durability_of(&always), Durability::Background);
+        let everysec = [pair("appendonly", "yes"), pair("appendfsync", "everysec"), pair("save", "")];
+        assert_eq!(durability_of(&everysec), Durability::BeforeHandOut);
+        let refused = resp("-ERR unknown command 'CONFIG', with args beginning with: 'GET'\r\n");
+        assert!(matches!(refused, Value::ServerError(_)), "{refused:?}");
+        assert_eq!(durability_of(&[refused.clone(), refused.clone(), refused]), Durability::BeforeHandOut);
+        let no_perm = resp("-NOPERM this user has no permissions to run the 'config|get' command\r\n");
+        assert_eq!(durability_of(&[no_perm.clone(), no_perm.clone(), no_perm]), Durability::BeforeHandOut);
+    }
+
+    struct NoSink;
+    impl EventSink for NoSink {
+        fn deliver(&self, _: &RoomId, _: &Arc<str>, _: u64, _: &str) {}
+    }
+
+    /// A `redis-server` with `args` on a free port, killed on drop.
+    struct Server {
+        child: std::process::Child,
+        port: u16,
+        _dir: tempfile::TempDir,
+    }
+    impl Server {
+        fn start(args: &[&str]) -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let dir = tempfile::tempdir().unwrap();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .arg("--dir")
+                .arg(dir.path())
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("this test needs redis-server");
+            Server { child, port, _dir: dir }
+        }
+        async fn open(&self, db: &Db) -> RedisLog {
+            let url = format!("redis://127.0.0.1:{}/", self.port);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match RedisLog::open(&url, db, Arc::new(NoSink), &LogSettings::default()).await {
+                    Ok(log) => return log,
+                    Err(e) if tokio::time::Instant::now() > deadline => panic!("redis-server did not start: {e}"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
+    }
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// What a real Redis answers: `appendfsync always` spares the send path
+    /// its syncs, while the same Redis with `CONFIG` renamed away leaves
+    /// them on, since nothing says its persistence cannot lose part of a log.
+    #[tokio::test]
+    async fn marks_are_synced_before_hand_out_unless_redis_says_it_cannot_lose_part_of_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let always = ["--appendonly", "yes", "--appendfsync", "always"];
+        for (args, strict) in [
+            (&always[..], false),
+            (&["--appendonly", "yes", "--appendfsync", "everysec"][..], true),
+            (&["--appendonly", "no"][..], false),
+            (&[&always[..], &["--rename-command", "CONFIG", ""]].concat()[..], true),
+        ] {
+            let server = Server::start(args);
+            let log = server.open(&db).await;
+            assert_eq!(log.shared.high_water.strict(), strict, "redis-server {args:?}");
+            drop(log);
+        }
     }
 }
