@@ -1,8 +1,10 @@
 //! What both wires (`http/`, `ws/`) share and stand on: the running server's
 //! services and shutdown signal ([`App`]), one connection's context
-//! ([`Ctx`]), and authenticating a request's bearer token. It sits below
-//! `server.rs`, `http/` and `ws/` and above `service/`, so neither wire has
-//! to import the other or the accept loop.
+//! ([`Ctx`]) and socket ([`conn`]), and authenticating a request's bearer
+//! token. It sits below `server.rs`, `http/` and `ws/` and above `service/`,
+//! so neither wire has to import the other or the accept loop.
+
+pub mod conn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +27,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// WebSocket sessions, awaited at shutdown.
     pub tasks: TaskTracker,
+    /// Answer bytes waiting for slow readers, server-wide.
+    pub responses: Arc<conn::ResponseBudget>,
 }
 
 /// An HTTP answer, as both wires build it.
@@ -34,9 +38,11 @@ pub type Resp = Response<Full<Bytes>>;
 pub struct Ctx {
     pub app: Arc<App>,
     pub peer: SocketAddr,
-    /// This connection's slot under the connection cap; an upgraded
-    /// WebSocket keeps it until it closes.
-    pub permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    /// This connection's places under the connection caps; an upgraded
+    /// WebSocket keeps them until it closes.
+    pub permit: Arc<conn::ConnSlot>,
+    /// What this connection's answers hold under [`App::responses`].
+    pub conn: Arc<conn::ConnState>,
 }
 
 /// Authenticates a request by its `Authorization: Bearer` header.

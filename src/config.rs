@@ -22,6 +22,12 @@ pub struct Config {
     pub rate_limit: bool,
     /// Open connections at most (also capped by the open-file limit).
     pub max_connections: usize,
+    /// Open connections at most from one address (an IPv4 address or an IPv6 /64).
+    pub max_connections_per_address: usize,
+    /// Time a client has to take an answer once its socket stops taking bytes.
+    pub write_timeout: Duration,
+    /// Bytes of history pages that may wait for slow readers, server-wide.
+    pub response_budget: usize,
     /// Extra `Origin`s allowed to open WebSockets (same-origin always is).
     pub allow_origins: Vec<String>,
     /// Time allowed to read a request's headers.
@@ -36,6 +42,9 @@ pub struct Config {
     pub ws_outbound_limit: usize,
     /// Password-hashing threads (each keeps one 19 MiB argon2 work area).
     pub hash_concurrency: usize,
+    /// Password hashes that may wait in each lane of the hashing queue
+    /// (logins from known origins, everything else); beyond it, 429 at once.
+    pub hash_queue: usize,
     /// Federation with other servers on or off.
     pub federation: bool,
     /// The base URL this server announces in `/.well-known/parlor/server`
@@ -47,6 +56,12 @@ pub struct Config {
     pub federation_retry_max: Duration,
     /// How often rooms homed elsewhere are caught up from their home servers.
     pub federation_catch_up: Duration,
+    /// A server whose pushes have failed for this long is dropped from push
+    /// sets (and probed) until it is back.
+    pub federation_give_up: Duration,
+    /// Events of one room kept for pushing to other servers; a server
+    /// further behind skips to the oldest kept (and backfills the rest).
+    pub federation_queue_max: usize,
 }
 
 impl Config {
@@ -59,6 +74,9 @@ impl Config {
             retention: None,
             rate_limit: true,
             max_connections: 50_000,
+            max_connections_per_address: 256,
+            write_timeout: Duration::from_secs(30),
+            response_budget: 64 << 20,
             allow_origins: Vec::new(),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
@@ -70,8 +88,11 @@ impl Config {
             federation_peers: Vec::new(),
             federation_retry_max: Duration::from_secs(60),
             federation_catch_up: Duration::from_secs(60),
+            federation_give_up: Duration::from_secs(600),
+            federation_queue_max: 10_000,
             // Leave a core for chat: a login storm must not stall delivery.
             hash_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            hash_queue: 32,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod config;
+pub mod fedclient;
 pub mod http;
 pub mod protocol;
 pub mod server;

@@ -57,6 +57,15 @@ struct Serve {
     /// Open connections at most (also capped by the open-file limit).
     #[arg(long, env = "PARLOR_MAX_CONNECTIONS", default_value_t = 50_000)]
     max_connections: usize,
+    /// Open connections at most from one address (an IPv4 address, or an IPv6 /64); further ones are closed at once.
+    #[arg(long, env = "PARLOR_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    max_connections_per_address: usize,
+    /// Seconds a client has to take an answer once its socket stops taking bytes (else the connection is closed).
+    #[arg(long, env = "PARLOR_WRITE_TIMEOUT_SECS", default_value_t = 30)]
+    write_timeout_secs: u64,
+    /// MiB of history pages that may wait for slow readers, server-wide; past it pages are cut shorter.
+    #[arg(long, env = "PARLOR_RESPONSE_BUDGET_MIB", default_value_t = 64)]
+    response_budget_mib: usize,
     /// An extra Origin allowed to open WebSockets, e.g. https://chat.example (repeatable; same-origin is always allowed).
     #[arg(long = "allow-origin", env = "PARLOR_ALLOW_ORIGIN", value_delimiter = ',')]
     allow_origins: Vec<String>,
@@ -81,9 +90,18 @@ struct Serve {
     /// Seconds between catch-ups of rooms homed on other servers.
     #[arg(long, env = "PARLOR_FEDERATION_CATCH_UP_SECS", default_value_t = 60)]
     federation_catch_up_secs: u64,
+    /// Seconds a server may fail every push before it is dropped from push sets (then probed until it is back).
+    #[arg(long, env = "PARLOR_FEDERATION_GIVE_UP_SECS", default_value_t = 600)]
+    federation_give_up_secs: u64,
+    /// Events of one room kept for pushing to other servers; a server further behind skips ahead (and backfills).
+    #[arg(long, env = "PARLOR_FEDERATION_QUEUE_MAX", default_value_t = 10_000)]
+    federation_queue_max: usize,
     /// Password hashes computed at once (default: one less than the CPU count, at least 1).
     #[arg(long, env = "PARLOR_HASH_THREADS")]
     hash_threads: Option<usize>,
+    /// Password hashes that may wait in each lane of the hashing queue; when full, 429 at once.
+    #[arg(long, env = "PARLOR_HASH_QUEUE", default_value_t = 32)]
+    hash_queue: usize,
     /// Seconds allowed to read request headers, and again the body.
     #[arg(long, env = "PARLOR_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     request_timeout_secs: u64,
@@ -127,6 +145,9 @@ fn serve(s: Serve) -> Result<()> {
         config.rate_limit = matches!(s.rate_limit, OnOff::On);
         config.retention = s.retention;
         config.max_connections = s.max_connections;
+        config.max_connections_per_address = s.max_connections_per_address.max(1);
+        config.write_timeout = Duration::from_secs(s.write_timeout_secs.max(1));
+        config.response_budget = s.response_budget_mib.saturating_mul(1 << 20);
         config.allow_origins = s.allow_origins;
         config.ws_ping_interval = Duration::from_secs(s.ws_ping_secs.max(1));
         config.ws_auth_timeout = Duration::from_secs(s.ws_auth_secs.max(1));
@@ -137,9 +158,12 @@ fn serve(s: Serve) -> Result<()> {
         config.federation_peers = s.federation_peers;
         config.federation_retry_max = Duration::from_secs(s.federation_retry_max_secs.max(1));
         config.federation_catch_up = Duration::from_secs(s.federation_catch_up_secs.max(1));
+        config.federation_give_up = Duration::from_secs(s.federation_give_up_secs.max(1));
+        config.federation_queue_max = s.federation_queue_max.max(1);
         if let Some(n) = s.hash_threads {
             config.hash_concurrency = n.max(1);
         }
+        config.hash_queue = s.hash_queue.max(1);
         tracing::info!(server_name = %config.server_name, data_dir = %s.data_dir.display(), nofile, "starting");
         // Tests and scripts read this line to learn the bound port.
         println!("parlor listening on http://{addr}");

@@ -1,8 +1,9 @@
 //! The accept loop, in the style of mini-redis: `run` takes its listener
 //! and its shutdown signal as arguments, so tests bind port 0 and stop the
-//! server when they like. It owns connection limits, HTTP/1 timeouts and
-//! graceful shutdown (including upgraded WebSockets, which hyper does not
-//! track: they are told to close with 1001 and awaited).
+//! server when they like. It owns connection limits (server-wide and per
+//! address), HTTP/1 limits and timeouts, and graceful shutdown (including
+//! upgraded WebSockets, which hyper does not track: they are told to close
+//! with 1001 and awaited).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,19 +12,19 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::app::conn::{ConnCaps, ConnIo, ConnState, Refused, ResponseBudget, address_key};
 use crate::app::{App, Ctx};
 use crate::config::Config;
-use crate::service::Services;
-use crate::storage::StorageError;
+use crate::protocol::limits::{MAX_HEAD_BYTES, MAX_HEADER_FIELDS};
+use crate::service::{Services, StartError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open storage: {0}")]
-    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -69,13 +70,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let max_conns = config.max_connections.min(fd_budget());
-    let header_timeout = config.header_timeout;
-    let services = Services::open(config).await?;
-    let app = Arc::new(App { services, shutdown: CancellationToken::new(), tasks: TaskTracker::new() });
-    let permits = Arc::new(Semaphore::new(max_conns));
+    let caps = ConnCaps::new(max_conns, config.max_connections_per_address);
+    let (header_timeout, write_timeout) = (config.header_timeout, config.write_timeout);
+    let responses = Arc::new(ResponseBudget::new(config.response_budget));
+    let transport = Arc::new(crate::fedclient::HttpTransport::new(config.federation_peers.clone()));
+    let services = Services::open(config, transport).await?;
+    let app = Arc::new(App { services, shutdown: CancellationToken::new(), tasks: TaskTracker::new(), responses });
     let http_conns = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADER_FIELDS)
+        .keep_alive(true);
     tracing::info!(addr = %listener.local_addr()?, max_conns, room_log = app.services.events.log().kind(), "serving");
 
     tokio::pin!(shutdown);
@@ -92,17 +100,25 @@ pub async fn run(
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection cap reached; closing");
-            drop(stream);
-            continue;
+        let permit = match caps.admit(address_key(peer.ip())) {
+            Ok(slot) => Arc::new(slot),
+            Err(why) => {
+                match why {
+                    Refused::ServerFull => tracing::warn!(%peer, "connection cap reached; closing"),
+                    Refused::AddressFull => tracing::debug!(%peer, "per-address connection cap reached; closing"),
+                }
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
-        let permit = Arc::new(permit);
+        let state = ConnState::new(app.responses.clone());
+        let io = ConnIo::new(stream, state.clone(), write_timeout, crate::http::own_refusal);
         let app2 = app.clone();
-        let svc =
-            service_fn(move |req| crate::http::handle(req, Ctx { app: app2.clone(), peer, permit: permit.clone() }));
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+        let svc = service_fn(move |req| {
+            crate::http::handle(req, Ctx { app: app2.clone(), peer, permit: permit.clone(), conn: state.clone() })
+        });
+        let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
         let stop = app.shutdown.clone();
         http_conns.spawn(async move {
             tokio::pin!(conn);

@@ -6,6 +6,8 @@
 
 mod support;
 
+use std::sync::Arc;
+
 use conformance::{Config, Outcome, Report};
 use support::{ParlorProcess, RedisServer};
 
@@ -19,15 +21,29 @@ fn expected_not_run(name: &str, cfg: &Config) -> bool {
         || (name == "websocket::heartbeat_timeout_closes_4003" && cfg.ws_ping_secs.is_none())
 }
 
-async fn run(url: &str, filter: Option<&str>, rate_limited: bool, storage_down: bool) -> Report {
+async fn run(url: &str, filter: Option<&str>, rate_limited: bool, storage_down: bool, peer: Option<&Peer>) -> Report {
     let cfg = Config {
         server: url.to_owned(),
         filter: filter.map(str::to_owned),
         rate_limited,
         storage_down,
+        peer_listener: peer.map(|p| p.listener.clone()),
         ..Default::default()
     };
     run_with(cfg).await
+}
+
+/// The address the suite's fake federation peer listens on: the server
+/// must name it with `--federation-peer` to reach it (it is on loopback).
+struct Peer {
+    listener: Arc<std::net::TcpListener>,
+    arg: String,
+}
+
+fn peer() -> Peer {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    Peer { listener: Arc::new(listener), arg: format!("{addr}=http://{addr}") }
 }
 
 async fn run_with(cfg: Config) -> Report {
@@ -48,8 +64,9 @@ async fn run_with(cfg: Config) -> Report {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_embedded() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "off"]);
-    let report = run(&server.url, None, false, false).await;
+    let peer = peer();
+    let server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "off", "--federation-peer", &peer.arg]);
+    let report = run(&server.url, None, false, false, Some(&peer)).await;
     assert!(report.passed() >= 100, "only {} cases passed", report.passed());
 }
 
@@ -57,14 +74,16 @@ async fn conformance_embedded() {
 async fn conformance_redis() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "off", "--redis", &redis.url]);
-    let report = run(&server.url, None, false, false).await;
+    let peer = peer();
+    let args = ["--rate-limit", "off", "--redis", &redis.url, "--federation-peer", &peer.arg];
+    let mut server = ParlorProcess::spawn(dir.path(), &args);
+    let report = run(&server.url, None, false, false, Some(&peer)).await;
     assert!(report.passed() >= 100, "only {} cases passed", report.passed());
 
     // With Redis gone, the room log is unreachable: 503 storage_unavailable.
     let mut redis = redis;
     redis.kill();
-    let down = run(&server.url, Some("operation::"), false, true).await;
+    let down = run(&server.url, Some("operation::"), false, true, None).await;
     assert_eq!(down.passed(), 1, "operation::storage_down_503 must run and pass");
     server.terminate();
 }
@@ -73,8 +92,8 @@ async fn conformance_redis() {
 async fn conformance_rate_limited() {
     let dir = tempfile::tempdir().unwrap();
     let server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "on"]);
-    let report = run(&server.url, Some("rate_limits::"), true, false).await;
-    assert_eq!(report.passed(), 4, "every rate-limit case must run and pass");
+    let report = run(&server.url, Some("rate_limits::"), true, false, None).await;
+    assert_eq!(report.passed(), 5, "every rate-limit case must run and pass");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,16 +1,30 @@
 //! Federation between two real servers on loopback, on both room-log
 //! backends: keys and signatures, a remote user joining and talking live, a
 //! server that was down catching up gap-free, a home server that is down
-//! making its room read-only for remote users, and leaving.
+//! making its room read-only for remote users, and leaving. Then a hostile
+//! peer (a fake server written here, signing as §11.2 says): private
+//! addresses are never fetched, key fetches are rate-limited, a signed
+//! request cannot be replayed, a home server cannot move this server's users
+//! or push for rooms it is not home to, and a server that cannot take pushes
+//! makes the home server queue a bounded number of events for it.
+//!
+//! Servers here all listen on 127.0.0.1, which federation refuses to reach
+//! unless the server is named with `--federation-peer` (`Config::federation_peers`),
+//! so every server is given the others as peers.
 
 #[macro_use]
 mod support;
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use bytes::Bytes;
+use parlor::config::Config;
 use serde_json::{Value, json};
-use support::{Api, Backend, Harness, WsClient, enc, uniq};
+use support::{Api, Backend, RedisServer, TestServer, WsClient, enc, uniq};
 
 backend_tests!(
     keys_are_published_and_requests_must_be_signed,
@@ -21,13 +35,81 @@ backend_tests!(
 );
 
 /// Pushes and catch-ups retried quickly, so tests need not wait a minute.
-fn quick(cfg: &mut parlor::config::Config) {
+fn quick(cfg: &mut Config) {
     cfg.federation_retry_max = Duration::from_millis(500);
     cfg.federation_catch_up = Duration::from_millis(500);
 }
 
-async fn two_servers(b: Backend) -> (Harness, Harness) {
-    (Harness::start_with(b, quick).await, Harness::start_with(b, quick).await)
+/// A server of these tests, with what it takes to stop it and start it again
+/// on the same port, data and Redis.
+struct Node {
+    server: Option<TestServer>,
+    addr: SocketAddr,
+    url: String,
+    cfg: Config,
+    _redis: Option<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Starts on `listener` with the test config, `peers` as its
+    /// `--federation-peer`s, and `tweak` applied.
+    async fn start(
+        listener: tokio::net::TcpListener,
+        b: Backend,
+        peers: &[SocketAddr],
+        tweak: impl FnOnce(&mut Config),
+    ) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = (b == Backend::Redis).then(RedisServer::start);
+        let addr = listener.local_addr().unwrap();
+        let mut cfg = TestServer::config(addr.port(), dir.path());
+        cfg.redis = redis.as_ref().map(|r| r.url.clone());
+        cfg.federation_peers = peers.iter().map(|p| (p.to_string(), format!("http://{p}"))).collect();
+        quick(&mut cfg);
+        tweak(&mut cfg);
+        let server = TestServer::start_with(listener, cfg.clone()).await;
+        Node { server: Some(server), addr, url: format!("http://{addr}"), cfg, _redis: redis, _dir: dir }
+    }
+
+    fn name(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn api(&self) -> Api {
+        Api::new(&self.url)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+    }
+
+    async fn resume(&mut self) {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        self.server = Some(TestServer::start_with(listener, self.cfg.clone()).await);
+    }
+}
+
+async fn listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// Two servers, each the other's named peer.
+async fn two_servers(b: Backend) -> (Node, Node) {
+    let (la, lb) = (listener().await, listener().await);
+    let (aa, ab) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    (Node::start(la, b, &[ab], |_| {}).await, Node::start(lb, b, &[aa], |_| {}).await)
 }
 
 /// Retries `check` until it holds (bounded): federation is asynchronous.
@@ -57,7 +139,7 @@ async fn keys_are_published_and_requests_must_be_signed(b: Backend) {
     let api = a.api();
     let (s, key) = api.raw("GET", "/_parlor/key/v1/server", None, vec![]).await;
     assert_eq!(s, 200, "{key}");
-    assert_eq!(key["server_name"], a.server.addr.to_string());
+    assert_eq!(key["server_name"], a.addr.to_string());
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let pk = b64.decode(key["public_key"].as_str().unwrap()).unwrap();
     let sig = b64.decode(key["signature"].as_str().unwrap()).unwrap();
@@ -71,17 +153,17 @@ async fn keys_are_published_and_requests_must_be_signed(b: Backend) {
         .verify(signed.as_bytes(), &sig)
         .expect("the key document is self-signed");
     let (s, wk) = api.raw("GET", "/.well-known/parlor/server", None, vec![]).await;
-    assert_eq!((s, wk["base_url"].as_str()), (200, Some(format!("http://{}", a.server.addr).as_str())));
+    assert_eq!((s, wk["base_url"].as_str()), (200, Some(format!("http://{}", a.addr).as_str())));
 
     let body = br#"{"events":[]}"#.to_vec();
     // Unsigned.
     let (s, v) = api.raw("PUT", "/_parlor/federation/v1/send/t1", None, body.clone()).await;
     assert_eq!((s, v["errcode"].as_str()), (401, Some("bad_signature")), "{v}");
     // A forged signature in the right shape, claiming to be the other server.
-    let dest = a.server.addr.to_string();
+    let dest = a.addr.to_string();
     let forged = format!(
         r#"Parlor-Signature origin="{}",destination="{dest}",key="{}",ts="{}",sig="{}""#,
-        _b.server.addr,
+        _b.addr,
         key["key_id"].as_str().unwrap(),
         parlor::storage::events::now_ms(),
         b64.encode([7u8; 64])
@@ -274,4 +356,391 @@ async fn leaving_a_remote_room(b: Backend) {
     let (_, page) = home.api().messages(&tb, &room_id, "").await;
     let kinds: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["join", "join", "leave"]);
+}
+
+// ---- hostile peers ----
+
+type Answer = Arc<dyn Fn(&str, &str, &Value) -> (u16, Value) + Send + Sync>;
+
+/// A fake server on 127.0.0.1: its own ed25519 key, its key document (each
+/// fetch counted), and for everything else what `answer` says.
+struct Fake {
+    name: String,
+    key: ring::signature::Ed25519KeyPair,
+    key_fetches: Arc<Mutex<usize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn key_pair() -> ring::signature::Ed25519KeyPair {
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+}
+
+const FAKE_KEY_ID: &str = "ed25519:fake";
+
+impl Fake {
+    async fn start(listener: tokio::net::TcpListener, answer: Answer) -> Fake {
+        use ring::signature::KeyPair as _;
+        let name = listener.local_addr().unwrap().to_string();
+        let key = key_pair();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let pk = b64.encode(key.public_key().as_ref());
+        let signed = parlor::protocol::federation::ServerKeyResponse::signed_bytes(&name, FAKE_KEY_ID, &pk);
+        let doc = json!({"server_name": name, "key_id": FAKE_KEY_ID, "public_key": pk,
+                         "signature": b64.encode(key.sign(&signed).as_ref())});
+        let key_fetches = Arc::new(Mutex::new(0));
+        let fetches = key_fetches.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let stream = tokio::select! {
+                    Ok((stream, _)) = listener.accept() => stream,
+                    Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+                };
+                let (doc, fetches, answer) = (doc.clone(), fetches.clone(), answer.clone());
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (doc, fetches, answer) = (doc.clone(), fetches.clone(), answer.clone());
+                        async move {
+                            use http_body_util::BodyExt;
+                            let method = req.method().to_string();
+                            let path = req.uri().path_and_query().unwrap().to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            let (status, v) = if path == "/_parlor/key/v1/server" {
+                                *fetches.lock().unwrap() += 1;
+                                (200, doc)
+                            } else {
+                                answer(&method, &path, &body)
+                            };
+                            let mut resp = http::Response::new(http_body_util::Full::new(Bytes::from(v.to_string())));
+                            *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                });
+            }
+        });
+        Fake { name, key, key_fetches, task }
+    }
+
+    fn key_fetches(&self) -> usize {
+        *self.key_fetches.lock().unwrap()
+    }
+
+    /// `Authorization` for a request from this server to `to`, signed with `key`.
+    fn sign_with(
+        &self,
+        key: &ring::signature::Ed25519KeyPair,
+        method: &str,
+        path: &str,
+        to: &Node,
+        body: &[u8],
+    ) -> String {
+        let ts = parlor::storage::events::now_ms();
+        let hash =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, body));
+        let signed =
+            parlor::protocol::federation::request_signed_bytes(method, path, &self.name, &to.name(), ts, &hash);
+        parlor::protocol::federation::render_auth_header(
+            &self.name,
+            &to.name(),
+            FAKE_KEY_ID,
+            ts,
+            key.sign(&signed).as_ref(),
+        )
+    }
+
+    fn sign(&self, method: &str, path: &str, to: &Node, body: &[u8]) -> String {
+        self.sign_with(&self.key, method, path, to, body)
+    }
+
+    /// Sends a signed request to `to`.
+    async fn call(&self, to: &Node, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let body = body.to_string().into_bytes();
+        let auth = self.sign(method, path, to, &body);
+        raw_with_auth(&to.api(), method, path, &auth, body).await
+    }
+}
+
+fn not_found() -> (u16, Value) {
+    (404, json!({"errcode": "not_found", "error": "fake"}))
+}
+
+/// `Authorization` in the right shape from `origin`, with a signature of nothing.
+fn garbage_signature(origin: &str, to: &Node) -> String {
+    parlor::protocol::federation::render_auth_header(
+        origin,
+        &to.name(),
+        "ed25519:x",
+        parlor::storage::events::now_ms(),
+        &[7u8; 64],
+    )
+}
+
+const EMPTY_TXN: &[u8] = br#"{"events":[]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_addresses_are_never_fetched_and_refusals_tell_nothing() {
+    let a = Node::start(listener().await, Backend::Embedded, &[], |_| {}).await;
+    // An open port on loopback, and a closed one: the answers must not tell them apart.
+    let bait = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    bait.set_nonblocking(true).unwrap();
+    let port = bait.local_addr().unwrap().port();
+    let mut texts = Vec::new();
+    for origin in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "127.0.0.1:9".to_owned()] {
+        let auth = garbage_signature(&origin, &a);
+        let (s, v) = raw_with_auth(&a.api(), "PUT", "/_parlor/federation/v1/send/t1", &auth, EMPTY_TXN.to_vec()).await;
+        assert_eq!((s, v["errcode"].as_str()), (403, Some("unknown_server")), "{origin}: {v}");
+        texts.push(v["error"].as_str().unwrap().replace(&origin, "ORIGIN"));
+    }
+    assert!(texts.iter().all(|t| *t == texts[0]), "the answers differ: {texts:?}");
+    // A local user joining a room there is told the server cannot be reached, and nothing more.
+    let (_, t) = a.api().user(&uniq("ann")).await;
+    for room in [format!("#x:127.0.0.1:{port}"), format!("#x:localhost:{port}")] {
+        let (s, v) = a.api().call("POST", &format!("/rooms/{}/join", enc(&room)), Some(&t), None).await;
+        assert_eq!((s, v["errcode"].as_str()), (503, Some("home_server_unreachable")), "{room}: {v}");
+        assert!(!v["error"].as_str().unwrap().contains("refused"), "{v}");
+    }
+    match bait.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the server connected to a private address: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_fetches_are_rate_limited_per_origin() {
+    let (la, lf) = (listener().await, listener().await);
+    let a = Node::start(la, Backend::Embedded, &[lf.local_addr().unwrap()], |_| {}).await;
+    let fake = Fake::start(lf, Arc::new(|_: &str, _: &str, _: &Value| (200, json!({})))).await;
+    // Requests in the fake's name signed with another key: each would make
+    // the server fetch the fake's key again, to see whether it changed.
+    let impostor = key_pair();
+    for i in 0..10 {
+        let path = format!("/_parlor/federation/v1/send/i{i}");
+        let auth = fake.sign_with(&impostor, "PUT", &path, &a, EMPTY_TXN);
+        let (s, v) = raw_with_auth(&a.api(), "PUT", &path, &auth, EMPTY_TXN.to_vec()).await;
+        assert!(
+            [(401, "bad_signature"), (429, "rate_limited")].contains(&(s, v["errcode"].as_str().unwrap())),
+            "{s} {v}"
+        );
+    }
+    assert!(fake.key_fetches() <= 3, "{} key fetches for one origin", fake.key_fetches());
+    // The real server is still heard: its key was kept.
+    let (s, v) = fake.call(&a, "PUT", "/_parlor/federation/v1/send/real", &json!({"events": []})).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_request_cannot_be_replayed() {
+    let (lh, lf) = (listener().await, listener().await);
+    let home = Node::start(lh, Backend::Embedded, &[lf.local_addr().unwrap()], |_| {}).await;
+    let fake = Fake::start(lf, Arc::new(|_: &str, _: &str, _: &Value| not_found())).await;
+    let (bob, tb) = home.api().user(&uniq("bob")).await;
+    let j = home.api().join(&tb, &uniq("lobby")).await;
+    let room_id = j["room_id"].as_str().unwrap().to_owned();
+    let u = format!("@u:{}", fake.name);
+
+    let join_path = "/_parlor/federation/v1/join";
+    let join = json!({"room": j["alias"], "user_id": u}).to_string().into_bytes();
+    let captured = fake.sign("POST", join_path, &home, &join);
+    let (s, v) = raw_with_auth(&home.api(), "POST", join_path, &captured, join.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) =
+        fake.call(&home, "POST", "/_parlor/federation/v1/leave", &json!({"room_id": room_id, "user_id": u})).await;
+    assert_eq!(s, 200, "{v}");
+    // The captured join, sent again within the window, after the leave.
+    let (s, v) = raw_with_auth(&home.api(), "POST", join_path, &captured, join.clone()).await;
+    assert_eq!((s, v["errcode"].as_str()), (401, Some("bad_signature")), "{v}");
+    let (_, m) = home.api().call("GET", &format!("/rooms/{}/members", enc(&room_id)), Some(&tb), None).await;
+    let members: Vec<&str> = m["members"].as_array().unwrap().iter().map(|x| x["user_id"].as_str().unwrap()).collect();
+    assert_eq!(members, [bob.as_str()], "the replay re-added the user");
+    // The server remembers it across a restart too.
+    let mut home = home;
+    home.stop().await;
+    home.resume().await;
+    let (s, v) = raw_with_auth(&home.api(), "POST", join_path, &captured, join).await;
+    assert_eq!((s, v["errcode"].as_str()), (401, Some("bad_signature")), "after a restart: {v}");
+}
+
+fn event(seq: u64, kind: &str, sender: &str, server: &str) -> Value {
+    json!({"event_id": format!("$e{seq}:{server}"), "seq": seq, "type": kind, "sender": sender, "ts": seq})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_server_cannot_move_local_users_nor_push_for_rooms_it_is_not_home_to() {
+    let (la, lf) = (listener().await, listener().await);
+    let f_name = lf.local_addr().unwrap().to_string();
+    let a = Node::start(la, Backend::Embedded, &[lf.local_addr().unwrap()], |_| {}).await;
+    let (room_id, alias) = (format!("!r:{f_name}"), format!("#r:{f_name}"));
+    let bob = format!("@bob:{}", a.name());
+    // A hostile home server: it answers a join by listing a user of A who never asked.
+    let log = Arc::new(Mutex::new(vec![event(1, "join", &format!("@x:{f_name}"), &f_name)]));
+    let answer: Answer = {
+        let (log, room_id, alias, bob, f_name) =
+            (log.clone(), room_id.clone(), alias.clone(), bob.clone(), f_name.clone());
+        Arc::new(move |method: &str, path: &str, body: &Value| {
+            let mut log = log.lock().unwrap();
+            if method == "POST" && path == "/_parlor/federation/v1/join" {
+                let user = body["user_id"].as_str().unwrap().to_owned();
+                let seq = log.len() as u64 + 1;
+                log.push(event(seq, "join", &user, &f_name));
+                let members = json!([format!("@x:{f_name}"), user, bob]);
+                let answer = json!({"room_id": room_id, "alias": alias, "epoch": "e1",
+                                    "earliest_seq": 1, "latest_seq": seq, "members": members});
+                return (200, answer);
+            }
+            if method == "GET" && path.contains("/events?after=") {
+                let after: u64 = path.split("after=").nth(1).unwrap().split('&').next().unwrap().parse().unwrap();
+                let events: Vec<Value> = log.iter().filter(|e| e["seq"].as_u64().unwrap() > after).cloned().collect();
+                let page = json!({"room_id": room_id, "epoch": "e1", "events": events,
+                                  "earliest_seq": 1, "latest_seq": log.len()});
+                return (200, page);
+            }
+            not_found()
+        })
+    };
+    let fake = Fake::start(lf, answer).await;
+    let (ann, ta) = a.api().user("ann").await;
+    let (_, tbob) = a.api().user("bob").await;
+    let joined = a.api().join(&ta, &alias).await;
+    assert_eq!(joined["room_id"], room_id.as_str());
+    let rooms_of = |t: String| {
+        let api = a.api();
+        async move { api.call("GET", "/rooms", Some(&t), None).await.1["rooms"].clone() }
+    };
+    assert_eq!(rooms_of(tbob.clone()).await, json!([]), "bob never asked to join");
+
+    // It pushes a join of bob and a leave of ann, neither of whom asked.
+    let (e3, e4) = (event(3, "join", &bob, &f_name), event(4, "leave", &ann, &f_name));
+    log.lock().unwrap().extend([e3.clone(), e4.clone()]);
+    let txn = json!({"events": [{"room_id": room_id, "epoch": "e1", "event": e3},
+                                {"room_id": room_id, "epoch": "e1", "event": e4}]});
+    let (s, v) = fake.call(&a, "PUT", "/_parlor/federation/v1/send/t1", &txn).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(rooms_of(tbob).await, json!([]), "the home server made bob a member");
+    assert_eq!(rooms_of(ta.clone()).await, json!([{"room_id": room_id, "alias": alias}]), "ann was removed");
+    let (_, page) = a.api().messages(&ta, &room_id, "").await;
+    assert_eq!(page["latest_seq"], 4, "the events are in the replica all the same: {page}");
+    let (_, m) = a.api().call("GET", &format!("/rooms/{}/members", enc(&room_id)), Some(&ta), None).await;
+    let members: Vec<&str> = m["members"].as_array().unwrap().iter().map(|x| x["user_id"].as_str().unwrap()).collect();
+    assert_eq!(members, [ann.as_str(), &format!("@x:{f_name}")]);
+
+    // A push for a room homed on A itself is refused whole, and changes nothing.
+    let local = a.api().join(&ta, "local").await;
+    let local_id = local["room_id"].as_str().unwrap();
+    let forged = event(2, "join", &format!("@x:{f_name}"), &a.name());
+    let txn = json!({"events": [{"room_id": room_id, "epoch": "e1", "event": event(5, "message", &format!("@x:{f_name}"), &f_name)},
+                                {"room_id": local_id, "epoch": "whatever", "event": forged}]});
+    let (s, v) = fake.call(&a, "PUT", "/_parlor/federation/v1/send/t2", &txn).await;
+    assert_eq!((s, v["errcode"].as_str()), (403, Some("unknown_server")), "{v}");
+    let (_, page) = a.api().messages(&ta, local_id, "").await;
+    assert_eq!(page["latest_seq"], 1, "{page}");
+    let (_, page) = a.api().messages(&ta, &room_id, "").await;
+    assert_eq!(page["latest_seq"], 4, "nothing of a refused transaction is applied: {page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_takes_no_pushes_gets_a_bounded_queue() {
+    let (lh, lf) = (listener().await, listener().await);
+    let home = Node::start(lh, Backend::Embedded, &[lf.local_addr().unwrap()], |c| {
+        c.federation_queue_max = 5;
+        c.federation_give_up = Duration::from_secs(3600);
+    })
+    .await;
+    // The fake takes no pushes (503) until told to; then it records them.
+    let taking = Arc::new(Mutex::new(false));
+    let pushed = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let answer: Answer = {
+        let (taking, pushed) = (taking.clone(), pushed.clone());
+        Arc::new(move |method: &str, path: &str, body: &Value| {
+            if method != "PUT" || !path.starts_with("/_parlor/federation/v1/send/") {
+                return not_found();
+            }
+            if !*taking.lock().unwrap() {
+                return (503, json!({"errcode": "storage_unavailable", "error": "down"}));
+            }
+            let seqs = body["events"].as_array().unwrap().iter().map(|e| e["event"]["seq"].as_u64().unwrap());
+            pushed.lock().unwrap().extend(seqs);
+            (200, json!({}))
+        })
+    };
+    let fake = Fake::start(lf, answer).await;
+    let (_, tb) = home.api().user(&uniq("bob")).await;
+    let j = home.api().join(&tb, &uniq("room")).await;
+    let room_id = j["room_id"].as_str().unwrap().to_owned();
+    let (s, v) = fake
+        .call(
+            &home,
+            "POST",
+            "/_parlor/federation/v1/join",
+            &json!({"room": room_id, "user_id": format!("@u:{}", fake.name)}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut last = 0;
+    for n in 0..30 {
+        let (s, v) = home.api().send(&tb, &room_id, &format!("m{n}"), "while the fake takes nothing").await;
+        assert_eq!(s, 200, "{v}");
+        last = v["seq"].as_u64().unwrap();
+    }
+    *taking.lock().unwrap() = true;
+    eventually("the newest event reaches the fake", || {
+        let pushed = pushed.clone();
+        async move { pushed.lock().unwrap().contains(&last) }
+    })
+    .await;
+    let got = pushed.lock().unwrap().clone();
+    assert!(got.len() <= 6, "{} events were kept for a server that took none: {got:?}", got.len());
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in seq order: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_home_server_tells_member_servers_where_its_rooms_stand() {
+    let (lh, lf) = (listener().await, listener().await);
+    let mut home = Node::start(lh, Backend::Embedded, &[lf.local_addr().unwrap()], |_| {}).await;
+    let pushed = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let answer: Answer = {
+        let pushed = pushed.clone();
+        Arc::new(move |method: &str, path: &str, body: &Value| {
+            if method != "PUT" || !path.starts_with("/_parlor/federation/v1/send/") {
+                return not_found();
+            }
+            let seqs = body["events"].as_array().unwrap().iter().map(|e| e["event"]["seq"].as_u64().unwrap());
+            pushed.lock().unwrap().extend(seqs);
+            (200, json!({}))
+        })
+    };
+    let fake = Fake::start(lf, answer).await;
+    let (_, tb) = home.api().user(&uniq("bob")).await;
+    let j = home.api().join(&tb, &uniq("room")).await;
+    let room_id = j["room_id"].as_str().unwrap().to_owned();
+    let join = json!({"room": room_id, "user_id": format!("@u:{}", fake.name)});
+    let (s, v) = fake.call(&home, "POST", "/_parlor/federation/v1/join", &join).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, sent) = home.api().send(&tb, &room_id, "m1", "before the restart").await;
+    let last = sent["seq"].as_u64().unwrap();
+    eventually("the message is pushed", || {
+        let pushed = pushed.clone();
+        async move { pushed.lock().unwrap().contains(&last) }
+    })
+    .await;
+    pushed.lock().unwrap().clear();
+    // After a restart, with nothing new in the room, the fake is told the
+    // room's newest event (what was queued is not kept across restarts).
+    home.stop().await;
+    home.resume().await;
+    eventually("the newest event is pushed again", || {
+        let pushed = pushed.clone();
+        async move { pushed.lock().unwrap().contains(&last) }
+    })
+    .await;
 }

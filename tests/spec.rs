@@ -1,9 +1,14 @@
 //! The spec must not drift from the code: the committed JSON Schemas must be
-//! exactly what the protocol types generate, and `spec/protocol.md` must list
-//! every errcode and limit. Run with `PARLOR_BLESS=1` to rewrite the schemas.
+//! exactly what the protocol types generate, as must `spec/openapi.json` and
+//! `spec/asyncapi.json`; `spec/protocol.md` must list every errcode and limit;
+//! and the running server must answer every endpoint of the OpenAPI table.
+//! Run with `PARLOR_BLESS=1` to rewrite the schemas and API documents.
+
+mod support;
 
 use std::path::Path;
 
+use parlor::protocol::endpoints::{self, Method};
 use parlor::protocol::{ErrCode, limits, schemas};
 
 fn spec_dir() -> &'static Path {
@@ -40,6 +45,25 @@ fn committed_schemas_match_the_protocol_types() {
 }
 
 #[test]
+fn committed_api_documents_match_the_protocol_types() {
+    let bless = std::env::var_os("PARLOR_BLESS").is_some();
+    let mut drifted = Vec::new();
+    for (file, doc) in schemas::api_documents() {
+        let want = schemas::render_document(&doc);
+        let path = spec_dir().join(file);
+        if bless {
+            std::fs::write(&path, &want).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(want.as_str()) {
+            drifted.push(file);
+        }
+    }
+    assert!(
+        drifted.is_empty(),
+        "spec/{drifted:?} drifted from src/protocol; run `PARLOR_BLESS=1 cargo test --test spec` and commit"
+    );
+}
+
+#[test]
 fn protocol_md_lists_every_errcode_with_its_status() {
     let md = std::fs::read_to_string(spec_dir().join("protocol.md")).unwrap();
     for code in ErrCode::ALL {
@@ -55,7 +79,7 @@ fn protocol_md_states_every_limit() {
         let s = n.to_string();
         let mut out = String::new();
         for (i, ch) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(ch);
@@ -76,8 +100,44 @@ fn protocol_md_states_every_limit() {
         ("history limit default", limits::HISTORY_LIMIT_DEFAULT as usize),
         ("subscriptions per connection", limits::WS_MAX_SUBSCRIPTIONS),
         ("frame id", limits::WS_ID_MAX),
+        ("history page size", limits::HISTORY_PAGE_MAX_BYTES),
+        ("request target", limits::MAX_TARGET_BYTES),
+        ("request head", limits::MAX_HEAD_BYTES),
+        ("header fields", limits::MAX_HEADER_FIELDS),
     ] {
         let row = format!("| {what} | {} |", fmt(n));
         assert!(md.contains(&row), "spec/protocol.md lacks the limit row {row:?}");
     }
+}
+
+/// The endpoint table that `spec/openapi.json` is made from and the server's
+/// router must agree: every endpoint of the table is routed with its method
+/// (whatever else its answer says, it is not `not_found` or
+/// `method_not_allowed`), and the other methods on its path are
+/// `method_not_allowed`.
+#[tokio::test]
+async fn the_server_routes_every_endpoint_of_the_openapi_table() {
+    let data = tempfile::tempdir().unwrap();
+    let server = support::TestServer::start_in(data.path(), |_| {}).await;
+    let api = support::Api::new(&server.url);
+    let all = endpoints::http();
+    let mut wrong = Vec::new();
+    for ep in &all {
+        let path =
+            ep.path.replace("{room}", "lobby").replace("{room_id}", "%21r%3Aother.example").replace("{txn_id}", "t1");
+        for method in [Method::Get, Method::Post, Method::Put] {
+            let listed = all.iter().any(|e| e.path == ep.path && e.method == method);
+            let (status, body) = api.raw(method.as_str(), &path, None, Vec::new()).await;
+            let errcode = body["errcode"].as_str().unwrap_or_default().to_owned();
+            let routed = errcode != ErrCode::NotFound.as_str() && errcode != ErrCode::MethodNotAllowed.as_str();
+            if listed && !routed {
+                wrong.push(format!("{} {path}: {status} {errcode}, but the table lists it", method.as_str()));
+            }
+            if !listed && errcode != ErrCode::MethodNotAllowed.as_str() {
+                wrong.push(format!("{} {path}: {status} {errcode}, not method_not_allowed", method.as_str()));
+            }
+        }
+    }
+    server.stop().await;
+    assert!(wrong.is_empty(), "src/protocol/endpoints.rs and the router disagree:\n{}", wrong.join("\n"));
 }

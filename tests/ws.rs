@@ -1,7 +1,7 @@
 //! The WebSocket endpoint end to end, on both room-log backends: auth both
 //! ways, join/subscribe/send/ack, live order across clients, gap-free resume
 //! (including a send racing the replay), gaps, slow consumers, bad frames,
-//! revocation, heartbeats and Origin checks.
+//! control-frame floods, close codes, revocation, heartbeats and Origin checks.
 
 #[macro_use]
 mod support;
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{Backend, Harness, Next, WsClient, uniq};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, coding::Data, coding::OpCode};
 
@@ -28,6 +29,8 @@ backend_tests!(
     leaving_ends_subscriptions,
     heartbeats_close_silent_connections,
     origins_are_checked,
+    a_ping_flood_that_never_reads_is_cut_off,
+    close_codes_are_checked_and_answered,
 );
 
 async fn setup(h: &Harness, n: usize) -> (String, Vec<(String, String)>) {
@@ -74,7 +77,14 @@ async fn auth_by_header_and_by_first_frame(b: Backend) {
     let e = c.recv().await;
     assert_eq!((e["errcode"].as_str(), e["id"].as_str()), (Some("not_authenticated"), Some("early")));
     c.send(json!({"type": "ping", "id": "p"})).await;
-    assert_eq!(c.recv().await, json!({"type": "pong", "id": "p"}), "ping works before auth");
+    let e = c.recv().await;
+    assert_eq!(
+        (e["errcode"].as_str(), e["id"].as_str()),
+        (Some("not_authenticated"), Some("p")),
+        "ping too needs auth"
+    );
+    c.send_raw(Message::text("{nope")).await;
+    assert_eq!(c.recv().await["errcode"], "malformed_json", "parsing comes before the auth check");
     c.send(json!({"type": "auth", "id": "a1", "token": token})).await;
     let ready = c.recv().await;
     assert_eq!((ready["type"].as_str(), ready["id"].as_str()), (Some("ready"), Some("a1")));
@@ -213,10 +223,17 @@ async fn resume_is_gap_free_and_exactly_once(b: Backend) {
     let (cu, before) = c.until("caught_up").await;
     assert!(before.is_empty());
     assert_eq!(cu["seq"], 6);
-    // since ahead of the log: refused.
-    c.send(json!({"type": "subscribe", "id": "bad", "room": room, "since": {"epoch": epoch, "seq": 99}})).await;
-    let e = c.recv().await;
-    assert_eq!((e["errcode"].as_str(), e["id"].as_str()), (Some("invalid_field"), Some("bad")));
+    // since ahead of the log: not an error; caught_up tells the real head, then live.
+    let mut c = WsClient::authed(h.url(), tb).await;
+    c.send(json!({"type": "subscribe", "id": "ahead", "room": room, "since": {"epoch": epoch, "seq": 99}})).await;
+    let (cu, before) = c.until("caught_up").await;
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(
+        (cu["id"].as_str(), cu["seq"].as_u64(), cu["epoch"].as_str()),
+        (Some("ahead"), Some(6), Some(epoch.as_str()))
+    );
+    h.api().send(ta, &room, "e", "five").await;
+    assert_eq!(c.recv().await["event"]["seq"], 7, "the next event is delivered, not filtered by the cursor");
 }
 
 async fn a_send_racing_the_replay_appears_once(b: Backend) {
@@ -396,6 +413,7 @@ async fn bad_frames_get_errors_or_clean_closes(b: Backend) {
         (r#"{"type":"dance","id":"d"}"#, "unknown_type"),
         (r#"{"type":"ping","extra":true}"#, "invalid_field"),
         (r#"{"type":"join","room":5}"#, "invalid_field"),
+        (r#"{"type":5,"id":"g"}"#, "invalid_field"),
         (r#"{"type":"join","room":"bad room"}"#, "invalid_room"),
         (r##"{"type":"subscribe","room":"#nowhere:other.example"}"##, "room_not_found"),
         (r#"{"type":"subscribe","room":"notjoined"}"#, "room_not_found"),
@@ -404,6 +422,12 @@ async fn bad_frames_get_errors_or_clean_closes(b: Backend) {
         let e = c.recv().await;
         assert_eq!((e["type"].as_str(), e["errcode"].as_str()), (Some("error"), Some(code)), "{frame}: {e}");
     }
+    c.send_raw(Message::text(r#"{"type":"join","room":5,"id":"j"}"#)).await;
+    let e = c.recv().await;
+    assert!(e["error"].as_str().unwrap().starts_with("room:"), "names the field like HTTP: {e}");
+    assert_eq!(e["id"], "j");
+    c.send_raw(Message::text(r#"{"type":5,"id":"g"}"#)).await;
+    assert_eq!(c.recv().await["id"], "g", "an error keeps the id of a frame with a bad type");
     let id = "i".repeat(65);
     c.send(json!({"type": "ping", "id": id})).await;
     assert_eq!(c.recv().await["errcode"], "invalid_field");
@@ -465,6 +489,18 @@ async fn leaving_ends_subscriptions(b: Backend) {
     c.send(json!({"type": "leave", "id": "l", "room": room})).await;
     let l = c.recv().await;
     assert_eq!((l["type"].as_str(), l["id"].as_str(), &l["room_id"]), (Some("left"), Some("l"), &j["room_id"]));
+    // Leaving a subscribed room: `left`, then at once `unsubscribed`.
+    c.send(json!({"type": "join", "room": room})).await;
+    assert_eq!(c.recv().await["type"], "joined");
+    subscribe(&mut c, &room).await;
+    c.send(json!({"type": "leave", "id": "l2", "room": room})).await;
+    let l = c.recv().await;
+    assert_eq!((l["type"].as_str(), l["id"].as_str()), (Some("left"), Some("l2")), "{l}");
+    let u = c.recv().await;
+    assert_eq!(
+        (u["type"].as_str(), u["reason"].as_str(), &u["room_id"]),
+        (Some("unsubscribed"), Some("left"), &j["room_id"])
+    );
     c.send(json!({"type": "send", "id": "s", "room": room, "txn_id": "t", "body": "x"})).await;
     assert_eq!(c.recv().await["errcode"], "not_member");
 }
@@ -472,14 +508,34 @@ async fn leaving_ends_subscriptions(b: Backend) {
 async fn heartbeats_close_silent_connections(b: Backend) {
     let h = Harness::start_with(b, |c| c.ws_ping_interval = Duration::from_millis(300)).await;
     let (_, users) = setup(&h, 1).await;
+    // A client that reads but never answers: ping control frames, then 4003.
+    let mut raw = RawWs::connect(h.server.addr, Some(&users[0].1)).await;
+    assert_eq!(raw.frame().await.0, 0x1, "ready");
+    let mut pings = 0;
+    let code = loop {
+        match raw.frame().await {
+            (0x9, p) => {
+                assert!(p.is_empty());
+                pings += 1;
+            }
+            (0x8, p) => break u16::from_be_bytes([p[0], p[1]]),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    };
+    assert_eq!(code, 4003);
+    assert!(pings >= 1, "pinged before being closed for silence");
+    // A client that reads answers pings (tungstenite does) and stays well past that.
     let mut c = WsClient::authed(h.url(), &users[0].1).await;
-    // Not reading means not answering pings.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(c.closed().await, Some(4003));
-    // A client that keeps reading answers pings and stays.
-    let mut c = WsClient::authed(h.url(), &users[0].1).await;
-    let stay = tokio::time::timeout(Duration::from_millis(1500), c.next()).await;
-    assert!(stay.is_err(), "an attentive client is not closed");
+    let mut pings = 0;
+    while pings < 5 {
+        use futures_util::StreamExt;
+        match tokio::time::timeout(Duration::from_secs(10), c.ws.next()).await.expect("a ping within 10 s") {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("an attentive client got {other:?}"),
+        }
+    }
+    c.send(json!({"type": "ping", "id": "still"})).await;
+    assert_eq!(c.recv().await["id"], "still");
 }
 
 async fn origins_are_checked(b: Backend) {
@@ -501,4 +557,132 @@ async fn origins_are_checked(b: Backend) {
     let req = format!("{}/_parlor/client/v1/ws", h.url().replacen("http", "ws", 1)).into_client_request().unwrap();
     let err = tokio_tungstenite::connect_async(req).await.expect_err("refused");
     assert!(err.to_string().contains("400"), "{err}");
+}
+
+async fn a_ping_flood_that_never_reads_is_cut_off(b: Backend) {
+    // Unauthenticated (the auth timeout out of the way) and with a short
+    // heartbeat, so that the close frame's wait for a peer that never reads
+    // ends soon.
+    let h = Harness::start_with(b, |c| {
+        c.ws_auth_timeout = Duration::from_secs(300);
+        c.ws_ping_interval = Duration::from_secs(1);
+    })
+    .await;
+    let mut raw = RawWs::connect(h.server.addr, None).await;
+    let mut batch = Vec::new();
+    for _ in 0..1000 {
+        wsframe::encode_masked(&mut batch, wsframe::OpCode::Ping, &[b'p'; 125], [7, 7, 7, 7]);
+    }
+    // Before the fix the server read every ping and queued every pong: 48 MiB
+    // of pings went in (and 47 MiB of pongs sat in its memory). Now the pongs
+    // count against the 1 MiB outbound bound: past it (plus what the kernel
+    // buffers take) the server closes and stops reading.
+    const MAX: usize = 48 << 20;
+    let mut sent = 0;
+    let refused = loop {
+        if sent >= MAX {
+            break false;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), raw.stream.write_all(&batch)).await {
+            Ok(Ok(())) => sent += batch.len(),
+            Ok(Err(_)) | Err(_) => break true,
+        }
+    };
+    assert!(refused, "the server took {sent} bytes of pings from a client that never reads");
+    eprintln!("ping flood: the server stopped taking pings after {} KiB", sent >> 10);
+    // It still serves everyone else.
+    assert_eq!(h.api().call("GET", "/account/whoami", Some("x"), None).await.0, 401);
+}
+
+async fn close_codes_are_checked_and_answered(b: Backend) {
+    let h = Harness::start(b).await;
+    for (sent, answer) in
+        [(Some(1000u16), 1000u16), (Some(1001), 1000), (Some(3000), 1000), (Some(4999), 1000), (None, 1000)]
+    {
+        let mut raw = RawWs::connect(h.server.addr, None).await;
+        raw.send(0x8, &sent.map(|c| c.to_be_bytes().to_vec()).unwrap_or_default()).await;
+        let (op, p) = raw.frame().await;
+        assert_eq!((op, u16::from_be_bytes([p[0], p[1]])), (0x8, answer), "close {sent:?}");
+        assert!(raw.eof().await, "the server closes the TCP connection after the handshake");
+    }
+    // RFC 6455 §7.4: codes a peer may not send fail the connection with 1002.
+    for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535] {
+        let mut raw = RawWs::connect(h.server.addr, None).await;
+        raw.send(0x8, &bad.to_be_bytes()).await;
+        let (op, p) = raw.frame().await;
+        assert_eq!((op, u16::from_be_bytes([p[0], p[1]])), (0x8, 1002), "close {bad}");
+    }
+    let mut raw = RawWs::connect(h.server.addr, None).await;
+    raw.send(0x8, &[0x03, 0xe8, 0xff]).await;
+    let (op, p) = raw.frame().await;
+    assert_eq!((op, u16::from_be_bytes([p[0], p[1]])), (0x8, 1007), "a close reason that is not UTF-8");
+}
+
+/// A bare WebSocket client over TCP that does exactly what it is told:
+/// it never answers pings and sends any frame, valid or not.
+struct RawWs {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    async fn connect(addr: std::net::SocketAddr, token: Option<&str>) -> Self {
+        use tokio::io::AsyncReadExt;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let req = format!(
+            "GET /_parlor/client/v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: parlor.v1\r\n{auth}\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed during the upgrade");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
+        buf.drain(..end);
+        RawWs { stream, buf }
+    }
+
+    async fn send(&mut self, op: u8, payload: &[u8]) {
+        let mut out = Vec::new();
+        wsframe::encode_masked(&mut out, wsframe::OpCode::from_u8(op).unwrap(), payload, [1, 2, 3, 4]);
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// The next server frame (opcode, payload); panics after 10 s or at EOF.
+    async fn frame(&mut self) -> (u8, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(h) = wsframe::parse_header(&self.buf, wsframe::Role::Client).unwrap() {
+                let end = h.len + h.payload_len as usize;
+                if self.buf.len() >= end {
+                    let payload = self.buf[h.len..end].to_vec();
+                    self.buf.drain(..end);
+                    return (h.opcode as u8, payload);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+                .await
+                .expect("a frame within 10 s")
+                .unwrap();
+            assert!(n > 0, "EOF while waiting for a frame");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Whether the server closes the connection (within 10 s), once all it sent is read.
+    async fn eof(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        matches!(tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk)).await, Ok(Ok(0)))
+    }
 }

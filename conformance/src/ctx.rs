@@ -195,7 +195,8 @@ impl Ctx {
     /// The runner's fake federation peer (§11), one per run: the server
     /// under test then fetches one key and pushes to one address.
     pub async fn peer(&self) -> Result<Arc<Peer>> {
-        self.peer.get_or_try_init(|| async { Peer::start(&self.schemas).await.map(Arc::new) }).await.cloned()
+        let listener = self.cfg.peer_listener.clone();
+        self.peer.get_or_try_init(|| async { Peer::start(&self.schemas, listener).await.map(Arc::new) }).await.cloned()
     }
 
     /// Creates a room (by joining a fresh bare name) as `user`.

@@ -35,6 +35,11 @@ struct Args {
     /// run the heartbeat case, which stays silent for about 3 intervals.
     #[arg(long, value_name = "N")]
     ws_ping_secs: Option<u64>,
+    /// Where the fake federation peer listens, e.g. 127.0.0.1:8449 (default: a
+    /// free port). Start the server with `--federation-peer ADDR=http://ADDR`
+    /// for the same address: servers reach private addresses only for named peers.
+    #[arg(long, value_name = "ADDR")]
+    peer_listen: Option<std::net::SocketAddr>,
     /// List the cases (name and spec section) and exit.
     #[arg(long)]
     list: bool,
@@ -56,6 +61,12 @@ async fn main() -> anyhow::Result<ExitCode> {
         storage_down: args.storage_down,
         retention: args.retention,
         ws_ping_secs: args.ws_ping_secs,
+        peer_listener: match args.peer_listen {
+            Some(addr) => Some(std::sync::Arc::new(
+                std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} for the peer"))?,
+            )),
+            None => None,
+        },
     };
     let json = args.json;
     let report = conformance::run(&cfg, |r| {

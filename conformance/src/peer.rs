@@ -1,6 +1,8 @@
 //! The second server the runner plays for §11 (federation). It listens on
-//! 127.0.0.1:0, so its server name is `127.0.0.1:PORT` and the server under
-//! test finds it through §11.1's `http://<name>` fallback; it has an ed25519
+//! the address the run was given (`--peer-listen`, else 127.0.0.1:0), so its
+//! server name is `127.0.0.1:PORT`; the server under test reaches it through
+//! its `--federation-peer` map (a server reaches private addresses only for
+//! the peers it is given, §11.1); it has an ed25519
 //! key of its own, publishes its key and well-known documents, signs the
 //! requests the cases send in its name (§11.2), and records the transactions
 //! the server under test pushes to it (§11.4), answering `{}`.
@@ -222,11 +224,19 @@ impl Drop for Peer {
 }
 
 impl Peer {
-    /// Binds 127.0.0.1:0, makes a key, and starts serving.
-    pub async fn start(schemas: &Schemas) -> Result<Peer> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| Failure::Transport(format!("the fake federation peer cannot bind 127.0.0.1:0: {e}")))?;
+    /// Serves on `listener` (a copy of it), or binds 127.0.0.1:0; makes a key
+    /// and starts serving.
+    pub async fn start(schemas: &Schemas, listener: Option<Arc<std::net::TcpListener>>) -> Result<Peer> {
+        let listener = match listener {
+            Some(l) => l
+                .try_clone()
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(TcpListener::from_std)
+                .map_err(|e| Failure::Transport(format!("the fake federation peer's listener: {e}")))?,
+            None => TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| Failure::Transport(format!("the fake federation peer cannot bind 127.0.0.1:0: {e}")))?,
+        };
         let port = listener.local_addr().map_err(|e| Failure::Transport(format!("fake federation peer: {e}")))?.port();
         let name = format!("127.0.0.1:{port}");
         let suite = |what: &str| Failure::Suite(format!("fake federation peer: {what}"));
@@ -477,7 +487,7 @@ mod tests {
     #[tokio::test]
     async fn the_peer_serves_its_documents_and_records_pushes() {
         let schemas = Schemas::load().unwrap();
-        let peer = Peer::start(&schemas).await.unwrap();
+        let peer = Peer::start(&schemas, None).await.unwrap();
         let http = crate::http::Http::new(peer.name.clone(), Arc::new(Schemas::load().unwrap()));
         let doc =
             http.send(crate::http::Request::get(KEY_PATH)).await.unwrap().ok(200, "federation_server_key").unwrap();

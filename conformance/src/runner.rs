@@ -130,6 +130,13 @@ pub struct Config {
     /// The server pings WebSockets every N seconds: run the heartbeat case
     /// (it stays silent for about 3 intervals).
     pub ws_ping_secs: Option<u64>,
+    /// Where the fake federation peer listens (its server name is this
+    /// address). A server reaches private addresses such as 127.0.0.1 only
+    /// for servers named with `--federation-peer` (§11.1), so start it with
+    /// `--federation-peer ADDR=http://ADDR` for this listener's address.
+    /// `None`: the peer binds 127.0.0.1:0, which only a server that reaches
+    /// any loopback port can use.
+    pub peer_listener: Option<std::sync::Arc<std::net::TcpListener>>,
 }
 
 #[derive(Debug, thiserror::Error)]

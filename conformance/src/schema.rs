@@ -155,8 +155,12 @@ mod tests {
     fn valid_answers_pass() {
         let s = Schemas::load().unwrap();
         s.check("error", "t", &json!({"errcode": "not_member", "error": "no"})).unwrap();
-        s.check("login_response", "t", &json!({"user_id": "@ann:b.example", "device_id": "D1", "access_token": "x"}))
-            .unwrap();
+        s.check(
+            "login_response",
+            "t",
+            &json!({"user_id": "@ann:b.example", "device_id": "D1", "access_token": "x", "device_proof": "p"}),
+        )
+        .unwrap();
         s.check(
             "server_frame",
             "t",

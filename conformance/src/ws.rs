@@ -243,10 +243,61 @@ impl Ws {
         }
     }
 
+    /// Without reading a frame (so without answering pings), waits until
+    /// the bytes the server sent end in a close frame; returns the server's
+    /// frames as (opcode, payload), close last. Polls the socket's receive
+    /// queue with `peek`, which takes nothing from it.
+    pub async fn peek_until_close(&mut self, within: Duration) -> Result<Vec<(u8, Vec<u8>)>> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match tokio::time::timeout_at(deadline, self.inner.get_ref().peek(&mut buf)).await {
+                Err(_) => return Err(Failure::Check(format!("no close frame from the server within {within:?}"))),
+                Ok(Err(e)) => return Err(Failure::Transport(format!("peeking at the socket: {e}"))),
+                Ok(Ok(n)) => n,
+            };
+            let frames = server_frames(&buf[..n])?;
+            if frames.last().is_some_and(|f| f.0 == 0x8) {
+                return Ok(frames);
+            }
+            if n == 0 {
+                return Err(Failure::Check("the connection ended without a close frame".into()));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Failure::Check(format!("no close frame from the server within {within:?}")));
+            }
+            // The queue holds only part of what is coming: look again shortly.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Closes politely (errors ignored: the case is over).
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.close(None)).await;
     }
+}
+
+/// The complete frames at the start of `bytes` sent by a server (unmasked,
+/// as RFC 6455 requires of it), as (opcode, payload).
+fn server_frames(mut bytes: &[u8]) -> Result<Vec<(u8, Vec<u8>)>> {
+    let mut out = Vec::new();
+    while bytes.len() >= 2 {
+        if bytes[1] & 0x80 != 0 {
+            return Err(Failure::Check("the server sent a masked frame".into()));
+        }
+        let (len, at) = match bytes[1] & 0x7F {
+            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 if bytes.len() >= 10 => (u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes")) as usize, 10),
+            126 | 127 => break,
+            n => (n as usize, 2),
+        };
+        if bytes.len() < at + len {
+            break;
+        }
+        out.push((bytes[0] & 0x0F, bytes[at..at + len].to_vec()));
+        bytes = &bytes[at + len..];
+    }
+    Ok(out)
 }
 
 fn waiting_for(e: Failure, ty: &str) -> Failure {

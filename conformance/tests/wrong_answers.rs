@@ -109,7 +109,7 @@ async fn a_server_that_is_not_there_fails_every_case() {
 
 /// A WebSocket endpoint that accepts `parlor.v1` and sends `frames`.
 async fn fake_ws_server(frames: Vec<&'static str>) -> SocketAddr {
-    use futures_util::SinkExt;
+    use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
@@ -127,8 +127,8 @@ async fn fake_ws_server(frames: Vec<&'static str>) -> SocketAddr {
         for f in frames {
             ws.send(Message::text(f)).await.unwrap();
         }
-        // Hold the connection open until the client is done.
-        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        // Hold the connection open until the client is done with it.
+        while let Some(Ok(_)) = ws.next().await {}
     });
     addr
 }

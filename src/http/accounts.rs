@@ -15,12 +15,7 @@ pub async fn register(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> 
 
 pub async fn login(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
     let body: LoginRequest = parse_json(&read_body(ctx, req).await?, false)?;
-    let answer = ctx
-        .app
-        .services
-        .accounts
-        .login(&body.username, &body.password, body.device_name.as_deref(), ctx.peer.ip())
-        .await?;
+    let answer = ctx.app.services.accounts.login(&body, ctx.peer.ip()).await?;
     Ok(json(StatusCode::OK, &answer))
 }
 

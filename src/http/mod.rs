@@ -12,6 +12,7 @@ pub mod versions;
 use std::convert::Infallible;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -20,11 +21,13 @@ use serde::Serialize;
 
 pub use crate::app::{Ctx, Resp, authenticate};
 use crate::protocol::federation::{FEDERATION_PREFIX, KEY_PATH, WELL_KNOWN_PATH};
-use crate::protocol::limits::MAX_BODY_BYTES;
+use crate::protocol::limits::{MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEADER_FIELDS, MAX_TARGET_BYTES};
 use crate::protocol::{CLIENT_PREFIX, ErrCode, ErrorBody};
 use crate::service::Error;
 
-/// Every route of the server.
+/// Every route of the server. Path parameters of the client API stay as
+/// sent (percent-encoded) here: decoding them is a parameter check, which
+/// comes after the body and authentication (spec §3); see [`param`].
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
     Versions,
@@ -56,6 +59,12 @@ fn decode_segment(seg: &str) -> Result<String, Error> {
         .decode_utf8()
         .map(|s| s.into_owned())
         .map_err(|_| Error::refused(ErrCode::InvalidParam, "a path segment is not UTF-8 after URL-decoding"))
+}
+
+/// A path parameter of the client API, URL-decoded (`invalid_param` if it
+/// is not UTF-8 then).
+pub fn param(raw: &str) -> Result<String, Error> {
+    decode_segment(raw)
 }
 
 /// The routing table: (method, path) → route, or `not_found` / `method_not_allowed`.
@@ -98,19 +107,23 @@ fn route(method: &Method, path: &str) -> Result<Route, Error> {
         ["account", "whoami"] => allow(method == M::GET, Route::Whoami, "GET"),
         ["ws"] => allow(method == M::GET, Route::Ws, "GET"),
         ["rooms"] => allow(method == M::GET, Route::Rooms, "GET"),
-        ["rooms", room, "join"] => allow(method == M::POST, Route::Join(decode_segment(room)?), "POST"),
-        ["rooms", room, "leave"] => allow(method == M::POST, Route::Leave(decode_segment(room)?), "POST"),
-        ["rooms", room, "members"] => allow(method == M::GET, Route::Members(decode_segment(room)?), "GET"),
-        ["rooms", room, "messages"] => allow(method == M::GET, Route::Messages(decode_segment(room)?), "GET"),
-        ["rooms", room, "send", txn] => {
-            allow(method == M::PUT, Route::Send(decode_segment(room)?, decode_segment(txn)?), "PUT")
-        }
+        ["rooms", room, "join"] => allow(method == M::POST, Route::Join(room.to_string()), "POST"),
+        ["rooms", room, "leave"] => allow(method == M::POST, Route::Leave(room.to_string()), "POST"),
+        ["rooms", room, "members"] => allow(method == M::GET, Route::Members(room.to_string()), "GET"),
+        ["rooms", room, "messages"] => allow(method == M::GET, Route::Messages(room.to_string()), "GET"),
+        ["rooms", room, "send", txn] => allow(method == M::PUT, Route::Send(room.to_string(), txn.to_string()), "PUT"),
         _ => Err(not_found()),
     }
 }
 
 /// Entry point for every request on every connection.
 pub async fn handle(req: Request<Incoming>, ctx: Ctx) -> Result<Resp, Infallible> {
+    // hyper refuses longer targets itself only past 64 KiB (and without a
+    // body; see `own_refusal`): this is the limit of spec §4.
+    if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_TARGET_BYTES {
+        let e = Error::refused(ErrCode::UriTooLong, format!("request targets are at most {MAX_TARGET_BYTES} bytes"));
+        return Ok(error_response(&e));
+    }
     if req.method() == Method::OPTIONS {
         return Ok(preflight());
     }
@@ -163,9 +176,35 @@ pub fn error_response(err: &Error) -> Resp {
     resp
 }
 
+/// The spec's answer for a refusal hyper writes by itself, with an empty
+/// body, to a request head it cannot parse (`app::conn::ConnIo` puts it in
+/// place of hyper's). The limits behind 414 and 431 are set in `server.rs`.
+pub fn own_refusal(status: StatusCode) -> Option<Response<Bytes>> {
+    let err = match status {
+        StatusCode::BAD_REQUEST => {
+            Error::refused(ErrCode::MalformedRequest, "the request line or headers are not valid HTTP/1.1")
+        }
+        StatusCode::URI_TOO_LONG => {
+            Error::refused(ErrCode::UriTooLong, format!("request targets are at most {MAX_TARGET_BYTES} bytes"))
+        }
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Error::refused(
+            ErrCode::HeadersTooLarge,
+            format!("the request line and headers are at most {MAX_HEAD_BYTES} bytes and {MAX_HEADER_FIELDS} fields"),
+        ),
+        _ => return None,
+    };
+    let (parts, body) = error_response(&err).into_parts();
+    let body = body.collect().now_or_never()?.ok()?.to_bytes();
+    Some(Response::from_parts(parts, body))
+}
+
 /// A JSON answer with the headers every API answer carries.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
-    let body = serde_json::to_vec(value).expect("protocol types serialize");
+    json_bytes(status, serde_json::to_vec(value).expect("protocol types serialize"))
+}
+
+/// [`json`] for a body serialized already.
+pub fn json_bytes(status: StatusCode, body: Vec<u8>) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -192,12 +231,22 @@ fn preflight() -> Resp {
 /// client, still sending, gets the 413 instead of a reset connection.
 const DRAIN_LIMIT: usize = 1 << 20;
 
+/// Whether a `Content-Type` value names JSON: `application/json`, in any
+/// case, with or without parameters such as `charset=utf-8`.
+fn is_json(content_type: &HeaderValue) -> bool {
+    let Ok(v) = content_type.to_str() else { return false };
+    v.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/json")
+}
+
 /// Reads the whole body, within the size cap and the body timeout. A body
 /// over the cap is refused with 413, after reading (and dropping) up to
-/// `DRAIN_LIMIT` of it.
+/// `DRAIN_LIMIT` of it; a body that is not empty (nor only whitespace) and
+/// says it is something else than JSON gets 415 (a body without
+/// `Content-Type` is taken as JSON).
 pub async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes, Error> {
     let too_large =
         || Error::refused(ErrCode::BodyTooLarge, format!("request bodies are at most {MAX_BODY_BYTES} bytes"));
+    let not_json = req.headers().get(header::CONTENT_TYPE).is_some_and(|ct| !is_json(ct));
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > DRAIN_LIMIT as u64) {
         return Err(too_large());
@@ -221,6 +270,10 @@ pub async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes, Error
         Err(_) => Err(Error::refused(ErrCode::RequestTimeout, "the request body did not arrive in time")),
         Ok(Err(e)) => Err(Error::refused(ErrCode::MalformedJson, format!("cannot read the body: {e}"))),
         Ok(Ok(())) if seen > MAX_BODY_BYTES => Err(too_large()),
+        Ok(Ok(())) if not_json && !buf.iter().all(u8::is_ascii_whitespace) => Err(Error::refused(
+            ErrCode::UnsupportedMediaType,
+            "request bodies are JSON: Content-Type: application/json",
+        )),
         Ok(Ok(())) => Ok(buf.freeze()),
     }
 }
@@ -236,11 +289,37 @@ mod tests {
         let p = |s: &str| format!("{CLIENT_PREFIX}{s}");
         assert_eq!(route(&Method::POST, &p("/register")).unwrap(), Route::Register);
         assert_eq!(route(&Method::POST, &p("/logout/all")).unwrap(), Route::LogoutAll);
-        assert_eq!(route(&Method::POST, &p("/rooms/%23lobby%3Ax/join")).unwrap(), Route::Join("#lobby:x".into()));
+        assert_eq!(route(&Method::POST, &p("/rooms/%23lobby%3Ax/join")).unwrap(), Route::Join("%23lobby%3Ax".into()));
+        assert_eq!(param("%23lobby%3Ax").unwrap(), "#lobby:x");
         assert_eq!(route(&Method::PUT, &p("/rooms/lobby/send/t1")).unwrap(), Route::Send("lobby".into(), "t1".into()));
         assert_eq!(route(&Method::GET, &p("/register")).unwrap_err().code(), ErrCode::MethodNotAllowed);
         assert_eq!(route(&Method::GET, &p("/nope")).unwrap_err().code(), ErrCode::NotFound);
         assert_eq!(route(&Method::GET, "/_parlor/client/v2/rooms").unwrap_err().code(), ErrCode::NotFound);
-        assert_eq!(route(&Method::GET, &p("/rooms/%FF/members")).unwrap_err().code(), ErrCode::InvalidParam);
+        // Decoding a parameter is checked after authentication, not here.
+        assert_eq!(route(&Method::GET, &p("/rooms/%FF/members")).unwrap(), Route::Members("%FF".into()));
+        assert_eq!(param("%FF").unwrap_err().code(), ErrCode::InvalidParam);
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ok in ["application/json", "Application/JSON", "application/json; charset=utf-8", " application/json ;x=y"]
+        {
+            assert!(is_json(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for not in ["text/plain", "application/jsonx", "application/x-www-form-urlencoded", "", "json"] {
+            assert!(!is_json(&HeaderValue::from_static(not)), "{not}");
+        }
+    }
+
+    #[test]
+    fn own_refusals_carry_the_spec_body() {
+        for (status, code) in [(400, "malformed_request"), (414, "uri_too_long"), (431, "headers_too_large")] {
+            let resp = own_refusal(StatusCode::from_u16(status).unwrap()).unwrap();
+            assert_eq!(resp.status().as_u16(), status);
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+            let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+            assert_eq!(body["errcode"], code);
+        }
+        assert!(own_refusal(StatusCode::INTERNAL_SERVER_ERROR).is_none());
     }
 }

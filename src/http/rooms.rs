@@ -1,9 +1,11 @@
-//! HTTP handlers for join, leave, members and the joined-rooms list.
+//! HTTP handlers for join, leave, members and the joined-rooms list. Each
+//! checks in spec §3's order: body, authentication, then the room parameter
+//! (`invalid_param`, `invalid_room`), then the endpoint's own checks.
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 
-use super::{Ctx, Resp, authenticate, json, parse_json, read_body};
+use super::{Ctx, Resp, authenticate, json, param, parse_json, read_body};
 use crate::protocol::accounts::Empty;
 use crate::protocol::rooms::{JoinResponse, Member, MembersResponse, RoomSummary, RoomsResponse};
 use crate::service::Error;
@@ -13,7 +15,7 @@ pub async fn join(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp,
     let headers = req.headers().clone();
     let _: Empty = parse_json(&read_body(ctx, req).await?, true)?;
     let session = authenticate(ctx, &headers)?;
-    let room = ctx.app.services.rooms.join(&session.user_id, &Rooms::parse_ref(room)?).await?;
+    let room = ctx.app.services.rooms.join(&session.user_id, &Rooms::parse_ref(&param(room)?)?).await?;
     Ok(json(StatusCode::OK, &JoinResponse { room_id: room.room_id, alias: room.alias }))
 }
 
@@ -21,13 +23,13 @@ pub async fn leave(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp
     let headers = req.headers().clone();
     let _: Empty = parse_json(&read_body(ctx, req).await?, true)?;
     let session = authenticate(ctx, &headers)?;
-    ctx.app.services.rooms.leave(&session.user_id, &Rooms::parse_ref(room)?).await?;
+    ctx.app.services.rooms.leave(&session.user_id, &Rooms::parse_ref(&param(room)?)?).await?;
     Ok(json(StatusCode::OK, &Empty {}))
 }
 
 pub fn members(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<Resp, Error> {
     let session = authenticate(ctx, req.headers())?;
-    let (room, members) = ctx.app.services.rooms.members(&session.user_id, &Rooms::parse_ref(room)?)?;
+    let (room, members) = ctx.app.services.rooms.members(&session.user_id, &Rooms::parse_ref(&param(room)?)?)?;
     let members = members.into_iter().map(|user_id| Member { user_id }).collect();
     Ok(json(StatusCode::OK, &MembersResponse { room_id: room.room_id, members }))
 }

@@ -32,6 +32,12 @@ pub struct LoginRequest {
     /// A label for the new device (at most 64 characters), e.g. "laptop".
     #[serde(default)]
     pub device_name: Option<String>,
+    /// The `device_proof` an earlier login of this account answered with.
+    /// A valid one makes the login count as from a known device: a guesser
+    /// elsewhere cannot slow it down. One the server does not recognise is
+    /// ignored (the login then counts as from a new device).
+    #[serde(default)]
+    pub device_proof: Option<String>,
 }
 
 /// `POST /login` answer: a new device and its access token.
@@ -41,6 +47,9 @@ pub struct LoginResponse {
     pub device_id: String,
     /// Send as `Authorization: Bearer <access_token>`; valid until logout.
     pub access_token: String,
+    /// Keep it and send it with later logins of this account (43 characters
+    /// of base64url). It outlives logout; `logout/all` forgets it.
+    pub device_proof: String,
 }
 
 /// `GET /account/whoami` answer.

@@ -46,6 +46,14 @@ errcodes! {
     BodyTooLarge = ("body_too_large", 413),
     /// The request body did not arrive within the body read timeout.
     RequestTimeout = ("request_timeout", 408),
+    /// The request line or headers are not valid HTTP/1.1; the server answers and closes the connection.
+    MalformedRequest = ("malformed_request", 400),
+    /// The request target (path and query) is longer than 8,192 bytes.
+    UriTooLong = ("uri_too_long", 414),
+    /// The request line and headers are larger than 16,384 bytes, or there are more than 100 header fields; the server answers and closes the connection.
+    HeadersTooLarge = ("headers_too_large", 431),
+    /// A request body is sent with a `Content-Type` that is not `application/json`.
+    UnsupportedMediaType = ("unsupported_media_type", 415),
     /// No such endpoint.
     NotFound = ("not_found", 404),
     /// The endpoint exists but not with this method.

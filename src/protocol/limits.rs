@@ -27,3 +27,12 @@ pub const HISTORY_LIMIT_DEFAULT: u32 = 50;
 pub const WS_MAX_SUBSCRIPTIONS: usize = 256;
 /// Longest WebSocket frame `id`, in bytes.
 pub const WS_ID_MAX: usize = 64;
+/// Largest JSON body of a history page, in bytes: a page that would be larger
+/// holds fewer events than `limit` (always at least one).
+pub const HISTORY_PAGE_MAX_BYTES: usize = 1024 * 1024;
+/// Longest request target (path and query), in bytes (longer: 414 `uri_too_long`).
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+/// Largest request line and headers together, in bytes (larger: 431 `headers_too_large`).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header fields in one request (more: 431 `headers_too_large`).
+pub const MAX_HEADER_FIELDS: usize = 100;

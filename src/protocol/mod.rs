@@ -7,11 +7,14 @@
 //! else; whether a room exists is a service question.
 
 pub mod accounts;
+pub mod asyncapi;
+pub mod endpoints;
 pub mod errors;
 pub mod events;
 pub mod federation;
 pub mod ids;
 pub mod limits;
+pub mod openapi;
 pub mod parse;
 pub mod rooms;
 pub mod schemas;

@@ -71,14 +71,19 @@ pub fn json_error(e: serde_json::Error) -> Refusal {
 }
 
 /// The token of an `Authorization: Bearer <token>` header value. `value` is
-/// `None` when the header is not visible ASCII text.
+/// `None` when the header is not visible ASCII text. The scheme is
+/// case-insensitive and followed by one or more spaces (RFC 9110 §11.4);
+/// another scheme (e.g. `Basic`), or the scheme without a token, is no
+/// bearer token at all.
 pub fn bearer_token(value: Option<&str>) -> Result<&str, Refusal> {
     let v = value.ok_or_else(|| Refusal::new(ErrCode::UnknownToken, "the Authorization header is not text"))?;
-    let token = v
-        .strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-        .ok_or_else(|| Refusal::new(ErrCode::MissingToken, "use Authorization: Bearer <access_token>"))?;
-    Ok(token.trim())
+    let not_bearer = || Refusal::new(ErrCode::MissingToken, "use Authorization: Bearer <access_token>");
+    let (scheme, token) = v.trim_start().split_once(' ').ok_or_else(not_bearer)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(not_bearer());
+    }
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -106,7 +111,12 @@ mod tests {
     #[test]
     fn bearer_tokens() {
         assert_eq!(bearer_token(Some("Bearer abc")).unwrap(), "abc");
+        assert_eq!(bearer_token(Some("bearer abc")).unwrap(), "abc");
+        assert_eq!(bearer_token(Some("BEARER   abc")).unwrap(), "abc");
+        assert_eq!(bearer_token(Some("Bearer  ")).unwrap_err().code, ErrCode::MissingToken);
         assert_eq!(bearer_token(Some("Basic abc")).unwrap_err().code, ErrCode::MissingToken);
+        assert_eq!(bearer_token(Some("Bearerabc")).unwrap_err().code, ErrCode::MissingToken);
+        assert_eq!(bearer_token(Some("Bearer")).unwrap_err().code, ErrCode::MissingToken);
         assert_eq!(bearer_token(None).unwrap_err().code, ErrCode::UnknownToken);
     }
 }

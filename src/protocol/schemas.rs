@@ -54,3 +54,17 @@ pub fn render(schema: &Schema) -> String {
     s.push('\n');
     s
 }
+
+/// The machine-readable API documents of the spec: `(file name, document)`,
+/// `spec/openapi.json` (HTTP) and `spec/asyncapi.json` (WebSocket), generated
+/// from the same types as the schemas.
+pub fn api_documents() -> Vec<(&'static str, serde_json::Value)> {
+    vec![("openapi.json", super::openapi::document()), ("asyncapi.json", super::asyncapi::document())]
+}
+
+/// An API document's text as committed: pretty JSON with a final newline.
+pub fn render_document(doc: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(doc).expect("documents serialize");
+    s.push('\n');
+    s
+}

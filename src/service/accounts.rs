@@ -1,6 +1,20 @@
 //! Accounts: registration with the password policy, login with argon2id on
-//! the hashing pool, access tokens (issued, resolved, revoked) and the
-//! registry that closes live connections when their token is revoked.
+//! the hashing pool, access tokens (issued, resolved, revoked), device
+//! proofs, and the registry that closes live connections when their token is
+//! revoked.
+//!
+//! A login is checked in this order: the fields (device name, username
+//! syntax, password length: nothing keyed by a bad value is ever kept or
+//! hashed), then what the origin proves (a device proof of the account, or
+//! an address it logged in from before), then the rate limits for that
+//! origin (`ratelimit::LoginLimits`), then the password on the hashing pool,
+//! in the known lane when the origin is known. Every answer and every cost
+//! is the same for an unknown username as for a wrong password.
+//!
+//! A device proof is OWASP's "device cookie" without the cookie: 256 random
+//! bits handed out with every login that did not present a valid one,
+//! stored only as a SHA-256 hash, kept across logouts (at most
+//! [`DEVICE_PROOFS_PER_ACCOUNT`] per account) and forgotten by `logout/all`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,15 +25,17 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use super::error::{Error, Result};
 use super::fanout::{CloseReason, Conn};
-use super::hashing::Hasher;
+use super::hashing::{self, Busy, Hasher, Lane};
 use super::passwords::PasswordPolicy;
-use super::ratelimit::{self, RateLimits};
-use crate::protocol::accounts::LoginResponse;
-use crate::protocol::limits::DEVICE_NAME_MAX;
-use crate::protocol::ws::close;
+use super::ratelimit::{self, AddrKey, RateLimits, Trust};
+use crate::protocol::accounts::{LoginRequest, LoginResponse};
+use crate::protocol::limits::{DEVICE_NAME_MAX, PASSWORD_MAX_BYTES};
 use crate::protocol::{ErrCode, ServerName, UserId, Username};
-use crate::storage::accounts::{AccountRecord, AccountStore};
+use crate::storage::accounts::{AccountRecord, AccountStore, NewDevice};
 use crate::storage::events::now_ms;
+
+/// Device proofs kept per account; a new one beyond this replaces the oldest.
+pub const DEVICE_PROOFS_PER_ACCOUNT: usize = 32;
 
 /// An authenticated request's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +50,6 @@ pub struct Accounts {
     server_name: ServerName,
     policy: PasswordPolicy,
     hasher: Hasher,
-    dummy_hash: String,
     limits: Arc<RateLimits>,
     rng: SystemRandom,
     live: Mutex<HashMap<UserId, Vec<Weak<Conn>>>>,
@@ -48,39 +63,42 @@ fn invalid_credentials() -> Error {
     Error::refused(ErrCode::InvalidCredentials, "unknown username or wrong password")
 }
 
+/// A full hashing queue is answered like a rate limit: wait and retry.
+fn busy(b: Busy) -> Error {
+    Error::RateLimited { retry_after_ms: b.retry_after_ms }
+}
+
 impl Accounts {
+    /// Starts the hashing pool: `hash_threads` threads, at most `hash_queue`
+    /// jobs waiting in each of its two lanes.
     pub async fn new(
         store: AccountStore,
         server_name: ServerName,
         hash_threads: usize,
+        hash_queue: usize,
         limits: Arc<RateLimits>,
-    ) -> std::io::Result<Self> {
-        let rng = SystemRandom::new();
-        let hasher = Hasher::new(hash_threads)?;
-        let mut pw = [0u8; 24];
-        rng.fill(&mut pw).expect("system randomness");
-        let dummy_hash = hasher.hash(&pw).await;
+    ) -> Result<Self, hashing::StartError> {
+        let hasher = Hasher::start(hash_threads, hash_queue).await?;
         Ok(Self {
             store,
             server_name,
             policy: PasswordPolicy::new(),
             hasher,
-            dummy_hash,
             limits,
-            rng,
+            rng: SystemRandom::new(),
             live: Mutex::new(HashMap::new()),
         })
     }
 
     pub async fn register(&self, username: &str, password: &str, addr: IpAddr) -> Result<UserId> {
-        ratelimit::check(&self.limits.register_by_addr, &addr.to_string())?;
+        ratelimit::check(&self.limits.register_by_addr, &AddrKey::from(addr))?;
         let name = Username::parse(username).map_err(|e| Error::refused(ErrCode::InvalidUsername, e.to_string()))?;
         self.policy.check(name.as_str(), password).map_err(|(code, msg)| Error::refused(code, msg))?;
         let taken = || Error::refused(ErrCode::UsernameTaken, format!("the username {name} is taken"));
         if self.store.get(name.as_str())?.is_some() {
             return Err(taken());
         }
-        let password_hash = self.hasher.hash(password.as_bytes()).await;
+        let password_hash = self.hasher.hash(password.as_bytes(), Lane::Other).await.map_err(busy)?;
         let user_id = UserId::new(&name, &self.server_name);
         let record = AccountRecord { user_id: user_id.to_string(), password_hash, created_ms: now_ms() };
         if !self.store.create(name.as_str(), &record).await? {
@@ -90,44 +108,84 @@ impl Accounts {
         Ok(user_id)
     }
 
-    pub async fn login(
-        &self,
-        username: &str,
-        password: &str,
-        device_name: Option<&str>,
-        addr: IpAddr,
-    ) -> Result<LoginResponse> {
-        if device_name.is_some_and(|d| d.chars().count() > DEVICE_NAME_MAX) {
+    pub async fn login(&self, req: &LoginRequest, addr: IpAddr) -> Result<LoginResponse> {
+        if req.device_name.as_deref().is_some_and(|d| d.chars().count() > DEVICE_NAME_MAX) {
             return Err(Error::refused(
                 ErrCode::InvalidField,
                 format!("device_name: at most {DEVICE_NAME_MAX} characters"),
             ));
         }
-        ratelimit::check(&self.limits.login_by_addr, &addr.to_string())?;
-        let folded = username.to_ascii_lowercase();
-        ratelimit::check(&self.limits.login_by_name, &folded)?;
-        let account = match Username::parse(&folded) {
-            Ok(name) => self.store.get(name.as_str())?,
-            Err(_) => None,
+        // A name that is not a username cannot name an account (saying so
+        // tells nothing about which accounts exist), and no account has a
+        // password over the maximum: both are refused before anything is
+        // kept under them or hashed.
+        let name =
+            Username::parse(&req.username).map_err(|e| Error::refused(ErrCode::InvalidUsername, e.to_string()))?;
+        if req.password.len() > PASSWORD_MAX_BYTES {
+            return Err(Error::refused(
+                ErrCode::PasswordTooLong,
+                format!("the password must be at most {PASSWORD_MAX_BYTES} bytes"),
+            ));
+        }
+        let addr = AddrKey::from(addr);
+        let user_id = UserId::new(&name, &self.server_name);
+        // Tokens and proofs are 43 characters; anything else cannot be one.
+        let presented = req.device_proof.as_deref().filter(|p| p.len() == 43).map(|p| sha256(p.as_bytes()));
+        let trust = match presented {
+            Some(h) if self.store.proof_user(&h)?.as_deref() == Some(user_id.as_str()) => {
+                Trust::Device { id: h[..16].try_into().expect("16 bytes") }
+            }
+            _ if self.limits.login.is_known(name.as_str(), addr) => Trust::KnownAddress,
+            _ => Trust::Unknown,
         };
+        let admitted = self
+            .limits
+            .login
+            .admit(name.as_str(), addr, trust)
+            .map_err(|retry_after_ms| Error::RateLimited { retry_after_ms })?;
+        let account = self.store.get(name.as_str())?;
         // Unknown users are checked against a dummy hash with the same
         // parameters, so the answer takes as long as for a wrong password.
-        let hash = account.as_ref().map_or(self.dummy_hash.as_str(), |a| a.password_hash.as_str());
-        let ok = self.hasher.verify(password.as_bytes(), hash).await;
+        let hash = account.as_ref().map_or(self.hasher.dummy(), |a| a.password_hash.as_str());
+        let lane = if trust.is_known() { Lane::Known } else { Lane::Other };
+        let ok = self.hasher.verify(req.password.as_bytes(), hash, lane).await.map_err(busy)?;
         let account = match account {
             Some(a) if ok => a,
             _ => return Err(invalid_credentials()),
         };
+        self.limits.login.succeeded(admitted);
         let user_id = UserId::parse(&account.user_id)
             .map_err(|e| crate::storage::StorageError::Corrupt { tree: "users", detail: e.to_string() })?;
+        let access_token = self.secret();
+        let device_id = self.device_id();
+        // A login that proved its device keeps its proof; any other gets a new one.
+        let (device_proof, new_proof) = match (trust, &req.device_proof) {
+            (Trust::Device { .. }, Some(p)) => (p.clone(), None),
+            _ => {
+                let p = self.secret();
+                let h = sha256(p.as_bytes());
+                (p, Some(h))
+            }
+        };
+        self.store
+            .add_device(NewDevice {
+                user_id: user_id.as_str(),
+                device_id: &device_id,
+                name: req.device_name.as_deref(),
+                token_hash: &sha256(access_token.as_bytes()),
+                proof_hash: new_proof.as_ref(),
+                keep_proofs: DEVICE_PROOFS_PER_ACCOUNT,
+                now_ms: now_ms(),
+            })
+            .await?;
+        Ok(LoginResponse { user_id, device_id, access_token, device_proof })
+    }
+
+    /// 256 random bits as 43 characters of unpadded base64url.
+    fn secret(&self) -> String {
         let mut raw = [0u8; 32];
         self.rng.fill(&mut raw).expect("system randomness");
-        let access_token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-        let device_id = self.device_id();
-        self.store
-            .add_device(user_id.as_str(), &device_id, device_name, &sha256(access_token.as_bytes()), now_ms())
-            .await?;
-        Ok(LoginResponse { user_id, device_id, access_token })
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     }
 
     fn device_id(&self) -> String {
@@ -174,7 +232,7 @@ impl Accounts {
         if let Some(list) = live.get_mut(user) {
             list.retain(|w| match w.upgrade() {
                 Some(c) if which(&c) => {
-                    c.close(CloseReason { code: close::UNAUTHORIZED, reason: "access token revoked" });
+                    c.close(CloseReason::TokenRevoked);
                     false
                 }
                 Some(_) => true,

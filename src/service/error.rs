@@ -57,3 +57,14 @@ impl From<crate::protocol::parse::Refusal> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the services could not start: which part failed, and how.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    HashPool(#[from] super::hashing::StartError),
+    #[error("cannot start federation: {0}")]
+    Federation(#[from] super::federation::FederationError),
+}

@@ -18,6 +18,9 @@ use crate::protocol::rooms::{MessagesResponse, SendResponse};
 use crate::protocol::{ErrCode, RoomId, RoomRef, ServerName};
 use crate::storage::events::{AppendOutcome, EventLog, LogHead, NewEvent, Page, Range, Txn};
 
+/// Proof that a send took its token from the user's rate-limit bucket.
+pub struct SendToken(());
+
 pub struct Events {
     rooms: Arc<Rooms>,
     log: Arc<dyn EventLog>,
@@ -50,6 +53,15 @@ impl Events {
         &self.log
     }
 
+    /// Takes a token from the user's send bucket (429 `rate_limited` when it
+    /// is empty). Spec §3 checks rate limits before parameters and the
+    /// endpoint's own checks, so a wire that checks parameters itself takes
+    /// the token first and then calls [`Events::begin_send_with`].
+    pub fn take_send_token(&self, user: &crate::protocol::UserId) -> Result<SendToken> {
+        ratelimit::check(&self.limits.send_by_user, user.as_str())?;
+        Ok(SendToken(()))
+    }
+
     /// Checks and sequences a send now; the returned future resolves once the
     /// event is durable. Two sends begun one after the other keep their order.
     /// `txn_id` must already be valid (see [`valid_txn_id`]). A room homed on
@@ -61,9 +73,21 @@ impl Events {
         txn_id: &str,
         body: String,
     ) -> Result<(Room, impl Future<Output = Result<SendResponse>> + Send + 'static + use<>)> {
+        let token = self.take_send_token(&session.user_id)?;
+        self.begin_send_with(token, session, room, txn_id, body)
+    }
+
+    /// [`Events::begin_send`] with the rate-limit token already taken.
+    pub fn begin_send_with(
+        &self,
+        _token: SendToken,
+        session: &Session,
+        room: &RoomRef,
+        txn_id: &str,
+        body: String,
+    ) -> Result<(Room, impl Future<Output = Result<SendResponse>> + Send + 'static + use<>)> {
         check_body(&body)?;
         let room = self.rooms.resolve_member(&session.user_id, room)?;
-        ratelimit::check(&self.limits.send_by_user, session.user_id.as_str())?;
         if self.rooms.is_remote(&room.room_id) {
             let fed = self
                 .rooms

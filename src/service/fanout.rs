@@ -1,34 +1,42 @@
 //! The fan-out hub: hands every durable event to each local subscriber of
-//! its room. An event is serialized once per room, as a complete WebSocket
-//! frame that every subscriber shares, and pushed into each connection's
-//! bounded outbound queue. Publishing never waits on a socket: a connection whose
-//! queue would pass its byte limit is marked for closing (4008) instead.
+//! its room. An event is serialized once per room, as the JSON of its
+//! `event` frame that every subscriber shares (the wire adds its own framing
+//! when it writes), and pushed into each connection's bounded outbound
+//! queue. Publishing never waits on a socket: a connection whose queue would
+//! pass its byte limit is marked for closing (as a slow consumer) instead.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
-use crate::protocol::ws::close;
+use crate::protocol::ws::EventFrame;
 use crate::protocol::{RoomId, UserId};
 use crate::storage::events::EventSink;
 
 /// Something queued for one connection.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
-    /// A room event, already encoded as a whole WebSocket frame (header and
-    /// `event` JSON), the same bytes for every subscriber.
-    Event { room: Arc<RoomId>, epoch: Arc<str>, seq: u64, frame: Bytes },
+    /// A room event: the JSON of its `event` frame, the same bytes for
+    /// every subscriber.
+    Event { room: Arc<RoomId>, epoch: Arc<str>, seq: u64, json: Bytes },
     /// The user left the room: the subscription is over.
     Left { room: Arc<RoomId> },
 }
 
-/// Why the server is closing a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseReason {
-    pub code: u16,
-    pub reason: &'static str,
+/// Why the server closes a connection. The service says why; the wire
+/// decides how to say it (a WebSocket close code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The connection's access token was revoked (logout): log in again.
+    TokenRevoked,
+    /// The connection fell too far behind: its queue passed its byte limit.
+    /// It may resume from its cursor.
+    SlowConsumer,
+    /// The server is shutting down.
+    Shutdown,
 }
 
 #[derive(Default)]
@@ -62,7 +70,7 @@ impl Conn {
             // cursor, so keeping it would only hold memory.
             q.items = VecDeque::new();
             q.bytes = 0;
-            q.close = Some(CloseReason { code: close::SLOW_CONSUMER, reason: "slow consumer: resume with since" });
+            q.close = Some(CloseReason::SlowConsumer);
             drop(q);
             self.notify.notify_one();
             return;
@@ -94,8 +102,8 @@ impl Conn {
     /// Takes everything queued, or the close reason once one is set.
     pub fn take(&self) -> Result<VecDeque<Outgoing>, CloseReason> {
         let mut q = self.queue.lock().expect("queue lock");
-        if let Some(c) = &q.close {
-            return Err(c.clone());
+        if let Some(c) = q.close {
+            return Err(c);
         }
         q.bytes = 0;
         Ok(std::mem::take(&mut q.items))
@@ -165,19 +173,18 @@ impl Hub {
 impl EventSink for Hub {
     fn deliver(&self, room: &RoomId, epoch: &Arc<str>, seq: u64, event_json: &str) {
         let Some(subs) = self.rooms.read().expect("hub lock").get(room).cloned() else { return };
-        let mut text = String::with_capacity(event_json.len() + room.as_str().len() + epoch.len() + 48);
-        text.push_str(r#"{"type":"event","room_id":"#);
-        push_json_str(&mut text, room.as_str());
-        text.push_str(r#","epoch":"#);
-        push_json_str(&mut text, epoch);
-        text.push_str(r#","event":"#);
-        text.push_str(event_json);
-        text.push('}');
-        let frame = crate::ws::frame::text(&text);
-        let bytes = frame.len();
+        // Once per room: the log's own JSON of the event goes into the frame as is.
+        let event: &RawValue = match serde_json::from_str(event_json) {
+            Ok(e) => e,
+            Err(e) => {
+                return tracing::error!(error = %e, %room, seq, "the room log delivered an event that is not JSON");
+            }
+        };
+        let json = Bytes::from(EventFrame { room_id: room, epoch, event }.to_json());
+        let bytes = json.len();
         let conns = subs.conns.lock().expect("room lock");
         for c in conns.iter() {
-            c.push(Outgoing::Event { room: subs.room.clone(), epoch: epoch.clone(), seq, frame: frame.clone() }, bytes);
+            c.push(Outgoing::Event { room: subs.room.clone(), epoch: epoch.clone(), seq, json: json.clone() }, bytes);
         }
     }
 }
@@ -198,10 +205,6 @@ impl EventSink for Fanout {
     }
 }
 
-fn push_json_str(out: &mut String, s: &str) {
-    out.push_str(&serde_json::to_string(s).expect("strings serialize"));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,8 +223,8 @@ mod tests {
         hub.deliver(&room, &"e".into(), 1, r#"{"seq":1}"#);
         let fa = a.take().unwrap();
         let fb = b.take().unwrap();
-        let (Outgoing::Event { frame: x, .. }, Outgoing::Event { frame: y, .. }) = (&fa[0], &fb[0]) else { panic!() };
-        assert_eq!(&x[2..], br##"{"type":"event","room_id":"!r:x","epoch":"e","event":{"seq":1}}"##);
+        let (Outgoing::Event { json: x, .. }, Outgoing::Event { json: y, .. }) = (&fa[0], &fb[0]) else { panic!() };
+        assert_eq!(&x[..], br##"{"type":"event","room_id":"!r:x","epoch":"e","event":{"seq":1}}"##);
         assert_eq!(x.as_ptr(), y.as_ptr(), "serialized once");
     }
 
@@ -234,7 +237,7 @@ mod tests {
         for seq in 1..=100 {
             hub.deliver(&room, &"e".into(), seq, r#"{"body":"0123456789012345678901234567890123456789"}"#);
         }
-        assert_eq!(slow.take().unwrap_err().code, close::SLOW_CONSUMER);
+        assert_eq!(slow.take().unwrap_err(), CloseReason::SlowConsumer);
         assert_eq!(slow.queue.lock().unwrap().bytes, 0, "queued frames are released");
     }
 

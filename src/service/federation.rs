@@ -1,88 +1,360 @@
-//! Federation, the server-to-server side: this server's ed25519 key,
-//! discovery of other servers, signing outgoing and verifying incoming
-//! requests, the client calls a participating server makes to a room's home
-//! server (join, leave, send, backfill), and the durable outbound queue that
-//! pushes a home server's events to every server with members in the room,
-//! retried with backoff until delivered.
+//! Federation, the server-to-server side: this server's ed25519 key, signing
+//! outgoing and verifying incoming requests (each signed request is
+//! single-use), the calls a participating server makes to a room's home
+//! server (join, leave, send, backfill), and pushing a home server's events to
+//! every server with members in the room.
 //!
-//! What a room *is* stays in `rooms`: this module moves signed JSON between
-//! servers and knows which servers take part in which local room.
+//! The network is not here: every request goes through a [`Transport`] (the
+//! wire's `fedclient` in the server, a fake in tests), which knows where a
+//! server is and which addresses may be reached. What a room *is* stays in
+//! `rooms`: this module moves signed JSON between servers and knows which
+//! servers take part in which local room.
+//!
+//! Pushing never touches the room log's delivery path: [`Federation::on_event`]
+//! only hands the event to a router task through a bounded channel. The router
+//! encodes each event once and puts it in the in-memory queue of each server
+//! with members in the room; one pusher task per server sends its queue in
+//! transactions. A queue is bounded: past the bound it keeps only the newest
+//! event of each room, whose seq tells the receiver what it lacks (it
+//! backfills; §11.4). A server that stays unreachable is backed off, then
+//! dropped from every push set (nothing is queued for it) and probed now and
+//! then; it is taken back at once when it is heard from (any request it
+//! signs) or answers a probe, and is then sent the newest event of each room
+//! it shares, so it catches up without waiting for its periodic backfill.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Notify;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::Error;
+use super::ratelimit::{Limiter, Rule};
 use crate::protocol::federation::{
-    FEDERATION_PREFIX, FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedSendRequest, KEY_PATH, SIGNATURE_SCHEME,
-    SIGNATURE_WINDOW_MS, ServerKeyResponse, WELL_KNOWN_PATH, WellKnownResponse, request_signed_bytes,
+    FEDERATION_PREFIX, FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedMethod, FedSendRequest, KEY_PATH,
+    SIGNATURE_WINDOW_MS, ServerKeyResponse, WellKnownResponse, parse_auth_header, render_auth_header,
+    request_signed_bytes,
 };
+use crate::protocol::limits::MAX_BODY_BYTES;
 use crate::protocol::rooms::{MessagesResponse, SendResponse};
 use crate::protocol::{ErrCode, ErrorBody, RoomId, ServerName, UserId};
-use crate::storage::RoomStore;
 use crate::storage::events::now_ms;
-use crate::storage::federation::Outbox;
+use crate::storage::federation::SeenRequests;
+use crate::storage::{RoomStore, StorageError};
+use push::{Dest, RoomQueue, Routed};
 
+/// How long a call to another server may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
-const DISCOVERY_TTL: Duration = Duration::from_secs(600);
+/// How long a fetched key is trusted before it is fetched again.
 const KEY_TTL: Duration = Duration::from_secs(3600);
-const PUSH_BATCH: usize = 100;
+/// Server keys remembered at most (spec §4).
+pub const KEY_CACHE_MAX: usize = 10_000;
+/// The largest key document read.
+const KEY_DOCUMENT_MAX_BYTES: usize = 64 * 1024;
+/// The largest answer read from another server (a backfill page).
+const ANSWER_MAX_BYTES: usize = 64 << 20;
+/// Key fetches for one origin (cache misses, and re-fetches after a
+/// signature did not verify): a burst of 3, then one per 10 s (spec §4).
+const KEY_FETCHES_PER_ORIGIN: Rule = Rule { burst: 3, every: Duration::from_secs(10) };
+/// Key fetches for all origins together: a burst of 50, then 10 per s.
+const KEY_FETCHES_ALL: Rule = Rule { burst: 50, every: Duration::from_millis(100) };
+/// Signatures remembered per origin, and in all, to refuse replays (spec §4).
+pub const REPLAY_PER_ORIGIN_MAX: usize = 100_000;
+pub const REPLAY_MAX: usize = 1_000_000;
+/// Width of one slot of the replay memory, by expiry time.
+const REPLAY_SLOT_MS: u64 = 10_000;
+/// The largest pushed transaction: what a receiver accepts as a body.
+const PUSH_TXN_BYTES: usize = MAX_BODY_BYTES;
+/// Events per pushed transaction at most.
+const PUSH_BATCH_MAX: usize = 1000;
+/// Bytes of events kept for pushing per room at most (besides the event
+/// count of `Settings::queue_max`).
+pub const QUEUE_BYTES_MAX: usize = 16 << 20;
+/// Events waiting for the router at most; past it they are not pushed (the
+/// receivers backfill them).
+const FEED_CAPACITY: usize = 65_536;
+/// Pushes (and probes) in flight at once, over all servers.
+const PUSH_CONCURRENCY: usize = 32;
+/// The first wait after a failed push.
 const RETRY_MIN: Duration = Duration::from_millis(500);
+/// A server with nothing to push for this long is forgotten (its state is
+/// made again when there is).
+const IDLE_FORGET: Duration = Duration::from_secs(600);
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A request federation sends to another server.
+#[derive(Debug, Clone)]
+pub struct FedRequest {
+    pub method: FedMethod,
+    /// As signed: the path with its query, percent-encoded.
+    pub path_and_query: String,
+    /// `Parlor-Signature …`; `None` for the (unsigned) key document.
+    pub authorization: Option<String>,
+    /// JSON, or empty.
+    pub body: Bytes,
+    /// Answers longer than this are a failure.
+    pub max_answer_bytes: usize,
+}
+
+/// Another server's answer.
+#[derive(Debug, Clone)]
+pub struct FedAnswer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// Why a request did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Its address is one federation does not send to (loopback, private,
+    /// link-local, …), and it is not a configured peer.
+    #[error("{server} is at an address federation does not send to (name it with --federation-peer)")]
+    Forbidden { server: String },
+    /// No connection, no answer in time, or a broken one.
+    #[error("{server}: {detail}")]
+    Unreachable { server: String, detail: String },
+}
+
+/// What federation needs from the network: deliver a request to the server
+/// with this name and bring back its answer. Implemented by the wire
+/// (`fedclient::HttpTransport`) and injected when services are built.
+pub trait Transport: Send + Sync + 'static {
+    fn send<'a>(
+        &'a self,
+        server: &'a str,
+        req: FedRequest,
+        within: Duration,
+    ) -> BoxFuture<'a, Result<FedAnswer, TransportError>>;
+}
 
 /// How federation is set up (from `Config`).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// What `/.well-known/parlor/server` announces (default `http://<server name>`).
     pub public_url: String,
-    /// Fixed base URLs for some server names, instead of discovery.
-    pub peers: HashMap<String, String>,
-    /// The longest wait between two attempts to push to a server that is down.
+    /// The longest wait between two attempts to push to a server that is
+    /// down, and between two probes of a server dropped from push sets.
     pub retry_max: Duration,
+    /// A server whose pushes have failed for this long is dropped from push
+    /// sets until it is back.
+    pub give_up: Duration,
+    /// Events of one room kept for pushing at most: a server further behind
+    /// skips to the oldest kept (and backfills the rest).
+    pub queue_max: usize,
 }
 
 /// Why a call to another server failed.
 #[derive(Debug)]
 pub enum Failure {
-    /// It could not be reached, or did not answer in time, or answered nonsense.
+    /// It could not be reached (or may not be), did not answer in time, or
+    /// answered nonsense. The detail is for the server log only.
     Unreachable(String),
     /// It answered with an error.
-    Refused(StatusCode, ErrorBody),
+    Refused(u16, ErrorBody),
 }
 
 impl Failure {
     /// As a service error for a client whose request needed that server.
+    /// Why it could not be reached is logged, never told: the answer must not
+    /// say which ports of which hosts are open.
     pub fn into_error(self, server: &str) -> Error {
         match self {
-            Failure::Unreachable(why) => Error::refused(
-                ErrCode::HomeServerUnreachable,
-                format!(
-                    "the room's home server {server} cannot be reached ({why}); the room is read-only until it is back"
-                ),
-            ),
+            Failure::Unreachable(why) => {
+                tracing::debug!(%server, error = %why, "a federation call failed");
+                Error::refused(
+                    ErrCode::HomeServerUnreachable,
+                    format!(
+                        "the room's home server {server} cannot be reached; the room is read-only until it is back"
+                    ),
+                )
+            }
+            Failure::Refused(_, body) if body.errcode == ErrCode::RateLimited => {
+                Error::RateLimited { retry_after_ms: body.retry_after_ms.unwrap_or(1000) }
+            }
             Failure::Refused(_, body) => Error::refused(body.errcode, format!("{server}: {}", body.error)),
         }
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// Why federation could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("the server key is not an ed25519 key in PKCS#8: {0}")]
+    BadKey(ring::error::KeyRejected),
+    #[error("cannot load the accepted requests: {0}")]
+    Seen(#[from] StorageError),
+}
 
-/// A server's key as last fetched: (key id, public key, when).
-type CachedKey = (String, Vec<u8>, Instant);
+/// What the push side holds and has dropped, for operators (counters since start).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events waiting to be pushed, summed over servers.
+    pub queued: usize,
+    /// Servers whose pushes are failing now (backed off), and of those the
+    /// ones dropped from push sets.
+    pub failing: usize,
+    pub down: usize,
+    /// Events a server did not get by push because it fell further behind
+    /// than a room's queue keeps (counted per server): it backfills them.
+    pub dropped_overflow: u64,
+    /// Events a server did not get by push while it was dropped from push
+    /// sets (counted per server when it is taken back): it backfills them.
+    pub dropped_down: u64,
+    /// Events the router could not take (its input was full): no server got them by push.
+    pub dropped_feed: u64,
+    /// Events too large for a transaction: receivers backfill them.
+    pub dropped_too_large: u64,
+    /// Events in transactions a receiver refused as malformed (400, 413).
+    pub dropped_refused: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    dropped_overflow: AtomicU64,
+    dropped_down: AtomicU64,
+    dropped_feed: AtomicU64,
+    dropped_too_large: AtomicU64,
+    dropped_refused: AtomicU64,
+}
+
+/// A server's key as last fetched.
+struct CachedKey {
+    key_id: String,
+    public_key: Vec<u8>,
+    until: Instant,
+}
+
+/// Fetched keys by server name, each until it expires; never more than
+/// [`KEY_CACHE_MAX`] of them.
+#[derive(Default)]
+struct KeyCache {
+    entries: HashMap<String, CachedKey>,
+}
+
+impl KeyCache {
+    fn get(&self, server: &str, now: Instant) -> Option<&CachedKey> {
+        self.entries.get(server).filter(|k| k.until > now)
+    }
+
+    fn insert(&mut self, server: &str, key: CachedKey, now: Instant) {
+        if self.entries.len() >= KEY_CACHE_MAX && !self.entries.contains_key(server) {
+            self.entries.retain(|_, k| k.until > now);
+            if self.entries.len() >= KEY_CACHE_MAX {
+                if let Some(k) = self.entries.iter().min_by_key(|(_, k)| k.until).map(|(s, _)| s.clone()) {
+                    self.entries.remove(&k);
+                }
+            }
+        }
+        self.entries.insert(server.to_owned(), key);
+    }
+}
+
+/// Why a signed request was refused by the replay memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Replay {
+    /// The very same signed request was accepted before.
+    Seen,
+    /// The memory is full for this origin (or for all): try again later.
+    Full { retry_after_ms: u64 },
+}
+
+/// The signatures of the requests accepted within the signature window, so
+/// that each signed request is accepted once. A signature covers the whole
+/// request and its `ts`, so a repeat of one is a replay; it is remembered
+/// (as a digest of origin and signature) until its `ts` leaves the window,
+/// in slots by expiry time (a repeat has the same `ts`, so it falls in the
+/// same slot). Kept in memory for the checks and on disk
+/// ([`SeenRequests`]) for restarts.
+struct Replays {
+    /// Slot number (expiry ms / [`REPLAY_SLOT_MS`]) → its signatures.
+    slots: BTreeMap<u64, ReplaySlot>,
+    per_origin: HashMap<String, usize>,
+    total: usize,
+    per_origin_max: usize,
+    max: usize,
+}
+
+#[derive(Default)]
+struct ReplaySlot {
+    seen: HashSet<u64>,
+    by_origin: HashMap<String, usize>,
+}
+
+impl Replays {
+    fn new(per_origin_max: usize, max: usize) -> Self {
+        Self { slots: BTreeMap::new(), per_origin: HashMap::new(), total: 0, per_origin_max, max }
+    }
+
+    /// The slot a signature with this `ts` is remembered in.
+    fn slot(ts: u64) -> u64 {
+        (ts + SIGNATURE_WINDOW_MS) / REPLAY_SLOT_MS
+    }
+
+    /// The first slot not yet expired at `now`.
+    fn live_from(now: u64) -> u64 {
+        now / REPLAY_SLOT_MS
+    }
+
+    /// What is remembered of one signed request.
+    fn digest(origin: &str, sig: &[u8]) -> u64 {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(origin.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(sig);
+        u64::from_be_bytes(ctx.finish().as_ref()[..8].try_into().expect("8 bytes"))
+    }
+
+    fn add(&mut self, slot: u64, digest: u64, origin: &str) {
+        let s = self.slots.entry(slot).or_default();
+        if s.seen.insert(digest) {
+            *s.by_origin.entry(origin.to_owned()).or_default() += 1;
+            *self.per_origin.entry(origin.to_owned()).or_default() += 1;
+            self.total += 1;
+        }
+    }
+
+    /// Records an accepted request's signature (as `digest`), or says why it
+    /// may not be accepted.
+    fn remember(&mut self, origin: &str, digest: u64, ts: u64, now: u64) -> Result<(), Replay> {
+        // Forget every slot whose signatures all left the window.
+        while let Some(entry) = self.slots.first_entry() {
+            if *entry.key() >= Self::live_from(now) {
+                break;
+            }
+            for (o, n) in entry.remove().by_origin {
+                self.total -= n;
+                if let Some(c) = self.per_origin.get_mut(&o) {
+                    *c -= n;
+                    if *c == 0 {
+                        self.per_origin.remove(&o);
+                    }
+                }
+            }
+        }
+        let slot = Self::slot(ts);
+        if self.slots.get(&slot).is_some_and(|s| s.seen.contains(&digest)) {
+            return Err(Replay::Seen);
+        }
+        if self.total >= self.max || self.per_origin.get(origin).is_some_and(|n| *n >= self.per_origin_max) {
+            let next = self.slots.keys().next().map_or(REPLAY_SLOT_MS, |s| (s + 1) * REPLAY_SLOT_MS);
+            return Err(Replay::Full { retry_after_ms: next.saturating_sub(now).max(1) });
+        }
+        self.add(slot, digest, origin);
+        Ok(())
+    }
+}
 
 pub struct Federation {
     server_name: ServerName,
@@ -90,18 +362,31 @@ pub struct Federation {
     key_id: String,
     public_key: String,
     settings: Settings,
-    client: HttpClient,
-    bases: Mutex<HashMap<String, (String, Instant)>>,
-    keys: Mutex<HashMap<String, CachedKey>>,
-    outbox: Outbox,
+    transport: Arc<dyn Transport>,
+    keys: Mutex<KeyCache>,
+    key_fetches_by_origin: Limiter,
+    key_fetches: Limiter,
+    replays: Mutex<Replays>,
+    seen: SeenRequests,
+    /// When this process started (names its pushed transactions).
+    started_ms: u64,
+    /// The last `ts` this server signed with (kept increasing, so that two
+    /// identical requests are never signed alike).
+    last_ts: AtomicU64,
+    /// Numbers pushed transactions.
+    txn_counter: AtomicU64,
     directory: RoomStore,
     participants: RwLock<HashMap<RoomId, Arc<Vec<String>>>>,
-    pushers: Mutex<HashMap<String, Arc<Notify>>>,
+    feed: mpsc::Sender<Routed>,
+    feed_rx: Mutex<Option<mpsc::Receiver<Routed>>>,
+    /// The events of each local room with other servers in it, waiting to
+    /// be pushed (one queue per room, shared by its servers).
+    queues: Mutex<HashMap<RoomId, RoomQueue>>,
+    dests: Mutex<HashMap<String, Arc<Dest>>>,
+    push_permits: Semaphore,
+    counters: Counters,
     stop: CancellationToken,
     tasks: TaskTracker,
-    /// Events reach `on_event` on the room log's own threads, outside the
-    /// runtime: pushers are spawned onto it through this handle.
-    runtime: tokio::runtime::Handle,
 }
 
 fn sha256_b64(body: &[u8]) -> String {
@@ -112,15 +397,8 @@ fn bad_signature(why: impl Into<String>) -> Error {
     Error::refused(ErrCode::BadSignature, why)
 }
 
-/// `k="v", k2="v2"` after the scheme name.
-fn parse_signature_header(value: &str) -> Option<HashMap<&str, &str>> {
-    let rest = value.strip_prefix(SIGNATURE_SCHEME)?.trim_start();
-    let mut out = HashMap::new();
-    for part in rest.split(',') {
-        let (k, v) = part.trim().split_once('=')?;
-        out.insert(k.trim(), v.trim().strip_prefix('"')?.strip_suffix('"')?);
-    }
-    Some(out)
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 impl Federation {
@@ -128,35 +406,45 @@ impl Federation {
         server_name: ServerName,
         pkcs8: &[u8],
         settings: Settings,
-        outbox: Outbox,
+        transport: Arc<dyn Transport>,
         directory: RoomStore,
-    ) -> Result<Arc<Self>, String> {
-        let key = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| format!("bad server key: {e}"))?;
+        seen: SeenRequests,
+    ) -> Result<Arc<Self>, FederationError> {
+        let key = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(FederationError::BadKey)?;
+        let mut replays = Replays::new(REPLAY_PER_ORIGIN_MAX, REPLAY_MAX);
+        for (slot, digest, origin) in seen.since(Replays::live_from(now_ms()))? {
+            replays.add(slot, digest, &origin);
+        }
         let public_key = B64.encode(key.public_key().as_ref());
         let key_id = format!("ed25519:{}", &sha256_b64(key.public_key().as_ref())[..8]);
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(REQUEST_TIMEOUT));
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-        let fed = Arc::new(Self {
+        let (feed, feed_rx) = mpsc::channel(FEED_CAPACITY);
+        let started_ms = now_ms();
+        Ok(Arc::new(Self {
             server_name,
             key,
             key_id,
             public_key,
             settings,
-            client,
-            bases: Mutex::new(HashMap::new()),
-            keys: Mutex::new(HashMap::new()),
-            outbox,
+            transport,
+            keys: Mutex::new(KeyCache::default()),
+            key_fetches_by_origin: Limiter::new(KEY_FETCHES_PER_ORIGIN),
+            key_fetches: Limiter::new(KEY_FETCHES_ALL),
+            replays: Mutex::new(replays),
+            seen,
+            started_ms,
+            last_ts: AtomicU64::new(started_ms),
+            txn_counter: AtomicU64::new(0),
             directory,
             participants: RwLock::new(HashMap::new()),
-            pushers: Mutex::new(HashMap::new()),
+            feed,
+            feed_rx: Mutex::new(Some(feed_rx)),
+            queues: Mutex::new(HashMap::new()),
+            dests: Mutex::new(HashMap::new()),
+            push_permits: Semaphore::new(PUSH_CONCURRENCY),
+            counters: Counters::default(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            runtime: tokio::runtime::Handle::try_current()
-                .map_err(|e| format!("federation needs a tokio runtime: {e}"))?,
-        });
-        Ok(fed)
+        }))
     }
 
     /// A new key pair, PKCS#8, for a server's first start.
@@ -164,12 +452,12 @@ impl Federation {
         Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("key generation").as_ref().to_vec()
     }
 
-    /// Starts pushing whatever was queued before a restart.
-    pub fn start(self: &Arc<Self>) -> Result<(), crate::storage::StorageError> {
-        for dest in self.outbox.destinations()? {
-            self.wake_pusher(&dest);
-        }
-        Ok(())
+    /// Starts the router, which queues events for the pushers. Call once,
+    /// on the runtime.
+    pub fn start(self: &Arc<Self>) {
+        let Some(rx) = self.feed_rx.lock().expect("feed lock").take() else { return };
+        let fed = self.clone();
+        self.tasks.spawn(async move { fed.route(rx).await });
     }
 
     /// `GET /_parlor/key/v1/server`.
@@ -188,69 +476,41 @@ impl Federation {
         WellKnownResponse { base_url: self.settings.public_url.clone() }
     }
 
-    // ---- discovery and keys ----
+    // ---- keys and incoming requests ----
 
-    /// Where `server` is served: the static map, else its well-known
-    /// document, else `http://{server}`.
-    async fn base_url(&self, server: &str) -> String {
-        if let Some(url) = self.settings.peers.get(server) {
-            return url.trim_end_matches('/').to_owned();
-        }
-        if let Some((url, at)) = self.bases.lock().expect("bases lock").get(server) {
-            if at.elapsed() < DISCOVERY_TTL {
-                return url.clone();
-            }
-        }
-        let fallback = format!("http://{server}");
-        let found = match self
-            .get_json::<WellKnownResponse>(&format!("{fallback}{WELL_KNOWN_PATH}"), DISCOVERY_TIMEOUT)
-            .await
-        {
-            Ok(w) if w.base_url.starts_with("http://") || w.base_url.starts_with("https://") => {
-                w.base_url.trim_end_matches('/').to_owned()
-            }
-            _ => fallback,
-        };
-        self.bases.lock().expect("bases lock").insert(server.to_owned(), (found.clone(), Instant::now()));
-        found
-    }
-
-    async fn get_json<T: DeserializeOwned>(&self, url: &str, within: Duration) -> Result<T, Failure> {
-        let req = Request::get(url).body(Full::default()).map_err(|e| Failure::Unreachable(e.to_string()))?;
-        let (status, body) = self.round_trip(req, within).await?;
-        if !status.is_success() {
-            return Err(Failure::Unreachable(format!("{url} answered {status}")));
-        }
-        serde_json::from_slice(&body).map_err(|e| Failure::Unreachable(format!("{url}: {e}")))
-    }
-
-    async fn round_trip(&self, req: Request<Full<Bytes>>, within: Duration) -> Result<(StatusCode, Bytes), Failure> {
-        let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| Failure::Unreachable(e.to_string()))?;
-            let status = resp.status();
-            let body = resp.into_body().collect().await.map_err(|e| Failure::Unreachable(e.to_string()))?.to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(within, exchange).await.map_err(|_| Failure::Unreachable("timed out".into()))?
-    }
-
-    /// `server`'s public key `key_id`, fetched from its key endpoint and
-    /// checked (self-signed, for that server name), cached for an hour.
-    async fn public_key(&self, server: &str, key_id: &str, fresh: bool) -> Result<Vec<u8>, Error> {
-        if !fresh {
-            if let Some((id, pk, at)) = self.keys.lock().expect("keys lock").get(server) {
-                if id == key_id && at.elapsed() < KEY_TTL {
-                    return Ok(pk.clone());
+    /// `server`'s public key `key_id`, and whether it was fetched just now.
+    /// Fetched from its key endpoint and checked (self-signed, for that
+    /// server name), cached for an hour; fetches are rate-limited.
+    async fn public_key(&self, server: &str, key_id: &str, cached_ok: bool) -> Result<(Vec<u8>, bool), Error> {
+        if cached_ok {
+            if let Some(k) = self.keys.lock().expect("keys lock").get(server, Instant::now()) {
+                if k.key_id == key_id {
+                    return Ok((k.public_key.clone(), false));
                 }
             }
         }
-        let unknown =
-            |why: String| Error::refused(ErrCode::UnknownServer, format!("cannot get the key of {server}: {why}"));
-        let base = self.base_url(server).await;
-        let doc: ServerKeyResponse = self
-            .get_json(&format!("{base}{KEY_PATH}"), REQUEST_TIMEOUT)
-            .await
-            .map_err(|e| unknown(format!("{e:?}")))?;
+        self.key_fetches_by_origin
+            .check(server)
+            .and_then(|()| self.key_fetches.check(""))
+            .map_err(|retry_after_ms| Error::RateLimited { retry_after_ms })?;
+        // Why the key could not be had goes to the log; the answer says only
+        // that it could not (no open/closed-port oracle for the sender).
+        let unknown = |why: String| {
+            tracing::debug!(%server, error = %why, "cannot get a server's key");
+            Error::refused(ErrCode::UnknownServer, format!("cannot get the key of {server}"))
+        };
+        let req = FedRequest {
+            method: FedMethod::Get,
+            path_and_query: KEY_PATH.to_owned(),
+            authorization: None,
+            body: Bytes::new(),
+            max_answer_bytes: KEY_DOCUMENT_MAX_BYTES,
+        };
+        let answer = self.transport.send(server, req, REQUEST_TIMEOUT).await.map_err(|e| unknown(e.to_string()))?;
+        if answer.status != 200 {
+            return Err(unknown(format!("its key endpoint answered {}", answer.status)));
+        }
+        let doc: ServerKeyResponse = serde_json::from_slice(&answer.body).map_err(|e| unknown(e.to_string()))?;
         if doc.server_name != server {
             return Err(unknown(format!("its key document is for {}", doc.server_name)));
         }
@@ -260,58 +520,109 @@ impl Federation {
         UnparsedPublicKey::new(&ring::signature::ED25519, &pk)
             .verify(&signed, &sig)
             .map_err(|_| unknown("its key document is not signed by its key".into()))?;
-        self.keys
-            .lock()
-            .expect("keys lock")
-            .insert(server.to_owned(), (doc.key_id.clone(), pk.clone(), Instant::now()));
+        let now = Instant::now();
+        let cached = CachedKey { key_id: doc.key_id.clone(), public_key: pk.clone(), until: now + KEY_TTL };
+        self.keys.lock().expect("keys lock").insert(server, cached, now);
         if doc.key_id != key_id {
             return Err(bad_signature(format!("{server} signs with {}, not {key_id}", doc.key_id)));
         }
-        Ok(pk)
+        Ok((pk, true))
     }
 
-    /// Checks an incoming request's signature; returns the origin server.
+    /// Checks an incoming request's `Authorization` header against the
+    /// request; returns the origin server. In order: the header is
+    /// well-formed, names this server, its `ts` is within the window, the
+    /// origin's key can be had, the signature verifies, and this signed
+    /// request was not accepted before.
     pub async fn verify(
         &self,
-        method: &Method,
+        method: &str,
         path_and_query: &str,
-        headers: &HeaderMap,
+        authorization: Option<&str>,
         body: &[u8],
     ) -> Result<ServerName, Error> {
-        let header = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| bad_signature(format!("federation requests carry Authorization: {SIGNATURE_SCHEME} …")))?;
-        let p = parse_signature_header(header).ok_or_else(|| bad_signature("malformed signature header"))?;
-        let field = |k: &str| p.get(k).copied().ok_or_else(|| bad_signature(format!("the signature lacks {k}")));
-        let origin = ServerName::parse(field("origin")?).map_err(|_| bad_signature("bad origin"))?;
-        let destination = field("destination")?;
-        if destination != self.server_name.as_str() {
-            return Err(bad_signature(format!("this is {}, not {destination}", self.server_name)));
+        let p = parse_auth_header(authorization.unwrap_or_default()).map_err(|e| bad_signature(e.to_string()))?;
+        if p.destination != self.server_name.as_str() {
+            return Err(bad_signature(format!("this is {}, not {}", self.server_name, p.destination)));
         }
-        let ts: u64 = field("ts")?.parse().map_err(|_| bad_signature("bad ts"))?;
-        if now_ms().abs_diff(ts) > SIGNATURE_WINDOW_MS {
-            return Err(bad_signature("the signature's ts is too far from now"));
+        let now = now_ms();
+        if now.abs_diff(p.ts) > SIGNATURE_WINDOW_MS {
+            return Err(bad_signature("the signature's ts is more than 5 minutes from now"));
         }
-        let key_id = field("key")?;
-        let sig = B64.decode(field("sig")?).map_err(|_| bad_signature("bad sig"))?;
         let signed =
-            request_signed_bytes(method.as_str(), path_and_query, origin.as_str(), destination, ts, &sha256_b64(body));
-        for fresh in [false, true] {
-            let pk = self.public_key(origin.as_str(), key_id, fresh).await?;
-            if UnparsedPublicKey::new(&ring::signature::ED25519, &pk).verify(&signed, &sig).is_ok() {
-                return Ok(origin);
+            request_signed_bytes(method, path_and_query, p.origin.as_str(), &p.destination, p.ts, &sha256_b64(body));
+        let verifies =
+            |pk: &[u8]| UnparsedPublicKey::new(&ring::signature::ED25519, pk).verify(&signed, &p.sig).is_ok();
+        let (pk, fetched) = self.public_key(p.origin.as_str(), &p.key, true).await?;
+        if !verifies(&pk) {
+            // The key may have changed since it was cached: fetch it once
+            // more (rate-limited; a refusal then is the signature's fault).
+            let fresh = match fetched {
+                true => None,
+                false => self.public_key(p.origin.as_str(), &p.key, false).await.ok().map(|(pk, _)| pk),
+            };
+            if !fresh.is_some_and(|pk| verifies(&pk)) {
+                return Err(bad_signature(format!("the signature does not verify against {}'s key", p.origin)));
             }
         }
-        Err(bad_signature(format!("the signature does not verify against {origin}'s key")))
+        let digest = Replays::digest(p.origin.as_str(), &p.sig);
+        let (remembered, expired) = {
+            let mut r = self.replays.lock().expect("replays lock");
+            let oldest = r.slots.keys().next().copied();
+            let result = r.remember(p.origin.as_str(), digest, p.ts, now);
+            (result, oldest.filter(|o| *o < Replays::live_from(now)))
+        };
+        if expired.is_some() {
+            self.seen.forget_before(Replays::live_from(now))?;
+        }
+        match remembered {
+            Ok(()) => self.seen.insert(Replays::slot(p.ts), digest, p.origin.as_str())?,
+            Err(Replay::Seen) => {
+                return Err(bad_signature("this signed request was already accepted; sign every request anew"));
+            }
+            Err(Replay::Full { retry_after_ms }) => return Err(Error::RateLimited { retry_after_ms }),
+        }
+        self.heard_from(p.origin.as_str());
+        Ok(p.origin)
     }
 
     // ---- outgoing requests ----
 
-    /// Sends a signed request to `server` and returns its answer's body.
-    async fn call(&self, server: &str, method: Method, path_and_query: &str, body: Vec<u8>) -> Result<Bytes, Failure> {
-        let base = self.base_url(server).await;
-        let ts = now_ms();
+    /// A `ts` for a new signature: now, or one more than the last one if
+    /// that is not more than a second ahead, so identical requests sent in
+    /// one millisecond are still different signed requests.
+    fn next_ts(&self) -> u64 {
+        let now = now_ms();
+        let prev = self
+            .last_ts
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(if last < now {
+                    now
+                } else if last < now + 1000 {
+                    last + 1
+                } else {
+                    now
+                })
+            })
+            .unwrap_or(now);
+        if prev < now {
+            now
+        } else if prev < now + 1000 {
+            prev + 1
+        } else {
+            now
+        }
+    }
+
+    /// Signs a request, sends it to `server` and returns its answer's body.
+    async fn call(
+        &self,
+        server: &str,
+        method: FedMethod,
+        path_and_query: &str,
+        body: Vec<u8>,
+    ) -> Result<Bytes, Failure> {
+        let ts = self.next_ts();
         let signed = request_signed_bytes(
             method.as_str(),
             path_and_query,
@@ -320,40 +631,30 @@ impl Federation {
             ts,
             &sha256_b64(&body),
         );
-        let sig = B64.encode(self.key.sign(&signed).as_ref());
-        let auth = format!(
-            r#"{SIGNATURE_SCHEME} origin="{}",destination="{server}",key="{}",ts="{ts}",sig="{sig}""#,
-            self.server_name, self.key_id
-        );
-        let req = Request::builder()
-            .method(method)
-            .uri(format!("{base}{path_and_query}"))
-            .header(http::header::AUTHORIZATION, auth)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| Failure::Unreachable(e.to_string()))?;
-        let result = self.round_trip(req, REQUEST_TIMEOUT).await;
-        let (status, body) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                // Its address may have changed: discover it again next time.
-                self.bases.lock().expect("bases lock").remove(server);
-                return Err(e);
-            }
+        let sig = self.key.sign(&signed);
+        let authorization = render_auth_header(self.server_name.as_str(), server, &self.key_id, ts, sig.as_ref());
+        let req = FedRequest {
+            method,
+            path_and_query: path_and_query.to_owned(),
+            authorization: Some(authorization),
+            body: Bytes::from(body),
+            max_answer_bytes: ANSWER_MAX_BYTES,
         };
-        if status.is_success() {
-            return Ok(body);
+        let answer =
+            self.transport.send(server, req, REQUEST_TIMEOUT).await.map_err(|e| Failure::Unreachable(e.to_string()))?;
+        if (200..300).contains(&answer.status) {
+            return Ok(answer.body);
         }
-        match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(err) => Err(Failure::Refused(status, err)),
-            Err(_) => Err(Failure::Unreachable(format!("{server} answered {status}"))),
+        match serde_json::from_slice::<ErrorBody>(&answer.body) {
+            Ok(err) => Err(Failure::Refused(answer.status, err)),
+            Err(_) => Err(Failure::Unreachable(format!("{server} answered {}", answer.status))),
         }
     }
 
     async fn call_json<T: Serialize, R: DeserializeOwned>(
         &self,
         server: &str,
-        method: Method,
+        method: FedMethod,
         path_and_query: &str,
         body: Option<&T>,
     ) -> Result<R, Failure> {
@@ -362,174 +663,43 @@ impl Federation {
         serde_json::from_slice(&answer).map_err(|e| Failure::Unreachable(format!("{server} answered nonsense: {e}")))
     }
 
-    fn enc(s: &str) -> String {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    }
-
     /// Asks `home` to let `user` (ours) join `room` (an id or alias there).
     pub async fn join(&self, home: &str, room: &str, user: &UserId) -> Result<FedJoinResponse, Failure> {
         let req = FedJoinRequest { room: room.to_owned(), user_id: user.clone() };
-        self.call_json(home, Method::POST, &format!("{FEDERATION_PREFIX}/join"), Some(&req)).await
+        self.call_json(home, FedMethod::Post, &format!("{FEDERATION_PREFIX}/join"), Some(&req)).await
     }
 
     pub async fn leave(&self, home: &str, room_id: &RoomId, user: &UserId) -> Result<(), Failure> {
         let req = FedLeaveRequest { room_id: room_id.clone(), user_id: user.clone() };
         let _: serde_json::Value =
-            self.call_json(home, Method::POST, &format!("{FEDERATION_PREFIX}/leave"), Some(&req)).await?;
+            self.call_json(home, FedMethod::Post, &format!("{FEDERATION_PREFIX}/leave"), Some(&req)).await?;
         Ok(())
     }
 
     /// Asks the room's home server to order a message from one of our users.
     pub async fn send(&self, room_id: &RoomId, txn_id: &str, req: &FedSendRequest) -> Result<SendResponse, Failure> {
-        let path = format!("{FEDERATION_PREFIX}/rooms/{}/send/{}", Self::enc(room_id.as_str()), Self::enc(txn_id));
-        self.call_json(room_id.server(), Method::PUT, &path, Some(req)).await
+        let path = format!("{FEDERATION_PREFIX}/rooms/{}/send/{}", enc(room_id.as_str()), enc(txn_id));
+        self.call_json(room_id.server(), FedMethod::Put, &path, Some(req)).await
     }
 
     /// The home server's events after `after`.
     pub async fn backfill(&self, room_id: &RoomId, after: u64, limit: u32) -> Result<MessagesResponse, Failure> {
-        let path =
-            format!("{FEDERATION_PREFIX}/rooms/{}/events?after={after}&limit={limit}", Self::enc(room_id.as_str()));
-        self.call_json::<(), _>(room_id.server(), Method::GET, &path, None).await
-    }
-
-    // ---- the outbound queue (home side) ----
-
-    /// The other servers with members in a local room.
-    fn participants(&self, room: &RoomId) -> Arc<Vec<String>> {
-        if let Some(p) = self.participants.read().expect("participants lock").get(room) {
-            return p.clone();
-        }
-        let mut servers: Vec<String> = match self.directory.members(room.as_str()) {
-            Ok(m) => m.iter().filter_map(|u| UserId::parse(u).ok()).map(|u| u.server().to_owned()).collect(),
-            Err(e) => {
-                tracing::error!(error = %e, %room, "cannot read the room's members for federation");
-                Vec::new()
-            }
-        };
-        servers.retain(|s| s != self.server_name.as_str());
-        servers.sort();
-        servers.dedup();
-        let p = Arc::new(servers);
-        self.participants.write().expect("participants lock").insert(room.clone(), p.clone());
-        p
-    }
-
-    /// The room's membership changed: recompute its servers on next use.
-    pub fn membership_changed(&self, room: &RoomId) {
-        self.participants.write().expect("participants lock").remove(room);
-    }
-
-    /// A durable event of a room: when it is ours, queue it for every other
-    /// server with members in it. Called on the log's delivery path, in seq
-    /// order: it only writes to the queue and wakes the pushers.
-    pub fn on_event(self: &Arc<Self>, room: &RoomId, epoch: &str, event_json: &str) {
-        if room.server() != self.server_name.as_str() {
-            return;
-        }
-        let servers = self.participants(room);
-        if servers.is_empty() {
-            return;
-        }
-        let mut item = String::with_capacity(event_json.len() + 96);
-        item.push_str(r#"{"room_id":"#);
-        item.push_str(&serde_json::to_string(room.as_str()).expect("strings serialize"));
-        item.push_str(r#","epoch":"#);
-        item.push_str(&serde_json::to_string(epoch).expect("strings serialize"));
-        item.push_str(r#","event":"#);
-        item.push_str(event_json);
-        item.push('}');
-        for server in servers.iter() {
-            if let Err(e) = self.outbox.push(server, item.as_bytes()) {
-                tracing::error!(error = %e, %server, "cannot queue an event for federation");
-                continue;
-            }
-            self.wake_pusher(server);
-        }
-    }
-
-    fn wake_pusher(self: &Arc<Self>, server: &str) {
-        let mut pushers = self.pushers.lock().expect("pushers lock");
-        if let Some(n) = pushers.get(server) {
-            n.notify_one();
-            return;
-        }
-        let notify = Arc::new(Notify::new());
-        pushers.insert(server.to_owned(), notify.clone());
-        let fed = self.clone();
-        let server = server.to_owned();
-        self.tasks.spawn_on(async move { fed.push_loop(server, notify).await }, &self.runtime);
-    }
-
-    /// Pushes `server`'s queue, oldest first, in transactions of up to
-    /// [`PUSH_BATCH`] events, retrying with backoff while it is down.
-    async fn push_loop(self: Arc<Self>, server: String, notify: Arc<Notify>) {
-        let mut backoff = RETRY_MIN;
-        loop {
-            let (keys, first, events) = match self.outbox.peek(&server, PUSH_BATCH) {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the federation queue");
-                    (Vec::new(), 0, Vec::new())
-                }
-            };
-            if keys.is_empty() {
-                tokio::select! {
-                    _ = notify.notified() => continue,
-                    _ = self.stop.cancelled() => return,
-                }
-            }
-            let mut body = br#"{"events":["#.to_vec();
-            for (i, e) in events.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(e);
-            }
-            body.extend_from_slice(b"]}");
-            // The first event's queue number names the transaction: a retry
-            // of the same batch is the same transaction.
-            let path = format!("{FEDERATION_PREFIX}/send/{first:016x}");
-            match self.call(&server, Method::PUT, &path, body).await {
-                Ok(_) => {
-                    backoff = RETRY_MIN;
-                    if let Err(e) = self.outbox.remove(&keys) {
-                        tracing::error!(error = %e, "cannot clear pushed federation events");
-                    }
-                }
-                Err(Failure::Refused(status, err))
-                    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS =>
-                {
-                    // It will never take these: drop them rather than retry forever.
-                    tracing::warn!(%server, %status, errcode = %err.errcode, error = %err.error, "federation push refused; dropped");
-                    let _ = self.outbox.remove(&keys);
-                }
-                Err(e) => {
-                    tracing::debug!(%server, error = ?e, "federation push failed; will retry");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.stop.cancelled() => return,
-                    }
-                    backoff = (backoff * 2).min(self.settings.retry_max.max(RETRY_MIN));
-                }
-            }
-        }
+        let path = format!("{FEDERATION_PREFIX}/rooms/{}/events?after={after}&limit={limit}", enc(room_id.as_str()));
+        self.call_json::<(), _>(room_id.server(), FedMethod::Get, &path, None).await
     }
 
     /// Spawns background work that stops with [`Federation::close`].
-    pub fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
         let stop = self.stop.clone();
-        self.tasks.spawn_on(
-            async move {
-                tokio::select! {
-                    _ = work => {}
-                    _ = stop.cancelled() => {}
-                }
-            },
-            &self.runtime,
-        );
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = work => {}
+                _ = stop.cancelled() => {}
+            }
+        });
     }
 
-    /// Stops the pushers and background work.
+    /// Stops the router, the pushers and background work.
     pub async fn close(&self) {
         self.stop.cancel();
         self.tasks.close();
@@ -537,17 +707,6 @@ impl Federation {
     }
 }
 
+mod push;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signature_headers_parse() {
-        let h = r#"Parlor-Signature origin="a.example:8448",destination="b",key="ed25519:x",ts="1",sig="c2ln""#;
-        let p = parse_signature_header(h).unwrap();
-        assert_eq!(p["origin"], "a.example:8448");
-        assert_eq!(p["sig"], "c2ln");
-        assert!(parse_signature_header("Bearer abc").is_none());
-        assert!(parse_signature_header(r#"Parlor-Signature origin=unquoted"#).is_none());
-    }
-}
+mod tests;

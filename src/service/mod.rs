@@ -13,7 +13,7 @@ pub mod rooms;
 
 use std::sync::Arc;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, StartError};
 
 use crate::config::Config;
 use crate::storage::events::embedded::EmbeddedLog;
@@ -33,8 +33,9 @@ pub struct Services {
 }
 
 impl Services {
-    /// Opens storage and builds the services.
-    pub async fn open(config: Config) -> Result<Self, StorageError> {
+    /// Opens storage and builds the services; federation reaches other
+    /// servers through `transport` (the wire's `fedclient` in the server).
+    pub async fn open(config: Config, transport: Arc<dyn federation::Transport>) -> Result<Self, StartError> {
         let db = crate::storage::Db::open(&config.data_dir)?;
         let hub = fanout::Hub::new();
         let directory = RoomStore::open(&db)?;
@@ -44,21 +45,23 @@ impl Services {
                 let pkcs8 = crate::storage::federation::load_or_create_key(
                     &config.data_dir,
                     federation::Federation::generate_key,
-                )?;
+                )
+                .map_err(StorageError::from)?;
                 let settings = federation::Settings {
                     public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.server_name)),
-                    peers: config.federation_peers.iter().cloned().collect(),
                     retry_max: config.federation_retry_max,
+                    give_up: config.federation_give_up,
+                    queue_max: config.federation_queue_max,
                 };
-                let outbox = crate::storage::federation::Outbox::open(&db)?;
+                crate::storage::federation::drop_old_outbox(&db)?;
                 let fed = federation::Federation::new(
                     config.server_name.clone(),
                     &pkcs8,
                     settings,
-                    outbox,
+                    transport,
                     directory.clone(),
-                )
-                .map_err(StorageError::Log)?;
+                    crate::storage::federation::SeenRequests::open(&db)?,
+                )?;
                 Some(fed)
             }
         };
@@ -80,15 +83,18 @@ impl Services {
             AccountStore::open(&db)?,
             config.server_name.clone(),
             config.hash_concurrency,
+            config.hash_queue,
             limits.clone(),
         )
-        .await
-        .map_err(|e| StorageError::Log(format!("cannot start the hashing threads: {e}")))?;
+        .await?;
         let events = events::Events::new(rooms.clone(), log, limits);
         if let Some(fed) = &federation {
-            fed.start()?;
+            fed.start();
             let (rooms, every) = (rooms.clone(), config.federation_catch_up);
-            fed.spawn(async move { rooms.catch_up_forever(every).await });
+            fed.spawn(async move {
+                rooms.seed_federation().await;
+                rooms.catch_up_forever(every).await
+            });
         }
         Ok(Self { config, accounts, rooms, events, hub, federation, db })
     }

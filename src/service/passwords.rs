@@ -2,6 +2,12 @@
 //! length, similarity to the username, the common-password list (shipped
 //! with the server, Django's own, BSD-licensed) and all-digits. Each refusal
 //! has its own errcode.
+//!
+//! "Entirely numeric" means made only of decimal digits of any script
+//! (Unicode general category Nd: `0`-`9`, full-width `０`-`９`, Arabic-Indic
+//! `٠`-`٩`, …), which is what Python's `str.isdecimal` tests: a PIN typed on
+//! an Arabic or Japanese keyboard is still a PIN. Other numeric characters
+//! (fractions, Roman numerals, superscripts, circled digits) are not digits.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -45,7 +51,7 @@ impl PasswordPolicy {
         if self.common.contains(password.trim().to_lowercase().as_str()) {
             return Err((ErrCode::PasswordTooCommon, "this password is too common".into()));
         }
-        if password.chars().all(char::is_numeric) {
+        if password.chars().all(is_decimal_digit) {
             return Err((ErrCode::PasswordEntirelyNumeric, "the password is entirely numeric".into()));
         }
         Ok(())
@@ -56,6 +62,12 @@ impl Default for PasswordPolicy {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A decimal digit of any script (general category Nd).
+pub fn is_decimal_digit(c: char) -> bool {
+    use unicode_general_category::{GeneralCategory, get_general_category};
+    get_general_category(c) == GeneralCategory::DecimalNumber
 }
 
 /// Django's `UserAttributeSimilarityValidator` for the username attribute:
@@ -116,6 +128,35 @@ mod tests {
         assert_eq!(code("jo.smith", "smith123"), Some(ErrCode::PasswordTooSimilar));
         assert_eq!(code("ann", "correct horse battery staple"), None);
         assert_eq!(code("ann", "zebra-quartz-71"), None);
+    }
+
+    #[test]
+    fn numeric_means_decimal_digits_of_any_script() {
+        let p = PasswordPolicy::new();
+        let code = |pw: &str| p.check("ann", pw).err().map(|e| e.0);
+        for digits in [
+            "83920571946",
+            "\u{ff18}\u{ff13}\u{ff19}\u{ff12}\u{ff10}\u{ff15}\u{ff17}\u{ff11}",
+            "\u{663}\u{664}\u{665}\u{666}\u{667}\u{668}\u{669}\u{660}",
+            "12\u{663}4\u{ff15}6789",
+        ] {
+            assert_eq!(code(digits), Some(ErrCode::PasswordEntirelyNumeric), "{digits}");
+        }
+        // Numeric but not decimal digits: fractions (No), Roman numerals (Nl), superscripts and circled digits (No).
+        for other in [
+            "\u{bd}\u{bd}\u{bd}\u{bd}\u{bd}\u{bd}\u{bd}\u{bd}",
+            "\u{216b}\u{216b}\u{216b}\u{216b}\u{216b}\u{216b}\u{216b}\u{216b}",
+            "\u{b2}\u{b3}\u{b9}\u{b2}\u{b3}\u{b9}\u{b2}\u{b3}",
+            "\u{2460}\u{2461}\u{2462}\u{2463}\u{2464}\u{2465}\u{2466}\u{2467}",
+        ] {
+            assert_eq!(code(other), None, "{other}");
+        }
+        assert!(
+            is_decimal_digit('7')
+                && is_decimal_digit('\u{ff17}')
+                && !is_decimal_digit('\u{bd}')
+                && !is_decimal_digit('a')
+        );
     }
 
     #[test]

@@ -5,18 +5,23 @@
 //! A room homed on another server is joined and left through that server
 //! (federation), which orders its events; this server keeps a replica of
 //! its log, fed by the home server's pushes and caught up by backfill, and
-//! derives the replica's membership from the join and leave events in it.
+//! derives the replica's membership of *other* servers' users from the join
+//! and leave events in it. Its own users' membership changes only when they
+//! asked: a join by the home server's answer to the join, a leave by the
+//! answer or by the leave event of a leave it asked for (so a home server
+//! cannot make a user of this server join, or leave, on its own say-so).
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::error::{Error, Result};
 use super::fanout::Hub;
-use super::federation::Federation;
+use super::federation::{Failure, Federation};
 use crate::protocol::events::{Event, EventType};
 use crate::protocol::federation::FedEvent;
 use crate::protocol::{ErrCode, RoomAlias, RoomId, RoomRef, ServerName, UserId};
@@ -27,6 +32,9 @@ use crate::storage::rooms::RoomRecord;
 const LOCK_STRIPES: usize = 64;
 /// Events per backfill request when catching up a replica.
 const BACKFILL_PAGE: u32 = 500;
+/// How long a leave this server asked a home server for, and got no answer
+/// to, still lets that home server's leave event remove the user.
+const PENDING_LEAVE_TTL: Duration = Duration::from_secs(300);
 
 /// A resolved room: its id and alias.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +56,10 @@ pub struct Rooms {
     /// Serializes catching up one replica, so that two catch-ups cannot
     /// start it over in turn.
     catch_up_stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Leaves of local users from remote rooms that were asked for and not
+    /// answered yet (or never): the home server's leave event for one of
+    /// these is applied; any other leave event of a local user is not.
+    pending_leaves: Mutex<HashMap<(RoomId, UserId), Instant>>,
 }
 
 fn not_found(r: &impl std::fmt::Display) -> Error {
@@ -90,6 +102,7 @@ impl Rooms {
             rng: SystemRandom::new(),
             stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             catch_up_stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            pending_leaves: Mutex::new(HashMap::new()),
         }
     }
 
@@ -209,16 +222,25 @@ impl Rooms {
             ));
         };
         let answer = fed.join(home, room, user).await.map_err(|f| f.into_error(home))?;
-        if answer.room_id.server() != home || answer.alias.server() != home {
+        let asked_for = answer.room_id.as_str() == room || answer.alias.as_str() == room;
+        if answer.room_id.server() != home || answer.alias.server() != home || !asked_for {
             return Err(Error::refused(
                 ErrCode::HomeServerUnreachable,
-                format!("{home} answered with a room it is not home to ({})", answer.room_id),
+                format!("{home} answered a join of {room} with another room ({})", answer.room_id),
             ));
         }
         let rec =
             RoomRecord { room_id: answer.room_id.to_string(), alias: answer.alias.to_string(), created_ms: now_ms() };
         let room = to_room(self.store.create(&rec).await?)?;
-        let changes: Vec<(String, bool)> = answer.members.iter().map(|m| (m.to_string(), true)).collect();
+        // The home server speaks for other servers' users; of ours, only for
+        // the one who asked to join.
+        let changes: Vec<(String, bool)> = answer
+            .members
+            .iter()
+            .filter(|m| m.server() != self.server_name.as_str())
+            .map(|m| (m.to_string(), true))
+            .chain(std::iter::once((user.to_string(), true)))
+            .collect();
         self.store.set_members(room.room_id.as_str(), &changes, now_ms()).await?;
         if let Err(e) = self.catch_up(&room.room_id).await {
             // Joined all the same; the periodic catch-up fills the replica.
@@ -251,7 +273,26 @@ impl Rooms {
         }
         let home = room.room_id.server().to_owned();
         let fed = self.federation.as_ref().ok_or_else(|| not_found(&room.room_id))?;
-        fed.leave(&home, &room.room_id, user).await.map_err(|f| f.into_error(&home))?;
+        let pending = (room.room_id.clone(), user.clone());
+        {
+            let mut p = self.pending_leaves.lock().expect("pending lock");
+            p.retain(|_, at| at.elapsed() < PENDING_LEAVE_TTL);
+            p.insert(pending.clone(), Instant::now());
+        }
+        match fed.leave(&home, &room.room_id, user).await {
+            Ok(()) => {}
+            // The home server has them out already (an earlier leave whose
+            // answer was lost): out here too, as they asked.
+            Err(Failure::Refused(_, body)) if body.errcode == ErrCode::NotMember => {}
+            // Not answered: the home server's leave event, if it comes, is
+            // still accepted for a while (pending).
+            Err(f @ Failure::Unreachable(_)) => return Err(f.into_error(&home)),
+            Err(f) => {
+                self.pending_leaves.lock().expect("pending lock").remove(&pending);
+                return Err(f.into_error(&home));
+            }
+        }
+        self.pending_leaves.lock().expect("pending lock").remove(&pending);
         // The home server's leave event will say the same; don't wait for it.
         self.store.set_member(room.room_id.as_str(), user.as_str(), false, now_ms()).await?;
         self.hub.kick(&room.room_id, user);
@@ -307,20 +348,24 @@ impl Rooms {
 
     // ---- replicas of rooms homed elsewhere ----
 
-    /// Events pushed by `origin` for rooms it is home to. Rooms this server
-    /// has no replica of are ignored; a hole or a new epoch is filled by a
-    /// catch-up in the background.
+    /// Events pushed by `origin` for rooms it is home to. A transaction
+    /// with an event of a room the origin is not home to is refused whole
+    /// (403 `unknown_server`), before anything of it is applied. Rooms this
+    /// server has no replica of are ignored; a hole or a new epoch is filled
+    /// by a catch-up in the background.
     pub async fn receive(self: &Arc<Self>, origin: &ServerName, events: Vec<FedEvent>) -> Result<()> {
+        if let Some(e) = events.iter().find(|e| e.room_id.server() != origin.as_str()) {
+            return Err(Error::refused(
+                ErrCode::UnknownServer,
+                format!("{origin} pushed an event of {}, a room it is not home to", e.room_id),
+            ));
+        }
         let mut rest = events.into_iter().peekable();
         while let Some(first) = rest.next() {
             let (room_id, epoch) = (first.room_id.clone(), first.epoch.clone());
             let mut batch = vec![first.event];
             while let Some(next) = rest.next_if(|e| e.room_id == room_id && e.epoch == epoch) {
                 batch.push(next.event);
-            }
-            if room_id.server() != origin.as_str() {
-                tracing::warn!(%origin, %room_id, "ignoring events for a room the origin is not home to");
-                continue;
             }
             if self.store.room(room_id.as_str())?.is_none() {
                 continue;
@@ -393,24 +438,71 @@ impl Rooms {
     }
 
     /// Mirrors the membership the replica's new join and leave events record
-    /// (those with `from < seq <= to`), and ends local users' subscriptions
-    /// when they left.
+    /// (those with `from < seq <= to`). Of this server's own users, only a
+    /// leave it asked for counts (their joins were set from the join's
+    /// answer); their subscriptions end when they left.
     async fn apply_membership(&self, room_id: &RoomId, from: u64, to: u64, events: &[Event]) -> Result<()> {
         let mut changes = Vec::new();
+        let mut kicked = Vec::new();
         for e in events.iter().filter(|e| e.seq > from && e.seq <= to) {
+            let ours = e.sender.server() == self.server_name.as_str();
             match e.kind {
+                EventType::Join if ours => {}
                 EventType::Join => changes.push((e.sender.to_string(), true)),
+                EventType::Leave if ours => {
+                    let key = (room_id.clone(), e.sender.clone());
+                    let asked = self
+                        .pending_leaves
+                        .lock()
+                        .expect("pending lock")
+                        .remove(&key)
+                        .is_some_and(|at| at.elapsed() < PENDING_LEAVE_TTL);
+                    if asked {
+                        changes.push((e.sender.to_string(), false));
+                        kicked.push(e.sender.clone());
+                    } else {
+                        tracing::warn!(room = %room_id, user = %e.sender, "ignoring the home server's leave of a local user who did not ask to leave");
+                    }
+                }
                 EventType::Leave => changes.push((e.sender.to_string(), false)),
                 EventType::Message => {}
             }
         }
         self.store.set_members(room_id.as_str(), &changes, now_ms()).await?;
-        for e in events.iter().filter(|e| e.seq > from && e.seq <= to && e.kind == EventType::Leave) {
-            if e.sender.server() == self.server_name.as_str() {
-                self.hub.kick(room_id, &e.sender);
-            }
+        for user in &kicked {
+            self.hub.kick(room_id, user);
         }
         Ok(())
+    }
+
+    /// Hands federation the newest event of every room homed here that has
+    /// members on other servers, once at start-up: those servers learn at
+    /// once what they lack and backfill it (pushes queued before a restart
+    /// are not kept).
+    pub async fn seed_federation(&self) {
+        let Some(fed) = &self.federation else { return };
+        let rooms = match self.store.all() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list rooms to announce to other servers");
+                return;
+            }
+        };
+        for rec in rooms {
+            let Ok(room) = to_room(rec) else { continue };
+            let remote = self.member_ids(&room).map(|m| m.iter().any(|u| u.server() != self.server_name.as_str()));
+            if self.is_remote(&room.room_id) || !remote.unwrap_or(false) {
+                continue;
+            }
+            match self.log.read(&room.room_id, Range::Latest, 1).await {
+                Ok(page) => {
+                    if let Some(last) = page.events.last() {
+                        fed.seed(&room.room_id, &page.head.epoch, last);
+                    }
+                }
+                Err(e) => tracing::warn!(room = %room.room_id, error = %e, "cannot read a room to announce it"),
+            }
+        }
     }
 
     /// A page of a room homed here, for a server with members in it.

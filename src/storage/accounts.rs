@@ -1,5 +1,6 @@
-//! Accounts, devices and access tokens in sled. Tokens are stored only as
-//! SHA-256 hashes; passwords only as the PHC strings the service hands us.
+//! Accounts, devices, access tokens and device proofs in sled. Tokens and
+//! proofs are stored only as SHA-256 hashes; passwords only as the PHC
+//! strings the service hands us.
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -30,6 +31,26 @@ struct DeviceRecord {
     token_hash: Vec<u8>,
 }
 
+/// What a device proof hash resolves to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ProofRecord {
+    user_id: String,
+    created_ms: u64,
+}
+
+/// A device to store at login.
+pub struct NewDevice<'a> {
+    pub user_id: &'a str,
+    pub device_id: &'a str,
+    pub name: Option<&'a str>,
+    pub token_hash: &'a [u8; 32],
+    /// A new device proof of the user to store with it, keeping at most
+    /// `keep_proofs` of the user's proofs (the oldest go).
+    pub proof_hash: Option<&'a [u8; 32]>,
+    pub keep_proofs: usize,
+    pub now_ms: u64,
+}
+
 /// The account trees of one sled database.
 #[derive(Clone)]
 pub struct AccountStore {
@@ -37,11 +58,22 @@ pub struct AccountStore {
     users: sled::Tree,
     tokens: sled::Tree,
     devices: sled::Tree,
+    /// proof hash → `ProofRecord`.
+    proofs: sled::Tree,
+    /// `user_id \0 created_ms (8 bytes, big-endian) proof hash` → nothing: a user's proofs, oldest first.
+    user_proofs: sled::Tree,
 }
 
 impl AccountStore {
     pub fn open(db: &super::Db) -> Result<Self, StorageError> {
-        Ok(Self { db: db.clone(), users: db.tree("users")?, tokens: db.tree("tokens")?, devices: db.tree("devices")? })
+        Ok(Self {
+            db: db.clone(),
+            users: db.tree("users")?,
+            tokens: db.tree("tokens")?,
+            devices: db.tree("devices")?,
+            proofs: db.tree("device_proofs")?,
+            user_proofs: db.tree("user_device_proofs")?,
+        })
     }
 
     /// Creates the account unless the username is taken; durable on `Ok(true)`.
@@ -58,29 +90,55 @@ impl AccountStore {
         self.users.get(username.as_bytes())?.map(|v| json_record("users", &v)).transpose()
     }
 
-    /// Stores a new device and its token hash together; durable on return.
-    pub async fn add_device(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        name: Option<&str>,
-        token_hash: &[u8; 32],
-        now_ms: u64,
-    ) -> Result<(), StorageError> {
+    /// Stores a new device, its token hash and (if any) a new device proof
+    /// together; durable on return.
+    pub async fn add_device(&self, d: NewDevice<'_>) -> Result<(), StorageError> {
         let device = to_record(&DeviceRecord {
-            name: name.map(str::to_owned),
-            created_ms: now_ms,
-            token_hash: token_hash.to_vec(),
+            name: d.name.map(str::to_owned),
+            created_ms: d.now_ms,
+            token_hash: d.token_hash.to_vec(),
         });
-        let token = to_record(&TokenRecord { user_id: user_id.to_owned(), device_id: device_id.to_owned() });
-        let dkey = key(&[user_id.as_bytes(), device_id.as_bytes()]);
-        (&self.devices, &self.tokens).transaction(|(devices, tokens)| {
-            devices.insert(dkey.as_slice(), device.as_slice())?;
-            tokens.insert(&token_hash[..], token.as_slice())?;
-            Ok::<_, ConflictableTransactionError<StorageError>>(())
-        })?;
+        let token = to_record(&TokenRecord { user_id: d.user_id.to_owned(), device_id: d.device_id.to_owned() });
+        let dkey = key(&[d.user_id.as_bytes(), d.device_id.as_bytes()]);
+        let proof = d.proof_hash.map(|h| {
+            let rec = to_record(&ProofRecord { user_id: d.user_id.to_owned(), created_ms: d.now_ms });
+            (*h, rec, proof_index_key(d.user_id, d.now_ms, h))
+        });
+        // The oldest proofs beyond the user's allowance go in the same batch.
+        let mut stale = Vec::new();
+        if proof.is_some() {
+            let held: Vec<sled::IVec> =
+                self.user_proofs.scan_prefix(user_prefix(d.user_id)).keys().collect::<Result<_, _>>()?;
+            let excess = (held.len() + 1).saturating_sub(d.keep_proofs.max(1));
+            stale = held.into_iter().take(excess).collect();
+        }
+        (&self.devices, &self.tokens, &self.proofs, &self.user_proofs).transaction(
+            |(devices, tokens, proofs, user_proofs)| {
+                devices.insert(dkey.as_slice(), device.as_slice())?;
+                tokens.insert(&d.token_hash[..], token.as_slice())?;
+                for old in &stale {
+                    user_proofs.remove(old)?;
+                    proofs.remove(&old[old.len() - 32..])?;
+                }
+                if let Some((hash, rec, index)) = &proof {
+                    proofs.insert(&hash[..], rec.as_slice())?;
+                    user_proofs.insert(index.as_slice(), &[][..])?;
+                }
+                Ok::<_, ConflictableTransactionError<StorageError>>(())
+            },
+        )?;
         self.db.sync().await?;
         Ok(())
+    }
+
+    /// The user a device proof belongs to, if it is one.
+    pub fn proof_user(&self, proof_hash: &[u8; 32]) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .proofs
+            .get(proof_hash)?
+            .map(|v| json_record::<ProofRecord>("device_proofs", &v))
+            .transpose()?
+            .map(|r| r.user_id))
     }
 
     pub fn token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StorageError> {
@@ -122,7 +180,33 @@ impl AccountStore {
             )?;
             revoked.push(hash);
         }
+        // "Log out everywhere" also forgets every device the user proved.
+        for item in self.user_proofs.scan_prefix(user_prefix(user_id)).keys() {
+            let index = item?;
+            (&self.proofs, &self.user_proofs).transaction(
+                |(proofs, user_proofs): &(TransactionalTree, TransactionalTree)| {
+                    proofs.remove(&index[index.len() - 32..])?;
+                    user_proofs.remove(&index)?;
+                    Ok::<_, ConflictableTransactionError<StorageError>>(())
+                },
+            )?;
+        }
         self.db.sync().await?;
         Ok(revoked)
     }
+}
+
+fn user_prefix(user_id: &str) -> Vec<u8> {
+    let mut prefix = user_id.as_bytes().to_vec();
+    prefix.push(0);
+    prefix
+}
+
+/// `user_id \0 created_ms proof_hash`: sorts a user's proofs oldest first;
+/// the hash is always the last 32 bytes.
+fn proof_index_key(user_id: &str, created_ms: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut k = user_prefix(user_id);
+    k.extend_from_slice(&created_ms.to_be_bytes());
+    k.extend_from_slice(hash);
+    k
 }

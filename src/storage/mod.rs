@@ -63,6 +63,8 @@ pub enum StorageError {
     /// itself never uses it.
     #[error("{0}")]
     Log(String),
+    #[error(transparent)]
+    KeyFile(#[from] federation::KeyFileError),
 }
 
 impl StorageError {

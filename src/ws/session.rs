@@ -16,14 +16,15 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::time::Instant;
+use wsframe::OpCode;
 
-use super::frame::{self, Incoming};
-use super::io::{Broken, Io};
+use super::close_code;
+use super::io::{Data, End, Io, Stream};
 use crate::app::App;
+use crate::protocol::events::Cursor;
 use crate::protocol::events::Range;
-use crate::protocol::events::{Cursor, Event};
-use crate::protocol::limits::{WS_ID_MAX, WS_MAX_SUBSCRIPTIONS};
-use crate::protocol::ws::{CLIENT_FRAME_TYPES, ClientFrame, FrameHead, GapReason, ServerFrame, close};
+use crate::protocol::limits::WS_MAX_SUBSCRIPTIONS;
+use crate::protocol::ws::{ClientFrame, EventFrame, GapReason, ServerFrame, close, parse_client_frame};
 use crate::protocol::{ErrCode, RoomId};
 use crate::service::Error;
 use crate::service::accounts::Session;
@@ -37,20 +38,6 @@ const MAX_IN_FLIGHT: usize = 64;
 const REPLAY_PAGE: usize = 256;
 /// How long a close frame may take to get out to a peer that is not reading.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// Why the session ends.
-enum End {
-    /// The peer is gone or the socket failed: nothing more to send.
-    Gone,
-    /// Close with this code and reason.
-    Close(u16, &'static str),
-}
-
-impl From<Broken> for End {
-    fn from(_: Broken) -> Self {
-        End::Gone
-    }
-}
 
 struct Sub {
     /// The hub's shared id for the room: events carry the same `Arc`, so
@@ -94,51 +81,43 @@ impl Subs {
 enum Wake {
     Shutdown,
     AuthTimeout,
-    Writable,
+    Written(Result<(), End>),
     Answer(ServerFrame),
     Queued,
-    Readable,
+    Read(Result<bool, End>),
     Heartbeat,
 }
 
-struct State {
+struct State<S> {
     app: Arc<App>,
-    io: Io,
-    /// Bytes of frames that may wait for this peer before it is a slow consumer.
-    limit: usize,
+    io: Io<S>,
     auth: Option<(Session, Arc<Conn>)>,
     subs: Subs,
 }
 
-pub async fn run(io: Io, app: Arc<App>, preauth: Option<Session>) {
-    let limit = app.services.config.ws_outbound_limit;
-    let mut st = State { app: app.clone(), io, limit, auth: None, subs: Subs::default() };
-    let end = st.main_loop(preauth).await;
+pub async fn run<S: Stream>(io: Io<S>, app: Arc<App>, preauth: Option<Session>) {
+    let mut st = State { app: app.clone(), io, auth: None, subs: Subs::default() };
+    let end = st.main_loop(preauth).await.err().unwrap_or(End::Gone);
     if let Some((_, conn)) = &st.auth {
         for sub in &st.subs.0 {
             app.services.hub.unsubscribe(&sub.key, conn);
         }
     }
-    if let Err(End::Close(code, reason)) = end {
-        // A peer that does not read gets its close code once it reads again,
-        // as long as that is within a heartbeat; otherwise it is dropped.
-        let grace = match code {
-            close::SLOW_CONSUMER | close::HEARTBEAT_TIMEOUT => {
-                st.io.discard_unsent();
-                app.services.config.ws_ping_interval
-            }
-            _ => CLOSE_GRACE,
-        };
-        st.io.queue(frame::close(code, reason));
-        if st.io.flush_until(0, grace).await.is_ok() {
-            st.io.shutdown().await;
+    // A peer that does not read gets its close code once it reads again,
+    // as long as that is within a heartbeat; otherwise it is dropped.
+    let grace = match end {
+        End::Close(close::SLOW_CONSUMER | close::HEARTBEAT_TIMEOUT, _) => {
+            st.io.discard_unsent();
+            app.services.config.ws_ping_interval
         }
-    }
+        _ => CLOSE_GRACE,
+    };
+    st.io.finish(end, grace).await;
 }
 
 type Pending = FuturesOrdered<futures_util::future::BoxFuture<'static, ServerFrame>>;
 
-impl State {
+impl<S: Stream> State<S> {
     async fn main_loop(&mut self, preauth: Option<Session>) -> Result<(), End> {
         if let Some(session) = preauth {
             self.authenticated(session, None)?;
@@ -152,7 +131,7 @@ impl State {
         let token = self.app.shutdown.clone();
         let shutdown = token.cancelled();
         tokio::pin!(auth_deadline, shutdown);
-        // Bytes hyper read past the upgrade request may already hold frames.
+        // Bytes read past the upgrade request may already hold frames.
         self.read_messages(&mut pending).await?;
         // The loop polls long-lived futures by hand instead of rebuilding a
         // `select!` on every wake-up: this runs once per delivered batch on
@@ -172,8 +151,10 @@ impl State {
                     if !authed && auth_deadline.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wake::AuthTimeout);
                     }
-                    if self.io.has_unsent() && self.io.poll_writable(cx).is_ready() {
-                        return Poll::Ready(Wake::Writable);
+                    if self.io.has_unsent() {
+                        if let Poll::Ready(r) = self.io.poll_write(cx) {
+                            return Poll::Ready(Wake::Written(r));
+                        }
                     }
                     if let Poll::Ready(Some(frame)) = pending.poll_next_unpin(cx) {
                         return Poll::Ready(Wake::Answer(frame));
@@ -183,8 +164,10 @@ impl State {
                             return Poll::Ready(Wake::Queued);
                         }
                     }
-                    if pending.len() < MAX_IN_FLIGHT && self.io.poll_readable(cx).is_ready() {
-                        return Poll::Ready(Wake::Readable);
+                    if pending.len() < MAX_IN_FLIGHT {
+                        if let Poll::Ready(r) = self.io.poll_read(cx) {
+                            return Poll::Ready(Wake::Read(r));
+                        }
                     }
                     if heartbeat.poll_tick(cx).is_ready() {
                         return Poll::Ready(Wake::Heartbeat);
@@ -193,20 +176,20 @@ impl State {
                 })
                 .await;
                 match wake {
-                    Wake::Shutdown => return Err(End::Close(close::GOING_AWAY, "server shutting down")),
+                    Wake::Shutdown => return Err(close_code(CloseReason::Shutdown)),
                     Wake::AuthTimeout => {
                         return Err(End::Close(close::AUTH_TIMEOUT, "authenticate within the auth timeout"));
                     }
-                    Wake::Writable => self.io.try_flush()?,
+                    Wake::Written(r) => r?,
                     Wake::Answer(frame) => self.write(frame)?,
                     Wake::Queued => {
                         let c = conn.as_ref().expect("only armed with a connection");
                         queued.set(Some(c.ready()));
                         self.drain(c).await?;
                     }
-                    Wake::Readable => {
+                    Wake::Read(r) => {
                         last_heard = Instant::now();
-                        if !self.io.try_read()? {
+                        if !r? {
                             return Err(End::Gone);
                         }
                         self.read_messages(&mut pending).await?;
@@ -215,7 +198,8 @@ impl State {
                         if last_heard.elapsed() >= ping_every * 2 {
                             return Err(End::Close(close::HEARTBEAT_TIMEOUT, "no answer to pings"));
                         }
-                        self.io.queue(frame::ping());
+                        // A ping control frame, under the bound like every byte.
+                        self.io.queue(OpCode::Ping, Bytes::new())?;
                         self.io.try_flush()?;
                     }
                 }
@@ -223,53 +207,29 @@ impl State {
         }
     }
 
-    /// Handles every complete message already read.
+    /// Handles every complete message already read (control frames are
+    /// answered inside `next_data`).
     async fn read_messages(&mut self, pending: &mut Pending) -> Result<(), End> {
-        loop {
-            let msg = match self.io.next_message() {
-                Ok(Some(m)) => m,
-                Ok(None) => return Ok(()),
-                Err(v) => return Err(End::Close(v.code, v.reason)),
-            };
-            match msg {
-                Incoming::Text(text) => self.on_text(&text, pending).await?,
-                Incoming::Binary => return Err(End::Close(close::UNSUPPORTED_DATA, "frames are JSON text")),
-                Incoming::Ping(payload) => {
-                    self.io.queue(frame::pong(&payload));
-                    self.io.try_flush()?;
-                }
-                Incoming::Pong => {}
-                Incoming::Close(code) => {
-                    // Echo a valid code, as RFC 6455 §5.5.1 suggests.
-                    let echo = code.filter(|c| matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999)).unwrap_or(1000);
-                    return Err(End::Close(echo, ""));
-                }
+        while let Some(data) = self.io.next_data()? {
+            match data {
+                Data::Text(text) => self.on_text(&text, pending).await?,
+                Data::Binary(_) => return Err(End::Close(close::UNSUPPORTED_DATA, "frames are JSON text")),
             }
         }
+        // Pongs queued on the way go out now.
+        self.io.try_flush()
     }
 
     /// Queues a frame and writes what the socket takes now. Over the limit,
     /// the peer is a slow consumer.
-    fn send_frame(&mut self, frame: Bytes) -> Result<(), End> {
-        self.io.queue(frame);
-        self.io.try_flush()?;
-        if self.io.queued() > self.limit {
-            return Err(End::Close(close::SLOW_CONSUMER, "slow consumer: resume with since"));
-        }
-        Ok(())
-    }
-
     fn write(&mut self, frame: ServerFrame) -> Result<(), End> {
-        self.send_frame(frame::text(&frame.to_json()))
+        self.feed(frame)?;
+        self.io.try_flush()
     }
 
     /// Queues without writing yet (a caller writes once for a batch).
-    fn feed(&mut self, frame: Bytes) -> Result<(), End> {
-        self.io.queue(frame);
-        if self.io.queued() > self.limit {
-            return Err(End::Close(close::SLOW_CONSUMER, "slow consumer: resume with since"));
-        }
-        Ok(())
+    fn feed(&mut self, frame: ServerFrame) -> Result<(), End> {
+        self.io.queue(OpCode::Text, Bytes::from(frame.to_json()))
     }
 
     fn error(&mut self, id: Option<String>, e: &Error) -> Result<(), End> {
@@ -295,13 +255,10 @@ impl State {
 
     /// Sends everything the hub queued for this connection.
     async fn drain(&mut self, conn: &Arc<Conn>) -> Result<(), End> {
-        let items = match conn.take() {
-            Ok(items) => items,
-            Err(CloseReason { code, reason }) => return Err(End::Close(code, reason)),
-        };
+        let items = conn.take().map_err(close_code)?;
         for item in items {
             match item {
-                Outgoing::Event { room, epoch, seq, frame } => {
+                Outgoing::Event { room, epoch, seq, json } => {
                     let Some(sub) = self.subs.get_mut(&room) else { continue };
                     let same_epoch = Arc::ptr_eq(&epoch, &sub.epoch) || *epoch == *sub.epoch;
                     if same_epoch {
@@ -309,14 +266,14 @@ impl State {
                         sub.epoch = epoch.clone();
                         if seq == sub.last + 1 {
                             sub.last = seq;
-                            self.io.queue(frame);
+                            self.io.push(OpCode::Text, json);
                             continue;
                         }
                         if seq <= sub.last {
                             continue; // already sent by the replay
                         }
                     }
-                    self.out_of_line(&room, &epoch, seq, frame).await?;
+                    self.out_of_line(&room, &epoch, seq, json).await?;
                 }
                 Outgoing::Left { room } => {
                     if self.subs.remove(&room).is_some() {
@@ -325,22 +282,19 @@ impl State {
                             room_id: (*room).clone(),
                             reason: Some("left".into()),
                         };
-                        self.io.queue(frame::text(&f.to_json()));
+                        self.io.push(OpCode::Text, Bytes::from(f.to_json()));
                     }
                 }
             }
         }
-        if self.io.queued() > self.limit {
-            return Err(End::Close(close::SLOW_CONSUMER, "slow consumer: resume with since"));
-        }
-        self.io.try_flush()?;
-        Ok(())
+        self.io.check_bound()?;
+        self.io.try_flush()
     }
 
     /// A live event that is not simply the next one: the log started a new
     /// epoch, or there is a hole (the hub never skips, but a log may restart
     /// or trim under us). Says so with `gap` and fills what the log has.
-    async fn out_of_line(&mut self, room: &Arc<RoomId>, epoch: &Arc<str>, seq: u64, frame: Bytes) -> Result<(), End> {
+    async fn out_of_line(&mut self, room: &Arc<RoomId>, epoch: &Arc<str>, seq: u64, json: Bytes) -> Result<(), End> {
         let mut sub = self.subs.remove(room).expect("caller found it");
         if **epoch != *sub.epoch {
             let from = Cursor { epoch: sub.epoch.to_string(), seq: sub.last };
@@ -348,11 +302,11 @@ impl State {
             sub.epoch = epoch.clone();
             sub.last = 0;
             let gap = ServerFrame::Gap { room_id: (**room).clone(), from, to, reason: GapReason::EpochChanged };
-            self.io.queue(frame::text(&gap.to_json()));
+            self.io.push(OpCode::Text, Bytes::from(gap.to_json()));
         }
         let filled = if seq > sub.last + 1 { self.replay(&mut sub, seq - 1).await } else { Ok(()) };
         if filled.is_ok() && sub.last + 1 == seq && *sub.epoch == **epoch {
-            self.io.queue(frame);
+            self.io.push(OpCode::Text, json);
             sub.last = seq;
         }
         self.subs.insert(sub);
@@ -394,13 +348,14 @@ impl State {
                 if ev.seq > until {
                     break;
                 }
-                self.io.queue(frame::text(&event_frame(&sub.room.room_id, &sub.epoch, ev)));
+                let f = EventFrame { room_id: &sub.room.room_id, epoch: &sub.epoch, event: ev };
+                self.io.push(OpCode::Text, Bytes::from(f.to_json()));
                 sub.last = ev.seq;
             }
             // Replay at the pace the peer reads, holding at most half the
             // outbound limit; a peer that stops reading for a heartbeat is gone.
             let grace = self.app.services.config.ws_ping_interval;
-            self.io.flush_until(self.limit / 2, grace).await?;
+            self.io.flush_until(self.io.limit() / 2, grace).await?;
             if page.events.last().is_some_and(|e| e.seq >= until) {
                 break;
             }
@@ -414,14 +369,16 @@ impl State {
         let to = Cursor { epoch: epoch.to_string(), seq: to_seq };
         sub.epoch = epoch.clone();
         sub.last = to_seq;
-        let f = ServerFrame::Gap { room_id: sub.room.room_id.clone(), from, to, reason };
-        self.feed(frame::text(&f.to_json()))
+        self.feed(ServerFrame::Gap { room_id: sub.room.room_id.clone(), from, to, reason })
     }
 
     async fn on_text(&mut self, text: &str, pending: &mut Pending) -> Result<(), End> {
-        let frame = match parse_frame(text) {
+        // Parsed before the auth check: a frame that is not one is
+        // `malformed_json` / `invalid_field` / `unknown_type` whatever the
+        // connection's state (§8).
+        let frame = match parse_client_frame(text) {
             Ok(f) => f,
-            Err((id, e)) => return self.error(id, &e),
+            Err((id, e)) => return self.error(id, &e.into()),
         };
         let authed = self.auth.is_some();
         match frame {
@@ -437,7 +394,6 @@ impl State {
                     }
                 }
             }
-            ClientFrame::Ping { id } => self.write(ServerFrame::Pong { id }),
             other if !authed => {
                 let id = frame_id(&other);
                 self.error(id, &Error::refused(ErrCode::NotAuthenticated, "send an auth frame first"))
@@ -454,7 +410,20 @@ impl State {
                 let user = self.session().user_id.clone();
                 let app = self.app.clone();
                 match async { app.services.rooms.leave(&user, &Rooms::parse_ref(&room)?).await }.await {
-                    Ok(r) => self.write(ServerFrame::Left { id, room_id: r.room_id }),
+                    Ok(r) => {
+                        // `left`, then at once the subscription's end (§8
+                        // promises this order): the hub's own notice,
+                        // queued meanwhile, then finds no subscription.
+                        self.write(ServerFrame::Left { id, room_id: r.room_id.clone() })?;
+                        match self.subs.remove(&r.room_id) {
+                            Some(_) => self.write(ServerFrame::Unsubscribed {
+                                id: None,
+                                room_id: r.room_id,
+                                reason: Some("left".into()),
+                            }),
+                            None => Ok(()),
+                        }
+                    }
                     Err(e) => self.error(id, &e),
                 }
             }
@@ -470,6 +439,7 @@ impl State {
                     Err(e) => self.error(id, &e),
                 }
             }
+            ClientFrame::Ping { id } => self.write(ServerFrame::Pong { id }),
             ClientFrame::Send { id, room, txn_id, body } => {
                 if !valid_txn_id(&txn_id) {
                     let e = Error::refused(ErrCode::InvalidField, "txn_id: 1 to 64 characters of A-Z a-z 0-9 . _ ~ -");
@@ -535,15 +505,9 @@ impl State {
         let mut sub = Sub { key, epoch: head.epoch.clone(), last: head.latest, room: room.clone() };
         if let Some(since) = since {
             if *since.epoch == *head.epoch {
-                if since.seq > head.latest {
-                    services.hub.unsubscribe(&room.room_id, &conn);
-                    let e = Error::refused(
-                        ErrCode::InvalidField,
-                        format!("since.seq {} is past the room's last seq {}", since.seq, head.latest),
-                    );
-                    return self.error(id, &e);
-                }
-                sub.last = since.seq;
+                // A cursor past the head is not an error (§8): nothing to
+                // replay, and `caught_up` tells the real head.
+                sub.last = since.seq.min(head.latest);
             } else {
                 // The client's epoch is not this log's: say so, then give
                 // everything the current epoch still has.
@@ -561,10 +525,6 @@ impl State {
     }
 }
 
-fn event_frame(room: &RoomId, epoch: &str, ev: &Event) -> String {
-    ServerFrame::Event { room_id: room.clone(), epoch: epoch.to_owned(), event: ev.clone() }.to_json()
-}
-
 fn frame_id(f: &ClientFrame) -> Option<String> {
     match f {
         ClientFrame::Auth { id, .. }
@@ -575,23 +535,4 @@ fn frame_id(f: &ClientFrame) -> Option<String> {
         | ClientFrame::Send { id, .. }
         | ClientFrame::Ping { id } => id.clone(),
     }
-}
-
-/// Parses a client frame, sorting failures into the spec's errcodes and
-/// keeping the frame's `id` (when it has a usable one) for the answer.
-fn parse_frame(text: &str) -> Result<ClientFrame, (Option<String>, Error)> {
-    // The frame is read twice (its head, then all of it) but checked once.
-    crate::protocol::parse::check_object(text.as_bytes()).map_err(|e| (None, e.into()))?;
-    let head: FrameHead = crate::protocol::parse::parse_fields(text.as_bytes()).map_err(|e| (None, e.into()))?;
-    let id = head.id.as_ref().and_then(|v| v.as_str()).map(str::to_owned);
-    let Some(kind) = head.kind else {
-        return Err((id, Error::refused(ErrCode::InvalidField, "type: missing")));
-    };
-    if !CLIENT_FRAME_TYPES.contains(&kind.as_ref()) {
-        return Err((id, Error::refused(ErrCode::UnknownType, format!("unknown frame type {kind:?}"))));
-    }
-    if id.as_ref().is_some_and(|i| i.len() > WS_ID_MAX) {
-        return Err((None, Error::refused(ErrCode::InvalidField, format!("id: at most {WS_ID_MAX} bytes"))));
-    }
-    crate::protocol::parse::parse_fields(text.as_bytes()).map_err(|e| (id, e.into()))
 }

@@ -373,10 +373,22 @@ try {
     await send(alice, 'Hello Bob, welcome to the garden!');
     await waitForMessage(bob, 'alice', 'Hello Bob, welcome to the garden!');
     await waitForMessage(alice, 'alice', 'Hello Bob, welcome to the garden!');
+    await send(bob, 'Thanks! The roses are out already.');
+    await waitForMessage(alice, 'bob', 'Thanks! The roses are out already.');
+    await send(alice, 'Tea at four?');
+    await waitForMessage(bob, 'alice', 'Tea at four?');
+    await send(bob, 'Sure — à tout à l’heure.');
+    await waitForMessage(alice, 'bob', 'Sure — à tout à l’heure.');
+    // The README's screenshots: a normal conversation, taken before the
+    // <script> check below, which runs in a room of its own.
+    await shot(alice, 'demo-chat.png');
+    await shot(bob, 'demo-chat-phone.png');
   });
 
   const script = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> <b>bold?</b>';
   await step('a message with <script> is shown as typed and runs nothing', async () => {
+    await joinRoom(alice, 'sandbox');
+    await joinRoom(bob, 'sandbox');
     await field(bob, 'Message').fill(script);
     await bob.page.getByRole('button', { name: 'Send', exact: true }).click();
     for (const p of [alice, bob]) {
@@ -385,12 +397,11 @@ try {
         `${p.name}: the message made no elements`);
       assert.equal(await p.page.evaluate(() => window.__pwned), undefined, `${p.name}: nothing ran`);
     }
-    await send(alice, 'Ha, nice try. Tea at four?');
-    await waitForMessage(bob, 'alice', 'Ha, nice try. Tea at four?');
-    await send(bob, 'Sure — à tout à l’heure.');
+    await send(alice, 'Ha, nice try.');
+    await waitForMessage(bob, 'alice', 'Ha, nice try.');
+    await joinRoom(alice, 'garden');
+    await joinRoom(bob, 'garden');
     await waitForMessage(alice, 'bob', 'Sure — à tout à l’heure.');
-    await shot(alice, 'demo-chat.png');
-    await shot(bob, 'demo-chat-phone.png');
   });
 
   // carol's tab reaches the server through a relay the test can cut.
@@ -402,11 +413,18 @@ try {
     const seen = await messages(carol);
     assert.deepEqual(seen.map((m) => [m.sender, m.body]), [
       ['alice', 'Hello Bob, welcome to the garden!'],
-      ['bob', script],
-      ['alice', 'Ha, nice try. Tea at four?'],
+      ['bob', 'Thanks! The roses are out already.'],
+      ['alice', 'Tea at four?'],
       ['bob', 'Sure — à tout à l’heure.'],
     ], 'carol sees the room history in order, with senders');
+    // The <script> message, met in history rather than live, stays text too.
+    await joinRoom(carol, 'sandbox');
+    await waitForMessage(carol, 'bob', script);
+    assert.equal(await carol.page.locator('#messages script, #messages img, #messages b').count(), 0,
+      'carol: the message from history made no elements');
     assert.equal(await carol.page.evaluate(() => window.__pwned), undefined);
+    await joinRoom(carol, 'garden');
+    await waitForMessage(carol, 'bob', 'Sure — à tout à l’heure.');
     await waitForMembers(alice, ['alice', 'bob', 'carol']);
     await send(bob, 'Hi Carol!');
     await waitForMessage(carol, 'bob', 'Hi Carol!');

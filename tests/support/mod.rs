@@ -152,15 +152,22 @@ impl TestServer {
         s
     }
 
+    /// Waits until `GET /healthz` answers 200 (the listener being open is
+    /// not enough: storage may still be opening); fails at once if the
+    /// server task ended.
     async fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+                panic!("the server stopped before it was healthy");
+            }
+            let status = health_status(self.addr).await;
+            if status == Some(200) {
                 return;
             }
+            assert!(Instant::now() < deadline, "GET /healthz did not answer 200 within 30 s (last: {status:?})");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("server did not start");
     }
 
     /// Shuts down gracefully and waits until the data dir is released.
@@ -172,6 +179,20 @@ impl TestServer {
             t.await.unwrap();
         }
     }
+}
+
+/// The status of `GET /healthz` on `addr`, or None when nothing answers.
+pub async fn health_status(addr: SocketAddr) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: parlor.test\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let status = buf.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
+        std::str::from_utf8(status).ok()?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), ask).await.ok().flatten()
 }
 
 /// The real `parlor` binary, started as a child process.
@@ -203,7 +224,34 @@ impl ParlorProcess {
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        ParlorProcess { url: format!("http://{addr}"), addr, child }
+        let mut p = ParlorProcess { url: format!("http://{addr}"), addr, child };
+        p.wait_healthy_or_exit(Duration::from_secs(30));
+        p
+    }
+
+    /// Waits until `GET /healthz` answers 200 (the address is printed before
+    /// storage is open), the process exits, or `within` passes; a test that
+    /// expects the process to fail or to be unhealthy sees that itself.
+    fn wait_healthy_or_exit(&mut self, within: Duration) {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            let healthy = (|| {
+                let mut s = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: parlor.test\r\nConnection: close\r\n\r\n").ok()?;
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).ok()?;
+                buf.starts_with(b"HTTP/1.1 200 ").then_some(())
+            })();
+            if healthy.is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Sends SIGTERM and waits for the exit status.

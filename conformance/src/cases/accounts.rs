@@ -1,10 +1,10 @@
 //! §5 Accounts: versions, registration (username rules and folding, every
-//! password rule and their order), login, no user enumeration, devices,
-//! logout, logout-all and whoami.
+//! password rule and their order, what a digit is), login (its field checks,
+//! device proofs), no user enumeration, devices, logout, logout-all and whoami.
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::s;
 use crate::ctx::{Ctx, GOOD_PASSWORD};
@@ -31,12 +31,19 @@ pub fn cases() -> Vec<Case> {
         case!("accounts::register_password_too_common", "5", register_password_too_common),
         case!("accounts::register_password_entirely_numeric", "5", register_password_entirely_numeric),
         case!("accounts::register_password_rules_in_order", "5", register_password_rules_in_order),
+        case!(
+            "accounts::register_password_numeric_means_decimal_digits",
+            "5",
+            register_password_numeric_means_decimal_digits
+        ),
         case!("accounts::login_returns_token", "5", login_returns_token),
         case!("accounts::login_folds_case", "5", login_folds_case),
         case!("accounts::login_new_device_each_time", "5", login_new_device_each_time),
         case!("accounts::login_device_name_limit", "5", login_device_name_limit),
         case!("accounts::login_wrong_password", "5", login_wrong_password),
         case!("accounts::login_no_user_enumeration", "5", login_no_user_enumeration),
+        case!("accounts::login_fields_checked_before_the_password", "5", login_fields_checked_before_the_password),
+        case!("accounts::login_device_proof", "5", login_device_proof),
         case!("accounts::whoami", "5", whoami),
         case!("accounts::missing_token", "5", missing_token),
         case!("accounts::unknown_token", "5", unknown_token),
@@ -214,6 +221,30 @@ async fn register_password_rules_in_order(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// "Digits" are decimal digits of any script (Unicode `Nd`), and nothing else.
+async fn register_password_numeric_means_decimal_digits(ctx: &Ctx) -> Result<()> {
+    let name = ctx.username("nd");
+    for digits in [
+        "\u{663}\u{664}\u{665}\u{666}\u{667}\u{668}\u{669}\u{660}\u{661}\u{662}", // Arabic-Indic
+        "\u{ff18}\u{ff13}\u{ff19}\u{ff12}\u{ff10}\u{ff15}\u{ff17}\u{ff11}\u{ff19}\u{ff14}", // full-width
+        "\u{96e}\u{96f}\u{966}\u{967}\u{968}\u{969}\u{96a}\u{96b}\u{96c}",        // Devanagari
+        "83\u{669}2\u{ff10}5719",                                                 // mixed scripts
+    ] {
+        ctx.register_raw(&name, digits).await?.err(400, "password_entirely_numeric")?;
+    }
+    // Numeric characters that are not decimal digits: fractions, Roman
+    // numerals, superscripts, circled digits.
+    for (tag, other) in [
+        ("ndf", "\u{bd}\u{bc}\u{be}\u{bd}\u{bc}\u{be}\u{bd}\u{bc}\u{be}"),
+        ("ndr", "\u{216b}\u{2167}\u{2163}\u{216b}\u{2167}\u{2163}\u{216b}\u{2167}"),
+        ("nds", "\u{b2}\u{b3}\u{b9}\u{2074}\u{2075}\u{2076}\u{2077}\u{2078}"),
+        ("ndc", "\u{2460}\u{2461}\u{2462}\u{2463}\u{2464}\u{2465}\u{2466}\u{2467}"),
+    ] {
+        ctx.register_raw(&ctx.username(tag), other).await?.ok(201, "register_response")?;
+    }
+    Ok(())
+}
+
 async fn login_returns_token(ctx: &Ctx) -> Result<()> {
     let name = ctx.username("lg");
     ctx.register_raw(&name, GOOD_PASSWORD).await?.ok(201, "register_response")?;
@@ -293,6 +324,59 @@ async fn login_no_user_enumeration(ctx: &Ctx) -> Result<()> {
         mw < Duration::from_millis(20) || mg * 5 >= mw,
         "an unknown username is answered much faster ({mg:?}) than a wrong password ({mw:?}): the timing tells which"
     );
+    Ok(())
+}
+
+/// A username that is not valid syntax and a password over 1,024 bytes are
+/// refused as such (they cannot name an account or match one), not with
+/// `invalid_credentials` after a hash.
+async fn login_fields_checked_before_the_password(ctx: &Ctx) -> Result<()> {
+    let user = ctx.shared(2).await?;
+    for bad in ["a".repeat(60_000), "no spaces".into(), String::new(), "x".repeat(33)] {
+        ctx.login_raw(&bad, GOOD_PASSWORD, None).await?.err(400, "invalid_username")?;
+    }
+    ctx.login_raw(&user.username, &"p".repeat(1025), None).await?.err(400, "password_too_long")?;
+    let login = |proof: Value| {
+        Request::post(Ctx::api("/login"))
+            .json(&json!({"username": user.username, "password": GOOD_PASSWORD, "device_proof": proof}))
+    };
+    ctx.send_patiently(login(json!(42))).await?.err(400, "invalid_field")?;
+    Ok(())
+}
+
+/// Every login answers with a `device_proof`; sent back, it keeps it; a
+/// made-up one is ignored; `logout` keeps proofs and `logout/all` forgets them.
+async fn login_device_proof(ctx: &Ctx) -> Result<()> {
+    let name = ctx.username("dp");
+    ctx.register_raw(&name, GOOD_PASSWORD).await?.ok(201, "register_response")?;
+    let login = |proof: Option<&str>| {
+        let mut body = json!({"username": name, "password": GOOD_PASSWORD});
+        if let Some(p) = proof {
+            body["device_proof"] = json!(p);
+        }
+        ctx.send_patiently(Request::post(Ctx::api("/login")).json(&body))
+    };
+    let first = login(None).await?.ok(200, "login_response")?;
+    let proof = s(&first, "device_proof").to_owned();
+    check!(
+        proof.len() == 43 && proof.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
+        "device_proof {proof:?} is not 43 characters of unpadded base64url (256 bits)"
+    );
+    let again = login(Some(&proof)).await?.ok(200, "login_response")?;
+    check_eq!(s(&again, "device_proof"), proof.as_str(), "the proof a login with a valid proof answers with");
+    let made_up = login(Some(&"A".repeat(43))).await?.ok(200, "login_response")?;
+    check!(
+        s(&made_up, "device_proof") != proof && s(&made_up, "device_proof") != "A".repeat(43),
+        "a login with a made-up proof did not get a new one: {made_up}"
+    );
+    // `logout` keeps the proof.
+    ctx.http.send(Request::post(Ctx::api("/logout")).token(s(&first, "access_token"))).await?.ok(200, "empty")?;
+    let kept = login(Some(&proof)).await?.ok(200, "login_response")?;
+    check_eq!(s(&kept, "device_proof"), proof.as_str(), "the proof after logout");
+    // `logout/all` forgets it: the next login gets a new one.
+    ctx.http.send(Request::post(Ctx::api("/logout/all")).token(s(&kept, "access_token"))).await?.ok(200, "empty")?;
+    let after = login(Some(&proof)).await?.ok(200, "login_response")?;
+    check!(s(&after, "device_proof") != proof, "logout/all did not forget the device proof");
     Ok(())
 }
 

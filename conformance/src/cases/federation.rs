@@ -38,9 +38,11 @@ pub fn cases() -> Vec<Case> {
         case!("federation::wrong_sig_bad_signature", "11", wrong_sig_bad_signature),
         case!("federation::unfetchable_key_unknown_server", "11", unfetchable_key_unknown_server),
         case!("federation::foreign_user_unknown_server", "11", foreign_user_unknown_server),
+        case!("federation::replayed_request_refused", "11", replayed_request_refused),
         case!("federation::remote_join", "11", remote_join),
         case!("federation::remote_join_creates_room", "11", remote_join_creates_room),
         case!("federation::push_to_member_servers", "11", push_to_member_servers),
+        case!("federation::push_for_foreign_room_refused", "11", push_for_foreign_room_refused),
         case!("federation::remote_send", "11", remote_send),
         case!("federation::backfill", "11", backfill),
         case!("federation::backfill_needs_a_member", "11", backfill_needs_a_member),
@@ -113,10 +115,13 @@ async fn accepted_control(ctx: &Ctx, peer: &Peer) -> Result<()> {
     if resp.status == 403 && resp.errcode().as_deref() == Some("unknown_server") {
         fail!(
             "a correctly signed request from the runner ({}) was refused with unknown_server: the server could not \
-             fetch http://{}{KEY_PATH}; it must be able to reach 127.0.0.1:{} (§11.1's http://<name> fallback). {}",
+             fetch http://{}{KEY_PATH}. A server reaches a private address only for a named peer (§11.1): start it \
+             with --federation-peer {}=http://{} and the runner with --peer-listen {}. {}",
             peer.name,
             peer.name,
-            peer.name.rsplit(':').next().unwrap_or_default(),
+            peer.name,
+            peer.name,
+            peer.name,
             resp.json().map(|v| s(&v, "error").to_owned()).unwrap_or_default()
         );
     }
@@ -350,6 +355,28 @@ async fn foreign_user_unknown_server(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// A signed request is single-use: the same request sent again (a replay
+/// by whoever captured it) is refused, even after what it did was undone.
+async fn replayed_request_refused(ctx: &Ctx) -> Result<()> {
+    let peer = peer(ctx).await?;
+    accepted_control(ctx, &peer).await?;
+    let user = ctx.shared(0).await?;
+    let room = ctx.room(&user, "freplay").await?;
+    let a = peer.user_id(&ctx.username("fr"));
+    let path = format!("{FEDERATION_PREFIX}/join");
+    let body = body_bytes(ctx, "federation_join_request", &json!({"room": room.alias, "user_id": a}))?;
+    let auth = peer.authorization("POST", &path, &peer.name, &ctx.server_name, now_ms(), body.as_bytes());
+    let captured = || Request::post(&path).header(http::header::AUTHORIZATION, auth.clone()).raw(body.clone());
+    ctx.send_patiently(captured()).await?.ok(200, "federation_join_response")?;
+    fed_leave(ctx, &peer, &room.room_id, &a).await?.ok(200, "empty")?;
+    ctx.send_patiently(captured())
+        .await?
+        .err(401, "bad_signature")
+        .map_err(|e| Failure::Check(format!("the same signed join sent again after a leave: {e}")))?;
+    check_eq!(members(ctx, &user, &room.room_id).await?, vec![user.user_id.clone()], "members after the replay");
+    Ok(())
+}
+
 // ---- §11.3 ----
 
 async fn remote_join(ctx: &Ctx) -> Result<()> {
@@ -511,6 +538,34 @@ async fn push_to_member_servers(ctx: &Ctx) -> Result<()> {
         }
     }
     fed_leave(ctx, &peer, &room.room_id, &a).await?.ok(200, "empty")?;
+    Ok(())
+}
+
+/// A server accepts pushed events only for rooms homed on the origin: a
+/// transaction with an event of a room homed on the server itself (or on a
+/// third server) is refused whole with 403 `unknown_server`, and changes
+/// nothing.
+async fn push_for_foreign_room_refused(ctx: &Ctx) -> Result<()> {
+    let peer = peer(ctx).await?;
+    accepted_control(ctx, &peer).await?;
+    let user = ctx.shared(0).await?;
+    let room = ctx.room(&user, "fforeign").await?;
+    let page = ctx.messages(&user, &room.room_id, "").await?;
+    let intruder = peer.user_id(&ctx.username("fi"));
+    let elsewhere = format!("!{}:elsewhere.invalid", ctx.unique("r", 20));
+    for room_id in [room.room_id.as_str(), elsewhere.as_str()] {
+        let event = json!({"event_id": format!("$forged{}:{}", ctx.unique("e", 20), peer.name), "seq": 2,
+                           "type": "join", "sender": intruder, "ts": now_ms()});
+        let txn = json!({"events": [{"room_id": room_id, "epoch": s(&page, "epoch"), "event": event}]});
+        let body = body_bytes(ctx, "federation_transaction", &txn)?;
+        ctx.send_patiently(signed(ctx, &peer, Method::PUT, &push_path(ctx), Some(body)))
+            .await?
+            .err(403, "unknown_server")
+            .map_err(|e| Failure::Check(format!("a push of a join into {room_id}, not homed on the runner: {e}")))?;
+    }
+    check_eq!(members(ctx, &user, &room.room_id).await?, vec![user.user_id.clone()], "members after the forged push");
+    let after = ctx.messages(&user, &room.room_id, "").await?;
+    check_eq!(seqs(&after["events"]), vec![1], "seqs after the forged push (only the creator's join)");
     Ok(())
 }
 

@@ -19,6 +19,7 @@ pub fn cases() -> Vec<Case> {
         case!("history::bad_query_params", "7", bad_query_params),
         case!("history::event_fields", "7", event_fields),
         case!("history::not_member", "7", not_member),
+        case!("history::pages_are_cut_to_their_byte_size", "7", pages_are_cut_to_their_byte_size),
     ]
 }
 
@@ -105,6 +106,10 @@ async fn ends_are_empty(ctx: &Ctx) -> Result<()> {
     let past = ctx.messages(&user, &room.room_id, "after=3").await?;
     check_eq!(seqs(&past["events"]), Vec::<u64>::new(), "after=latest_seq");
     check_eq!(n(&past, "latest_seq"), 3, "latest_seq on an empty page");
+    // Past the head is not an error either: the same empty page.
+    let beyond = ctx.messages(&user, &room.room_id, "after=1000").await?;
+    check_eq!(seqs(&beyond["events"]), Vec::<u64>::new(), "after=1000 with latest_seq 3");
+    check_eq!((n(&beyond, "latest_seq"), s(&beyond, "epoch")), (3, s(&past, "epoch")), "(latest_seq, epoch)");
     let before_start = ctx.messages(&user, &room.room_id, "before=1").await?;
     check_eq!(seqs(&before_start["events"]), Vec::<u64>::new(), "before=1");
     Ok(())
@@ -152,5 +157,39 @@ async fn not_member(ctx: &Ctx) -> Result<()> {
     let (_, room) = filled_room(ctx, "hnm", 1).await?;
     let outsider = ctx.shared(2).await?;
     ctx.messages_raw(&outsider, &room.room_id, "").await?.err(403, "not_member")?;
+    Ok(())
+}
+
+/// 70 messages of 16,384 bytes make a room of more than 1,048,576 bytes:
+/// a page of all of them is cut, keeping the events nearest its cursor, and
+/// paging on reaches every event.
+async fn pages_are_cut_to_their_byte_size(ctx: &Ctx) -> Result<()> {
+    const PAGE_MAX: usize = 1_048_576;
+    let user = ctx.shared(1).await?;
+    let room = ctx.room(&user, "hbig").await?;
+    let body = "y".repeat(16_384);
+    for _ in 0..70 {
+        ctx.send(&user, &room.room_id, &ctx.txn(), &body).await?;
+    }
+    let first = ctx.messages_raw(&user, &room.room_id, "after=0&limit=1000").await?;
+    let page = first.ok(200, "messages_response")?;
+    let got = seqs(&page["events"]);
+    check!(first.body.len() <= PAGE_MAX, "a page of {} bytes", first.body.len());
+    check!(!got.is_empty() && got.len() < 71, "{} events in a page of at most {PAGE_MAX} bytes", got.len());
+    check_eq!(got, range(1, got.len() as u64), "the earliest events after 0");
+    let mut seen = got;
+    while seen.last().copied().unwrap_or(71) < 71 {
+        let after = seen.last().copied().unwrap_or_default();
+        let resp = ctx.messages_raw(&user, &room.room_id, &format!("after={after}&limit=1000")).await?;
+        check!(resp.body.len() <= PAGE_MAX, "a page of {} bytes", resp.body.len());
+        let more = seqs(&resp.ok(200, "messages_response")?["events"]);
+        check!(!more.is_empty(), "after={after} gave nothing though latest_seq is 71");
+        seen.extend(more);
+    }
+    check_eq!(seen, range(1, 71), "every seq, paging forwards");
+    let latest = ctx.messages_raw(&user, &room.room_id, "limit=1000").await?;
+    check!(latest.body.len() <= PAGE_MAX, "the latest page is {} bytes", latest.body.len());
+    let last = seqs(&latest.ok(200, "messages_response")?["events"]);
+    check!(last.len() < 71 && last.last() == Some(&71), "the latest page holds {last:?}");
     Ok(())
 }

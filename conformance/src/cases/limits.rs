@@ -1,5 +1,6 @@
 //! §4 Limits: request body size (by `Content-Length` and by chunked
-//! streaming), the body read timeout, and slow-drip headers. The two timeout
+//! streaming), the body read timeout, slow-drip headers, and the size of
+//! the request target and head. The two timeout
 //! cases mostly wait, so they run in the background alongside the others.
 
 use std::time::{Duration, Instant};
@@ -17,7 +18,44 @@ pub fn cases() -> Vec<Case> {
         case!("limits::body_at_limit_reaches_endpoint", "4", body_at_limit_reaches_endpoint),
         case!("limits::slow_body_request_timeout", "4", slow_body_request_timeout).limit(45).background(),
         case!("limits::slow_headers_closed", "4", slow_headers_closed).limit(45).background(),
+        case!("limits::request_target_too_long", "4", request_target_too_long),
+        case!("limits::request_head_too_large", "4", request_head_too_large),
     ]
+}
+
+const MAX_TARGET: usize = 8_192;
+const MAX_HEAD: usize = 16_384;
+const MAX_HEADER_FIELDS: usize = 100;
+
+async fn request_target_too_long(ctx: &Ctx) -> Result<()> {
+    let user = ctx.shared(0).await?;
+    // At the limit it reaches the endpoint; one byte over, it does not.
+    let at = format!("{}?pad=", Ctx::api("/account/whoami"));
+    let at = format!("{at}{}", "x".repeat(MAX_TARGET - at.len()));
+    ctx.http.send(Request::get(at.clone()).token(&user.token)).await?.ok(200, "whoami_response")?;
+    ctx.http.send(Request::get(format!("{at}x")).token(&user.token)).await?.err(414, "uri_too_long")?;
+    Ok(())
+}
+
+async fn request_head_too_large(ctx: &Ctx) -> Result<()> {
+    let host = &ctx.authority;
+    let fields: String = (1..=MAX_HEADER_FIELDS).map(|i| format!("X-F{i}: a\r\n")).collect();
+    let cases = [
+        ("one header field too many", format!("GET /_parlor/versions HTTP/1.1\r\nHost: {host}\r\n{fields}\r\n")),
+        (
+            "a head over 16,384 bytes",
+            format!("GET /_parlor/versions HTTP/1.1\r\nHost: {host}\r\nX-Pad: {}\r\n\r\n", "a".repeat(MAX_HEAD)),
+        ),
+    ];
+    for (what, head) in cases {
+        super::errors::raw_answer(ctx, what, head.as_bytes()).await?.err(431, "headers_too_large")?;
+    }
+    // Within the limits (Host, Connection and 98 more: 100 fields): answered.
+    let fields: String = (2..MAX_HEADER_FIELDS).map(|i| format!("X-F{i}: a\r\n")).collect();
+    let head = format!("GET /_parlor/versions HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{fields}\r\n");
+    check!(head.len() < MAX_HEAD, "suite bug: the head is {} bytes", head.len());
+    super::errors::raw_answer(ctx, "100 header fields", head.as_bytes()).await?.ok(200, "versions_response")?;
+    Ok(())
 }
 
 const MAX_BODY: usize = 65_536;

@@ -1,7 +1,9 @@
 //! §4 Rate limits (only with `--rate-limited`): 429 `rate_limited` with
-//! `retry_after_ms` and `Retry-After` on register and login (per address and
-//! per username) and on sends (per user, HTTP and WebSocket together). These
-//! cases drain the server's buckets on purpose, so they run last.
+//! `retry_after_ms` and `Retry-After` on register and login (per address,
+//! per username and origin, and not for a device proof of the account
+//! against failures from elsewhere) and on sends (per user, HTTP and
+//! WebSocket together, and before the send's parameters are looked at, §3).
+//! These cases drain the server's buckets on purpose, so they run last.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::s;
 use super::websocket::next_frame;
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, GOOD_PASSWORD};
 use crate::failure::{Failure, Result};
 use crate::http::{Request, Response};
 use crate::runner::{Case, Needs};
@@ -20,6 +22,9 @@ pub fn cases() -> Vec<Case> {
         case!("rate_limits::register_per_address", "4", register_per_address).needs(Needs::RateLimits).limit(120),
         case!("rate_limits::login_per_username", "4", login_per_username).needs(Needs::RateLimits).limit(120),
         case!("rate_limits::login_per_address", "4", login_per_address).needs(Needs::RateLimits).limit(120),
+        case!("rate_limits::login_known_device_not_slowed", "4", login_known_device_not_slowed)
+            .needs(Needs::RateLimits)
+            .limit(120),
         case!("rate_limits::send_per_user", "4", send_per_user).needs(Needs::RateLimits).limit(180),
     ]
 }
@@ -72,7 +77,7 @@ async fn login_per_username(ctx: &Ctx) -> Result<()> {
     let login =
         |name: &str| Request::post(Ctx::api("/login")).json(&json!({"username": name, "password": "#Wrong!pass%9"}));
     let (n, _) = until_429(ctx, 12, Some("invalid_credentials"), |_| login(&target)).await?;
-    check!(n <= 11, "the 429 came only at attempt {n}; the per-username burst is 10");
+    check!(n <= 6, "the 429 came only at attempt {n}; the per-(username, address) burst is 5");
     // Another username from the same address is not limited by that bucket
     // (waiting out the address bucket if the rest of the run drained it).
     let other = ctx.username("rlo");
@@ -99,6 +104,29 @@ async fn login_per_address(ctx: &Ctx) -> Result<()> {
     })
     .await?;
     check!(n <= 21, "the 429 came only at attempt {n}; the per-address burst is 20");
+    Ok(())
+}
+
+/// Failures drain the (username, address) bucket; a login with a device
+/// proof of the account has a bucket of its own and still gets in.
+async fn login_known_device_not_slowed(ctx: &Ctx) -> Result<()> {
+    let name = ctx.username("rlk");
+    ctx.register_raw(&name, GOOD_PASSWORD).await?.ok(201, "register_response")?;
+    let login = |password: &str, proof: Option<&str>| {
+        let mut body = json!({"username": name, "password": password});
+        if let Some(p) = proof {
+            body["device_proof"] = json!(p);
+        }
+        Request::post(Ctx::api("/login")).json(&body)
+    };
+    let first = ctx.send_patiently(login(GOOD_PASSWORD, None)).await?.ok(200, "login_response")?;
+    let proof = s(&first, "device_proof").to_owned();
+    let (n, _) = until_429(ctx, 8, Some("invalid_credentials"), |_| login("#Wrong!pass%9", None)).await?;
+    check!(n <= 6, "the 429 came only at attempt {n}; the per-(username, address) burst is 5");
+    // The right password from this address is slowed too: the bucket is the address's...
+    check_429(&ctx.http.send(login(GOOD_PASSWORD, None)).await?)?;
+    // ...but not with the device proof.
+    ctx.http.send(login(GOOD_PASSWORD, Some(&proof))).await?.ok(200, "login_response")?;
     Ok(())
 }
 
@@ -170,6 +198,32 @@ async fn send_per_user(ctx: &Ctx) -> Result<()> {
         }
     }
     let Some(wait) = wait else { fail!("10 HTTP sends right after the WebSocket was rate limited were all accepted") };
+    // §3: rate limits come before parameters and the endpoint's checks, so
+    // with the bucket empty a send is 429 whatever its txn_id or room (a
+    // burst each, as a token may refill meanwhile; never the other answer alone).
+    let unknown = format!("!{}:{}", crate::ctx::random_base36(18), ctx.server_name);
+    for (room_ref, txn, other) in [
+        (room.room_id.as_str(), "bad!txn", "invalid_param"),
+        ("bad room", "t1", "invalid_room"),
+        (unknown.as_str(), "t1", "room_not_found"),
+    ] {
+        let burst: Vec<_> =
+            (0..10).map(|_| ctx.http.send(Ctx::send_req(&user, room_ref, txn, &json!({"body": "x"})))).collect();
+        let mut limited = 0;
+        for resp in futures_util::future::join_all(burst).await {
+            let resp = resp?;
+            if resp.status == 429 {
+                check_429(&resp)?;
+                limited += 1;
+            } else {
+                check_eq!(resp.errcode().as_deref(), Some(other), "a send to {room_ref:?} with txn_id {txn:?}");
+            }
+        }
+        check!(
+            limited > 0,
+            "with an empty bucket, 10 sends to {room_ref:?} with txn_id {txn:?} all got {other}: parameters were checked before the rate limit"
+        );
+    }
     // A refused send stores nothing.
     let events = ctx.all_events(&user, &room.room_id).await?;
     check_eq!(events.len() as u64, acks + http_acks + 1, "events stored (join + acknowledged sends)");

@@ -25,6 +25,7 @@ pub fn cases() -> Vec<Case> {
         case!("rooms::rejoin_after_leave", "6", rejoin_after_leave),
         case!("rooms::members_sorted", "6", members_sorted),
         case!("rooms::members_not_member", "6", members_not_member),
+        case!("rooms::unknown_room_not_found", "6", unknown_room_not_found),
         case!("rooms::rooms_list_sorted", "6", rooms_list_sorted),
     ]
 }
@@ -252,5 +253,21 @@ async fn rooms_list_sorted(ctx: &Ctx) -> Result<()> {
     ctx.leave_raw(&user, &made[1].1).await?.ok(200, "empty")?;
     made.remove(1);
     check_eq!(rooms_list(ctx, &user).await?, made, "rooms after leaving one");
+    Ok(())
+}
+
+async fn unknown_room_not_found(ctx: &Ctx) -> Result<()> {
+    let user = ctx.shared(0).await?;
+    let name = ctx.room_name("nosuch");
+    let id = format!("!{}:{}", crate::ctx::random_base36(18), ctx.server_name);
+    for room in [name.clone(), ctx.alias(&name), id] {
+        let r = crate::http::enc(&room);
+        ctx.http
+            .send(Request::get(Ctx::api(&format!("/rooms/{r}/members"))).token(&user.token))
+            .await?
+            .err(404, "room_not_found")?;
+        ctx.leave_raw(&user, &room).await?.err(404, "room_not_found")?;
+        ctx.messages_raw(&user, &room, "").await?.err(404, "room_not_found")?;
+    }
     Ok(())
 }

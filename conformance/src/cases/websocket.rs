@@ -24,11 +24,13 @@ pub fn cases() -> Vec<Case> {
         case!("websocket::subprotocol_selected", "8", subprotocol_selected),
         case!("websocket::forbidden_origin_refused", "8", forbidden_origin_refused),
         case!("websocket::same_origin_allowed", "8", same_origin_allowed),
+        case!("websocket::origin_scheme_and_server_name", "8", origin_scheme_and_server_name),
         case!("websocket::auth_by_header", "8", auth_by_header),
         case!("websocket::auth_header_bad_token_refused", "8", auth_header_bad_token_refused),
         case!("websocket::auth_by_first_frame", "8", auth_by_first_frame),
         case!("websocket::auth_frame_bad_token_closes_4001", "8", auth_frame_bad_token_closes_4001),
         case!("websocket::frame_before_auth_refused", "8", frame_before_auth_refused),
+        case!("websocket::parse_errors_before_auth_errors", "8", parse_errors_before_auth_errors),
         case!("websocket::already_authenticated", "8", already_authenticated),
         case!("websocket::auth_timeout_closes_4002", "8", auth_timeout_closes_4002).limit(45).background(),
         case!("websocket::heartbeat_timeout_closes_4003", "8", heartbeat_timeout_closes_4003)
@@ -40,6 +42,7 @@ pub fn cases() -> Vec<Case> {
         case!("websocket::join_refusals", "8", join_refusals),
         case!("websocket::subscribe_live", "8", subscribe_live),
         case!("websocket::unsubscribe", "8", unsubscribe),
+        case!("websocket::subscribe_twice", "8", subscribe_twice),
         case!("websocket::leave_ends_subscription", "8", leave_ends_subscription),
         case!("websocket::send_ack", "8", send_ack),
         case!("websocket::send_idempotent", "8", send_idempotent),
@@ -52,7 +55,7 @@ pub fn cases() -> Vec<Case> {
         case!("websocket::resume_since_zero", "8", resume_since_zero),
         case!("websocket::gap_on_forged_epoch", "8", gap_on_forged_epoch),
         case!("websocket::gap_when_trimmed", "8", gap_when_trimmed).needs(Needs::Retention).limit(120),
-        case!("websocket::since_beyond_latest_refused", "8", since_beyond_latest_refused),
+        case!("websocket::since_beyond_latest_caught_up", "8", since_beyond_latest_caught_up),
         case!("websocket::malformed_json_frame", "8", malformed_json_frame),
         case!("websocket::missing_type", "8", missing_type),
         case!("websocket::unknown_type", "8", unknown_type),
@@ -212,6 +215,22 @@ async fn same_origin_allowed(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Same-origin ignores the scheme, and the server's own name is same-origin
+/// whatever `Host` the request came with (e.g. an address).
+async fn origin_scheme_and_server_name(ctx: &Ctx) -> Result<()> {
+    let user = ctx.shared(0).await?;
+    for origin in [format!("https://{}", ctx.authority), format!("http://{}", ctx.server_name)] {
+        let opts = WsOptions { token: Some(user.token.clone()), origin: Some(origin.clone()), ..Default::default() };
+        let mut ws = ctx.ws_with(&opts).await.map_err(|e| match e {
+            Failure::Check(m) => Failure::Check(format!("Origin {origin}: {m}")),
+            other => other,
+        })?;
+        ws.expect("ready").await?;
+        ws.close().await;
+    }
+    Ok(())
+}
+
 async fn auth_by_header(ctx: &Ctx) -> Result<()> {
     let user = ctx.shared(0).await?;
     let mut ws = ctx.ws_with(&WsOptions { token: Some(user.token.clone()), ..Default::default() }).await?;
@@ -251,7 +270,29 @@ async fn frame_before_auth_refused(ctx: &Ctx) -> Result<()> {
     let mut ws = ctx.ws_with(&WsOptions::default()).await?;
     ws.send(json!({"type": "join", "room": "lobby", "id": "j1"})).await?;
     ws.expect_error("not_authenticated", Some("j1")).await?;
+    // `ping` too: only `auth` is answered before authentication.
+    ws.send(json!({"type": "ping", "id": "p1"})).await?;
+    ws.expect_error("not_authenticated", Some("p1")).await?;
     // The connection stays open and can still authenticate.
+    ws.call(json!({"type": "auth", "token": user.token}), "a1", "ready").await?;
+    ws.close().await;
+    Ok(())
+}
+
+/// Before authentication a frame is still parsed first: what is not a
+/// frame is `malformed_json`, `invalid_field` or `unknown_type`, not
+/// `not_authenticated` (§8).
+async fn parse_errors_before_auth_errors(ctx: &Ctx) -> Result<()> {
+    let user = ctx.shared(0).await?;
+    let mut ws = ctx.ws_with(&WsOptions::default()).await?;
+    ws.send_text("{not json").await?;
+    ws.expect_error("malformed_json", None).await?;
+    ws.send_text(json!({"type": "join", "id": "f1", "room": 5}).to_string()).await?;
+    ws.expect_error("invalid_field", Some("f1")).await?;
+    ws.send_text(json!({"type": "dance", "id": "f2"}).to_string()).await?;
+    ws.expect_error("unknown_type", Some("f2")).await?;
+    ws.send(json!({"type": "join", "room": "lobby", "id": "f3"})).await?;
+    ws.expect_error("not_authenticated", Some("f3")).await?;
     ws.call(json!({"type": "auth", "token": user.token}), "a1", "ready").await?;
     ws.close().await;
     Ok(())
@@ -276,10 +317,17 @@ async fn heartbeat_timeout_closes_4003(ctx: &Ctx) -> Result<()> {
     let secs = ctx.cfg.ws_ping_secs.unwrap_or(30);
     let a = ctx.shared(0).await?;
     let mut ws = ctx.ws(&a).await?;
-    // Read nothing (so the server's pings go unanswered) for three intervals:
-    // two of silence, plus one for the server's timer to notice.
-    tokio::time::sleep(Duration::from_secs(3 * secs + 1)).await;
-    ws.expect_close_code(4003, Duration::from_secs(secs + 10)).await
+    // Read nothing (so the server's pings go unanswered) until the close
+    // is there: within three intervals (two of silence, one for the
+    // server's timer), plus slack.
+    let frames = ws.peek_until_close(Duration::from_secs(3 * secs + 10)).await?;
+    let (close, before) = frames.split_last().expect("ends with the close");
+    // Server pings are WebSocket ping control frames, not JSON `ping`s.
+    check!(!before.is_empty(), "the server closed for silence without pinging first");
+    check!(before.iter().all(|(op, _)| *op == 0x9), "before the close, only ping control frames: {before:?}");
+    let code = close.1.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+    check_eq!(code, Some(4003), "close code");
+    Ok(())
 }
 
 async fn ping_pong(ctx: &Ctx) -> Result<()> {
@@ -366,8 +414,12 @@ async fn unsubscribe(ctx: &Ctx) -> Result<()> {
     subscribe(&mut ws, &room.room_id, None).await?;
     let u = ws.call(json!({"type": "unsubscribe", "room": room.alias}), "u1", "unsubscribed").await?;
     check_eq!(s(&u, "room_id"), room.room_id.as_str(), "room_id in unsubscribed");
+    // A witness sees the next event; by then it would have reached `ws` too.
+    let mut witness = ctx.ws(&a).await?;
+    subscribe(&mut witness, &room.room_id, None).await?;
     ctx.send(&a, &room.room_id, &ctx.txn(), "after unsubscribe").await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    live_events(&mut witness, &room.room_id, 1).await?;
+    witness.close().await;
     // The next frame is the pong: no event slipped through.
     ws.call(json!({"type": "ping"}), "p1", "pong").await?;
     // Unsubscribing when not subscribed answers the same.
@@ -396,24 +448,26 @@ async fn leave_ends_subscription(ctx: &Ctx) -> Result<()> {
             _ => fail!("expected unsubscribed {{reason: left}}, got {f}"),
         }
     }
+    // A witness (a's socket) sees the next event; by then it would have reached b too.
+    let mut witness = ctx.ws(&a).await?;
+    subscribe(&mut witness, &room.room_id, None).await?;
     ctx.send(&a, &room.room_id, &ctx.txn(), "not for b").await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    live_events(&mut witness, &room.room_id, 1).await?;
+    witness.close().await;
     ws.call(json!({"type": "ping"}), "p1", "pong").await?;
-    // Leaving with a frame: `left` answers it, and the subscription ends
-    // with `unsubscribed {reason: left}` (in either order).
+    // Leaving with a frame: `left` answers it, and at once the subscription
+    // ends with `unsubscribed {reason: left}`, in that order.
     ctx.join(&b, &room.room_id).await?;
     subscribe(&mut ws, &room.room_id, None).await?;
     ws.send(json!({"type": "leave", "room": room.room_id, "id": "l1"})).await?;
-    let (mut left, mut ended) = (false, false);
-    while !(left && ended) {
-        let f = next_frame(&mut ws).await?;
-        match s(&f, "type") {
-            "left" if s(&f, "id") == "l1" => left = true,
-            "unsubscribed" if s(&f, "reason") == "left" => ended = true,
-            "event" if s(&f["event"], "type") == "leave" => continue,
-            _ => fail!("after a leave frame, expected left and unsubscribed {{reason: left}}, got {f}"),
-        }
-    }
+    let left = next_frame(&mut ws).await?;
+    check!(s(&left, "type") == "left" && s(&left, "id") == "l1", "expected left echoing l1 first, got {left}");
+    let ended = next_frame(&mut ws).await?;
+    check!(
+        s(&ended, "type") == "unsubscribed" && s(&ended, "reason") == "left",
+        "expected unsubscribed {{reason: left}} right after left, got {ended}"
+    );
+    check_eq!(s(&ended, "room_id"), room.room_id.as_str(), "room_id");
     ws.close().await;
     Ok(())
 }
@@ -658,14 +712,45 @@ async fn gap_when_trimmed(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-async fn since_beyond_latest_refused(ctx: &Ctx) -> Result<()> {
+/// A cursor past the head is not an error, over either wire: WebSocket
+/// `caught_up` names the real head (then live events follow), HTTP `after`
+/// gives an empty page with the epoch and head.
+async fn since_beyond_latest_caught_up(ctx: &Ctx) -> Result<()> {
     let a = ctx.shared(0).await?;
     let room = room_with(ctx, &a, "beyond", 1).await?;
+    let page = ctx.messages(&a, &room.room_id, "after=9").await?;
+    let epoch = s(&page, "epoch").to_owned();
+    check_eq!(seqs(&page["events"]), Vec::<u64>::new(), "events after a seq past the head");
+    check_eq!(n(&page, "latest_seq"), 2, "latest_seq of that page");
+    let mut ws = ctx.ws(&a).await?;
+    let (gap, events, caught_up) = subscribe(&mut ws, &room.room_id, Some(json!({"epoch": epoch, "seq": 9}))).await?;
+    check!(gap.is_none() && events.is_empty(), "replay for a cursor past the head: {gap:?} {events:?}");
+    check_eq!((s(&caught_up, "epoch"), n(&caught_up, "seq")), (epoch.as_str(), 2), "caught_up names the real head");
+    let sent = ctx.send(&a, &room.room_id, &ctx.txn(), "after the head").await?;
+    let live = live_events(&mut ws, &room.room_id, 1).await?;
+    check_eq!(s(&live[0], "event_id"), s(&sent, "event_id"), "the next event is delivered");
+    ws.close().await;
+    Ok(())
+}
+
+/// Subscribing to a room already subscribed replaces the subscription: the
+/// answer is a new replay and `caught_up`, and live events come once.
+async fn subscribe_twice(ctx: &Ctx) -> Result<()> {
+    let a = ctx.shared(0).await?;
+    let room = room_with(ctx, &a, "twice", 2).await?;
     let epoch = s(&ctx.messages(&a, &room.room_id, "limit=1").await?, "epoch").to_owned();
     let mut ws = ctx.ws(&a).await?;
-    ws.send(json!({"type": "subscribe", "room": room.room_id, "since": {"epoch": epoch, "seq": 9}, "id": "s1"}))
-        .await?;
-    ws.expect_error("invalid_field", Some("s1")).await?;
+    let (_, _, first) = subscribe(&mut ws, &room.room_id, None).await?;
+    check_eq!(n(&first, "seq"), 3, "first caught_up");
+    let (gap, events, again) = subscribe(&mut ws, &room.room_id, Some(json!({"epoch": epoch, "seq": 1}))).await?;
+    check!(gap.is_none(), "gap on a valid cursor: {gap:?}");
+    check_eq!(seqs(&json!(events)), range(2, 3), "the second subscribe replays from its own since");
+    check_eq!(n(&again, "seq"), 3, "second caught_up");
+    ctx.send(&a, &room.room_id, &ctx.txn(), "once").await?;
+    let live = live_events(&mut ws, &room.room_id, 1).await?;
+    check_eq!(n(&live[0], "seq"), 4, "live seq");
+    // Nothing twice: the next frame answers the ping.
+    ws.call(json!({"type": "ping"}), "p", "pong").await?;
     ws.close().await;
     Ok(())
 }
@@ -685,9 +770,16 @@ async fn malformed_json_frame(ctx: &Ctx) -> Result<()> {
 async fn missing_type(ctx: &Ctx) -> Result<()> {
     let a = ctx.shared(0).await?;
     let mut ws = ctx.ws(&a).await?;
-    for bad in [json!({"id": "m1", "room": "lobby"}), json!({"type": 7, "id": "m2"}), json!(["ping"]), json!("ping")] {
+    // An error answering a frame with a usable id echoes it, even when the type is wrong.
+    for (bad, id) in [
+        (json!({"id": "m1", "room": "lobby"}), Some("m1")),
+        (json!({"type": 7, "id": "m2"}), Some("m2")),
+        (json!(["ping"]), None),
+        (json!("ping"), None),
+    ] {
         ws.send_text(bad.to_string()).await?;
-        ws.expect_error("invalid_field", None).await?;
+        let e = ws.expect_error("invalid_field", id).await?;
+        check!(id.is_some() || e.get("id").is_none(), "an error for a frame without an id has no id: {e}");
     }
     ws.call(json!({"type": "ping"}), "p", "pong").await?;
     ws.close().await;
@@ -710,18 +802,20 @@ async fn unknown_type(ctx: &Ctx) -> Result<()> {
 async fn unknown_or_wrong_fields(ctx: &Ctx) -> Result<()> {
     let a = ctx.shared(0).await?;
     let mut ws = ctx.ws(&a).await?;
+    // As over HTTP (§1), `error` names the field.
     let bad = [
-        json!({"type": "ping", "id": "f1", "extra": true}),
-        json!({"type": "join", "id": "f2", "room": 5}),
-        json!({"type": "join", "id": "f3"}),
-        json!({"type": "send", "id": "f4", "room": "lobby", "txn_id": "t", "body": ["x"]}),
-        json!({"type": "subscribe", "id": "f5", "room": "lobby", "since": {"epoch": "e"}}),
-        json!({"type": "subscribe", "id": "f6", "room": "lobby", "since": {"epoch": "e", "seq": -1}}),
+        (json!({"type": "ping", "id": "f1", "extra": true}), "extra"),
+        (json!({"type": "join", "id": "f2", "room": 5}), "room"),
+        (json!({"type": "join", "id": "f3"}), "room"),
+        (json!({"type": "send", "id": "f4", "room": "lobby", "txn_id": "t", "body": ["x"]}), "body"),
+        (json!({"type": "subscribe", "id": "f5", "room": "lobby", "since": {"epoch": "e"}}), "seq"),
+        (json!({"type": "subscribe", "id": "f6", "room": "lobby", "since": {"epoch": "e", "seq": -1}}), "seq"),
     ];
-    for frame in bad {
+    for (frame, field) in bad {
         let id = s(&frame, "id").to_owned();
         ws.send_text(frame.to_string()).await?;
-        ws.expect_error("invalid_field", Some(&id)).await?;
+        let e = ws.expect_error("invalid_field", Some(&id)).await?;
+        check!(s(&e, "error").contains(field), "the error for {frame} does not name `{field}`: {e}");
     }
     ws.call(json!({"type": "ping"}), "p", "pong").await?;
     ws.close().await;

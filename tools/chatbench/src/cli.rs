@@ -63,6 +63,8 @@ pub enum Workload {
     Idle(IdleArgs),
     /// Every member drops and resumes with `since` at once, mid-stream: zero loss and duplicates required.
     Resume(ResumeArgs),
+    /// A hostile login storm from many loopback addresses while a real user logs in: memory and login latency.
+    LoginStorm(StormArgs),
 }
 
 /// `N` messages per second, or `max`.
@@ -182,6 +184,31 @@ pub struct ResumeArgs {
     pub body_bytes: usize,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    /// Wrong-password logins in the storm, each for another username.
+    #[arg(long, default_value_t = 2000)]
+    pub logins: usize,
+    /// Source addresses the storm comes from (127.0.0.2 and up; at most 250).
+    #[arg(long, default_value_t = 100)]
+    pub addresses: usize,
+    /// Length of each storm username in bytes (0: short valid names no account has).
+    #[arg(long, default_value_t = 60_000)]
+    pub username_bytes: usize,
+    /// Storm requests in flight at once (one connection each).
+    #[arg(long, default_value_t = 2000)]
+    pub concurrency: usize,
+    /// Milliseconds after the storm starts before the real user's first login.
+    #[arg(long, default_value_t = 200)]
+    pub probe_delay_ms: u64,
+    /// Milliseconds between the real user's logins.
+    #[arg(long, default_value_t = 250)]
+    pub probe_pause_ms: u64,
+    /// Seconds to wait after the storm before reading the server's memory again.
+    #[arg(long, default_value_t = 2.0)]
+    pub settle_secs: f64,
+}
+
 /// What every workload gets.
 pub struct Ctx {
     pub api: Api,
@@ -242,6 +269,7 @@ async fn run(cli: Cli) -> Result<bool> {
             Workload::History(a) => workloads::history::run(&ctx, a).await?,
             Workload::Idle(a) => workloads::idle::run(&ctx, a, nofile).await?,
             Workload::Resume(a) => workloads::resume::run(&ctx, a).await?,
+            Workload::LoginStorm(a) => workloads::storm::run(&ctx, a, nofile).await?,
         };
         out.json.insert("run".into(), json!(i + 1));
         out.json.insert("server".into(), json!(server));

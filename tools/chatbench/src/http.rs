@@ -4,7 +4,7 @@
 //! history. Errors keep the server's `errcode` so callers can tell a refusal
 //! from a fault.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -15,7 +15,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// The client API prefix (spec §1).
 pub const PREFIX: &str = "/_parlor/client/v1";
@@ -78,7 +78,13 @@ impl Api {
     }
 
     pub async fn conn(&self) -> Result<HttpConn> {
-        let mut c = HttpConn { api: self.clone(), tx: None };
+        self.conn_from(None).await
+    }
+
+    /// A connection from the local address `local` (e.g. one of 127.0.0.0/8,
+    /// so that one machine can look like many clients to a loopback server).
+    pub async fn conn_from(&self, local: Option<IpAddr>) -> Result<HttpConn> {
+        let mut c = HttpConn { api: self.clone(), tx: None, local };
         c.connect().await?;
         Ok(c)
     }
@@ -88,11 +94,21 @@ impl Api {
 pub struct HttpConn {
     api: Api,
     tx: Option<SendRequest<Full<Bytes>>>,
+    local: Option<IpAddr>,
 }
 
 impl HttpConn {
     async fn connect(&mut self) -> Result<()> {
-        let stream = TcpStream::connect(self.api.addr).await.with_context(|| format!("connect {}", self.api.addr))?;
+        let addr = self.api.addr;
+        let stream = match self.local {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => {
+                let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("bind {ip}"))?;
+                socket.connect(addr).await
+            }
+        }
+        .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
         let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::task::spawn_local(async move {

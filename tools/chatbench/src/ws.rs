@@ -1,7 +1,8 @@
 //! A minimal RFC 6455 WebSocket client for the benchmark's hot path.
 //!
-//! It owns the upgrade handshake, frame encoding (masked, as a client must)
-//! and frame decoding straight out of one reusable read buffer. A general
+//! It owns the upgrade handshake and decodes frames straight out of one
+//! reusable read buffer; the framing itself (headers, masking, the accept
+//! key) is the `wsframe` crate, the same code the server runs. A general
 //! library would allocate a message per frame and validate UTF-8 we never
 //! look at; here a text frame is handed to the caller as a borrowed slice of
 //! the read buffer, stamped with the time its read() returned, so the tool
@@ -21,21 +22,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use wsframe::{OpCode, Role, encode_masked, parse_header};
 
 use crate::clock::now_ns;
 
-const OP_CONT: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
 /// Frames larger than this are refused: the protocol caps messages at 64 KiB,
 /// so anything much larger means the stream is corrupt.
-const MAX_FRAME: usize = 1 << 24;
-
-const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const MAX_FRAME: u64 = 1 << 24;
 
 /// The socket and its not-yet-written bytes, shared by the reading task and
 /// whoever sends (the pacer, or another member's ack handler). Sends write
@@ -177,10 +170,7 @@ pub async fn connect(
 
 /// `Sec-WebSocket-Accept` for a given key (RFC 6455 §4.2.2).
 pub fn accept_key(key: &str) -> String {
-    let mut h = sha1_smol::Sha1::new();
-    h.update(key.as_bytes());
-    h.update(ACCEPT_GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.digest().bytes())
+    wsframe::accept_key(key.as_bytes())
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
@@ -199,16 +189,16 @@ impl WsShared {
     /// it. Never blocks: what the socket does not take now is written by the
     /// reading task when the socket becomes writable.
     pub fn send_text(self: &Rc<Self>, payload: &[u8]) -> io::Result<()> {
-        self.send_frame(OP_TEXT, payload)
+        self.send_frame(OpCode::Text, payload)
     }
 
-    fn send_frame(self: &Rc<Self>, op: u8, payload: &[u8]) -> io::Result<()> {
+    fn send_frame(self: &Rc<Self>, op: OpCode, payload: &[u8]) -> io::Result<()> {
         if self.dead.get() {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let mut pending = self.pending.borrow_mut();
         let was_empty = pending.is_empty();
-        encode_frame(&mut pending, op, payload, self.next_mask());
+        encode_masked(&mut pending, op, payload, self.next_mask());
         if was_empty {
             match self.stream.try_write(&pending) {
                 Ok(n) => {
@@ -276,37 +266,6 @@ impl WsShared {
     }
 }
 
-/// Append one masked client frame to `out`.
-pub fn encode_frame(out: &mut Vec<u8>, op: u8, payload: &[u8], mask: [u8; 4]) {
-    out.push(0x80 | op);
-    let len = payload.len();
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if len <= 0xFFFF {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    apply_mask(&mut out[start..], mask);
-}
-
-fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
-    let m8 = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
-    let mut chunks = data.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let v = u64::from_ne_bytes(c.try_into().unwrap()) ^ m8;
-        c.copy_from_slice(&v.to_ne_bytes());
-    }
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-        *b ^= mask[i & 3];
-    }
-}
-
 impl WsReader {
     /// The shared half of this connection.
     pub fn shared(&self) -> &Rc<WsShared> {
@@ -354,9 +313,13 @@ impl WsReader {
         let mut closed = None;
         loop {
             let avail = &self.buf[self.start..self.end];
-            let Some(FrameHead { op, fin, masked, hdr, len }) = parse_header(avail)? else {
+            let Some(h) = parse_header(avail, Role::Client)? else {
                 break;
             };
+            if h.payload_len > MAX_FRAME {
+                bail!("WebSocket frame of {} bytes", h.payload_len);
+            }
+            let (op, fin, hdr, len) = (h.opcode, h.fin, h.len, h.payload_len as usize);
             if avail.len() < hdr + len {
                 // Make sure the whole frame will fit once it has arrived.
                 self.make_room(hdr + len - avail.len());
@@ -364,19 +327,15 @@ impl WsReader {
             }
             let p0 = self.start + hdr;
             let p1 = p0 + len;
-            if masked {
-                let m = [self.buf[p0 - 4], self.buf[p0 - 3], self.buf[p0 - 2], self.buf[p0 - 1]];
-                apply_mask(&mut self.buf[p0..p1], m);
-            }
             self.start = p1;
             match op {
-                OP_TEXT | OP_BINARY if fin && !self.in_frag => {
-                    if op == OP_TEXT {
+                OpCode::Text | OpCode::Binary if fin && !self.in_frag => {
+                    if op == OpCode::Text {
                         MESSAGES.with(|m| m.set(m.get() + 1));
                         on_text(&self.buf[p0..p1], now);
                     }
                 }
-                OP_TEXT | OP_BINARY => {
+                OpCode::Text | OpCode::Binary => {
                     if self.in_frag {
                         bail!("new data frame inside a fragmented message");
                     }
@@ -384,7 +343,7 @@ impl WsReader {
                     self.frag.clear();
                     self.frag.extend_from_slice(&self.buf[p0..p1]);
                 }
-                OP_CONT => {
+                OpCode::Continuation => {
                     if !self.in_frag {
                         bail!("continuation frame without a message");
                     }
@@ -395,18 +354,17 @@ impl WsReader {
                         on_text(&self.frag, now);
                     }
                 }
-                OP_PING => {
+                OpCode::Ping => {
                     let payload = self.buf[p0..p1].to_vec();
                     // A dead socket will show up as EOF on the next read.
-                    let _ = self.shared.send_frame(OP_PONG, &payload);
+                    let _ = self.shared.send_frame(OpCode::Pong, &payload);
                 }
-                OP_PONG => {}
-                OP_CLOSE => {
+                OpCode::Pong => {}
+                OpCode::Close => {
                     let code = (len >= 2).then(|| u16::from_be_bytes([self.buf[p0], self.buf[p0 + 1]]));
                     closed = Some(code);
                     break;
                 }
-                other => bail!("unknown WebSocket opcode {other:#x}"),
             }
         }
         if self.start == self.end {
@@ -434,57 +392,6 @@ impl WsReader {
     }
 }
 
-/// A decoded frame header.
-#[derive(Debug, PartialEq, Eq)]
-struct FrameHead {
-    op: u8,
-    fin: bool,
-    masked: bool,
-    /// Header length, mask included.
-    hdr: usize,
-    /// Payload length.
-    len: usize,
-}
-
-/// Parse a frame header, or None when more bytes are needed.
-fn parse_header(b: &[u8]) -> Result<Option<FrameHead>> {
-    if b.len() < 2 {
-        return Ok(None);
-    }
-    let fin = b[0] & 0x80 != 0;
-    if b[0] & 0x70 != 0 {
-        bail!("WebSocket frame with reserved bits set (no extension was negotiated)");
-    }
-    let op = b[0] & 0x0F;
-    let masked = b[1] & 0x80 != 0;
-    let (len, mut hdr) = match b[1] & 0x7F {
-        126 => {
-            if b.len() < 4 {
-                return Ok(None);
-            }
-            (u16::from_be_bytes([b[2], b[3]]) as usize, 4)
-        }
-        127 => {
-            if b.len() < 10 {
-                return Ok(None);
-            }
-            let l = u64::from_be_bytes(b[2..10].try_into().unwrap());
-            if l > MAX_FRAME as u64 {
-                bail!("WebSocket frame of {l} bytes");
-            }
-            (l as usize, 10)
-        }
-        l => (l as usize, 2),
-    };
-    if masked {
-        hdr += 4;
-    }
-    if b.len() < hdr {
-        return Ok(None);
-    }
-    Ok(Some(FrameHead { op, fin, masked, hdr, len }))
-}
-
 /// Random bytes for keys and mask seeds: not cryptographic, only unpredictable enough.
 fn fill_random(out: &mut [u8]) {
     thread_local!(static STATE: Cell<u64> = Cell::new(now_ns() ^ ((std::process::id() as u64) << 32) | 1));
@@ -503,6 +410,7 @@ fn fill_random(out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wsframe::apply_mask;
 
     #[test]
     fn accept_key_matches_rfc_example() {
@@ -510,18 +418,15 @@ mod tests {
     }
 
     #[test]
-    fn frames_round_trip_through_mask_and_header() {
-        for len in [0usize, 5, 125, 126, 1000, 65535, 65536, 70000] {
-            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let mut out = Vec::new();
-            encode_frame(&mut out, OP_TEXT, &payload, [1, 2, 3, 4]);
-            let FrameHead { op, fin, masked, hdr, len: plen } = parse_header(&out).unwrap().unwrap();
-            assert_eq!((op, fin, masked, plen), (OP_TEXT, true, true, len));
-            let mut body = out[hdr..].to_vec();
-            apply_mask(&mut body, [1, 2, 3, 4]);
-            assert_eq!(body, payload, "len {len}");
-            // A header cut short asks for more bytes instead of misreading.
-            assert!(parse_header(&out[..1]).unwrap().is_none());
-        }
+    fn a_masked_send_decodes_as_the_server_would() {
+        let mut out = Vec::new();
+        encode_masked(&mut out, OpCode::Text, b"hello", [1, 2, 3, 4]);
+        let h = parse_header(&out, Role::Server).unwrap().unwrap();
+        assert_eq!((h.opcode, h.fin, h.mask, h.payload_len), (OpCode::Text, true, Some([1, 2, 3, 4]), 5));
+        let mut body = out[h.len..].to_vec();
+        apply_mask(&mut body, [1, 2, 3, 4], 0);
+        assert_eq!(body, b"hello");
+        // Server frames come unmasked; a masked one is a protocol error here.
+        assert!(parse_header(&out, Role::Client).is_err());
     }
 }

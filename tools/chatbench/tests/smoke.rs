@@ -180,3 +180,17 @@ async fn resume_after_mass_drops_loses_and_repeats_nothing() {
     assert_eq!(r[0]["gap_frames"], 0);
     assert_eq!(r[0]["unacked"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_storm_answers_every_storm_login_and_the_real_user_gets_in() {
+    let s = server().await;
+    let args = ["login-storm", "--logins", "24", "--addresses", "4", "--username-bytes", "200", "--concurrency", "8"];
+    let runs = bench(&s, &[&args[..], &["--probe-delay-ms", "0", "--settle-secs", "0"]].concat()).await;
+    let v = &runs[0];
+    assert_eq!(v["workload"], "login-storm");
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["delivered"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["real_used_device_proof"], true, "{v}");
+    // Over-long usernames are refused as such, every one of them.
+    assert_eq!(v["storm_answers"], serde_json::json!({"400 invalid_username": 24}), "{v}");
+}

@@ -1,4 +1,5 @@
-//! The five workloads of issue 8, one module each. Each sets up what it
+//! The workloads, one module each (the five of issue 8, and issue 11's
+//! hostile `login-storm`). Each sets up what it
 //! needs (users from the shared pool, fresh rooms), measures, checks, and
 //! returns one result object.
 
@@ -7,3 +8,4 @@ pub mod fanout;
 pub mod history;
 pub mod idle;
 pub mod resume;
+pub mod storm;

@@ -1,0 +1,322 @@
+//! The federation transport: the outgoing half of the server-to-server wire.
+//! It implements [`Transport`], the service's view of "send this request to
+//! server N and give me the answer", with hyper-util's HTTP client, and owns
+//! everything about *where* a server is: the static map of
+//! `--federation-peer`s, discovery through `/.well-known/parlor/server` (a
+//! bounded cache with a TTL), and which addresses may be reached at all
+//! ([`guard`]: public addresses only, unless the server is a named peer).
+//!
+//! It knows nothing of signatures, keys or queues: `service::federation`
+//! signs and checks, and is given an `Arc<dyn Transport>` when the services
+//! are built (`server.rs`), so tests can give it another.
+
+pub mod guard;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::protocol::federation::{FedMethod, WELL_KNOWN_PATH, WellKnownResponse};
+use crate::service::federation::{BoxFuture, FedAnswer, FedRequest, Transport, TransportError};
+use guard::{GuardError, GuardedResolver, ip_literal, is_public};
+
+/// How long discovery waits for a well-known document.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a discovered base URL is used before asking again.
+const DISCOVERED_TTL: Duration = Duration::from_secs(600);
+/// How long "no usable well-known, use `http://<name>`" is remembered.
+const FALLBACK_TTL: Duration = Duration::from_secs(60);
+/// Server names whose discovery is remembered at most (spec §4).
+pub const DISCOVERY_CACHE_MAX: usize = 10_000;
+/// The largest well-known document read.
+const WELL_KNOWN_MAX_BYTES: usize = 64 * 1024;
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a server is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Base {
+    /// `http://host[:port]`, no trailing slash.
+    url: String,
+    /// Named with `--federation-peer`: reached whatever its address.
+    trusted: bool,
+}
+
+/// Discovered base URLs by server name, each until it expires; never more
+/// than [`DISCOVERY_CACHE_MAX`] of them.
+#[derive(Default)]
+struct Discovered {
+    entries: HashMap<String, (Base, Instant)>,
+}
+
+impl Discovered {
+    fn get(&self, server: &str, now: Instant) -> Option<Base> {
+        self.entries.get(server).filter(|(_, until)| *until > now).map(|(b, _)| b.clone())
+    }
+
+    fn insert(&mut self, server: &str, base: Base, until: Instant, now: Instant) {
+        if self.entries.len() >= DISCOVERY_CACHE_MAX && !self.entries.contains_key(server) {
+            self.entries.retain(|_, (_, u)| *u > now);
+            if self.entries.len() >= DISCOVERY_CACHE_MAX {
+                // Full of live entries: forget the one closest to expiring.
+                if let Some(k) = self.entries.iter().min_by_key(|(_, (_, u))| *u).map(|(k, _)| k.clone()) {
+                    self.entries.remove(&k);
+                }
+            }
+        }
+        self.entries.insert(server.to_owned(), (base, until));
+    }
+}
+
+/// The hyper-util implementation of [`Transport`].
+pub struct HttpTransport {
+    peers: HashMap<String, String>,
+    /// For named peers only: any address.
+    trusted: Client<HttpConnector, Full<Bytes>>,
+    /// For everything discovered: public addresses only.
+    guarded: Client<HttpConnector<GuardedResolver>, Full<Bytes>>,
+    discovered: Mutex<Discovered>,
+}
+
+/// Whether `e` or one of its sources is the guard's refusal.
+fn forbidden_in(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if matches!(err.downcast_ref::<GuardError>(), Some(GuardError::Forbidden { .. })) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A well-known `base_url` this server will use: `http(s)://host[:port]`
+/// with an optional `/`, no user info, path, query or fragment, and not an
+/// address literal the guard refuses. Anything else is ignored (the server
+/// is then tried at `http://<name>`).
+fn usable_base_url(raw: &str) -> Option<String> {
+    let trimmed = raw.strip_suffix('/').unwrap_or(raw);
+    let uri: http::Uri = trimmed.parse().ok()?;
+    let scheme = uri.scheme_str()?;
+    let authority = uri.authority()?;
+    let plain = matches!(scheme, "http" | "https")
+        && !authority.as_str().contains('@')
+        && uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+        && !trimmed.contains(['#', '?']);
+    if !plain || ip_literal(authority.host()).is_some_and(|ip| !is_public(ip)) {
+        return None;
+    }
+    Some(format!("{scheme}://{authority}"))
+}
+
+impl HttpTransport {
+    /// `peers`: server name → base URL, from `--federation-peer`.
+    pub fn new(peers: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut plain = HttpConnector::new();
+        plain.set_nodelay(true);
+        plain.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let mut guarded = HttpConnector::new_with_resolver(GuardedResolver);
+        guarded.set_nodelay(true);
+        guarded.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let exec = hyper_util::rt::TokioExecutor::new();
+        Self {
+            peers: peers.into_iter().map(|(n, u)| (n, u.trim_end_matches('/').to_owned())).collect(),
+            trusted: Client::builder(exec.clone()).build(plain),
+            guarded: Client::builder(exec).build(guarded),
+            discovered: Mutex::new(Discovered::default()),
+        }
+    }
+
+    /// Where `server` is served: the static map, else its well-known
+    /// document's `base_url`, else `http://{server}`.
+    async fn base(&self, server: &str) -> Result<Base, TransportError> {
+        if let Some(url) = self.peers.get(server) {
+            return Ok(Base { url: url.clone(), trusted: true });
+        }
+        let forbidden = || TransportError::Forbidden { server: server.to_owned() };
+        let fallback = format!("http://{server}");
+        let host =
+            fallback.parse::<http::Uri>().ok().and_then(|u| u.host().map(str::to_owned)).ok_or_else(forbidden)?;
+        if ip_literal(&host).is_some_and(|ip| !is_public(ip)) {
+            return Err(forbidden());
+        }
+        let now = Instant::now();
+        if let Some(b) = self.discovered.lock().expect("discovery lock").get(server, now) {
+            return Ok(b);
+        }
+        let url = format!("{fallback}{WELL_KNOWN_PATH}");
+        let found = match self.get(&url, DISCOVERY_TIMEOUT).await {
+            Ok((200, body)) => {
+                serde_json::from_slice::<WellKnownResponse>(&body).ok().and_then(|w| usable_base_url(&w.base_url))
+            }
+            _ => None,
+        };
+        let (base, ttl) = match found {
+            Some(url) => (Base { url, trusted: false }, DISCOVERED_TTL),
+            None => (Base { url: fallback, trusted: false }, FALLBACK_TTL),
+        };
+        self.discovered.lock().expect("discovery lock").insert(server, base.clone(), now + ttl, now);
+        Ok(base)
+    }
+
+    async fn get(&self, url: &str, within: Duration) -> Result<(u16, Bytes), String> {
+        let req = Request::get(url).body(Full::default()).map_err(|e| e.to_string())?;
+        exchange(&self.guarded, req, within, WELL_KNOWN_MAX_BYTES).await.map_err(|e| e.to_string())
+    }
+
+    async fn send_to(&self, server: &str, req: FedRequest, within: Duration) -> Result<FedAnswer, TransportError> {
+        let base = self.base(server).await?;
+        let unreachable = |detail: String| TransportError::Unreachable { server: server.to_owned(), detail };
+        let method = match req.method {
+            FedMethod::Get => http::Method::GET,
+            FedMethod::Post => http::Method::POST,
+            FedMethod::Put => http::Method::PUT,
+        };
+        let mut builder = Request::builder().method(method).uri(format!("{}{}", base.url, req.path_and_query));
+        if let Some(auth) = &req.authorization {
+            builder = builder.header(http::header::AUTHORIZATION, auth);
+        }
+        if !req.body.is_empty() {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder.body(Full::new(req.body)).map_err(|e| unreachable(e.to_string()))?;
+        if !base.trusted {
+            // A discovered base_url was checked when it was found; check again
+            // in case it is an address literal (the resolver never sees those).
+            let host = request.uri().host().unwrap_or_default();
+            if ip_literal(host).is_some_and(|ip| !is_public(ip)) {
+                return Err(TransportError::Forbidden { server: server.to_owned() });
+            }
+        }
+        let result = match base.trusted {
+            true => exchange(&self.trusted, request, within, req.max_answer_bytes).await,
+            false => exchange(&self.guarded, request, within, req.max_answer_bytes).await,
+        };
+        match result {
+            Ok((status, body)) => Ok(FedAnswer { status, body }),
+            Err(e) => {
+                // Its address may have changed: discover it again next time.
+                self.discovered.lock().expect("discovery lock").entries.remove(server);
+                match e {
+                    Exchange::Failed(err) if forbidden_in(err.as_ref()) => {
+                        Err(TransportError::Forbidden { server: server.to_owned() })
+                    }
+                    other => Err(unreachable(other.to_string())),
+                }
+            }
+        }
+    }
+}
+
+/// Why one HTTP exchange failed.
+#[derive(Debug, thiserror::Error)]
+enum Exchange {
+    #[error("{0}")]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+async fn exchange<C>(
+    client: &Client<C, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+    within: Duration,
+    max_bytes: usize,
+) -> Result<(u16, Bytes), Exchange>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let round_trip = async {
+        let resp = client.request(req).await.map_err(|e| Exchange::Failed(Box::new(e)))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), max_bytes).collect().await.map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() { Exchange::TooLarge(max_bytes) } else { Exchange::Failed(e) }
+        })?;
+        Ok((status, body.to_bytes()))
+    };
+    tokio::time::timeout(within, round_trip).await.map_err(|_| Exchange::TimedOut(within))?
+}
+
+impl Transport for HttpTransport {
+    fn send<'a>(
+        &'a self,
+        server: &'a str,
+        req: FedRequest,
+        within: Duration,
+    ) -> BoxFuture<'a, Result<FedAnswer, TransportError>> {
+        Box::pin(self.send_to(server, req, within))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_from_well_known_documents() {
+        for (raw, want) in [
+            ("https://chat.example:8448", Some("https://chat.example:8448")),
+            ("http://chat.example/", Some("http://chat.example")),
+            ("http://8.8.8.8:80", Some("http://8.8.8.8:80")),
+            ("http://127.0.0.1:22", None),
+            ("http://[::1]:8008", None),
+            ("http://169.254.169.254", None),
+            ("http://10.0.0.1", None),
+            ("http://user@chat.example", None),
+            ("http://chat.example/api", None),
+            ("http://chat.example?x=1", None),
+            ("ftp://chat.example", None),
+            ("chat.example", None),
+            ("", None),
+        ] {
+            assert_eq!(usable_base_url(raw).as_deref(), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn the_discovery_cache_is_bounded_and_expires() {
+        let mut d = Discovered::default();
+        let now = Instant::now();
+        let base = |n: usize| Base { url: format!("http://s{n}"), trusted: false };
+        for n in 0..DISCOVERY_CACHE_MAX + 500 {
+            d.insert(&format!("s{n}"), base(n), now + Duration::from_secs(n as u64 + 1), now);
+        }
+        assert_eq!(d.entries.len(), DISCOVERY_CACHE_MAX, "never more than the bound");
+        assert!(d.get("s0", now).is_none(), "the entry closest to expiring went first");
+        let last = DISCOVERY_CACHE_MAX + 499;
+        assert_eq!(d.get(&format!("s{last}"), now), Some(base(last)));
+        assert!(d.get(&format!("s{last}"), now + Duration::from_secs(100_000)).is_none(), "expired");
+        // Once expired, entries make room at once.
+        d.insert("fresh", base(0), now + Duration::from_secs(1_000_000), now + Duration::from_secs(100_000));
+        assert_eq!(d.entries.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn private_names_are_never_contacted() {
+        // A listener on loopback: nothing may connect to it unless it is a named peer.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let t = HttpTransport::new([]);
+        let req = || FedRequest {
+            method: FedMethod::Get,
+            path_and_query: "/_parlor/key/v1/server".into(),
+            authorization: None,
+            body: Bytes::new(),
+            max_answer_bytes: 1024,
+        };
+        for name in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")] {
+            let err = t.send(&name, req(), Duration::from_secs(5)).await.unwrap_err();
+            assert!(matches!(err, TransportError::Forbidden { .. }), "{name}: {err}");
+        }
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "a refused destination was connected to");
+    }
+}
