@@ -130,6 +130,9 @@ fn serve(s: Serve) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Everything this process creates in its data directory (sled's later
+    // files included) is for its own user only: messages, password hashes.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let nofile = parlor::server::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use parlor::protocol::events::EventType;
 use parlor::protocol::{RoomId, UserId};
+use parlor::storage::Db;
 use parlor::storage::StorageError;
 use parlor::storage::events::embedded::EmbeddedLog;
 use parlor::storage::events::redis::RedisLog;
-use parlor::storage::events::{AppendOutcome, EventLog, EventSink, LogHead, NewEvent, Range, Txn};
+use parlor::storage::events::{AppendOutcome, EventLog, EventSink, LogHead, LogSettings, NewEvent, Range, Txn};
 use rustix::process::Signal;
 use support::{Backend, RedisServer};
 
@@ -63,24 +64,60 @@ struct Harness {
     log: Arc<dyn EventLog>,
     sink: Arc<Recorder>,
     _dir: tempfile::TempDir,
-    _db: Option<parlor::storage::Db>,
+    db: Db,
     redis: Option<RedisServer>,
 }
 
 async fn harness(backend: Backend, retention: Option<u64>) -> Harness {
+    harness_with(backend, LogSettings::new(retention)).await
+}
+
+async fn harness_with(backend: Backend, settings: LogSettings) -> Harness {
     let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
     let sink = Arc::new(Recorder::default());
     match backend {
         Backend::Embedded => {
-            let db = parlor::storage::Db::open(dir.path()).unwrap();
-            let log = Arc::new(EmbeddedLog::open(&db, sink.clone(), retention).unwrap());
-            Harness { log, sink, _dir: dir, _db: Some(db), redis: None }
+            let log = Arc::new(EmbeddedLog::open(&db, sink.clone(), &settings).unwrap());
+            Harness { log, sink, _dir: dir, db, redis: None }
         }
         Backend::Redis => {
             let redis = RedisServer::start();
-            let log = Arc::new(RedisLog::open(&redis.url, sink.clone(), retention).await.unwrap());
-            Harness { log, sink, _dir: dir, _db: None, redis: Some(redis) }
+            let log = Arc::new(RedisLog::open(&redis.url, &db, sink.clone(), &settings).await.unwrap());
+            Harness { log, sink, _dir: dir, db, redis: Some(redis) }
         }
+    }
+}
+
+/// A Redis log as one server process has it: its own data directory (where
+/// its high-water marks live) and sink.
+struct Process {
+    log: RedisLog,
+    sink: Arc<Recorder>,
+    db: Db,
+    _dir: tempfile::TempDir,
+}
+
+async fn process(url: &str) -> Process {
+    process_in(url, tempfile::tempdir().unwrap()).await
+}
+
+/// A process on a data directory that another process used before it.
+async fn process_in(url: &str, dir: tempfile::TempDir) -> Process {
+    let db = Db::open(dir.path()).unwrap();
+    let sink = Arc::new(Recorder::default());
+    let log = RedisLog::open(url, &db, sink.clone(), &LogSettings::default()).await.unwrap();
+    Process { log, sink, db, _dir: dir }
+}
+
+impl Process {
+    /// Shuts down and hands back the data directory.
+    async fn stop(self) -> tempfile::TempDir {
+        self.log.close().await;
+        drop(self.log);
+        self.db.sync().await.unwrap();
+        drop(self.db);
+        self._dir
     }
 }
 
@@ -207,6 +244,11 @@ async fn read_ranges(b: Backend) {
     let head = h.log.head(&r).await.unwrap();
     assert_eq!((head.earliest, head.latest), (1, 30));
     assert!(!head.epoch.is_empty());
+    // The current epoch by name reads the same; an epoch the log never had is none.
+    let named = h.log.read_epoch(&r, &head.epoch, Range::Before(10), 3).await.unwrap().unwrap();
+    assert_eq!((seqs(&named), named.head.clone()), (vec![7, 8, 9], head.clone()));
+    assert!(h.log.read_epoch(&r, "no-such-epoch", Range::Latest, 3).await.unwrap().is_none());
+    assert!(h.log.read_epoch(&room("never"), &head.epoch, Range::Latest, 3).await.unwrap().is_none());
     // What the sink got is what a reader gets.
     let page = h.log.read(&r, Range::After(0), 100).await.unwrap();
     assert_eq!(page.head, head);
@@ -301,9 +343,9 @@ fn meta(redis: &RedisServer, r: &RoomId) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_logs_on_one_redis_see_each_others_appends_once_in_order() {
     let redis = RedisServer::start();
-    let (sa, sb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
-    let a = Arc::new(RedisLog::open(&redis.url, sa.clone(), None).await.unwrap());
-    let b = Arc::new(RedisLog::open(&redis.url, sb.clone(), None).await.unwrap());
+    let (pa, pb) = (process(&redis.url).await, process(&redis.url).await);
+    let (sa, sb) = (pa.sink.clone(), pb.sink.clone());
+    let (a, b) = (Arc::new(pa.log), Arc::new(pb.log));
     let r = room("shared");
     let mut futs = Vec::new();
     for i in 0..300 {
@@ -358,8 +400,7 @@ async fn flushall_starts_a_new_epoch_and_reuses_no_seq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_behind_what_was_seen_starts_a_new_epoch() {
     let mut redis = RedisServer::start();
-    let sink = Arc::new(Recorder::default());
-    let log = RedisLog::open(&redis.url, sink.clone(), None).await.unwrap();
+    let Process { log, sink: _sink, _dir, .. } = process(&redis.url).await;
     let r = room("failover");
     for i in 0..3 {
         log.append(&r, msg(&format!("a{i}"))).await.unwrap();
@@ -377,6 +418,11 @@ async fn a_counter_behind_what_was_seen_starts_a_new_epoch() {
     assert_eq!((head.earliest, head.latest), (1, 0), "the old epoch's stream is not served as the new one");
     let (_, seq) = stored(wait_ok(|| log.append(&r, msg("after"))).await);
     assert_eq!(seq, 1);
+    // What Redis still had of the old epoch is kept, under its name.
+    let kept = log.read_epoch(&r, &old.epoch, Range::After(0), 10).await.unwrap().expect("the old epoch is archived");
+    assert_eq!((&*kept.head.epoch, kept.head.earliest, kept.head.latest), (&*old.epoch, 1, 3));
+    let bodies: Vec<_> = kept.events.iter().map(|e| e.body.clone().unwrap()).collect();
+    assert_eq!(bodies, ["a0", "a1", "a2"]);
     log.close().await;
 }
 
@@ -385,7 +431,7 @@ async fn a_counter_behind_what_was_seen_starts_a_new_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_generation_is_not_resumed() {
     let mut redis = RedisServer::start();
-    let log = RedisLog::open(&redis.url, Arc::new(Recorder::default()), None).await.unwrap();
+    let Process { log, _dir, .. } = process(&redis.url).await;
     let r = room("gen");
     log.append(&r, msg("e1")).await.unwrap();
     assert_eq!(redis.cli(&["SAVE"]).unwrap().trim(), "OK");
@@ -406,8 +452,7 @@ async fn an_older_generation_is_not_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_fails_fast_and_recovers_by_itself() {
     let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let sink = Arc::new(Recorder::default());
-    let log = RedisLog::open(&redis.url, sink.clone(), None).await.unwrap();
+    let Process { log, sink, _dir, .. } = process(&redis.url).await;
     let r = room("outage");
     for i in 0..3 {
         log.append(&r, msg(&format!("o{i}"))).await.unwrap();
@@ -452,7 +497,10 @@ async fn a_flushed_script_cache_is_reloaded() {
 async fn an_unreachable_redis_at_start_is_an_error() {
     let port = support::free_port();
     let t = Instant::now();
-    let res = RedisLog::open(&format!("redis://127.0.0.1:{port}/"), Arc::new(Recorder::default()), None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let res = RedisLog::open(&url, &db, Arc::new(Recorder::default()), &LogSettings::default()).await;
     assert!(matches!(res, Err(StorageError::Unavailable(_))), "{:?}", res.err());
     assert!(t.elapsed() < Duration::from_secs(2));
 }
@@ -562,4 +610,107 @@ async fn pipelined_appends_over_many_rooms_stay_contiguous() {
         println!("{name:9} window {window:4}: {total} appends in {secs:.2} s = {:.0}/s", total as f64 / secs);
         h.log.close().await;
     }
+}
+
+fn epoch_of(redis: &RedisServer, r: &RoomId) -> String {
+    meta(redis, r)
+}
+
+/// Issue 11 #2: Redis comes back from an older snapshot while every server
+/// is down. The process that appended starts again and, before anything is
+/// appended, moves the room to a new epoch (its high-water mark on disk says
+/// Redis is behind), so even a process that never saw the room cannot
+/// reissue the lost seqs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_process_moves_a_rolled_back_room_on_before_anyone_appends() {
+    let mut redis = RedisServer::start();
+    let a = process(&redis.url).await;
+    let r = room("snapshot");
+    for i in 0..10 {
+        a.log.append(&r, msg(&format!("kept {i}"))).await.unwrap();
+    }
+    assert_eq!(redis.cli(&["SAVE"]).unwrap().trim(), "OK");
+    for i in 10..15 {
+        a.log.append(&r, msg(&format!("lost {i}"))).await.unwrap();
+    }
+    let old_epoch = epoch_of(&redis, &r);
+    let dir = a.stop().await;
+    redis.restart(&[]);
+    assert_eq!(redis.cli(&["HGET", &format!("parlor:{{{r}}}:meta"), "seq"]).unwrap().trim(), "10");
+
+    let a = process_in(&redis.url, dir).await;
+    let new_epoch = epoch_of(&redis, &r);
+    assert_ne!(new_epoch, old_epoch, "the room moved on when the process started");
+    let fresh = process(&redis.url).await;
+    let (_, seq) = stored(fresh.log.append(&r, msg("from a process that never saw the room")).await.unwrap());
+    assert_eq!(seq, 1);
+    assert_eq!(epoch_of(&redis, &r), new_epoch);
+    let kept = a.log.read_epoch(&r, &old_epoch, Range::Latest, 100).await.unwrap().unwrap();
+    assert_eq!(kept.events.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+}
+
+/// Issue 11 #2, while running: a process that only read a room's events on
+/// the feed (it never appended to it or read it) notices that Redis came
+/// back with less when its feed reconnects, and moves the room on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_process_moves_rooms_on_when_redis_comes_back_older() {
+    let mut redis = RedisServer::start();
+    let (a, b) = (process(&redis.url).await, process(&redis.url).await);
+    let r = room("watched");
+    for i in 0..10 {
+        a.log.append(&r, msg(&format!("kept {i}"))).await.unwrap();
+    }
+    assert_eq!(redis.cli(&["SAVE"]).unwrap().trim(), "OK");
+    for i in 10..15 {
+        a.log.append(&r, msg(&format!("lost {i}"))).await.unwrap();
+    }
+    b.sink.wait_for(&r, 15).await;
+    let old_epoch = epoch_of(&redis, &r);
+    drop(a.stop().await);
+    redis.restart(&[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while epoch_of(&redis, &r) == old_epoch {
+        assert!(Instant::now() < deadline, "the room was not moved on after redis came back older");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = process(&redis.url).await;
+    let (_, seq) = stored(fresh.log.append(&r, msg("after")).await.unwrap());
+    assert_eq!(seq, 1, "no seq of the old epoch is handed out again");
+    // B delivered 1..15 of the old epoch once; the feed read again after the
+    // rollback does not deliver them twice, and the new epoch follows.
+    b.sink.wait_for(&r, 16).await;
+    assert_eq!(b.sink.seqs(&r), (1..=15).chain([1]).collect::<Vec<_>>());
+    assert_eq!(b.sink.epochs(&r).last().unwrap(), &epoch_of(&redis, &r));
+    drop(b);
+}
+
+/// The embedded log forgets a transaction id once its TTL has passed (24 h
+/// outside tests), so its records do not grow without bound; never sooner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_transaction_records_expire_after_their_ttl() {
+    let ttl = Duration::from_millis(400);
+    let h = harness_with(Backend::Embedded, LogSettings { retention: None, txn_ttl: ttl }).await;
+    let r = room("expiry");
+    let tree = h.db.tree("events").unwrap();
+    let records = || tree.scan_prefix(b"t\0").count();
+    let written = Instant::now();
+    let (id, seq) = stored(h.log.append(&r, txn_msg("D", "t1", "hello")).await.unwrap());
+    for i in 0..20 {
+        h.log.append(&r, txn_msg("D", &format!("other{i}"), "x")).await.unwrap();
+    }
+    match h.log.append(&r, txn_msg("D", "t1", "hello")).await.unwrap() {
+        AppendOutcome::Repeated { event_id, seq: s } => assert_eq!((event_id, s), (id, seq)),
+        other => assert!(written.elapsed() >= ttl, "forgotten before its ttl: {other:?}"),
+    }
+    assert!(records() > 0);
+    tokio::time::sleep_until((written + ttl).into()).await;
+    // Expiry happens on write: appends without a transaction sweep too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records() > 0 {
+        assert!(Instant::now() < deadline, "{} transaction records left after their ttl", records());
+        h.log.append(&r, msg("tick")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, again) = stored(h.log.append(&r, txn_msg("D", "t1", "hello")).await.unwrap());
+    assert!(again > seq, "an expired transaction id is a new send");
 }

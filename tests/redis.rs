@@ -401,3 +401,202 @@ async fn an_event_missing_from_the_feed_is_filled_from_the_room_stream() {
     api.send(&ann, &room, "last", "last").await;
     assert_eq!(sub.recv().await["event"]["seq"].as_u64(), Some(n + 3));
 }
+
+const AOF_ALWAYS: [&str; 4] = ["--appendonly", "yes", "--appendfsync", "always"];
+const AOF_EVERYSEC: [&str; 4] = ["--appendonly", "yes", "--appendfsync", "everysec"];
+
+/// A copy of Redis's AOF directory as it is now. Redis writes the AOF before
+/// it answers (and with `always` syncs it), so with no send in flight the
+/// copy holds every acknowledged write: restoring it later is a Redis that
+/// lost everything written after this point (a restore from backup, or a
+/// host crash under `everysec`).
+fn aof_copy(redis: &RedisServer) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&redis.dir.path().join("appendonlydir"), copy.path());
+    copy
+}
+
+/// Stops Redis, puts `copy` back as its AOF and starts it again with `args`.
+fn restore_aof(redis: &mut RedisServer, copy: &tempfile::TempDir, args: &[&str]) {
+    redis.kill();
+    let aof = redis.dir.path().join("appendonlydir");
+    std::fs::remove_dir_all(&aof).unwrap();
+    copy_dir(copy.path(), &aof);
+    redis.restart(args);
+}
+
+/// Sends until the room's last seq is `last`; returns the bodies sent by seq.
+async fn send_until(api: &Api, token: &str, room: &str, tag: &str, last: u64) -> Vec<(u64, String)> {
+    let mut sent = Vec::new();
+    loop {
+        let body = format!("{tag} {}", sent.len());
+        let (s, v) = api.send(token, room, &format!("{tag}{}", sent.len()), &body).await;
+        assert_eq!(s, 200, "{v}");
+        let seq = v["seq"].as_u64().unwrap();
+        sent.push((seq, body));
+        if seq >= last {
+            assert_eq!(seq, last);
+            return sent;
+        }
+    }
+}
+
+/// Retries a request that may meet Redis's restart (503) until it answers otherwise.
+async fn once_up(api: &Api, token: &str, room: &str, txn: &str, body: &str) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v) = api.send(token, room, txn, body).await;
+        if s != 503 || Instant::now() > deadline {
+            return (s, v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What a history page says, as (seq, body) pairs.
+fn bodies(page: &Value) -> Vec<(u64, String)> {
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "message")
+        .map(|e| (e["seq"].as_u64().unwrap(), e["body"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// Issue 11 #1: Redis comes back from an AOF that holds the first 51
+/// events while the server keeps running. The room starts a new epoch, and
+/// the 51 events Redis still has are kept, readable as the old epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_rollback_keeps_what_redis_still_holds_as_the_old_epoch() {
+    let mut redis = RedisServer::start_with(&AOF_ALWAYS);
+    let dir = tempfile::tempdir().unwrap();
+    let parlor = spawn(dir.path(), &serve_args(&redis));
+    let api = Api::new(&parlor.url);
+    let (_, ann) = api.user("ann").await;
+    let room = api.join(&ann, "rollback").await["room_id"].as_str().unwrap().to_owned();
+    let kept = send_until(&api, &ann, &room, "kept", 51).await;
+    let copy = aof_copy(&redis);
+    let lost = send_until(&api, &ann, &room, "lost", 100).await;
+    let (_, before) = api.messages(&ann, &room, "limit=1000").await;
+    let old_epoch = before["epoch"].as_str().unwrap().to_owned();
+    let old_ids: Vec<Value> =
+        before["events"].as_array().unwrap()[..51].iter().map(|e| e["event_id"].clone()).collect();
+
+    restore_aof(&mut redis, &copy, &AOF_ALWAYS);
+    let (s, v) = once_up(&api, &ann, &room, "after", "after the rollback").await;
+    assert_eq!((s, v["seq"].as_u64()), (200, Some(1)), "a new epoch, from 1: {v}");
+    // Nothing Redis held was deleted: the room's streams hold the 51 and the new one.
+    let keys = redis.cli(&["--scan", "--pattern", &format!("parlor:{{{room}}}:*")]).unwrap();
+    let streams = keys.lines().filter(|k| redis.cli(&["TYPE", k]).unwrap().trim() == "stream");
+    let held: u64 = streams.map(|k| redis.cli(&["XLEN", k]).unwrap().trim().parse::<u64>().unwrap()).sum();
+    assert_eq!(held, 51 + 1, "the room's events in Redis after the new epoch started");
+
+    let (s, now) = api.messages(&ann, &room, "limit=1000").await;
+    assert_eq!(s, 200, "{now}");
+    assert_ne!(now["epoch"], old_epoch.as_str());
+    assert_eq!(bodies(&now), [(1, "after the rollback".to_owned())]);
+    // What Redis still held of the old epoch is kept and readable.
+    let (s, old) = api.messages(&ann, &room, &format!("epoch={old_epoch}&limit=1000")).await;
+    assert_eq!(s, 200, "the old epoch's events must still be readable: {old}");
+    assert_eq!(old["epoch"], old_epoch.as_str());
+    assert_eq!((old["earliest_seq"].as_u64(), old["latest_seq"].as_u64()), (Some(1), Some(51)), "{old}");
+    assert_eq!(bodies(&old), kept, "every event Redis still had, none it lost");
+    let ids: Vec<Value> = old["events"].as_array().unwrap().iter().map(|e| e["event_id"].clone()).collect();
+    assert_eq!(ids, old_ids, "with the ids clients saw");
+    let (_, page) = api.messages(&ann, &room, &format!("epoch={old_epoch}&after=40&limit=5")).await;
+    assert_eq!(bodies(&page), kept[39..44], "paged like the current epoch");
+    assert!(lost.iter().all(|l| !bodies(&old).contains(l)));
+    // A client resuming from the old epoch is told, and can fetch what was kept.
+    let mut c = WsClient::authed(&parlor.url, &ann).await;
+    c.send(json!({"type": "subscribe", "room": room, "since": {"epoch": old_epoch, "seq": 60}})).await;
+    let gap = c.recv().await;
+    assert_eq!((gap["type"].as_str(), gap["reason"].as_str()), (Some("gap"), Some("epoch_changed")), "{gap}");
+    assert_eq!(gap["to"]["epoch"], now["epoch"]);
+    let (s, v) = api.messages(&ann, &room, "epoch=no-such-epoch").await;
+    assert_eq!((s, v["errcode"].as_str()), (404, Some("epoch_not_found")), "{v}");
+}
+
+/// Issue 11 #2: the same restore, with the server killed and restarted too
+/// (a host crash under `appendfsync everysec` takes both). Seqs 52–56 were
+/// handed out and Redis lost them: they must never be handed out again with
+/// other events under the same epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_with_the_server_restarted_never_reissues_a_seq() {
+    let mut redis = RedisServer::start_with(&AOF_EVERYSEC);
+    let dir = tempfile::tempdir().unwrap();
+    let mut parlor = spawn(dir.path(), &serve_args(&redis));
+    let api = Api::new(&parlor.url);
+    let (_, ann) = api.user("ann").await;
+    let room = api.join(&ann, "crash").await["room_id"].as_str().unwrap().to_owned();
+    let kept = send_until(&api, &ann, &room, "kept", 51).await;
+    let copy = aof_copy(&redis);
+    send_until(&api, &ann, &room, "lost", 56).await;
+    let (_, before) = api.messages(&ann, &room, "limit=1").await;
+    let old_epoch = before["epoch"].as_str().unwrap().to_owned();
+    // The machine goes down: the server is killed, Redis comes back older.
+    let _ = parlor.child.kill();
+    let _ = parlor.child.wait();
+    restore_aof(&mut redis, &copy, &AOF_EVERYSEC);
+    let parlor = spawn(dir.path(), &serve_args(&redis));
+    let api = Api::new(&parlor.url);
+
+    let mut c = WsClient::authed(&parlor.url, &ann).await;
+    c.send(json!({"type": "subscribe", "room": room, "since": {"epoch": old_epoch, "seq": 53}})).await;
+    let first = c.recv().await;
+    assert_eq!(
+        (first["type"].as_str(), first["reason"].as_str()),
+        (Some("gap"), Some("epoch_changed")),
+        "a client at seq 53 of the old epoch must not get another seq 54: {first}"
+    );
+    let (s, v) = api.send(&ann, &room, "again", "after the crash").await;
+    assert_eq!(s, 200, "{v}");
+    let (_, now) = api.messages(&ann, &room, "limit=100").await;
+    assert_ne!(now["epoch"], old_epoch.as_str(), "seq {} would reuse the old epoch", v["seq"]);
+    assert_eq!((v["seq"].as_u64(), bodies(&now)), (Some(1), vec![(1, "after the crash".to_owned())]));
+    let (s, old) = api.messages(&ann, &room, &format!("epoch={old_epoch}&limit=100")).await;
+    assert_eq!(s, 200, "{old}");
+    assert_eq!(bodies(&old), kept);
+}
+
+/// Issue 11 #2, several processes: only process B is up after the crash,
+/// and it never sent to the room — but it handed the lost events to its own
+/// subscriber, so it must not hand their seqs out again either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_only_delivered_the_lost_events_does_not_reissue_them() {
+    let mut redis = RedisServer::start_with(&AOF_EVERYSEC);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = serve_args(&redis);
+    let mut a = spawn(da.path(), &args);
+    let api_a = Api::new(&a.url);
+    let (_, ann) = api_a.user("ann").await;
+    let (_, bob) = api_a.user("bob").await;
+    let room = api_a.join(&ann, "lobby").await["room_id"].as_str().unwrap().to_owned();
+    api_a.join(&bob, "lobby").await;
+    assert!(a.terminate().success());
+    copy_dir(da.path(), db.path());
+    let mut a = spawn(da.path(), &args);
+    let mut b = spawn(db.path(), &args);
+    let api_a = Api::new(&a.url);
+
+    send_until(&api_a, &ann, &room, "kept", 51).await;
+    let copy = aof_copy(&redis);
+    let mut bob_on_b = WsClient::authed(&b.url, &bob).await;
+    let (cu, _) = subscribe(&mut bob_on_b, &room, None).await;
+    let old_epoch = cu["epoch"].as_str().unwrap().to_owned();
+    send_until(&api_a, &ann, &room, "lost", 60).await;
+    let seen = events(&mut bob_on_b, 9).await;
+    assert_eq!(seqs(&seen), (52..=60).collect::<Vec<_>>(), "B handed 52–60 to its subscriber");
+
+    for p in [&mut a, &mut b] {
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+    restore_aof(&mut redis, &copy, &AOF_EVERYSEC);
+    let b = spawn(db.path(), &args);
+    let (s, v) = Api::new(&b.url).send(&bob, &room, "b0", "from b").await;
+    assert_eq!(s, 200, "{v}");
+    let (_, now) = Api::new(&b.url).messages(&bob, &room, "limit=10").await;
+    assert_ne!(now["epoch"], old_epoch.as_str(), "seq {} would be handed out twice under the old epoch", v["seq"]);
+    assert_eq!(v["seq"].as_u64(), Some(1));
+}

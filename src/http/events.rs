@@ -46,6 +46,8 @@ pub(crate) fn history_query(query: Option<&str>) -> Result<(Range, u32), Error> 
             "before" if before.is_none() => before = Some(n()?),
             "after" if after.is_none() => after = Some(n()?),
             "limit" if limit.is_none() => limit = Some(n()?),
+            // An epoch selector, read by `history_epoch`; empty says nothing.
+            "epoch" if v.is_empty() => return Err(bad("epoch: empty".into())),
             "before" | "after" | "limit" => return Err(bad(format!("{k} given twice"))),
             _ => {}
         }
@@ -64,6 +66,16 @@ pub(crate) fn history_query(query: Option<&str>) -> Result<(Range, u32), Error> 
     Ok((range, limit))
 }
 
+/// The `epoch` query parameter of `messages` (once, if at all).
+pub(crate) fn history_epoch(query: Option<&str>) -> Result<Option<String>, Error> {
+    let mut epochs = form_pairs(query.unwrap_or("")).filter(|(k, _)| k == "epoch").map(|(_, v)| v);
+    let first = epochs.next();
+    if epochs.next().is_some() {
+        return Err(Error::refused(ErrCode::InvalidParam, "epoch given twice"));
+    }
+    Ok(first)
+}
+
 fn form_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
     q.split('&').filter(|p| !p.is_empty()).map(|p| {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
@@ -75,8 +87,9 @@ fn form_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
 pub async fn messages(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<Resp, Error> {
     let session = authenticate(ctx, req.headers())?;
     let (range, limit) = history_query(req.uri().query())?;
+    let epoch = history_epoch(req.uri().query())?;
     let room = Rooms::parse_ref(&param(room)?)?;
-    let page = read_page(ctx, &session, &room, range, limit).await?;
+    let page = read_page(ctx, &session, &room, range, limit, epoch.as_deref()).await?;
     Ok(page_answer(ctx, page, range))
 }
 
@@ -87,18 +100,20 @@ const FIRST_READ: u32 = 64;
 /// `limit` events, reaches the end of the log or fills
 /// `HISTORY_PAGE_MAX_BYTES`: a page of 1,000 large events that will be cut
 /// to a few dozen is not read whole (on the embedded log, reading is work
-/// done on the request's own thread). Every step is from one epoch: a step
-/// that finds another one is dropped, and the page ends before it.
+/// done on the request's own thread). Every step reads `epoch` (None: the
+/// current one) and is from one epoch: a step that finds another one is
+/// dropped, and the page ends before it.
 async fn read_page(
     ctx: &Ctx,
     session: &crate::service::accounts::Session,
     room: &crate::protocol::RoomRef,
     range: Range,
     limit: u32,
+    epoch: Option<&str>,
 ) -> Result<MessagesResponse, Error> {
     let events = &ctx.app.services.events;
     let mut step = limit.min(FIRST_READ);
-    let mut page = events.messages(session, room, range, step).await?;
+    let mut page = events.messages(session, room, range, step, epoch).await?;
     let mut bytes: usize = page.events.iter().map(json_len).sum();
     loop {
         let have = page.events.len() as u32;
@@ -111,7 +126,7 @@ async fn read_page(
             Range::Before(_) | Range::Latest => Range::Before(first.seq),
         };
         step = (step * 2).min(limit - have);
-        let next = events.messages(session, room, next_range, step).await?;
+        let next = events.messages(session, room, next_range, step, epoch).await?;
         if next.epoch != page.epoch {
             break;
         }
@@ -205,9 +220,14 @@ mod tests {
             "limit=1001",
             "limit=99999999999",
             "after=1&after=2",
+            "epoch=",
         ] {
             assert_eq!(history_query(Some(bad)).unwrap_err().code(), ErrCode::InvalidParam, "{bad}");
         }
+        assert_eq!(history_query(Some("epoch=e1&after=3")).unwrap(), (Range::After(3), 50));
+        assert_eq!(history_epoch(Some("epoch=e%2B1&after=3")).unwrap().as_deref(), Some("e+1"));
+        assert_eq!(history_epoch(Some("after=3")).unwrap(), None);
+        assert_eq!(history_epoch(Some("epoch=a&epoch=b")).unwrap_err().code(), ErrCode::InvalidParam);
     }
 
     #[test]

@@ -159,6 +159,10 @@ fn limit_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "integer", "minimum": 1, "maximum": HISTORY_LIMIT_MAX, "default": HISTORY_LIMIT_DEFAULT })
 }
 
+fn epoch_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string", "minLength": 1 })
+}
+
 fn subprotocol_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
@@ -406,10 +410,22 @@ pub fn http() -> Vec<Endpoint> {
             summary: "A page of a room's history",
             description: "Spec §7. `before` and `after` exclude each other; neither: the latest events.",
             auth: Auth::Bearer,
-            params: [vec![room_param()], history(false)].concat(),
+            params: [
+                vec![room_param()],
+                history(false),
+                vec![param(
+                    "epoch",
+                    ParamIn::Query,
+                    false,
+                    "Read this epoch: the current one or an older one the room's log keeps (default: the current \
+                     one).",
+                    epoch_schema,
+                )],
+            ]
+            .concat(),
             body: None,
             answers: ok(200, "Events in ascending seq.", of::<rooms::MessagesResponse>()),
-            errors: errors(&[BEARER, ROOM, &[NotMember, StorageUnavailable]]),
+            errors: errors(&[BEARER, ROOM, &[NotMember, EpochNotFound, StorageUnavailable]]),
         },
         Endpoint {
             id: "websocket",

@@ -90,6 +90,8 @@ errcodes! {
     MessageTooLarge = ("message_too_large", 413),
     /// This `txn_id` was already used by this device in this room with a different body.
     TxnConflict = ("txn_conflict", 409),
+    /// History: the room's log keeps no epoch of that name (`messages?epoch=`).
+    EpochNotFound = ("epoch_not_found", 404),
     /// The room log storage is unreachable (e.g. Redis is down); nothing was written. Retry later.
     StorageUnavailable = ("storage_unavailable", 503),
     /// The room's home server cannot be reached; the room is read-only until it is back.

@@ -157,18 +157,28 @@ impl Events {
         }
     }
 
+    /// A page of history: of the room's current epoch, or of `epoch` (an
+    /// older one the log still keeps, e.g. what Redis held when the room had
+    /// to start a new epoch), else 404 `epoch_not_found`.
     pub async fn messages(
         &self,
         session: &Session,
         room: &RoomRef,
         range: Range,
         limit: u32,
+        epoch: Option<&str>,
     ) -> Result<MessagesResponse> {
         if limit == 0 || limit > HISTORY_LIMIT_MAX {
             return Err(Error::refused(ErrCode::InvalidParam, format!("limit: 1 to {HISTORY_LIMIT_MAX}")));
         }
         let room = self.rooms.resolve_member(&session.user_id, room)?;
-        let Page { head, events } = self.log.read(&room.room_id, range, limit as usize).await?;
+        let page = match epoch {
+            None => self.log.read(&room.room_id, range, limit as usize).await?,
+            Some(e) => self.log.read_epoch(&room.room_id, e, range, limit as usize).await?.ok_or_else(|| {
+                Error::refused(ErrCode::EpochNotFound, format!("{} keeps no epoch {e:?}", room.room_id))
+            })?,
+        };
+        let Page { head, events } = page;
         Ok(MessagesResponse {
             room_id: room.room_id,
             epoch: head.epoch.to_string(),

@@ -16,9 +16,9 @@ use std::sync::Arc;
 pub use error::{Error, Result, StartError};
 
 use crate::config::Config;
-use crate::storage::events::EventLog;
 use crate::storage::events::embedded::EmbeddedLog;
 use crate::storage::events::redis::RedisLog;
+use crate::storage::events::{EventLog, LogSettings};
 use crate::storage::{AccountStore, RoomStore, StorageError};
 
 /// Every service of one server.
@@ -66,9 +66,10 @@ impl Services {
             }
         };
         let sink = Arc::new(fanout::Fanout { hub: hub.clone(), federation: federation.clone() });
+        let settings = LogSettings::new(config.retention);
         let log: Arc<dyn EventLog> = match &config.redis {
-            None => Arc::new(EmbeddedLog::open(&db, sink, config.retention)?),
-            Some(url) => Arc::new(RedisLog::open(url, sink, config.retention).await?),
+            None => Arc::new(EmbeddedLog::open(&db, sink, &settings)?),
+            Some(url) => Arc::new(RedisLog::open(url, &db, sink, &settings).await?),
         };
         let limits = Arc::new(ratelimit::RateLimits::new(config.rate_limit));
         let rooms = Arc::new(rooms::Rooms::new(

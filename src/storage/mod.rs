@@ -7,25 +7,71 @@ pub mod events;
 pub mod federation;
 pub mod rooms;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 pub use accounts::AccountStore;
 pub use rooms::RoomStore;
 
-/// A storage fault. `Unavailable` is the one a caller may retry.
+/// A storage fault, saying what failed. `Unavailable` is the one a caller
+/// may retry; every other one is a fault of the server or its disk.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// sled refused a read or a write.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// A file or directory operation failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored record does not decode.
     #[error("corrupt record in {tree}: {detail}")]
     Corrupt { tree: &'static str, detail: String },
+    /// A sync to disk failed: the disk may have dropped writes, so the data
+    /// directory refuses every later write (as databases do after a failed
+    /// fsync) until the server is restarted.
+    #[error("the disk refused a sync ({0}); restart the server")]
+    SyncFailed(String),
+    /// The room log's store cannot be reached now; nothing was written.
     #[error("room log unavailable: {0}")]
     Unavailable(String),
-    #[error("room log: {0}")]
+    /// Redis refused a command for a reason that does not pass with time.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// A room log script answered something it never answers.
+    #[error("the room log's {script} script answered {detail}")]
+    Script { script: &'static str, detail: String },
+    /// A background part of the room log has stopped (shutdown, or it died).
+    #[error("the {0} has stopped")]
+    Stopped(&'static str),
+    /// A storage thread could not be started.
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A setting cannot be used (e.g. a malformed Redis URL).
+    #[error("{0}")]
+    Config(String),
+    /// Faults of callers outside storage that are still reported through
+    /// this type (the password-hash pool, the federation key); storage
+    /// itself never uses it.
+    #[error("{0}")]
     Log(String),
     #[error(transparent)]
     KeyFile(#[from] federation::KeyFileError),
+}
+
+impl StorageError {
+    /// An I/O error of operation `op` (`"create"`, `"open"`, …) on `path`.
+    pub fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Self + 'a {
+        move |source| StorageError::Io { op, path: path.to_owned(), source }
+    }
 }
 
 impl From<sled::transaction::TransactionError<StorageError>> for StorageError {
@@ -75,10 +121,12 @@ struct SyncProgress {
 }
 
 impl Db {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`. The directory is created
+    /// readable by this user only (0700), and so are sled's files (0600):
+    /// they hold messages and password hashes. An existing directory that
+    /// others may read is left as it is, with a warning.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let io = |e: std::io::Error| StorageError::Sled(sled::Error::Io(e));
-        std::fs::create_dir_all(dir).map_err(io)?;
+        private_dir(dir)?;
         let path = dir.join("sled");
         let sled = sled::Config::new()
             .path(&path)
@@ -88,10 +136,12 @@ impl Db {
             // only bounds the work left for those syncs.
             .flush_every_ms(Some(1000))
             .open()?;
-        let log_file = std::fs::File::open(path.join("db")).map_err(io)?;
+        make_private(&path)?;
+        let log_path = path.join("db");
+        let log_file = std::fs::File::open(&log_path).map_err(StorageError::io("open", &log_path))?;
         // The files exist now; make their directory entries durable once.
         for d in [&path, dir] {
-            std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(io)?;
+            std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(StorageError::io("sync", d))?;
         }
         let syncs =
             Arc::new(SyncState { log_file, progress: Mutex::new(SyncProgress::default()), done: Condvar::new() });
@@ -111,7 +161,7 @@ impl Db {
         let mine = p.requested;
         loop {
             if let Some(e) = &p.failed {
-                return Err(StorageError::Log(format!("the disk refused a sync ({e}); restart the server")));
+                return Err(StorageError::SyncFailed(e.clone()));
             }
             if p.completed >= mine {
                 return Ok(());
@@ -148,8 +198,58 @@ impl Db {
         let db = self.clone();
         tokio::task::spawn_blocking(move || db.sync_blocking())
             .await
-            .map_err(|e| StorageError::Log(format!("sync task failed: {e}")))?
+            .map_err(|e| StorageError::SyncFailed(format!("the sync task failed: {e}")))?
     }
+
+    /// Whether a sync has failed (every later one fails too).
+    pub fn sync_failed(&self) -> bool {
+        self.syncs.progress.lock().expect("sync lock").failed.is_some()
+    }
+}
+
+/// Creates `dir` (its missing parents as usual) with mode 0700, or warns
+/// when an existing one is open to other users.
+fn private_dir(dir: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    match std::fs::metadata(dir) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    mode = format!("{mode:o}"),
+                    "the data directory is open to other users (it holds messages and password hashes); chmod 700 it"
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(StorageError::io("create", parent))?;
+            }
+            std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(StorageError::io("create", dir))
+        }
+        Err(e) => Err(StorageError::io("read", dir)(e)),
+    }
+}
+
+/// Sets sled's directory tree to 0700 and its files to 0600. Files sled
+/// creates later (snapshots, blobs) are inside, out of other users' reach;
+/// the binary also sets its umask to 0077.
+fn make_private(path: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::symlink_metadata(path).map_err(StorageError::io("read", path))?;
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    if meta.permissions().mode() & 0o777 != mode && !meta.file_type().is_symlink() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(StorageError::io("chmod", path))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(StorageError::io("list", path))? {
+            make_private(&entry.map_err(StorageError::io("list", path))?.path())?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn json_record<T: serde::de::DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StorageError> {

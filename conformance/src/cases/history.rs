@@ -1,6 +1,6 @@
 //! §7 History: pages in ascending seq, `before`/`after` paging in both
 //! directions, `earliest_seq`/`latest_seq`, the `limit` bounds and default,
-//! one epoch per page.
+//! one epoch per page, the `epoch` selector.
 
 use super::{n, range, s, seqs};
 use crate::ctx::{Ctx, Room, User};
@@ -17,6 +17,7 @@ pub fn cases() -> Vec<Case> {
         case!("history::ends_are_empty", "7", ends_are_empty),
         case!("history::limit_bounds", "7", limit_bounds),
         case!("history::bad_query_params", "7", bad_query_params),
+        case!("history::epoch_selector", "7", epoch_selector),
         case!("history::event_fields", "7", event_fields),
         case!("history::not_member", "7", not_member),
         case!("history::pages_are_cut_to_their_byte_size", "7", pages_are_cut_to_their_byte_size),
@@ -131,6 +132,21 @@ async fn bad_query_params(ctx: &Ctx) -> Result<()> {
     for bad in ["before=2&after=1", "before=abc", "after=-3", "after=1.5"] {
         ctx.messages_raw(&user, &room.room_id, bad).await?.err(400, "invalid_param")?;
     }
+    Ok(())
+}
+
+/// `epoch=E` reads epoch `E`: the current one gives the same page; an
+/// epoch the room never had is 404, an empty one `invalid_param`.
+async fn epoch_selector(ctx: &Ctx) -> Result<()> {
+    let (user, room) = filled_room(ctx, "hepoch", 3).await?;
+    let page = ctx.messages(&user, &room.room_id, "").await?;
+    let epoch = crate::http::enc(s(&page, "epoch"));
+    let same = ctx.messages(&user, &room.room_id, &format!("epoch={epoch}&after=1")).await?;
+    check_eq!(seqs(&same["events"]), range(2, 4), "epoch=<current>&after=1");
+    check_eq!(s(&same, "epoch"), s(&page, "epoch"), "epoch of the page");
+    let unknown = format!("epoch=never{epoch}");
+    ctx.messages_raw(&user, &room.room_id, &unknown).await?.err(404, "epoch_not_found")?;
+    ctx.messages_raw(&user, &room.room_id, "epoch=").await?.err(400, "invalid_param")?;
     Ok(())
 }
 

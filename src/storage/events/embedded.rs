@@ -13,6 +13,12 @@
 //! Keys (one tree, `events`), parts separated by NUL:
 //! - `e` room seq(u64 BE) → event JSON
 //! - `t` room device txn_id → fingerprint(32) seq(u64 BE) event_id
+//! - `x` expiry(u64 BE, ms) followed by a `t` key → nothing: when that
+//!   transaction record may be forgotten. The writer deletes expired records
+//!   before a batch, at most every [`SWEEP_EVERY_MAX`] and [`SWEEP_MAX`]
+//!   at a time, so the records kept are those of the last `txn_ttl` (24 h).
+//! - `v` `txn-expiry` → the expiry given to records written before the `x`
+//!   index existed (indexed once, when such a store is first opened).
 //! - `m` room → epoch, optionally NUL and a base seq (u64 BE): the seq before
 //!   the first event, kept for a log that was started over at a later seq
 //!   (federated rooms joined after their home trimmed its history)
@@ -20,18 +26,24 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AppendOutcome, BoxFuture, EventLog, EventSink, Imported, LogHead, NewEvent, Page, Range, event_id, new_epoch,
-    now_ms,
+    AppendOutcome, BoxFuture, EventLog, EventSink, Imported, LogHead, LogSettings, NewEvent, Page, Range, event_id,
+    new_epoch, now_ms,
 };
 use crate::protocol::RoomId;
 use crate::protocol::events::Event;
 use crate::storage::{StorageError, json_record, key};
 
 const MAX_BATCH: usize = 1024;
+/// Expired transaction records deleted per sweep at most (more wait for the next batch).
+const SWEEP_MAX: usize = 10_000;
+/// The longest time between sweeps (shorter for a shorter `txn_ttl`).
+const SWEEP_EVERY_MAX: Duration = Duration::from_secs(600);
+const TXN_EXPIRY_MARK: &[u8] = b"v\0txn-expiry";
 
 enum Job {
     Append {
@@ -89,6 +101,50 @@ fn mkey(room: &RoomId) -> Vec<u8> {
 
 fn tkey(room: &RoomId, device: &str, txn_id: &str) -> Vec<u8> {
     key(&[b"t", room.as_str().as_bytes(), device.as_bytes(), txn_id.as_bytes()])
+}
+
+/// The expiry index key of transaction record `tk`.
+fn xkey(expires_ms: u64, tk: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + tk.len());
+    k.extend_from_slice(b"x\0");
+    k.extend_from_slice(&expires_ms.to_be_bytes());
+    k.extend_from_slice(tk);
+    k
+}
+
+/// Indexes transaction records written before the expiry index existed,
+/// once, all with one expiry (stored first, so an interrupted run resumes
+/// with the same keys). They are then forgotten a `txn_ttl` from now.
+fn index_old_txns(tree: &sled::Tree, ttl_ms: u64) -> Result<(), StorageError> {
+    let expires = match tree.get(TXN_EXPIRY_MARK)? {
+        Some(v) if v.len() == 9 && v[8] == 1 => return Ok(()),
+        Some(v) if v.len() >= 8 => u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+        _ => {
+            let e = now_ms() + ttl_ms;
+            let mut v = e.to_be_bytes().to_vec();
+            v.push(0);
+            tree.insert(TXN_EXPIRY_MARK, v)?;
+            e
+        }
+    };
+    let mut batch = sled::Batch::default();
+    let mut n = 0;
+    for item in tree.scan_prefix(b"t\0") {
+        let (k, _) = item?;
+        batch.insert(xkey(expires, &k), &[][..]);
+        n += 1;
+        if n % 10_000 == 0 {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+        }
+    }
+    let mut done = expires.to_be_bytes().to_vec();
+    done.push(1);
+    batch.insert(TXN_EXPIRY_MARK, done);
+    tree.apply_batch(batch)?;
+    if n > 0 {
+        tracing::info!(records = n, "indexed transaction records for expiry");
+    }
+    Ok(())
 }
 
 fn seq_of(k: &[u8]) -> u64 {
@@ -154,6 +210,10 @@ struct Writer {
     tree: sled::Tree,
     durable: Arc<Durable>,
     retention: Option<u64>,
+    txn_ttl_ms: u64,
+    sweep_every_ms: u64,
+    /// When the next sweep of expired transaction records is due (ms).
+    next_sweep_ms: u64,
     rooms: HashMap<RoomId, RoomState>,
     syncer: std::sync::mpsc::Sender<ToSyncer>,
     /// Set when a sync failed: the disk may have lost acknowledged-looking
@@ -210,7 +270,7 @@ struct Syncer {
 }
 
 fn poisoned_error() -> StorageError {
-    StorageError::Log("the room log could not sync to disk and refuses writes; restart the server".into())
+    StorageError::SyncFailed("an earlier sync of the room log failed".into())
 }
 
 impl Syncer {
@@ -284,6 +344,7 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
+                self.sweep_if_due();
                 self.commit(std::mem::take(&mut batch));
             }
         }
@@ -291,6 +352,39 @@ impl Writer {
         if let Some(done) = stop {
             let _ = self.syncer.send(ToSyncer::Stop(done));
         }
+    }
+
+    /// Deletes expired transaction records (expiry on write: nothing is
+    /// written while no batch comes, so nothing grows either). Not synced: a
+    /// delete lost in a crash is done again.
+    fn sweep_if_due(&mut self) {
+        let now = now_ms();
+        if now < self.next_sweep_ms {
+            return;
+        }
+        match self.sweep(now) {
+            Ok(n) if n == SWEEP_MAX => self.next_sweep_ms = now,
+            Ok(_) => self.next_sweep_ms = now + self.sweep_every_ms,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot delete expired transaction records");
+                self.next_sweep_ms = now + self.sweep_every_ms;
+            }
+        }
+    }
+
+    fn sweep(&self, now: u64) -> Result<usize, StorageError> {
+        let mut writes = sled::Batch::default();
+        let mut n = 0;
+        for item in self.tree.range(xkey(0, b"")..xkey(now.saturating_add(1), b"")).take(SWEEP_MAX) {
+            let (k, _) = item?;
+            writes.remove(&k[10..]);
+            writes.remove(k);
+            n += 1;
+        }
+        if n > 0 {
+            self.tree.apply_batch(writes)?;
+        }
+        Ok(n)
     }
 
     fn state(&mut self, room: &RoomId, writes: &mut sled::Batch) -> Result<&mut RoomState, StorageError> {
@@ -335,7 +429,10 @@ impl Writer {
                 (Ok((deliveries, Prepared::Import(imported))), Job::Import { reply, .. }) => {
                     done.push(Committed { deliveries, reply: Reply::Import(reply, imported) })
                 }
-                (Ok(_), job) => job.fail(StorageError::Log("mismatched job".into())),
+                (Ok((_, Prepared::Append(_))), Job::Import { .. })
+                | (Ok((_, Prepared::Import(_))), Job::Append { .. }) => {
+                    unreachable!("a job is prepared as its own kind")
+                }
                 (Err(e), job) => job.fail(e),
             }
         }
@@ -344,7 +441,7 @@ impl Writer {
             // the next batch re-reads the truth from the tree.
             self.rooms.clear();
             for c in done {
-                c.fail(StorageError::Log(e.to_string()));
+                c.fail(StorageError::Sled(e.clone()));
             }
             return;
         }
@@ -390,6 +487,7 @@ impl Writer {
         };
         let delivery = self.write_event(room, &event, writes)?;
         if let (Some(tk), Some(txn)) = (tk, &new.txn) {
+            writes.insert(xkey(event.ts + self.txn_ttl_ms, &tk), &[][..]);
             writes.insert(tk.clone(), encode_txn(&txn.fingerprint, seq, &event.event_id));
             pending_txns.insert(tk, (txn.fingerprint, seq, event.event_id.clone()));
         }
@@ -495,9 +593,11 @@ impl EmbeddedLog {
     pub fn open(
         db: &crate::storage::Db,
         sink: Arc<dyn EventSink>,
-        retention: Option<u64>,
+        settings: &LogSettings,
     ) -> Result<Self, StorageError> {
         let tree = db.tree("events")?;
+        let txn_ttl_ms = settings.txn_ttl.as_millis() as u64;
+        index_old_txns(&tree, txn_ttl_ms)?;
         // Unbounded so that `append` can enqueue synchronously (fixing the
         // order at call time); callers bound their own in-flight appends.
         let (tx, rx) = mpsc::unbounded_channel();
@@ -508,16 +608,19 @@ impl EmbeddedLog {
         let writer = Writer {
             tree: tree.clone(),
             durable: durable.clone(),
-            retention,
+            retention: settings.retention,
+            txn_ttl_ms,
+            sweep_every_ms: (txn_ttl_ms / 16).clamp(10, SWEEP_EVERY_MAX.as_millis() as u64),
+            next_sweep_ms: 0,
             rooms: HashMap::new(),
             syncer: to_syncer,
             poisoned: poisoned.clone(),
         };
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        let spawn = |name: &'static str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(f)
-                .map_err(|e| StorageError::Log(format!("cannot start the log {name}: {e}")))
+                .map_err(|source| StorageError::Thread { name, source })
         };
         let threads = vec![
             spawn("parlor-log-syncer", Box::new(move || syncer.run(batches)))?,
@@ -583,13 +686,28 @@ impl EventLog for EmbeddedLog {
         let (reply, rx) = oneshot::channel();
         let sent = self.jobs.send(Msg::Job(Job::Append { room: room.clone(), event, reply }));
         Box::pin(async move {
-            sent.map_err(|_| StorageError::Log("the log writer has stopped".into()))?;
-            rx.await.map_err(|_| StorageError::Log("the log writer has stopped".into()))?
+            sent.map_err(|_| StorageError::Stopped("room log writer"))?;
+            rx.await.map_err(|_| StorageError::Stopped("room log writer"))?
         })
     }
 
     fn read<'a>(&'a self, room: &'a RoomId, range: Range, limit: usize) -> BoxFuture<'a, Result<Page, StorageError>> {
         Box::pin(async move { self.page(room, range, limit) })
+    }
+
+    fn read_epoch<'a>(
+        &'a self,
+        room: &'a RoomId,
+        epoch: &'a str,
+        range: Range,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Option<Page>, StorageError>> {
+        // The embedded log keeps one epoch per room: it never loses data,
+        // and a replica that follows its home server's new epoch drops the old.
+        Box::pin(async move {
+            let page = self.page(room, range, limit)?;
+            Ok((!epoch.is_empty() && *page.head.epoch == *epoch).then_some(page))
+        })
     }
 
     fn head<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<LogHead, StorageError>> {
@@ -607,8 +725,8 @@ impl EventLog for EmbeddedLog {
         let job = Job::Import { room: room.clone(), epoch: epoch.to_owned(), restart_at, events, reply };
         let sent = self.jobs.send(Msg::Job(job));
         Box::pin(async move {
-            sent.map_err(|_| StorageError::Log("the log writer has stopped".into()))?;
-            rx.await.map_err(|_| StorageError::Log("the log writer has stopped".into()))?
+            sent.map_err(|_| StorageError::Stopped("room log writer"))?;
+            rx.await.map_err(|_| StorageError::Stopped("room log writer"))?
         })
     }
 

@@ -7,7 +7,9 @@
 //!   holds across restarts and across server processes;
 //! - decide the room's `epoch`, and start a new one when its data was lost;
 //! - feed every durable event, from whichever process appended it, to the
-//!   [`EventSink`] in `seq` order per room.
+//!   [`EventSink`] in `seq` order per room;
+//! - remember transaction ids for [`LogSettings::txn_ttl`], and forget them
+//!   after that.
 
 pub mod embedded;
 pub mod redis;
@@ -15,6 +17,7 @@ pub mod redis;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use crate::protocol::events::Range;
 use crate::protocol::events::{Event, EventType};
@@ -23,6 +26,30 @@ use crate::protocol::{RoomId, UserId};
 use super::StorageError;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How long a transaction id is remembered: the protocol promises at least 24 h.
+pub const TXN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What a room log keeps, the same for both implementations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Keep only the last N events of each room (`None`: all).
+    pub retention: Option<u64>,
+    /// How long a transaction id is remembered ([`TXN_TTL`]; shorter only in tests).
+    pub txn_ttl: Duration,
+}
+
+impl LogSettings {
+    pub fn new(retention: Option<u64>) -> Self {
+        Self { retention, txn_ttl: TXN_TTL }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
 
 /// An event to append; the log fills in `event_id`, `seq` and `ts`.
 #[derive(Debug, Clone)]
@@ -108,6 +135,17 @@ pub trait EventLog: Send + Sync + 'static {
     fn append(&self, room: &RoomId, event: NewEvent) -> BoxFuture<'static, Result<AppendOutcome, StorageError>>;
 
     fn read<'a>(&'a self, room: &'a RoomId, range: Range, limit: usize) -> BoxFuture<'a, Result<Page, StorageError>>;
+
+    /// Like `read`, from the named epoch: the current one, or an older one
+    /// the log still keeps (on Redis, what it held of an epoch when a new
+    /// one had to start). `None` when the log keeps no such epoch.
+    fn read_epoch<'a>(
+        &'a self,
+        room: &'a RoomId,
+        epoch: &'a str,
+        range: Range,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Option<Page>, StorageError>>;
 
     fn head<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<LogHead, StorageError>>;
 

@@ -1,0 +1,170 @@
+//! The command connection to Redis and the log's Lua scripts.
+//!
+//! One multiplexed connection, kept by redis-rs's `ConnectionManager`,
+//! carries every command but the feed's blocking reads. It is configured to
+//! fail fast: one connection attempt (bounded by [`CONNECT_TIMEOUT`]) and no
+//! retries inside the manager, so while Redis is unreachable each call fails
+//! at once (a refused connection in about a millisecond) instead of queueing;
+//! the manager starts a new attempt when a call finds the connection broken.
+//! A command that does not answer within [`RESPONSE_TIMEOUT`] fails as an
+//! outage too (a Redis that accepts connections but is stopped).
+//!
+//! Scripts are called with `EVALSHA` and loaded on demand: a Redis that
+//! restarted (or whose script cache was flushed) answers `NOSCRIPT`, which
+//! loads them and repeats the call — `NOSCRIPT` means nothing ran.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Cmd, ErrorKind, Pipeline, RedisError, Script, ServerErrorKind, Value};
+
+use crate::storage::StorageError;
+
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The epoch functions, prepended to the scripts that use them.
+macro_rules! with_epoch {
+    ($file:literal) => {
+        concat!(include_str!("scripts/epoch.lua"), include_str!($file))
+    };
+}
+
+/// The log's scripts (`scripts/*.lua`; see each file for its keys, arguments and answer).
+pub(super) struct Scripts {
+    pub append: Script,
+    pub read: Script,
+    pub import: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            append: Script::new(with_epoch!("scripts/append.lua")),
+            read: Script::new(with_epoch!("scripts/read.lua")),
+            import: Script::new(include_str!("scripts/import.lua")),
+        }
+    }
+}
+
+/// `EVALSHA <script> <number of keys>`, to which the caller adds keys and arguments.
+pub(super) fn evalsha(script: &Script, keys: usize) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys);
+    cmd
+}
+
+/// A connection manager that fails fast (see the module doc).
+pub(super) async fn manager(client: &Client, response_timeout: Duration) -> Result<ConnectionManager, RedisError> {
+    let cfg = ConnectionManagerConfig::new()
+        .set_number_of_retries(0)
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(response_timeout));
+    // The manager's first connection has no timeout of its own beyond the
+    // connect timeout of each attempt; bound the whole of it.
+    tokio::time::timeout(CONNECT_TIMEOUT * 2, ConnectionManager::new_with_config(client.clone(), cfg))
+        .await
+        .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
+}
+
+pub(super) struct Link {
+    conn: ConnectionManager,
+    pub scripts: Scripts,
+}
+
+impl Link {
+    /// Connects now: a server that starts must be able to take sends.
+    pub async fn connect(client: &Client) -> Result<Self, RedisError> {
+        let conn = manager(client, RESPONSE_TIMEOUT).await?;
+        let link = Self { conn, scripts: Scripts::new() };
+        link.load_scripts().await?;
+        Ok(link)
+    }
+
+    pub async fn load_scripts(&self) -> Result<(), RedisError> {
+        let mut conn = self.conn.clone();
+        for s in [&self.scripts.append, &self.scripts.read, &self.scripts.import] {
+            s.load_async(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a command that is safe to repeat: once more when the connection
+    /// turned out dead (Redis restarted since the last command; the manager
+    /// reconnects), and once more after loading the scripts on `NOSCRIPT`.
+    pub async fn query(&self, cmd: &Cmd) -> Result<Value, StorageError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match cmd.query_async::<Value>(&mut self.conn.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if tries < 3 && is_noscript(&e) => {
+                    self.load_scripts().await.map_err(|e| storage_error(&e))?;
+                }
+                Err(e) if tries < 2 && e.is_unrecoverable_error() => {}
+                Err(e) => return Err(storage_error(&e)),
+            }
+        }
+    }
+
+    /// Sends a pipeline that is safe to repeat as a whole, as [`Link::query`]
+    /// repeats a command; each answer is a value or a `Value::ServerError`.
+    pub async fn pipeline_repeatable(&self, pipe: &Pipeline) -> Result<Vec<Value>, StorageError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.pipeline(pipe).await {
+                Ok(values) if tries < 3 && values.iter().any(is_noscript_value) => {
+                    self.load_scripts().await.map_err(|e| storage_error(&e))?;
+                }
+                Ok(values) => return Ok(values),
+                Err(e) if tries < 2 && e.is_unrecoverable_error() => {}
+                Err(e) => return Err(storage_error(&e)),
+            }
+        }
+    }
+
+    /// Sends a pipeline whose commands fail one by one: each answer is a
+    /// value or a `Value::ServerError`. Not repeated: the caller decides.
+    pub async fn pipeline(&self, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {
+        pipe.query_async::<Vec<Value>>(&mut self.conn.clone()).await
+    }
+}
+
+pub(super) fn is_noscript_value(v: &Value) -> bool {
+    matches!(v, Value::ServerError(se) if se.kind() == Some(ServerErrorKind::NoScript))
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
+
+/// Whether an error means Redis cannot be used now (gone, stopped, loading,
+/// out of memory, a replica, scripts lost), so the caller may retry later.
+pub(super) fn is_outage(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.code().is_some_and(is_transient_refusal)
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::NoScript
+            )
+        )
+}
+
+/// Redis refusing for a reason that passes (memory, a long script).
+fn is_transient_refusal(code: &str) -> bool {
+    matches!(code, "OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "NOSCRIPT")
+}
+
+pub(super) fn storage_error(e: &RedisError) -> StorageError {
+    if is_outage(e) { StorageError::Unavailable(format!("redis: {e}")) } else { StorageError::Redis(e.to_string()) }
+}

@@ -1,0 +1,616 @@
+//! The Redis Streams room log (`parlor serve --redis redis://…`).
+//!
+//! It owns, for Redis: seq assignment, transaction records, epochs (and the
+//! archives of old ones), history reads, and the cross-process fan-out that
+//! feeds the local [`EventSink`]. By job:
+//!
+//! - [`link`]: the command connection (redis-rs's `ConnectionManager`,
+//!   failing fast) and the Lua scripts in `scripts/`;
+//! - [`writer`]: appends, batched into one pipeline per round trip;
+//! - [`feed`]: live delivery from the shared feed stream;
+//! - [`highwater`]: how far each room has gone, in memory and on disk, so
+//!   that a Redis that lost writes never gets a seq handed out twice;
+//! - [`replies`]: Redis answers into events and outcomes;
+//! - this module: keys, reads, imports, and the [`EventLog`] it all makes.
+//!
+//! Keys (the `{room}` hash tag keeps one room's keys in one slot):
+//! - `parlor:{ROOM}:meta` hash `epoch`, `gen`, `seq`: the room's epoch, its
+//!   generation (Redis clock in ms when it was started) and last seq;
+//! - `parlor:{ROOM}:log` stream, entry id `<seq>-0`, fields `t` type, `s`
+//!   sender, `b` body (messages only), `ts`, and `i` the event id for events
+//!   imported from a federated room's home server; trimmed to the retention;
+//! - `parlor:{ROOM}:archive:<EPOCH>` stream: an older epoch's log, kept
+//!   when the room started a new epoch, and `parlor:{ROOM}:epochs` hash
+//!   `<EPOCH>` → `<generation> <last seq>` listing them;
+//! - `parlor:{ROOM}:txn:<hash of device and txn_id>` string
+//!   `"<fingerprint hex> <epoch> <seq>"`, expiring after the txn TTL;
+//! - `parlor:feed` stream: one entry per append of every room (`r` room, `e`
+//!   epoch, `g` generation, `q` seq, `o` origin, then the event fields),
+//!   trimmed to about [`FEED_MAXLEN`] entries.
+//!
+//! An append resolves once the writer has the script's answer *and* the
+//! feed has handed the event to the sink, or after [`FEED_WAIT`] if the feed
+//! is behind (the event is in Redis either way; the room's high-water mark
+//! is then synced by the append itself).
+//!
+//! Epochs: a room whose meta key is missing (new room, restart without
+//! persistence, FLUSHALL, eviction) gets a new random epoch. Every script
+//! call also carries the epoch, generation and highest seq this process has
+//! seen of the room (from memory, else from its data directory); a counter
+//! below it (a failover or restore that lost the last writes) or an older
+//! generation starts a new epoch, so a seq is never handed out twice under
+//! one epoch. What Redis still holds of the old epoch is archived, never
+//! deleted, and stays readable with an epoch selector ([`EventLog::read_epoch`]).
+
+mod feed;
+mod highwater;
+mod link;
+mod replies;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::{Client, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use self::feed::FeedReader;
+use self::highwater::{Durability, HighWater, Seen, SeenMap};
+use self::link::{Link, RESPONSE_TIMEOUT, evalsha, storage_error};
+use self::replies::{ReadStatus, read_answer};
+use self::writer::{Job, Msg, Writer};
+use super::{
+    AppendOutcome, BoxFuture, EventLog, EventSink, Imported, LogHead, LogSettings, NewEvent, Page, Range, event_id,
+    new_epoch, now_ms,
+};
+use crate::protocol::RoomId;
+use crate::protocol::events::Event;
+use crate::storage::{Db, StorageError};
+
+/// The shared feed keeps about this many entries; a process that falls
+/// further behind misses some live entries, which its sessions then read
+/// from the room streams (hole filling).
+pub const FEED_MAXLEN: u64 = 100_000;
+/// How long an append waits for its own event to come back on the feed.
+pub const FEED_WAIT: Duration = Duration::from_secs(1);
+
+const FEED_KEY: &str = "parlor:feed";
+/// Rooms per pipeline when checking every high-water mark against Redis.
+const CHECK_BATCH: usize = 512;
+
+fn meta_key(room: &RoomId) -> String {
+    format!("parlor:{{{room}}}:meta")
+}
+
+fn log_key(room: &RoomId) -> String {
+    format!("parlor:{{{room}}}:log")
+}
+
+/// Hashed so that device and txn ids (which hold NULs and colons) make a
+/// short, printable key.
+fn txn_key(room: &RoomId, device: &str, txn_id: &str) -> String {
+    use base64::Engine as _;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(device.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(txn_id.as_bytes());
+    let d = ctx.finish();
+    format!("parlor:{{{room}}}:txn:{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.as_ref()[..18]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// The known epoch, generation and seq arguments of a script call.
+fn push_known(cmd: &mut redis::Cmd, known: Option<&Seen>) {
+    match known {
+        Some(s) => cmd.arg(&*s.epoch).arg(s.generation).arg(s.seq),
+        None => cmd.arg("").arg(0).arg(0),
+    };
+}
+
+/// A Redis URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// The durability the answers to `CONFIG GET appendonly`, `appendfsync` and
+/// `save` give; an answer that is not a name and a value (an error) leaves
+/// its setting unknown, which means the strict way.
+fn durability_of(answers: &[Value]) -> Durability {
+    let config: HashMap<String, String> = answers
+        .iter()
+        .filter_map(|v| redis::from_redis_value_ref::<HashMap<String, String>>(v).ok())
+        .flatten()
+        .collect();
+    let get = |k: &str| config.get(k).map(String::as_str);
+    Durability::of_redis(get("appendonly"), get("appendfsync"), get("save"))
+}
+
+struct Shared {
+    link: Link,
+    sink: Arc<dyn EventSink>,
+    retention: Option<u64>,
+    txn_ttl_secs: u64,
+    seen: SeenMap,
+    high_water: HighWater,
+    /// This log's id on the feed: entries whose origin starts with it are ours.
+    instance: String,
+    next_ticket: AtomicU64,
+    /// When the feed was last reported behind (ms since the Unix epoch).
+    behind_warned_ms: AtomicU64,
+    /// Appends waiting for their event to come back on the feed.
+    tickets: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// A check of every mark is running.
+    checking: AtomicBool,
+    /// The last check of every mark failed.
+    marks_unchecked: AtomicBool,
+}
+
+impl Shared {
+    /// What this process has seen of the room: from memory, else from the
+    /// mark on disk (which the room then keeps in memory).
+    fn known(&self, room: &RoomId) -> Result<Option<Seen>, StorageError> {
+        if let Some(s) = self.seen.get(room) {
+            return Ok(Some(s));
+        }
+        let Some(mark) = self.high_water.get(room)? else { return Ok(None) };
+        self.seen.observe(room, &mark.epoch, mark.generation, mark.seq);
+        Ok(Some(mark))
+    }
+
+    /// Notes an ack sent before its event came back on the feed; said at most
+    /// every 10 s, since under overload it holds for every append at once.
+    fn feed_behind(&self) {
+        let now = now_ms();
+        let last = self.behind_warned_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self.behind_warned_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(
+                "the redis feed is over {} ms behind: acknowledging sends before local delivery",
+                FEED_WAIT.as_millis()
+            );
+        }
+    }
+
+    /// The read script for `room`: `mode` head|after|before|latest from `n`,
+    /// of the current epoch or of `want`.
+    fn read_cmd(
+        &self,
+        room: &RoomId,
+        mode: &str,
+        n: u64,
+        limit: usize,
+        want: &str,
+    ) -> Result<redis::Cmd, StorageError> {
+        let mut cmd = evalsha(&self.link.scripts.read, 2);
+        cmd.arg(meta_key(room)).arg(log_key(room));
+        push_known(&mut cmd, self.known(room)?.as_ref());
+        cmd.arg(new_epoch()).arg(mode).arg(n).arg(limit.max(1)).arg(want);
+        Ok(cmd)
+    }
+
+    /// Reads what Redis's persistence can lose in a crash, which decides
+    /// when the high-water marks must reach the disk (see `highwater`).
+    /// Only an outage is an error; any other failure (`CONFIG` renamed away,
+    /// or not allowed to this user) means the strict way.
+    async fn check_durability(&self) -> Result<(), StorageError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("CONFIG").arg("GET").arg("appendonly");
+        pipe.cmd("CONFIG").arg("GET").arg("appendfsync");
+        pipe.cmd("CONFIG").arg("GET").arg("save");
+        let d = match self.link.pipeline(&pipe).await {
+            Ok(answers) => durability_of(&answers),
+            Err(e) if link::is_outage(&e) => return Err(storage_error(&e)),
+            Err(_) => Durability::BeforeHandOut,
+        };
+        self.high_water.set_durability(d).await
+    }
+
+    /// Compares every room's high-water mark on disk with Redis, in
+    /// pipelines of [`CHECK_BATCH`] rooms: the read script starts a new epoch
+    /// (archiving the old one's stream) for every room that Redis holds less
+    /// of than the mark says was handed out. Run at start, before any
+    /// append, and whenever the feed shows that Redis lost data, so that a
+    /// room is moved on before any process, even one that never saw its
+    /// lost writes, appends to it. Returns how many rooms started anew.
+    async fn check_marks(&self) -> Result<usize, StorageError> {
+        if self.checking.swap(true, Ordering::AcqRel) {
+            return Ok(0);
+        }
+        let result = self.check_marks_now().await;
+        // A check that did not finish (Redis went away again) is run again
+        // at the feed's next look at Redis.
+        self.marks_unchecked.store(result.is_err(), Ordering::Release);
+        self.checking.store(false, Ordering::Release);
+        result
+    }
+
+    async fn check_marks_now(&self) -> Result<usize, StorageError> {
+        let mut marks = self.high_water.all();
+        let mut restarted = 0;
+        loop {
+            let batch: Vec<(RoomId, Seen)> = marks.by_ref().take(CHECK_BATCH).collect::<Result<_, _>>()?;
+            if batch.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for (room, mark) in &batch {
+                let mut cmd = evalsha(&self.link.scripts.read, 2);
+                cmd.arg(meta_key(room)).arg(log_key(room));
+                push_known(&mut cmd, Some(mark));
+                cmd.arg(new_epoch()).arg("head").arg(0).arg(1).arg("");
+                pipe.add_command(cmd);
+            }
+            // Repeatable: a room moved on is not moved again (its generation is newer).
+            let values = self.link.pipeline_repeatable(&pipe).await?;
+            for ((room, mark), v) in batch.iter().zip(values) {
+                if let Value::ServerError(se) = v {
+                    return Err(storage_error(&se.into()));
+                }
+                let a = read_answer(v)?;
+                if a.generation != mark.generation {
+                    restarted += 1;
+                    tracing::warn!(
+                        room = %room, old_epoch = %mark.epoch, seen = mark.seq, epoch = %a.epoch,
+                        "redis holds less of this room than was handed out: new epoch, the old one archived"
+                    );
+                }
+                self.high_water.note(room, &a.epoch, a.generation, a.latest)?;
+                self.seen.observe_tracked(room, &a.epoch, a.generation, a.latest);
+            }
+        }
+        self.high_water.sync().await?;
+        Ok(restarted)
+    }
+}
+
+/// Removes an append's ticket however its future ends.
+struct TicketGuard {
+    shared: Arc<Shared>,
+    ticket: u64,
+}
+
+impl Drop for TicketGuard {
+    fn drop(&mut self) {
+        self.shared.tickets.lock().expect("tickets lock").remove(&self.ticket);
+    }
+}
+
+pub struct RedisLog {
+    shared: Arc<Shared>,
+    jobs: mpsc::UnboundedSender<Msg>,
+    stop: CancellationToken,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl RedisLog {
+    /// Connects to Redis at `url`, checks every room's high-water mark kept
+    /// in `db` against it, and starts the writer and the feed reader, which
+    /// feeds `sink`. Fails when Redis cannot be reached now: a server that
+    /// starts must be able to take sends.
+    pub async fn open(
+        url: &str,
+        db: &Db,
+        sink: Arc<dyn EventSink>,
+        settings: &LogSettings,
+    ) -> Result<Self, StorageError> {
+        let shown = redacted(url);
+        let client = Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url {shown:?}: {e}")))?;
+        let unreachable =
+            |e: redis::RedisError| StorageError::Unavailable(format!("cannot reach redis at {shown}: {e}"));
+        let link = Link::connect(&client).await.map_err(unreachable)?;
+        let feed_conn = link::manager(&client, feed::FEED_BLOCK + RESPONSE_TIMEOUT).await.map_err(unreachable)?;
+        let shared = Arc::new(Shared {
+            link,
+            sink,
+            retention: settings.retention.map(|n| n.max(1)),
+            txn_ttl_secs: settings.txn_ttl.as_secs().max(1),
+            seen: SeenMap::default(),
+            high_water: HighWater::open(db)?,
+            instance: new_epoch(),
+            next_ticket: AtomicU64::new(1),
+            behind_warned_ms: AtomicU64::new(0),
+            tickets: Mutex::new(HashMap::new()),
+            checking: AtomicBool::new(false),
+            marks_unchecked: AtomicBool::new(false),
+        });
+        shared.check_durability().await?;
+        let restarted = shared.check_marks().await?;
+        if restarted > 0 {
+            tracing::warn!(
+                rooms = restarted,
+                "redis lost writes this server had handed out; those rooms start new epochs"
+            );
+        }
+        let stop = CancellationToken::new();
+        let mut reader = FeedReader::start(shared.clone(), feed_conn, stop.clone()).await.map_err(unreachable)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(Writer { shared: shared.clone() }.run(rx));
+        let hand_out = tokio::spawn(reader.hand_out_task());
+        let reader = tokio::spawn(reader.run());
+        Ok(Self { shared, jobs: tx, stop, tasks: Mutex::new(vec![writer, reader, hand_out]) })
+    }
+
+    /// A page of the room's current epoch, or of `want` (None when the room
+    /// has no such epoch).
+    async fn page(&self, room: &RoomId, want: &str, range: Range, limit: usize) -> Result<Option<Page>, StorageError> {
+        let (mode, n) = match range {
+            _ if limit == 0 => ("head", 0),
+            Range::After(n) => ("after", n),
+            Range::Before(n) => ("before", n),
+            Range::Latest => ("latest", 0),
+        };
+        let shared = &self.shared;
+        let cmd = shared.read_cmd(room, mode, n, limit, want)?;
+        let a = read_answer(shared.link.query(&cmd).await?)?;
+        match a.status {
+            ReadStatus::Unknown => return Ok(None),
+            ReadStatus::Archived => {}
+            ReadStatus::Current => {
+                shared.seen.observe(room, &a.epoch, a.generation, a.latest);
+                // The page shows seqs up to `latest`: they must be on record first.
+                shared.high_water.cover(room, &a.epoch, a.generation, a.latest).await?;
+            }
+        }
+        let mut events = a
+            .entries
+            .into_iter()
+            .map(|entry| replies::event(room, &a.epoch, entry))
+            .collect::<Result<Vec<Event>, _>>()?;
+        if matches!(mode, "before" | "latest") {
+            events.reverse();
+        }
+        Ok(Some(Page { head: LogHead { epoch: a.epoch, earliest: a.earliest, latest: a.latest }, events }))
+    }
+}
+
+impl Drop for RedisLog {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn stopped() -> StorageError {
+    StorageError::Stopped("redis log writer")
+}
+
+impl EventLog for RedisLog {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn append(&self, room: &RoomId, event: NewEvent) -> BoxFuture<'static, Result<AppendOutcome, StorageError>> {
+        let ticket = self.shared.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let (fed_tx, fed_rx) = oneshot::channel();
+        self.shared.tickets.lock().expect("tickets lock").insert(ticket, fed_tx);
+        let guard = TicketGuard { shared: self.shared.clone(), ticket };
+        let (reply, rx) = oneshot::channel();
+        let origin = format!("{}/{ticket}", self.shared.instance);
+        let sent = self.jobs.send(Msg::Append(Job { room: room.clone(), event, ts: now_ms(), origin, reply }));
+        let shared = self.shared.clone();
+        let room = room.clone();
+        Box::pin(async move {
+            let _guard = guard;
+            sent.map_err(|_| stopped())?;
+            let a = rx.await.map_err(|_| stopped())??;
+            let id = || event_id(&room, &a.epoch, a.seq, room.server());
+            match a.status.as_str() {
+                "stored" => {
+                    // Delivered by the feed means its mark is on disk;
+                    // otherwise record it here before acknowledging.
+                    if !matches!(tokio::time::timeout(FEED_WAIT, fed_rx).await, Ok(Ok(()))) {
+                        shared.feed_behind();
+                        shared.high_water.cover(&room, &a.epoch, a.generation, a.seq).await?;
+                    }
+                    Ok(AppendOutcome::Stored { event_id: id(), seq: a.seq })
+                }
+                "repeated" => {
+                    shared.high_water.cover(&room, &a.epoch, a.generation, a.seq).await?;
+                    Ok(AppendOutcome::Repeated { event_id: id(), seq: a.seq })
+                }
+                "conflict" => Ok(AppendOutcome::Conflict),
+                other => Err(StorageError::Script { script: "append", detail: format!("status {other:?}") }),
+            }
+        })
+    }
+
+    fn read<'a>(&'a self, room: &'a RoomId, range: Range, limit: usize) -> BoxFuture<'a, Result<Page, StorageError>> {
+        Box::pin(async move {
+            let page = self.page(room, "", range, limit).await?;
+            page.ok_or_else(|| StorageError::Script { script: "read", detail: "no current epoch".into() })
+        })
+    }
+
+    fn read_epoch<'a>(
+        &'a self,
+        room: &'a RoomId,
+        epoch: &'a str,
+        range: Range,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Option<Page>, StorageError>> {
+        Box::pin(async move {
+            if epoch.is_empty() {
+                return Ok(None);
+            }
+            self.page(room, epoch, range, limit).await
+        })
+    }
+
+    fn head<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<LogHead, StorageError>> {
+        Box::pin(async move { Ok(self.read(room, Range::Latest, 0).await?.head) })
+    }
+
+    fn import(
+        &self,
+        room: &RoomId,
+        epoch: &str,
+        restart_at: Option<u64>,
+        events: Vec<Event>,
+    ) -> BoxFuture<'static, Result<Imported, StorageError>> {
+        let shared = self.shared.clone();
+        let room = room.clone();
+        let epoch: Arc<str> = epoch.into();
+        Box::pin(async move {
+            let mut cmd = evalsha(&shared.link.scripts.import, 3);
+            cmd.arg(meta_key(&room)).arg(log_key(&room)).arg(FEED_KEY);
+            cmd.arg(room.as_str()).arg(&*epoch);
+            match restart_at {
+                Some(n) => cmd.arg(n.max(1)),
+                None => cmd.arg(""),
+            };
+            cmd.arg(shared.retention.unwrap_or(0)).arg(FEED_MAXLEN).arg(format!("{}/import", shared.instance));
+            cmd.arg(events.len());
+            for e in &events {
+                cmd.arg(e.seq).arg(&e.event_id).arg(e.kind.as_str()).arg(e.sender.as_str());
+                match &e.body {
+                    Some(b) => cmd.arg("1").arg(b),
+                    None => cmd.arg("0").arg(""),
+                };
+                cmd.arg(e.ts);
+            }
+            let (generation, before, latest, written, hole) = replies::imported(shared.link.query(&cmd).await?)?;
+            shared.seen.observe(&room, &epoch, generation, latest);
+            Ok(Imported { before, latest, written: written as usize, hole })
+        })
+    }
+
+    fn healthy(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let pong = matches!(
+                self.shared.link.query(&redis::cmd("PING")).await,
+                Ok(Value::SimpleString(s)) if s == "PONG"
+            );
+            pong && !self.shared.high_water.failed()
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let (done, finished) = oneshot::channel();
+            if self.jobs.send(Msg::Stop(done)).is_ok() {
+                let _ = finished.await;
+            }
+            self.stop.cancel();
+            let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txn_keys_are_printable_and_distinct() {
+        let room = RoomId::parse("!r:x").unwrap();
+        let a = txn_key(&room, "@a:x\0D1", "t1");
+        assert!(a.bytes().all(|b| b.is_ascii_graphic()), "{a}");
+        assert_ne!(a, txn_key(&room, "@a:x\0D1", "t2"));
+        assert_ne!(a, txn_key(&room, "@a:x\0D2", "t1"));
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(redacted("redis://:secret@host:6379/2"), "redis://***@host:6379/2");
+        assert_eq!(redacted("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+    }
+
+    #[test]
+    fn a_refused_config_get_means_marks_wait_for_the_disk() {
+        let resp = |s: &str| redis::parse_redis_value(s.as_bytes()).unwrap();
+        let pair = |k: &str, v: &str| resp(&format!("*2\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n", k.len(), v.len()));
+        let always = [pair("appendonly", "yes"), pair("appendfsync", "always"), pair("save", "")];
+        assert_eq!(durability_of(&always), Durability::Background);
+        let everysec = [pair("appendonly", "yes"), pair("appendfsync", "everysec"), pair("save", "")];
+        assert_eq!(durability_of(&everysec), Durability::BeforeHandOut);
+        let refused = resp("-ERR unknown command 'CONFIG', with args beginning with: 'GET'\r\n");
+        assert!(matches!(refused, Value::ServerError(_)), "{refused:?}");
+        assert_eq!(durability_of(&[refused.clone(), refused.clone(), refused]), Durability::BeforeHandOut);
+        let no_perm = resp("-NOPERM this user has no permissions to run the 'config|get' command\r\n");
+        assert_eq!(durability_of(&[no_perm.clone(), no_perm.clone(), no_perm]), Durability::BeforeHandOut);
+    }
+
+    struct NoSink;
+    impl EventSink for NoSink {
+        fn deliver(&self, _: &RoomId, _: &Arc<str>, _: u64, _: &str) {}
+    }
+
+    /// A `redis-server` with `args` on a free port, killed on drop.
+    struct Server {
+        child: std::process::Child,
+        port: u16,
+        _dir: tempfile::TempDir,
+    }
+    impl Server {
+        fn start(args: &[&str]) -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let dir = tempfile::tempdir().unwrap();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .arg("--dir")
+                .arg(dir.path())
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("this test needs redis-server");
+            Server { child, port, _dir: dir }
+        }
+        async fn open(&self, db: &Db) -> RedisLog {
+            let url = format!("redis://127.0.0.1:{}/", self.port);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match RedisLog::open(&url, db, Arc::new(NoSink), &LogSettings::default()).await {
+                    Ok(log) => return log,
+                    Err(e) if tokio::time::Instant::now() > deadline => panic!("redis-server did not start: {e}"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
+    }
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// What a real Redis answers: `appendfsync always` spares the send path
+    /// its syncs, while the same Redis with `CONFIG` renamed away leaves
+    /// them on, since nothing says its persistence cannot lose part of a log.
+    #[tokio::test]
+    async fn marks_are_synced_before_hand_out_unless_redis_says_it_cannot_lose_part_of_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let always = ["--appendonly", "yes", "--appendfsync", "always"];
+        for (args, strict) in [
+            (&always[..], false),
+            (&["--appendonly", "yes", "--appendfsync", "everysec"][..], true),
+            (&["--appendonly", "no"][..], false),
+            (&[&always[..], &["--rename-command", "CONFIG", ""]].concat()[..], true),
+        ] {
+            let server = Server::start(args);
+            let log = server.open(&db).await;
+            assert_eq!(log.shared.high_water.strict(), strict, "redis-server {args:?}");
+            drop(log);
+        }
+    }
+}
