@@ -2,8 +2,9 @@
 //! (`promtool check metrics`, from Debian's `prometheus` package, which
 //! `scripts/setup` installs) and checked to move with what the server does:
 //! requests by route template and status, message appends, deliveries,
-//! WebSockets open and closed by code, the room log up, the hashing queue,
-//! and the federation queue and backoff of a destination that went down.
+//! WebSockets open and closed by code, slow consumers cut off (4008), the
+//! room log up, the hashing queue, and the federation queue and backoff of a
+//! destination that went down.
 
 mod support;
 
@@ -216,5 +217,75 @@ async fn unmatched_paths_do_not_make_labels() {
     );
     assert!(!text.contains("no-such") && !text.contains("BREW") && !text.contains("/pot"), "{text}");
     promtool_check(&text);
+    a.stop().await;
+}
+
+/// A subscriber that stops reading is cut off with 4008, and counted as a
+/// slow consumer and as a close with that code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumers_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = metrics.local_addr().unwrap();
+    let mut cfg: Config = TestServer::config(listener.local_addr().unwrap().port(), dir.path());
+    // A small outbound queue: once the socket buffers are full, it
+    // overflows after a few messages.
+    cfg.ws_outbound_limit = 64 << 10;
+    let a =
+        TestServer::start_serving(parlor::server::Listeners { client: listener, metrics: Some(metrics) }, cfg).await;
+    let api = Api::new(&a.url);
+    let room = uniq("slow");
+    let (_, ann) = api.user(&uniq("ann")).await;
+    let (_, bob) = api.user(&uniq("bob")).await;
+    api.join(&ann, &room).await;
+    api.join(&bob, &room).await;
+    let mut stalled = WsClient::authed(&a.url, &bob).await;
+    stalled.send(json!({"type": "subscribe", "id": "s", "room": room})).await;
+    stalled.until("caught_up").await;
+    let mut sender = WsClient::authed(&a.url, &ann).await;
+    let body = "x".repeat(16_000);
+    // Rounds of 20 acked sends until the server has cut the stalled reader
+    // off (loopback buffers hold some MB first); bounded at 64 MB.
+    let slow = |s: &BTreeMap<String, f64>| value(s, "parlor_websocket_slow_consumer_closes_total", &[]);
+    let mut n = 0;
+    while slow(&samples(&scrape(at, "/metrics").await.2)) < 1.0 {
+        assert!(n < 4000, "no 4008 after {n} messages of 16 kB to a client that does not read");
+        for _ in 0..20 {
+            n += 1;
+            sender.send(json!({"type": "send", "room": room, "txn_id": format!("m{n}"), "body": body})).await;
+        }
+        for _ in 0..20 {
+            assert_eq!(sender.until("ack").await.0["type"], "ack");
+        }
+    }
+    assert_eq!(stalled.closed().await, Some(4008));
+    let s = until(at, "the close counted", |s| value(s, "parlor_websockets_open", &[]) == 1.0).await;
+    assert_eq!(slow(&s), 1.0);
+    assert_eq!(value(&s, "parlor_websocket_closes_total", &[("code", "4008")]), 1.0);
+    promtool_check(&scrape(at, "/metrics").await.2);
+    a.stop().await;
+}
+
+/// `parlor_room_log_up` follows a real Redis: 1 while it answers, 0 while
+/// it is down, 1 again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_log_up_follows_redis() {
+    let mut redis = support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = metrics.local_addr().unwrap();
+    let mut cfg: Config = TestServer::config(listener.local_addr().unwrap().port(), dir.path());
+    cfg.redis = Some(redis.url.clone());
+    let a =
+        TestServer::start_serving(parlor::server::Listeners { client: listener, metrics: Some(metrics) }, cfg).await;
+    let up = |s: &BTreeMap<String, f64>| s.get("parlor_room_log_up{backend=\"redis\"}").copied();
+    until(at, "redis up", |s| up(s) == Some(1.0)).await;
+    redis.kill();
+    until(at, "redis down", |s| up(s) == Some(0.0)).await;
+    redis.restart(&[]);
+    until(at, "redis up again", |s| up(s) == Some(1.0)).await;
+    promtool_check(&scrape(at, "/metrics").await.2);
     a.stop().await;
 }
