@@ -115,7 +115,11 @@ pub async fn serve(
         .max_headers(MAX_HEADER_FIELDS)
         .keep_alive(true);
     let builder = Arc::new(builder);
-    tokio::spawn(reload_on_sighup(certs, app.shutdown.clone()));
+    // SIGHUP is watched before the first connection is accepted: once a
+    // client has been answered, a reload can never hit the default action
+    // (which ends the process).
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    tokio::spawn(reload_on_sighup(hup, certs, app.shutdown.clone()));
     if let Some(m) = listeners.metrics {
         tracing::info!(addr = %m.local_addr()?, "serving metrics at /metrics");
         http_conns.spawn(serve_metrics(m, app.clone(), builder.clone(), http_conns.clone()));
@@ -216,9 +220,12 @@ pub async fn serve(
 /// Reloads the TLS certificate on every SIGHUP until `stop`. A server
 /// without TLS says so and goes on (SIGHUP never ends the process: a
 /// service manager's reload must not be a kill).
-async fn reload_on_sighup(certs: Option<Arc<CertStore>>, stop: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
+async fn reload_on_sighup(
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+    certs: Option<Arc<CertStore>>,
+    stop: CancellationToken,
+) {
+    let mut hup = match hup {
         Ok(s) => s,
         Err(e) => return tracing::warn!(error = %e, "cannot watch SIGHUP; certificates will not be reloaded"),
     };
