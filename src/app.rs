@@ -1,12 +1,13 @@
 //! What both wires (`http/`, `ws/`) share and stand on: the running server's
-//! services and shutdown signal ([`App`]), one connection's context
-//! ([`Ctx`]) and socket ([`conn`]), and authenticating a request's bearer
-//! token. It sits below `server.rs`, `http/` and `ws/` and above `service/`,
+//! services, metrics and shutdown signal ([`App`]), one request's context
+//! ([`Ctx`]), one connection's socket ([`conn`]) and TLS ([`tls`]), and
+//! authenticating a request's bearer token. It sits below `server.rs`, `http/` and `ws/` and above `service/`,
 //! so neither wire has to import the other or the accept loop.
 
 pub mod conn;
+pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::Metrics;
 use crate::protocol::ErrCode;
 use crate::protocol::parse::bearer_token;
 use crate::service::accounts::Session;
@@ -34,6 +36,8 @@ pub struct App {
     /// injects it, so the HTTP routing table can hand `/ws` on without
     /// `http/` importing `ws/`.
     pub ws_upgrade: WsUpgrade,
+    /// What the wires record into (the services hold their own handles).
+    pub metrics: Arc<Metrics>,
 }
 
 /// What answers a WebSocket upgrade request (see [`App::ws_upgrade`]).
@@ -45,7 +49,12 @@ pub type Resp = Response<Full<Bytes>>;
 /// What a handler gets besides the request.
 pub struct Ctx {
     pub app: Arc<App>,
+    /// The TCP peer.
     pub peer: SocketAddr,
+    /// The client's address: the TCP peer's, or behind a trusted proxy the
+    /// one it forwarded ([`conn::client_address`]). Rate limits and logs
+    /// use this one.
+    pub client: IpAddr,
     /// This connection's places under the connection caps; an upgraded
     /// WebSocket keeps them until it closes.
     pub permit: Arc<conn::ConnSlot>,

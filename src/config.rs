@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::protocol::ServerName;
 
 /// Everything a running server needs to know. Defaults match `parlor serve`.
@@ -62,6 +64,21 @@ pub struct Config {
     /// Events of one room kept for pushing to other servers; a server
     /// further behind skips to the oldest kept (and backfills the rest).
     pub federation_queue_max: usize,
+    /// Serve HTTPS and WSS with this certificate (None: plain HTTP).
+    pub tls: Option<TlsFiles>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed: a request from
+    /// one of these ranges is keyed (rate limits, logs) by the client address
+    /// the proxies forwarded, and the proxy is exempt from the per-address
+    /// connection cap.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// A PEM certificate chain (leaf first) and its private key, read at start
+/// and again on every SIGHUP.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Config {
@@ -90,6 +107,8 @@ impl Config {
             federation_catch_up: Duration::from_secs(60),
             federation_give_up: Duration::from_secs(600),
             federation_queue_max: 10_000,
+            tls: None,
+            trusted_proxies: Vec::new(),
             // Leave a core for chat: a login storm must not stall delivery.
             hash_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
             hash_queue: 32,

@@ -7,6 +7,7 @@ pub mod app;
 pub mod config;
 pub mod fedclient;
 pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod service;

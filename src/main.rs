@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +35,14 @@ enum Command {
 enum OnOff {
     On,
     Off,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// One line of text per record (colours only when stderr is a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -107,6 +116,21 @@ struct Serve {
     /// Seconds allowed to read request headers, and again the body.
     #[arg(long, env = "PARLOR_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     request_timeout_secs: u64,
+    /// Serve HTTPS and WSS with this PEM certificate chain (leaf first); SIGHUP reloads it. Needs --tls-key.
+    #[arg(long, env = "PARLOR_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "PARLOR_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP; bind it to a private address). Off by default.
+    #[arg(long, env = "PARLOR_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Reverse proxies (CIDR ranges, e.g. 127.0.0.1/32,10.0.0.0/8) whose X-Forwarded-For gives the client address.
+    #[arg(long = "trusted-proxy", env = "PARLOR_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_cidr)]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// Log records as text or as JSON lines (to stderr; RUST_LOG filters them).
+    #[arg(long, env = "PARLOR_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 fn main() -> Result<()> {
@@ -123,13 +147,21 @@ fn main() -> Result<()> {
     }
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default: Parlor's info records,
+/// access lines included, and warnings of the crates below it).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "parlor=info,warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        // Colour codes only for a person watching a terminal, never in a
+        // file or a journal.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).with_current_span(false).init(),
+    }
+}
+
 fn serve(s: Serve) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "parlor=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(s.log_format);
     // Everything this process creates in its data directory (sled's later
     // files included) is for its own user only: messages, password hashes.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
@@ -138,6 +170,14 @@ fn serve(s: Serve) -> Result<()> {
     runtime.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {}", s.listen))?;
+        let metrics = match s.metrics_listen {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {at}"))?,
+            ),
+            None => None,
+        };
         let addr = listener.local_addr()?;
         let name = s.server_name.clone().unwrap_or_else(|| addr.to_string());
         let server_name = ServerName::parse(&name).with_context(|| format!("bad server name {name:?}"))?;
@@ -165,11 +205,31 @@ fn serve(s: Serve) -> Result<()> {
             config.hash_concurrency = n.max(1);
         }
         config.hash_queue = s.hash_queue.max(1);
+        if let (Some(cert), Some(key)) = (s.tls_cert, s.tls_key) {
+            let files = parlor::config::TlsFiles { cert, key };
+            // Refuse to start (before saying we listen) on files that will not do.
+            parlor::app::tls::CertStore::load(files.clone()).context("cannot use the TLS certificate")?;
+            config.tls = Some(files);
+        }
+        config.trusted_proxies = s.trusted_proxies;
         tracing::info!(server_name = %config.server_name, data_dir = %s.data_dir.display(), nofile, "starting");
-        // Tests and scripts read this line to learn the bound port.
-        println!("parlor listening on http://{addr}");
-        parlor::server::run(listener, config, shutdown_signal()).await.context("server failed")
+        // Tests and scripts read these lines to learn the bound ports.
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        println!("parlor listening on {scheme}://{addr}");
+        if let Some(m) = &metrics {
+            println!("parlor metrics on http://{}/metrics", m.local_addr()?);
+        }
+        let listeners = parlor::server::Listeners { client: listener, metrics };
+        parlor::server::serve(listeners, config, shutdown_signal()).await.context("server failed")
     })
+}
+
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    // A bare address is a range of one.
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a CIDR range (e.g. 10.0.0.0/8)"))
 }
 
 fn parse_peer(s: &str) -> Result<(String, String), String> {

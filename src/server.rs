@@ -1,23 +1,27 @@
 //! The accept loop, in the style of mini-redis: `run` takes its listener
 //! and its shutdown signal as arguments, so tests bind port 0 and stop the
 //! server when they like. It owns connection limits (server-wide and per
-//! address), HTTP/1 limits and timeouts, and graceful shutdown (including
-//! upgraded WebSockets, which hyper does not track: they are told to close
-//! with 1001 and awaited).
+//! address; trusted proxies only server-wide), the TLS handshake and the
+//! certificate's reload on SIGHUP, HTTP/1 limits and timeouts, the metrics
+//! listener, and graceful shutdown (including upgraded WebSockets, which
+//! hyper does not track: they are told to close with 1001 and awaited).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::conn::{ConnCaps, ConnIo, ConnState, Refused, ResponseBudget, address_key};
+use crate::app::conn::{ConnCaps, ConnIo, ConnState, Refused, ResponseBudget, Transport, address_key, is_trusted};
+use crate::app::tls::{CertStore, TlsError};
 use crate::app::{App, Ctx};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::protocol::limits::{MAX_HEAD_BYTES, MAX_HEADER_FIELDS};
 use crate::service::{Services, StartError};
 
@@ -27,6 +31,17 @@ pub enum Error {
     Start(#[from] StartError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// What the server listens on.
+pub struct Listeners {
+    /// The client API, WebSocket, federation and demo page (TLS when
+    /// `Config::tls` is set).
+    pub client: TcpListener,
+    /// `GET /metrics` (plain HTTP; meant for a private address).
+    pub metrics: Option<TcpListener>,
 }
 
 /// How long shutdown waits for connections to finish before giving up on them.
@@ -60,28 +75,59 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    serve(Listeners { client: listener, metrics: None }, config, shutdown).await
+}
+
+/// [`run`] with a metrics listener too.
+pub async fn serve(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let listener = listeners.client;
     let max_conns = config.max_connections.min(fd_budget());
     let caps = ConnCaps::new(max_conns, config.max_connections_per_address);
     let (header_timeout, write_timeout) = (config.header_timeout, config.write_timeout);
+    let trusted = config.trusted_proxies.clone();
+    let certs = config.tls.clone().map(CertStore::load).transpose()?;
+    let acceptor = certs.as_ref().map(|c| c.acceptor()).transpose()?;
     let responses = Arc::new(ResponseBudget::new(config.response_budget));
+    let metrics = Arc::new(Metrics::new());
     let transport = Arc::new(crate::fedclient::HttpTransport::new(config.federation_peers.clone()));
-    let services = Services::open(config, transport).await?;
+    let services = Services::open(config, transport, &metrics).await?;
     let app = Arc::new(App {
         services,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         responses,
+        metrics,
         ws_upgrade: crate::ws::upgrade,
     });
     let http_conns = TaskTracker::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
+    let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_header_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADER_FIELDS)
         .keep_alive(true);
-    tracing::info!(addr = %listener.local_addr()?, max_conns, room_log = app.services.events.log().kind(), "serving");
+    let builder = Arc::new(builder);
+    // SIGHUP is watched before the first connection is accepted: once a
+    // client has been answered, a reload can never hit the default action
+    // (which ends the process).
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    tokio::spawn(reload_on_sighup(hup, certs, app.shutdown.clone()));
+    if let Some(m) = listeners.metrics {
+        tracing::info!(addr = %m.local_addr()?, "serving metrics at /metrics");
+        http_conns.spawn(serve_metrics(m, app.clone(), builder.clone(), http_conns.clone()));
+    }
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        tls = acceptor.is_some(),
+        max_conns,
+        room_log = app.services.events.log().kind(),
+        "serving"
+    );
 
     tokio::pin!(shutdown);
     loop {
@@ -97,7 +143,11 @@ pub async fn run(
                 }
             },
         };
-        let permit = match caps.admit(address_key(peer.ip())) {
+        // A trusted proxy carries many clients: it is exempt from the
+        // per-address cap (their rate limits use the forwarded address).
+        let admitted =
+            if is_trusted(peer.ip(), &trusted) { caps.admit_proxy() } else { caps.admit(address_key(peer.ip())) };
+        let permit = match admitted {
             Ok(slot) => Arc::new(slot),
             Err(why) => {
                 match why {
@@ -109,15 +159,34 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
-        let state = ConnState::new(app.responses.clone());
-        let io = ConnIo::new(stream, state.clone(), write_timeout, crate::http::own_refusal);
-        let app2 = app.clone();
-        let svc = service_fn(move |req| {
-            crate::http::handle(req, Ctx { app: app2.clone(), peer, permit: permit.clone(), conn: state.clone() })
-        });
-        let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        let (app2, builder, acceptor) = (app.clone(), builder.clone(), acceptor.clone());
         let stop = app.shutdown.clone();
         http_conns.spawn(async move {
+            // The handshake runs on the connection's own task, within the
+            // header timeout: a slow-drip handshake holds only its own place.
+            let stream = match acceptor {
+                None => Transport::Tcp(stream),
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                    let done = tokio::select! {
+                        done = handshake => done,
+                        _ = stop.cancelled() => return,
+                    };
+                    match done {
+                        Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            };
+            let state = ConnState::new(app2.responses.clone());
+            let io = ConnIo::new(stream, state.clone(), write_timeout, crate::http::own_refusal);
+            let svc = service_fn(move |req| {
+                let ctx =
+                    Ctx { app: app2.clone(), peer, client: peer.ip(), permit: permit.clone(), conn: state.clone() };
+                crate::http::handle(req, ctx)
+            });
+            let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
@@ -143,4 +212,64 @@ pub async fn run(
     app.services.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads the TLS certificate on every SIGHUP until `stop`. A server
+/// without TLS says so and goes on (SIGHUP never ends the process: a
+/// service manager's reload must not be a kill).
+async fn reload_on_sighup(
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+    certs: Option<Arc<CertStore>>,
+    stop: CancellationToken,
+) {
+    let mut hup = match hup {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(error = %e, "cannot watch SIGHUP; certificates will not be reloaded"),
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        match &certs {
+            None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            Some(certs) => match certs.reload() {
+                Ok(()) => tracing::info!(cert = %certs.cert_path().display(), "TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate not reloaded; new connections keep the current one")
+                }
+            },
+        }
+    }
+}
+
+/// Serves `GET /metrics` on its own listener until shutdown.
+async fn serve_metrics(listener: TcpListener, app: Arc<App>, builder: Arc<http1::Builder>, conns: TaskTracker) {
+    loop {
+        let stream = tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app2 = app.clone();
+        let svc = service_fn(move |req| crate::http::metrics::handle(req, app2.clone()));
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        let stop = app.shutdown.clone();
+        conns.spawn(async move {
+            tokio::pin!(conn);
+            let _ = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+        });
+    }
 }

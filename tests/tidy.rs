@@ -63,7 +63,7 @@ const RULES: &[Rule] = &[
     },
     Rule {
         layer: "service",
-        may_import: &["protocol", "storage", "config"],
+        may_import: &["protocol", "storage", "config", "metrics"],
         may_also: &[],
         must_not_name: &[
             "sled",
@@ -81,21 +81,21 @@ const RULES: &[Rule] = &[
     },
     Rule {
         layer: "app",
-        may_import: &["protocol", "service", "config"],
+        may_import: &["protocol", "service", "config", "metrics"],
         may_also: &[],
         must_not_name: STORAGE_CRATES,
         why: "app sits below both wires and above service/: it imports neither wire, server.rs nor storage/",
     },
     Rule {
         layer: "http",
-        may_import: &["app", "protocol", "service", "config"],
+        may_import: &["app", "protocol", "service", "config", "metrics"],
         may_also: &[],
         must_not_name: STORAGE_CRATES,
         why: "http/ imports neither ws/, server.rs, storage/ nor fedclient/",
     },
     Rule {
         layer: "ws",
-        may_import: &["app", "protocol", "service", "config"],
+        may_import: &["app", "protocol", "service", "config", "metrics"],
         may_also: &[],
         must_not_name: STORAGE_CRATES,
         why: "ws/ imports neither http/, server.rs, storage/ nor fedclient/",
@@ -115,6 +115,23 @@ const RULES: &[Rule] = &[
               nothing of http/, ws/, storage/, app or server.rs",
     },
     Rule {
+        layer: "metrics",
+        may_import: &["protocol"],
+        may_also: &[],
+        must_not_name: &[
+            "sled",
+            "redis",
+            "hyper",
+            "hyper_util",
+            "http",
+            "http_body_util",
+            "tungstenite",
+            "tokio_tungstenite",
+            "wsframe",
+        ],
+        why: "metrics owns the registry and what is counted; it imports only protocol/ and knows no wire or backend",
+    },
+    Rule {
         layer: "config",
         may_import: &["protocol"],
         may_also: &[],
@@ -123,7 +140,7 @@ const RULES: &[Rule] = &[
     },
     Rule {
         layer: "server",
-        may_import: &["app", "config", "fedclient", "http", "ws", "protocol", "service"],
+        may_import: &["app", "config", "fedclient", "http", "ws", "protocol", "service", "metrics"],
         may_also: &[],
         must_not_name: STORAGE_CRATES,
         why: "server.rs builds everything but storage/, which only service/ opens",

@@ -1,13 +1,15 @@
 //! One client connection, below both wires: its places under the
 //! server-wide and per-address connection caps ([`ConnCaps`], [`ConnSlot`]),
-//! the socket as hyper sees it ([`ConnIo`]: a stalled write times out, and
-//! hyper's own body-less refusals are replaced by answers with the spec's
-//! error body), and what its answers may hold in memory while the client
-//! does not read ([`ResponseBudget`], [`ConnState`]).
+//! the client address behind a trusted proxy ([`client_address`]), the
+//! socket as hyper sees it ([`ConnIo`] over plain TCP or TLS,
+//! [`Transport`]: a stalled write times out, and hyper's own body-less
+//! refusals are replaced by answers with the spec's error body), and what
+//! its answers may hold in memory while the client does not read
+//! ([`ResponseBudget`], [`ConnState`]).
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +17,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
+use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,8 +26,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// The key the per-address cap counts a connection under: the TCP peer's
 /// IPv4 address, or the /64 network of an IPv6 one (one host usually holds
 /// a whole /64, so counting /128s would not cap anyone). This is the one
-/// place that decides it: behind a trusted proxy the key would come from the
-/// forwarded client address instead.
+/// place that decides it. A trusted proxy is not counted under any key (see
+/// [`ConnCaps::admit_proxy`]): it carries many clients' connections.
 pub fn address_key(peer: IpAddr) -> IpAddr {
     match peer {
         IpAddr::V4(v4) => IpAddr::V4(v4),
@@ -36,6 +39,56 @@ pub fn address_key(peer: IpAddr) -> IpAddr {
             }
         },
     }
+}
+
+/// Whether `addr` is in one of the `trusted` proxy ranges.
+pub fn is_trusted(addr: IpAddr, trusted: &[IpNet]) -> bool {
+    let addr = canonical(addr);
+    trusted.iter().any(|net| net.contains(&addr))
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, maybe with a port (`192.0.2.7:5000`,
+/// `[2001:db8::1]:5000`), as proxies write them.
+fn forwarded_entry(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+        .map(canonical)
+}
+
+/// The address a request comes from: the TCP peer, unless the peer is a
+/// trusted proxy. Then it is the rightmost `X-Forwarded-For` entry that is
+/// not itself a trusted proxy (each proxy appends the address it got the
+/// request from, so entries left of the first untrusted one were written by
+/// the client and prove nothing). When every entry is trusted, the leftmost
+/// one; when an entry is not an address, the last trusted hop before it.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    if trusted.is_empty() || !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let entries: Vec<&str> =
+        headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect();
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        let Some(addr) = forwarded_entry(entry) else { break };
+        client = addr;
+        if !is_trusted(addr, trusted) {
+            break;
+        }
+    }
+    client
 }
 
 /// Why a connection was not admitted.
@@ -67,7 +120,16 @@ impl ConnCaps {
     pub fn admit(&self, key: IpAddr) -> Result<ConnSlot, Refused> {
         let address = self.per_address.try_acquire(key).ok_or(Refused::AddressFull)?;
         let global = self.global.clone().try_acquire_owned().map_err(|_| Refused::ServerFull)?;
-        Ok(ConnSlot { _global: global, _address: address })
+        Ok(ConnSlot { _global: global, _address: Some(address) })
+    }
+
+    /// A place for a connection from a trusted proxy: under the server-wide
+    /// cap only. A proxy carries the connections of many clients, which the
+    /// per-address cap cannot tell apart (their rate limits still can: they
+    /// are keyed by the forwarded address); the proxy caps them itself.
+    pub fn admit_proxy(&self) -> Result<ConnSlot, Refused> {
+        let global = self.global.clone().try_acquire_owned().map_err(|_| Refused::ServerFull)?;
+        Ok(ConnSlot { _global: global, _address: None })
     }
 
     /// Connections open under `key` now.
@@ -116,7 +178,7 @@ impl Drop for AddressSlot {
 /// upgraded WebSocket keeps it until it closes.
 pub struct ConnSlot {
     _global: OwnedSemaphorePermit,
-    _address: AddressSlot,
+    _address: Option<AddressSlot>,
 }
 
 /// The bytes of answers, server-wide, that wait in this process for clients
@@ -209,7 +271,63 @@ impl Drop for ConnState {
 /// instead, or `None` to leave hyper's. The wire above provides it.
 pub type OwnRefusal = fn(StatusCode) -> Option<Response<Bytes>>;
 
-/// A client's TCP stream as hyper sees it.
+/// A client's byte stream: plain TCP, or TLS over TCP.
+pub enum Transport {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Tcp(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A client's stream ([`Transport`]) as hyper sees it.
 ///
 /// - A write that the socket cannot take starts a clock: unless hyper's
 ///   buffer is drained (it flushes) within `write_timeout`, the write fails
@@ -220,9 +338,9 @@ pub type OwnRefusal = fn(StatusCode) -> Option<Response<Bytes>>;
 ///   what hyper writes, and replaced by [`OwnRefusal`]'s.
 /// - Bytes written pay back what the connection owes its [`ResponseBudget`].
 ///
-/// The WebSocket takes the stream back out with [`ConnIo::into_stream`].
+/// The WebSocket takes the stream back out with [`ConnIo::into_transport`].
 pub struct ConnIo {
-    stream: TcpStream,
+    stream: Transport,
     state: Arc<ConnState>,
     write_timeout: Duration,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -232,12 +350,12 @@ pub struct ConnIo {
 }
 
 impl ConnIo {
-    pub fn new(stream: TcpStream, state: Arc<ConnState>, write_timeout: Duration, own_refusal: OwnRefusal) -> Self {
+    pub fn new(stream: Transport, state: Arc<ConnState>, write_timeout: Duration, own_refusal: OwnRefusal) -> Self {
         Self { stream, state, write_timeout, stall: None, own_refusal, replacement: Bytes::new() }
     }
 
-    /// The TCP stream, for a connection that is no longer HTTP.
-    pub fn into_stream(self) -> TcpStream {
+    /// The stream, for a connection that is no longer HTTP.
+    pub fn into_transport(self) -> Transport {
         self.stream
     }
 
@@ -344,7 +462,11 @@ impl AsyncWrite for ConnIo {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_replacement(cx))?;
-        ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
+        // TLS holds encrypted bytes until the socket takes them: a client
+        // that stops reading stalls the flush, on the same clock as a write.
+        if Pin::new(&mut self.stream).poll_flush(cx)?.is_pending() {
+            ready!(self.poll_stall(cx))?;
+        }
         // hyper flushes only once its buffer is empty: the client took
         // everything written so far, so the clock stops.
         self.stall = None;
@@ -470,6 +592,51 @@ mod tests {
         assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:bbbb::2"));
         assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
         assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
+    }
+
+    #[test]
+    fn client_address_behind_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "2001:db8:ffff::/48".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let with = |xff: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in xff {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            h
+        };
+        let at = |peer: &str, xff: &[&str]| client_address(ip(peer), &with(xff), &trusted);
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(at("192.0.2.9", &["198.51.100.1"]), ip("192.0.2.9"));
+        // A trusted proxy: the address it got the request from.
+        assert_eq!(at("10.0.0.1", &["198.51.100.1"]), ip("198.51.100.1"));
+        // The rightmost untrusted entry; what the client wrote left of it is ignored.
+        assert_eq!(at("10.0.0.1", &["6.6.6.6, 198.51.100.1, 10.1.1.1"]), ip("198.51.100.1"));
+        assert_eq!(at("10.0.0.1", &["6.6.6.6", "198.51.100.1", "10.1.1.1"]), ip("198.51.100.1"), "several fields");
+        // Ports and brackets as some proxies write them; mapped IPv4 as IPv4.
+        assert_eq!(at("10.0.0.1", &["198.51.100.1:4711"]), ip("198.51.100.1"));
+        assert_eq!(at("10.0.0.1", &["[2001:db8::7]:4711"]), ip("2001:db8::7"));
+        assert_eq!(at("::ffff:10.0.0.1", &["198.51.100.1"]), ip("198.51.100.1"));
+        assert_eq!(at("2001:db8:ffff::1", &["2001:db8::7"]), ip("2001:db8::7"));
+        // Nothing forwarded: the proxy itself. All trusted: the leftmost.
+        assert_eq!(at("10.0.0.1", &[]), ip("10.0.0.1"));
+        assert_eq!(at("10.0.0.1", &["10.2.2.2, 10.3.3.3"]), ip("10.2.2.2"));
+        // Garbage stops the walk at the last trusted hop.
+        assert_eq!(at("10.0.0.1", &["198.51.100.1, unknown"]), ip("10.0.0.1"));
+        assert_eq!(at("10.0.0.1", &["unknown, 10.3.3.3"]), ip("10.3.3.3"));
+        // No trusted proxies: never read.
+        assert_eq!(client_address(ip("10.0.0.1"), &with(&["198.51.100.1"]), &[]), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn a_proxy_takes_only_a_server_wide_place() {
+        let caps = ConnCaps::new(3, 1);
+        let key = address_key("10.0.0.1".parse().unwrap());
+        let _p1 = caps.admit_proxy().unwrap();
+        let _p2 = caps.admit_proxy().unwrap();
+        assert_eq!(caps.open_under(key), 0, "not counted under its address");
+        let _c = caps.admit(key).unwrap();
+        assert_eq!(caps.admit_proxy().err(), Some(Refused::ServerFull));
     }
 
     #[test]

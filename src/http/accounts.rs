@@ -9,13 +9,13 @@ use crate::service::Error;
 
 pub async fn register(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
     let body: RegisterRequest = parse_json(&read_body(ctx, req).await?, false)?;
-    let user_id = ctx.app.services.accounts.register(&body.username, &body.password, ctx.peer.ip()).await?;
+    let user_id = ctx.app.services.accounts.register(&body.username, &body.password, ctx.client).await?;
     Ok(json(StatusCode::CREATED, &RegisterResponse { user_id }))
 }
 
 pub async fn login(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
     let body: LoginRequest = parse_json(&read_body(ctx, req).await?, false)?;
-    let answer = ctx.app.services.accounts.login(&body, ctx.peer.ip()).await?;
+    let answer = ctx.app.services.accounts.login(&body, ctx.client).await?;
     Ok(json(StatusCode::OK, &answer))
 }
 

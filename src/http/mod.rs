@@ -1,15 +1,19 @@
 //! The HTTP wire: one routing table, request bodies into protocol types,
 //! answers back out as JSON. Handlers are thin: they parse, call a service
-//! and serialize; errors become answers only in [`error_response`].
+//! and serialize; errors become answers only in [`error_response`]. Every
+//! answer is counted (metrics by route template) and logged on one access
+//! line here; [`metrics`] serves them on their own listener.
 
 pub mod accounts;
 pub mod demo;
 pub mod events;
 pub mod federation;
+pub mod metrics;
 pub mod rooms;
 pub mod versions;
 
 use std::convert::Infallible;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -52,6 +56,58 @@ enum Route {
     FedSend(String, String),
     FedEvents(String),
     FedTransaction(String),
+}
+
+impl Route {
+    /// The route as a template: its path with parameters named, never
+    /// their values. Metrics and access lines name routes by it, so that
+    /// neither carries room names nor grows with them.
+    fn template(&self) -> &'static str {
+        match self {
+            Route::Versions => "/_parlor/versions",
+            Route::Health => "/healthz",
+            Route::Demo(path) => path,
+            Route::Register => "/_parlor/client/v1/register",
+            Route::Login => "/_parlor/client/v1/login",
+            Route::Logout => "/_parlor/client/v1/logout",
+            Route::LogoutAll => "/_parlor/client/v1/logout/all",
+            Route::Whoami => "/_parlor/client/v1/account/whoami",
+            Route::Rooms => "/_parlor/client/v1/rooms",
+            Route::Join(_) => "/_parlor/client/v1/rooms/{room}/join",
+            Route::Leave(_) => "/_parlor/client/v1/rooms/{room}/leave",
+            Route::Members(_) => "/_parlor/client/v1/rooms/{room}/members",
+            Route::Messages(_) => "/_parlor/client/v1/rooms/{room}/messages",
+            Route::Send(_, _) => "/_parlor/client/v1/rooms/{room}/send/{txn_id}",
+            Route::Ws => "/_parlor/client/v1/ws",
+            Route::FedKey => KEY_PATH,
+            Route::FedWellKnown => WELL_KNOWN_PATH,
+            Route::FedJoin => "/_parlor/federation/v1/join",
+            Route::FedLeave => "/_parlor/federation/v1/leave",
+            Route::FedSend(_, _) => "/_parlor/federation/v1/rooms/{room}/send/{txn_id}",
+            Route::FedEvents(_) => "/_parlor/federation/v1/rooms/{room}/events",
+            Route::FedTransaction(_) => "/_parlor/federation/v1/send/{txn_id}",
+        }
+    }
+}
+
+/// What a request that matched no route is counted and logged as.
+const UNMATCHED: &str = "unmatched";
+/// A CORS preflight (`OPTIONS` on any path).
+const PREFLIGHT: &str = "preflight";
+
+/// A method as a label: the ones the API uses, or `other` (methods are
+/// free-form, and labels must stay a bounded set).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 fn decode_segment(seg: &str) -> Result<String, Error> {
@@ -116,46 +172,72 @@ fn route(method: &Method, path: &str) -> Result<Route, Error> {
     }
 }
 
-/// Entry point for every request on every connection.
-pub async fn handle(req: Request<Incoming>, ctx: Ctx) -> Result<Resp, Infallible> {
+/// Entry point for every request on every connection: works out the
+/// client's address, answers, then counts the answer and logs its access
+/// line (method, route template, status, time, client address: never the
+/// path's parameters, the query or a header).
+pub async fn handle(req: Request<Incoming>, mut ctx: Ctx) -> Result<Resp, Infallible> {
+    let started = Instant::now();
+    ctx.client =
+        crate::app::conn::client_address(ctx.peer.ip(), req.headers(), &ctx.app.services.config.trusted_proxies);
+    let method = method_label(req.method());
+    let (template, resp) = dispatch(req, &ctx).await;
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    ctx.app.metrics.http.observe(method, template, status, took);
+    tracing::info!(
+        target: "parlor::access",
+        method,
+        route = template,
+        status,
+        ms = took.as_micros() as f64 / 1000.0,
+        client = %ctx.client,
+        "request"
+    );
+    Ok(resp)
+}
+
+/// Routes and answers: the route's template and the answer.
+async fn dispatch(req: Request<Incoming>, ctx: &Ctx) -> (&'static str, Resp) {
     // hyper refuses longer targets itself only past 64 KiB (and without a
     // body; see `own_refusal`): this is the limit of spec §4.
     if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_TARGET_BYTES {
         let e = Error::refused(ErrCode::UriTooLong, format!("request targets are at most {MAX_TARGET_BYTES} bytes"));
-        return Ok(error_response(&e));
+        return (UNMATCHED, error_response(&e));
     }
     if req.method() == Method::OPTIONS {
-        return Ok(preflight());
+        return (PREFLIGHT, preflight());
     }
     let route = match route(req.method(), req.uri().path()) {
         Ok(r) => r,
-        Err(e) => return Ok(error_response(&e)),
+        Err(e) => return (UNMATCHED, error_response(&e)),
     };
+    let template = route.template();
     let result = match route {
-        Route::Versions => versions::versions(&ctx),
-        Route::Health => versions::health(&ctx).await,
+        Route::Versions => versions::versions(ctx),
+        Route::Health => versions::health(ctx).await,
         Route::Demo(name) => Ok(demo::serve(name)),
-        Route::Register => accounts::register(&ctx, req).await,
-        Route::Login => accounts::login(&ctx, req).await,
-        Route::Logout => accounts::logout(&ctx, req).await,
-        Route::LogoutAll => accounts::logout_all(&ctx, req).await,
-        Route::Whoami => accounts::whoami(&ctx, &req),
-        Route::Rooms => rooms::list(&ctx, &req),
-        Route::Join(room) => rooms::join(&ctx, req, &room).await,
-        Route::Leave(room) => rooms::leave(&ctx, req, &room).await,
-        Route::Members(room) => rooms::members(&ctx, &req, &room),
-        Route::Messages(room) => events::messages(&ctx, &req, &room).await,
-        Route::Send(room, txn) => events::send(&ctx, req, &room, &txn).await,
-        Route::Ws => (ctx.app.ws_upgrade)(&ctx, req),
-        Route::FedKey => federation::key(&ctx),
-        Route::FedWellKnown => federation::well_known(&ctx),
-        Route::FedJoin => federation::join(&ctx, req).await,
-        Route::FedLeave => federation::leave(&ctx, req).await,
-        Route::FedSend(room, txn) => federation::send(&ctx, req, &room, &txn).await,
-        Route::FedEvents(room) => federation::events(&ctx, req, &room).await,
-        Route::FedTransaction(_) => federation::transaction(&ctx, req).await,
+        Route::Register => accounts::register(ctx, req).await,
+        Route::Login => accounts::login(ctx, req).await,
+        Route::Logout => accounts::logout(ctx, req).await,
+        Route::LogoutAll => accounts::logout_all(ctx, req).await,
+        Route::Whoami => accounts::whoami(ctx, &req),
+        Route::Rooms => rooms::list(ctx, &req),
+        Route::Join(room) => rooms::join(ctx, req, &room).await,
+        Route::Leave(room) => rooms::leave(ctx, req, &room).await,
+        Route::Members(room) => rooms::members(ctx, &req, &room),
+        Route::Messages(room) => events::messages(ctx, &req, &room).await,
+        Route::Send(room, txn) => events::send(ctx, req, &room, &txn).await,
+        Route::Ws => (ctx.app.ws_upgrade)(ctx, req),
+        Route::FedKey => federation::key(ctx),
+        Route::FedWellKnown => federation::well_known(ctx),
+        Route::FedJoin => federation::join(ctx, req).await,
+        Route::FedLeave => federation::leave(ctx, req).await,
+        Route::FedSend(room, txn) => federation::send(ctx, req, &room, &txn).await,
+        Route::FedEvents(room) => federation::events(ctx, req, &room).await,
+        Route::FedTransaction(_) => federation::transaction(ctx, req).await,
     };
-    Ok(result.unwrap_or_else(|e| error_response(&e)))
+    (template, result.unwrap_or_else(|e| error_response(&e)))
 }
 
 /// The one place where a service error becomes an HTTP answer.
@@ -298,6 +380,25 @@ mod tests {
         // Decoding a parameter is checked after authentication, not here.
         assert_eq!(route(&Method::GET, &p("/rooms/%FF/members")).unwrap(), Route::Members("%FF".into()));
         assert_eq!(param("%FF").unwrap_err().code(), ErrCode::InvalidParam);
+    }
+
+    #[test]
+    fn templates_name_parameters_not_values() {
+        let p = |s: &str| format!("{CLIENT_PREFIX}{s}");
+        let t = |m: &Method, path: &str| route(m, path).unwrap().template();
+        assert_eq!(
+            t(&Method::PUT, &p("/rooms/%23secret%3Ax/send/t1")),
+            "/_parlor/client/v1/rooms/{room}/send/{txn_id}"
+        );
+        assert_eq!(t(&Method::GET, &p("/rooms/lobby/messages")), "/_parlor/client/v1/rooms/{room}/messages");
+        assert_eq!(t(&Method::GET, "/app.js"), "/app.js");
+        assert_eq!(t(&Method::PUT, "/_parlor/federation/v1/send/abc"), "/_parlor/federation/v1/send/{txn_id}");
+        // Every template is a path of the table (parameters aside).
+        for path in [p("/register"), p("/logout/all"), p("/ws"), KEY_PATH.into(), WELL_KNOWN_PATH.into()] {
+            let r = route(&Method::GET, &path).or_else(|_| route(&Method::POST, &path)).unwrap();
+            assert_eq!(r.template(), path);
+        }
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
     }
 
     #[test]

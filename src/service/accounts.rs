@@ -90,6 +90,11 @@ impl Accounts {
         })
     }
 
+    /// Password hashes waiting for a hashing thread: `(known, other)` lanes.
+    pub fn hash_queue(&self) -> (usize, usize) {
+        self.hasher.queued()
+    }
+
     pub async fn register(&self, username: &str, password: &str, addr: IpAddr) -> Result<UserId> {
         ratelimit::check(&self.limits.register_by_addr, &AddrKey::from(addr))?;
         let name = Username::parse(username).map_err(|e| Error::refused(ErrCode::InvalidUsername, e.to_string()))?;

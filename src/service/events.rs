@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::future::Either;
 
@@ -11,6 +12,7 @@ use super::accounts::Session;
 use super::error::{Error, Result};
 use super::ratelimit::{self, RateLimits};
 use super::rooms::{Room, Rooms};
+use crate::metrics::{self, EventMetrics};
 use crate::protocol::events::EventType;
 use crate::protocol::federation::FedSendRequest;
 use crate::protocol::limits::{HISTORY_LIMIT_MAX, MAX_MESSAGE_BYTES, TXN_ID_MAX};
@@ -25,6 +27,7 @@ pub struct Events {
     rooms: Arc<Rooms>,
     log: Arc<dyn EventLog>,
     limits: Arc<RateLimits>,
+    metrics: EventMetrics,
 }
 
 fn check_body(body: &str) -> Result<()> {
@@ -45,8 +48,8 @@ pub fn valid_txn_id(txn_id: &str) -> bool {
 }
 
 impl Events {
-    pub fn new(rooms: Arc<Rooms>, log: Arc<dyn EventLog>, limits: Arc<RateLimits>) -> Self {
-        Self { rooms, log, limits }
+    pub fn new(rooms: Arc<Rooms>, log: Arc<dyn EventLog>, limits: Arc<RateLimits>, metrics: EventMetrics) -> Self {
+        Self { rooms, log, limits, metrics }
     }
 
     pub fn log(&self) -> &Arc<dyn EventLog> {
@@ -141,11 +144,23 @@ impl Events {
         let fingerprint =
             ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref().try_into().expect("32 bytes");
         let txn = Txn { device: format!("{sender}\0{device_id}"), txn_id: txn_id.to_owned(), fingerprint };
+        let begun = Instant::now();
         let pending =
             self.log.append(room_id, NewEvent { kind: EventType::Message, sender, body: Some(body), txn: Some(txn) });
         let txn_id = txn_id.to_owned();
+        let meter = self.metrics.clone();
         async move {
-            match pending.await? {
+            let outcome = pending.await;
+            meter.appended(
+                match &outcome {
+                    Ok(AppendOutcome::Stored { .. }) => metrics::AppendOutcome::Stored,
+                    Ok(AppendOutcome::Repeated { .. }) => metrics::AppendOutcome::Repeated,
+                    Ok(AppendOutcome::Conflict) => metrics::AppendOutcome::Conflict,
+                    Err(_) => metrics::AppendOutcome::Failed,
+                },
+                begun.elapsed(),
+            );
+            match outcome? {
                 AppendOutcome::Stored { event_id, seq } | AppendOutcome::Repeated { event_id, seq } => {
                     Ok(SendResponse { event_id, seq })
                 }

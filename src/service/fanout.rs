@@ -119,11 +119,18 @@ struct RoomSubs {
 #[derive(Default)]
 pub struct Hub {
     rooms: RwLock<HashMap<RoomId, Arc<RoomSubs>>>,
+    /// Counts events handed to subscribers (one per event and subscriber).
+    deliveries: Option<prometheus::IntCounter>,
 }
 
 impl Hub {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A hub that counts what it hands out in `deliveries`.
+    pub fn with_deliveries(deliveries: prometheus::IntCounter) -> Arc<Self> {
+        Arc::new(Self { deliveries: Some(deliveries), ..Self::default() })
     }
 
     /// Adds `conn` to the room's subscribers (once); returns the shared room id.
@@ -185,6 +192,9 @@ impl EventSink for Hub {
         let conns = subs.conns.lock().expect("room lock");
         for c in conns.iter() {
             c.push(Outgoing::Event { room: subs.room.clone(), epoch: epoch.clone(), seq, json: json.clone() }, bytes);
+        }
+        if let Some(d) = &self.deliveries {
+            d.inc_by(conns.len() as u64);
         }
     }
 }

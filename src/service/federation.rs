@@ -220,6 +220,19 @@ pub struct Stats {
     pub dropped_refused: u64,
 }
 
+/// One server as the push side sees it, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationStats {
+    pub server: String,
+    /// Events waiting to be pushed to it.
+    pub queued: u64,
+    /// How long its pusher waits before the next attempt (zero while pushes
+    /// succeed).
+    pub backoff: Duration,
+    /// Dropped from push sets (probed until it is back).
+    pub down: bool,
+}
+
 #[derive(Default)]
 struct Counters {
     dropped_overflow: AtomicU64,

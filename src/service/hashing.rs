@@ -127,6 +127,12 @@ impl Hasher {
         Ok(pool)
     }
 
+    /// Jobs waiting now in each lane: `(known, other)`.
+    pub fn queued(&self) -> (usize, usize) {
+        let lanes = self.shared.lanes.lock().expect("hash queue lock");
+        (lanes.known.len(), lanes.other.len())
+    }
+
     /// A PHC string with today's parameters for a random password nobody knows.
     pub fn dummy(&self) -> &str {
         &self.dummy
@@ -333,6 +339,9 @@ mod tests {
         let busy = busy.expect("a lane of 3 refused nothing");
         assert!(busy.retry_after_ms >= 1);
         assert!(other.len() <= 4, "{} jobs queued in a lane of 3 (plus one running)", other.len());
+        let (known, waiting) = pool.queued();
+        assert_eq!(known, 0);
+        assert!((1..=3).contains(&waiting), "{waiting} waiting in a full lane of 3 while 50 ms jobs run");
         // A known login jumps the queue: it is answered before the other lane's last job.
         let (reply, known) = oneshot::channel();
         pool.submit(Work::Verify { password: b"y".to_vec(), phc: phc.clone(), reply }, Lane::Known).unwrap();

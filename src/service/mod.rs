@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub use error::{Error, Result, StartError};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::storage::events::embedded::EmbeddedLog;
 use crate::storage::events::redis::RedisLog;
 use crate::storage::events::{EventLog, LogSettings};
@@ -33,11 +34,16 @@ pub struct Services {
 }
 
 impl Services {
-    /// Opens storage and builds the services; federation reaches other
-    /// servers through `transport` (the wire's `fedclient` in the server).
-    pub async fn open(config: Config, transport: Arc<dyn federation::Transport>) -> Result<Self, StartError> {
+    /// Opens storage and builds the services, which record into `metrics`;
+    /// federation reaches other servers through `transport` (the wire's
+    /// `fedclient` in the server).
+    pub async fn open(
+        config: Config,
+        transport: Arc<dyn federation::Transport>,
+        metrics: &Metrics,
+    ) -> Result<Self, StartError> {
         let db = crate::storage::Db::open(&config.data_dir)?;
-        let hub = fanout::Hub::new();
+        let hub = fanout::Hub::with_deliveries(metrics.ws.deliveries.clone());
         let directory = RoomStore::open(&db)?;
         let federation = match config.federation {
             false => None,
@@ -87,7 +93,7 @@ impl Services {
             limits.clone(),
         )
         .await?;
-        let events = events::Events::new(rooms.clone(), log, limits);
+        let events = events::Events::new(rooms.clone(), log, limits, metrics.events.clone());
         if let Some(fed) = &federation {
             fed.start();
             let (rooms, every) = (rooms.clone(), config.federation_catch_up);

@@ -60,6 +60,9 @@ pub async fn serve(listener: TcpListener, limits: Limits) -> std::io::Result<()>
                         Some(Upgrade::Tcp(tcp, rest)) => {
                             echo(Io::new(tcp, rest, limits.max_message, limits.outbound)).await
                         }
+                        Some(Upgrade::Tls(s, rest)) => {
+                            echo(Io::new(*s, rest, limits.max_message, limits.outbound)).await
+                        }
                         Some(Upgrade::Other(s)) => {
                             echo(Io::new(s, Bytes::new(), limits.max_message, limits.outbound)).await
                         }

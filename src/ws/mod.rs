@@ -16,7 +16,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::app::conn::ConnIo;
+use crate::app::conn::{ConnIo, Transport};
 use crate::app::{Ctx, Resp, authenticate};
 use crate::protocol::limits::MAX_FRAME_BYTES;
 use crate::protocol::ws::close;
@@ -62,6 +62,9 @@ pub(crate) enum Upgrade {
     /// Plain TCP, taken back whole from hyper (with what it read past the
     /// request), so that a session's writes are one `writev` each.
     Tcp(TcpStream, Bytes),
+    /// TLS over TCP, taken back whole too (its session keeps what it
+    /// decrypted and hyper did not read); writes go into the session.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Bytes),
     /// Any other transport hyper upgraded, through its own stream type.
     Other(TokioIo<Upgraded>),
 }
@@ -71,7 +74,12 @@ pub(crate) async fn upgraded(on_upgrade: OnUpgrade) -> Option<Upgrade> {
     // The server hands hyper its `ConnIo` wrapper; the echo example a bare
     // `TcpStream`. Either way the socket comes back whole.
     let upgraded = match upgraded.downcast::<TokioIo<ConnIo>>() {
-        Ok(parts) => return Some(Upgrade::Tcp(parts.io.into_inner().into_stream(), parts.read_buf)),
+        Ok(parts) => {
+            return Some(match parts.io.into_inner().into_transport() {
+                Transport::Tcp(tcp) => Upgrade::Tcp(tcp, parts.read_buf),
+                Transport::Tls(tls) => Upgrade::Tls(tls, parts.read_buf),
+            });
+        }
         Err(other) => other,
     };
     Some(match upgraded.downcast::<TokioIo<TcpStream>>() {
@@ -119,19 +127,30 @@ pub fn upgrade(ctx: &Ctx, mut req: Request<hyper::body::Incoming>) -> Result<Res
     };
     let app = ctx.app.clone();
     let permit = ctx.permit.clone();
+    let client = ctx.client;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let limit = config.ws_outbound_limit;
     app.clone().tasks.spawn(async move {
         let _permit = permit;
-        match upgraded(on_upgrade).await {
-            Some(Upgrade::Tcp(tcp, leftover)) => {
+        let Some(upgrade) = upgraded(on_upgrade).await else { return };
+        let metrics = app.metrics.ws.clone();
+        let opened = std::time::Instant::now();
+        metrics.open.inc();
+        tracing::info!(%client, "websocket opened");
+        let code = match upgrade {
+            Upgrade::Tcp(tcp, leftover) => {
                 session::run(io::Io::new(tcp, leftover, MAX_FRAME_BYTES, limit), app, preauth).await
             }
-            Some(Upgrade::Other(stream)) => {
+            Upgrade::Tls(tls, leftover) => {
+                session::run(io::Io::new(*tls, leftover, MAX_FRAME_BYTES, limit), app, preauth).await
+            }
+            Upgrade::Other(stream) => {
                 session::run(io::Io::new(stream, Bytes::new(), MAX_FRAME_BYTES, limit), app, preauth).await
             }
-            None => {}
-        }
+        };
+        metrics.open.dec();
+        metrics.closed(code);
+        tracing::info!(%client, code, secs = opened.elapsed().as_millis() as f64 / 1000.0, "websocket closed");
     });
     Ok(switching_protocols(accept, Some(WS_SUBPROTOCOL)))
 }

@@ -95,7 +95,9 @@ struct State<S> {
     subs: Subs,
 }
 
-pub async fn run<S: Stream>(io: Io<S>, app: Arc<App>, preauth: Option<Session>) {
+/// Runs the connection to its end; returns the close code sent (None when
+/// the peer was gone first).
+pub async fn run<S: Stream>(io: Io<S>, app: Arc<App>, preauth: Option<Session>) -> Option<u16> {
     let mut st = State { app: app.clone(), io, auth: None, subs: Subs::default() };
     let end = st.main_loop(preauth).await.err().unwrap_or(End::Gone);
     if let Some((_, conn)) = &st.auth {
@@ -113,6 +115,10 @@ pub async fn run<S: Stream>(io: Io<S>, app: Arc<App>, preauth: Option<Session>) 
         _ => CLOSE_GRACE,
     };
     st.io.finish(end, grace).await;
+    match end {
+        End::Close(code, _) => Some(code),
+        End::Gone => None,
+    }
 }
 
 type Pending = FuturesOrdered<futures_util::future::BoxFuture<'static, ServerFrame>>;

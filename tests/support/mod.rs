@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -153,6 +155,30 @@ impl TestServer {
         s
     }
 
+    /// Starts on these listeners (the client one, and maybe a metrics one).
+    /// A TLS server (`cfg.tls`) is not probed here: its test's own client,
+    /// which trusts the test CA, waits for it.
+    pub async fn start_serving(listeners: parlor::server::Listeners, cfg: Config) -> Self {
+        let addr = listeners.client.local_addr().unwrap();
+        let data_dir = cfg.data_dir.clone();
+        let probe = cfg.tls.is_none();
+        let room_log = if cfg.redis.is_some() { "redis" } else { "embedded" };
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            parlor::server::serve(listeners, cfg, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        let scheme = if probe { "http" } else { "https" };
+        let s = TestServer { addr, url: format!("{scheme}://{addr}"), data_dir, shutdown: Some(tx), task: Some(task) };
+        if probe {
+            s.wait_healthy(room_log).await;
+        }
+        s
+    }
+
     /// Waits until `GET /healthz` answers 200 with `{"status": "ok",
     /// "room_log": room_log}` (the listener being open is not enough:
     /// storage may still be opening); fails at once if the server task ended.
@@ -287,6 +313,95 @@ impl ParlorProcess {
 }
 
 impl Drop for ParlorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real `parlor` binary with its log (stderr) kept in a file, for tests
+/// that read the log, send signals or scrape metrics. It does not wait for
+/// the server to be healthy: the test probes it with its own client.
+pub struct LoggedProcess {
+    pub child: Child,
+    /// `http://ADDR` or `https://ADDR`.
+    pub url: String,
+    pub addr: SocketAddr,
+    /// Where `--metrics-listen` serves, when given.
+    pub metrics: Option<SocketAddr>,
+    pub log: PathBuf,
+}
+
+impl LoggedProcess {
+    /// Spawns `parlor serve --listen 127.0.0.1:0 --data-dir DIR ARGS…` (ARGS
+    /// may name another `--listen`) with `env`, logging to `DIR.log`; waits
+    /// for the lines that say where it listens.
+    pub fn spawn(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let log = data_dir.with_extension("log");
+        let stderr = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_parlor"));
+        cmd.arg("serve");
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "parlor=info,warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = cmd.spawn().expect("parlor binary starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let wants_metrics = args.contains(&"--metrics-listen");
+        let (mut url, mut metrics) = (None, None);
+        while url.is_none() || (wants_metrics && metrics.is_none()) {
+            let Some(Ok(line)) = lines.next() else {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("parlor exited before saying where it listens; its log:\n{log}");
+            };
+            if let Some(rest) = line.strip_prefix("parlor listening on ") {
+                url = Some(rest.trim().to_owned());
+            } else if let Some(rest) = line.strip_prefix("parlor metrics on http://") {
+                metrics = Some(rest.trim().trim_end_matches("/metrics").parse().expect("metrics address"));
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let url = url.unwrap();
+        let addr = url.split_once("://").unwrap().1.parse().expect("address parses");
+        LoggedProcess { child, url, addr, metrics, log }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has `n` lines containing `needle`; false after `within`.
+    pub fn wait_for_log(&self, needle: &str, n: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log_text().lines().filter(|l| l.contains(needle)).count() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends a signal (e.g. `Signal::HUP`).
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), sig);
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for LoggedProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -15,11 +15,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
-use super::{Failure, Federation, IDLE_FORGET, PUSH_BATCH_MAX, PUSH_TXN_BYTES, QUEUE_BYTES_MAX, RETRY_MIN, Stats};
+use super::{
+    DestinationStats, Failure, Federation, IDLE_FORGET, PUSH_BATCH_MAX, PUSH_TXN_BYTES, QUEUE_BYTES_MAX, RETRY_MIN,
+    Stats,
+};
 use crate::protocol::events::Event;
 use crate::protocol::federation::{FEDERATION_PREFIX, FedEventOut, FedMethod, FedTransactionOut};
 use crate::protocol::{RoomId, UserId};
@@ -85,6 +89,9 @@ struct DestState {
     down: bool,
     /// Heard from since its pusher last looked: retry at once.
     kicked: bool,
+    /// How long its pusher waits before the next attempt (zero while pushes
+    /// succeed; the probe interval while it is dropped).
+    backoff: Duration,
 }
 
 /// A transaction read from the queues: its events, and where the cursors go
@@ -345,7 +352,9 @@ impl Federation {
                 Ok(()) => {
                     backoff = RETRY_MIN;
                     self.commit(&d, &batch);
-                    d.state.lock().expect("dest lock").failing_since = None;
+                    let mut st = d.state.lock().expect("dest lock");
+                    st.failing_since = None;
+                    st.backoff = Duration::ZERO;
                 }
                 Err(Failure::Refused(status @ (400 | 413), err)) => {
                     // It is up, and will never take these: skip them (it
@@ -360,6 +369,7 @@ impl Federation {
                         let mut st = d.state.lock().expect("dest lock");
                         let since = *st.failing_since.get_or_insert_with(tokio::time::Instant::now);
                         st.down = since.elapsed() >= self.settings.give_up;
+                        st.backoff = if st.down { self.settings.retry_max } else { backoff };
                         st.down
                     };
                     if went_down {
@@ -447,10 +457,29 @@ impl Federation {
             }
             st.down = false;
             st.failing_since = None;
+            st.backoff = Duration::ZERO;
             st.kicked = true;
         }
         d.kick.notify_one();
         d.work.notify_one();
+    }
+
+    /// Each server the push side knows now: what waits for it and how long
+    /// its pusher backs off.
+    pub fn destinations(&self) -> Vec<DestinationStats> {
+        let dests: Vec<Arc<Dest>> = self.dests.lock().expect("dests lock").values().cloned().collect();
+        let mut out = Vec::with_capacity(dests.len());
+        for d in dests {
+            let st = d.state.lock().expect("dest lock");
+            let queues = self.queues.lock().expect("queues lock");
+            let queued = st
+                .cursors
+                .iter()
+                .filter_map(|(room, cursor)| queues.get(room).map(|q| q.head() - (*cursor).max(q.base)))
+                .sum();
+            out.push(DestinationStats { server: d.name.clone(), queued, backoff: st.backoff, down: st.down });
+        }
+        out
     }
 
     /// What the push side holds and has dropped.
