@@ -50,10 +50,13 @@ pub struct Config {
     /// Federation with other servers on or off.
     pub federation: bool,
     /// The base URL this server announces in `/.well-known/parlor/server`
-    /// (None: `http://<server name>`).
+    /// (None: `https://<server name>` when `tls` is set, else `http://<server name>`).
     pub public_url: Option<String>,
     /// Fixed base URLs of other servers by name, instead of discovery.
     pub federation_peers: Vec<(String, String)>,
+    /// PEM file of the CAs that peers' certificates are checked against,
+    /// instead of the system's (None: the system's CA certificates).
+    pub federation_ca: Option<PathBuf>,
     /// Longest wait between attempts to push events to a server that is down.
     pub federation_retry_max: Duration,
     /// How often rooms homed elsewhere are caught up from their home servers.
@@ -103,6 +106,7 @@ impl Config {
             federation: true,
             public_url: None,
             federation_peers: Vec::new(),
+            federation_ca: None,
             federation_retry_max: Duration::from_secs(60),
             federation_catch_up: Duration::from_secs(60),
             federation_give_up: Duration::from_secs(600),

@@ -89,12 +89,15 @@ struct Serve {
     /// Federation with other Parlor servers.
     #[arg(long, env = "PARLOR_FEDERATION", value_enum, default_value = "on")]
     federation: OnOff,
-    /// The base URL other servers reach this one at, announced in /.well-known/parlor/server (default: http://<server name>).
+    /// The base URL other servers reach this one at, announced in /.well-known/parlor/server (default: https://<server name> with --tls-cert, else http://<server name>).
     #[arg(long, env = "PARLOR_PUBLIC_URL")]
     public_url: Option<String>,
-    /// A fixed address for another server, NAME=URL, instead of discovery (repeatable).
+    /// A fixed address for another server, NAME=URL, instead of discovery (repeatable); https:// is verified, http:// is plain HTTP.
     #[arg(long = "federation-peer", env = "PARLOR_FEDERATION_PEER", value_delimiter = ',', value_parser = parse_peer)]
     federation_peers: Vec<(String, String)>,
+    /// PEM file of the CAs (one or more) peers' certificates are checked against, instead of the system's.
+    #[arg(long, env = "PARLOR_FEDERATION_CA")]
+    federation_ca: Option<PathBuf>,
     /// Longest wait, in seconds, between attempts to push events to a server that is down.
     #[arg(long, env = "PARLOR_FEDERATION_RETRY_MAX_SECS", default_value_t = 60)]
     federation_retry_max_secs: u64,
@@ -197,6 +200,11 @@ fn serve(s: Serve) -> Result<()> {
         config.federation = matches!(s.federation, OnOff::On);
         config.public_url = s.public_url;
         config.federation_peers = s.federation_peers;
+        if let Some(ca) = s.federation_ca {
+            // Refuse to start (before saying we listen) on a file that will not do.
+            parlor::fedclient::trust_roots(Some(&ca)).context("cannot use the federation CA file")?;
+            config.federation_ca = Some(ca);
+        }
         config.federation_retry_max = Duration::from_secs(s.federation_retry_max_secs.max(1));
         config.federation_catch_up = Duration::from_secs(s.federation_catch_up_secs.max(1));
         config.federation_give_up = Duration::from_secs(s.federation_give_up_secs.max(1));

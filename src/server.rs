@@ -33,6 +33,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("federation CA: {0}")]
+    FederationCa(#[from] crate::fedclient::RootsError),
 }
 
 /// What the server listens on.
@@ -93,7 +95,8 @@ pub async fn serve(
     let acceptor = certs.as_ref().map(|c| c.acceptor()).transpose()?;
     let responses = Arc::new(ResponseBudget::new(config.response_budget));
     let metrics = Arc::new(Metrics::new());
-    let transport = Arc::new(crate::fedclient::HttpTransport::new(config.federation_peers.clone()));
+    let roots = crate::fedclient::trust_roots(config.federation_ca.as_deref())?;
+    let transport = Arc::new(crate::fedclient::HttpTransport::new(config.federation_peers.clone(), roots));
     let services = Services::open(config, transport, &metrics).await?;
     let app = Arc::new(App {
         services,

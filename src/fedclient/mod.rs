@@ -1,10 +1,20 @@
 //! The federation transport: the outgoing half of the server-to-server wire.
 //! It implements [`Transport`], the service's view of "send this request to
-//! server N and give me the answer", with hyper-util's HTTP client, and owns
-//! everything about *where* a server is: the static map of
-//! `--federation-peer`s, discovery through `/.well-known/parlor/server` (a
-//! bounded cache with a TTL), and which addresses may be reached at all
-//! ([`guard`]: public addresses only, unless the server is a named peer).
+//! server N and give me the answer", with hyper-util's HTTP client over
+//! rustls, and owns everything about *where* a server is and *who* it is: the
+//! static map of `--federation-peer`s, discovery through
+//! `/.well-known/parlor/server` (a bounded cache with a TTL), which addresses
+//! may be reached at all ([`guard`]: public addresses only, unless the server
+//! is a named peer), and which certificates are believed ([`trust_roots`]).
+//!
+//! Federation speaks HTTPS: discovery asks `https://<name>`, a discovered
+//! `base_url` must be `https://`, and the fallback is `https://<name>`. Each
+//! certificate is checked against the host of the URL asked (for discovery
+//! and the fallback, the server name itself; for a `base_url`, the host that
+//! the server name's own verified well-known document delegated to). Plain
+//! HTTP is spoken only to a peer named `--federation-peer NAME=http://…`.
+//! A peer whose certificate is not trusted fails like one that is down: the
+//! reason is logged here and never told to whoever asked.
 //!
 //! It knows nothing of signatures, keys or queues: `service::federation`
 //! signs and checks, and is given an `Arc<dyn Transport>` when the services
@@ -13,14 +23,19 @@
 pub mod guard;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::{ClientConfig, RootCertStore};
 
 use crate::protocol::federation::{FedMethod, WELL_KNOWN_PATH, WellKnownResponse};
 use crate::service::federation::{BoxFuture, FedAnswer, FedRequest, Transport, TransportError};
@@ -30,7 +45,7 @@ use guard::{GuardError, GuardedResolver, ip_literal, is_public};
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a discovered base URL is used before asking again.
 const DISCOVERED_TTL: Duration = Duration::from_secs(600);
-/// How long "no usable well-known, use `http://<name>`" is remembered.
+/// How long "no usable well-known, use `https://<name>`" is remembered.
 const FALLBACK_TTL: Duration = Duration::from_secs(60);
 /// Server names whose discovery is remembered at most (spec §4).
 pub const DISCOVERY_CACHE_MAX: usize = 10_000;
@@ -42,7 +57,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where a server is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Base {
-    /// `http://host[:port]`, no trailing slash.
+    /// `https://host[:port]` (`http://` for a named peer), no trailing slash.
     url: String,
     /// Named with `--federation-peer`: reached whatever its address.
     trusted: bool,
@@ -77,11 +92,83 @@ impl Discovered {
 /// The hyper-util implementation of [`Transport`].
 pub struct HttpTransport {
     peers: HashMap<String, String>,
-    /// For named peers only: any address.
-    trusted: Client<HttpConnector, Full<Bytes>>,
-    /// For everything discovered: public addresses only.
-    guarded: Client<HttpConnector<GuardedResolver>, Full<Bytes>>,
+    /// For named peers only: any address, HTTPS or (if named so) plain HTTP.
+    trusted: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// For everything discovered: public addresses only, HTTPS only.
+    guarded: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
     discovered: Mutex<Discovered>,
+}
+
+/// Why the certificates federation trusts could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: not PEM certificates: {source}", path.display())]
+    BadPem { path: PathBuf, source: rustls::pki_types::pem::Error },
+    #[error("{}: no PEM certificate in it", path.display())]
+    Empty { path: PathBuf },
+    #[error("{}: a certificate that cannot be a trust anchor: {source}", path.display())]
+    BadAnchor { path: PathBuf, source: rustls::Error },
+}
+
+/// The certificate authorities peers' certificates are checked against:
+/// those in `ca` (PEM, one or more; `--federation-ca`) if given, *instead*
+/// of the system's, else the system's (on Debian, the `ca-certificates`
+/// bundle). A private federation names its own CA and so believes no public
+/// CA about its peers; a server on the public internet uses the roots its
+/// operating system keeps up to date.
+pub fn trust_roots(ca: Option<&Path>) -> Result<RootCertStore, RootsError> {
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| RootsError::Read { path: path.to_owned(), source })?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| RootsError::BadPem { path: path.to_owned(), source })?;
+            if certs.is_empty() {
+                return Err(RootsError::Empty { path: path.to_owned() });
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|source| RootsError::BadAnchor { path: path.to_owned(), source })?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for error in &found.errors {
+                tracing::warn!(%error, "federation: a system CA certificate could not be read");
+            }
+            let (added, ignored) = roots.add_parsable_certificates(found.certs);
+            if ignored > 0 {
+                tracing::warn!(ignored, "federation: system CA certificates that cannot be trust anchors were skipped");
+            }
+            if added == 0 {
+                tracing::warn!(
+                    "federation: no system CA certificates (install ca-certificates or use --federation-ca); \
+                     HTTPS peers will not be reached"
+                );
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// The reason a TLS handshake failed, if that is why `e` happened: rustls
+/// errors come wrapped in `io::Error`s, which do not list them as a source.
+fn tls_failure_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(tls) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            if let Some(tls) = tls.downcast_ref::<rustls::Error>() {
+                return Some(tls.to_string());
+            }
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Whether `e` or one of its sources is the guard's refusal.
@@ -96,16 +183,16 @@ fn forbidden_in(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A well-known `base_url` this server will use: `http(s)://host[:port]`
+/// A well-known `base_url` this server will use: `https://host[:port]`
 /// with an optional `/`, no user info, path, query or fragment, and not an
-/// address literal the guard refuses. Anything else is ignored (the server
-/// is then tried at `http://<name>`).
+/// address literal the guard refuses. Anything else, plain `http://`
+/// included, is ignored (the server is then tried at `https://<name>`).
 fn usable_base_url(raw: &str) -> Option<String> {
     let trimmed = raw.strip_suffix('/').unwrap_or(raw);
     let uri: http::Uri = trimmed.parse().ok()?;
     let scheme = uri.scheme_str()?;
     let authority = uri.authority()?;
-    let plain = matches!(scheme, "http" | "https")
+    let plain = scheme == "https"
         && !authority.as_str().contains('@')
         && uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
         && !trimmed.contains(['#', '?']);
@@ -116,14 +203,31 @@ fn usable_base_url(raw: &str) -> Option<String> {
 }
 
 impl HttpTransport {
-    /// `peers`: server name → base URL, from `--federation-peer`.
-    pub fn new(peers: impl IntoIterator<Item = (String, String)>) -> Self {
+    /// `peers`: server name → base URL, from `--federation-peer`; `roots`:
+    /// the CAs peers' certificates are checked against ([`trust_roots`]).
+    pub fn new(peers: impl IntoIterator<Item = (String, String)>, roots: RootCertStore) -> Self {
+        // ring, the provider the TLS listener and the server's keys use.
+        let tls = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let mut plain = HttpConnector::new();
         plain.set_nodelay(true);
         plain.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        plain.enforce_http(false);
         let mut guarded = HttpConnector::new_with_resolver(GuardedResolver);
         guarded.set_nodelay(true);
         guarded.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        guarded.enforce_http(false);
+        // Named peers may be named with http://; nothing discovered may.
+        let plain = HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(plain);
+        let guarded =
+            HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().wrap_connector(guarded);
         let exec = hyper_util::rt::TokioExecutor::new();
         Self {
             peers: peers.into_iter().map(|(n, u)| (n, u.trim_end_matches('/').to_owned())).collect(),
@@ -134,13 +238,13 @@ impl HttpTransport {
     }
 
     /// Where `server` is served: the static map, else its well-known
-    /// document's `base_url`, else `http://{server}`.
+    /// document's `base_url`, else `https://{server}`.
     async fn base(&self, server: &str) -> Result<Base, TransportError> {
         if let Some(url) = self.peers.get(server) {
             return Ok(Base { url: url.clone(), trusted: true });
         }
         let forbidden = || TransportError::Forbidden { server: server.to_owned() };
-        let fallback = format!("http://{server}");
+        let fallback = format!("https://{server}");
         let host =
             fallback.parse::<http::Uri>().ok().and_then(|u| u.host().map(str::to_owned)).ok_or_else(forbidden)?;
         if ip_literal(&host).is_some_and(|ip| !is_public(ip)) {
@@ -207,6 +311,15 @@ impl HttpTransport {
                     Exchange::Failed(err) if forbidden_in(err.as_ref()) => {
                         Err(TransportError::Forbidden { server: server.to_owned() })
                     }
+                    Exchange::Failed(err) => match tls_failure_in(err.as_ref()) {
+                        Some(why) => {
+                            // Logged here, where the operator can fix it; the
+                            // caller treats the peer as down (backoff, 503).
+                            tracing::warn!(%server, url = %base.url, error = %why, "federation: TLS with a peer failed");
+                            Err(unreachable(format!("TLS: {why}")))
+                        }
+                        None => Err(unreachable(err.to_string())),
+                    },
                     other => Err(unreachable(other.to_string())),
                 }
             }
@@ -264,8 +377,11 @@ mod tests {
     fn base_urls_from_well_known_documents() {
         for (raw, want) in [
             ("https://chat.example:8448", Some("https://chat.example:8448")),
-            ("http://chat.example/", Some("http://chat.example")),
-            ("http://8.8.8.8:80", Some("http://8.8.8.8:80")),
+            ("https://chat.example/", Some("https://chat.example")),
+            ("https://8.8.8.8:443", Some("https://8.8.8.8:443")),
+            ("http://chat.example", None),
+            ("http://8.8.8.8:80", None),
+            ("https://127.0.0.1:22", None),
             ("http://127.0.0.1:22", None),
             ("http://[::1]:8008", None),
             ("http://169.254.169.254", None),
@@ -304,7 +420,7 @@ mod tests {
         // A listener on loopback: nothing may connect to it unless it is a named peer.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let t = HttpTransport::new([]);
+        let t = HttpTransport::new([], RootCertStore::empty());
         let req = || FedRequest {
             method: FedMethod::Get,
             path_and_query: "/_parlor/key/v1/server".into(),

@@ -142,7 +142,8 @@ pub trait Transport: Send + Sync + 'static {
 /// How federation is set up (from `Config`).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// What `/.well-known/parlor/server` announces (default `http://<server name>`).
+    /// What `/.well-known/parlor/server` announces (default `https://<server
+    /// name>` on a TLS server, else `http://<server name>`).
     pub public_url: String,
     /// The longest wait between two attempts to push to a server that is
     /// down, and between two probes of a server dropped from push sets.

@@ -53,8 +53,14 @@ impl Services {
                     federation::Federation::generate_key,
                 )
                 .map_err(StorageError::from)?;
+                // A server serving TLS itself is reached over HTTPS; one that
+                // does not may be behind a TLS proxy, and says so with --public-url.
+                let scheme = if config.tls.is_some() { "https" } else { "http" };
                 let settings = federation::Settings {
-                    public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.server_name)),
+                    public_url: config
+                        .public_url
+                        .clone()
+                        .unwrap_or_else(|| format!("{scheme}://{}", config.server_name)),
                     retry_max: config.federation_retry_max,
                     give_up: config.federation_give_up,
                     queue_max: config.federation_queue_max,
