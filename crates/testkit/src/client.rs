@@ -110,9 +110,10 @@ pub fn uniq(prefix: &str) -> String {
 
 pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A WebSocket test client speaking raw JSON frames.
-pub struct WsClient {
-    pub ws: WsStream,
+/// A WebSocket test client speaking raw JSON frames, over plain TCP by
+/// default or over any other stream (the TLS tests' own).
+pub struct WsClient<S = tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    pub ws: tokio_tungstenite::WebSocketStream<S>,
 }
 
 impl WsClient {
@@ -148,6 +149,9 @@ impl WsClient {
         c
     }
 
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
     pub async fn send(&mut self, frame: serde_json::Value) {
         use futures_util::SinkExt;
         self.ws.send(tokio_tungstenite::tungstenite::Message::text(frame.to_string())).await.expect("send frame");
