@@ -53,7 +53,7 @@ struct Serve {
     /// Where accounts, rooms and (embedded) room logs are kept.
     #[arg(long, env = "PARLOR_DATA_DIR", default_value = "./parlor-data")]
     data_dir: PathBuf,
-    /// The name in user ids and room aliases (default: the listen address).
+    /// The name in user ids and room aliases (default: the name the data dir records, else the listen address).
     #[arg(long, env = "PARLOR_SERVER_NAME")]
     server_name: Option<String>,
     /// Keep room logs in Redis Streams at this URL (redis://host:port/) instead of the embedded store.
@@ -182,7 +182,10 @@ fn serve(s: Serve) -> Result<()> {
             None => None,
         };
         let addr = listener.local_addr()?;
-        let name = s.server_name.clone().unwrap_or_else(|| addr.to_string());
+        // The data dir remembers its server (a start with another name is
+        // refused), so a restart without --server-name keeps that name.
+        let recorded = parlor::storage::identity::recorded(&s.data_dir)?.map(|id| id.server_name);
+        let name = s.server_name.clone().or(recorded).unwrap_or_else(|| addr.to_string());
         let server_name = ServerName::parse(&name).with_context(|| format!("bad server name {name:?}"))?;
         let mut config = Config::new(server_name, &s.data_dir);
         config.redis = s.redis;

@@ -98,3 +98,109 @@ fn an_existing_data_dir_open_to_others_is_warned_about() {
     assert!(line.contains("755"), "{line}");
     assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o755, "left as it was");
 }
+
+/// Runs `parlor serve` on `dir` with `args`, expecting it to refuse to
+/// start: returns its stderr. Fails if it is still running after 60 s.
+fn refused(dir: &Path, args: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("parlor serve {args:?} did not refuse to start");
+        }
+        // Poll interval of a wait on a condition (bounded by `deadline`).
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = reader.join().unwrap();
+    assert!(!status.success(), "refused with a failure status: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_belongs_to_one_server_name() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data");
+    let mut a = ParlorProcess::spawn(&dir, &["--server-name", "a.test", "--rate-limit", "off"]);
+    let api = Api::new(&a.url);
+    let (ann, token) = api.user("ann").await;
+    assert_eq!(ann, "@ann:a.test");
+    api.join(&token, "lobby").await;
+    assert_eq!(api.send(&token, "lobby", "t1", "kept").await.0, 200);
+    assert!(a.terminate().success());
+    let recorded = std::fs::read_to_string(dir.join("identity.json")).unwrap();
+    assert!(recorded.contains("\"a.test\"") && recorded.contains("\"embedded\""), "{recorded}");
+
+    let err = refused(&dir, &["--server-name", "b.test"]);
+    assert!(err.contains("belongs to server \"a.test\", not \"b.test\""), "{err}");
+    assert!(err.contains("--server-name a.test"), "says what to do: {err}");
+
+    // Without --server-name, the recorded name is kept, and so is everything stored.
+    let mut again = ParlorProcess::spawn(&dir, &["--rate-limit", "off"]);
+    let api = Api::new(&again.url);
+    let (ann, token) = api.login("ann").await;
+    assert_eq!(ann, "@ann:a.test");
+    let (s, page) = api.messages(&token, "lobby", "").await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["events"].as_array().unwrap().iter().filter(|e| e["body"] == "kept").count(), 1, "{page}");
+    assert!(again.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_keeps_its_room_log_backend() {
+    let redis = support::RedisServer::start();
+    let parent = tempfile::tempdir().unwrap();
+    let embedded = parent.path().join("embedded");
+    let mut a = ParlorProcess::spawn(&embedded, &["--server-name", "a.test"]);
+    assert!(a.terminate().success());
+    let err = refused(&embedded, &["--server-name", "a.test", "--redis", &redis.url]);
+    assert!(err.contains("was used with the embedded room log") && err.contains("without --redis"), "{err}");
+    assert_eq!(
+        redis.cli(&["EXISTS", "parlor:identity"]).map(|s| s.trim().to_owned()).as_deref(),
+        Some("0"),
+        "a refused start records nothing"
+    );
+
+    let with_redis = parent.path().join("redis");
+    let mut b = ParlorProcess::spawn(&with_redis, &["--server-name", "a.test", "--redis", &redis.url]);
+    assert!(b.terminate().success());
+    let err = refused(&with_redis, &["--server-name", "a.test"]);
+    assert!(err.contains("was used with the Redis room log") && err.contains("with the same --redis"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_belongs_to_one_server_name() {
+    let redis = support::RedisServer::start();
+    let parent = tempfile::tempdir().unwrap();
+    let mut a = ParlorProcess::spawn(&parent.path().join("a"), &["--server-name", "a.test", "--redis", &redis.url]);
+    assert_eq!(redis.cli(&["GET", "parlor:identity"]).map(|s| s.trim().to_owned()).as_deref(), Some("a.test"));
+
+    let fresh = parent.path().join("b");
+    let err = refused(&fresh, &["--server-name", "b.test", "--redis", &redis.url]);
+    assert!(err.contains("this Redis holds the rooms of server \"a.test\", not \"b.test\""), "{err}");
+    assert!(!fresh.join("identity.json").exists(), "a refused start records nothing");
+
+    // Another process of the same server on the same Redis is welcome.
+    let mut a2 = ParlorProcess::spawn(&fresh, &["--server-name", "a.test", "--redis", &redis.url]);
+    assert!(a2.terminate().success());
+    assert!(a.terminate().success());
+}

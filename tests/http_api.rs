@@ -500,10 +500,10 @@ async fn connection_cap_closes_extra_connections(b: Backend) {
         let mut s = tokio::net::TcpStream::connect(h.server.addr).await.unwrap();
         let _ = s.write_all(b"GET /_parlor/versions HTTP/1.1\r\nHost: x\r\n\r\n").await;
         let mut buf = vec![0u8; 1024];
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
-            if n > 0 {
-                break;
-            }
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await
+            && n > 0
+        {
+            break;
         }
         assert!(Instant::now() < deadline, "slots were not released");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -499,6 +499,7 @@ fn crate_roots_forbid_unsafe() {
         ("src/lib.rs", "#![forbid(unsafe_code)]"),
         ("src/main.rs", "#![forbid(unsafe_code)]"),
         ("crates/wsframe/src/lib.rs", "#![forbid(unsafe_code)]"),
+        ("crates/testkit/src/lib.rs", "#![forbid(unsafe_code)]"),
         ("conformance/src/lib.rs", "#![forbid(unsafe_code)]"),
         ("conformance/src/main.rs", "#![forbid(unsafe_code)]"),
         ("tools/chatbench/src/main.rs", "#![forbid(unsafe_code)]"),

@@ -110,10 +110,10 @@ impl SignatureHeader {
                 .strip_prefix('"')
                 .and_then(|q| q.strip_suffix('"'))
                 .ok_or_else(|| format!("the value of `{name}` is not quoted in {value:?}"))?;
-            if let Some(i) = NAMES.iter().position(|n| *n == name) {
-                if fields[i].replace(v.to_owned()).is_some() {
-                    return Err(format!("`{name}` appears twice in {value:?}"));
-                }
+            if let Some(i) = NAMES.iter().position(|n| *n == name)
+                && fields[i].replace(v.to_owned()).is_some()
+            {
+                return Err(format!("`{name}` appears twice in {value:?}"));
             }
         }
         let mut take = |i: usize| fields[i].take().ok_or_else(|| format!("`{}` is missing from {value:?}", NAMES[i]));

@@ -134,10 +134,10 @@ pub fn parse_auth_header(value: &str) -> Result<SignatureParams, AuthHeaderError
             .and_then(|q| q.strip_suffix('"'))
             .filter(|v| !v.contains('"'))
             .ok_or(AuthHeaderError::Malformed)?;
-        if let Some(i) = AUTH_PARAMS.iter().position(|p| *p == name) {
-            if found[i].replace(v).is_some() {
-                return Err(AuthHeaderError::Duplicate(AUTH_PARAMS[i]));
-            }
+        if let Some(i) = AUTH_PARAMS.iter().position(|p| *p == name)
+            && found[i].replace(v).is_some()
+        {
+            return Err(AuthHeaderError::Duplicate(AUTH_PARAMS[i]));
         }
     }
     let get = |i: usize| found[i].ok_or(AuthHeaderError::Missing(AUTH_PARAMS[i]));

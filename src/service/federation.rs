@@ -265,10 +265,10 @@ impl KeyCache {
     fn insert(&mut self, server: &str, key: CachedKey, now: Instant) {
         if self.entries.len() >= KEY_CACHE_MAX && !self.entries.contains_key(server) {
             self.entries.retain(|_, k| k.until > now);
-            if self.entries.len() >= KEY_CACHE_MAX {
-                if let Some(k) = self.entries.iter().min_by_key(|(_, k)| k.until).map(|(s, _)| s.clone()) {
-                    self.entries.remove(&k);
-                }
+            if self.entries.len() >= KEY_CACHE_MAX
+                && let Some(k) = self.entries.iter().min_by_key(|(_, k)| k.until).map(|(s, _)| s.clone())
+            {
+                self.entries.remove(&k);
             }
         }
         self.entries.insert(server.to_owned(), key);
@@ -496,12 +496,11 @@ impl Federation {
     /// Fetched from its key endpoint and checked (self-signed, for that
     /// server name), cached for an hour; fetches are rate-limited.
     async fn public_key(&self, server: &str, key_id: &str, cached_ok: bool) -> Result<(Vec<u8>, bool), Error> {
-        if cached_ok {
-            if let Some(k) = self.keys.lock().expect("keys lock").get(server, Instant::now()) {
-                if k.key_id == key_id {
-                    return Ok((k.public_key.clone(), false));
-                }
-            }
+        if cached_ok
+            && let Some(k) = self.keys.lock().expect("keys lock").get(server, Instant::now())
+            && k.key_id == key_id
+        {
+            return Ok((k.public_key.clone(), false));
         }
         self.key_fetches_by_origin
             .check(server)

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::storage::events::embedded::EmbeddedLog;
 use crate::storage::events::redis::RedisLog;
 use crate::storage::events::{EventLog, LogSettings};
+use crate::storage::identity::{Identity, RoomLog};
 use crate::storage::{AccountStore, RoomStore, StorageError};
 
 /// Every service of one server.
@@ -43,6 +44,19 @@ impl Services {
         metrics: &Metrics,
     ) -> Result<Self, StartError> {
         let db = crate::storage::Db::open(&config.data_dir)?;
+        let room_log = match config.redis {
+            None => RoomLog::Embedded,
+            Some(_) => RoomLog::Redis,
+        };
+        let identity = Identity { server_name: config.server_name.to_string(), room_log };
+        // Both checked before either is recorded: a refused start records nothing.
+        let unrecorded = crate::storage::identity::check_dir(&config.data_dir, &identity)?;
+        if let Some(url) = &config.redis {
+            crate::storage::events::redis::claim_identity(url, &identity.server_name).await?;
+        }
+        if unrecorded {
+            crate::storage::identity::record_dir(&config.data_dir, &identity)?;
+        }
         let hub = fanout::Hub::with_deliveries(metrics.ws.deliveries.clone());
         let directory = RoomStore::open(&db)?;
         let federation = match config.federation {

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod events;
 pub mod federation;
+pub mod identity;
 pub mod rooms;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +66,9 @@ pub enum StorageError {
     Log(String),
     #[error(transparent)]
     KeyFile(#[from] federation::KeyFileError),
+    /// The data directory or Redis belongs to another server or backend.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
 }
 
 impl StorageError {

@@ -98,10 +98,10 @@ async fn run<S: Stream>(io: &mut Io<S>) -> End {
             return end;
         }
         let read = poll_fn(|cx| {
-            if io.has_unsent() {
-                if let Poll::Ready(Err(end)) = io.poll_write(cx) {
-                    return Poll::Ready(Err(end));
-                }
+            if io.has_unsent()
+                && let Poll::Ready(Err(end)) = io.poll_write(cx)
+            {
+                return Poll::Ready(Err(end));
             }
             io.poll_read(cx)
         });

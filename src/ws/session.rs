@@ -157,23 +157,23 @@ impl<S: Stream> State<S> {
                     if !authed && auth_deadline.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Wake::AuthTimeout);
                     }
-                    if self.io.has_unsent() {
-                        if let Poll::Ready(r) = self.io.poll_write(cx) {
-                            return Poll::Ready(Wake::Written(r));
-                        }
+                    if self.io.has_unsent()
+                        && let Poll::Ready(r) = self.io.poll_write(cx)
+                    {
+                        return Poll::Ready(Wake::Written(r));
                     }
                     if let Poll::Ready(Some(frame)) = pending.poll_next_unpin(cx) {
                         return Poll::Ready(Wake::Answer(frame));
                     }
-                    if let Some(q) = queued.as_mut().as_pin_mut() {
-                        if q.poll(cx).is_ready() {
-                            return Poll::Ready(Wake::Queued);
-                        }
+                    if let Some(q) = queued.as_mut().as_pin_mut()
+                        && q.poll(cx).is_ready()
+                    {
+                        return Poll::Ready(Wake::Queued);
                     }
-                    if pending.len() < MAX_IN_FLIGHT {
-                        if let Poll::Ready(r) = self.io.poll_read(cx) {
-                            return Poll::Ready(Wake::Read(r));
-                        }
+                    if pending.len() < MAX_IN_FLIGHT
+                        && let Poll::Ready(r) = self.io.poll_read(cx)
+                    {
+                        return Poll::Ready(Wake::Read(r));
                     }
                     if heartbeat.poll_tick(cx).is_ready() {
                         return Poll::Ready(Wake::Heartbeat);

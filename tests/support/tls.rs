@@ -200,62 +200,8 @@ impl Https {
     }
 }
 
-/// A WebSocket test client over TLS speaking raw JSON frames (the TLS twin
-/// of `support::WsClient`).
-pub struct Wss {
-    pub ws: tokio_tungstenite::WebSocketStream<TlsStream>,
-}
-
-impl Wss {
-    pub async fn send(&mut self, frame: serde_json::Value) {
-        use futures_util::SinkExt;
-        self.ws.send(tokio_tungstenite::tungstenite::Message::text(frame.to_string())).await.expect("send frame");
-    }
-
-    /// The next JSON frame (panics after 10 s or on close).
-    pub async fn recv(&mut self) -> serde_json::Value {
-        match self.next().await {
-            Next::Frame(v) => v,
-            Next::Closed(code) => panic!("connection closed ({code:?}) while waiting for a frame"),
-        }
-    }
-
-    /// The next JSON frame or the close code.
-    pub async fn next(&mut self) -> Next {
-        use futures_util::StreamExt;
-        use tokio_tungstenite::tungstenite::Message;
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next()).await.expect("a frame within 10 s");
-            match msg {
-                Some(Ok(Message::Text(t))) => return Next::Frame(serde_json::from_str(&t).expect("JSON frame")),
-                Some(Ok(Message::Close(f))) => return Next::Closed(f.map(|f| u16::from(f.code))),
-                Some(Ok(_)) => continue,
-                None | Some(Err(_)) => return Next::Closed(None),
-            }
-        }
-    }
-
-    /// Reads frames until the connection closes; returns the close code.
-    pub async fn closed(&mut self) -> Option<u16> {
-        loop {
-            if let Next::Closed(c) = self.next().await {
-                return c;
-            }
-        }
-    }
-
-    /// Reads frames until one of type `ty` arrives; returns it and the frames before it.
-    pub async fn until(&mut self, ty: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
-        let mut before = Vec::new();
-        loop {
-            let f = self.recv().await;
-            if f["type"] == ty {
-                return (f, before);
-            }
-            before.push(f);
-        }
-    }
-}
+/// A WebSocket test client over TLS speaking raw JSON frames.
+pub type Wss = testkit::WsClient<TlsStream>;
 
 /// A WebSocket (`parlor.v1`) over `stream`, authenticated by header; waits for `ready`.
 pub async fn wss_over(stream: TlsStream, addr: SocketAddr, token: &str) -> Wss {

@@ -190,10 +190,10 @@ impl Durable {
         self.0.lock().expect("durable lock").insert(room.clone(), (generation, seq));
     }
     fn set(&self, room: &RoomId, generation: u64, seq: u64) {
-        if let Some(d) = self.0.lock().expect("durable lock").get_mut(room) {
-            if d.0 == generation {
-                d.1 = d.1.max(seq);
-            }
+        if let Some(d) = self.0.lock().expect("durable lock").get_mut(room)
+            && d.0 == generation
+        {
+            d.1 = d.1.max(seq);
         }
     }
 }
@@ -300,11 +300,11 @@ impl Syncer {
 
     /// One sync for every batch written so far, then their answers in order.
     fn settle(&self, batches: Vec<Vec<Committed>>) {
-        if !self.poisoned.load(Ordering::Acquire) {
-            if let Err(e) = self.db.sync_blocking() {
-                tracing::error!(error = %e, "room log sync failed; refusing further writes");
-                self.poisoned.store(true, Ordering::Release);
-            }
+        if !self.poisoned.load(Ordering::Acquire)
+            && let Err(e) = self.db.sync_blocking()
+        {
+            tracing::error!(error = %e, "room log sync failed; refusing further writes");
+            self.poisoned.store(true, Ordering::Release);
         }
         if self.poisoned.load(Ordering::Acquire) {
             for c in batches.into_iter().flatten() {

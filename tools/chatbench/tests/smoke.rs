@@ -5,68 +5,25 @@
 use std::path::Path;
 
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use testkit::TestServer;
 
+/// A server (testkit's) with its data in `dir/data`, and `dir` for chatbench's users file.
 struct Server {
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
+    server: TestServer,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
 }
 
 async fn server() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let name = parlor::protocol::ServerName::parse(&format!("127.0.0.1:{port}")).unwrap();
-    let mut cfg = parlor::config::Config::new(name, dir.path().join("data"));
-    cfg.rate_limit = false;
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(parlor::server::run(listener, cfg, async move {
-        let _ = rx.await;
-    }));
-    wait_healthy(port).await;
-    Server { url: format!("http://127.0.0.1:{port}"), stop: Some(tx), dir }
-}
-
-/// Waits until `GET /healthz` answers 200 with `{"status": "ok", …}`: the
-/// listener is open before storage is.
-async fn wait_healthy(port: u16) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut last = String::new();
-    while std::time::Instant::now() < deadline {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let mut buf = Vec::new();
-            let asked = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: parlor.test\r\nConnection: close\r\n\r\n").await;
-            if asked.is_ok() && s.read_to_end(&mut buf).await.is_ok() {
-                last = String::from_utf8_lossy(&buf).into_owned();
-                let body = last.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-                let ok = serde_json::from_str::<Value>(body).is_ok_and(|v| v["status"] == "ok");
-                if last.starts_with("HTTP/1.1 200 ") && ok {
-                    return;
-                }
-            }
-        }
-        // Poll interval of a wait on a condition (bounded by `deadline`).
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("GET /healthz did not answer 200 with status ok within 30 s; last answer: {last:?}");
+    let server = TestServer::start_in(&dir.path().join("data"), |_| {}).await;
+    Server { server, dir }
 }
 
 /// Run chatbench with `args` against `s`; every result line it printed.
 async fn bench(s: &Server, args: &[&str]) -> Vec<Value> {
     let users = s.dir.path().join("users.jsonl");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbench"))
-        .args(["--server", &s.url, "--json", "--users-file", path(&users)])
+        .args(["--server", &s.server.url, "--json", "--users-file", path(&users)])
         .args(args)
         .output()
         .await

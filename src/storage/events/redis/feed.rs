@@ -311,12 +311,11 @@ async fn hand_out_batches(shared: &Shared, batches: Vec<Vec<FeedEntry>>) {
         let json = serde_json::to_string(&e.event).expect("events serialize");
         shared.seen.observe_tracked(&e.room, &e.epoch, e.generation, e.event.seq);
         shared.sink.deliver(&e.room, &e.epoch, e.event.seq, &json);
-        if let Some(ticket) = e.origin.strip_prefix(&shared.instance).and_then(|t| t.strip_prefix('/')) {
-            if let Ok(t) = ticket.parse::<u64>() {
-                if let Some(fed) = shared.tickets.lock().expect("tickets lock").remove(&t) {
-                    let _ = fed.send(());
-                }
-            }
+        if let Some(ticket) = e.origin.strip_prefix(&shared.instance).and_then(|t| t.strip_prefix('/'))
+            && let Ok(t) = ticket.parse::<u64>()
+            && let Some(fed) = shared.tickets.lock().expect("tickets lock").remove(&t)
+        {
+            let _ = fed.send(());
         }
     }
 }

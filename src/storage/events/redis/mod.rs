@@ -120,6 +120,34 @@ fn push_known(cmd: &mut redis::Cmd, known: Option<&Seen>) {
 }
 
 /// A Redis URL without its password, for messages.
+/// Records `server_name` as the owner of the Redis at `url`, or refuses
+/// when another server's name is recorded there (see
+/// [`crate::storage::identity`]). Called before the log opens, so a wrong
+/// start touches nothing.
+pub async fn claim_identity(url: &str, server_name: &str) -> Result<(), StorageError> {
+    use crate::storage::identity::{IdentityError, REDIS_KEY};
+    let shown = redacted(url);
+    let client = Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url {shown:?}: {e}")))?;
+    let unreachable = |e: redis::RedisError| StorageError::Unavailable(format!("cannot reach redis at {shown}: {e}"));
+    let mut conn = client.get_multiplexed_async_connection().await.map_err(unreachable)?;
+    let (_, owner): (Value, Option<String>) = redis::pipe()
+        .cmd("SET")
+        .arg(REDIS_KEY)
+        .arg(server_name)
+        .arg("NX")
+        .cmd("GET")
+        .arg(REDIS_KEY)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| StorageError::Redis(format!("cannot read {REDIS_KEY}: {e}")))?;
+    match owner {
+        Some(owner) if owner != server_name => {
+            Err(IdentityError::RedisName { recorded: owner, asked: server_name.to_owned() }.into())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),

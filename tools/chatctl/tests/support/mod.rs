@@ -1,7 +1,7 @@
 //! What the end-to-end tests stand on: a real Parlor server in-process on
-//! 127.0.0.1 (its own data directory, restartable on the same port), users
-//! who run the built `chatctl` binary with their own temporary config
-//! directory, a `tail` process whose lines can be awaited, and a TCP proxy
+//! 127.0.0.1 (testkit's: its own data directory, restartable on the same
+//! port), users who run the built `chatctl` binary with their own temporary
+//! config directory, a `tail` process whose lines can be awaited, and a TCP proxy
 //! that can swallow answers to simulate a network failure after the server
 //! has done the work.
 
@@ -23,122 +23,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_chatctl");
 /// Good enough for the server's password rules, unlike the username.
 pub const PASSWORD: &str = "quiet-harbor-lantern-42";
 
-/// A Parlor server on loopback, stopped (and its data removed) on drop.
-pub struct Server {
-    pub port: u16,
-    pub url: String,
-    data: TempDir,
-    tweak: fn(&mut parlor::config::Config),
-    running: Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>,
-}
-
-impl Server {
-    pub fn start() -> Self {
-        Self::start_with(|_| {})
-    }
-
-    /// Starts a server whose config `tweak` adjusts (e.g. retention).
-    pub fn start_with(tweak: fn(&mut parlor::config::Config)) -> Self {
-        let data = tempfile::tempdir().expect("temp dir");
-        let mut server = Server { port: 0, url: String::new(), data, tweak, running: None };
-        server.launch(0);
-        server
-    }
-
-    fn launch(&mut self, port: u16) {
-        let (port_tx, port_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let data_dir = self.data.path().to_owned();
-        let tweak = self.tweak;
-        let thread = thread::spawn(move || {
-            let rt =
-                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-            rt.block_on(async move {
-                // A restart rebinds the same port, which the old listener
-                // may still be releasing for a moment.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                let listener = loop {
-                    match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                        Ok(l) => break l,
-                        Err(e) if Instant::now() < deadline => {
-                            eprintln!("rebinding port {port}: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Err(e) => panic!("binding 127.0.0.1:{port}: {e}"),
-                    }
-                };
-                let port = listener.local_addr().expect("local addr").port();
-                let name = parlor::protocol::ServerName::parse(&format!("127.0.0.1:{port}")).expect("server name");
-                let mut cfg = parlor::config::Config::new(name, &data_dir);
-                cfg.rate_limit = false;
-                tweak(&mut cfg);
-                port_tx.send(port).expect("test waits for the port");
-                parlor::server::run(listener, cfg, async move {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .expect("the server runs and shuts down cleanly");
-            });
-        });
-        self.port = port_rx.recv_timeout(Duration::from_secs(30)).expect("server started");
-        self.url = format!("http://127.0.0.1:{}", self.port);
-        self.running = Some((stop_tx, thread));
-        self.wait_healthy();
-    }
-
-    /// Waits until `GET /healthz` answers 200 with `{"status": "ok", …}`:
-    /// the port is known before storage is open.
-    fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let answer = (|| {
-                let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: parlor.test\r\nConnection: close\r\n\r\n").ok()?;
-                let mut buf = Vec::new();
-                s.read_to_end(&mut buf).ok()?;
-                Some(String::from_utf8_lossy(&buf).into_owned())
-            })();
-            if let Some(answer) = answer {
-                let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-                let ok = serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| v["status"] == "ok");
-                if answer.starts_with("HTTP/1.1 200 ") && ok {
-                    return;
-                }
-                last = answer;
-            }
-            // Poll interval of a wait on a condition (bounded by `deadline`).
-            thread::sleep(Duration::from_millis(20));
-        }
-        panic!("GET /healthz did not answer 200 with status ok within 30 s; last answer: {last:?}");
-    }
-
-    /// The server name in user ids and aliases.
-    pub fn name(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn stop(&mut self) {
-        if let Some((stop, thread)) = self.running.take() {
-            let _ = stop.send(());
-            thread.join().expect("server thread ends");
-        }
-    }
-
-    /// Stops and starts again on the same port with the same data.
-    pub fn restart(&mut self) {
-        self.stop();
-        let port = self.port;
-        self.launch(port);
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+/// A Parlor server on loopback (testkit's, on a runtime of its own, as
+/// these tests are synchronous), restartable on the same port and data,
+/// stopped (and its data removed) on drop.
+pub type Server = testkit::BlockingServer;
 
 /// What one chatctl run produced.
 #[derive(Debug)]
@@ -448,10 +336,7 @@ fn proxy_connection(mut client: TcpStream, upstream_port: u16, swallow: &AtomicU
 }
 
 /// A loopback port with nothing listening on it.
-pub fn dead_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
+pub use testkit::free_port as dead_port;
 
 /// Parses every stdout line as a JSON object.
 #[track_caller]
