@@ -161,10 +161,10 @@ fn tls_failure_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
             return Some(tls.to_string());
         }
-        if let Some(tls) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            if let Some(tls) = tls.downcast_ref::<rustls::Error>() {
-                return Some(tls.to_string());
-            }
+        if let Some(tls) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+            && let Some(tls) = tls.downcast_ref::<rustls::Error>()
+        {
+            return Some(tls.to_string());
         }
         cur = err.source();
     }

@@ -148,7 +148,6 @@ impl WsClient {
         assert_eq!(ready["type"], "ready", "{ready}");
         c
     }
-
 }
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
