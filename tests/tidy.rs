@@ -30,6 +30,10 @@ const STORAGE_CRATES: &[&str] = &["sled", "redis"];
 const WIRE_CRATES: &[&str] =
     &["hyper", "hyper_util", "http", "http_body_util", "tungstenite", "tokio_tungstenite", "wsframe"];
 
+/// Both of the above: for the layers that know neither a backend nor a wire.
+const BACKEND_AND_WIRE_CRATES: &[&str] =
+    &["sled", "redis", "hyper", "hyper_util", "http", "http_body_util", "tungstenite", "tokio_tungstenite", "wsframe"];
+
 const RULES: &[Rule] = &[
     Rule {
         layer: "protocol",
@@ -65,17 +69,7 @@ const RULES: &[Rule] = &[
         layer: "service",
         may_import: &["protocol", "storage", "config", "metrics"],
         may_also: &[],
-        must_not_name: &[
-            "sled",
-            "redis",
-            "hyper",
-            "hyper_util",
-            "http",
-            "http_body_util",
-            "tungstenite",
-            "tokio_tungstenite",
-            "wsframe",
-        ],
+        must_not_name: BACKEND_AND_WIRE_CRATES,
         why: "service/ sees storage only through storage/'s traits and knows no wire, HTTP, WebSocket framing, \
               sled or Redis",
     },
@@ -118,17 +112,7 @@ const RULES: &[Rule] = &[
         layer: "metrics",
         may_import: &["protocol"],
         may_also: &[],
-        must_not_name: &[
-            "sled",
-            "redis",
-            "hyper",
-            "hyper_util",
-            "http",
-            "http_body_util",
-            "tungstenite",
-            "tokio_tungstenite",
-            "wsframe",
-        ],
+        must_not_name: BACKEND_AND_WIRE_CRATES,
         why: "metrics owns the registry and what is counted; it imports only protocol/ and knows no wire or backend",
     },
     Rule {
