@@ -12,99 +12,13 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::tls::{Https, Pki, connect_from, wss_over};
-use support::{LoggedProcess, P, free_port, health_status, uniq};
+use support::{LoggedProcess, P, free_port, health_status, nginx, uniq};
 
 const NGINX_ADDR: &str = "127.0.0.2";
-
-/// nginx as a child process, stopped (fast shutdown) when dropped.
-struct Nginx {
-    child: Child,
-    https: SocketAddr,
-    http: SocketAddr,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its workers, then exits.
-        let _ =
-            rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), rustix::process::Signal::TERM);
-        let _ = self.child.wait();
-    }
-}
-
-/// `contrib/nginx.conf` with its example addresses and paths replaced by
-/// this test's; each replaced text must occur exactly once.
-fn site_config(upstream: SocketAddr, https: SocketAddr, http: SocketAddr, cert: &Path, key: &Path) -> String {
-    let mut conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/nginx.conf")).unwrap();
-    for (from, to) in [
-        ("    listen [::]:80;\n", String::new()),
-        ("    listen [::]:443 ssl;\n", String::new()),
-        ("listen 80;", format!("listen {http};")),
-        ("listen 443 ssl;", format!("listen {https} ssl;")),
-        ("server 127.0.0.1:8008;", format!("server {upstream};")),
-        ("/etc/letsencrypt/live/chat.example/fullchain.pem", cert.display().to_string()),
-        ("/etc/letsencrypt/live/chat.example/privkey.pem", key.display().to_string()),
-    ] {
-        assert_eq!(conf.matches(from).count(), 1, "contrib/nginx.conf has {from:?} once");
-        conf = conf.replace(from, &to);
-    }
-    conf
-}
-
-/// nginx from PATH, or where Debian puts it (/usr/sbin is not on every
-/// user's PATH).
-fn nginx_binary() -> PathBuf {
-    let on_path =
-        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("nginx")).find(|f| f.is_file()));
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
-}
-
-/// Starts nginx on `dir` (its prefix) with `site` in an http block of a
-/// main configuration of our own: no path outside `dir`, no root needed.
-fn run_nginx(dir: &Path, site: &str, https: SocketAddr, http: SocketAddr) -> Nginx {
-    std::fs::write(dir.join("parlor.conf"), site).unwrap();
-    // As root, workers would switch to `nobody`; stay who we are.
-    let user = if rustix::process::geteuid().is_root() { "user root;\n" } else { "" };
-    let d = dir.display();
-    let main = format!(
-        "{user}daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-         events {{ worker_connections 256; }}\n\
-         http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-         include {d}/parlor.conf;\n}}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), main).unwrap();
-    let nginx = || {
-        let mut c = Command::new(nginx_binary());
-        c.arg("-p").arg(dir).arg("-c").arg(dir.join("nginx.conf")).arg("-e").arg(dir.join("error.log"));
-        c
-    };
-    let test = match nginx().arg("-t").output() {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("this test needs nginx: run scripts/setup (apt-get install nginx)")
-        }
-        Err(e) => panic!("cannot run nginx: {e}"),
-    };
-    assert!(test.status.success(), "nginx -t: {}", String::from_utf8_lossy(&test.stderr));
-    let child = nginx().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let mut n = Nginx { child, https, http };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(https).is_err() {
-        if let Ok(Some(status)) = n.child.try_wait() {
-            panic!("nginx exited ({status}): {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
-        }
-        assert!(Instant::now() < deadline, "nginx did not listen within 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    n
-}
 
 fn ip(s: &str) -> Option<IpAddr> {
     Some(s.parse().unwrap())
@@ -128,27 +42,26 @@ async fn through_nginx_with_tls_and_forwarded_addresses() {
     }
     let https: SocketAddr = format!("{NGINX_ADDR}:{}", free_port()).parse().unwrap();
     let http: SocketAddr = format!("{NGINX_ADDR}:{}", free_port()).parse().unwrap();
-    let prefix = dir.path().join("nginx");
-    std::fs::create_dir(&prefix).unwrap();
-    let nginx = run_nginx(&prefix, &site_config(parlor.addr, https, http, &cert, &key), https, http);
+    let nginx =
+        nginx::run(&dir.path().join("nginx"), &nginx::tls_site(&[parlor.addr], https, http, &cert, &key), https);
     let client = pki.client();
 
     // Plain HTTP is redirected to HTTPS.
-    let (status, location) = redirect(nginx.http).await;
+    let (status, location) = redirect(http).await;
     assert_eq!(status, 301);
     assert!(location.starts_with("https://"), "{location}");
 
     // A client at 127.0.0.3 that also claims, in the header, to be 6.6.6.6.
     let from3 = ip("127.0.0.3");
-    let mut c3 = Https::over(connect_from(nginx.https, from3, &client).await, nginx.https).await;
+    let mut c3 = Https::over(connect_from(https, from3, &client).await, https).await;
     c3.headers.push(("x-forwarded-for".into(), "6.6.6.6".into()));
     let (_, ann) = c3.user(&uniq("ann")).await;
     let room = uniq("proxied");
     assert_eq!(c3.call("POST", &format!("{P}/rooms/{room}/join"), Some(&ann), None).await.0, 200);
 
     // A WebSocket through nginx, from a page on nginx's origin.
-    let ws_stream = connect_from(nginx.https, from3, &client).await;
-    let mut ws = wss_over(ws_stream, nginx.https, &ann).await;
+    let ws_stream = connect_from(https, from3, &client).await;
+    let mut ws = wss_over(ws_stream, https, &ann).await;
     ws.send(json!({"type": "subscribe", "id": "s", "room": room})).await;
     ws.until("caught_up").await;
     let (s, v) =
@@ -176,7 +89,7 @@ async fn through_nginx_with_tls_and_forwarded_addresses() {
         }
     }
     assert!(refused, "127.0.0.3 ran out of registrations");
-    let mut c4 = Https::over(connect_from(nginx.https, ip("127.0.0.4"), &client).await, nginx.https).await;
+    let mut c4 = Https::over(connect_from(https, ip("127.0.0.4"), &client).await, https).await;
     c4.user(&uniq("bob")).await;
 
     // Parlor's access lines name each client by its own address.

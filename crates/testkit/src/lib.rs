@@ -9,6 +9,7 @@
 //! - [`process`]: the `parlor` binary as a child process.
 //! - [`redis`]: a hermetic `redis-server`.
 //! - [`health`]: `GET /healthz` probes.
+//! - [`nginx`]: a real nginx running `contrib/nginx.conf` in front of Parlor.
 //! - [`harness`]: a server on one room-log backend ([`Harness`]; for
 //!   synchronous tests on a runtime of its own, [`BlockingServer`]) and
 //!   [`backend_tests!`], which runs a test on both.
@@ -19,6 +20,7 @@
 pub mod client;
 pub mod harness;
 pub mod health;
+pub mod nginx;
 pub mod process;
 pub mod redis;
 pub mod server;
