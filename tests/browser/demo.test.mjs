@@ -14,23 +14,19 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium, until as untilWithin, watchdog as startWatchdog } from './harness.mjs';
 
 const [base, retentionBase] = process.argv.slice(2);
 if (![base, retentionBase].every((u) => /^http:\/\/127\.0\.0\.1:\d+$/.test(u ?? ''))) {
   console.error('usage: node demo.test.mjs http://127.0.0.1:PORT http://127.0.0.1:PORT_OF_A_SERVER_WITH_RETENTION_5');
   process.exit(2);
 }
-const chromiumPath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const screenshots = process.env.PARLOR_SCREENSHOTS === '1';
 const docsDir = fileURLToPath(new URL('../../docs/', import.meta.url));
 const TIMEOUT = 15_000; // for one thing to appear on a page
 
-// A hung browser must not hang CI: fail the whole run after 3 minutes.
-const watchdog = setTimeout(() => {
-  console.error('FAIL: the test did not finish within 180 s');
-  process.exit(1);
-}, 180_000);
+// A hung browser must not hang CI.
+const watchdog = startWatchdog(180);
 
 // ---------------------------------------------------------------------------
 // Harness
@@ -49,17 +45,7 @@ async function step(name, fn) {
   console.log(`✔ ${stepNo}. ${name} (${Date.now() - t0} ms)`);
 }
 
-/** Polls `fn` until it returns a truthy value; fails with `what` and the last value seen. */
-async function until(what, fn, timeout = TIMEOUT) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    last = await fn();
-    if (last) return last;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last seen: ${JSON.stringify(last)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const until = (what, fn, timeout = TIMEOUT) => untilWithin(what, fn, timeout);
 
 const problems = []; // page errors and unexpected console errors, from every page
 
@@ -283,12 +269,7 @@ async function relay(target) {
 // The test
 // ---------------------------------------------------------------------------
 
-const browser = await chromium.launch({
-  executablePath: chromiumPath,
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--no-first-run'],
-});
+const browser = await launchChromium();
 const net2 = await relay(base);
 const net3 = await relay(retentionBase);
 let failed = false;

@@ -9,38 +9,21 @@
 // playwright-core; it never downloads a browser.
 
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { launchChromium, until as untilWithin, watchdog as startWatchdog } from './harness.mjs';
 
 const [base] = process.argv.slice(2);
 if (!/^https:\/\/localhost:\d+$/.test(base ?? '')) {
   console.error('usage: node tls.test.mjs https://localhost:PORT');
   process.exit(2);
 }
-const chromiumPath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const TIMEOUT = 15_000;
 
-const watchdog = setTimeout(() => {
-  console.error('FAIL: the test did not finish within 120 s');
-  process.exit(1);
-}, 120_000);
+// A hung browser must not hang CI.
+const watchdog = startWatchdog(120);
 
-async function until(what, fn, timeout = TIMEOUT) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    last = await fn();
-    if (last) return last;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last seen: ${JSON.stringify(last)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const until = (what, fn, timeout = TIMEOUT) => untilWithin(what, fn, timeout);
 
-const browser = await chromium.launch({
-  executablePath: chromiumPath,
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--no-first-run'],
-});
+const browser = await launchChromium();
 let failed = false;
 try {
   // The test CA is not in the system's roots: accept its certificate here

@@ -13,10 +13,12 @@
 //! - [`harness`]: a server on one room-log backend ([`Harness`]; for
 //!   synchronous tests on a runtime of its own, [`BlockingServer`]) and
 //!   [`backend_tests!`], which runs a test on both.
+//! - [`browser`]: the Chromium tests' node scripts, run and watched.
 //! - [`client`]: raw-JSON HTTP and WebSocket clients.
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod client;
 pub mod harness;
 pub mod health;
