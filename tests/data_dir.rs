@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Api, ParlorProcess};
+use support::{Api, LoggedProcess, ParlorProcess};
 
 /// Every path under `dir` (itself included) with its permission bits.
 fn modes(dir: &Path) -> Vec<(String, bool, u32)> {
@@ -66,35 +65,11 @@ fn files_left_open_by_an_older_version_are_tightened() {
 fn an_existing_data_dir_open_to_others_is_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parlor"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let found = loop {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) if line.contains("open to other users") => break Some(line),
-            Ok(_) => continue,
-            Err(_) => break None,
-        }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    let line = found.expect("a warning about the data directory's mode");
+    let server = LoggedProcess::spawn(dir.path(), &[], &[]);
+    let needle = "open to other users";
+    assert!(server.wait_for_log(needle, 1, Duration::from_secs(30)), "a warning about the data directory's mode");
+    let log = server.log_text();
+    let line = log.lines().find(|l| l.contains(needle)).unwrap();
     assert!(line.contains("755"), "{line}");
     assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o755, "left as it was");
 }
