@@ -41,7 +41,11 @@ pub struct App {
 }
 
 /// What answers a WebSocket upgrade request (see [`App::ws_upgrade`]).
-pub type WsUpgrade = fn(&Ctx, Request<Incoming>) -> Result<Resp, Error>;
+pub type WsUpgrade = for<'a> fn(&'a Ctx, Request<Incoming>) -> WsUpgradeFuture<'a>;
+
+/// The answer of a [`WsUpgrade`] (async: a token in the upgrade request is
+/// looked up in the account store).
+pub type WsUpgradeFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Resp, Error>> + Send + 'a>>;
 
 /// An HTTP answer, as both wires build it.
 pub type Resp = Response<Full<Bytes>>;
@@ -63,10 +67,10 @@ pub struct Ctx {
 }
 
 /// Authenticates a request by its `Authorization: Bearer` header.
-pub fn authenticate(ctx: &Ctx, headers: &http::HeaderMap) -> Result<Session, Error> {
+pub async fn authenticate(ctx: &Ctx, headers: &http::HeaderMap) -> Result<Session, Error> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Err(Error::refused(ErrCode::MissingToken, "this endpoint needs Authorization: Bearer <access_token>"));
     };
     let token = bearer_token(value.to_str().ok())?;
-    ctx.app.services.accounts.authenticate(token)
+    ctx.app.services.accounts.authenticate(token).await
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
-use support::{P, TestServer, uniq};
+use support::{P, RedisServer, TestServer, uniq};
 
 const PASSWORD: &str = "zebra-quartz-71";
 
@@ -68,10 +68,16 @@ impl Peer {
 }
 
 async fn server(rate_limit: bool) -> (TestServer, tempfile::TempDir) {
+    server_on(rate_limit, None).await
+}
+
+/// A server with its accounts and rate-limit buckets in `redis`, if given.
+async fn server_on(rate_limit: bool, redis: Option<&RedisServer>) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(dir.path(), |c| {
         c.rate_limit = rate_limit;
         c.hash_concurrency = 1;
+        c.redis = redis.map(|r| r.url.clone());
     })
     .await;
     (server, dir)
@@ -191,7 +197,18 @@ async fn a_real_login_is_not_queued_behind_a_storm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_distributed_guesser_does_not_lock_the_owner_out() {
-    let (server, _dir) = server(true).await;
+    distributed_guesser(None).await
+}
+
+/// The same with the buckets and the known addresses in Redis (`--redis`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_guesser_does_not_lock_the_owner_out_with_shared_buckets() {
+    let redis = RedisServer::start();
+    distributed_guesser(Some(&redis)).await
+}
+
+async fn distributed_guesser(redis: Option<&RedisServer>) {
+    let (server, _dir) = server_on(true, redis).await;
     let home = Peer::new(&server, 1);
     let name = uniq("owner");
     home.register(&name).await;

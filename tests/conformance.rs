@@ -96,6 +96,16 @@ async fn conformance_rate_limited() {
     assert_eq!(report.passed(), 5, "every rate-limit case must run and pass");
 }
 
+/// The rate-limit cases with the buckets in Redis (shared by processes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_rate_limited_redis() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "on", "--redis", &redis.url]);
+    let report = run(&server.url, Some("rate_limits::"), true, false, None).await;
+    assert_eq!(report.passed(), 5, "every rate-limit case must run and pass");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_retention_and_heartbeat() {
     let dir = tempfile::tempdir().unwrap();

@@ -22,7 +22,7 @@ pub async fn login(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
 pub async fn logout(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
     let headers = req.headers().clone();
     let _: Empty = parse_json(&read_body(ctx, req).await?, true)?;
-    let session = authenticate(ctx, &headers)?;
+    let session = authenticate(ctx, &headers).await?;
     ctx.app.services.accounts.logout(&session).await?;
     Ok(json(StatusCode::OK, &Empty {}))
 }
@@ -30,12 +30,12 @@ pub async fn logout(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
 pub async fn logout_all(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
     let headers = req.headers().clone();
     let _: Empty = parse_json(&read_body(ctx, req).await?, true)?;
-    let session = authenticate(ctx, &headers)?;
+    let session = authenticate(ctx, &headers).await?;
     ctx.app.services.accounts.logout_all(&session).await?;
     Ok(json(StatusCode::OK, &Empty {}))
 }
 
-pub fn whoami(ctx: &Ctx, req: &Request<Incoming>) -> Result<Resp, Error> {
-    let session = authenticate(ctx, req.headers())?;
+pub async fn whoami(ctx: &Ctx, req: &Request<Incoming>) -> Result<Resp, Error> {
+    let session = authenticate(ctx, req.headers()).await?;
     Ok(json(StatusCode::OK, &WhoamiResponse { user_id: session.user_id, device_id: session.device_id }))
 }

@@ -22,7 +22,7 @@ use crate::service::rooms::Rooms;
 pub async fn send(ctx: &Ctx, req: Request<Incoming>, room: &str, txn_id: &str) -> Result<Resp, Error> {
     let headers = req.headers().clone();
     let body: SendRequest = parse_json(&read_body(ctx, req).await?, false)?;
-    let session = authenticate(ctx, &headers)?;
+    let session = authenticate(ctx, &headers).await?;
     let events = &ctx.app.services.events;
     let token = events.take_send_token(&session.user_id)?;
     let (room, txn_id) = (param(room)?, param(txn_id)?);
@@ -85,7 +85,7 @@ fn form_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
 }
 
 pub async fn messages(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<Resp, Error> {
-    let session = authenticate(ctx, req.headers())?;
+    let session = authenticate(ctx, req.headers()).await?;
     let (range, limit) = history_query(req.uri().query())?;
     let epoch = history_epoch(req.uri().query())?;
     let room = Rooms::parse_ref(&param(room)?)?;

@@ -14,7 +14,7 @@ use crate::service::rooms::Rooms;
 pub async fn join(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp, Error> {
     let headers = req.headers().clone();
     let _: Empty = parse_json(&read_body(ctx, req).await?, true)?;
-    let session = authenticate(ctx, &headers)?;
+    let session = authenticate(ctx, &headers).await?;
     let room = ctx.app.services.rooms.join(&session.user_id, &Rooms::parse_ref(&param(room)?)?).await?;
     Ok(json(StatusCode::OK, &JoinResponse { room_id: room.room_id, alias: room.alias }))
 }
@@ -22,20 +22,20 @@ pub async fn join(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp,
 pub async fn leave(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp, Error> {
     let headers = req.headers().clone();
     let _: Empty = parse_json(&read_body(ctx, req).await?, true)?;
-    let session = authenticate(ctx, &headers)?;
+    let session = authenticate(ctx, &headers).await?;
     ctx.app.services.rooms.leave(&session.user_id, &Rooms::parse_ref(&param(room)?)?).await?;
     Ok(json(StatusCode::OK, &Empty {}))
 }
 
-pub fn members(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<Resp, Error> {
-    let session = authenticate(ctx, req.headers())?;
+pub async fn members(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<Resp, Error> {
+    let session = authenticate(ctx, req.headers()).await?;
     let (room, members) = ctx.app.services.rooms.members(&session.user_id, &Rooms::parse_ref(&param(room)?)?)?;
     let members = members.into_iter().map(|user_id| Member { user_id }).collect();
     Ok(json(StatusCode::OK, &MembersResponse { room_id: room.room_id, members }))
 }
 
-pub fn list(ctx: &Ctx, req: &Request<Incoming>) -> Result<Resp, Error> {
-    let session = authenticate(ctx, req.headers())?;
+pub async fn list(ctx: &Ctx, req: &Request<Incoming>) -> Result<Resp, Error> {
+    let session = authenticate(ctx, req.headers()).await?;
     let rooms = ctx
         .app
         .services

@@ -15,6 +15,10 @@
 //! bits handed out with every login that did not present a valid one,
 //! stored only as a SHA-256 hash, kept across logouts (at most
 //! [`DEVICE_PROOFS_PER_ACCOUNT`] per account) and forgotten by `logout/all`.
+//!
+//! A revocation closes the token's live connections on this process at
+//! once, and on the server's other processes (a store shared with them)
+//! through the store's [`Revoked`] notices, which reach the same close path.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,7 +35,7 @@ use super::ratelimit::{self, AddrKey, RateLimits, Trust};
 use crate::protocol::accounts::{LoginRequest, LoginResponse};
 use crate::protocol::limits::{DEVICE_NAME_MAX, PASSWORD_MAX_BYTES};
 use crate::protocol::{ErrCode, ServerName, UserId, Username};
-use crate::storage::accounts::{AccountRecord, AccountStore, NewDevice};
+use crate::storage::accounts::{AccountRecord, AccountStore, NewDevice, Revoked};
 use crate::storage::events::now_ms;
 
 /// Device proofs kept per account; a new one beyond this replaces the oldest.
@@ -45,14 +49,19 @@ pub struct Session {
     pub token_hash: [u8; 32],
 }
 
+/// Live connections by user, to close when their token is revoked.
+type Live = Arc<Mutex<HashMap<UserId, Vec<Weak<Conn>>>>>;
+
 pub struct Accounts {
-    store: AccountStore,
+    store: Arc<dyn AccountStore>,
     server_name: ServerName,
     policy: PasswordPolicy,
     hasher: Hasher,
     limits: Arc<RateLimits>,
     rng: SystemRandom,
-    live: Mutex<HashMap<UserId, Vec<Weak<Conn>>>>,
+    live: Live,
+    /// The store is shared with other processes (it sends [`Revoked`] notices).
+    shared: bool,
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
@@ -72,13 +81,19 @@ impl Accounts {
     /// Starts the hashing pool: `hash_threads` threads, at most `hash_queue`
     /// jobs waiting in each of its two lanes.
     pub async fn new(
-        store: AccountStore,
+        store: Arc<dyn AccountStore>,
         server_name: ServerName,
         hash_threads: usize,
         hash_queue: usize,
         limits: Arc<RateLimits>,
     ) -> Result<Self, hashing::StartError> {
         let hasher = Hasher::start(hash_threads, hash_queue).await?;
+        let live = Live::default();
+        let notices = store.revocations();
+        let shared = notices.is_some();
+        if let Some(notices) = notices {
+            tokio::spawn(close_revoked(notices, store.clone(), live.clone()));
+        }
         Ok(Self {
             store,
             server_name,
@@ -86,7 +101,8 @@ impl Accounts {
             hasher,
             limits,
             rng: SystemRandom::new(),
-            live: Mutex::new(HashMap::new()),
+            live,
+            shared,
         })
     }
 
@@ -96,11 +112,11 @@ impl Accounts {
     }
 
     pub async fn register(&self, username: &str, password: &str, addr: IpAddr) -> Result<UserId> {
-        ratelimit::check(&self.limits.register_by_addr, &AddrKey::from(addr))?;
+        ratelimit::check_limit(&self.limits.register_by_addr, &AddrKey::from(addr)).await?;
         let name = Username::parse(username).map_err(|e| Error::refused(ErrCode::InvalidUsername, e.to_string()))?;
         self.policy.check(name.as_str(), password).map_err(|(code, msg)| Error::refused(code, msg))?;
         let taken = || Error::refused(ErrCode::UsernameTaken, format!("the username {name} is taken"));
-        if self.store.get(name.as_str())?.is_some() {
+        if self.store.get(name.as_str()).await?.is_some() {
             return Err(taken());
         }
         let password_hash = self.hasher.hash(password.as_bytes(), Lane::Other).await.map_err(busy)?;
@@ -137,18 +153,19 @@ impl Accounts {
         // Tokens and proofs are 43 characters; anything else cannot be one.
         let presented = req.device_proof.as_deref().filter(|p| p.len() == 43).map(|p| sha256(p.as_bytes()));
         let trust = match presented {
-            Some(h) if self.store.proof_user(&h)?.as_deref() == Some(user_id.as_str()) => {
+            Some(h) if self.store.has_proof(user_id.as_str(), &h).await? => {
                 Trust::Device { id: h[..16].try_into().expect("16 bytes") }
             }
-            _ if self.limits.login.is_known(name.as_str(), addr) => Trust::KnownAddress,
+            _ if self.limits.login.is_known(name.as_str(), addr).await? => Trust::KnownAddress,
             _ => Trust::Unknown,
         };
         let admitted = self
             .limits
             .login
             .admit(name.as_str(), addr, trust)
+            .await?
             .map_err(|retry_after_ms| Error::RateLimited { retry_after_ms })?;
-        let account = self.store.get(name.as_str())?;
+        let account = self.store.get(name.as_str()).await?;
         // Unknown users are checked against a dummy hash with the same
         // parameters, so the answer takes as long as for a wrong password.
         let hash = account.as_ref().map_or(self.hasher.dummy(), |a| a.password_hash.as_str());
@@ -158,7 +175,7 @@ impl Accounts {
             Some(a) if ok => a,
             _ => return Err(invalid_credentials()),
         };
-        self.limits.login.succeeded(admitted);
+        self.limits.login.succeeded(admitted).await?;
         let user_id = UserId::parse(&account.user_id)
             .map_err(|e| crate::storage::StorageError::Corrupt { tree: "users", detail: e.to_string() })?;
         let access_token = self.secret();
@@ -200,13 +217,13 @@ impl Accounts {
     }
 
     /// Resolves a bearer token to its session.
-    pub fn authenticate(&self, token: &str) -> Result<Session> {
+    pub async fn authenticate(&self, token: &str) -> Result<Session> {
         let unknown = || Error::refused(ErrCode::UnknownToken, "unknown or revoked access token");
         if token.len() != 43 {
             return Err(unknown());
         }
         let token_hash = sha256(token.as_bytes());
-        let rec = self.store.token(&token_hash)?.ok_or_else(unknown)?;
+        let rec = self.store.token(&token_hash).await?.ok_or_else(unknown)?;
         let user_id = UserId::parse(&rec.user_id)
             .map_err(|e| crate::storage::StorageError::Corrupt { tree: "tokens", detail: e.to_string() })?;
         Ok(Session { user_id, device_id: rec.device_id, token_hash })
@@ -214,37 +231,99 @@ impl Accounts {
 
     pub async fn logout(&self, session: &Session) -> Result<()> {
         self.store.revoke(&session.token_hash).await?;
-        self.close_live(&session.user_id, |c| c.token_hash == session.token_hash);
+        close_live(&self.live, &session.user_id, |c| c.token_hash == session.token_hash);
         Ok(())
     }
 
     pub async fn logout_all(&self, session: &Session) -> Result<()> {
         self.store.revoke_all(session.user_id.as_str()).await?;
-        self.close_live(&session.user_id, |_| true);
+        close_live(&self.live, &session.user_id, |_| true);
         Ok(())
     }
 
     /// Remembers a live connection so that revoking its token closes it.
-    pub fn track(&self, conn: &Arc<Conn>) {
-        let mut live = self.live.lock().expect("live lock");
-        let list = live.entry(conn.user_id.clone()).or_default();
-        list.retain(|w| w.strong_count() > 0);
-        list.push(Arc::downgrade(conn));
+    /// With a store shared with other processes, the token is looked up
+    /// again once the connection is remembered: a revocation another
+    /// process made between the authentication and now reached this
+    /// process before the connection could be found by it.
+    pub async fn track(&self, conn: &Arc<Conn>) -> Result<()> {
+        {
+            let mut live = self.live.lock().expect("live lock");
+            let list = live.entry(conn.user_id.clone()).or_default();
+            list.retain(|w| w.strong_count() > 0);
+            list.push(Arc::downgrade(conn));
+        }
+        if self.shared && self.store.token(&conn.token_hash).await?.is_none() {
+            conn.close(CloseReason::TokenRevoked);
+        }
+        Ok(())
     }
+}
 
-    fn close_live(&self, user: &UserId, which: impl Fn(&Conn) -> bool) {
-        let mut live = self.live.lock().expect("live lock");
-        if let Some(list) = live.get_mut(user) {
-            list.retain(|w| match w.upgrade() {
-                Some(c) if which(&c) => {
-                    c.close(CloseReason::TokenRevoked);
-                    false
+/// Closes (with `TokenRevoked`) the live connections of `user` that `which` picks.
+fn close_live(live: &Live, user: &UserId, which: impl Fn(&Conn) -> bool) {
+    let mut live = live.lock().expect("live lock");
+    if let Some(list) = live.get_mut(user) {
+        list.retain(|w| match w.upgrade() {
+            Some(c) if which(&c) => {
+                c.close(CloseReason::TokenRevoked);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+        if list.is_empty() {
+            live.remove(user);
+        }
+    }
+}
+
+/// Applies the revocations another process made (and, after the store's
+/// subscription was lost and came back, checks every live connection's
+/// token again) until the store stops sending them.
+async fn close_revoked(
+    mut notices: tokio::sync::mpsc::UnboundedReceiver<Revoked>,
+    store: Arc<dyn AccountStore>,
+    live: Live,
+) {
+    while let Some(notice) = notices.recv().await {
+        match notice {
+            Revoked::Token { user_id, token_hash } => {
+                if let Ok(user) = UserId::parse(&user_id) {
+                    close_live(&live, &user, |c| c.token_hash == token_hash);
                 }
-                Some(_) => true,
-                None => false,
-            });
-            if list.is_empty() {
-                live.remove(user);
+            }
+            Revoked::User { user_id } => {
+                if let Ok(user) = UserId::parse(&user_id) {
+                    close_live(&live, &user, |_| true);
+                }
+            }
+            Revoked::Recheck => recheck(&*store, &live).await,
+        }
+    }
+}
+
+/// Closes every live connection whose token the store no longer holds; one
+/// store read per live token. A token the store cannot be asked about now
+/// is kept: the next resubscription (which follows an outage) checks again.
+async fn recheck(store: &dyn AccountStore, live: &Live) {
+    let tokens: Vec<(UserId, [u8; 32])> = {
+        let live = live.lock().expect("live lock");
+        let mut t: Vec<_> = live
+            .iter()
+            .flat_map(|(u, list)| list.iter().filter_map(Weak::upgrade).map(|c| (u.clone(), c.token_hash)))
+            .collect();
+        t.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        t.dedup_by(|a, b| a.1 == b.1);
+        t
+    };
+    for (user, hash) in tokens {
+        match store.token(&hash).await {
+            Ok(Some(rec)) if rec.user_id == user.as_str() => {}
+            Ok(_) => close_live(live, &user, |c| c.token_hash == hash),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check live sessions' tokens after resubscribing");
+                return;
             }
         }
     }

@@ -17,11 +17,13 @@ pub use error::{Error, Result, StartError};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::storage::accounts::redis::RedisAccounts;
 use crate::storage::events::embedded::EmbeddedLog;
 use crate::storage::events::redis::RedisLog;
 use crate::storage::events::{EventLog, LogSettings};
 use crate::storage::identity::{Identity, RoomLog};
-use crate::storage::{AccountStore, RoomStore, StorageError};
+use crate::storage::ratelimit::RedisBuckets;
+use crate::storage::{AccountStore, EmbeddedAccounts, RoomStore, StorageError};
 
 /// Every service of one server.
 pub struct Services {
@@ -97,7 +99,16 @@ impl Services {
             None => Arc::new(EmbeddedLog::open(&db, sink, &settings)?),
             Some(url) => Arc::new(RedisLog::open(url, &db, sink, &settings).await?),
         };
-        let limits = Arc::new(ratelimit::RateLimits::new(config.rate_limit));
+        // With Redis, accounts and the register/login buckets are shared by
+        // every process of the server (ARCHITECTURE.md § "Several processes").
+        let (account_store, limits): (Arc<dyn AccountStore>, _) = match &config.redis {
+            None => (Arc::new(EmbeddedAccounts::open(&db)?), ratelimit::RateLimits::new(config.rate_limit)),
+            Some(url) => (
+                Arc::new(RedisAccounts::open(url).await?),
+                ratelimit::RateLimits::shared(config.rate_limit, Arc::new(RedisBuckets::open(url).await?)),
+            ),
+        };
+        let limits = Arc::new(limits);
         let rooms = Arc::new(rooms::Rooms::new(
             directory,
             log.clone(),
@@ -106,7 +117,7 @@ impl Services {
             federation.clone(),
         ));
         let accounts = accounts::Accounts::new(
-            AccountStore::open(&db)?,
+            account_store,
             config.server_name.clone(),
             config.hash_concurrency,
             config.hash_queue,

@@ -1,8 +1,8 @@
 //! Token-bucket rate limits keyed by client address, username, (username,
 //! origin) or user, and the login policy built from them (spec §4).
 //!
-//! Buckets live in memory (a restart forgives everyone) in maps of bounded
-//! size: a full map first forgets the buckets that have refilled (a full
+//! Without Redis, buckets live in memory (a restart forgives everyone) in
+//! maps of bounded size: a full map first forgets the buckets that have refilled (a full
 //! bucket is the same as none), then the fullest eighth. So flooding a map
 //! with fresh keys cannot reset a bucket somebody is draining: to push a
 //! drained bucket out, an attacker would have to hold seven eighths of the
@@ -17,13 +17,26 @@
 //! or when the attempt carries a device proof of the account (see
 //! `service/accounts.rs`). A successful login gives its account tokens back:
 //! only failures slow an account down.
+//!
+//! With Redis ([`RateLimits::shared`]), the register and login buckets and
+//! the memory of known addresses are shared by every process of the server
+//! (`storage::ratelimit`: one script per check, keys that expire), so a
+//! burst is counted whichever processes serve it. Message sends stay limited
+//! per process (a user sending through N processes gets N times the rate):
+//! a send is the hot path, and a shared bucket would put one more Redis
+//! round trip (a script call, ahead of the append) on every one of them,
+//! on behalf of a limit whose job, holding back one flooding user, a
+//! per-process bucket still does.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::storage::StorageError;
+use crate::storage::ratelimit::SharedBuckets;
 
 /// Keys one limit's map holds at most.
 pub const MAX_KEYS: usize = 65_536;
@@ -155,6 +168,86 @@ impl<K: Hash + Eq> Limiter<K> {
     }
 }
 
+/// How a limit's key is named in shared buckets.
+pub trait KeyText {
+    fn key_text(&self) -> String;
+}
+
+impl KeyText for str {
+    fn key_text(&self) -> String {
+        self.to_owned()
+    }
+}
+
+impl KeyText for AddrKey {
+    fn key_text(&self) -> String {
+        match self {
+            AddrKey::V4(a) => std::net::Ipv4Addr::from(*a).to_string(),
+            AddrKey::V6Net(n) => n.iter().map(|b| format!("{b:02x}")).collect::<String>() + "/64",
+        }
+    }
+}
+
+impl KeyText for (String, Origin) {
+    fn key_text(&self) -> String {
+        match &self.1 {
+            Origin::Addr(a) => format!("{}:a:{}", self.0, a.key_text()),
+            Origin::Device(id) => format!("{}:d:{}", self.0, id.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        }
+    }
+}
+
+/// One limit, in this process's memory or in buckets shared with the
+/// server's other processes (under `name`).
+pub enum Limit<K = String> {
+    Local(Limiter<K>),
+    Shared { name: &'static str, rule: Rule, buckets: Arc<dyn SharedBuckets> },
+}
+
+impl<K: Hash + Eq + Send + Sync> Limit<K> {
+    fn new(name: &'static str, rule: Rule, shared: Option<&Arc<dyn SharedBuckets>>) -> Self {
+        match shared {
+            Some(b) => Limit::Shared { name, rule, buckets: b.clone() },
+            None => Limit::Local(Limiter::new(rule)),
+        }
+    }
+
+    /// Takes a token for `key`, or says how many ms until one is available.
+    pub async fn check<Q>(&self, key: &Q) -> Result<Result<(), u64>, StorageError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + KeyText + Sync + ?Sized,
+    {
+        match self {
+            Limit::Local(l) => Ok(l.check(key)),
+            Limit::Shared { name, rule, buckets } => {
+                let k = format!("{name}:{}", key.key_text());
+                Ok(match buckets.take(&k, rule.burst, rule.every).await? {
+                    None => Ok(()),
+                    Some(ms) => Err(ms),
+                })
+            }
+        }
+    }
+
+    /// Gives one token back to `key` (never above the burst).
+    pub async fn refund<Q>(&self, key: &Q) -> Result<(), StorageError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + KeyText + Sync + ?Sized,
+    {
+        match self {
+            Limit::Local(l) => {
+                l.refund(key);
+                Ok(())
+            }
+            Limit::Shared { name, rule, buckets } => {
+                buckets.refund(&format!("{name}:{}", key.key_text()), rule.burst, rule.every).await
+            }
+        }
+    }
+}
+
 /// A client address as the limits see it: IPv4 addresses one by one, IPv6
 /// by /64 network (one subscriber usually holds a whole /64, so keying by
 /// address would give them 2^64 buckets).
@@ -195,7 +288,7 @@ impl Trust {
 
 /// The origin half of the per-(account, origin) key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Origin {
+pub enum Origin {
     Addr(AddrKey),
     Device([u8; 16]),
 }
@@ -210,72 +303,100 @@ pub struct Admitted {
 
 /// The three login limits (when rate limiting is on).
 struct LoginBuckets {
-    by_addr: Limiter<AddrKey>,
-    by_origin: Limiter<(String, Origin)>,
-    by_account: Limiter<String>,
+    by_addr: Limit<AddrKey>,
+    by_origin: Limit<(String, Origin)>,
+    by_account: Limit<String>,
+}
+
+/// Where the known (account, address) pairs are remembered.
+enum Known {
+    Local(Mutex<HashMap<(String, AddrKey), Instant>>),
+    Shared(Arc<dyn SharedBuckets>),
 }
 
 /// The login policy: limits plus the memory of known (account, address) pairs.
 pub struct LoginLimits {
     buckets: Option<LoginBuckets>,
-    known: Mutex<HashMap<(String, AddrKey), Instant>>,
+    known: Known,
 }
 
 impl LoginLimits {
-    fn new(on: bool) -> Self {
+    fn new(on: bool, shared: Option<&Arc<dyn SharedBuckets>>) -> Self {
         let rule = |burst, every_ms| Rule { burst, every: Duration::from_millis(every_ms) };
         Self {
             buckets: on.then(|| LoginBuckets {
-                by_addr: Limiter::new(rule(20, 1_000)),
-                by_origin: Limiter::new(rule(5, 30_000)),
-                by_account: Limiter::new(rule(10, 15_000)),
+                by_addr: Limit::new("login_addr", rule(20, 1_000), shared),
+                by_origin: Limit::new("login_origin", rule(5, 30_000), shared),
+                by_account: Limit::new("login_account", rule(10, 15_000), shared),
             }),
-            known: Mutex::new(HashMap::new()),
+            known: match shared {
+                Some(b) => Known::Shared(b.clone()),
+                None => Known::Local(Mutex::new(HashMap::new())),
+            },
         }
     }
 
     /// Whether `username` logged in successfully from `addr` recently.
-    pub fn is_known(&self, username: &str, addr: AddrKey) -> bool {
-        let known = self.known.lock().expect("known lock");
-        known.get(&(username.to_owned(), addr)).is_some_and(|t| t.elapsed() < KNOWN_ADDRESS_FOR)
+    pub async fn is_known(&self, username: &str, addr: AddrKey) -> Result<bool, StorageError> {
+        match &self.known {
+            Known::Local(known) => {
+                let known = known.lock().expect("known lock");
+                Ok(known.get(&(username.to_owned(), addr)).is_some_and(|t| t.elapsed() < KNOWN_ADDRESS_FOR))
+            }
+            Known::Shared(b) => b.remembers(&format!("{username}:{}", addr.key_text())).await,
+        }
     }
 
     /// Takes the tokens an attempt needs, or says how many ms to wait. A
     /// known origin is limited only per (account, origin); an unknown one
     /// per address, per (account, address) and per account, in that order.
-    pub fn admit(&self, username: &str, addr: AddrKey, trust: Trust) -> Result<Admitted, u64> {
+    pub async fn admit(
+        &self,
+        username: &str,
+        addr: AddrKey,
+        trust: Trust,
+    ) -> Result<Result<Admitted, u64>, StorageError> {
         let origin = match trust {
             Trust::Device { id } => Origin::Device(id),
             Trust::KnownAddress | Trust::Unknown => Origin::Addr(addr),
         };
         let took_account = !trust.is_known();
         let admitted = Admitted { username: username.to_owned(), addr, origin, took_account };
-        let Some(b) = &self.buckets else { return Ok(admitted) };
-        if took_account {
-            b.by_addr.check(&addr)?;
+        let Some(b) = &self.buckets else { return Ok(Ok(admitted)) };
+        if took_account && let Err(ms) = b.by_addr.check(&addr).await? {
+            return Ok(Err(ms));
         }
-        b.by_origin.check(&(admitted.username.clone(), admitted.origin.clone()))?;
-        if took_account {
-            b.by_account.check(username)?;
+        if let Err(ms) = b.by_origin.check(&(admitted.username.clone(), admitted.origin.clone())).await? {
+            return Ok(Err(ms));
         }
-        Ok(admitted)
+        if took_account && let Err(ms) = b.by_account.check(username).await? {
+            return Ok(Err(ms));
+        }
+        Ok(Ok(admitted))
     }
 
     /// After a successful login: the account's tokens come back (only
     /// failures count) and the address becomes known for the account.
-    pub fn succeeded(&self, a: Admitted) {
+    pub async fn succeeded(&self, a: Admitted) -> Result<(), StorageError> {
         if let Some(b) = &self.buckets {
-            b.by_origin.refund(&(a.username.clone(), a.origin));
+            b.by_origin.refund(&(a.username.clone(), a.origin)).await?;
             if a.took_account {
-                b.by_account.refund(a.username.as_str());
+                b.by_account.refund(a.username.as_str()).await?;
             }
         }
+        let known = match &self.known {
+            Known::Local(known) => known,
+            Known::Shared(b) => {
+                return b.remember(&format!("{}:{}", a.username, a.addr.key_text()), KNOWN_ADDRESS_FOR).await;
+            }
+        };
         let now = Instant::now();
-        let mut known = self.known.lock().expect("known lock");
+        let mut known = known.lock().expect("known lock");
         if known.len() >= MAX_KEYS && !known.contains_key(&(a.username.clone(), a.addr)) {
             forget_oldest(&mut known, now);
         }
         known.insert((a.username, a.addr), now);
+        Ok(())
     }
 }
 
@@ -296,19 +417,43 @@ fn forget_oldest(known: &mut HashMap<(String, AddrKey), Instant>, now: Instant) 
 /// Parlor's limits (spec §4); with rate limiting off only the memory of
 /// known addresses (which orders the hashing queue) is kept.
 pub struct RateLimits {
-    pub register_by_addr: Option<Limiter<AddrKey>>,
+    pub register_by_addr: Option<Limit<AddrKey>>,
     pub login: LoginLimits,
+    /// Per process even with shared buckets (see the module doc).
     pub send_by_user: Option<Limiter>,
 }
 
 impl RateLimits {
+    /// Limits in this process's memory (one process, no Redis).
     pub fn new(on: bool) -> Self {
+        Self::with(on, None)
+    }
+
+    /// Register and login limits (and known addresses) in `buckets`, shared
+    /// with the server's other processes; send limits per process.
+    pub fn shared(on: bool, buckets: Arc<dyn SharedBuckets>) -> Self {
+        Self::with(on, Some(&buckets))
+    }
+
+    fn with(on: bool, shared: Option<&Arc<dyn SharedBuckets>>) -> Self {
         let rule = |burst, every_ms| Rule { burst, every: Duration::from_millis(every_ms) };
         Self {
-            register_by_addr: on.then(|| Limiter::new(rule(10, 6000))),
-            login: LoginLimits::new(on),
+            register_by_addr: on.then(|| Limit::new("register_addr", rule(10, 6000), shared)),
+            login: LoginLimits::new(on, shared),
             send_by_user: on.then(|| Limiter::new(rule(300, 20))),
         }
+    }
+}
+
+/// Applies an optional limit that may be shared.
+pub async fn check_limit<K, Q>(limit: &Option<Limit<K>>, key: &Q) -> Result<(), crate::service::Error>
+where
+    K: Hash + Eq + Send + Sync + Borrow<Q>,
+    Q: Hash + Eq + ToOwned<Owned = K> + KeyText + Sync + ?Sized,
+{
+    match limit {
+        Some(l) => l.check(key).await?.map_err(|retry_after_ms| crate::service::Error::RateLimited { retry_after_ms }),
+        None => Ok(()),
     }
 }
 
@@ -380,24 +525,33 @@ mod tests {
         assert_eq!(AddrKey::from(mapped), AddrKey::from("192.0.2.7".parse::<IpAddr>().unwrap()));
     }
 
-    #[test]
-    fn guesses_from_many_addresses_slow_strangers_but_not_a_known_origin() {
-        let limits = LoginLimits::new(true);
+    #[tokio::test]
+    async fn guesses_from_many_addresses_slow_strangers_but_not_a_known_origin() {
+        let limits = LoginLimits::new(true, None);
         let addr = |i: u8| AddrKey::V4([10, 0, 0, i]);
         // The owner logs in once from home.
         let home = addr(1);
-        limits.succeeded(limits.admit("ann", home, Trust::Unknown).unwrap());
-        assert!(limits.is_known("ann", home));
-        assert!(!limits.is_known("ann", addr(2)));
+        limits.succeeded(limits.admit("ann", home, Trust::Unknown).await.unwrap().unwrap()).await.unwrap();
+        assert!(limits.is_known("ann", home).await.unwrap());
+        assert!(!limits.is_known("ann", addr(2)).await.unwrap());
         // A guesser, one wrong guess from each of many addresses.
-        let refused = (10..60).filter(|i| limits.admit("ann", addr(*i), Trust::Unknown).is_err()).count();
+        let mut refused = 0;
+        for i in 10..60 {
+            refused += usize::from(limits.admit("ann", addr(i), Trust::Unknown).await.unwrap().is_err());
+        }
         assert!(refused >= 39, "the account cap let {} of 50 guesses through", 50 - refused);
-        assert!(limits.admit("ann", addr(200), Trust::Unknown).is_err(), "a stranger is slowed");
-        assert!(limits.admit("ann", home, Trust::KnownAddress).is_ok(), "the owner at home is not");
-        assert!(limits.admit("ann", addr(201), Trust::Device { id: [7; 16] }).is_ok(), "nor with a device proof");
+        assert!(limits.admit("ann", addr(200), Trust::Unknown).await.unwrap().is_err(), "a stranger is slowed");
+        assert!(limits.admit("ann", home, Trust::KnownAddress).await.unwrap().is_ok(), "the owner at home is not");
+        assert!(
+            limits.admit("ann", addr(201), Trust::Device { id: [7; 16] }).await.unwrap().is_ok(),
+            "nor with a device proof"
+        );
         // Successes give the account its tokens back; failures from the
         // known origin are limited there, tightly.
-        let ok = (0..10).filter(|_| limits.admit("ann", home, Trust::KnownAddress).is_ok()).count();
+        let mut ok = 0;
+        for _ in 0..10 {
+            ok += usize::from(limits.admit("ann", home, Trust::KnownAddress).await.unwrap().is_ok());
+        }
         assert_eq!(ok, 4, "5 per (account, origin), one used above");
     }
 }

@@ -6,12 +6,14 @@ pub mod accounts;
 pub mod events;
 pub mod federation;
 pub mod identity;
+pub mod ratelimit;
 pub mod rooms;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 pub use accounts::AccountStore;
+pub use accounts::embedded::EmbeddedAccounts;
 pub use rooms::RoomStore;
 
 /// A storage fault, saying what failed. `Unavailable` is the one a caller

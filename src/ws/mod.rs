@@ -110,7 +110,11 @@ fn origin_allowed<B>(req: &Request<B>, allow: &[String], server_name: &str) -> b
     !authority.is_empty() && (authority.eq_ignore_ascii_case(host) || authority.eq_ignore_ascii_case(server_name))
 }
 
-pub fn upgrade(ctx: &Ctx, mut req: Request<hyper::body::Incoming>) -> Result<Resp, Error> {
+pub fn upgrade(ctx: &Ctx, req: Request<hyper::body::Incoming>) -> crate::app::WsUpgradeFuture<'_> {
+    Box::pin(answer_upgrade(ctx, req))
+}
+
+async fn answer_upgrade(ctx: &Ctx, mut req: Request<hyper::body::Incoming>) -> Result<Resp, Error> {
     let Some(accept) = accept(&req) else {
         return Err(Error::refused(ErrCode::UpgradeRequired, "this endpoint is a WebSocket (version 13) upgrade"));
     };
@@ -122,7 +126,7 @@ pub fn upgrade(ctx: &Ctx, mut req: Request<hyper::body::Incoming>) -> Result<Res
         return Err(Error::refused(ErrCode::BadSubprotocol, format!("offer the {WS_SUBPROTOCOL} subprotocol")));
     }
     let preauth = match req.headers().contains_key(header::AUTHORIZATION) {
-        true => Some(authenticate(ctx, req.headers())?),
+        true => Some(authenticate(ctx, req.headers()).await?),
         false => None,
     };
     let app = ctx.app.clone();

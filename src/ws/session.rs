@@ -126,7 +126,7 @@ type Pending = FuturesOrdered<futures_util::future::BoxFuture<'static, ServerFra
 impl<S: Stream> State<S> {
     async fn main_loop(&mut self, preauth: Option<Session>) -> Result<(), End> {
         if let Some(session) = preauth {
-            self.authenticated(session, None)?;
+            self.authenticated(session, None).await?;
         }
         let cfg = &self.app.services.config;
         let ping_every = cfg.ws_ping_interval;
@@ -250,10 +250,13 @@ impl<S: Stream> State<S> {
         })
     }
 
-    fn authenticated(&mut self, session: Session, id: Option<String>) -> Result<(), End> {
+    async fn authenticated(&mut self, session: Session, id: Option<String>) -> Result<(), End> {
         let services = &self.app.services;
         let conn = Conn::new(session.user_id.clone(), session.token_hash, services.config.ws_outbound_limit);
-        services.accounts.track(&conn);
+        if let Err(e) = services.accounts.track(&conn).await {
+            self.error(id, &e)?;
+            return Err(End::Close(close::UNAUTHORIZED, "authentication failed"));
+        }
         let ready = ServerFrame::Ready { id, user_id: session.user_id.clone(), device_id: session.device_id.clone() };
         self.auth = Some((session, conn));
         self.write(ready)
@@ -392,8 +395,8 @@ impl<S: Stream> State<S> {
                 if authed {
                     return self.error(id, &Error::refused(ErrCode::AlreadyAuthenticated, "already authenticated"));
                 }
-                match self.app.services.accounts.authenticate(&token) {
-                    Ok(session) => self.authenticated(session, id),
+                match self.app.services.accounts.authenticate(&token).await {
+                    Ok(session) => self.authenticated(session, id).await,
                     Err(e) => {
                         self.error(id, &e)?;
                         Err(End::Close(close::UNAUTHORIZED, "authentication failed"))

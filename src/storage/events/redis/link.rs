@@ -20,8 +20,8 @@ use redis::{Client, Cmd, ErrorKind, Pipeline, RedisError, Script, ServerErrorKin
 
 use crate::storage::StorageError;
 
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The epoch functions, prepended to the scripts that use them.
 macro_rules! with_epoch {
@@ -55,7 +55,7 @@ pub(super) fn evalsha(script: &Script, keys: usize) -> Cmd {
 }
 
 /// A connection manager that fails fast (see the module doc).
-pub(super) async fn manager(client: &Client, response_timeout: Duration) -> Result<ConnectionManager, RedisError> {
+pub(crate) async fn manager(client: &Client, response_timeout: Duration) -> Result<ConnectionManager, RedisError> {
     let cfg = ConnectionManagerConfig::new()
         .set_number_of_retries(0)
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -131,7 +131,7 @@ impl Link {
     }
 }
 
-pub(super) fn is_noscript_value(v: &Value) -> bool {
+pub(crate) fn is_noscript_value(v: &Value) -> bool {
     matches!(v, Value::ServerError(se) if se.kind() == Some(ServerErrorKind::NoScript))
 }
 
@@ -141,7 +141,7 @@ fn is_noscript(e: &RedisError) -> bool {
 
 /// Whether an error means Redis cannot be used now (gone, stopped, loading,
 /// out of memory, a replica, scripts lost), so the caller may retry later.
-pub(super) fn is_outage(e: &RedisError) -> bool {
+pub(crate) fn is_outage(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
@@ -165,6 +165,6 @@ fn is_transient_refusal(code: &str) -> bool {
     matches!(code, "OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "NOSCRIPT")
 }
 
-pub(super) fn storage_error(e: &RedisError) -> StorageError {
+pub(crate) fn storage_error(e: &RedisError) -> StorageError {
     if is_outage(e) { StorageError::Unavailable(format!("redis: {e}")) } else { StorageError::Redis(e.to_string()) }
 }

@@ -44,7 +44,7 @@
 
 mod feed;
 mod highwater;
-mod link;
+pub(crate) mod link;
 mod replies;
 mod writer;
 
@@ -166,6 +166,35 @@ fn durability_of(answers: &[Value]) -> Durability {
         .collect();
     let get = |k: &str| config.get(k).map(String::as_str);
     Durability::of_redis(get("appendonly"), get("appendfsync"), get("save"))
+}
+
+/// How Redis at the other end of `pipe`'s connection keeps what it
+/// acknowledged, by the room log's rule (see `highwater`): whether a crash
+/// of its host can lose part of it, and whether it has an AOF (which
+/// `WAITAOF` can wait for). Shared with the account store, so that both
+/// read Redis's persistence the same way.
+pub(crate) async fn persistence(conn: &mut redis::aio::ConnectionManager) -> Result<Persistence, StorageError> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("CONFIG").arg("GET").arg("appendonly");
+    pipe.cmd("CONFIG").arg("GET").arg("appendfsync");
+    pipe.cmd("CONFIG").arg("GET").arg("save");
+    let answers = match pipe.query_async::<Vec<Value>>(conn).await {
+        Ok(answers) => answers,
+        Err(e) if link::is_outage(&e) => return Err(storage_error(&e)),
+        Err(_) => Vec::new(),
+    };
+    let aof = answers.first().and_then(|v| redis::from_redis_value_ref::<HashMap<String, String>>(v).ok());
+    Ok(Persistence {
+        may_lose_acknowledged: durability_of(&answers) == Durability::BeforeHandOut,
+        aof: aof.is_some_and(|m| m.get("appendonly").map(String::as_str) == Some("yes")),
+    })
+}
+
+/// See [`persistence`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Persistence {
+    pub may_lose_acknowledged: bool,
+    pub aof: bool,
 }
 
 struct Shared {

@@ -1,28 +1,13 @@
-//! Accounts, devices, access tokens and device proofs in sled. Tokens and
-//! proofs are stored only as SHA-256 hashes; passwords only as the PHC
-//! strings the service hands us.
+//! Accounts, devices, access tokens and device proofs in sled (the
+//! embedded store, used without `--redis`).
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-use super::{StorageError, json_record, key, to_record};
-
-/// A stored account.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AccountRecord {
-    pub user_id: String,
-    /// argon2id PHC string.
-    pub password_hash: String,
-    pub created_ms: u64,
-}
-
-/// What a token hash resolves to.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TokenRecord {
-    pub user_id: String,
-    pub device_id: String,
-}
+use super::{AccountRecord, AccountStore, NewDevice, TokenRecord};
+use crate::storage::events::BoxFuture;
+use crate::storage::{StorageError, json_record, key, to_record};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DeviceRecord {
@@ -38,23 +23,10 @@ struct ProofRecord {
     created_ms: u64,
 }
 
-/// A device to store at login.
-pub struct NewDevice<'a> {
-    pub user_id: &'a str,
-    pub device_id: &'a str,
-    pub name: Option<&'a str>,
-    pub token_hash: &'a [u8; 32],
-    /// A new device proof of the user to store with it, keeping at most
-    /// `keep_proofs` of the user's proofs (the oldest go).
-    pub proof_hash: Option<&'a [u8; 32]>,
-    pub keep_proofs: usize,
-    pub now_ms: u64,
-}
-
 /// The account trees of one sled database.
 #[derive(Clone)]
-pub struct AccountStore {
-    db: super::Db,
+pub struct EmbeddedAccounts {
+    db: crate::storage::Db,
     users: sled::Tree,
     tokens: sled::Tree,
     devices: sled::Tree,
@@ -64,8 +36,8 @@ pub struct AccountStore {
     user_proofs: sled::Tree,
 }
 
-impl AccountStore {
-    pub fn open(db: &super::Db) -> Result<Self, StorageError> {
+impl EmbeddedAccounts {
+    pub fn open(db: &crate::storage::Db) -> Result<Self, StorageError> {
         Ok(Self {
             db: db.clone(),
             users: db.tree("users")?,
@@ -77,7 +49,7 @@ impl AccountStore {
     }
 
     /// Creates the account unless the username is taken; durable on `Ok(true)`.
-    pub async fn create(&self, username: &str, record: &AccountRecord) -> Result<bool, StorageError> {
+    async fn create(&self, username: &str, record: &AccountRecord) -> Result<bool, StorageError> {
         let created =
             self.users.compare_and_swap(username.as_bytes(), None as Option<&[u8]>, Some(to_record(record)))?.is_ok();
         if created {
@@ -86,13 +58,13 @@ impl AccountStore {
         Ok(created)
     }
 
-    pub fn get(&self, username: &str) -> Result<Option<AccountRecord>, StorageError> {
+    fn get(&self, username: &str) -> Result<Option<AccountRecord>, StorageError> {
         self.users.get(username.as_bytes())?.map(|v| json_record("users", &v)).transpose()
     }
 
     /// Stores a new device, its token hash and (if any) a new device proof
     /// together; durable on return.
-    pub async fn add_device(&self, d: NewDevice<'_>) -> Result<(), StorageError> {
+    async fn add_device(&self, d: NewDevice<'_>) -> Result<(), StorageError> {
         let device = to_record(&DeviceRecord {
             name: d.name.map(str::to_owned),
             created_ms: d.now_ms,
@@ -132,7 +104,7 @@ impl AccountStore {
     }
 
     /// The user a device proof belongs to, if it is one.
-    pub fn proof_user(&self, proof_hash: &[u8; 32]) -> Result<Option<String>, StorageError> {
+    fn proof_user(&self, proof_hash: &[u8; 32]) -> Result<Option<String>, StorageError> {
         Ok(self
             .proofs
             .get(proof_hash)?
@@ -141,12 +113,12 @@ impl AccountStore {
             .map(|r| r.user_id))
     }
 
-    pub fn token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StorageError> {
+    fn token(&self, token_hash: &[u8; 32]) -> Result<Option<TokenRecord>, StorageError> {
         self.tokens.get(token_hash)?.map(|v| json_record("tokens", &v)).transpose()
     }
 
     /// Revokes one token (and its device); durable on return.
-    pub async fn revoke(&self, token_hash: &[u8; 32]) -> Result<(), StorageError> {
+    async fn revoke(&self, token_hash: &[u8; 32]) -> Result<(), StorageError> {
         let Some(rec) = self.token(token_hash)? else { return Ok(()) };
         let dkey = key(&[rec.user_id.as_bytes(), rec.device_id.as_bytes()]);
         (&self.devices, &self.tokens).transaction(|(devices, tokens)| {
@@ -159,7 +131,7 @@ impl AccountStore {
     }
 
     /// Revokes every token of a user; returns the revoked token hashes.
-    pub async fn revoke_all(&self, user_id: &str) -> Result<Vec<[u8; 32]>, StorageError> {
+    async fn revoke_all(&self, user_id: &str) -> Result<Vec<[u8; 32]>, StorageError> {
         let mut prefix = user_id.as_bytes().to_vec();
         prefix.push(0);
         let mut revoked = Vec::new();
@@ -193,6 +165,40 @@ impl AccountStore {
         }
         self.db.sync().await?;
         Ok(revoked)
+    }
+}
+
+impl AccountStore for EmbeddedAccounts {
+    fn create<'a>(&'a self, username: &'a str, record: &'a AccountRecord) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(self.create(username, record))
+    }
+
+    fn get<'a>(&'a self, username: &'a str) -> BoxFuture<'a, Result<Option<AccountRecord>, StorageError>> {
+        Box::pin(async move { self.get(username) })
+    }
+
+    fn add_device<'a>(&'a self, d: NewDevice<'a>) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(self.add_device(d))
+    }
+
+    fn has_proof<'a>(
+        &'a self,
+        user_id: &'a str,
+        proof_hash: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(async move { Ok(self.proof_user(proof_hash)?.as_deref() == Some(user_id)) })
+    }
+
+    fn token<'a>(&'a self, token_hash: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<TokenRecord>, StorageError>> {
+        Box::pin(async move { self.token(token_hash) })
+    }
+
+    fn revoke<'a>(&'a self, token_hash: &'a [u8; 32]) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(self.revoke(token_hash))
+    }
+
+    fn revoke_all<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<[u8; 32]>, StorageError>> {
+        Box::pin(self.revoke_all(user_id))
     }
 }
 
