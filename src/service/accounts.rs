@@ -313,7 +313,7 @@ async fn recheck(store: &dyn AccountStore, live: &Live) {
             .iter()
             .flat_map(|(u, list)| list.iter().filter_map(Weak::upgrade).map(|c| (u.clone(), c.token_hash)))
             .collect();
-        t.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        t.sort_unstable_by_key(|a| a.1);
         t.dedup_by(|a, b| a.1 == b.1);
         t
     };
