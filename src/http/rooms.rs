@@ -27,20 +27,21 @@ pub async fn leave(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp
     Ok(json(StatusCode::OK, &Empty {}))
 }
 
-pub fn members(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<Resp, Error> {
+pub async fn members(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<Resp, Error> {
     let session = authenticate(ctx, req.headers())?;
-    let (room, members) = ctx.app.services.rooms.members(&session.user_id, &Rooms::parse_ref(&param(room)?)?)?;
+    let (room, members) = ctx.app.services.rooms.members(&session.user_id, &Rooms::parse_ref(&param(room)?)?).await?;
     let members = members.into_iter().map(|user_id| Member { user_id }).collect();
     Ok(json(StatusCode::OK, &MembersResponse { room_id: room.room_id, members }))
 }
 
-pub fn list(ctx: &Ctx, req: &Request<Incoming>) -> Result<Resp, Error> {
+pub async fn list(ctx: &Ctx, req: &Request<Incoming>) -> Result<Resp, Error> {
     let session = authenticate(ctx, req.headers())?;
     let rooms = ctx
         .app
         .services
         .rooms
-        .joined(&session.user_id)?
+        .joined(&session.user_id)
+        .await?
         .into_iter()
         .map(|r| RoomSummary { room_id: r.room_id, alias: r.alias })
         .collect();

@@ -21,7 +21,7 @@ use redis::{Client, Cmd, ErrorKind, Pipeline, RedisError, Script, ServerErrorKin
 use crate::storage::StorageError;
 
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The epoch functions, prepended to the scripts that use them.
 macro_rules! with_epoch {
@@ -55,7 +55,7 @@ pub(super) fn evalsha(script: &Script, keys: usize) -> Cmd {
 }
 
 /// A connection manager that fails fast (see the module doc).
-pub(super) async fn manager(client: &Client, response_timeout: Duration) -> Result<ConnectionManager, RedisError> {
+pub(crate) async fn manager(client: &Client, response_timeout: Duration) -> Result<ConnectionManager, RedisError> {
     let cfg = ConnectionManagerConfig::new()
         .set_number_of_retries(0)
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -165,6 +165,42 @@ fn is_transient_refusal(code: &str) -> bool {
     matches!(code, "OOM" | "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "NOSCRIPT")
 }
 
-pub(super) fn storage_error(e: &RedisError) -> StorageError {
+pub(crate) fn storage_error(e: &RedisError) -> StorageError {
     if is_outage(e) { StorageError::Unavailable(format!("redis: {e}")) } else { StorageError::Redis(e.to_string()) }
+}
+
+/// A fail-fast command connection to the Redis at `url`, for the other
+/// stores that share the room log's Redis (room directory, federation
+/// state): same timeouts, same outage rule, same messages.
+pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, StorageError> {
+    let shown = super::redacted(url);
+    let client = Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url {shown:?}: {e}")))?;
+    manager(&client, RESPONSE_TIMEOUT)
+        .await
+        .map_err(|e| StorageError::Unavailable(format!("cannot reach redis at {shown}: {e}")))
+}
+
+/// Runs a command that is safe to repeat: once more when the connection
+/// turned out dead (the manager reconnects), as [`Link::query`] does.
+pub(crate) async fn query_cmd<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    cmd: &Cmd,
+) -> Result<T, StorageError> {
+    match cmd.query_async::<T>(&mut conn.clone()).await {
+        Err(e) if e.is_unrecoverable_error() => cmd.query_async::<T>(&mut conn.clone()).await,
+        other => other,
+    }
+    .map_err(|e| storage_error(&e))
+}
+
+/// [`query_cmd`] for a pipeline that is safe to repeat as a whole.
+pub(crate) async fn query_pipe<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    pipe: &Pipeline,
+) -> Result<T, StorageError> {
+    match pipe.query_async::<T>(&mut conn.clone()).await {
+        Err(e) if e.is_unrecoverable_error() => pipe.query_async::<T>(&mut conn.clone()).await,
+        other => other,
+    }
+    .map_err(|e| storage_error(&e))
 }
