@@ -159,7 +159,7 @@ async fn one_process_pushes_to_each_server_and_another_takes_over_when_it_dies()
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let cluster_args: Vec<&str> = [&quick[..], &["--federation-peer", &to_remote]].concat();
     let mut cluster =
-        vec![process(&redis, &dirs[0], &la, NAME, &cluster_args), process(&redis, &dirs[1], &lb, NAME, &cluster_args)];
+        [process(&redis, &dirs[0], &la, NAME, &cluster_args), process(&redis, &dirs[1], &lb, NAME, &cluster_args)];
     let remote_args: Vec<&str> =
         [&quick[..], &["--server-name", "two.test", "--rate-limit", "off", "--federation-peer", &to_cluster]].concat();
     let remote = ParlorProcess::spawn_at(&lr, dirs[2].path(), &remote_args);

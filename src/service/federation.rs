@@ -383,6 +383,10 @@ impl Replays {
     }
 }
 
+/// A room's other servers, and until when they may be used (`None`: until
+/// the next membership change).
+type Participants = (Arc<Vec<String>>, Option<Instant>);
+
 pub struct Federation {
     server_name: ServerName,
     key: Ed25519KeyPair,
@@ -406,7 +410,7 @@ pub struct Federation {
     /// The other servers of each local room, as last read from the
     /// directory, and until when that read may predate a membership change
     /// (`None`: until the next change).
-    participants: RwLock<HashMap<RoomId, (Arc<Vec<String>>, Option<Instant>)>>,
+    participants: RwLock<HashMap<RoomId, Participants>>,
     /// Rooms whose membership changed lately, and until when a read of
     /// their members may still miss the change (see [`MEMBERSHIP_SETTLE`]).
     unsettled: Mutex<HashMap<RoomId, Instant>>,
