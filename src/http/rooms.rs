@@ -29,7 +29,7 @@ pub async fn leave(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp
 
 pub async fn members(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<Resp, Error> {
     let session = authenticate(ctx, req.headers()).await?;
-    let (room, members) = ctx.app.services.rooms.members(&session.user_id, &Rooms::parse_ref(&param(room)?)?)?;
+    let (room, members) = ctx.app.services.rooms.members(&session.user_id, &Rooms::parse_ref(&param(room)?)?).await?;
     let members = members.into_iter().map(|user_id| Member { user_id }).collect();
     Ok(json(StatusCode::OK, &MembersResponse { room_id: room.room_id, members }))
 }
@@ -40,7 +40,8 @@ pub async fn list(ctx: &Ctx, req: &Request<Incoming>) -> Result<Resp, Error> {
         .app
         .services
         .rooms
-        .joined(&session.user_id)?
+        .joined(&session.user_id)
+        .await?
         .into_iter()
         .map(|r| RoomSummary { room_id: r.room_id, alias: r.alias })
         .collect();

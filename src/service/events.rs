@@ -65,11 +65,12 @@ impl Events {
         Ok(SendToken(()))
     }
 
-    /// Checks and sequences a send now; the returned future resolves once the
-    /// event is durable. Two sends begun one after the other keep their order.
+    /// Checks and sequences a send; the returned future resolves once the
+    /// event is durable. Two sends begun one after the other (the first
+    /// `begin_send` awaited before the second is called) keep their order.
     /// `txn_id` must already be valid (see [`valid_txn_id`]). A room homed on
     /// another server is sent to through that server, which orders it.
-    pub fn begin_send(
+    pub async fn begin_send(
         &self,
         session: &Session,
         room: &RoomRef,
@@ -77,11 +78,11 @@ impl Events {
         body: String,
     ) -> Result<(Room, impl Future<Output = Result<SendResponse>> + Send + 'static + use<>)> {
         let token = self.take_send_token(&session.user_id)?;
-        self.begin_send_with(token, session, room, txn_id, body)
+        self.begin_send_with(token, session, room, txn_id, body).await
     }
 
     /// [`Events::begin_send`] with the rate-limit token already taken.
-    pub fn begin_send_with(
+    pub async fn begin_send_with(
         &self,
         _token: SendToken,
         session: &Session,
@@ -90,7 +91,7 @@ impl Events {
         body: String,
     ) -> Result<(Room, impl Future<Output = Result<SendResponse>> + Send + 'static + use<>)> {
         check_body(&body)?;
-        let room = self.rooms.resolve_member(&session.user_id, room)?;
+        let room = self.rooms.resolve_member(&session.user_id, room).await?;
         if self.rooms.is_remote(&room.room_id) {
             let fed = self
                 .rooms
@@ -125,7 +126,7 @@ impl Events {
             return Err(Error::refused(ErrCode::InvalidParam, "txn_id: 1 to 64 characters of A-Z a-z 0-9 . _ ~ -"));
         }
         check_body(&req.body)?;
-        let room = self.rooms.resolve_member(&req.sender, &RoomRef::Id(room_id.clone()))?;
+        let room = self.rooms.resolve_member(&req.sender, &RoomRef::Id(room_id.clone())).await?;
         if self.rooms.is_remote(&room.room_id) {
             return Err(Error::refused(ErrCode::RoomNotFound, format!("{room_id} is not homed here")));
         }
@@ -186,7 +187,7 @@ impl Events {
         if limit == 0 || limit > HISTORY_LIMIT_MAX {
             return Err(Error::refused(ErrCode::InvalidParam, format!("limit: 1 to {HISTORY_LIMIT_MAX}")));
         }
-        let room = self.rooms.resolve_member(&session.user_id, room)?;
+        let room = self.rooms.resolve_member(&session.user_id, room).await?;
         let page = match epoch {
             None => self.log.read(&room.room_id, range, limit as usize).await?,
             Some(e) => self.log.read_epoch(&room.room_id, e, range, limit as usize).await?.ok_or_else(|| {

@@ -50,7 +50,7 @@ use crate::protocol::limits::MAX_BODY_BYTES;
 use crate::protocol::rooms::{MessagesResponse, SendResponse};
 use crate::protocol::{ErrCode, ErrorBody, RoomId, ServerName, UserId};
 use crate::storage::events::now_ms;
-use crate::storage::federation::SeenRequests;
+use crate::storage::federation::{PushLeases, SeenRequests};
 use crate::storage::{RoomStore, StorageError};
 use push::{Dest, RoomQueue, Routed};
 
@@ -91,6 +91,19 @@ const RETRY_MIN: Duration = Duration::from_millis(500);
 /// A server with nothing to push for this long is forgotten (its state is
 /// made again when there is).
 const IDLE_FORGET: Duration = Duration::from_secs(600);
+/// How long a process holds the lease on pushing to a server after taking
+/// or renewing it (it renews before each transaction, which takes at most
+/// [`REQUEST_TIMEOUT`]); a process that dies gives the server up this long
+/// after its last push at most.
+pub const PUSH_LEASE: Duration = Duration::from_secs(10);
+/// How often a process that does not hold a server's lease, and has events
+/// for it, asks for the lease again.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
+/// How long after a join or leave event reaches this process the directory
+/// may still not show the change (the process that made it writes the
+/// directory just after appending the event): members read in this time
+/// are read again on next use instead of cached.
+const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(2);
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -370,6 +383,10 @@ impl Replays {
     }
 }
 
+/// A room's other servers, and until when they may be used (`None`: until
+/// the next membership change).
+type Participants = (Arc<Vec<String>>, Option<Instant>);
+
 pub struct Federation {
     server_name: ServerName,
     key: Ed25519KeyPair,
@@ -389,8 +406,18 @@ pub struct Federation {
     last_ts: AtomicU64,
     /// Numbers pushed transactions.
     txn_counter: AtomicU64,
-    directory: RoomStore,
-    participants: RwLock<HashMap<RoomId, Arc<Vec<String>>>>,
+    directory: Arc<dyn RoomStore>,
+    /// The other servers of each local room, as last read from the
+    /// directory, and until when that read may predate a membership change
+    /// (`None`: until the next change).
+    participants: RwLock<HashMap<RoomId, Participants>>,
+    /// Rooms whose membership changed lately, and until when a read of
+    /// their members may still miss the change (see [`MEMBERSHIP_SETTLE`]).
+    unsettled: Mutex<HashMap<RoomId, Instant>>,
+    /// Who may push to which server now (with Redis, one process per server).
+    leases: PushLeases,
+    /// This process's name on the push leases.
+    holder: String,
     feed: mpsc::Sender<Routed>,
     feed_rx: Mutex<Option<mpsc::Receiver<Routed>>>,
     /// The events of each local room with other servers in it, waiting to
@@ -421,8 +448,9 @@ impl Federation {
         pkcs8: &[u8],
         settings: Settings,
         transport: Arc<dyn Transport>,
-        directory: RoomStore,
+        directory: Arc<dyn RoomStore>,
         seen: SeenRequests,
+        leases: PushLeases,
     ) -> Result<Arc<Self>, FederationError> {
         let key = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(FederationError::BadKey)?;
         let mut replays = Replays::new(REPLAY_PER_ORIGIN_MAX, REPLAY_MAX);
@@ -450,6 +478,9 @@ impl Federation {
             txn_counter: AtomicU64::new(0),
             directory,
             participants: RwLock::new(HashMap::new()),
+            unsettled: Mutex::new(HashMap::new()),
+            leases,
+            holder: format!("pid {} {}", std::process::id(), crate::storage::events::new_epoch()),
             feed,
             feed_rx: Mutex::new(Some(feed_rx)),
             queues: Mutex::new(HashMap::new()),
@@ -588,11 +619,17 @@ impl Federation {
         if expired.is_some() {
             self.seen.forget_before(Replays::live_from(now))?;
         }
+        let replayed = || bad_signature("this signed request was already accepted; sign every request anew");
         match remembered {
-            Ok(()) => self.seen.insert(Replays::slot(p.ts), digest, p.origin.as_str())?,
-            Err(Replay::Seen) => {
-                return Err(bad_signature("this signed request was already accepted; sign every request anew"));
+            Ok(()) => {
+                // Shared with the server's other processes (Redis): a request
+                // accepted by one of them is refused here too.
+                let slot = Replays::slot(p.ts);
+                if !self.seen.insert(slot, digest, p.origin.as_str(), (slot + 1) * REPLAY_SLOT_MS).await? {
+                    return Err(replayed());
+                }
             }
+            Err(Replay::Seen) => return Err(replayed()),
             Err(Replay::Full { retry_after_ms }) => return Err(Error::RateLimited { retry_after_ms }),
         }
         self.heard_from(p.origin.as_str());
@@ -717,6 +754,7 @@ impl Federation {
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        self.release_leases().await;
     }
 }
 

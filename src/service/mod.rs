@@ -23,7 +23,8 @@ use crate::storage::events::redis::RedisLog;
 use crate::storage::events::{EventLog, LogSettings};
 use crate::storage::identity::{Identity, RoomLog};
 use crate::storage::ratelimit::RedisBuckets;
-use crate::storage::{AccountStore, EmbeddedAccounts, RoomStore, StorageError};
+use crate::storage::rooms::{EmbeddedRooms, RedisRooms, RoomStore};
+use crate::storage::{AccountStore, EmbeddedAccounts, StorageError};
 
 /// Every service of one server.
 pub struct Services {
@@ -60,15 +61,29 @@ impl Services {
             crate::storage::identity::record_dir(&config.data_dir, &identity)?;
         }
         let hub = fanout::Hub::with_deliveries(metrics.ws.deliveries.clone());
-        let directory = RoomStore::open(&db)?;
+        let directory: Arc<dyn RoomStore> = match &config.redis {
+            None => Arc::new(EmbeddedRooms::open(&db)?),
+            Some(url) => Arc::new(RedisRooms::open(url).await?),
+        };
         let federation = match config.federation {
             false => None,
             true => {
-                let pkcs8 = crate::storage::federation::load_or_create_key(
-                    &config.data_dir,
-                    federation::Federation::generate_key,
-                )
-                .map_err(StorageError::from)?;
+                let (pkcs8, seen, leases) = match &config.redis {
+                    None => (
+                        crate::storage::federation::load_or_create_key(
+                            &config.data_dir,
+                            federation::Federation::generate_key,
+                        )
+                        .map_err(StorageError::from)?,
+                        crate::storage::federation::SeenRequests::open(&db)?,
+                        crate::storage::federation::PushLeases::Local,
+                    ),
+                    Some(url) => {
+                        let shared = crate::storage::federation::RedisFederation::open(url).await?;
+                        let key = shared.shared_key(&config.data_dir, federation::Federation::generate_key).await?;
+                        (key, shared.seen(), shared.leases())
+                    }
+                };
                 // A server serving TLS itself is reached over HTTPS; one that
                 // does not may be behind a TLS proxy, and says so with --public-url.
                 let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -88,7 +103,8 @@ impl Services {
                     settings,
                     transport,
                     directory.clone(),
-                    crate::storage::federation::SeenRequests::open(&db)?,
+                    seen,
+                    leases,
                 )?;
                 Some(fed)
             }

@@ -25,9 +25,9 @@ use super::federation::{Failure, Federation};
 use crate::protocol::events::{Event, EventType};
 use crate::protocol::federation::FedEvent;
 use crate::protocol::{ErrCode, RoomAlias, RoomId, RoomRef, ServerName, UserId};
-use crate::storage::RoomStore;
 use crate::storage::events::{EventLog, LogHead, NewEvent, Range, now_ms};
 use crate::storage::rooms::RoomRecord;
+use crate::storage::rooms::{RoomStore, set_member};
 
 const LOCK_STRIPES: usize = 64;
 /// Events per backfill request when catching up a replica.
@@ -44,7 +44,7 @@ pub struct Room {
 }
 
 pub struct Rooms {
-    store: RoomStore,
+    store: Arc<dyn RoomStore>,
     log: Arc<dyn EventLog>,
     hub: Arc<Hub>,
     server_name: ServerName,
@@ -87,7 +87,7 @@ fn stripe_of(key: impl Hash) -> usize {
 
 impl Rooms {
     pub fn new(
-        store: RoomStore,
+        store: Arc<dyn RoomStore>,
         log: Arc<dyn EventLog>,
         hub: Arc<Hub>,
         server_name: ServerName,
@@ -128,22 +128,22 @@ impl Rooms {
     }
 
     /// Finds a room this server knows (its own, or a replica).
-    pub fn resolve(&self, r: &RoomRef) -> Result<Room> {
+    pub async fn resolve(&self, r: &RoomRef) -> Result<Room> {
         let room_id = match r {
             RoomRef::Id(id) => id.to_string(),
-            RoomRef::Alias(a) => self.store.room_for_alias(a.as_str())?.ok_or_else(|| not_found(a))?,
+            RoomRef::Alias(a) => self.store.room_for_alias(a.as_str()).await?.ok_or_else(|| not_found(a))?,
             RoomRef::Name(_) => {
                 let alias = self.local_alias(r).expect("names are local");
-                self.store.room_for_alias(alias.as_str())?.ok_or_else(|| not_found(&alias))?
+                self.store.room_for_alias(alias.as_str()).await?.ok_or_else(|| not_found(&alias))?
             }
         };
-        to_room(self.store.room(&room_id)?.ok_or_else(|| not_found(r))?)
+        to_room(self.store.room(&room_id).await?.ok_or_else(|| not_found(r))?)
     }
 
     /// Finds a room the user is a member of.
-    pub fn resolve_member(&self, user: &UserId, r: &RoomRef) -> Result<Room> {
-        let room = self.resolve(r)?;
-        if !self.store.is_member(room.room_id.as_str(), user.as_str())? {
+    pub async fn resolve_member(&self, user: &UserId, r: &RoomRef) -> Result<Room> {
+        let room = self.resolve(r).await?;
+        if !self.store.is_member(room.room_id.as_str(), user.as_str()).await? {
             return Err(not_member(&room));
         }
         Ok(room)
@@ -155,9 +155,9 @@ impl Rooms {
 
     /// A local user joins a room, wherever it is homed.
     pub async fn join(&self, user: &UserId, r: &RoomRef) -> Result<Room> {
-        match self.resolve(r) {
+        match self.resolve(r).await {
             Ok(room) if self.is_remote(&room.room_id) => {
-                if self.store.is_member(room.room_id.as_str(), user.as_str())? {
+                if self.store.is_member(room.room_id.as_str(), user.as_str()).await? {
                     return Ok(room);
                 }
                 let home = room.room_id.server().to_owned();
@@ -182,7 +182,7 @@ impl Rooms {
     /// A user of another server joins one of this server's rooms (federation).
     pub async fn join_from_federation(&self, user: &UserId, room: &str) -> Result<(Room, LogHead, Vec<UserId>)> {
         let r = Self::parse_ref(room)?;
-        let room = match self.resolve(&r) {
+        let room = match self.resolve(&r).await {
             Ok(room) if !self.is_remote(&room.room_id) => room,
             Ok(room) => return Err(not_found(&room.room_id)),
             Err(e) if e.code() == ErrCode::RoomNotFound => {
@@ -193,20 +193,20 @@ impl Rooms {
         };
         let room = self.join_here(user, room).await?;
         let head = self.log.head(&room.room_id).await?;
-        let members = self.member_ids(&room)?;
+        let members = self.member_ids(&room).await?;
         Ok((room, head, members))
     }
 
     /// Joins a room homed here.
     async fn join_here(&self, user: &UserId, room: Room) -> Result<Room> {
         let _guard = self.stripe(&room.room_id, user).lock().await;
-        if self.store.is_member(room.room_id.as_str(), user.as_str())? {
+        if self.store.is_member(room.room_id.as_str(), user.as_str()).await? {
             return Ok(room);
         }
         self.log
             .append(&room.room_id, NewEvent { kind: EventType::Join, sender: user.clone(), body: None, txn: None })
             .await?;
-        self.store.set_member(room.room_id.as_str(), user.as_str(), true, now_ms()).await?;
+        set_member(&*self.store, room.room_id.as_str(), user.as_str(), true, now_ms()).await?;
         if let Some(f) = &self.federation {
             f.membership_changed(&room.room_id);
         }
@@ -264,11 +264,11 @@ impl Rooms {
 
     /// A local user leaves a room, wherever it is homed.
     pub async fn leave(&self, user: &UserId, r: &RoomRef) -> Result<Room> {
-        let room = self.resolve(r)?;
+        let room = self.resolve(r).await?;
         if !self.is_remote(&room.room_id) {
             return self.leave_here(user, room).await;
         }
-        if !self.store.is_member(room.room_id.as_str(), user.as_str())? {
+        if !self.store.is_member(room.room_id.as_str(), user.as_str()).await? {
             return Err(not_member(&room));
         }
         let home = room.room_id.server().to_owned();
@@ -294,14 +294,14 @@ impl Rooms {
         }
         self.pending_leaves.lock().expect("pending lock").remove(&pending);
         // The home server's leave event will say the same; don't wait for it.
-        self.store.set_member(room.room_id.as_str(), user.as_str(), false, now_ms()).await?;
+        set_member(&*self.store, room.room_id.as_str(), user.as_str(), false, now_ms()).await?;
         self.hub.kick(&room.room_id, user);
         Ok(room)
     }
 
     /// A user of another server leaves one of this server's rooms (federation).
     pub async fn leave_from_federation(&self, user: &UserId, room_id: &RoomId) -> Result<Room> {
-        let room = self.resolve(&RoomRef::Id(room_id.clone()))?;
+        let room = self.resolve(&RoomRef::Id(room_id.clone())).await?;
         if self.is_remote(&room.room_id) {
             return Err(not_found(room_id));
         }
@@ -310,13 +310,13 @@ impl Rooms {
 
     async fn leave_here(&self, user: &UserId, room: Room) -> Result<Room> {
         let _guard = self.stripe(&room.room_id, user).lock().await;
-        if !self.store.is_member(room.room_id.as_str(), user.as_str())? {
+        if !self.store.is_member(room.room_id.as_str(), user.as_str()).await? {
             return Err(not_member(&room));
         }
         self.log
             .append(&room.room_id, NewEvent { kind: EventType::Leave, sender: user.clone(), body: None, txn: None })
             .await?;
-        self.store.set_member(room.room_id.as_str(), user.as_str(), false, now_ms()).await?;
+        set_member(&*self.store, room.room_id.as_str(), user.as_str(), false, now_ms()).await?;
         if let Some(f) = &self.federation {
             f.membership_changed(&room.room_id);
         }
@@ -324,24 +324,31 @@ impl Rooms {
         Ok(room)
     }
 
-    fn member_ids(&self, room: &Room) -> Result<Vec<UserId>> {
-        Ok(self.store.members(room.room_id.as_str())?.into_iter().filter_map(|m| UserId::parse(&m).ok()).collect())
+    async fn member_ids(&self, room: &Room) -> Result<Vec<UserId>> {
+        Ok(self
+            .store
+            .members(room.room_id.as_str())
+            .await?
+            .into_iter()
+            .filter_map(|m| UserId::parse(&m).ok())
+            .collect())
     }
 
-    pub fn members(&self, user: &UserId, r: &RoomRef) -> Result<(Room, Vec<UserId>)> {
-        let room = self.resolve_member(user, r)?;
-        let members = self.member_ids(&room)?;
+    pub async fn members(&self, user: &UserId, r: &RoomRef) -> Result<(Room, Vec<UserId>)> {
+        let room = self.resolve_member(user, r).await?;
+        let members = self.member_ids(&room).await?;
         Ok((room, members))
     }
 
     /// Whether any member of the room is a user of `server`.
-    pub fn has_member_from(&self, room: &Room, server: &str) -> Result<bool> {
-        Ok(self.member_ids(room)?.iter().any(|m| m.server() == server))
+    pub async fn has_member_from(&self, room: &Room, server: &str) -> Result<bool> {
+        Ok(self.member_ids(room).await?.iter().any(|m| m.server() == server))
     }
 
     /// The rooms a user is in, sorted by alias.
-    pub fn joined(&self, user: &UserId) -> Result<Vec<Room>> {
-        let mut rooms = self.store.rooms_of(user.as_str())?.into_iter().map(to_room).collect::<Result<Vec<_>>>()?;
+    pub async fn joined(&self, user: &UserId) -> Result<Vec<Room>> {
+        let mut rooms =
+            self.store.rooms_of(user.as_str()).await?.into_iter().map(to_room).collect::<Result<Vec<_>>>()?;
         rooms.sort_by(|a, b| a.alias.cmp(&b.alias));
         Ok(rooms)
     }
@@ -367,7 +374,7 @@ impl Rooms {
             while let Some(next) = rest.next_if(|e| e.room_id == room_id && e.epoch == epoch) {
                 batch.push(next.event);
             }
-            if self.store.room(room_id.as_str())?.is_none() {
+            if self.store.room(room_id.as_str()).await?.is_none() {
                 continue;
             }
             let imported = self.log.import(&room_id, &epoch, None, batch.clone()).await?;
@@ -415,7 +422,7 @@ impl Rooms {
     /// Catches up every replica with a local member, now and then every `every`.
     pub async fn catch_up_forever(self: Arc<Self>, every: Duration) {
         loop {
-            let rooms = match self.store.all() {
+            let rooms = match self.store.all().await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot list rooms to catch up");
@@ -425,7 +432,7 @@ impl Rooms {
             for rec in rooms {
                 let Ok(room) = to_room(rec) else { continue };
                 if !self.is_remote(&room.room_id)
-                    || !self.has_member_from(&room, self.server_name.as_str()).unwrap_or(false)
+                    || !self.has_member_from(&room, self.server_name.as_str()).await.unwrap_or(false)
                 {
                     continue;
                 }
@@ -481,7 +488,7 @@ impl Rooms {
     /// are not kept).
     pub async fn seed_federation(&self) {
         let Some(fed) = &self.federation else { return };
-        let rooms = match self.store.all() {
+        let rooms = match self.store.all().await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list rooms to announce to other servers");
@@ -490,7 +497,8 @@ impl Rooms {
         };
         for rec in rooms {
             let Ok(room) = to_room(rec) else { continue };
-            let remote = self.member_ids(&room).map(|m| m.iter().any(|u| u.server() != self.server_name.as_str()));
+            let remote =
+                self.member_ids(&room).await.map(|m| m.iter().any(|u| u.server() != self.server_name.as_str()));
             if self.is_remote(&room.room_id) || !remote.unwrap_or(false) {
                 continue;
             }
@@ -513,11 +521,11 @@ impl Rooms {
         after: u64,
         limit: u32,
     ) -> Result<crate::protocol::rooms::MessagesResponse> {
-        let room = self.resolve(&RoomRef::Id(room_id.clone()))?;
+        let room = self.resolve(&RoomRef::Id(room_id.clone())).await?;
         if self.is_remote(&room.room_id) {
             return Err(not_found(room_id));
         }
-        if !self.has_member_from(&room, origin.as_str())? {
+        if !self.has_member_from(&room, origin.as_str()).await? {
             return Err(Error::refused(ErrCode::NotMember, format!("{origin} has no members in {}", room.alias)));
         }
         let page = self.log.read(&room.room_id, Range::After(after), limit as usize).await?;

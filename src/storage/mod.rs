@@ -68,6 +68,14 @@ pub enum StorageError {
     Log(String),
     #[error(transparent)]
     KeyFile(#[from] federation::KeyFileError),
+    /// The data dir's federation key is not the one the server's Redis holds.
+    #[error(
+        "{} holds another federation key than this server's Redis ({}): every process of one server signs with one key. \
+         Move the file away to use Redis's key, or, if the file's key is the server's, \
+         store it in Redis (redis-cli -x SET {} < FILE) before starting any process",
+        path.display(), federation::REDIS_KEY, federation::REDIS_KEY
+    )]
+    KeyMismatch { path: PathBuf },
     /// The data directory or Redis belongs to another server or backend.
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),

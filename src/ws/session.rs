@@ -438,7 +438,11 @@ impl<S: Stream> State<S> {
             }
             ClientFrame::Subscribe { id, room, since } => self.subscribe(id, &room, since).await,
             ClientFrame::Unsubscribe { id, room } => {
-                match Rooms::parse_ref(&room).and_then(|r| self.app.services.rooms.resolve(&r)) {
+                let resolved = match Rooms::parse_ref(&room) {
+                    Ok(r) => self.app.services.rooms.resolve(&r).await,
+                    Err(e) => Err(e),
+                };
+                match resolved {
                     Ok(r) => {
                         let conn = self.conn().clone();
                         self.app.services.hub.unsubscribe(&r.room_id, &conn);
@@ -454,8 +458,10 @@ impl<S: Stream> State<S> {
                     let e = Error::refused(ErrCode::InvalidField, "txn_id: 1 to 64 characters of A-Z a-z 0-9 . _ ~ -");
                     return self.error(id, &e);
                 }
-                let begun = Rooms::parse_ref(&room)
-                    .and_then(|room| self.app.services.events.begin_send(self.session(), &room, &txn_id, body));
+                let begun = match Rooms::parse_ref(&room) {
+                    Ok(room) => self.app.services.events.begin_send(self.session(), &room, &txn_id, body).await,
+                    Err(e) => Err(e),
+                };
                 match begun {
                     Ok((r, fut)) => {
                         pending.push_back(Box::pin(async move {
@@ -488,7 +494,10 @@ impl<S: Stream> State<S> {
     async fn subscribe(&mut self, id: Option<String>, room: &str, since: Option<Cursor>) -> Result<(), End> {
         let app = self.app.clone();
         let services = &app.services;
-        let resolved = Rooms::parse_ref(room).and_then(|r| services.rooms.resolve_member(&self.session().user_id, &r));
+        let resolved = match Rooms::parse_ref(room) {
+            Ok(r) => services.rooms.resolve_member(&self.session().user_id, &r).await,
+            Err(e) => Err(e),
+        };
         let room = match resolved {
             Ok(r) => r,
             Err(e) => return self.error(id, &e),

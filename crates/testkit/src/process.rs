@@ -26,8 +26,18 @@ impl ParlorProcess {
 
     /// [`ParlorProcess::spawn`] with the binary at `bin`.
     pub fn spawn_bin(bin: &Path, data_dir: &Path, args: &[&str]) -> Self {
+        Self::spawn_bin_at(bin, "127.0.0.1:0", data_dir, args)
+    }
+
+    /// [`ParlorProcess::spawn`] listening on `listen` (e.g. a port a peer
+    /// must be told before this process starts).
+    pub fn spawn_at(listen: &str, data_dir: &Path, args: &[&str]) -> Self {
+        Self::spawn_bin_at(&parlor_bin(), listen, data_dir, args)
+    }
+
+    fn spawn_bin_at(bin: &Path, listen: &str, data_dir: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(args)
             .env("RUST_LOG", "warn")

@@ -11,18 +11,27 @@
 //! and the seq of what it is pushed next shows it what it lacks (it
 //! backfills, §11.4). A cursor moves only when the receiver answered 200, so
 //! a failed transaction is simply read again.
+//!
+//! Several processes of one server (`--redis`) all see every event (the
+//! room log's feed) and all queue it, but only the holder of a server's
+//! push lease pushes to it; it renews the lease before each transaction.
+//! The others keep only the newest event of each room pending and ask for
+//! the lease every [`LEASE_RETRY`]: when the holder dies (or idles past its
+//! lease), the next one to get the lease pushes those newest events, which
+//! the receiver already has (an import skips them) or learns from what it
+//! lacks (it backfills).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
 use super::{
-    DestinationStats, Failure, Federation, IDLE_FORGET, PUSH_BATCH_MAX, PUSH_TXN_BYTES, QUEUE_BYTES_MAX, RETRY_MIN,
-    Stats,
+    DestinationStats, Failure, Federation, IDLE_FORGET, LEASE_RETRY, MEMBERSHIP_SETTLE, PUSH_BATCH_MAX, PUSH_LEASE,
+    PUSH_TXN_BYTES, QUEUE_BYTES_MAX, RETRY_MIN, Stats,
 };
 use crate::protocol::events::Event;
 use crate::protocol::federation::{FEDERATION_PREFIX, FedEventOut, FedMethod, FedTransactionOut};
@@ -102,12 +111,21 @@ struct Batch {
 }
 
 impl Federation {
-    /// The other servers with members in a local room.
-    pub(super) fn participants(&self, room: &RoomId) -> Arc<Vec<String>> {
-        if let Some(p) = self.participants.read().expect("participants lock").get(room) {
-            return p.clone();
+    /// The other servers with members in a local room, if known and settled.
+    fn cached_participants(&self, room: &RoomId) -> Option<Arc<Vec<String>>> {
+        let now = Instant::now();
+        match self.participants.read().expect("participants lock").get(room) {
+            Some((p, until)) if until.is_none_or(|u| u > now) => Some(p.clone()),
+            _ => None,
         }
-        let mut servers: Vec<String> = match self.directory.members(room.as_str()) {
+    }
+
+    /// The other servers with members in a local room.
+    pub(super) async fn participants(&self, room: &RoomId) -> Arc<Vec<String>> {
+        if let Some(p) = self.cached_participants(room) {
+            return p;
+        }
+        let mut servers: Vec<String> = match self.directory.members(room.as_str()).await {
             Ok(m) => m.iter().filter_map(|u| UserId::parse(u).ok()).map(|u| u.server().to_owned()).collect(),
             Err(e) => {
                 tracing::error!(error = %e, %room, "cannot read the room's members for federation");
@@ -118,12 +136,24 @@ impl Federation {
         servers.sort();
         servers.dedup();
         let p = Arc::new(servers);
-        self.participants.write().expect("participants lock").insert(room.clone(), p.clone());
+        let mut cache = self.participants.write().expect("participants lock");
+        // Read under the cache's lock: a change noted after this insert removes it.
+        let until = self.unsettled.lock().expect("unsettled lock").get(room).copied().filter(|u| *u > Instant::now());
+        cache.insert(room.clone(), (p.clone(), until));
         p
     }
 
-    /// The room's membership changed: recompute its servers on next use.
+    /// The room's membership changed (here, or on another process: its join
+    /// or leave event came through the room log's feed): recompute its
+    /// servers on next use, and keep recomputing them for
+    /// [`MEMBERSHIP_SETTLE`], in which the directory may not show it yet.
     pub fn membership_changed(&self, room: &RoomId) {
+        let now = Instant::now();
+        {
+            let mut u = self.unsettled.lock().expect("unsettled lock");
+            u.retain(|_, until| *until > now);
+            u.insert(room.clone(), now + MEMBERSHIP_SETTLE);
+        }
         self.participants.write().expect("participants lock").remove(room);
     }
 
@@ -136,7 +166,12 @@ impl Federation {
         if room.server() != self.server_name.as_str() {
             return;
         }
-        if self.participants.read().expect("participants lock").get(room).is_some_and(|p| p.is_empty()) {
+        // Events are serialized by serde: a quote inside a body is escaped,
+        // so only an event's own type field can match.
+        if event_json.contains(r#""type":"join""#) || event_json.contains(r#""type":"leave""#) {
+            self.membership_changed(room);
+        }
+        if self.cached_participants(room).is_some_and(|p| p.is_empty()) {
             return;
         }
         let routed = Routed { room: room.clone(), epoch: epoch.clone(), json: event_json.to_owned(), seed: false };
@@ -162,14 +197,14 @@ impl Federation {
                 r = rx.recv() => match r { Some(r) => r, None => return },
                 _ = self.stop.cancelled() => return,
             };
-            self.route_one(routed);
+            self.route_one(routed).await;
         }
     }
 
     /// Encodes one event once, queues it in its room's queue, and wakes the
     /// room's servers' pushers (giving a cursor to a server new in the room).
-    fn route_one(self: &Arc<Self>, r: Routed) {
-        let servers = self.participants(&r.room);
+    async fn route_one(self: &Arc<Self>, r: Routed) {
+        let servers = self.participants(&r.room).await;
         let mut queues = self.queues.lock().expect("queues lock");
         if servers.is_empty() {
             queues.remove(&r.room);
@@ -344,6 +379,20 @@ impl Federation {
                 }
                 continue;
             }
+            match self.leases.hold(&d.name, &self.holder, PUSH_LEASE).await {
+                Ok(true) => {}
+                held => {
+                    if let Err(e) = held {
+                        tracing::debug!(server = %d.name, error = %e, "cannot ask for the push lease; will retry");
+                    }
+                    self.leave_to_holder(&d);
+                    tokio::select! {
+                        _ = tokio::time::sleep(LEASE_RETRY) => {}
+                        _ = self.stop.cancelled() => return,
+                    }
+                    continue;
+                }
+            }
             let result = {
                 let Some(_permit) = self.permit().await else { return };
                 self.push(&d.name, &batch.items).await
@@ -384,6 +433,29 @@ impl Federation {
                     }
                     backoff = (backoff * 2).min(self.settings.retry_max.max(RETRY_MIN));
                 }
+            }
+        }
+    }
+
+    /// Another process pushes to `d`: keep only the newest event of each
+    /// room pending, for the case that it dies before pushing it.
+    fn leave_to_holder(&self, d: &Dest) {
+        let mut st = d.state.lock().expect("dest lock");
+        let queues = self.queues.lock().expect("queues lock");
+        for (room, cursor) in st.cursors.iter_mut() {
+            if let Some(q) = queues.get(room) {
+                *cursor = (*cursor).max(q.head().saturating_sub(1));
+            }
+        }
+    }
+
+    /// Gives up every push lease this process holds (at shutdown), so that
+    /// another process takes each server over at once.
+    pub(super) async fn release_leases(&self) {
+        let names: Vec<String> = self.dests.lock().expect("dests lock").keys().cloned().collect();
+        for name in names {
+            if let Err(e) = self.leases.release(&name, &self.holder).await {
+                tracing::debug!(server = %name, error = %e, "cannot give up a push lease; it expires");
             }
         }
     }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use super::*;
 use crate::protocol::events::{Event, EventType};
 use crate::storage::federation::SeenRequests;
-use crate::storage::rooms::RoomRecord;
+use crate::storage::rooms::{EmbeddedRooms, RoomRecord};
 
 /// A network where each server is up (answers `{}`) or down, recording every request.
 #[derive(Default)]
@@ -75,7 +75,7 @@ struct Setup {
 async fn setup(settings: Settings) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let db = crate::storage::Db::open(dir.path()).unwrap();
-    let store = RoomStore::open(&db).unwrap();
+    let store = EmbeddedRooms::open(&db).unwrap();
     let room = RoomId::parse("!r:home").unwrap();
     store.create(&RoomRecord { room_id: room.to_string(), alias: "#r:home".into(), created_ms: 0 }).await.unwrap();
     let members = [("@a:home".to_owned(), true), ("@u:b".to_owned(), true)];
@@ -87,8 +87,9 @@ async fn setup(settings: Settings) -> Setup {
         &Federation::generate_key(),
         settings,
         net.clone(),
-        store,
+        Arc::new(store),
         seen,
+        PushLeases::Local,
     )
     .unwrap();
     fed.start();
@@ -248,8 +249,9 @@ fn signing_times_never_repeat() {
         &Federation::generate_key(),
         settings(),
         Arc::new(FakeNet::default()),
-        RoomStore::open(&db).unwrap(),
+        Arc::new(EmbeddedRooms::open(&db).unwrap()),
         SeenRequests::open(&db).unwrap(),
+        PushLeases::Local,
     )
     .unwrap();
     let ts: Vec<u64> = (0..500).map(|_| fed.next_ts()).collect();

@@ -168,3 +168,39 @@ fn is_transient_refusal(code: &str) -> bool {
 pub(crate) fn storage_error(e: &RedisError) -> StorageError {
     if is_outage(e) { StorageError::Unavailable(format!("redis: {e}")) } else { StorageError::Redis(e.to_string()) }
 }
+
+/// A fail-fast command connection to the Redis at `url`, for the other
+/// stores that share the room log's Redis (room directory, federation
+/// state): same timeouts, same outage rule, same messages.
+pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, StorageError> {
+    let shown = super::redacted(url);
+    let client = Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url {shown:?}: {e}")))?;
+    manager(&client, RESPONSE_TIMEOUT)
+        .await
+        .map_err(|e| StorageError::Unavailable(format!("cannot reach redis at {shown}: {e}")))
+}
+
+/// Runs a command that is safe to repeat: once more when the connection
+/// turned out dead (the manager reconnects), as [`Link::query`] does.
+pub(crate) async fn query_cmd<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    cmd: &Cmd,
+) -> Result<T, StorageError> {
+    match cmd.query_async::<T>(&mut conn.clone()).await {
+        Err(e) if e.is_unrecoverable_error() => cmd.query_async::<T>(&mut conn.clone()).await,
+        other => other,
+    }
+    .map_err(|e| storage_error(&e))
+}
+
+/// [`query_cmd`] for a pipeline that is safe to repeat as a whole.
+pub(crate) async fn query_pipe<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    pipe: &Pipeline,
+) -> Result<T, StorageError> {
+    match pipe.query_async::<T>(&mut conn.clone()).await {
+        Err(e) if e.is_unrecoverable_error() => pipe.query_async::<T>(&mut conn.clone()).await,
+        other => other,
+    }
+    .map_err(|e| storage_error(&e))
+}

@@ -148,7 +148,7 @@ pub async fn claim_identity(url: &str, server_name: &str) -> Result<(), StorageE
     }
 }
 
-fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
         _ => url.to_owned(),

@@ -1,23 +1,17 @@
-//! The room directory in sled: aliases, rooms and membership (both ways:
-//! room → members and user → rooms, so each listing is one prefix scan).
+//! The room directory in sled (one process): aliases, rooms and membership
+//! (both ways: room → members and user → rooms, so each listing is one
+//! prefix scan).
 
-use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
-use super::{StorageError, json_record, key, to_record};
-
-/// A room as the directory knows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RoomRecord {
-    pub room_id: String,
-    pub alias: String,
-    pub created_ms: u64,
-}
+use super::{RoomRecord, RoomStore};
+use crate::storage::events::BoxFuture;
+use crate::storage::{Db, StorageError, json_record, key, to_record};
 
 #[derive(Clone)]
-pub struct RoomStore {
-    db: super::Db,
+pub struct EmbeddedRooms {
+    db: Db,
     aliases: sled::Tree,
     rooms: sled::Tree,
     members: sled::Tree,
@@ -35,8 +29,8 @@ fn suffix_after_prefix(k: &[u8], prefix_len: usize) -> Result<String, StorageErr
         .map_err(|e| StorageError::Corrupt { tree: "members", detail: e.to_string() })
 }
 
-impl RoomStore {
-    pub fn open(db: &super::Db) -> Result<Self, StorageError> {
+impl EmbeddedRooms {
+    pub fn open(db: &Db) -> Result<Self, StorageError> {
         Ok(Self {
             db: db.clone(),
             aliases: db.tree("aliases")?,
@@ -46,17 +40,15 @@ impl RoomStore {
         })
     }
 
-    pub fn room_for_alias(&self, alias: &str) -> Result<Option<String>, StorageError> {
+    fn alias(&self, alias: &str) -> Result<Option<String>, StorageError> {
         Ok(self.aliases.get(alias.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    pub fn room(&self, room_id: &str) -> Result<Option<RoomRecord>, StorageError> {
+    fn get(&self, room_id: &str) -> Result<Option<RoomRecord>, StorageError> {
         self.rooms.get(room_id.as_bytes())?.map(|v| json_record("rooms", &v)).transpose()
     }
 
-    /// Creates the room for `record.alias` unless another request created it
-    /// first; either way returns the room that now owns the alias. Durable.
-    pub async fn create(&self, record: &RoomRecord) -> Result<RoomRecord, StorageError> {
+    async fn create_now(&self, record: &RoomRecord) -> Result<RoomRecord, StorageError> {
         let rec = to_record(record);
         let winner = (&self.aliases, &self.rooms).transaction(|(aliases, rooms)| {
             if let Some(existing) = aliases.get(record.alias.as_bytes())? {
@@ -73,7 +65,7 @@ impl RoomStore {
             }
             Some(id) => {
                 let id = String::from_utf8_lossy(&id).into_owned();
-                self.room(&id)?.ok_or(StorageError::Corrupt {
+                self.get(&id)?.ok_or(StorageError::Corrupt {
                     tree: "aliases",
                     detail: format!("alias points to missing room {id}"),
                 })
@@ -81,23 +73,11 @@ impl RoomStore {
         }
     }
 
-    pub fn is_member(&self, room_id: &str, user_id: &str) -> Result<bool, StorageError> {
+    fn member(&self, room_id: &str, user_id: &str) -> Result<bool, StorageError> {
         Ok(self.members.contains_key(key(&[room_id.as_bytes(), user_id.as_bytes()]))?)
     }
 
-    /// Records (or removes) a membership in both directions; durable on return.
-    pub async fn set_member(
-        &self,
-        room_id: &str,
-        user_id: &str,
-        member: bool,
-        now_ms: u64,
-    ) -> Result<(), StorageError> {
-        self.set_members(room_id, &[(user_id.to_owned(), member)], now_ms).await
-    }
-
-    /// Applies several membership changes of one room at once; durable on return.
-    pub async fn set_members(
+    async fn set_members_now(
         &self,
         room_id: &str,
         changes: &[(String, bool)],
@@ -125,27 +105,67 @@ impl RoomStore {
         Ok(())
     }
 
-    /// Every room the directory knows.
-    pub fn all(&self) -> Result<Vec<RoomRecord>, StorageError> {
+    fn all_now(&self) -> Result<Vec<RoomRecord>, StorageError> {
         self.rooms.iter().map(|item| json_record("rooms", &item?.1)).collect()
     }
 
-    /// Member user ids, sorted.
-    pub fn members(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
+    fn members_now(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
         let prefix = prefix_of(room_id);
         self.members.scan_prefix(&prefix).map(|item| suffix_after_prefix(&item?.0, prefix.len())).collect()
     }
 
-    /// Rooms a user is in.
-    pub fn rooms_of(&self, user_id: &str) -> Result<Vec<RoomRecord>, StorageError> {
+    fn rooms_of_now(&self, user_id: &str) -> Result<Vec<RoomRecord>, StorageError> {
         let prefix = prefix_of(user_id);
         let mut out = Vec::new();
         for item in self.user_rooms.scan_prefix(&prefix) {
             let room_id = suffix_after_prefix(&item?.0, prefix.len())?;
-            if let Some(r) = self.room(&room_id)? {
+            if let Some(r) = self.get(&room_id)? {
                 out.push(r);
             }
         }
         Ok(out)
+    }
+}
+
+impl RoomStore for EmbeddedRooms {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn room_for_alias<'a>(&'a self, alias: &'a str) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
+        Box::pin(async move { self.alias(alias) })
+    }
+
+    fn room<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<Option<RoomRecord>, StorageError>> {
+        Box::pin(async move { self.get(room_id) })
+    }
+
+    fn create<'a>(&'a self, record: &'a RoomRecord) -> BoxFuture<'a, Result<RoomRecord, StorageError>> {
+        Box::pin(self.create_now(record))
+    }
+
+    fn is_member<'a>(&'a self, room_id: &'a str, user_id: &'a str) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(async move { self.member(room_id, user_id) })
+    }
+
+    fn set_members<'a>(
+        &'a self,
+        room_id: &'a str,
+        changes: &'a [(String, bool)],
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(self.set_members_now(room_id, changes, now_ms))
+    }
+
+    fn all(&self) -> BoxFuture<'_, Result<Vec<RoomRecord>, StorageError>> {
+        Box::pin(async move { self.all_now() })
+    }
+
+    fn members<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
+        Box::pin(async move { self.members_now(room_id) })
+    }
+
+    fn rooms_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<RoomRecord>, StorageError>> {
+        Box::pin(async move { self.rooms_of_now(user_id) })
     }
 }

@@ -1,0 +1,201 @@
+//! The room directory in Redis, shared by every process of a server started
+//! with `--redis`: Redis is its only copy (no local sled copy), so a change
+//! acknowledged by one process is read by every other at once.
+//!
+//! Keys (one room's keys share the room log's `{ROOM}` hash tag; the
+//! user → rooms index is under the user's tag, an alias under its own):
+//! - `parlor:{ROOM}:room` string: the [`RoomRecord`] as JSON;
+//! - `parlor:{ROOM}:members` hash user id → ms of the join: the source of
+//!   truth for membership;
+//! - `parlor:{USER}:rooms` hash room id → ms: the rooms a user is in, as
+//!   an index over `members` (written before a join and removed after a
+//!   leave, so it is a superset; [`RoomStore::rooms_of`] checks each entry
+//!   against `members`);
+//! - `parlor:{ALIAS}:alias` string: the room id an alias names, set once
+//!   (`SET NX`: the first creator of an alias wins, whichever process);
+//! - `parlor:rooms` set: every room id, for [`RoomStore::all`] (start-up
+//!   and background catch-up only, never on a request's path).
+//!
+//! A change is acknowledged once Redis answered it: the room log's rule
+//! (see `storage::events::redis`), so a Redis that loses writes loses
+//! directory changes with the events that recorded them.
+
+use redis::aio::ConnectionManager;
+
+use super::{RoomRecord, RoomStore};
+use crate::storage::events::BoxFuture;
+use crate::storage::events::redis::link::{connect, query_cmd, query_pipe};
+use crate::storage::{StorageError, json_record, to_record};
+
+/// Keys per pipeline when reading many rooms.
+const BATCH: usize = 512;
+const ALL_KEY: &str = "parlor:rooms";
+
+fn room_key(room: &str) -> String {
+    format!("parlor:{{{room}}}:room")
+}
+
+fn members_key(room: &str) -> String {
+    format!("parlor:{{{room}}}:members")
+}
+
+fn user_rooms_key(user: &str) -> String {
+    format!("parlor:{{{user}}}:rooms")
+}
+
+fn alias_key(alias: &str) -> String {
+    format!("parlor:{{{alias}}}:alias")
+}
+
+#[derive(Clone)]
+pub struct RedisRooms {
+    conn: ConnectionManager,
+}
+
+impl RedisRooms {
+    /// Connects to the Redis at `url`; fails when it cannot be reached now.
+    pub async fn open(url: &str) -> Result<Self, StorageError> {
+        Ok(Self { conn: connect(url).await? })
+    }
+
+    async fn records(&self, ids: &[String]) -> Result<Vec<RoomRecord>, StorageError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.get(room_key(id));
+            }
+            let values: Vec<Option<Vec<u8>>> = query_pipe(&self.conn, &pipe).await?;
+            for v in values.into_iter().flatten() {
+                out.push(json_record("rooms", &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get(&self, room_id: &str) -> Result<Option<RoomRecord>, StorageError> {
+        let v: Option<Vec<u8>> = query_cmd(&self.conn, redis::cmd("GET").arg(room_key(room_id))).await?;
+        v.map(|v| json_record("rooms", &v)).transpose()
+    }
+
+    async fn create_now(&self, record: &RoomRecord) -> Result<RoomRecord, StorageError> {
+        // The record first, so that an alias never names a room without one;
+        // then the alias, whose `SET NX` decides between racing creators.
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(room_key(&record.room_id)).arg(to_record(record)).ignore();
+        pipe.cmd("SADD").arg(ALL_KEY).arg(&record.room_id).ignore();
+        pipe.cmd("SET").arg(alias_key(&record.alias)).arg(&record.room_id).arg("NX");
+        pipe.cmd("GET").arg(alias_key(&record.alias));
+        let (_, owner): (Option<String>, Option<String>) = query_pipe(&self.conn, &pipe).await?;
+        let owner = owner.ok_or_else(|| StorageError::Corrupt { tree: "aliases", detail: "alias vanished".into() })?;
+        if owner == record.room_id {
+            return Ok(record.clone());
+        }
+        // Lost the race: drop what was written for a room that never was.
+        let mut undo = redis::pipe();
+        undo.cmd("SREM").arg(ALL_KEY).arg(&record.room_id).ignore();
+        undo.cmd("DEL").arg(room_key(&record.room_id)).ignore();
+        query_pipe::<()>(&self.conn, &undo).await?;
+        self.get(&owner)
+            .await?
+            .ok_or(StorageError::Corrupt { tree: "aliases", detail: format!("alias points to missing room {owner}") })
+    }
+
+    async fn set_members_now(
+        &self,
+        room_id: &str,
+        changes: &[(String, bool)],
+        now_ms: u64,
+    ) -> Result<(), StorageError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let members = members_key(room_id);
+        let mut pipe = redis::pipe();
+        // Index before truth on a join, truth before index on a leave: the
+        // index is always a superset of the truth.
+        for (user, _) in changes.iter().filter(|(_, m)| *m) {
+            pipe.cmd("HSET").arg(user_rooms_key(user)).arg(room_id).arg(now_ms).ignore();
+        }
+        for (user, member) in changes {
+            match member {
+                true => pipe.cmd("HSET").arg(&members).arg(user).arg(now_ms).ignore(),
+                false => pipe.cmd("HDEL").arg(&members).arg(user).ignore(),
+            };
+        }
+        for (user, _) in changes.iter().filter(|(_, m)| !*m) {
+            pipe.cmd("HDEL").arg(user_rooms_key(user)).arg(room_id).ignore();
+        }
+        query_pipe::<()>(&self.conn, &pipe).await
+    }
+
+    async fn rooms_of_now(&self, user_id: &str) -> Result<Vec<RoomRecord>, StorageError> {
+        let ids: Vec<String> = query_cmd(&self.conn, redis::cmd("HKEYS").arg(user_rooms_key(user_id))).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.get(room_key(id)).hexists(members_key(id), user_id);
+            }
+            let values: Vec<(Option<Vec<u8>>, bool)> = query_pipe(&self.conn, &pipe).await?;
+            for (rec, member) in values {
+                if let (Some(rec), true) = (rec, member) {
+                    out.push(json_record("rooms", &rec)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl RoomStore for RedisRooms {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn room_for_alias<'a>(&'a self, alias: &'a str) -> BoxFuture<'a, Result<Option<String>, StorageError>> {
+        Box::pin(async move { query_cmd(&self.conn, redis::cmd("GET").arg(alias_key(alias))).await })
+    }
+
+    fn room<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<Option<RoomRecord>, StorageError>> {
+        Box::pin(self.get(room_id))
+    }
+
+    fn create<'a>(&'a self, record: &'a RoomRecord) -> BoxFuture<'a, Result<RoomRecord, StorageError>> {
+        Box::pin(self.create_now(record))
+    }
+
+    fn is_member<'a>(&'a self, room_id: &'a str, user_id: &'a str) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(
+            async move { query_cmd(&self.conn, redis::cmd("HEXISTS").arg(members_key(room_id)).arg(user_id)).await },
+        )
+    }
+
+    fn set_members<'a>(
+        &'a self,
+        room_id: &'a str,
+        changes: &'a [(String, bool)],
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(self.set_members_now(room_id, changes, now_ms))
+    }
+
+    fn all(&self) -> BoxFuture<'_, Result<Vec<RoomRecord>, StorageError>> {
+        Box::pin(async move {
+            let ids: Vec<String> = query_cmd(&self.conn, redis::cmd("SMEMBERS").arg(ALL_KEY)).await?;
+            self.records(&ids).await
+        })
+    }
+
+    fn members<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
+        Box::pin(async move {
+            let mut m: Vec<String> = query_cmd(&self.conn, redis::cmd("HKEYS").arg(members_key(room_id))).await?;
+            m.sort();
+            Ok(m)
+        })
+    }
+
+    fn rooms_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<RoomRecord>, StorageError>> {
+        Box::pin(self.rooms_of_now(user_id))
+    }
+}

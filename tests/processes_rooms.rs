@@ -1,0 +1,252 @@
+//! Several `parlor serve` processes on one Redis are one server for rooms
+//! and federation: the room directory and membership are read from Redis by
+//! every process (join on one, `members` on another at once), WebSocket
+//! subscribers on one process get sends made on another, and federation has
+//! one identity and one pusher per destination, taken over when it dies.
+//!
+//! Real processes (testkit's `ParlorProcess`) on one `redis-server` of the
+//! test's own (testkit's `RedisServer`).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Api, ParlorProcess, RedisServer, WsClient, enc, free_port, uniq};
+
+const NAME: &str = "one.test";
+const PASSWORD: &str = "zebra-quartz-71";
+
+/// A process of the server `name` on `redis`, with `extra` flags.
+fn process(redis: &RedisServer, dir: &tempfile::TempDir, listen: &str, name: &str, extra: &[&str]) -> ParlorProcess {
+    let mut args = vec!["--redis", &redis.url, "--server-name", name, "--rate-limit", "off"];
+    args.extend_from_slice(extra);
+    let mut p = ParlorProcess::spawn_at(listen, dir.path(), &args);
+    assert!(matches!(p.child.try_wait(), Ok(None)), "a process of {name} started");
+    p
+}
+
+/// A token of `name` on `api`: logs in where accounts are shared already,
+/// else registers there (accounts are shared by their own part of #13).
+async fn token_on(api: &Api, name: &str) -> String {
+    let (s, v) = api.call("POST", "/login", None, Some(json!({"username": name, "password": PASSWORD}))).await;
+    if s == 200 {
+        return v["access_token"].as_str().unwrap().to_owned();
+    }
+    let (s, v) = api.register(name, PASSWORD).await;
+    assert_eq!(s, 201, "register {name}: {v}");
+    api.login(name).await.1
+}
+
+async fn members(api: &Api, token: &str, room: &str) -> (u16, Vec<String>) {
+    let (s, m) = api.call("GET", &format!("/rooms/{}/members", enc(room)), Some(token), None).await;
+    let got = m["members"]
+        .as_array()
+        .map(|a| a.iter().map(|x| x["user_id"].as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default();
+    (s, got)
+}
+
+/// The next `message` event on `ws` (other frames skipped), bounded.
+async fn next_message(ws: &mut WsClient, within: Duration) -> Value {
+    tokio::time::timeout(within, async {
+        loop {
+            let f = ws.recv().await;
+            if f["type"] == "event" && f["event"]["type"] == "message" {
+                return f["event"].clone();
+            }
+        }
+    })
+    .await
+    .expect("a message arrived in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_process_serves_any_room_request() {
+    let redis = RedisServer::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let procs: Vec<ParlorProcess> = dirs.iter().map(|d| process(&redis, d, "127.0.0.1:0", NAME, &[])).collect();
+    let [a, b, c] = [&procs[0], &procs[1], &procs[2]].map(|p| Api::new(&p.url));
+    let (ann, bob) = (uniq("ann"), uniq("bob"));
+    let ann_c = token_on(&c, &ann).await;
+    let ann_a = token_on(&a, &ann).await;
+    let ann_b = token_on(&b, &ann).await;
+    let bob_a = token_on(&a, &bob).await;
+    let bob_b = token_on(&b, &bob).await;
+    let ann_id = format!("@{ann}:{NAME}");
+    let bob_id = format!("@{bob}:{NAME}");
+
+    // Created and joined on C; A answers at once, from the same directory.
+    let lobby = uniq("lobby");
+    let joined = c.join(&ann_c, &lobby).await;
+    let (room_id, alias) = (joined["room_id"].as_str().unwrap(), joined["alias"].as_str().unwrap());
+    assert_eq!(members(&a, &ann_a, room_id).await, (200, vec![ann_id.clone()]), "members on A right after a join on C");
+
+    // The alias names one room on every process; a join through another
+    // process does not create a second one.
+    for (api, token) in [(&a, &bob_a), (&b, &bob_b)] {
+        assert_eq!(&api.join(token, alias).await, &joined, "{alias} resolves to the same room everywhere");
+    }
+    let mut both = vec![ann_id.clone(), bob_id.clone()];
+    both.sort();
+    assert_eq!(members(&c, &ann_c, alias).await, (200, both.clone()));
+    let (s, rooms) = b.call("GET", "/rooms", Some(&ann_b), None).await;
+    assert_eq!((s, &rooms["rooms"]), (200, &json!([{"room_id": room_id, "alias": alias}])), "rooms of a user on B");
+
+    // Sent on A, live on B.
+    let mut ws = WsClient::authed(&procs[1].url, &ann_b).await;
+    ws.send(json!({"type": "subscribe", "room": room_id})).await;
+    ws.until("caught_up").await;
+    let (s, sent) = a.send(&bob_a, room_id, "t1", "from A").await;
+    assert_eq!(s, 200, "{sent}");
+    let got = next_message(&mut ws, Duration::from_secs(20)).await;
+    assert_eq!((got["body"].as_str(), got["seq"].as_u64()), (Some("from A"), sent["seq"].as_u64()));
+
+    // Left on B: A refuses bob's next send at once.
+    let (s, v) = b.call("POST", &format!("/rooms/{}/leave", enc(room_id)), Some(&bob_b), None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = a.send(&bob_a, room_id, "t2", "after leaving").await;
+    assert_eq!((s, v["errcode"].as_str()), (403, Some("not_member")), "{v}");
+    assert_eq!(members(&a, &ann_a, room_id).await, (200, vec![ann_id.clone()]));
+    let (_, rooms) = c.call("GET", "/rooms", Some(&token_on(&c, &bob).await), None).await;
+    assert_eq!(rooms["rooms"], json!([]), "bob's rooms on C are empty after leaving on B");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_processes_of_a_server_share_one_federation_key() {
+    let redis = RedisServer::start();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let procs: Vec<ParlorProcess> = dirs.iter().map(|d| process(&redis, d, "127.0.0.1:0", NAME, &[])).collect();
+    let mut keys = Vec::new();
+    for p in &procs {
+        let (s, doc) = Api::new(&p.url).raw("GET", "/_parlor/key/v1/server", None, Vec::new()).await;
+        assert_eq!(s, 200, "{doc}");
+        keys.push((doc["key_id"].clone(), doc["public_key"].clone()));
+    }
+    assert_eq!(keys[0], keys[1], "one identity");
+    for d in &dirs {
+        assert!(!d.path().join("server.ed25519.pk8").exists(), "with Redis the key lives in Redis only");
+    }
+
+    // A data dir whose key file is another key is refused, and says why.
+    let other = tempfile::tempdir().unwrap();
+    let key = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    std::fs::write(other.path().join("server.ed25519.pk8"), key.as_ref()).unwrap();
+    let out = std::process::Command::new(testkit::parlor_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--redis", &redis.url, "--server-name", NAME, "--data-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a process with another key does not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another federation key"), "says why: {err}");
+}
+
+/// The lease key of pushes to `server`, and which process (by pid) holds it.
+fn lease_holder(redis: &RedisServer, server: &str) -> Option<u32> {
+    let v = redis.cli(&["GET", &format!("parlor:{{{server}}}:push-lease")])?;
+    v.trim().strip_prefix("pid ")?.split(' ').next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_pushes_to_each_server_and_another_takes_over_when_it_dies() {
+    let redis = RedisServer::start();
+    let (pa, pb, pr) = (free_port(), free_port(), free_port());
+    let (la, lb, lr) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"), format!("127.0.0.1:{pr}"));
+    let quick = ["--federation-retry-max-secs", "1", "--federation-catch-up-secs", "1"];
+    let to_remote = format!("two.test=http://{lr}");
+    let to_cluster = format!("{NAME}=http://{la}");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cluster_args: Vec<&str> = [&quick[..], &["--federation-peer", &to_remote]].concat();
+    let mut cluster =
+        [process(&redis, &dirs[0], &la, NAME, &cluster_args), process(&redis, &dirs[1], &lb, NAME, &cluster_args)];
+    let remote_args: Vec<&str> =
+        [&quick[..], &["--server-name", "two.test", "--rate-limit", "off", "--federation-peer", &to_cluster]].concat();
+    let remote = ParlorProcess::spawn_at(&lr, dirs[2].path(), &remote_args);
+    let (a, b, r) = (Api::new(&cluster[0].url), Api::new(&cluster[1].url), Api::new(&remote.url));
+
+    let ann = uniq("ann");
+    let ann_tokens = [token_on(&a, &ann).await, token_on(&b, &ann).await];
+    let hall = a.join(&ann_tokens[0], &uniq("hall")).await;
+    let room_id = hall["room_id"].as_str().unwrap().to_owned();
+    let (_, rita) = r.user(&uniq("rita")).await;
+    let on_remote = r.join(&rita, hall["alias"].as_str().unwrap()).await;
+    assert_eq!(on_remote["room_id"], hall["room_id"]);
+    let mut ws = WsClient::authed(&remote.url, &rita).await;
+    ws.send(json!({"type": "subscribe", "room": room_id})).await;
+    ws.until("caught_up").await;
+
+    // Sent through both processes: the remote server gets each once, in order.
+    let mut sent = Vec::new();
+    for i in 0..6 {
+        let (api, token) = if i % 2 == 0 { (&a, &ann_tokens[0]) } else { (&b, &ann_tokens[1]) };
+        let (s, v) = api.send(token, &room_id, &format!("t{i}"), &format!("m{i}")).await;
+        assert_eq!(s, 200, "{v}");
+        sent.push(v["seq"].as_u64().unwrap());
+        let got = next_message(&mut ws, Duration::from_secs(30)).await;
+        assert_eq!(got["body"], format!("m{i}"), "live on the remote server, in order, once");
+    }
+    let holder = lease_holder(&redis, "two.test").expect("a process holds the lease on pushing to two.test");
+    let idx = cluster.iter().position(|p| p.child.id() == holder).expect("the holder is one of the processes");
+
+    // The holder dies (kill -9): the other one takes the lease and pushes.
+    let _ = cluster[idx].child.kill();
+    let _ = cluster[idx].child.wait();
+    let survivor = 1 - idx;
+    let api = Api::new(&cluster[survivor].url);
+    let (s, v) = api.send(&ann_tokens[survivor], &room_id, "t-after", "after the holder died").await;
+    assert_eq!(s, 200, "{v}");
+    let got = next_message(&mut ws, Duration::from_secs(60)).await;
+    assert_eq!(got["body"], "after the holder died", "pushed by the process that took over");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lease_holder(&redis, "two.test") != Some(cluster[survivor].child.id()) {
+        assert!(Instant::now() < deadline, "the survivor holds the lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The remote's copy holds every message once.
+    let (s, page) = r.messages(&rita, &room_id, "after=0&limit=100").await;
+    assert_eq!(s, 200, "{page}");
+    let bodies: Vec<&str> = page["events"].as_array().unwrap().iter().filter_map(|e| e["body"].as_str()).collect();
+    assert_eq!(bodies, ["m0", "m1", "m2", "m3", "m4", "m5", "after the holder died"], "each event once, in order");
+}
+
+/// A replica's import is idempotent across processes: two processes that
+/// both receive the same push write it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_imported_by_two_processes_is_written_once() {
+    use parlor::protocol::RoomId;
+    use parlor::protocol::events::{Event, EventType};
+    use parlor::storage::Db;
+    use parlor::storage::events::redis::RedisLog;
+    use parlor::storage::events::{EventLog, EventSink, LogSettings, Range};
+
+    struct NoSink;
+    impl EventSink for NoSink {
+        fn deliver(&self, _: &RoomId, _: &std::sync::Arc<str>, _: u64, _: &str) {}
+    }
+    let redis = RedisServer::start();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (db1, db2) = (Db::open(d1.path()).unwrap(), Db::open(d2.path()).unwrap());
+    let s = LogSettings::default();
+    let one = RedisLog::open(&redis.url, &db1, std::sync::Arc::new(NoSink), &s).await.unwrap();
+    let two = RedisLog::open(&redis.url, &db2, std::sync::Arc::new(NoSink), &s).await.unwrap();
+    let room = RoomId::parse("!r:home.test").unwrap();
+    let events: Vec<Event> = (1..=5)
+        .map(|seq| Event {
+            event_id: format!("$e{seq}:home.test"),
+            seq,
+            kind: EventType::Message,
+            sender: parlor::protocol::UserId::parse("@h:home.test").unwrap(),
+            body: Some(format!("m{seq}")),
+            ts: seq,
+        })
+        .collect();
+    let (x, y) = tokio::join!(one.import(&room, "E1", None, events.clone()), two.import(&room, "E1", None, events));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.written + y.written, 5, "written once between them: {x:?} {y:?}");
+    let page = two.read(&room, Range::After(0), 100).await.unwrap();
+    assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    one.close().await;
+    two.close().await;
+}
