@@ -209,10 +209,36 @@ pub struct Fanout {
 impl EventSink for Fanout {
     fn deliver(&self, room: &RoomId, epoch: &Arc<str>, seq: u64, event_json: &str) {
         self.hub.deliver(room, epoch, seq, event_json);
+        // A leave ends the leaver's subscriptions to the room on every
+        // process: each one sees the event here, whichever process appended
+        // it (after the event itself, so subscribers get it first).
+        if let Some(user) = leaver(event_json) {
+            self.hub.kick(room, &user);
+        }
         if let Some(f) = &self.federation {
             f.on_event(room, epoch, event_json);
         }
     }
+}
+
+/// The sender of a `leave` event. Events are serialized by serde, so a
+/// quote inside a body is escaped and only the event's own type field can
+/// match the cheap test that spares every other event a parse.
+fn leaver(event_json: &str) -> Option<UserId> {
+    if !event_json.contains(r#""type":"leave""#) {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        sender: &'a str,
+    }
+    let head: Head = serde_json::from_str(event_json).ok()?;
+    if head.kind != "leave" {
+        return None;
+    }
+    UserId::parse(head.sender).ok()
 }
 
 #[cfg(test)]
@@ -249,6 +275,25 @@ mod tests {
         }
         assert_eq!(slow.take().unwrap_err(), CloseReason::SlowConsumer);
         assert_eq!(slow.queue.lock().unwrap().bytes, 0, "queued frames are released");
+    }
+
+    #[test]
+    fn a_leave_event_ends_its_senders_subscription() {
+        let hub = Hub::new();
+        let fanout = Fanout { hub: hub.clone(), federation: None };
+        let room = RoomId::parse("!r:x").unwrap();
+        let (a, b) = (conn(1 << 20), Conn::new(UserId::parse("@b:x").unwrap(), [0; 32], 1 << 20));
+        hub.subscribe(&room, &a);
+        hub.subscribe(&room, &b);
+        let quoted = r#"{"seq":1,"type":"message","sender":"@a:x","body":"\"type\":\"leave\"","ts":1}"#;
+        fanout.deliver(&room, &Arc::from("e"), 1, quoted);
+        let leave = r#"{"seq":2,"type":"leave","sender":"@a:x","ts":2}"#;
+        fanout.deliver(&room, &Arc::from("e"), 2, leave);
+        let got = a.take().unwrap();
+        assert_eq!(got.len(), 3, "two events, then the end of the subscription");
+        assert!(matches!(got[2], Outgoing::Left { .. }));
+        assert_eq!(b.take().unwrap().len(), 2, "the other subscriber gets both events and stays");
+        assert_eq!(leaver(quoted), None);
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub struct ParlorProcess {
 
 impl ParlorProcess {
     /// Spawns `parlor serve --listen 127.0.0.1:0 --data-dir DIR ARGS…` (the
-    /// binary of [`parlor_bin`]) and waits for the line `parlor listening on
+    /// binary of [`parlor_bin`]; its log level is `PARLOR_TEST_LOG`, default
+    /// `warn`) and waits for the line `parlor listening on
     /// http://ADDR` on its stdout.
     pub fn spawn(data_dir: &Path, args: &[&str]) -> Self {
         Self::spawn_bin(&parlor_bin(), data_dir, args)
@@ -40,7 +41,7 @@ impl ParlorProcess {
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("PARLOR_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
