@@ -120,6 +120,10 @@ pub async fn serve(
     // (which ends the process).
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     tokio::spawn(reload_on_sighup(hup, certs, app.shutdown.clone()));
+    // The admin socket is made once storage is open (and its lock held), so
+    // `parlor admin` finding it means a server is there to answer.
+    let admin = crate::admin::AdminSocket::bind(&app.services.config.data_dir)?;
+    http_conns.spawn(crate::admin::serve(admin, app.clone(), http_conns.clone()));
     if let Some(m) = listeners.metrics {
         tracing::info!(addr = %m.local_addr()?, "serving metrics at /metrics");
         http_conns.spawn(serve_metrics(m, app.clone(), builder.clone(), http_conns.clone()));

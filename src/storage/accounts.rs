@@ -15,6 +15,9 @@ pub struct AccountRecord {
     /// argon2id PHC string.
     pub password_hash: String,
     pub created_ms: u64,
+    /// When the operator deactivated it (`parlor admin users deactivate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivated_ms: Option<u64>,
 }
 
 /// What a token hash resolves to.
@@ -193,6 +196,22 @@ impl AccountStore {
         }
         self.db.sync().await?;
         Ok(revoked)
+    }
+}
+
+/// For `parlor admin`: listing and changing accounts.
+impl AccountStore {
+    /// Every account, by username.
+    pub fn list(&self) -> Result<Vec<AccountRecord>, StorageError> {
+        self.users.iter().values().map(|v| json_record("users", &v?)).collect()
+    }
+
+    /// Replaces an existing account's record (password hash, deactivation);
+    /// false when there is no such account. Durable on return.
+    pub async fn replace(&self, username: &str, record: &AccountRecord) -> Result<bool, StorageError> {
+        let existed = self.users.update_and_fetch(username.as_bytes(), |old| old.map(|_| to_record(record)))?.is_some();
+        self.db.sync().await?;
+        Ok(existed)
     }
 }
 
