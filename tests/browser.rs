@@ -67,10 +67,25 @@ fn demo_page_works_in_headless_chromium() {
     let data_retention = tempfile::tempdir().unwrap();
     let retention = support::ParlorProcess::spawn(data_retention.path(), &["--rate-limit", "off", "--retention", "5"]);
 
+    // A third that asks for a registration token, issued with `parlor admin`.
+    let data_token = tempfile::tempdir().unwrap();
+    let token_server =
+        support::ParlorProcess::spawn(data_token.path(), &["--rate-limit", "off", "--registration", "token"]);
+    let issued = Command::new(testkit::process::parlor_bin())
+        .args(["admin", "--data-dir"])
+        .arg(data_token.path())
+        .args(["registration-tokens", "create", "--uses", "1"])
+        .output()
+        .unwrap();
+    assert!(issued.status.success(), "parlor admin: {}", String::from_utf8_lossy(&issued.stderr));
+    let token = String::from_utf8(issued.stdout).unwrap().trim().to_owned();
+
     let mut node = Command::new("node")
         .arg(dir.join("demo.test.mjs"))
         .arg(&server.url)
         .arg(&retention.url)
+        .arg(&token_server.url)
+        .arg(&token)
         .env("CHROMIUM_PATH", &chromium)
         .current_dir(&dir)
         .stdin(Stdio::null())
