@@ -119,7 +119,8 @@ async fn every_command_works_on_a_running_server_and_on_a_stopped_data_dir() {
     let (s, session) = login(&api, &ann, PASSWORD).await;
     assert_eq!(s, 200);
     let ann_token = session["access_token"].as_str().unwrap().to_owned();
-    let (ok, v) = admin_in(&dir, &[], &["users", "reset-password", &ann, "--password-stdin"], Some("a-new-passphrase-9\n"));
+    let (ok, v) =
+        admin_in(&dir, &[], &["users", "reset-password", &ann, "--password-stdin"], Some("a-new-passphrase-9\n"));
     assert!(ok, "{v}");
     assert_eq!(api.call("GET", "/account/whoami", Some(&ann_token), None).await.0, 401, "the reset revoked the token");
     assert_eq!(login(&api, &ann, PASSWORD).await.0, 401, "the old password is gone");
@@ -157,7 +158,8 @@ async fn every_command_works_on_a_running_server_and_on_a_stopped_data_dir() {
         .collect();
     assert!(states.contains(&(true, true)) && states.contains(&(false, false)), "{users}");
     assert_eq!(admin(&dir, &["users", "deactivate", &ann]), json!({"answer": "done", "changed": true}));
-    let (ok, v) = admin_in(&dir, &[], &["users", "reset-password", &bob, "--password-stdin"], Some("bobs-new-phrase-4\n"));
+    let (ok, v) =
+        admin_in(&dir, &[], &["users", "reset-password", &bob, "--password-stdin"], Some("bobs-new-phrase-4\n"));
     assert!(ok, "{v}");
     let offline_token = new_token(&dir, &["--uses", "1"]);
     let gone = new_token(&dir, &[]);
@@ -297,7 +299,12 @@ async fn each_registration_mode_says_what_it_asks_and_refuses_with_its_errcode()
     // A failed registration gives its use back.
     let t = new_token(&dir, &["--uses", "1"]);
     let (s, v) = api
-        .call("POST", "/register", None, Some(json!({"username": uniq("ann"), "password": "short", "registration_token": t})))
+        .call(
+            "POST",
+            "/register",
+            None,
+            Some(json!({"username": uniq("ann"), "password": "short", "registration_token": t})),
+        )
         .await;
     assert_eq!((s, v["errcode"].as_str()), (400, Some("password_too_short")));
     assert_eq!(register(&api, &uniq("ann"), Some(&t)).await.0, 201, "the use was given back");
