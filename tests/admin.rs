@@ -138,6 +138,9 @@ async fn every_command_works_on_a_running_server_and_on_a_stopped_data_dir() {
     assert_eq!(login(&api, &bob, "wrong-password-1").await.1["errcode"], "invalid_credentials", "no oracle");
     assert_eq!(register(&api, &bob, Some(&new_token(&dir, &[]))).await.1["errcode"], "username_taken");
     assert_eq!(admin_refused(&dir, &["users", "deactivate", "nobody"]), "user_not_found");
+    let ann_id = ids.iter().find(|u| u.starts_with(&format!("@{ann}:"))).unwrap().to_string();
+    let elsewhere = format!("@{ann}:elsewhere.example");
+    assert_eq!(admin_refused(&dir, &["users", "deactivate", &elsewhere]), "user_not_found", "another server's user");
 
     // Running: servers.
     assert_eq!(admin(&dir, &["servers", "deny", "evil.example"]), json!({"answer": "done", "changed": true}));
@@ -157,7 +160,11 @@ async fn every_command_works_on_a_running_server_and_on_a_stopped_data_dir() {
         .map(|u| (u["user_id"].as_str().unwrap().starts_with(&format!("@{bob}:")), u["deactivated_ms"].is_u64()))
         .collect();
     assert!(states.contains(&(true, true)) && states.contains(&(false, false)), "{users}");
-    assert_eq!(admin(&dir, &["users", "deactivate", &ann]), json!({"answer": "done", "changed": true}));
+    assert_eq!(
+        admin(&dir, &["users", "deactivate", &ann_id]),
+        json!({"answer": "done", "changed": true}),
+        "by user id"
+    );
     let (ok, v) =
         admin_in(&dir, &[], &["users", "reset-password", &bob, "--password-stdin"], Some("bobs-new-phrase-4\n"));
     assert!(ok, "{v}");

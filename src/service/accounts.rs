@@ -273,8 +273,15 @@ impl Accounts {
 
     fn account(&self, username: &str) -> Result<(Username, AccountRecord)> {
         let missing = || Error::refused(ErrCode::UserNotFound, format!("no account {username:?}"));
-        // `@ann:example.org` or `ann` both name the account `ann`.
-        let local = username.strip_prefix('@').and_then(|u| u.split(':').next()).unwrap_or(username);
+        // `@ann:example.org` or `ann` both name the account `ann` (a user id
+        // of another server names no account here).
+        let local = match username.strip_prefix('@') {
+            None => username,
+            Some(id) => match id.split_once(':') {
+                Some((local, server)) if server == self.server_name.as_str() => local,
+                _ => return Err(missing()),
+            },
+        };
         let name = Username::parse(local).map_err(|_| missing())?;
         let record = self.store.get(name.as_str())?.ok_or_else(missing)?;
         Ok((name, record))
