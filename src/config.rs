@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::protocol::ServerName;
+use crate::protocol::versions::Registration;
 
 /// Everything a running server needs to know. Defaults match `parlor serve`.
 #[derive(Debug, Clone)]
@@ -74,6 +75,8 @@ pub struct Config {
     /// the proxies forwarded, and the proxy is exempt from the per-address
     /// connection cap.
     pub trusted_proxies: Vec<IpNet>,
+    /// Who may register: anyone, holders of a registration token, or nobody.
+    pub registration: Registration,
 }
 
 /// A PEM certificate chain (leaf first) and its private key, read at start
@@ -113,6 +116,7 @@ impl Config {
             federation_queue_max: 10_000,
             tls: None,
             trusted_proxies: Vec::new(),
+            registration: Registration::Open,
             // Leave a core for chat: a login storm must not stall delivery.
             hash_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
             hash_queue: 32,

@@ -12,6 +12,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use parlor::config::Config;
 use parlor::protocol::ServerName;
+use parlor::protocol::admin::{AdminAnswer, AdminRequest};
+use parlor::protocol::versions::Registration;
 
 #[derive(Parser)]
 #[command(name = "parlor", version, about = "A small, fast, federated chat server with a documented JSON protocol")]
@@ -24,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(Box<Serve>),
+    /// Manage a server's accounts, registration tokens and federation (safe while it runs).
+    Admin(Admin),
     /// Write the protocol's JSON Schemas (spec/schemas) to a directory.
     Schemas {
         #[arg(long, default_value = "spec/schemas")]
@@ -134,6 +138,86 @@ struct Serve {
     /// Log records as text or as JSON lines (to stderr; RUST_LOG filters them).
     #[arg(long, env = "PARLOR_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Who may register: anyone, holders of a token from `parlor admin registration-tokens create`, or nobody.
+    #[arg(long, env = "PARLOR_REGISTRATION", value_enum, default_value = "open")]
+    registration: RegistrationMode,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RegistrationMode {
+    Open,
+    Token,
+    Closed,
+}
+
+#[derive(clap::Args)]
+struct Admin {
+    /// The data directory of the server (running or stopped).
+    #[arg(long, env = "PARLOR_DATA_DIR", default_value = "./parlor-data")]
+    data_dir: PathBuf,
+    /// The server's --redis URL; needed only when no server runs and the data dir uses Redis.
+    #[arg(long, env = "PARLOR_REDIS")]
+    redis: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    what: AdminWhat,
+}
+
+#[derive(Subcommand)]
+enum AdminWhat {
+    /// Accounts.
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// Tokens that allow registering under --registration token.
+    #[command(subcommand, name = "registration-tokens")]
+    RegistrationTokens(TokensCmd),
+    /// Other servers this one federates with.
+    #[command(subcommand)]
+    Servers(ServersCmd),
+}
+
+#[derive(Subcommand)]
+enum UsersCmd {
+    /// List every account.
+    List,
+    /// Deactivate an account: its tokens die at once, its connections close, it cannot log in again.
+    Deactivate { user: String },
+    /// Set a new password (read from stdin) and revoke the account's tokens.
+    ResetPassword {
+        user: String,
+        /// Read the password from the first line of stdin (the only way: never on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Issue a token.
+    Create {
+        /// Registrations it allows (default: any number).
+        #[arg(long)]
+        uses: Option<u64>,
+        /// Time until it expires, e.g. 90s, 30m, 12h, 7d (default: never).
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// List the tokens with their uses and expiry.
+    List,
+    /// Revoke a token.
+    Revoke { token: String },
+}
+
+#[derive(Subcommand)]
+enum ServersCmd {
+    /// Refuse federation with a server (its requests are refused; nothing is pushed to it).
+    Deny { name: String },
+    /// Federate with a denied server again.
+    Allow { name: String },
+    /// List the denied servers.
+    List,
 }
 
 fn main() -> Result<()> {
@@ -147,6 +231,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Serve(s) => serve(*s),
+        Command::Admin(a) => admin(a),
     }
 }
 
@@ -223,6 +308,11 @@ fn serve(s: Serve) -> Result<()> {
             config.tls = Some(files);
         }
         config.trusted_proxies = s.trusted_proxies;
+        config.registration = match s.registration {
+            RegistrationMode::Open => Registration::Open,
+            RegistrationMode::Token => Registration::Token,
+            RegistrationMode::Closed => Registration::Closed,
+        };
         tracing::info!(server_name = %config.server_name, data_dir = %s.data_dir.display(), nofile, "starting");
         // Tests and scripts read these lines to learn the bound ports.
         let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -233,6 +323,124 @@ fn serve(s: Serve) -> Result<()> {
         let listeners = parlor::server::Listeners { client: listener, metrics };
         parlor::server::serve(listeners, config, shutdown_signal()).await.context("server failed")
     })
+}
+
+/// `parlor admin`: over the running server's admin socket, or, when no
+/// server runs there, on the data dir itself.
+fn admin(a: Admin) -> Result<()> {
+    let req = match a.what {
+        AdminWhat::Users(UsersCmd::List) => AdminRequest::UsersList,
+        AdminWhat::Users(UsersCmd::Deactivate { user }) => AdminRequest::UsersDeactivate { user },
+        AdminWhat::Users(UsersCmd::ResetPassword { user, .. }) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("cannot read the password from stdin")?;
+            let password = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
+            anyhow::ensure!(!password.is_empty(), "no password on stdin");
+            AdminRequest::UsersResetPassword { user, password: password.to_owned() }
+        }
+        AdminWhat::RegistrationTokens(TokensCmd::Create { uses, expires_in }) => {
+            AdminRequest::RegistrationTokensCreate {
+                uses,
+                expires_in_ms: expires_in.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            }
+        }
+        AdminWhat::RegistrationTokens(TokensCmd::List) => AdminRequest::RegistrationTokensList,
+        AdminWhat::RegistrationTokens(TokensCmd::Revoke { token }) => AdminRequest::RegistrationTokensRevoke { token },
+        AdminWhat::Servers(ServersCmd::Deny { name }) => AdminRequest::ServersDeny { name },
+        AdminWhat::Servers(ServersCmd::Allow { name }) => AdminRequest::ServersAllow { name },
+        AdminWhat::Servers(ServersCmd::List) => AdminRequest::ServersList,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let answer = runtime.block_on(async {
+        let socket = parlor::admin::socket_path(&a.data_dir);
+        match parlor::admin::client::call(&socket, &req).await {
+            Ok(answer) => Ok(answer),
+            Err(parlor::admin::client::CallError::NoServer(_)) => offline(&a.data_dir, a.redis, req).await,
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    match answer {
+        Ok(answer) => {
+            print_answer(&answer, a.json);
+            Ok(())
+        }
+        Err(refusal) => {
+            if a.json {
+                println!("{}", serde_json::to_string(&refusal)?);
+            }
+            anyhow::bail!("{}: {}", refusal.errcode, refusal.error)
+        }
+    }
+}
+
+/// Runs an admin command on a data dir no server has open.
+async fn offline(
+    dir: &std::path::Path,
+    redis: Option<String>,
+    req: AdminRequest,
+) -> Result<Result<AdminAnswer, parlor::protocol::ErrorBody>> {
+    let identity = parlor::storage::identity::recorded(dir)?
+        .with_context(|| format!("{} holds no Parlor data; give the --data-dir of a server", dir.display()))?;
+    if identity.room_log == parlor::storage::identity::RoomLog::Redis && redis.is_none() {
+        anyhow::bail!("no server runs on {} and its data is in Redis: give --redis URL", dir.display());
+    }
+    let server_name = ServerName::parse(&identity.server_name).context("the recorded server name")?;
+    let mut config = Config::new(server_name, dir);
+    config.redis = redis;
+    let tools = parlor::service::Offline::open(config)
+        .await
+        .with_context(|| format!("no server answers on {}, and the data dir cannot be opened", dir.display()))?;
+    let result = tools.run(req).await;
+    tools.close().await;
+    Ok(result.map_err(|e| parlor::protocol::ErrorBody {
+        errcode: e.code(),
+        error: e.public_message(),
+        retry_after_ms: e.retry_after_ms(),
+    }))
+}
+
+fn print_answer(answer: &AdminAnswer, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(answer).expect("answers serialize"));
+        return;
+    }
+    match answer {
+        AdminAnswer::Users { users } => {
+            for u in users {
+                let state = if u.deactivated_ms.is_some() { "deactivated" } else { "active" };
+                println!("{}\t{state}", u.user_id);
+            }
+        }
+        AdminAnswer::Token { token } => println!("{}", token.token),
+        AdminAnswer::Tokens { tokens } => {
+            for t in tokens {
+                let uses = t.uses_allowed.map_or("unlimited".to_owned(), |n| n.to_string());
+                let expires = t.expires_ms.map_or("never".to_owned(), |ms| format!("{ms}"));
+                println!("{}\tused {} of {uses}\texpires_ms {expires}", t.token, t.completed);
+            }
+        }
+        AdminAnswer::Servers { denied } => {
+            for s in denied {
+                println!("{s}\tdenied");
+            }
+        }
+        AdminAnswer::Done { changed } => println!("{}", if *changed { "done" } else { "nothing to change" }),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected a number and a unit, e.g. 30m"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
 }
 
 fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {

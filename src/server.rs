@@ -120,6 +120,17 @@ pub async fn serve(
     // (which ends the process).
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     tokio::spawn(reload_on_sighup(hup, certs, app.shutdown.clone()));
+    // The admin socket is made once storage is open (and its lock held), so
+    // `parlor admin` finding it means a server is there to answer.
+    // A data dir where no socket can be made (a path over the 107 bytes a
+    // socket address holds, a filesystem without sockets) still serves;
+    // `parlor admin` then needs the server stopped.
+    match crate::admin::AdminSocket::bind(&app.services.config.data_dir) {
+        Ok(admin) => {
+            http_conns.spawn(crate::admin::serve(admin, app.clone(), http_conns.clone()));
+        }
+        Err(e) => tracing::warn!(error = %e, "no admin socket; parlor admin works only while the server is stopped"),
+    }
     if let Some(m) = listeners.metrics {
         tracing::info!(addr = %m.local_addr()?, "serving metrics at /metrics");
         http_conns.spawn(serve_metrics(m, app.clone(), builder.clone(), http_conns.clone()));

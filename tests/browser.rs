@@ -21,5 +21,22 @@ fn demo_page_works_in_headless_chromium() {
     // A second server that keeps only 5 events per room, so the page meets a real `gap`.
     let data_retention = tempfile::tempdir().unwrap();
     let retention = support::ParlorProcess::spawn(data_retention.path(), &["--rate-limit", "off", "--retention", "5"]);
-    browser::run_script("demo.test.mjs", &[&server.url, &retention.url], Duration::from_secs(240));
+
+    // A third that asks for a registration token, issued with `parlor admin`.
+    let data_token = tempfile::tempdir().unwrap();
+    let token_server =
+        support::ParlorProcess::spawn(data_token.path(), &["--rate-limit", "off", "--registration", "token"]);
+    let issued = std::process::Command::new(testkit::process::parlor_bin())
+        .args(["admin", "--data-dir"])
+        .arg(data_token.path())
+        .args(["registration-tokens", "create", "--uses", "1"])
+        .output()
+        .unwrap();
+    assert!(issued.status.success(), "parlor admin: {}", String::from_utf8_lossy(&issued.stderr));
+    let token = String::from_utf8(issued.stdout).unwrap().trim().to_owned();
+    browser::run_script(
+        "demo.test.mjs",
+        &[&server.url, &retention.url, &token_server.url, &token],
+        Duration::from_secs(240),
+    );
 }

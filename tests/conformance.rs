@@ -122,3 +122,13 @@ async fn conformance_retention_and_heartbeat() {
         assert_eq!(report.passed(), 1, "{filter} must run and pass");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_registration_modes() {
+    for mode in ["token", "closed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "off", "--registration", mode]);
+        let report = run(&server.url, Some("registration::"), false, false, None).await;
+        assert_eq!(report.passed(), 1, "the registration case must run and pass with --registration {mode}");
+    }
+}

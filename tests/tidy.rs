@@ -95,6 +95,14 @@ const RULES: &[Rule] = &[
         why: "ws/ imports neither http/, server.rs, storage/ nor fedclient/",
     },
     Rule {
+        layer: "admin",
+        may_import: &["app", "protocol", "service", "config"],
+        may_also: &["http::error_response", "http::json"],
+        must_not_name: STORAGE_CRATES,
+        why: "admin/ (the admin socket's wire) imports app, protocol/, service/ and of http/ only its one \
+              error-to-answer place; nothing of ws/, storage/, fedclient/ or server.rs",
+    },
+    Rule {
         layer: "fedclient",
         may_import: &["protocol", "config"],
         may_also: &[
@@ -124,7 +132,7 @@ const RULES: &[Rule] = &[
     },
     Rule {
         layer: "server",
-        may_import: &["app", "config", "fedclient", "http", "ws", "protocol", "service", "metrics"],
+        may_import: &["admin", "app", "config", "fedclient", "http", "ws", "protocol", "service", "metrics"],
         may_also: &[],
         must_not_name: STORAGE_CRATES,
         why: "server.rs builds everything but storage/, which only service/ opens",

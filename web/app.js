@@ -89,6 +89,12 @@ function describeError(err) {
     case 'username_taken': return 'This username is taken: choose another one.';
     case 'invalid_username': return 'Usernames are 1–32 characters: letters a–z, digits, “.”, “_” or “-”.';
     case 'invalid_credentials': return 'Wrong username or password.';
+    case 'user_deactivated': return 'This account has been deactivated by the server operator.';
+    case 'registration_closed': return 'This server takes no new accounts.';
+    case 'registration_token_required': return 'This server needs a registration token: ask its operator for one.';
+    case 'invalid_registration_token': return 'This registration token is not valid.';
+    case 'registration_token_used_up': return 'This registration token has been used up.';
+    case 'registration_token_expired': return 'This registration token has expired.';
     case 'invalid_room': return 'Room names are 1–64 characters: letters a–z, digits, “.”, “_” or “-”.';
     case 'room_not_found': return 'There is no such room.';
     case 'not_member': return 'You are not a member of this room.';
@@ -257,6 +263,7 @@ const el = {
   loginPass: $('login-password'), loginError: $('login-error'), loginNotice: $('login-notice'),
   registerView: $('register-view'), registerForm: $('register-form'), registerUser: $('register-username'),
   registerPass: $('register-password'), registerConfirm: $('register-confirm'), registerError: $('register-error'),
+  registerTokenField: $('register-token-field'), registerToken: $('register-token'),
   chatView: $('chat-view'), whoami: $('whoami'), logout: $('logout'),
   roomTitle: $('room-title'), connection: $('connection'), joinForm: $('join-form'), joinRoom: $('join-room'),
   roomError: $('room-error'), scroller: $('scroller'), loadOlder: $('load-older'), messages: $('messages'),
@@ -349,6 +356,11 @@ function showRegister() {
   showView('register');
   showError(el.registerError, null);
   el.registerUser.focus();
+  // The token field only when this server asks for one (spec §5, versions).
+  fetch('/_parlor/versions', { cache: 'no-store' }).then((r) => r.json()).then((v) => {
+    el.registerTokenField.hidden = v.registration !== 'token';
+    el.registerToken.required = v.registration === 'token';
+  }, () => {});
 }
 
 el.registerForm.addEventListener('submit', async (e) => {
@@ -360,16 +372,24 @@ el.registerForm.addEventListener('submit', async (e) => {
   if (password !== el.registerConfirm.value) {
     return showError(el.registerError, 'The passwords differ: type the same password twice.', el.registerConfirm);
   }
+  const body = { username, password };
+  if (!el.registerTokenField.hidden) {
+    const token = el.registerToken.value.trim();
+    if (!token) return showError(el.registerError, 'Enter your registration token.', el.registerToken);
+    body.registration_token = token;
+  }
   showError(el.registerError, null);
   try {
-    const res = await busy(el.registerForm, () => api('POST', '/register', { body: { username, password } }));
+    const res = await busy(el.registerForm, () => api('POST', '/register', { body }));
     el.registerForm.reset();
     // As in the original app: registering does not log in; the login form
     // follows, with the new username filled in.
     showLogin({ notice: `Account ${res.user_id} created. Log in to start chatting.`, username });
   } catch (err) {
     const onUsername = ['username_taken', 'invalid_username'].includes(err.errcode);
-    showError(el.registerError, describeError(err), onUsername ? el.registerUser : el.registerPass);
+    const onToken = err.errcode?.includes('registration_token');
+    showError(el.registerError, describeError(err),
+      onUsername ? el.registerUser : onToken && !el.registerTokenField.hidden ? el.registerToken : el.registerPass);
   }
 });
 

@@ -65,7 +65,7 @@ fn assert_schema_failure(results: &[(String, Outcome)], case: &str, schema: &str
 async fn off_schema_answers_fail_their_cases() {
     let addr = fake_server(HashMap::from([
         // `versions` must be an array.
-        ("/_parlor/versions", (200, r#"{"versions":"v1","server":{"name":"127.0.0.1:1","version":"fake"}}"#)),
+        ("/_parlor/versions", (200, r#"{"versions":"v1","server":{"name":"127.0.0.1:1","version":"fake"},"registration":"open"}"#)),
         // `room_log` is missing.
         ("/healthz", (200, r#"{"status":"ok"}"#)),
         // An errcode that is not in the spec's table.
@@ -88,7 +88,7 @@ async fn right_shape_wrong_content_still_fails() {
     // Schema-valid, but v1 is not listed: the case must still fail.
     let addr = fake_server(HashMap::from([(
         "/_parlor/versions",
-        (200, r#"{"versions":["v0"],"server":{"name":"127.0.0.1:1","version":"fake"}}"#),
+        (200, r#"{"versions":["v0"],"server":{"name":"127.0.0.1:1","version":"fake"},"registration":"open"}"#),
     )]))
     .await;
     let results = outcomes(addr, "versions::lists_v1").await;
@@ -189,7 +189,7 @@ fn key_document(name: &str, signed_name: &str) -> &'static str {
 
 #[tokio::test]
 async fn a_key_document_that_is_not_the_servers_fails() {
-    const VERSIONS: &str = r#"{"versions":["v1"],"server":{"name":"127.0.0.1:1","version":"fake"}}"#;
+    const VERSIONS: &str = r#"{"versions":["v1"],"server":{"name":"127.0.0.1:1","version":"fake"},"registration":"open"}"#;
     for (doc, why) in [
         (key_document("127.0.0.1:1", "127.0.0.1:2"), "does not verify"),
         (key_document("127.0.0.1:2", "127.0.0.1:2"), "names"),

@@ -9,7 +9,10 @@ use crate::service::Error;
 
 pub async fn register(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
     let body: RegisterRequest = parse_json(&read_body(ctx, req).await?, false)?;
-    let user_id = ctx.app.services.accounts.register(&body.username, &body.password, ctx.client).await?;
+    let services = &ctx.app.services;
+    let token = body.registration_token.as_deref();
+    let user_id =
+        services.admin.register(&services.accounts, &body.username, &body.password, token, ctx.client).await?;
     Ok(json(StatusCode::CREATED, &RegisterResponse { user_id }))
 }
 

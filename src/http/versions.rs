@@ -16,6 +16,7 @@ pub fn versions(ctx: &Ctx) -> Result<Resp, Error> {
                 name: ctx.app.services.config.server_name.to_string(),
                 version: concat!("parlor ", env!("CARGO_PKG_VERSION")).into(),
             },
+            registration: ctx.app.services.admin.registration(),
         },
     ))
 }

@@ -14,6 +14,10 @@ pub struct RegisterRequest {
     pub username: String,
     /// At least 8 characters, at most 1,024 bytes, not all digits, not common, not like the username.
     pub password: String,
+    /// A token from the server's operator; needed when `GET /_parlor/versions`
+    /// says `"registration": "token"`, ignored otherwise.
+    #[serde(default)]
+    pub registration_token: Option<String>,
 }
 
 /// `POST /register` answer (status 201).

@@ -132,7 +132,7 @@ const BODY: &[ErrCode] = &[BodyTooLarge, RequestTimeout, UnsupportedMediaType, M
 /// The endpoint takes a bearer token.
 const BEARER: &[ErrCode] = &[MissingToken, UnknownToken];
 /// A signed federation request; `not_found` when federation is off.
-const SIGNED: &[ErrCode] = &[BadSignature, UnknownServer, NotFound];
+const SIGNED: &[ErrCode] = &[BadSignature, UnknownServer, ServerDenied, NotFound];
 /// A `{room}` path parameter naming a room.
 const ROOM: &[ErrCode] = &[InvalidParam, InvalidRoom, RoomNotFound];
 
@@ -260,7 +260,7 @@ pub fn http() -> Vec<Endpoint> {
             path: client("/register"),
             tag: "accounts",
             summary: "Create an account",
-            description: "Spec §5. Checked in this order: rate limit, username syntax, password rules, username taken.",
+            description: "Spec §5. Checked in this order: registration mode and token, rate limit, username syntax, password rules, username taken.",
             auth: Auth::None,
             params: vec![],
             body: body::<accounts::RegisterRequest>(),
@@ -268,6 +268,11 @@ pub fn http() -> Vec<Endpoint> {
             errors: errors(&[
                 BODY,
                 &[
+                    RegistrationClosed,
+                    RegistrationTokenRequired,
+                    InvalidRegistrationToken,
+                    RegistrationTokenUsedUp,
+                    RegistrationTokenExpired,
                     RateLimited,
                     InvalidUsername,
                     PasswordTooShort,
@@ -290,7 +295,7 @@ pub fn http() -> Vec<Endpoint> {
             params: vec![],
             body: body::<accounts::LoginRequest>(),
             answers: ok(200, "A new device and its access token.", of::<accounts::LoginResponse>()),
-            errors: errors(&[BODY, &[RateLimited, InvalidCredentials]]),
+            errors: errors(&[BODY, &[RateLimited, InvalidCredentials, UserDeactivated]]),
         },
         Endpoint {
             id: "logout",

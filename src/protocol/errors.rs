@@ -74,8 +74,22 @@ errcodes! {
     PasswordTooCommon = ("password_too_common", 400),
     /// The password is too similar to the username.
     PasswordTooSimilar = ("password_too_similar", 400),
+    /// Registration: the server takes no new accounts (`--registration closed`).
+    RegistrationClosed = ("registration_closed", 403),
+    /// Registration: the server takes new accounts only with a `registration_token`, and the request has none.
+    RegistrationTokenRequired = ("registration_token_required", 403),
+    /// Registration: the `registration_token` is not one the server issued (or it was revoked).
+    InvalidRegistrationToken = ("invalid_registration_token", 403),
+    /// Registration: every use of the `registration_token` is taken.
+    RegistrationTokenUsedUp = ("registration_token_used_up", 403),
+    /// Registration: the `registration_token` has expired.
+    RegistrationTokenExpired = ("registration_token_expired", 403),
     /// Login failed: unknown username or wrong password (the server never says which).
     InvalidCredentials = ("invalid_credentials", 401),
+    /// Login: the account was deactivated by the server's operator (the password was right).
+    UserDeactivated = ("user_deactivated", 403),
+    /// Admin channel only: no account has this username.
+    UserNotFound = ("user_not_found", 404),
     /// The request needs `Authorization: Bearer <access_token>` and has none.
     MissingToken = ("missing_token", 401),
     /// The access token is unknown, malformed or revoked (logged out).
@@ -114,6 +128,8 @@ errcodes! {
     BadSignature = ("bad_signature", 401),
     /// Federation: the origin server's key could not be fetched, or the origin acted for another server's user.
     UnknownServer = ("unknown_server", 403),
+    /// Federation: this server's operator denies federation with the origin server.
+    ServerDenied = ("server_denied", 403),
     /// An unexpected server fault; details are in the server log.
     Internal = ("internal", 500),
 }

@@ -7,6 +7,7 @@
 //! else; whether a room exists is a service question.
 
 pub mod accounts;
+pub mod admin;
 pub mod asyncapi;
 pub mod endpoints;
 pub mod errors;

@@ -9,6 +9,22 @@ pub struct VersionsResponse {
     /// Protocol versions, e.g. `["v1"]`.
     pub versions: Vec<String>,
     pub server: ServerInfo,
+    /// Who may create an account: `open` (anyone), `token` (with a
+    /// `registration_token` from the operator) or `closed` (nobody).
+    pub registration: Registration,
+}
+
+/// Whether `POST /register` takes new accounts (`--registration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Registration {
+    /// Anyone may register.
+    #[default]
+    Open,
+    /// Registration needs a `registration_token` issued by the operator.
+    Token,
+    /// Nobody may register.
+    Closed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -68,6 +68,10 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     ring::digest::digest(&ring::digest::SHA256, data).as_ref().try_into().expect("sha256 is 32 bytes")
 }
 
+fn deactivated() -> Error {
+    Error::refused(ErrCode::UserDeactivated, "this account has been deactivated")
+}
+
 fn invalid_credentials() -> Error {
     Error::refused(ErrCode::InvalidCredentials, "unknown username or wrong password")
 }
@@ -121,7 +125,8 @@ impl Accounts {
         }
         let password_hash = self.hasher.hash(password.as_bytes(), Lane::Other).await.map_err(busy)?;
         let user_id = UserId::new(&name, &self.server_name);
-        let record = AccountRecord { user_id: user_id.to_string(), password_hash, created_ms: now_ms() };
+        let record =
+            AccountRecord { user_id: user_id.to_string(), password_hash, created_ms: now_ms(), deactivated_ms: None };
         if !self.store.create(name.as_str(), &record).await? {
             return Err(taken());
         }
@@ -176,6 +181,9 @@ impl Accounts {
             _ => return Err(invalid_credentials()),
         };
         self.limits.login.succeeded(admitted).await?;
+        if account.deactivated_ms.is_some() {
+            return Err(deactivated());
+        }
         let user_id = UserId::parse(&account.user_id)
             .map_err(|e| crate::storage::StorageError::Corrupt { tree: "users", detail: e.to_string() })?;
         let access_token = self.secret();
@@ -200,6 +208,12 @@ impl Accounts {
                 now_ms: now_ms(),
             })
             .await?;
+        // A deactivation that ran while this login was hashing revoked every
+        // token but the one just stored: look again, after storing it.
+        if self.store.get(name.as_str()).await?.is_some_and(|a| a.deactivated_ms.is_some()) {
+            self.store.revoke(&sha256(access_token.as_bytes())).await?;
+            return Err(deactivated());
+        }
         Ok(LoginResponse { user_id, device_id, access_token, device_proof })
     }
 
@@ -326,5 +340,66 @@ async fn recheck(store: &dyn AccountStore, live: &Live) {
                 return;
             }
         }
+    }
+}
+
+/// The operator's account commands (`parlor admin users …`).
+impl Accounts {
+    /// Every account, by username.
+    pub async fn list(&self) -> Result<Vec<AccountRecord>> {
+        Ok(self.store.list().await?)
+    }
+
+    async fn account(&self, username: &str) -> Result<(Username, AccountRecord)> {
+        let missing = || Error::refused(ErrCode::UserNotFound, format!("no account {username:?}"));
+        // `@ann:example.org` or `ann` both name the account `ann` (a user id
+        // of another server names no account here).
+        let local = match username.strip_prefix('@') {
+            None => username,
+            Some(id) => match id.split_once(':') {
+                Some((local, server)) if server == self.server_name.as_str() => local,
+                _ => return Err(missing()),
+            },
+        };
+        let name = Username::parse(local).map_err(|_| missing())?;
+        let record = self.store.get(name.as_str()).await?.ok_or_else(missing)?;
+        Ok((name, record))
+    }
+
+    /// Deactivates an account: marked first (so a login in flight sees it
+    /// after storing its token), then every token revoked and every open
+    /// connection of the user closed (4001). False when it already was.
+    pub async fn deactivate(&self, username: &str) -> Result<bool> {
+        let (name, mut record) = self.account(username).await?;
+        let changed = record.deactivated_ms.is_none();
+        if changed {
+            record.deactivated_ms = Some(now_ms());
+            self.store.replace(name.as_str(), &record).await?;
+        }
+        self.revoke_user(&record).await?;
+        if changed {
+            tracing::info!(user_id = %record.user_id, "deactivated");
+        }
+        Ok(changed)
+    }
+
+    /// Sets a new password (the registration rules apply) and revokes every
+    /// token of the account, closing its connections.
+    pub async fn reset_password(&self, username: &str, password: &str) -> Result<()> {
+        let (name, mut record) = self.account(username).await?;
+        self.policy.check(name.as_str(), password).map_err(|(code, msg)| Error::refused(code, msg))?;
+        record.password_hash = self.hasher.hash(password.as_bytes(), Lane::Other).await.map_err(busy)?;
+        self.store.replace(name.as_str(), &record).await?;
+        self.revoke_user(&record).await?;
+        tracing::info!(user_id = %record.user_id, "password reset");
+        Ok(())
+    }
+
+    async fn revoke_user(&self, record: &AccountRecord) -> Result<()> {
+        self.store.revoke_all(&record.user_id).await?;
+        if let Ok(user) = UserId::parse(&record.user_id) {
+            close_live(&self.live, &user, |_| true);
+        }
+        Ok(())
     }
 }

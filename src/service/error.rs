@@ -67,4 +67,7 @@ pub enum StartError {
     HashPool(#[from] super::hashing::StartError),
     #[error("cannot start federation: {0}")]
     Federation(#[from] super::federation::FederationError),
+    /// `parlor admin` on a directory no server has used.
+    #[error("{} holds no Parlor data (no identity.json): give the --data-dir of a server", .0.display())]
+    NotADataDir(std::path::PathBuf),
 }

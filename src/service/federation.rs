@@ -428,6 +428,10 @@ pub struct Federation {
     counters: Counters,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// The operator's deny list (`parlor admin servers deny`), read on every
+    /// incoming request and every push (no copy here: with `--redis` another
+    /// process may change it).
+    denied: std::sync::OnceLock<Arc<dyn crate::storage::admin::AdminStore>>,
 }
 
 fn sha256_b64(body: &[u8]) -> String {
@@ -489,7 +493,21 @@ impl Federation {
             counters: Counters::default(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            denied: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Refuses federation with the servers `store` denies (set once, at start).
+    pub fn deny_with(&self, store: Arc<dyn crate::storage::admin::AdminStore>) {
+        let _ = self.denied.set(store);
+    }
+
+    /// Whether the operator denies federation with `server`.
+    pub(super) async fn is_denied(&self, server: &str) -> Result<bool, crate::storage::StorageError> {
+        match self.denied.get() {
+            Some(store) => store.is_denied(server).await,
+            None => Ok(false),
+        }
     }
 
     /// A new key pair, PKCS#8, for a server's first start.
@@ -588,6 +606,9 @@ impl Federation {
         let p = parse_auth_header(authorization.unwrap_or_default()).map_err(|e| bad_signature(e.to_string()))?;
         if p.destination != self.server_name.as_str() {
             return Err(bad_signature(format!("this is {}, not {}", self.server_name, p.destination)));
+        }
+        if self.is_denied(p.origin.as_str()).await? {
+            return Err(Error::refused(ErrCode::ServerDenied, format!("federation with {} is denied here", p.origin)));
         }
         let now = now_ms();
         if now.abs_diff(p.ts) > SIGNATURE_WINDOW_MS {

@@ -2,6 +2,7 @@
 //! start-up from the `Config` and shared by every connection.
 
 pub mod accounts;
+pub mod admin;
 pub mod error;
 pub mod events;
 pub mod fanout;
@@ -34,7 +35,59 @@ pub struct Services {
     pub events: events::Events,
     pub hub: Arc<fanout::Hub>,
     pub federation: Option<Arc<federation::Federation>>,
+    pub admin: Arc<admin::Admin>,
     db: crate::storage::Db,
+}
+
+/// The operator's store of the backend `config` names (Redis with `--redis`).
+async fn admin_store(
+    config: &Config,
+    db: &crate::storage::Db,
+) -> Result<Arc<dyn crate::storage::admin::AdminStore>, StorageError> {
+    Ok(match &config.redis {
+        None => Arc::new(crate::storage::admin::embedded::EmbeddedAdmin::open(db)?),
+        Some(url) => Arc::new(crate::storage::admin::redis::RedisAdmin::open(url).await?),
+    })
+}
+
+/// What `parlor admin` opens when no server runs on the data dir: the
+/// accounts and the operator's store, nothing that serves.
+pub struct Offline {
+    pub accounts: accounts::Accounts,
+    pub admin: admin::Admin,
+    db: crate::storage::Db,
+}
+
+impl Offline {
+    /// Opens a data dir some server already used (its sled lock refuses
+    /// while that server runs), with the backend its identity records.
+    pub async fn open(config: Config) -> Result<Self, StartError> {
+        let recorded = crate::storage::identity::recorded(&config.data_dir)?;
+        let Some(identity) = recorded else {
+            return Err(StartError::NotADataDir(config.data_dir.clone()));
+        };
+        let room_log = if config.redis.is_some() { RoomLog::Redis } else { RoomLog::Embedded };
+        crate::storage::identity::check_dir(&config.data_dir, &Identity { room_log, ..identity })?;
+        let db = crate::storage::Db::open(&config.data_dir)?;
+        let admin = admin::Admin::new(admin_store(&config, &db).await?, config.registration);
+        let limits = Arc::new(ratelimit::RateLimits::new(false));
+        let store: Arc<dyn AccountStore> = match &config.redis {
+            None => Arc::new(EmbeddedAccounts::open(&db)?),
+            Some(url) => Arc::new(RedisAccounts::open(url).await?),
+        };
+        let accounts = accounts::Accounts::new(store, config.server_name.clone(), 1, 4, limits).await?;
+        Ok(Self { accounts, admin, db })
+    }
+
+    /// Runs one admin command.
+    pub async fn run(&self, req: crate::protocol::admin::AdminRequest) -> Result<crate::protocol::admin::AdminAnswer> {
+        self.admin.run(&self.accounts, req).await
+    }
+
+    /// Makes every write durable.
+    pub async fn close(&self) {
+        let _ = self.db.sync().await;
+    }
 }
 
 impl Services {
@@ -65,6 +118,7 @@ impl Services {
             None => Arc::new(EmbeddedRooms::open(&db)?),
             Some(url) => Arc::new(RedisRooms::open(url).await?),
         };
+        let admin = Arc::new(admin::Admin::new(admin_store(&config, &db).await?, config.registration));
         let federation = match config.federation {
             false => None,
             true => {
@@ -106,6 +160,7 @@ impl Services {
                     seen,
                     leases,
                 )?;
+                fed.deny_with(admin.store());
                 Some(fed)
             }
         };
@@ -149,7 +204,7 @@ impl Services {
                 rooms.catch_up_forever(every).await
             });
         }
-        Ok(Self { config, accounts, rooms, events, hub, federation, db })
+        Ok(Self { config, accounts, rooms, events, hub, federation, admin, db })
     }
 
     /// Flushes everything; called once after the last connection is gone.

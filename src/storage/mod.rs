@@ -3,6 +3,7 @@
 //! nothing of HTTP, passwords in clear, or who may read what.
 
 pub mod accounts;
+pub mod admin;
 pub mod events;
 pub mod federation;
 pub mod identity;

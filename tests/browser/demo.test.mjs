@@ -16,9 +16,10 @@ import { mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { launchChromium, until as untilWithin, watchdog as startWatchdog } from './harness.mjs';
 
-const [base, retentionBase] = process.argv.slice(2);
-if (![base, retentionBase].every((u) => /^http:\/\/127\.0\.0\.1:\d+$/.test(u ?? ''))) {
-  console.error('usage: node demo.test.mjs http://127.0.0.1:PORT http://127.0.0.1:PORT_OF_A_SERVER_WITH_RETENTION_5');
+const [base, retentionBase, tokenBase, registrationToken] = process.argv.slice(2);
+if (![base, retentionBase, tokenBase].every((u) => /^http:\/\/127\.0\.0\.1:\d+$/.test(u ?? '')) || !registrationToken) {
+  console.error('usage: node demo.test.mjs http://127.0.0.1:PORT http://127.0.0.1:PORT_OF_A_SERVER_WITH_RETENTION_5 '
+    + 'http://127.0.0.1:PORT_OF_A_SERVER_WITH_REGISTRATION_TOKEN TOKEN');
   process.exit(2);
 }
 const screenshots = process.env.PARLOR_SCREENSHOTS === '1';
@@ -87,7 +88,7 @@ async function person(browser, name, { url = base, viewport = { width: 1100, hei
 }
 
 // Chromium logs every HTTP error answer a page receives; these are the ones we provoke.
-const HTTP_4XX = /^Failed to load resource: the server responded with a status of 4(00|09)\b/;
+const HTTP_4XX = /^Failed to load resource: the server responded with a status of 4(00|03|09)\b/;
 const HTTP_401 = /^Failed to load resource: the server responded with a status of 401\b/;
 // And a dropped connection makes reconnect attempts fail until it is back.
 const NET_DOWN = /^(WebSocket connection to '.*' failed|Failed to load resource: net::ERR_)/;
@@ -301,6 +302,28 @@ try {
     await heading(alice, 'Create an account').waitFor();
     assert.equal(await alice.page.evaluate(() => document.activeElement.id), 'register-username',
       'the register form puts the focus in its first field');
+  });
+
+  await step('a server that asks for a registration token gets one in the register form, and no other does', async () => {
+    const tina = await person(browser, 'tina', { url: tokenBase });
+    await tina.page.goto('/');
+    await heading(tina, 'Log in').waitFor();
+    await tina.page.getByRole('button', { name: 'Register', exact: true }).click();
+    await heading(tina, 'Create an account').waitFor();
+    await field(tina, 'Registration token').waitFor();
+    await registerRefused(tina, 'tina', 'lilac-meadow-53', /enter your registration token/i);
+    await field(tina, 'Registration token').fill('not-a-token');
+    await registerRefused(tina, 'tina', 'lilac-meadow-53', /not valid/i);
+    await field(tina, 'Registration token').fill(registrationToken);
+    await register(tina, 'tina', 'lilac-meadow-53');
+    await heading(tina, 'Log in').waitFor();
+    assert.match(await tina.page.locator('#login-notice').textContent(), /@tina:/);
+    await tina.context.close();
+    // The open server answered `registration: "open"` by now (alice's form
+    // asked when it opened): its token field stays hidden.
+    const v = await (await fetch(base + '/_parlor/versions')).json();
+    assert.equal(v.registration, 'open');
+    assert.equal(await alice.page.locator('#register-token-field').isVisible(), false);
   });
 
   await step('registration refusals are shown in words', async () => {

@@ -17,6 +17,7 @@ pub fn cases() -> Vec<Case> {
     vec![
         case!("versions::lists_v1", "5", versions_lists_v1),
         case!("versions::server_name_is_valid", "5", versions_server_name_is_valid),
+        case!("registration::follows_the_announced_mode", "5", registration_follows_the_announced_mode),
         case!("accounts::register_returns_user_id", "5", register_returns_user_id),
         case!("accounts::register_folds_case", "5", register_folds_case),
         case!("accounts::register_taken_name", "5", register_taken_name),
@@ -83,6 +84,37 @@ async fn versions_server_name_is_valid(ctx: &Ctx) -> Result<()> {
     let v = ctx.http.send(Request::get("/_parlor/versions")).await?.ok(200, "versions_response")?;
     let name = s(&v["server"], "name");
     check!(valid_server_name(name), "server.name {name:?} is not a lower-case host[:port]");
+    Ok(())
+}
+
+/// `GET /_parlor/versions` says who may register, and `/register` does as
+/// it says: `open` ignores a `registration_token`; `token` refuses a request
+/// without one or with one never issued; `closed` refuses every request,
+/// token or not. (A valid token needs the operator: tests/admin.rs.)
+async fn registration_follows_the_announced_mode(ctx: &Ctx) -> Result<()> {
+    let v = ctx.http.send(Request::get("/_parlor/versions")).await?.ok(200, "versions_response")?;
+    let with_token = |name: &str, token: &str| {
+        Request::post(Ctx::api("/register")).json(&json!({
+            "username": name, "password": GOOD_PASSWORD, "registration_token": token
+        }))
+    };
+    match s(&v, "registration") {
+        "open" => {
+            let name = ctx.username("open");
+            ctx.send_patiently(with_token(&name, "anything")).await?.ok(201, "register_response")?;
+        }
+        "token" => {
+            ctx.register_raw(&ctx.username("tok"), GOOD_PASSWORD).await?.err(403, "registration_token_required")?;
+            let bogus = with_token(&ctx.username("tok"), "never-issued-token");
+            ctx.send_patiently(bogus).await?.err(403, "invalid_registration_token")?;
+        }
+        "closed" => {
+            ctx.register_raw(&ctx.username("closed"), GOOD_PASSWORD).await?.err(403, "registration_closed")?;
+            let any = with_token(&ctx.username("closed"), "never-issued-token");
+            ctx.send_patiently(any).await?.err(403, "registration_closed")?;
+        }
+        other => check!(false, "registration is {other:?}, not open, token or closed: {v}"),
+    }
     Ok(())
 }
 

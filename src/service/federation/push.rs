@@ -328,6 +328,14 @@ impl Federation {
 
     /// Sends one transaction (or, with no events, a probe).
     async fn push(&self, server: &str, events: &[Arc<Item>]) -> Result<(), Failure> {
+        // A denied server gets nothing; its events count as sent (once
+        // allowed again, it backfills what it missed). When the deny list
+        // cannot be read, nothing is sent either: the push is retried.
+        match self.is_denied(server).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(Failure::Unreachable(format!("the deny list cannot be read: {e}"))),
+        }
         let items: Vec<&RawValue> = events.iter().map(|i| &*i.json).collect();
         let body = serde_json::to_vec(&FedTransactionOut { events: &items }).expect("transactions serialize");
         let n = self.txn_counter.fetch_add(1, Ordering::Relaxed);

@@ -166,6 +166,16 @@ impl EmbeddedAccounts {
         self.db.sync().await?;
         Ok(revoked)
     }
+
+    pub fn list(&self) -> Result<Vec<AccountRecord>, StorageError> {
+        self.users.iter().values().map(|v| json_record("users", &v?)).collect()
+    }
+
+    pub async fn replace(&self, username: &str, record: &AccountRecord) -> Result<bool, StorageError> {
+        let existed = self.users.update_and_fetch(username.as_bytes(), |old| old.map(|_| to_record(record)))?.is_some();
+        self.db.sync().await?;
+        Ok(existed)
+    }
 }
 
 impl AccountStore for EmbeddedAccounts {
@@ -199,6 +209,18 @@ impl AccountStore for EmbeddedAccounts {
 
     fn revoke_all<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<[u8; 32]>, StorageError>> {
         Box::pin(self.revoke_all(user_id))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<AccountRecord>, StorageError>> {
+        Box::pin(async move { self.list() })
+    }
+
+    fn replace<'a>(
+        &'a self,
+        username: &'a str,
+        record: &'a AccountRecord,
+    ) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(self.replace(username, record))
     }
 }
 

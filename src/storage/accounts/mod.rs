@@ -19,6 +19,9 @@ pub struct AccountRecord {
     /// argon2id PHC string.
     pub password_hash: String,
     pub created_ms: u64,
+    /// When the operator deactivated it (`parlor admin users deactivate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivated_ms: Option<u64>,
 }
 
 /// What a token hash resolves to.
@@ -79,6 +82,12 @@ pub trait AccountStore: Send + Sync {
     /// returns the revoked token hashes.
     fn revoke_all<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<[u8; 32]>, StorageError>>;
 
+    /// Every account (for `parlor admin users list`).
+    fn list(&self) -> BoxFuture<'_, Result<Vec<AccountRecord>, StorageError>>;
+    /// Replaces an existing account's record (password hash, deactivation);
+    /// `Ok(false)`: there is no such account. Acknowledged like every change.
+    fn replace<'a>(&'a self, username: &'a str, record: &'a AccountRecord)
+    -> BoxFuture<'a, Result<bool, StorageError>>;
     /// Revocations made by other processes, for a store shared with them
     /// (`None`: this process is the only one, and closes its own sessions).
     /// Called once, at start.

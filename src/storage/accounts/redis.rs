@@ -147,6 +147,9 @@ fn proofs_key(user: &str) -> String {
     format!("parlor:user:{{{}}}:proofs", tag(user))
 }
 
+/// The set of every username, for listing (never on a request path).
+const USERS_KEY: &str = "parlor:users";
+
 fn token_key(hash: &[u8; 32]) -> String {
     format!("parlor:token:{}", hex(hash))
 }
@@ -185,6 +188,36 @@ impl AccountStore for RedisAccounts {
         Box::pin(async move {
             let mut pipe = redis::pipe();
             pipe.cmd("SET").arg(account_key(username)).arg(crate::storage::to_record(record)).arg("NX");
+            // The index may name a username whose SET lost the race: `list`
+            // reads each account and skips what is not there.
+            pipe.cmd("SADD").arg(USERS_KEY).arg(username).ignore();
+            let values = self.write(pipe).await?;
+            Ok(matches!(values.first(), Some(Value::Okay | Value::SimpleString(_))))
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<AccountRecord>, StorageError>> {
+        Box::pin(async move {
+            let mut names: Vec<String> = self.read(redis::cmd("SMEMBERS").arg(USERS_KEY)).await?;
+            names.sort();
+            let mut pipe = redis::pipe();
+            for n in &names {
+                pipe.cmd("GET").arg(account_key(n));
+            }
+            let values: Vec<Option<Vec<u8>>> =
+                pipe.query_async(&mut self.conn.clone()).await.map_err(|e| storage_error(&e))?;
+            values.into_iter().flatten().map(|v| crate::storage::json_record("redis accounts", &v)).collect()
+        })
+    }
+
+    fn replace<'a>(
+        &'a self,
+        username: &'a str,
+        record: &'a AccountRecord,
+    ) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET").arg(account_key(username)).arg(crate::storage::to_record(record)).arg("XX");
             let values = self.write(pipe).await?;
             Ok(matches!(values.first(), Some(Value::Okay | Value::SimpleString(_))))
         })
