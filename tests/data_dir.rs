@@ -214,7 +214,7 @@ async fn a_redis_belongs_to_one_server_name() {
 async fn the_store_cache_budget_is_checked_and_small_ones_keep_everything() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("data");
-    for bad in ["0", "1048577", "-1", "lots"] {
+    for bad in ["0", "1048577", "lots"] {
         let err = refused(&dir, &["--cache-mib", bad]);
         assert!(err.contains("is not a cache size in MiB from 1 to 1048576"), "{bad}: {err}");
     }
