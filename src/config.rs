@@ -48,6 +48,8 @@ pub struct Config {
     /// Password hashes that may wait in each lane of the hashing queue
     /// (logins from known origins, everything else); beyond it, 429 at once.
     pub hash_queue: usize,
+    /// MiB the embedded store (sled) may keep in memory; see [`CACHE_MIB`].
+    pub cache_mib: u64,
     /// Federation with other servers on or off.
     pub federation: bool,
     /// The base URL this server announces in `/.well-known/parlor/server`
@@ -78,6 +80,17 @@ pub struct Config {
     /// Who may register: anyone, holders of a registration token, or nobody.
     pub registration: Registration,
 }
+
+/// The values `--cache-mib` accepts: the embedded store's memory budget in
+/// MiB. sled holds accounts, tokens and rooms on either backend, and the room
+/// logs too without Redis; without a budget it keeps what it reads and writes
+/// (its default cache is 1 GiB), so the server's memory would grow with the
+/// data. Below 1 MiB sled would re-read a leaf for nearly every access; above
+/// 1 TiB the number is a typo.
+pub const CACHE_MIB: std::ops::RangeInclusive<u64> = 1..=1 << 20;
+/// The default budget: with it, 200,000 stored 1 KiB messages leave the server
+/// under 200 MiB of resident memory (BENCHMARKS.md, finding 8).
+pub const CACHE_MIB_DEFAULT: u64 = 64;
 
 /// A PEM certificate chain (leaf first) and its private key, read at start
 /// and again on every SIGHUP.
@@ -120,6 +133,7 @@ impl Config {
             // Leave a core for chat: a login storm must not stall delivery.
             hash_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
             hash_queue: 32,
+            cache_mib: CACHE_MIB_DEFAULT,
         }
     }
 }

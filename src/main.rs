@@ -120,6 +120,9 @@ struct Serve {
     /// Password hashes that may wait in each lane of the hashing queue; when full, 429 at once.
     #[arg(long, env = "PARLOR_HASH_QUEUE", default_value_t = 32)]
     hash_queue: usize,
+    /// MiB of memory the embedded store (sled) may use to cache accounts, rooms and room logs (1 to 1048576).
+    #[arg(long, env = "PARLOR_CACHE_MIB", default_value_t = parlor::config::CACHE_MIB_DEFAULT, value_parser = parse_cache_mib)]
+    cache_mib: u64,
     /// Seconds allowed to read request headers, and again the body.
     #[arg(long, env = "PARLOR_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     request_timeout_secs: u64,
@@ -301,6 +304,7 @@ fn serve(s: Serve) -> Result<()> {
             config.hash_concurrency = n.max(1);
         }
         config.hash_queue = s.hash_queue.max(1);
+        config.cache_mib = s.cache_mib;
         if let (Some(cert), Some(key)) = (s.tls_cert, s.tls_key) {
             let files = parlor::config::TlsFiles { cert, key };
             // Refuse to start (before saying we listen) on files that will not do.
@@ -313,7 +317,13 @@ fn serve(s: Serve) -> Result<()> {
             RegistrationMode::Token => Registration::Token,
             RegistrationMode::Closed => Registration::Closed,
         };
-        tracing::info!(server_name = %config.server_name, data_dir = %s.data_dir.display(), nofile, "starting");
+        tracing::info!(
+            server_name = %config.server_name,
+            data_dir = %s.data_dir.display(),
+            nofile,
+            cache_mib = config.cache_mib,
+            "starting"
+        );
         // Tests and scripts read these lines to learn the bound ports.
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         println!("parlor listening on {scheme}://{addr}");
@@ -449,6 +459,18 @@ fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<ipnet::IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("{s:?} is not an address or a CIDR range (e.g. 10.0.0.0/8)"))
+}
+
+fn parse_cache_mib(s: &str) -> Result<u64, String> {
+    let range = parlor::config::CACHE_MIB;
+    match s.trim().parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a cache size in MiB from {} to {} (the embedded store's memory budget)",
+            range.start(),
+            range.end()
+        )),
+    }
 }
 
 fn parse_peer(s: &str) -> Result<(String, String), String> {

@@ -179,3 +179,53 @@ async fn a_redis_belongs_to_one_server_name() {
     assert!(a2.terminate().success());
     assert!(a.terminate().success());
 }
+
+/// `--cache-mib`, the embedded store's memory budget, is checked before
+/// anything starts. A budget far smaller than the data still keeps and
+/// serves all of it, across a restart (sled reads evicted leaves back from
+/// disk). What the budget does to memory is a benchmark figure
+/// (BENCHMARKS.md, finding 8), never a test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_cache_budget_is_checked_and_small_ones_keep_everything() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data");
+    for bad in ["0", "1048577", "lots"] {
+        let err = refused(&dir, &["--cache-mib", bad]);
+        assert!(err.contains("is not a cache size in MiB from 1 to 1048576"), "{bad}: {err}");
+    }
+    assert!(!dir.exists(), "a refused start creates nothing");
+
+    // 160 messages of 12 KiB: about 2 MiB stored, twice the budget.
+    let body = "m".repeat(12 << 10);
+    let mut a = ParlorProcess::spawn(&dir, &["--rate-limit", "off", "--cache-mib", "1"]);
+    let api = Api::new(&a.url);
+    let (_, token) = api.user("ann").await;
+    api.join(&token, "lobby").await;
+    for i in 0..160 {
+        let (s, v) = api.send(&token, "lobby", &format!("t{i}"), &format!("{i} {body}")).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    assert!(a.terminate().success());
+
+    let mut b = ParlorProcess::spawn(&dir, &["--rate-limit", "off", "--cache-mib", "1"]);
+    let api = Api::new(&b.url);
+    let (_, token) = api.login("ann").await;
+    let mut seen = Vec::new();
+    let mut query = "limit=50".to_owned();
+    loop {
+        let (s, page) = api.messages(&token, "lobby", &query).await;
+        assert_eq!(s, 200, "{page}");
+        let events = page["events"].as_array().unwrap();
+        for e in events.iter().rev() {
+            if let Some((n, rest)) = e["body"].as_str().and_then(|b| b.split_once(' ')) {
+                assert_eq!(rest.len(), 12 << 10);
+                seen.push(n.parse::<u32>().unwrap());
+            }
+        }
+        let Some(first) = events.first() else { break };
+        query = format!("limit=50&before={}", first["seq"]);
+    }
+    seen.reverse();
+    assert_eq!(seen, (0..160).collect::<Vec<_>>(), "every message once, in order");
+    assert!(b.terminate().success());
+}

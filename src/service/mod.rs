@@ -99,7 +99,7 @@ impl Services {
         transport: Arc<dyn federation::Transport>,
         metrics: &Metrics,
     ) -> Result<Self, StartError> {
-        let db = crate::storage::Db::open(&config.data_dir)?;
+        let db = crate::storage::Db::open_with_cache(&config.data_dir, config.cache_mib)?;
         let room_log = match config.redis {
             None => RoomLog::Embedded,
             Some(_) => RoomLog::Redis,

@@ -141,16 +141,14 @@ impl Db {
     /// they hold messages and password hashes. An existing directory that
     /// others may read is left as it is, with a warning.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with_cache(dir, crate::config::CACHE_MIB_DEFAULT)
+    }
+
+    /// [`Db::open`] with a memory budget of `cache_mib` MiB (`--cache-mib`).
+    pub fn open_with_cache(dir: &Path, cache_mib: u64) -> Result<Self, StorageError> {
         private_dir(dir)?;
         let path = dir.join("sled");
-        let sled = sled::Config::new()
-            .path(&path)
-            .cache_capacity(128 << 20)
-            .segment_size(4 << 20)
-            // We sync before every acknowledgement; the background flusher
-            // only bounds the work left for those syncs.
-            .flush_every_ms(Some(1000))
-            .open()?;
+        let sled = sled_config(&path, cache_mib).open()?;
         make_private(&path)?;
         let log_path = path.join("db");
         let log_file = std::fs::File::open(&log_path).map_err(StorageError::io("open", &log_path))?;
@@ -222,6 +220,18 @@ impl Db {
     }
 }
 
+/// sled's settings for a database at `path` with a memory budget of
+/// `cache_mib` MiB.
+fn sled_config(path: &Path, cache_mib: u64) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_mib << 20)
+        .segment_size(4 << 20)
+        // We sync before every acknowledgement; the background flusher
+        // only bounds the work left for those syncs.
+        .flush_every_ms(Some(1000))
+}
+
 /// Creates `dir` (its missing parents as usual) with mode 0700, or warns
 /// when an existing one is open to other users.
 fn private_dir(dir: &Path) -> Result<(), StorageError> {
@@ -285,4 +295,13 @@ pub(crate) fn key(parts: &[&[u8]]) -> Vec<u8> {
         k.extend_from_slice(p);
     }
     k
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_memory_budget_is_sleds_cache_capacity() {
+        let config = super::sled_config(std::path::Path::new("data/sled"), 24);
+        assert_eq!(config.cache_capacity, 24 << 20);
+    }
 }

@@ -146,6 +146,10 @@ pub struct HistoryArgs {
     pub fetches: u64,
     #[arg(long, default_value_t = 64)]
     pub body_bytes: usize,
+    /// Walk this room (the `room_id` an earlier history run printed) instead of filling a new one: it must
+    /// hold exactly that run's --messages. For reads after a server restart, with its caches cold.
+    #[arg(long)]
+    pub room: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

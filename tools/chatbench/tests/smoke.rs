@@ -141,6 +141,12 @@ async fn history_walk_finds_every_message_once_in_order() {
     assert_clean(&h[0]);
     assert_eq!(h[0]["expected"], 70, "35 messages seen by each of 2 joiners: {}", h[0]);
     assert_eq!(h[0]["seq_gaps"], 0);
+    // --room walks the same room again without filling it (reads after a restart).
+    let room = h[0]["room_id"].as_str().unwrap();
+    let again = bench(&s, &["history", "--room", room, "--messages", "35", "--page", "10", "--fetches", "0"]).await;
+    assert_clean(&again[0]);
+    assert_eq!(again[0]["expected"], 175, "35 messages seen by each of 5 joiners: {}", again[0]);
+    assert_eq!(again[0]["fill_s"], serde_json::Value::Null, "nothing sent: {}", again[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

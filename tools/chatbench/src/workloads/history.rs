@@ -5,6 +5,11 @@
 //! timed). Every walk is checked: each of the N messages exactly once
 //! (`expected` = N × joiners), seqs ascending and contiguous within and
 //! across pages.
+//!
+//! The server's memory is read at each tenth of the fill (`fill_rss_kib`)
+//! and after it; `--room` walks a room an earlier run filled instead of a new
+//! one, so the same checks time reads after a restart, with the server's
+//! caches cold (issue 17: memory bounded by configuration, not by data).
 
 use std::cell::Cell;
 
@@ -19,7 +24,7 @@ use crate::clock::now_ns;
 use crate::http::{HttpConn, PREFIX, api_error, seg};
 use crate::parse::{self, write_tag};
 use crate::stats::{Lat, round3};
-use crate::sys::Usage;
+use crate::sys::{Usage, proc_rss_kib};
 use crate::users::unique_prefix;
 
 /// What walking one joiner's view of the room found.
@@ -39,33 +44,13 @@ pub async fn run(ctx: &Ctx, a: &HistoryArgs) -> Result<Outcome> {
     }
     let users = ctx.users.take(1 + a.joiners.max(1), ctx.user_concurrency).await?;
     let (writer, joiners) = users.split_first().expect("at least two users");
-    let room = format!("{}-hist", unique_prefix());
-    let mut c = ctx.api.conn().await?;
-    let room_id = c.join(&writer.token, &room).await?;
-
-    // Fill the room, 8 sends in flight (order across senders does not matter:
-    // the walk checks each message's presence by its tag, and seqs by the room's order).
-    let t_fill = now_ns();
-    let next = Cell::new(0u64);
-    let fill = (0..8).map(|_| async {
-        let mut c = ctx.api.conn().await?;
-        loop {
-            let g = next.get();
-            if g >= a.messages {
-                return anyhow::Ok(());
-            }
-            next.set(g + 1);
-            let mut body = Vec::with_capacity(a.body_bytes);
-            write_tag(&mut body, g, 0);
-            if a.body_bytes > body.len() {
-                body.push(b' ');
-                body.resize(a.body_bytes, b'x');
-            }
-            c.send(&writer.token, &room_id, &format!("t{g}"), std::str::from_utf8(&body)?).await?;
+    let (room_id, fill_s, fill_rss) = match &a.room {
+        Some(room_id) => (room_id.clone(), None, Vec::new()),
+        None => {
+            let (room_id, fill_s, fill_rss) = fill(ctx, a, &writer.token).await?;
+            (room_id, Some(fill_s), fill_rss)
         }
-    });
-    futures_util::future::try_join_all(fill).await?;
-    let fill_s = (now_ns() - t_fill) as f64 / 1e9;
+    };
 
     let usage = Usage::start(ctx.server_pid);
     let mut first = Lat::default();
@@ -117,8 +102,12 @@ pub async fn run(ctx: &Ctx, a: &HistoryArgs) -> Result<Outcome> {
     j.insert("messages".into(), json!(a.messages));
     j.insert("page".into(), json!(a.page));
     j.insert("joiners".into(), json!(joiners.len()));
-    j.insert("fill_s".into(), json!(round3(fill_s)));
-    j.insert("fill_sends_per_s".into(), json!(round3(a.messages as f64 / fill_s.max(1e-9))));
+    j.insert("room_id".into(), json!(room_id));
+    j.insert("fill_s".into(), json!(fill_s.map(round3)));
+    j.insert("fill_sends_per_s".into(), json!(fill_s.map(|s| round3(a.messages as f64 / s.max(1e-9)))));
+    j.insert("fill_rss_kib".into(), json!(fill_rss));
+    // After the fill (or, with --room, before the walk): what the stored messages cost.
+    j.insert("server_rss_before_walk_kib".into(), json!(usage.server_rss0_kib));
     j.insert("expected".into(), json!(expected));
     j.insert("delivered".into(), json!(walk.delivered));
     j.insert("lost".into(), json!(lost));
@@ -135,6 +124,44 @@ pub async fn run(ctx: &Ctx, a: &HistoryArgs) -> Result<Outcome> {
     put_usage(&mut j, &u);
     let ok = lost == 0 && walk.duplicates == 0 && walk.out_of_order == 0 && walk.seq_gaps == 0;
     Ok(Outcome { json: j, ok })
+}
+
+/// Fills a new room with `a.messages` messages from `token`, 8 sends in
+/// flight (order across senders does not matter: the walk checks each
+/// message's presence by its tag, and seqs by the room's order). Returns the
+/// room id, the fill's seconds, and the server's VmRSS (KiB) after each tenth.
+async fn fill(ctx: &Ctx, a: &HistoryArgs, token: &str) -> Result<(String, f64, Vec<u64>)> {
+    let room = format!("{}-hist", unique_prefix());
+    let mut c = ctx.api.conn().await?;
+    let room_id = c.join(token, &room).await?;
+    let t_fill = now_ns();
+    let next = Cell::new(0u64);
+    let rss = std::cell::RefCell::new(Vec::new());
+    let tenth = (a.messages / 10).max(1);
+    let senders = (0..8).map(|_| async {
+        let mut c = ctx.api.conn().await?;
+        loop {
+            let g = next.get();
+            if g >= a.messages {
+                return anyhow::Ok(());
+            }
+            next.set(g + 1);
+            let mut body = Vec::with_capacity(a.body_bytes);
+            write_tag(&mut body, g, 0);
+            if a.body_bytes > body.len() {
+                body.push(b' ');
+                body.resize(a.body_bytes, b'x');
+            }
+            c.send(token, &room_id, &format!("t{g}"), std::str::from_utf8(&body)?).await?;
+            if (g + 1).is_multiple_of(tenth)
+                && let Some(r) = ctx.server_pid.and_then(|p| proc_rss_kib(p).ok())
+            {
+                rss.borrow_mut().push(r.0);
+            }
+        }
+    });
+    futures_util::future::try_join_all(senders).await?;
+    Ok((room_id, (now_ns() - t_fill) as f64 / 1e9, rss.into_inner()))
 }
 
 /// Fetch the latest page (timed as the first page), then page backwards to
