@@ -65,7 +65,10 @@ fn assert_schema_failure(results: &[(String, Outcome)], case: &str, schema: &str
 async fn off_schema_answers_fail_their_cases() {
     let addr = fake_server(HashMap::from([
         // `versions` must be an array.
-        ("/_parlor/versions", (200, r#"{"versions":"v1","server":{"name":"127.0.0.1:1","version":"fake"},"registration":"open"}"#)),
+        (
+            "/_parlor/versions",
+            (200, r#"{"versions":"v1","server":{"name":"127.0.0.1:1","version":"fake"},"registration":"open"}"#),
+        ),
         // `room_log` is missing.
         ("/healthz", (200, r#"{"status":"ok"}"#)),
         // An errcode that is not in the spec's table.
@@ -189,7 +192,8 @@ fn key_document(name: &str, signed_name: &str) -> &'static str {
 
 #[tokio::test]
 async fn a_key_document_that_is_not_the_servers_fails() {
-    const VERSIONS: &str = r#"{"versions":["v1"],"server":{"name":"127.0.0.1:1","version":"fake"},"registration":"open"}"#;
+    const VERSIONS: &str =
+        r#"{"versions":["v1"],"server":{"name":"127.0.0.1:1","version":"fake"},"registration":"open"}"#;
     for (doc, why) in [
         (key_document("127.0.0.1:1", "127.0.0.1:2"), "does not verify"),
         (key_document("127.0.0.1:2", "127.0.0.1:2"), "names"),
