@@ -49,16 +49,14 @@ async fn members(api: &Api, token: &str, room: &str) -> (u16, Vec<String>) {
 
 /// The next `message` event on `ws` (other frames skipped), bounded.
 async fn next_message(ws: &mut WsClient, within: Duration) -> Value {
-    tokio::time::timeout(within, async {
-        loop {
-            let f = ws.recv().await;
-            if f["type"] == "event" && f["event"]["type"] == "message" {
-                return f["event"].clone();
-            }
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let f = ws.recv_within(left).await.unwrap_or_else(|| panic!("no message event within {within:?}"));
+        if f["type"] == "event" && f["event"]["type"] == "message" {
+            return f["event"].clone();
         }
-    })
-    .await
-    .expect("a message arrived in time")
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -580,6 +580,10 @@ pub struct FrameRule {
 /// Errcodes any client frame may get (§8).
 pub const ANY_FRAME_ERRORS: &[ErrCode] = &[MalformedJson, InvalidField, UnknownType, NotAuthenticated, Internal];
 
+/// Errcodes answered only on the operator's admin channel (`parlor admin`),
+/// never to a client of the protocol.
+pub const ADMIN_ERRORS: &[ErrCode] = &[UserNotFound];
+
 /// Server frames that may come without a client frame asking: live events,
 /// gaps, the end of a subscription when the user left, errors.
 pub const UNPROMPTED_FRAMES: &[&str] = &["event", "gap", "unsubscribed", "error"];
@@ -645,6 +649,7 @@ mod tests {
         for code in ErrCode::ALL {
             let placed = ROUTING_ERRORS.contains(code)
                 || ANY_FRAME_ERRORS.contains(code)
+                || ADMIN_ERRORS.contains(code)
                 || eps.iter().any(|e| e.errors.contains(code))
                 || FRAMES.iter().any(|f| f.errors.contains(code));
             assert!(

@@ -68,7 +68,7 @@ impl Offline {
         };
         let room_log = if config.redis.is_some() { RoomLog::Redis } else { RoomLog::Embedded };
         crate::storage::identity::check_dir(&config.data_dir, &Identity { room_log, ..identity })?;
-        let db = crate::storage::Db::open(&config.data_dir)?;
+        let db = crate::storage::Db::open_with_cache(&config.data_dir, config.cache_mib)?;
         let admin = admin::Admin::new(admin_store(&config, &db).await?, config.registration);
         let limits = Arc::new(ratelimit::RateLimits::new(false));
         let store: Arc<dyn AccountStore> = match &config.redis {

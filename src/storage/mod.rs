@@ -140,8 +140,11 @@ impl Db {
     /// readable by this user only (0700), and so are sled's files (0600):
     /// they hold messages and password hashes. An existing directory that
     /// others may read is left as it is, with a warning.
+    /// Its cache is small: this is for tools and tests that open a data dir
+    /// briefly; a server opens it with its `--cache-mib`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        Self::open_with_cache(dir, crate::config::CACHE_MIB_DEFAULT)
+        const BRIEF_CACHE_MIB: u64 = 16;
+        Self::open_with_cache(dir, BRIEF_CACHE_MIB)
     }
 
     /// [`Db::open`] with a memory budget of `cache_mib` MiB (`--cache-mib`).

@@ -169,6 +169,23 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
         }
     }
 
+    /// The next JSON frame, or None when none came within `within` (for
+    /// waits longer than [`WsClient::recv`]'s 10 s); panics on close.
+    pub async fn recv_within(&mut self, within: Duration) -> Option<serde_json::Value> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            match msg {
+                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("JSON frame")),
+                Some(Ok(Message::Close(f))) => panic!("connection closed ({f:?}) while waiting for a frame"),
+                Some(Ok(_)) => continue,
+                None | Some(Err(_)) => panic!("connection closed while waiting for a frame"),
+            }
+        }
+    }
+
     /// The next JSON frame or the close code.
     pub async fn next(&mut self) -> Next {
         use futures_util::StreamExt;

@@ -137,9 +137,13 @@ impl Federation {
         servers.dedup();
         let p = Arc::new(servers);
         let mut cache = self.participants.write().expect("participants lock");
-        // Read under the cache's lock: a change noted after this insert removes it.
-        let until = self.unsettled.lock().expect("unsettled lock").get(room).copied().filter(|u| *u > Instant::now());
-        cache.insert(room.clone(), (p.clone(), until));
+        // Cached only once settled: while a membership change is recent, the
+        // directory read above may predate its write (and the change may have
+        // been noted while this read was under way), so every use reads again.
+        let unsettled = self.unsettled.lock().expect("unsettled lock").get(room).is_some_and(|u| *u > Instant::now());
+        if !unsettled {
+            cache.insert(room.clone(), (p.clone(), None));
+        }
         p
     }
 
