@@ -17,6 +17,7 @@ use redis::{AsyncCommands as _, Script};
 use super::{AdminStore, RegToken, TakeUse};
 use crate::storage::StorageError;
 use crate::storage::events::BoxFuture;
+use crate::storage::events::redis::link::{connect, storage_error};
 
 const TOKENS: &str = "parlor:{admin}:registration_tokens";
 const USES: &str = "parlor:{admin}:registration_token_uses";
@@ -48,19 +49,11 @@ pub struct RedisAdmin {
     give_back: Script,
 }
 
-fn redis_error(e: redis::RedisError) -> StorageError {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
-        StorageError::Unavailable(e.to_string())
-    } else {
-        StorageError::Redis(e.to_string())
-    }
-}
-
 impl RedisAdmin {
-    /// Connects to the Redis at `url`.
+    /// Connects to the Redis at `url` as the other stores sharing it do
+    /// (`link::connect`: same timeouts, same outage rule, URL redacted).
     pub async fn open(url: &str) -> Result<Self, StorageError> {
-        let client = redis::Client::open(url).map_err(|e| StorageError::Config(format!("bad redis URL: {e}")))?;
-        let conn = ConnectionManager::new(client).await.map_err(redis_error)?;
+        let conn = connect(url).await?;
         Ok(Self { conn, take_use: Script::new(TAKE_USE), give_back: Script::new(GIVE_BACK) })
     }
 }
@@ -76,15 +69,19 @@ impl AdminStore for RedisAdmin {
                 .hset(USES, &token.token, token.completed)
                 .exec_async(&mut self.conn.clone())
                 .await
-                .map_err(redis_error)
+                .map_err(|e| storage_error(&e))
         })
     }
 
     fn tokens(&self) -> BoxFuture<'_, Result<Vec<RegToken>, StorageError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let (fixed, uses): (Vec<(String, String)>, std::collections::HashMap<String, u64>) =
-                redis::pipe().hgetall(TOKENS).hgetall(USES).query_async(&mut conn).await.map_err(redis_error)?;
+            let (fixed, uses): (Vec<(String, String)>, std::collections::HashMap<String, u64>) = redis::pipe()
+                .hgetall(TOKENS)
+                .hgetall(USES)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| storage_error(&e))?;
             let mut out = Vec::with_capacity(fixed.len());
             for (token, json) in fixed {
                 let mut t: RegToken = crate::storage::json_record("registration_tokens", json.as_bytes())?;
@@ -104,7 +101,7 @@ impl AdminStore for RedisAdmin {
                 .hdel(USES, token)
                 .query_async(&mut self.conn.clone())
                 .await
-                .map_err(redis_error)?;
+                .map_err(|e| storage_error(&e))?;
             Ok(removed > 0)
         })
     }
@@ -119,7 +116,7 @@ impl AdminStore for RedisAdmin {
                 .arg(now_ms)
                 .invoke_async(&mut self.conn.clone())
                 .await
-                .map_err(redis_error)?;
+                .map_err(|e| storage_error(&e))?;
             match answer.as_str() {
                 "taken" => Ok(TakeUse::Taken),
                 "unknown" => Ok(TakeUse::Unknown),
@@ -139,7 +136,7 @@ impl AdminStore for RedisAdmin {
                 .arg(token)
                 .invoke_async(&mut self.conn.clone())
                 .await
-                .map_err(redis_error)?;
+                .map_err(|e| storage_error(&e))?;
             Ok(())
         })
     }
@@ -151,18 +148,18 @@ impl AdminStore for RedisAdmin {
                 true => conn.sadd(DENIED, server).await,
                 false => conn.srem(DENIED, server).await,
             }
-            .map_err(redis_error)?;
+            .map_err(|e| storage_error(&e))?;
             Ok(n > 0)
         })
     }
 
     fn is_denied<'a>(&'a self, server: &'a str) -> BoxFuture<'a, Result<bool, StorageError>> {
-        Box::pin(async move { self.conn.clone().sismember(DENIED, server).await.map_err(redis_error) })
+        Box::pin(async move { self.conn.clone().sismember(DENIED, server).await.map_err(|e| storage_error(&e)) })
     }
 
     fn denied(&self) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
         Box::pin(async move {
-            let mut v: Vec<String> = self.conn.clone().smembers(DENIED).await.map_err(redis_error)?;
+            let mut v: Vec<String> = self.conn.clone().smembers(DENIED).await.map_err(|e| storage_error(&e))?;
             v.sort();
             Ok(v)
         })
