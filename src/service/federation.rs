@@ -383,9 +383,9 @@ impl Replays {
     }
 }
 
-/// A room's other servers, and until when they may be used (`None`: until
-/// the next membership change).
-type Participants = (Arc<Vec<String>>, Option<Instant>);
+/// A room's other servers, cached once its membership settled, until the
+/// next membership change.
+type Participants = Arc<Vec<String>>;
 
 pub struct Federation {
     server_name: ServerName,

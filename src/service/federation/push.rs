@@ -113,11 +113,7 @@ struct Batch {
 impl Federation {
     /// The other servers with members in a local room, if known and settled.
     fn cached_participants(&self, room: &RoomId) -> Option<Arc<Vec<String>>> {
-        let now = Instant::now();
-        match self.participants.read().expect("participants lock").get(room) {
-            Some((p, until)) if until.is_none_or(|u| u > now) => Some(p.clone()),
-            _ => None,
-        }
+        self.participants.read().expect("participants lock").get(room).cloned()
     }
 
     /// The other servers with members in a local room.
@@ -142,7 +138,7 @@ impl Federation {
         // been noted while this read was under way), so every use reads again.
         let unsettled = self.unsettled.lock().expect("unsettled lock").get(room).is_some_and(|u| *u > Instant::now());
         if !unsettled {
-            cache.insert(room.clone(), (p.clone(), None));
+            cache.insert(room.clone(), p.clone());
         }
         p
     }
