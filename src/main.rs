@@ -210,7 +210,11 @@ enum TokensCmd {
     /// List the tokens with their uses and expiry.
     List,
     /// Revoke a token.
-    Revoke { token: String },
+    Revoke {
+        /// Tokens are URL-safe base64 and may begin with `-`.
+        #[arg(allow_hyphen_values = true)]
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
