@@ -28,6 +28,8 @@ enum Command {
     Serve(Box<Serve>),
     /// Manage a server's accounts, registration tokens and federation (safe while it runs).
     Admin(Admin),
+    /// Move a stopped embedded server's data into Redis, so that it runs with --redis from then on.
+    Migrate(Migrate),
     /// Write the protocol's JSON Schemas (spec/schemas) to a directory.
     Schemas {
         #[arg(long, default_value = "spec/schemas")]
@@ -168,6 +170,19 @@ struct Admin {
     what: AdminWhat,
 }
 
+#[derive(clap::Args)]
+struct Migrate {
+    /// The data directory of the embedded server (stopped: every process).
+    #[arg(long, env = "PARLOR_DATA_DIR", default_value = "./parlor-data")]
+    data_dir: PathBuf,
+    /// The Redis to move into (redis://host:port/); the server then starts with this --redis.
+    #[arg(long, env = "PARLOR_REDIS")]
+    redis: String,
+    /// Print what was moved as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum AdminWhat {
     /// Accounts.
@@ -239,7 +254,30 @@ fn main() -> Result<()> {
         }
         Command::Serve(s) => serve(*s),
         Command::Admin(a) => admin(a),
+        Command::Migrate(m) => migrate(m),
     }
+}
+
+fn migrate(m: Migrate) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let json = m.json;
+        let moved = parlor::storage::migrate::migrate(&m.data_dir, &m.redis, |step| {
+            if !json {
+                println!("{step}");
+            }
+        })
+        .await?;
+        if json {
+            println!("{}", serde_json::to_string(&moved)?);
+        } else {
+            println!(
+                "moved server {} into Redis: start it with --redis {} (every process of it, each with its own --data-dir)",
+                moved.server_name, m.redis
+            );
+        }
+        Ok(())
+    })
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: Parlor's info records,

@@ -60,7 +60,10 @@ pub enum IdentityError {
         "the data directory {} was used with {}, and this start asks for {}: its rooms would look empty. \
          Start {}, or give this server its own --data-dir",
         dir.display(), recorded.room_log.describe(), asked.room_log.describe(),
-        match recorded.room_log { RoomLog::Embedded => "without --redis", RoomLog::Redis => "with the same --redis" }
+        match recorded.room_log {
+            RoomLog::Embedded => "without --redis (or move its data into Redis first: parlor migrate --data-dir DIR --redis URL)",
+            RoomLog::Redis => "with the same --redis",
+        }
     )]
     DataDirRoomLog { dir: PathBuf, recorded: Identity, asked: Identity },
     #[error(

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-use super::{AccountRecord, AccountStore, NewDevice, TokenRecord};
+use super::{AccountExport, AccountRecord, AccountStore, DeviceExport, NewDevice, TokenRecord};
 use crate::storage::events::BoxFuture;
 use crate::storage::{StorageError, json_record, key, to_record};
 
@@ -169,6 +169,51 @@ impl EmbeddedAccounts {
 
     pub fn list(&self) -> Result<Vec<AccountRecord>, StorageError> {
         self.users.iter().values().map(|v| json_record("users", &v?)).collect()
+    }
+
+    /// Every account with its devices and proofs (for `parlor migrate`).
+    pub fn export(&self) -> Result<Vec<AccountExport>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.users.iter() {
+            let (k, v) = item?;
+            let account: AccountRecord = json_record("users", &v)?;
+            let username = String::from_utf8(k.to_vec())
+                .map_err(|e| StorageError::Corrupt { tree: "users", detail: e.to_string() })?;
+            let prefix = user_prefix(&account.user_id);
+            let mut devices = Vec::new();
+            for item in self.devices.scan_prefix(&prefix) {
+                let (dkey, v) = item?;
+                let dev: DeviceRecord = json_record("devices", &v)?;
+                let corrupt = |detail: &str| StorageError::Corrupt { tree: "devices", detail: detail.into() };
+                devices.push(DeviceExport {
+                    device_id: String::from_utf8(dkey[prefix.len()..].to_vec())
+                        .map_err(|_| corrupt("a device id is not UTF-8"))?,
+                    name: dev.name,
+                    created_ms: dev.created_ms,
+                    token_hash: dev
+                        .token_hash
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| corrupt("token hash is not 32 bytes"))?,
+                });
+            }
+            let mut proofs = Vec::new();
+            for index in self.user_proofs.scan_prefix(&prefix).keys() {
+                let index = index?;
+                let rest = &index[prefix.len()..];
+                let (Ok(created), Ok(hash)) =
+                    (<[u8; 8]>::try_from(&rest[..8.min(rest.len())]), <[u8; 32]>::try_from(&rest[8.min(rest.len())..]))
+                else {
+                    return Err(StorageError::Corrupt {
+                        tree: "user_device_proofs",
+                        detail: "a key is not 40 bytes after the user".into(),
+                    });
+                };
+                proofs.push((hash, u64::from_be_bytes(created)));
+            }
+            out.push(AccountExport { username, account, devices, proofs });
+        }
+        Ok(out)
     }
 
     pub async fn replace(&self, username: &str, record: &AccountRecord) -> Result<bool, StorageError> {

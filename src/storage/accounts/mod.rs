@@ -44,6 +44,27 @@ pub struct NewDevice<'a> {
     pub now_ms: u64,
 }
 
+/// Everything a store holds of one account (`parlor migrate` moves it from
+/// one store to another as it is, so tokens keep working and devices stay
+/// proved).
+#[derive(Debug, Clone)]
+pub struct AccountExport {
+    pub username: String,
+    pub account: AccountRecord,
+    pub devices: Vec<DeviceExport>,
+    /// Device proof hashes and when each was made.
+    pub proofs: Vec<([u8; 32], u64)>,
+}
+
+/// One device of an [`AccountExport`].
+#[derive(Debug, Clone)]
+pub struct DeviceExport {
+    pub device_id: String,
+    pub name: Option<String>,
+    pub created_ms: u64,
+    pub token_hash: [u8; 32],
+}
+
 /// A revocation seen by a store shared with other processes, for the
 /// service to close the matching WebSockets of this process.
 #[derive(Debug, Clone, PartialEq, Eq)]

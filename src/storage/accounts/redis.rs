@@ -36,7 +36,7 @@ use redis::{Client, Pipeline, Script, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{AccountRecord, AccountStore, NewDevice, Revoked, TokenRecord};
+use super::{AccountExport, AccountRecord, AccountStore, NewDevice, Revoked, TokenRecord};
 use crate::storage::StorageError;
 use crate::storage::events::BoxFuture;
 use crate::storage::events::redis::link::{RESPONSE_TIMEOUT, manager, storage_error};
@@ -122,6 +122,37 @@ impl RedisAccounts {
             }
         }
         Ok(values)
+    }
+
+    /// Writes an account exported from another store, with its devices,
+    /// tokens and proofs as they were. `Ok(false)`: Redis holds another
+    /// account of that name (nothing written). Writing the same export again
+    /// changes nothing, so an interrupted migration can be run again.
+    pub async fn import(&self, a: &AccountExport) -> Result<bool, StorageError> {
+        if let Some(held) = AccountStore::get(self, &a.username).await?
+            && crate::storage::to_record(&held) != crate::storage::to_record(&a.account)
+        {
+            return Ok(false);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(account_key(&a.username)).arg(crate::storage::to_record(&a.account)).arg("NX").ignore();
+        pipe.cmd("SADD").arg(USERS_KEY).arg(&a.username).ignore();
+        let user = &a.account.user_id;
+        for d in &a.devices {
+            let device =
+                DeviceRecord { name: d.name.clone(), created_ms: d.created_ms, token_hash: hex(&d.token_hash) };
+            pipe.cmd("HSET").arg(devices_key(user)).arg(&d.device_id).arg(crate::storage::to_record(&device)).ignore();
+        }
+        for (hash, created_ms) in &a.proofs {
+            pipe.cmd("ZADD").arg(proofs_key(user)).arg(*created_ms).arg(hex(hash)).ignore();
+        }
+        // Devices before tokens, as at login: a token never exists without its device.
+        for d in &a.devices {
+            let token = TokenRecord { user_id: user.clone(), device_id: d.device_id.clone() };
+            pipe.cmd("SET").arg(token_key(&d.token_hash)).arg(crate::storage::to_record(&token)).ignore();
+        }
+        self.write(pipe).await?;
+        Ok(true)
     }
 
     async fn read<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StorageError> {
