@@ -301,6 +301,7 @@ fn serve(s: Serve) -> Result<()> {
     let nofile = parlor::server::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
+        let shutdown = shutdown_signal().context("cannot watch SIGTERM and SIGINT")?;
         let listener =
             tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {}", s.listen))?;
         let metrics = match s.metrics_listen {
@@ -373,7 +374,7 @@ fn serve(s: Serve) -> Result<()> {
             println!("parlor metrics on http://{}/metrics", m.local_addr()?);
         }
         let listeners = parlor::server::Listeners { client: listener, metrics };
-        parlor::server::serve(listeners, config, shutdown_signal()).await.context("server failed")
+        parlor::server::serve(listeners, config, shutdown).await.context("server failed")
     })
 }
 
@@ -524,13 +525,20 @@ fn parse_peer(s: &str) -> Result<(String, String), String> {
     Ok((name.to_string(), url.trim_end_matches('/').to_owned()))
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed here, before
+/// the server binds, opens storage and answers anything, not when the
+/// future is first polled (in the accept loop): a SIGTERM sent as soon as
+/// the server answered `/healthz` used to find the default action and kill
+/// the process instead of shutting it down cleanly.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("signal received");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received");
+    })
 }

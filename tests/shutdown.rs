@@ -45,3 +45,31 @@ async fn sigterm_closes_websockets_with_1001_and_keeps_data() {
     assert_eq!(page["events"][1]["body"], "kept");
     assert_eq!(page["events"][1]["event_id"], sent["event_id"]);
 }
+
+/// A SIGTERM that arrives while the server is still starting (right after
+/// it printed its address, while it opens storage) ends it cleanly too: the
+/// handler is installed before anything else. It used to be installed when
+/// the accept loop first ran, so such a signal met the default action and
+/// killed the process (found as a rare non-zero exit of a test that stops a
+/// process just after it became healthy).
+#[test]
+fn sigterm_during_start_exits_cleanly() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(testkit::process::parlor_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("parlor listening on "), "{line}");
+        rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "SIGTERM while starting: {status}");
+    }
+}
