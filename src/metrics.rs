@@ -27,6 +27,7 @@ const APPEND_BUCKETS: &[f64] = &[0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.0
 pub struct Metrics {
     registry: Registry,
     pub http: HttpMetrics,
+    pub conns: ConnMetrics,
     pub ws: WsMetrics,
     pub events: EventMetrics,
     pub federation: FederationMetrics,
@@ -53,6 +54,43 @@ impl HttpMetrics {
         let labels = [method, route, status];
         self.requests.with_label_values(&labels).inc();
         self.duration.with_label_values(&labels).observe(took.as_secs_f64());
+    }
+}
+
+/// Why a connection ended before any request of it was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnRefusal {
+    /// `--max-connections` was reached.
+    ServerFull,
+    /// `--max-connections-per-address` was reached for the client's address.
+    AddressFull,
+    /// The TLS handshake failed (not TLS, no common protocol, a bad certificate…).
+    TlsHandshakeFailed,
+    /// The TLS handshake did not finish within the header timeout.
+    TlsHandshakeTimeout,
+}
+
+impl ConnRefusal {
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServerFull => "server_full",
+            Self::AddressFull => "address_full",
+            Self::TlsHandshakeFailed => "tls_handshake_failed",
+            Self::TlsHandshakeTimeout => "tls_handshake_timeout",
+        }
+    }
+}
+
+/// Connections, below HTTP: the ones refused or lost before a request.
+#[derive(Clone)]
+pub struct ConnMetrics {
+    refused: IntCounterVec,
+}
+
+impl ConnMetrics {
+    pub fn refused(&self, why: ConnRefusal) {
+        self.refused.with_label_values(&[why.as_str()]).inc();
     }
 }
 
@@ -225,6 +263,17 @@ impl Metrics {
         reg(Box::new(requests.clone()));
         reg(Box::new(duration.clone()));
 
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "connections_refused_total",
+                "Connections closed before any request was read, by reason (server_full, address_full, \
+                 tls_handshake_failed, tls_handshake_timeout).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        reg(Box::new(refused.clone()));
+
         let open = IntGauge::new("websockets_open", "WebSocket connections open now.").expect("valid metric");
         let closes = IntCounterVec::new(
             Opts::new(
@@ -318,6 +367,7 @@ impl Metrics {
         Self {
             registry,
             http: HttpMetrics { requests, duration },
+            conns: ConnMetrics { refused },
             ws: WsMetrics { open, closes, slow_consumer, deliveries },
             events: EventMetrics { appends, append_seconds },
             federation: FederationMetrics { queue_depth, backoff, down, dropped, scrape: Mutex::new(()) },

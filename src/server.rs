@@ -21,7 +21,7 @@ use crate::app::conn::{ConnCaps, ConnIo, ConnState, Refused, ResponseBudget, Tra
 use crate::app::tls::{CertStore, TlsError};
 use crate::app::{App, Ctx};
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{ConnRefusal, Metrics};
 use crate::protocol::limits::{MAX_HEAD_BYTES, MAX_HEADER_FIELDS};
 use crate::service::{Services, StartError};
 
@@ -143,6 +143,9 @@ pub async fn serve(
         "serving"
     );
 
+    let http_metrics = app.metrics.http.clone();
+    let refusals: crate::app::conn::RefusalSeen =
+        Arc::new(move |peer, status| crate::http::own_refusal_seen(&http_metrics, peer, status));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -165,15 +168,21 @@ pub async fn serve(
             Ok(slot) => Arc::new(slot),
             Err(why) => {
                 match why {
-                    Refused::ServerFull => tracing::warn!(%peer, "connection cap reached; closing"),
-                    Refused::AddressFull => tracing::debug!(%peer, "per-address connection cap reached; closing"),
+                    Refused::ServerFull => {
+                        app.metrics.conns.refused(ConnRefusal::ServerFull);
+                        tracing::warn!(%peer, "connection cap reached; closing")
+                    }
+                    Refused::AddressFull => {
+                        app.metrics.conns.refused(ConnRefusal::AddressFull);
+                        tracing::debug!(%peer, "per-address connection cap reached; closing")
+                    }
                 }
                 drop(stream);
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let (app2, builder, acceptor) = (app.clone(), builder.clone(), acceptor.clone());
+        let (app2, builder, acceptor, refusals) = (app.clone(), builder.clone(), acceptor.clone(), refusals.clone());
         let stop = app.shutdown.clone();
         http_conns.spawn(async move {
             // The handshake runs on the connection's own task, within the
@@ -186,15 +195,31 @@ pub async fn serve(
                         done = handshake => done,
                         _ = stop.cancelled() => return,
                     };
-                    match done {
-                        Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
-                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    // Logged with the access lines: a client that cannot
+                    // connect at all is what an operator looks for there.
+                    let why = match done {
+                        Ok(Ok(tls)) => Ok(Transport::Tls(Box::new(tls))),
+                        Ok(Err(e)) => Err((ConnRefusal::TlsHandshakeFailed, e.to_string())),
+                        Err(_) => Err((ConnRefusal::TlsHandshakeTimeout, "timed out".to_owned())),
+                    };
+                    match why {
+                        Ok(t) => t,
+                        Err((why, error)) => {
+                            app2.metrics.conns.refused(why);
+                            return tracing::info!(
+                                target: "parlor::access",
+                                client = %peer.ip(),
+                                reason = why.as_str(),
+                                error,
+                                "TLS handshake failed"
+                            );
+                        }
                     }
                 }
             };
             let state = ConnState::new(app2.responses.clone());
-            let io = ConnIo::new(stream, state.clone(), write_timeout, crate::http::own_refusal);
+            let io = ConnIo::new(stream, state.clone(), write_timeout, crate::http::own_refusal)
+                .with_refusals_seen(peer, refusals);
             let svc = service_fn(move |req| {
                 let ctx =
                     Ctx { app: app2.clone(), peer, client: peer.ip(), permit: permit.clone(), conn: state.clone() };

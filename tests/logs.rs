@@ -58,6 +58,14 @@ async fn json_logs_have_access_lines_and_no_secrets() {
     healthy(&proc).await;
     let (secrets, room) = traffic(&proc).await;
     assert!(proc.wait_for_log("websocket closed", 2, Duration::from_secs(30)), "{}", proc.log_text());
+    // A head hyper refuses by itself gets its access line too.
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut raw = tokio::net::TcpStream::connect(proc.addr).await.unwrap();
+        raw.write_all(b"\x00\x01GARBAGE\r\n\r\n").await.unwrap();
+        let _ = raw.read_to_end(&mut Vec::new()).await;
+    }
+    assert!(proc.wait_for_log("\"unparsed\"", 1, Duration::from_secs(30)), "{}", proc.log_text());
     // The binary's metrics flag serves, too.
     let metrics = proc.metrics.expect("--metrics-listen printed its address");
     assert_eq!(health_status_of(metrics, "/metrics").await, Some(200));
@@ -91,6 +99,7 @@ async fn json_logs_have_access_lines_and_no_secrets() {
         ("/_parlor/client/v1/rooms/{room}/messages", 200),
         ("/_parlor/client/v1/account/whoami", 401),
         ("/_parlor/client/v1/ws", 101),
+        ("unparsed", 400),
     ] {
         assert!(statuses.contains(&(want.0.to_owned(), want.1)), "{want:?} in {statuses:?}");
     }

@@ -289,3 +289,62 @@ async fn room_log_up_follows_redis() {
     promtool_check(&scrape(at, "/metrics").await.2);
     a.stop().await;
 }
+
+/// What ends before any request is answered is counted too: a request
+/// head hyper refuses by itself (its own 400, sent with the spec's body)
+/// reads `unparsed` / `unparsed`; a connection over the per-address cap,
+/// and TLS handshakes that fail or never finish, count under
+/// `parlor_connections_refused_total` by reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_below_http_are_counted() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+    let pki = support::tls::Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.leaf(&["localhost", "127.0.0.1"]).write(dir.path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = metrics.local_addr().unwrap();
+    let mut cfg: Config = TestServer::config(listener.local_addr().unwrap().port(), &dir.path().join("data"));
+    cfg.tls = Some(parlor::config::TlsFiles { cert, key });
+    cfg.max_connections_per_address = 2;
+    cfg.header_timeout = Duration::from_secs(3);
+    let a =
+        TestServer::start_serving(parlor::server::Listeners { client: listener, metrics: Some(metrics) }, cfg).await;
+    let client = pki.client();
+    support::tls::wait_healthy(a.addr, &client).await;
+
+    // A request head hyper cannot parse, over TLS: answered 400 with the spec's body.
+    let mut tls = support::tls::connect(a.addr, &client).await;
+    tls.write_all(b"\x00\x01GARBAGE\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("malformed_request"), "{answer}");
+    drop(tls);
+
+    // Plain HTTP to the TLS port: the handshake fails.
+    let mut plain = TcpStream::connect(a.addr).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let _ = plain.read_to_end(&mut Vec::new()).await;
+    drop(plain);
+
+    // Two connections from one address that never start a handshake, then
+    // a third: refused at once; the two are cut at the header timeout.
+    let held = (TcpStream::connect(a.addr).await.unwrap(), TcpStream::connect(a.addr).await.unwrap());
+    let mut third = TcpStream::connect(a.addr).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(30), third.read_to_end(&mut Vec::new())).await;
+    let s = until(at, "the refusals counted", |s| {
+        value(s, "parlor_connections_refused_total", &[("reason", "address_full")]) >= 1.0
+            && value(s, "parlor_connections_refused_total", &[("reason", "tls_handshake_timeout")]) >= 1.0
+    })
+    .await;
+    drop(held);
+    assert_eq!(
+        value(&s, "parlor_http_requests_total", &[("method", "unparsed"), ("route", "unparsed"), ("status", "400")]),
+        1.0
+    );
+    assert_eq!(value(&s, "parlor_connections_refused_total", &[("reason", "tls_handshake_failed")]), 1.0);
+    promtool_check(&scrape(at, "/metrics").await.2);
+    a.stop().await;
+}

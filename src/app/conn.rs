@@ -271,6 +271,10 @@ impl Drop for ConnState {
 /// instead, or `None` to leave hyper's. The wire above provides it.
 pub type OwnRefusal = fn(StatusCode) -> Option<Response<Bytes>>;
 
+/// Told of each refusal hyper wrote by itself on a connection from the
+/// given peer (so it gets its access line and is counted like any answer).
+pub type RefusalSeen = Arc<dyn Fn(SocketAddr, StatusCode) + Send + Sync>;
+
 /// A client's byte stream: plain TCP, or TLS over TCP.
 pub enum Transport {
     Tcp(TcpStream),
@@ -345,13 +349,20 @@ pub struct ConnIo {
     write_timeout: Duration,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     own_refusal: OwnRefusal,
+    seen: Option<(SocketAddr, RefusalSeen)>,
     /// What is left to write of a replacement answer.
     replacement: Bytes,
 }
 
 impl ConnIo {
     pub fn new(stream: Transport, state: Arc<ConnState>, write_timeout: Duration, own_refusal: OwnRefusal) -> Self {
-        Self { stream, state, write_timeout, stall: None, own_refusal, replacement: Bytes::new() }
+        Self { stream, state, write_timeout, stall: None, own_refusal, seen: None, replacement: Bytes::new() }
+    }
+
+    /// Tells `seen` of every refusal hyper writes by itself to `peer`.
+    pub fn with_refusals_seen(mut self, peer: SocketAddr, seen: RefusalSeen) -> Self {
+        self.seen = Some((peer, seen));
+        self
     }
 
     /// The stream, for a connection that is no longer HTTP.
@@ -409,6 +420,9 @@ impl ConnIo {
         {
             if at > 0 {
                 return self.poll_write_counted(cx, &buf[..at]);
+            }
+            if let Some((peer, seen)) = &self.seen {
+                seen(*peer, head.status);
             }
             self.replacement = render(answer, head.date);
             // Written by poll_flush if the socket cannot take it now.

@@ -280,6 +280,23 @@ pub fn own_refusal(status: StatusCode) -> Option<Response<Bytes>> {
     Some(Response::from_parts(parts, body))
 }
 
+/// Counts and logs a refusal hyper wrote by itself (see [`own_refusal`])
+/// like any answer: its method and route are unknown (the head did not
+/// parse), so they read `unparsed`, and the client is the TCP peer (no
+/// forwarded header was read).
+pub fn own_refusal_seen(metrics: &crate::metrics::HttpMetrics, peer: std::net::SocketAddr, status: StatusCode) {
+    metrics.observe("unparsed", "unparsed", status.as_u16(), std::time::Duration::ZERO);
+    tracing::info!(
+        target: "parlor::access",
+        method = "unparsed",
+        route = "unparsed",
+        status = status.as_u16(),
+        ms = 0.0,
+        client = %peer.ip(),
+        "request"
+    );
+}
+
 /// A JSON answer with the headers every API answer carries.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
     json_bytes(status, serde_json::to_vec(value).expect("protocol types serialize"))
