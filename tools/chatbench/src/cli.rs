@@ -65,6 +65,8 @@ pub enum Workload {
     Resume(ResumeArgs),
     /// A hostile login storm from many loopback addresses while a real user logs in: memory and login latency.
     LoginStorm(StormArgs),
+    /// No server: the machine's own limit for the fan-out shape (a bare writer thread to this tool's reader).
+    Ceiling(CeilingArgs),
 }
 
 /// `N` messages per second, or `max`.
@@ -213,6 +215,23 @@ pub struct StormArgs {
     pub settle_secs: f64,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct CeilingArgs {
+    #[arg(long, default_value_t = 20)]
+    pub rooms: usize,
+    /// Member sockets per room.
+    #[arg(long, default_value_t = 50)]
+    pub members: usize,
+    /// Events in total (spread evenly over the rooms).
+    #[arg(long, default_value_t = 30_000)]
+    pub messages: u64,
+    /// Events per room written to a socket with one write (Parlor's writev coalescing).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub body_bytes: usize,
+}
+
 /// What every workload gets.
 pub struct Ctx {
     pub api: Api,
@@ -250,9 +269,20 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<bool> {
-    let Some(server) = cli.server.clone() else { bail!("--server URL is required (or CHATBENCH_SERVER)") };
     // Before any socket: the idle workload needs thousands of descriptors.
     let nofile = sys::raise_nofile(1 << 20);
+    if let Workload::Ceiling(a) = &cli.workload {
+        let mut all_ok = true;
+        for i in 0..cli.repeat.max(1) {
+            let mut out = workloads::ceiling::run(a).await?;
+            out.json.insert("run".into(), json!(i + 1));
+            out.json.insert("ok".into(), json!(out.ok));
+            all_ok &= out.ok;
+            print(&out.json, cli.json);
+        }
+        return Ok(all_ok);
+    }
+    let Some(server) = cli.server.clone() else { bail!("--server URL is required (or CHATBENCH_SERVER)") };
     let api = Api::parse(&server).await?;
     let server_pid = cli
         .server_pid
@@ -274,6 +304,7 @@ async fn run(cli: Cli) -> Result<bool> {
             Workload::Idle(a) => workloads::idle::run(&ctx, a, nofile).await?,
             Workload::Resume(a) => workloads::resume::run(&ctx, a).await?,
             Workload::LoginStorm(a) => workloads::storm::run(&ctx, a, nofile).await?,
+            Workload::Ceiling(_) => unreachable!("run without a server above"),
         };
         out.json.insert("run".into(), json!(i + 1));
         out.json.insert("server".into(), json!(server));

@@ -183,3 +183,25 @@ async fn login_storm_answers_every_storm_login_and_the_real_user_gets_in() {
     // Over-long usernames are refused as such, every one of them.
     assert_eq!(v["storm_answers"], serde_json::json!({"400 invalid_username": 24}), "{v}");
 }
+
+/// `ceiling` needs no server: its writer thread's frames go through the
+/// same reader and checks as `fanout`'s, every event once and in order,
+/// with and without batching.
+#[test]
+fn ceiling_delivers_every_frame_once_in_order() {
+    for batch in ["1", "7"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatbench"))
+            .args(["--json", "ceiling", "--rooms", "3", "--members", "4", "--messages", "300", "--batch", batch])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "ceiling --batch {batch}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!((v["expected"].as_u64(), v["delivered"].as_u64()), (Some(1200), Some(1200)), "{v}");
+        assert_eq!(
+            (v["lost"].as_u64(), v["out_of_order"].as_u64(), v["malformed"].as_u64()),
+            (Some(0), Some(0), Some(0))
+        );
+        assert!(v["deliveries_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    }
+}

@@ -4,6 +4,7 @@
 //! returns one result object.
 
 pub mod accounts;
+pub mod ceiling;
 pub mod fanout;
 pub mod history;
 pub mod idle;
