@@ -79,6 +79,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// Who may register: anyone, holders of a registration token, or nobody.
     pub registration: Registration,
+    /// How long a typing state lasts after the user's last `typing: true`
+    /// (spec §8: 30 s; shorter only in tests).
+    pub typing_timeout: Duration,
 }
 
 /// The values `--cache-mib` accepts: the embedded store's memory budget in
@@ -130,6 +133,7 @@ impl Config {
             tls: None,
             trusted_proxies: Vec::new(),
             registration: Registration::Open,
+            typing_timeout: Duration::from_secs(crate::protocol::limits::TYPING_TIMEOUT_SECS),
             // Leave a core for chat: a login storm must not stall delivery.
             hash_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
             hash_queue: 32,

@@ -92,6 +92,9 @@ struct Serve {
     /// Seconds a WebSocket has to authenticate (else close 4002).
     #[arg(long, env = "PARLOR_WS_AUTH_SECS", default_value_t = 10)]
     ws_auth_secs: u64,
+    /// Milliseconds a typing state lasts (the protocol fixes 30 s; tests shorten it).
+    #[arg(long, hide = true, default_value_t = parlor::protocol::limits::TYPING_TIMEOUT_SECS * 1000)]
+    typing_timeout_ms: u64,
     /// Federation with other Parlor servers.
     #[arg(long, env = "PARLOR_FEDERATION", value_enum, default_value = "on")]
     federation: OnOff,
@@ -329,6 +332,7 @@ fn serve(s: Serve) -> Result<()> {
         config.allow_origins = s.allow_origins;
         config.ws_ping_interval = Duration::from_secs(s.ws_ping_secs.max(1));
         config.ws_auth_timeout = Duration::from_secs(s.ws_auth_secs.max(1));
+        config.typing_timeout = Duration::from_millis(s.typing_timeout_ms.max(1));
         config.header_timeout = Duration::from_secs(s.request_timeout_secs.max(1));
         config.body_timeout = config.header_timeout;
         config.federation = matches!(s.federation, OnOff::On);

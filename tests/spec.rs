@@ -104,6 +104,8 @@ fn protocol_md_states_every_limit() {
         ("request target", limits::MAX_TARGET_BYTES),
         ("request head", limits::MAX_HEAD_BYTES),
         ("header fields", limits::MAX_HEADER_FIELDS),
+        ("typing timeout", limits::TYPING_TIMEOUT_SECS as usize),
+        ("typing frames per room", limits::TYPING_FRAMES_PER_SEC),
     ] {
         let row = format!("| {what} | {} |", fmt(n));
         assert!(md.contains(&row), "spec/protocol.md lacks the limit row {row:?}");

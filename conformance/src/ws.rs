@@ -53,6 +53,10 @@ pub struct Ws {
     /// The subprotocol the server selected in its handshake answer.
     pub selected_protocol: Option<String>,
     closed: bool,
+    /// Whether `typing` and `presence` frames are returned; by default they
+    /// are skipped, as §8 tells a client that does not follow them to do
+    /// (they come unprompted whenever users who share a room come and go).
+    live: bool,
 }
 
 impl Ws {
@@ -95,7 +99,12 @@ impl Ws {
         };
         let selected_protocol =
             resp.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        Ok(Ws { inner, schemas, selected_protocol, closed: false })
+        Ok(Ws { inner, schemas, selected_protocol, closed: false, live: false })
+    }
+
+    /// From now on `next` returns `typing` and `presence` frames too.
+    pub fn follow_live(&mut self) {
+        self.live = true;
     }
 
     /// Sends a frame that the spec says a client may send (checked against
@@ -149,6 +158,9 @@ impl Ws {
                         Failure::Check(format!("server sent a text frame that is not JSON ({e}): {}", clip(&t, 200)))
                     })?;
                     self.schemas.check("server_frame", "a server frame", &v)?;
+                    if !self.live && (v["type"] == "typing" || v["type"] == "presence") {
+                        continue;
+                    }
                     return Ok(Incoming::Frame(v));
                 }
                 Message::Binary(_) => {

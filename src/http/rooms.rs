@@ -30,7 +30,13 @@ pub async fn leave(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp
 pub async fn members(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<Resp, Error> {
     let session = authenticate(ctx, req.headers()).await?;
     let (room, members) = ctx.app.services.rooms.members(&session.user_id, &Rooms::parse_ref(&param(room)?)?).await?;
-    let members = members.into_iter().map(|user_id| Member { user_id }).collect();
+    let (live, server) = (&ctx.app.services.live, ctx.app.services.config.server_name.as_str());
+    // Only this server knows whether its own users are online (federation
+    // does not carry presence yet).
+    let members = members
+        .into_iter()
+        .map(|user_id| Member { presence: (user_id.server() == server).then(|| live.presence(&user_id)), user_id })
+        .collect();
     Ok(json(StatusCode::OK, &MembersResponse { room_id: room.room_id, members }))
 }
 

@@ -64,13 +64,20 @@ pub fn document() -> Value {
     let client = split_union(&mut schemas, "ClientFrame");
     let server = split_union(&mut schemas, "ServerFrame");
 
+    // A server frame named like a client frame (`typing`) is its own message.
+    let client_kinds: Vec<String> = client.iter().map(|f| f.kind.clone()).collect();
+    let server_key = |kind: &str| {
+        if client_kinds.iter().any(|k| k == kind) { format!("{kind}_from_server") } else { kind.to_owned() }
+    };
     let mut messages = Map::new();
     let mut channel_messages = Map::new();
-    for (frame, direction) in
-        client.iter().map(|f| (f, "client → server")).chain(server.iter().map(|f| (f, "server → client")))
+    for (frame, direction, key) in client
+        .iter()
+        .map(|f| (f, "client → server", f.kind.clone()))
+        .chain(server.iter().map(|f| (f, "server → client", server_key(&f.kind))))
     {
         let previous = messages.insert(
-            frame.kind.clone(),
+            key.clone(),
             json!({
                 "name": frame.kind,
                 "title": format!("{} ({direction})", frame.kind),
@@ -80,7 +87,7 @@ pub fn document() -> Value {
             }),
         );
         assert!(previous.is_none(), "a client and a server frame are both named {}", frame.kind);
-        channel_messages.insert(frame.kind.clone(), json!({ "$ref": format!("#/components/messages/{}", frame.kind) }));
+        channel_messages.insert(key.clone(), json!({ "$ref": format!("#/components/messages/{key}") }));
     }
 
     let server_kinds: Vec<&str> = server.iter().map(|f| f.kind.as_str()).collect();
@@ -95,10 +102,17 @@ pub fn document() -> Value {
         let mut reply: Vec<Value> = Vec::new();
         for answer in rule.answers.iter().chain(&["error"]) {
             assert!(server_kinds.contains(answer), "{}: no server frame {answer}", rule.frame);
-            reply.push(message_ref(answer));
+            reply.push(message_ref(&server_key(answer)));
         }
         let answers = rule.answers.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ");
         let errors = errcodes.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+        let description = if answers.is_empty() {
+            format!(
+                "Not answered unless it fails: then an `error` frame, echoing the frame's `id`, with one of: {errors}."
+            )
+        } else {
+            format!("Answered by {answers}, echoing the frame's `id`; or by an `error` frame with one of: {errors}.")
+        };
         operations.insert(
             format!("receive{}", camel(rule.frame)),
             json!({
@@ -106,9 +120,7 @@ pub fn document() -> Value {
                 "channel": channel_ref,
                 "title": format!("Client sends `{}`", rule.frame),
                 "summary": frame.summary,
-                "description": format!(
-                    "Answered by {answers}, echoing the frame's `id`; or by an `error` frame with one of: {errors}."
-                ),
+                "description": description,
                 "messages": [message_ref(rule.frame)],
                 "reply": { "channel": channel_ref, "messages": reply },
                 "x-parlor-errcodes": errcodes,
@@ -130,15 +142,16 @@ pub fn document() -> Value {
             when.push("unprompted".to_owned());
         }
         assert!(!when.is_empty(), "server frame {kind} is neither an answer nor unprompted in endpoints.rs");
+        let key = server_key(kind);
         operations.insert(
-            format!("send{}", camel(kind)),
+            format!("send{}", camel(&key)),
             json!({
                 "action": "send",
                 "channel": channel_ref,
                 "title": format!("Server sends `{kind}`"),
                 "summary": frame.summary,
                 "description": format!("Sent {}.", when.join("; and ")),
-                "messages": [message_ref(kind)],
+                "messages": [message_ref(&key)],
             }),
         );
     }

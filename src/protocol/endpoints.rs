@@ -586,7 +586,7 @@ pub const ADMIN_ERRORS: &[ErrCode] = &[UserNotFound];
 
 /// Server frames that may come without a client frame asking: live events,
 /// gaps, the end of a subscription when the user left, errors.
-pub const UNPROMPTED_FRAMES: &[&str] = &["event", "gap", "unsubscribed", "error"];
+pub const UNPROMPTED_FRAMES: &[&str] = &["event", "gap", "unsubscribed", "error", "typing", "presence"];
 
 /// Every client frame of §8, in the order of `ws::CLIENT_FRAME_TYPES`.
 pub const FRAMES: &[FrameRule] = &[
@@ -622,6 +622,7 @@ pub const FRAMES: &[FrameRule] = &[
         ],
     },
     FrameRule { frame: "ping", answers: &["pong"], errors: &[] },
+    FrameRule { frame: "typing", answers: &[], errors: &[InvalidRoom, NotSubscribed] },
 ];
 
 /// The close codes a server sends (§8), with what a client should do.

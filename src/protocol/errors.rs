@@ -118,6 +118,8 @@ errcodes! {
     AlreadyAuthenticated = ("already_authenticated", 400),
     /// WebSocket: the connection is subscribed to the maximum of 256 rooms.
     TooManySubscriptions = ("too_many_subscriptions", 400),
+    /// WebSocket: the frame (`typing`) needs a subscription to the room on this connection.
+    NotSubscribed = ("not_subscribed", 400),
     /// WebSocket upgrade: the request is not a WebSocket upgrade.
     UpgradeRequired = ("upgrade_required", 426),
     /// WebSocket upgrade: the client did not offer the `parlor.v1` subprotocol.

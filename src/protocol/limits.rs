@@ -36,3 +36,7 @@ pub const MAX_TARGET_BYTES: usize = 8 * 1024;
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most header fields in one request (more: 431 `headers_too_large`).
 pub const MAX_HEADER_FIELDS: usize = 100;
+/// Seconds a typing state lasts after the user's last `typing: true`.
+pub const TYPING_TIMEOUT_SECS: u64 = 30;
+/// Most `typing` frames one room sends a connection per second.
+pub const TYPING_FRAMES_PER_SEC: usize = 4;

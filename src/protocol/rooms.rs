@@ -30,6 +30,17 @@ pub struct RoomsResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Member {
     pub user_id: UserId,
+    /// Whether the member has an open WebSocket (v1.1; a v1 server leaves it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Presence>,
+}
+
+/// Whether a user has at least one open WebSocket, on any process of their server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    Online,
+    Offline,
 }
 
 /// `GET /rooms/{room}/members` answer: current members, sorted by user id.

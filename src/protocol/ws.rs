@@ -12,6 +12,7 @@ use super::events::{Cursor, Event};
 use super::ids::{RoomAlias, RoomId, RoomRef, UserId};
 use super::limits::WS_ID_MAX;
 use super::parse::{Refusal, check_object, parse_fields};
+use super::rooms::Presence;
 
 /// Close codes the server uses (RFC 6455's and its own).
 pub mod close {
@@ -94,10 +95,20 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },
+    /// The user is (or stopped) typing in a room this connection is
+    /// subscribed to. Not answered unless refused; never stored.
+    Typing {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[schemars(with = "RoomRef")]
+        room: String,
+        typing: bool,
+    },
 }
 
 /// The frame type names a client may send.
-pub const CLIENT_FRAME_TYPES: &[&str] = &["auth", "join", "leave", "subscribe", "unsubscribe", "send", "ping"];
+pub const CLIENT_FRAME_TYPES: &[&str] =
+    &["auth", "join", "leave", "subscribe", "unsubscribe", "send", "ping", "typing"];
 
 /// Just enough of a client frame to route errors: its `type` and `id`,
 /// whatever their JSON types.
@@ -175,6 +186,7 @@ mod wire {
         Unsubscribe { room: String }
         Send { room: String, txn_id: String, body: String }
         Ping {}
+        Typing { room: String, typing: bool }
     }
 
     /// `kind` is one of [`super::CLIENT_FRAME_TYPES`].
@@ -186,6 +198,7 @@ mod wire {
             "subscribe" => parse_fields::<Subscribe>(bytes)?.into(),
             "unsubscribe" => parse_fields::<Unsubscribe>(bytes)?.into(),
             "send" => parse_fields::<Send>(bytes)?.into(),
+            "typing" => parse_fields::<Typing>(bytes)?.into(),
             _ => parse_fields::<Ping>(bytes)?.into(),
         })
     }
@@ -286,6 +299,10 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },
+    /// Everyone typing in a subscribed room now (the whole list; empty when nobody is).
+    Typing { room: RoomId, user_ids: Vec<UserId> },
+    /// A user who shares a subscribed room came online or went offline.
+    Presence { user_id: UserId, presence: Presence },
 }
 
 impl ServerFrame {
@@ -346,6 +363,7 @@ mod tests {
             r#"{"type":"unsubscribe","room":"a","id":"u"}"#,
             r#"{"type":"send","room":"a","txn_id":"t","body":"hi","id":"s"}"#,
             r#"{"type":"ping"}"#,
+            r#"{"type":"typing","room":"a","typing":true,"id":"t"}"#,
         ];
         let mut seen = std::collections::BTreeSet::new();
         for f in frames {

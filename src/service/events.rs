@@ -10,6 +10,7 @@ use futures_util::future::Either;
 
 use super::accounts::Session;
 use super::error::{Error, Result};
+use super::live::Live;
 use super::ratelimit::{self, RateLimits};
 use super::rooms::{Room, Rooms};
 use crate::metrics::{self, EventMetrics};
@@ -28,6 +29,7 @@ pub struct Events {
     log: Arc<dyn EventLog>,
     limits: Arc<RateLimits>,
     metrics: EventMetrics,
+    live: Arc<Live>,
 }
 
 fn check_body(body: &str) -> Result<()> {
@@ -48,8 +50,14 @@ pub fn valid_txn_id(txn_id: &str) -> bool {
 }
 
 impl Events {
-    pub fn new(rooms: Arc<Rooms>, log: Arc<dyn EventLog>, limits: Arc<RateLimits>, metrics: EventMetrics) -> Self {
-        Self { rooms, log, limits, metrics }
+    pub fn new(
+        rooms: Arc<Rooms>,
+        log: Arc<dyn EventLog>,
+        limits: Arc<RateLimits>,
+        metrics: EventMetrics,
+        live: Arc<Live>,
+    ) -> Self {
+        Self { rooms, log, limits, metrics, live }
     }
 
     pub fn log(&self) -> &Arc<dyn EventLog> {
@@ -92,6 +100,8 @@ impl Events {
     ) -> Result<(Room, impl Future<Output = Result<SendResponse>> + Send + 'static + use<>)> {
         check_body(&body)?;
         let room = self.rooms.resolve_member(&session.user_id, room).await?;
+        // A message ends its sender's typing in the room (spec §8).
+        self.live.message_sent(&room.room_id, &session.user_id);
         if self.rooms.is_remote(&room.room_id) {
             let fed = self
                 .rooms

@@ -24,6 +24,11 @@ pub enum Outgoing {
     Event { room: Arc<RoomId>, epoch: Arc<str>, seq: u64, json: Bytes },
     /// The user left the room: the subscription is over.
     Left { room: Arc<RoomId> },
+    /// A frame about a subscribed room that is not in its log (`typing`):
+    /// written only while the connection is still subscribed to it.
+    Room { room: Arc<RoomId>, json: Bytes },
+    /// A frame for the connection as a whole (`presence`).
+    Frame { json: Bytes },
 }
 
 /// Why the server closes a connection. The service says why; the wire
@@ -147,6 +152,31 @@ impl Hub {
             conns.push(conn.clone());
         }
         subs.room.clone()
+    }
+
+    /// Pushes one shared frame about `room` to each of its subscribers.
+    pub fn push_room(&self, room: &RoomId, json: Bytes) {
+        let Some(subs) = self.rooms.read().expect("hub lock").get(room).cloned() else { return };
+        let bytes = json.len();
+        for c in subs.conns.lock().expect("room lock").iter() {
+            c.push(Outgoing::Room { room: subs.room.clone(), json: json.clone() }, bytes);
+        }
+    }
+
+    /// Pushes one shared frame once to each connection subscribed to any of `rooms`.
+    pub fn push_rooms(&self, rooms: &[RoomId], json: Bytes) {
+        let found: Vec<Arc<RoomSubs>> = {
+            let all = self.rooms.read().expect("hub lock");
+            rooms.iter().filter_map(|r| all.get(r).cloned()).collect()
+        };
+        let mut seen: std::collections::HashSet<*const Conn> = std::collections::HashSet::new();
+        for subs in found {
+            for c in subs.conns.lock().expect("room lock").iter() {
+                if seen.insert(Arc::as_ptr(c)) {
+                    c.push(Outgoing::Frame { json: json.clone() }, json.len());
+                }
+            }
+        }
     }
 
     pub fn unsubscribe(&self, room: &RoomId, conn: &Arc<Conn>) {

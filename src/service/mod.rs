@@ -8,6 +8,7 @@ pub mod events;
 pub mod fanout;
 pub mod federation;
 pub mod hashing;
+pub mod live;
 pub mod passwords;
 pub mod ratelimit;
 pub mod rooms;
@@ -34,6 +35,7 @@ pub struct Services {
     pub rooms: Arc<rooms::Rooms>,
     pub events: events::Events,
     pub hub: Arc<fanout::Hub>,
+    pub live: Arc<live::Live>,
     pub federation: Option<Arc<federation::Federation>>,
     pub admin: Arc<admin::Admin>,
     db: crate::storage::Db,
@@ -195,7 +197,12 @@ impl Services {
             limits.clone(),
         )
         .await?;
-        let events = events::Events::new(rooms.clone(), log, limits, metrics.events.clone());
+        let bus = match &config.redis {
+            None => None,
+            Some(url) => Some(crate::storage::live::RedisBus::open(url).await?),
+        };
+        let live = live::Live::start(hub.clone(), rooms.clone(), bus, config.typing_timeout);
+        let events = events::Events::new(rooms.clone(), log, limits, metrics.events.clone(), live.clone());
         if let Some(fed) = &federation {
             fed.start();
             let (rooms, every) = (rooms.clone(), config.federation_catch_up);
@@ -204,7 +211,7 @@ impl Services {
                 rooms.catch_up_forever(every).await
             });
         }
-        Ok(Self { config, accounts, rooms, events, hub, federation, admin, db })
+        Ok(Self { config, accounts, rooms, events, hub, live, federation, admin, db })
     }
 
     /// Flushes everything; called once after the last connection is gone.

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod events;
 pub mod federation;
 pub mod identity;
+pub mod live;
 pub mod migrate;
 pub mod ratelimit;
 pub mod rooms;

@@ -25,7 +25,7 @@ use crate::protocol::events::Cursor;
 use crate::protocol::events::Range;
 use crate::protocol::limits::WS_MAX_SUBSCRIPTIONS;
 use crate::protocol::ws::{ClientFrame, EventFrame, GapReason, ServerFrame, close, parse_client_frame};
-use crate::protocol::{ErrCode, RoomId};
+use crate::protocol::{ErrCode, RoomAlias, RoomId, RoomRef};
 use crate::service::Error;
 use crate::service::accounts::Session;
 use crate::service::events::valid_txn_id;
@@ -100,10 +100,11 @@ struct State<S> {
 pub async fn run<S: Stream>(io: Io<S>, app: Arc<App>, preauth: Option<Session>) -> Option<u16> {
     let mut st = State { app: app.clone(), io, auth: None, subs: Subs::default() };
     let end = st.main_loop(preauth).await.err().unwrap_or(End::Gone);
-    if let Some((_, conn)) = &st.auth {
+    if let Some((session, conn)) = &st.auth {
         for sub in &st.subs.0 {
             app.services.hub.unsubscribe(&sub.key, conn);
         }
+        app.services.live.disconnected(&session.user_id);
     }
     // A peer that does not read gets its close code once it reads again,
     // as long as that is within a heartbeat; otherwise it is dropped.
@@ -258,6 +259,7 @@ impl<S: Stream> State<S> {
             return Err(End::Close(close::UNAUTHORIZED, "authentication failed"));
         }
         let ready = ServerFrame::Ready { id, user_id: session.user_id.clone(), device_id: session.device_id.clone() };
+        services.live.connected(&session.user_id);
         self.auth = Some((session, conn));
         self.write(ready)
     }
@@ -294,6 +296,12 @@ impl<S: Stream> State<S> {
                         self.io.push(OpCode::Text, Bytes::from(f.to_json()));
                     }
                 }
+                Outgoing::Room { room, json } => {
+                    if self.subs.contains(&room) {
+                        self.io.push(OpCode::Text, json);
+                    }
+                }
+                Outgoing::Frame { json } => self.io.push(OpCode::Text, json),
             }
         }
         self.io.check_bound()?;
@@ -453,6 +461,14 @@ impl<S: Stream> State<S> {
                 }
             }
             ClientFrame::Ping { id } => self.write(ServerFrame::Pong { id }),
+            ClientFrame::Typing { id, room, typing } => match self.subscribed(&room) {
+                Ok(room_id) => {
+                    let user = self.session().user_id.clone();
+                    self.app.services.live.typing(&room_id, &user, typing);
+                    Ok(())
+                }
+                Err(e) => self.error(id, &e),
+            },
             ClientFrame::Send { id, room, txn_id, body } => {
                 if !valid_txn_id(&txn_id) {
                     let e = Error::refused(ErrCode::InvalidField, "txn_id: 1 to 64 characters of A-Z a-z 0-9 . _ ~ -");
@@ -481,6 +497,22 @@ impl<S: Stream> State<S> {
                 }
             }
         }
+    }
+
+    /// The subscribed room `raw` names, found without I/O: a `typing`
+    /// frame may come a thousand times a second, so it costs no directory
+    /// read (a subscription already proved membership).
+    fn subscribed(&self, raw: &str) -> Result<RoomId, Error> {
+        let r = Rooms::parse_ref(raw)?;
+        let server = &self.app.services.config.server_name;
+        let found = self.subs.0.iter().find(|s| match &r {
+            RoomRef::Id(id) => s.room.room_id == *id,
+            RoomRef::Alias(a) => s.room.alias == *a,
+            RoomRef::Name(n) => s.room.alias == RoomAlias::new(n, server),
+        });
+        found.map(|s| s.room.room_id.clone()).ok_or_else(|| {
+            Error::refused(ErrCode::NotSubscribed, format!("{raw:?}: subscribe to the room on this connection first"))
+        })
     }
 
     fn session(&self) -> &Session {
@@ -538,8 +570,15 @@ impl<S: Stream> State<S> {
         }
         let caught_up =
             ServerFrame::CaughtUp { id, room_id: room.room_id.clone(), epoch: sub.epoch.to_string(), seq: sub.last };
+        let room_id = sub.room.room_id.clone();
         self.subs.insert(sub);
-        self.write(caught_up)
+        self.write(caught_up)?;
+        // Who is typing already; later changes come as they happen.
+        let typing = self.app.services.live.typing_now(&room_id);
+        if typing.is_empty() {
+            return Ok(());
+        }
+        self.write(ServerFrame::Typing { room: room_id, user_ids: typing })
     }
 }
 
@@ -551,6 +590,7 @@ fn frame_id(f: &ClientFrame) -> Option<String> {
         | ClientFrame::Subscribe { id, .. }
         | ClientFrame::Unsubscribe { id, .. }
         | ClientFrame::Send { id, .. }
-        | ClientFrame::Ping { id } => id.clone(),
+        | ClientFrame::Ping { id }
+        | ClientFrame::Typing { id, .. } => id.clone(),
     }
 }

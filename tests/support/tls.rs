@@ -213,7 +213,7 @@ pub async fn wss_over(stream: TlsStream, addr: SocketAddr, token: &str) -> Wss {
         .await
         .expect("the upgrade within 20 s")
         .expect("the upgrade succeeds");
-    let mut c = Wss { ws };
+    let mut c = Wss::over(ws);
     let ready = c.recv().await;
     assert_eq!(ready["type"], "ready", "{ready}");
     c

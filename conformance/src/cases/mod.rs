@@ -13,6 +13,7 @@ mod federation;
 mod guarantees;
 mod history;
 mod limits;
+mod live;
 mod messages;
 mod operation;
 mod rate_limits;
@@ -29,6 +30,7 @@ pub fn all() -> Vec<Case> {
         messages::cases(),
         history::cases(),
         websocket::cases(),
+        live::cases(),
         guarantees::cases(),
         operation::cases(),
         federation::cases(),
@@ -72,6 +74,7 @@ mod tests {
             include_str!("messages.rs"),
             include_str!("history.rs"),
             include_str!("websocket.rs"),
+            include_str!("live.rs"),
             include_str!("guarantees.rs"),
             include_str!("operation.rs"),
             include_str!("federation.rs"),

@@ -114,6 +114,10 @@ pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeT
 /// default or over any other stream (the TLS tests' own).
 pub struct WsClient<S = tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     pub ws: tokio_tungstenite::WebSocketStream<S>,
+    /// Whether `typing` and `presence` frames are returned. They come
+    /// unprompted whenever users who share a room come and go, so by default
+    /// they are skipped, as the spec tells a client that does not follow them.
+    live: bool,
 }
 
 impl WsClient {
@@ -138,7 +142,7 @@ impl WsClient {
             req.headers_mut().insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         let (ws, _) = tokio_tungstenite::connect_async(req).await?;
-        Ok(WsClient { ws })
+        Ok(WsClient::over(ws))
     }
 
     /// Connects and authenticates with the header; waits for `ready`.
@@ -151,6 +155,23 @@ impl WsClient {
 }
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
+    /// A client on an upgraded stream (`typing` and `presence` skipped).
+    pub fn over(ws: tokio_tungstenite::WebSocketStream<S>) -> Self {
+        WsClient { ws, live: false }
+    }
+
+    /// From now on `typing` and `presence` frames are returned too.
+    pub fn follow_live(&mut self) {
+        self.live = true;
+    }
+
+    /// Parses a text frame; None when it is one this client skips.
+    fn frame(&self, text: &str) -> Option<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(text).expect("JSON frame");
+        let skipped = !self.live && (v["type"] == "typing" || v["type"] == "presence");
+        (!skipped).then_some(v)
+    }
+
     pub async fn send(&mut self, frame: serde_json::Value) {
         use futures_util::SinkExt;
         self.ws.send(tokio_tungstenite::tungstenite::Message::text(frame.to_string())).await.expect("send frame");
@@ -178,7 +199,10 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
         loop {
             let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
             match msg {
-                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("JSON frame")),
+                Some(Ok(Message::Text(t))) => match self.frame(&t) {
+                    Some(v) => return Some(v),
+                    None => continue,
+                },
                 Some(Ok(Message::Close(f))) => panic!("connection closed ({f:?}) while waiting for a frame"),
                 Some(Ok(_)) => continue,
                 None | Some(Err(_)) => panic!("connection closed while waiting for a frame"),
@@ -193,7 +217,10 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next()).await.expect("a frame within 10 s");
             match msg {
-                Some(Ok(Message::Text(t))) => return Next::Frame(serde_json::from_str(&t).expect("JSON frame")),
+                Some(Ok(Message::Text(t))) => match self.frame(&t) {
+                    Some(v) => return Next::Frame(v),
+                    None => continue,
+                },
                 Some(Ok(Message::Close(f))) => return Next::Closed(f.map(|f| u16::from(f.code))),
                 Some(Ok(_)) => continue,
                 None | Some(Err(_)) => return Next::Closed(None),

@@ -1,0 +1,137 @@
+//! The bus that carries ephemeral state (typing, presence) between the
+//! processes of one server: nothing here is stored. Embedded servers are one
+//! process and have no bus; with `--redis` every process publishes on one
+//! pub/sub channel, [`LIVE_CHANNEL`], and hears every other process on it.
+//!
+//! The bus carries opaque text notes in publish order; what they say is the
+//! service's business (`service/live.rs`). A note published while a process
+//! was not subscribed is lost to it, so every (re)subscription is announced
+//! with [`BusNote::Resubscribed`] and the service asks the others to say
+//! their state again.
+
+use std::time::Duration;
+
+use redis::Client;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+
+use crate::storage::StorageError;
+use crate::storage::events::redis::link::{RESPONSE_TIMEOUT, manager, storage_error};
+
+/// The channel every process of the server publishes its live notes on.
+pub const LIVE_CHANNEL: &str = "parlor:live";
+/// How often the subscriber pings Redis: a subscription whose connection
+/// died silently is noticed (and replaced) within this plus the response
+/// timeout.
+const SUBSCRIPTION_PING: Duration = Duration::from_millis(500);
+/// Wait between attempts to subscribe again while Redis is away.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
+/// Notes waiting to be published at most; beyond it new ones are dropped
+/// (ephemeral state: the next change or heartbeat says it again).
+const OUTBOX_MAX: usize = 65_536;
+
+/// What a subscriber hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusNote {
+    /// A note some process (maybe this one) published.
+    Note(String),
+    /// The subscription is (again) in place; notes published before were lost.
+    Resubscribed,
+}
+
+/// The bus of a server with several processes.
+pub struct RedisBus {
+    client: Client,
+    outbox: mpsc::Sender<String>,
+}
+
+impl RedisBus {
+    /// Connects the publisher; [`RedisBus::subscribe`] opens the other connection.
+    pub async fn open(url: &str) -> Result<Self, StorageError> {
+        let client = Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url: {e}")))?;
+        let conn = manager(&client, RESPONSE_TIMEOUT).await.map_err(|e| storage_error(&e))?;
+        let (outbox, rx) = mpsc::channel(OUTBOX_MAX);
+        tokio::spawn(publish_forever(conn, rx));
+        Ok(Self { client, outbox })
+    }
+
+    /// Queues a note; notes are published in the order queued, many per
+    /// round trip. Never waits: a full outbox drops the note.
+    pub fn publish(&self, note: String) {
+        if self.outbox.try_send(note).is_err() {
+            tracing::warn!("live bus outbox full or closed; a note was dropped");
+        }
+    }
+
+    /// Every note on the channel (this process's own included), until the
+    /// receiver is dropped.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<BusNote> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(subscribe_forever(self.client.clone(), tx));
+        rx
+    }
+}
+
+/// Publishes queued notes in order, one pipeline per batch waiting.
+async fn publish_forever(conn: ConnectionManager, mut rx: mpsc::Receiver<String>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let mut pipe = redis::pipe();
+        for note in batch.drain(..) {
+            pipe.cmd("PUBLISH").arg(LIVE_CHANNEL).arg(note).ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut conn.clone()).await {
+            // Ephemeral: the next change or heartbeat carries the state again.
+            tracing::debug!(error = %e, "cannot publish live notes");
+        }
+    }
+}
+
+/// Forwards [`LIVE_CHANNEL`] to `tx` on a connection of its own (a
+/// subscribed connection takes no other commands), pinged every
+/// [`SUBSCRIPTION_PING`] since a subscription waits without a response
+/// timeout.
+async fn subscribe_forever(client: Client, tx: mpsc::UnboundedSender<BusNote>) {
+    use futures_util::StreamExt as _;
+    loop {
+        let connected = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(LIVE_CHANNEL).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = tx.closed() => return,
+            r = tokio::time::timeout(RESPONSE_TIMEOUT * 2, connected) => r,
+        };
+        let Ok(Ok(pubsub)) = pubsub else {
+            tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+            continue;
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        if tx.send(BusNote::Resubscribed).is_err() {
+            return;
+        }
+        let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                msg = stream.next() => match msg {
+                    Some(m) => {
+                        let note = String::from_utf8_lossy(m.get_payload_bytes()).into_owned();
+                        if tx.send(BusNote::Note(note)).is_err() {
+                            return;
+                        }
+                    }
+                    None => break,
+                },
+                _ = ping.tick() => {
+                    let alive = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if !matches!(alive, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::warn!("lost the subscription to {LIVE_CHANNEL}; subscribing again");
+    }
+}

@@ -1,0 +1,312 @@
+//! Typing and presence end to end (spec §8 "Typing and presence"): on both
+//! backends with one server, and across two real processes on one Redis.
+//! The typing timeout is shortened (the protocol's is 30 s) so that its
+//! expiry is seen without waiting half a minute.
+
+#[macro_use]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Api, Backend, Harness, ParlorProcess, RedisServer, WsClient, uniq};
+
+/// The typing timeout these tests run with: long enough that an end by
+/// other means is told apart from a timeout, short enough to wait out.
+const TTL: Duration = Duration::from_secs(3);
+
+backend_tests!(
+    typing_reaches_subscribers_and_ends_on_stop_message_timeout_and_close,
+    typing_needs_a_subscription,
+    a_toggling_client_costs_others_at_most_four_frames_a_second,
+    presence_goes_to_room_sharers_only,
+);
+
+async fn start(backend: Backend) -> Harness {
+    Harness::start_with(backend, |c| c.typing_timeout = TTL).await
+}
+
+/// A socket of `token`'s user that returns `typing` and `presence` frames.
+async fn live_ws(base: &str, token: &str) -> WsClient {
+    let mut ws = WsClient::authed(base, token).await;
+    ws.follow_live();
+    ws
+}
+
+/// The next frame of type `ty` (others skipped), or None within `within`.
+async fn next_of(ws: &mut WsClient, ty: &str, within: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let f = ws.recv_within(left).await?;
+        if f["type"] == ty {
+            return Some(f);
+        }
+    }
+}
+
+/// The next `presence` frame about `user` (others, such as the watcher's
+/// own, skipped): its `presence`.
+async fn presence_frame(ws: &mut WsClient, user: &str) -> String {
+    loop {
+        let p = next_of(ws, "presence", Duration::from_secs(10)).await.expect("a presence frame within 10 s");
+        if p["user_id"] == user {
+            return p["presence"].as_str().unwrap().to_owned();
+        }
+    }
+}
+
+/// The next `typing` frame's user list (fails the test when none comes).
+async fn typing_list(ws: &mut WsClient) -> Vec<String> {
+    let f = next_of(ws, "typing", Duration::from_secs(5)).await.expect("a typing frame within 5 s");
+    f["user_ids"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_owned()).collect()
+}
+
+async fn subscribe(ws: &mut WsClient, room: &str) {
+    ws.send(json!({"type": "subscribe", "id": "s", "room": room})).await;
+    ws.until("caught_up").await;
+}
+
+/// Every frame that arrives before the answer to a `ping` (so: everything
+/// the server had queued for this connection).
+async fn drain(ws: &mut WsClient) -> Vec<Value> {
+    ws.send(json!({"type": "ping", "id": "drain"})).await;
+    ws.until("pong").await.1
+}
+
+async fn presence_of(api: &Api, token: &str, room: &str, user: &str) -> String {
+    let (s, v) = api.call("GET", &format!("/rooms/{}/members", support::enc(room)), Some(token), None).await;
+    assert_eq!(s, 200, "{v}");
+    let m = v["members"].as_array().unwrap().iter().find(|m| m["user_id"] == user).expect("a member");
+    m["presence"].as_str().unwrap_or("(none)").to_owned()
+}
+
+/// Reads `members` until `user`'s presence is `want` (presence changes are
+/// applied as they are heard, a moment after the socket opens or closes).
+async fn wait_presence(api: &Api, token: &str, room: &str, user: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = presence_of(api, token, room, user).await;
+        if got == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{user} is {got}, not {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn typing_reaches_subscribers_and_ends_on_stop_message_timeout_and_close(backend: Backend) {
+    let h = start(backend).await;
+    let api = h.api();
+    let room = uniq("room");
+    let (ann, ann_t) = api.user(&uniq("ann")).await;
+    let (_, bob_t) = api.user(&uniq("bob")).await;
+    api.join(&ann_t, &room).await;
+    api.join(&bob_t, &room).await;
+    let mut bob = live_ws(h.url(), &bob_t).await;
+    subscribe(&mut bob, &room).await;
+    let mut a = live_ws(h.url(), &ann_t).await;
+    subscribe(&mut a, &room).await;
+
+    // Start and stop.
+    a.send(json!({"type": "typing", "room": room, "typing": true})).await;
+    assert_eq!(typing_list(&mut bob).await, vec![ann.clone()]);
+    a.send(json!({"type": "typing", "room": room, "typing": false})).await;
+    assert_eq!(typing_list(&mut bob).await, Vec::<String>::new());
+
+    // A message ends it (well before the timeout would).
+    let typed = tokio::time::Instant::now();
+    a.send(json!({"type": "typing", "room": room, "typing": true})).await;
+    assert_eq!(typing_list(&mut bob).await, vec![ann.clone()]);
+    let (s, _) = api.send(&ann_t, &room, "t1", "hello").await;
+    assert_eq!(s, 200);
+    assert_eq!(typing_list(&mut bob).await, Vec::<String>::new());
+    assert!(typed.elapsed() < TTL, "ended by the message, not by the timeout");
+
+    // A late subscriber is told who is typing right after `caught_up`.
+    let typed = tokio::time::Instant::now();
+    a.send(json!({"type": "typing", "room": room, "typing": true})).await;
+    assert_eq!(typing_list(&mut bob).await, vec![ann.clone()]);
+    let mut late = live_ws(h.url(), &bob_t).await;
+    late.send(json!({"type": "subscribe", "id": "s", "room": room})).await;
+    late.until("caught_up").await;
+    assert_eq!(typing_list(&mut late).await, vec![ann.clone()]);
+
+    // The timeout ends it, with nothing more from the client.
+    assert_eq!(typing_list(&mut bob).await, Vec::<String>::new());
+    assert!(typed.elapsed() >= TTL, "ended by the timeout, not before");
+
+    // Closing the typer's only socket ends it.
+    a.send(json!({"type": "typing", "room": room, "typing": true})).await;
+    assert_eq!(typing_list(&mut bob).await, vec![ann.clone()]);
+    drop(a);
+    assert_eq!(typing_list(&mut bob).await, Vec::<String>::new());
+
+    // Nothing of it is in the room log.
+    let (s, page) = api.messages(&bob_t, &room, "after=0").await;
+    assert_eq!(s, 200);
+    let types: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["join", "join", "message"], "{page}");
+}
+
+async fn typing_needs_a_subscription(backend: Backend) {
+    let h = start(backend).await;
+    let api = h.api();
+    let (room, other) = (uniq("room"), uniq("other"));
+    let (_, t) = api.user(&uniq("ann")).await;
+    api.join(&t, &room).await;
+    api.join(&t, &other).await;
+    let mut ws = WsClient::authed(h.url(), &t).await;
+    subscribe(&mut ws, &room).await;
+    ws.send(json!({"type": "typing", "id": "x", "room": other, "typing": true})).await;
+    let e = ws.recv().await;
+    assert_eq!(
+        (e["type"].as_str(), e["id"].as_str(), e["errcode"].as_str()),
+        (Some("error"), Some("x"), Some("not_subscribed")),
+        "{e}"
+    );
+    ws.send(json!({"type": "typing", "id": "y", "room": "!!bad", "typing": true})).await;
+    assert_eq!(ws.recv().await["errcode"], "invalid_room");
+    ws.send(json!({"type": "typing", "id": "z", "room": room, "typing": "yes"})).await;
+    assert_eq!(ws.recv().await["errcode"], "invalid_field");
+    // The subscribed room by its bare name, alias or id: no answer, no error.
+    let alias = api.join(&t, &room).await;
+    for r in [room.as_str(), alias["alias"].as_str().unwrap(), alias["room_id"].as_str().unwrap()] {
+        ws.send(json!({"type": "typing", "id": "ok", "room": r, "typing": false})).await;
+    }
+    let got = drain(&mut ws).await;
+    assert!(got.iter().all(|f| f["type"] != "error"), "{got:?}");
+}
+
+async fn a_toggling_client_costs_others_at_most_four_frames_a_second(backend: Backend) {
+    let h = start(backend).await;
+    let api = h.api();
+    let room = uniq("room");
+    let (_, ann_t) = api.user(&uniq("ann")).await;
+    let (_, bob_t) = api.user(&uniq("bob")).await;
+    api.join(&ann_t, &room).await;
+    api.join(&bob_t, &room).await;
+    let mut bob = live_ws(h.url(), &bob_t).await;
+    subscribe(&mut bob, &room).await;
+    let mut a = live_ws(h.url(), &ann_t).await;
+    subscribe(&mut a, &room).await;
+    let began = tokio::time::Instant::now();
+    for i in 0..4000 {
+        a.send(json!({"type": "typing", "room": room, "typing": i % 2 == 0})).await;
+    }
+    drain(&mut a).await;
+    // Wait out the coalescing, then count what bob got.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let frames: Vec<Value> = drain(&mut bob).await.into_iter().filter(|f| f["type"] == "typing").collect();
+    let secs = began.elapsed().as_secs_f64();
+    let most = (secs * 4.0).ceil() as usize + 1;
+    assert!(frames.len() <= most, "{} typing frames in {secs:.1} s (at most {most})", frames.len());
+    if let Some(last) = frames.last() {
+        assert_eq!(last["user_ids"], json!([]), "the last toggle was `false`: {frames:?}");
+    }
+}
+
+async fn presence_goes_to_room_sharers_only(backend: Backend) {
+    let h = start(backend).await;
+    let api = h.api();
+    let (room, elsewhere) = (uniq("room"), uniq("elsewhere"));
+    let (ann, ann_t) = api.user(&uniq("ann")).await;
+    let (_, bob_t) = api.user(&uniq("bob")).await;
+    let (_, cat_t) = api.user(&uniq("cat")).await;
+    api.join(&ann_t, &room).await;
+    api.join(&bob_t, &room).await;
+    api.join(&cat_t, &elsewhere).await;
+    let mut bob = live_ws(h.url(), &bob_t).await;
+    subscribe(&mut bob, &room).await;
+    let mut cat = live_ws(h.url(), &cat_t).await;
+    subscribe(&mut cat, &elsewhere).await;
+    assert_eq!(presence_of(&api, &bob_t, &room, &ann).await, "offline");
+
+    let a1 = live_ws(h.url(), &ann_t).await;
+    assert_eq!(presence_frame(&mut bob, &ann).await, "online");
+    wait_presence(&api, &bob_t, &room, &ann, "online").await;
+    // A second socket changes nothing; closing one of two changes nothing.
+    let a2 = live_ws(h.url(), &ann_t).await;
+    drop(a1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(presence_of(&api, &bob_t, &room, &ann).await, "online");
+    drop(a2);
+    assert_eq!(presence_frame(&mut bob, &ann).await, "offline");
+    wait_presence(&api, &bob_t, &room, &ann, "offline").await;
+    let rest = drain(&mut bob).await;
+    assert!(
+        rest.iter().all(|f| f["type"] != "presence" || f["user_id"] != ann.as_str()),
+        "one frame per change: {rest:?}"
+    );
+    // Cat shares no room with ann and heard nothing of her.
+    let heard = drain(&mut cat).await;
+    assert!(heard.iter().all(|f| f["type"] != "presence" || f["user_id"] != ann.as_str()), "{heard:?}");
+}
+
+/// A process of server `name` on `redis` with the short typing timeout.
+fn process(redis: &RedisServer, dir: &tempfile::TempDir, name: &str) -> ParlorProcess {
+    let ttl = TTL.as_millis().to_string();
+    let args = ["--redis", &redis.url, "--server-name", name, "--rate-limit", "off", "--typing-timeout-ms", &ttl];
+    ParlorProcess::spawn(dir.path(), &args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_presence_cross_processes() {
+    let redis = RedisServer::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let name = "live.test";
+    let mut pa = process(&redis, &da, name);
+    let pb = process(&redis, &db, name);
+    let (a, b) = (Api::new(&pa.url), Api::new(&pb.url));
+    let room = uniq("room");
+    let (ann, ann_t) = a.user(&uniq("ann")).await;
+    let (_, bob_t) = b.user(&uniq("bob")).await;
+    let (cat, cat_t) = a.user(&uniq("cat")).await;
+    for t in [&ann_t, &bob_t, &cat_t] {
+        a.join(t, &room).await;
+    }
+    let mut bob = live_ws(&pb.url, &bob_t).await;
+    subscribe(&mut bob, &room).await;
+
+    // Ann types on A; Bob on B sees it, and her message sent through B ends it.
+    let mut ann_ws = live_ws(&pa.url, &ann_t).await;
+    assert_eq!(presence_frame(&mut bob, &ann).await, "online");
+    wait_presence(&b, &bob_t, &room, &ann, "online").await;
+    subscribe(&mut ann_ws, &room).await;
+    ann_ws.send(json!({"type": "typing", "room": room, "typing": true})).await;
+    assert_eq!(typing_list(&mut bob).await, vec![ann.clone()]);
+    let typed = tokio::time::Instant::now();
+    let (s, _) = b.send(&ann_t, &room, "m1", "hi").await;
+    assert_eq!(s, 200);
+    assert_eq!(typing_list(&mut bob).await, Vec::<String>::new());
+    assert!(typed.elapsed() < TTL, "ended by the message sent through B, not by the timeout");
+    // Ann closes her socket on A: offline on B.
+    drop(ann_ws);
+    assert_eq!(presence_frame(&mut bob, &ann).await, "offline");
+    wait_presence(&b, &bob_t, &room, &ann, "offline").await;
+
+    // A process that dies takes its users' presence and typing with it.
+    let mut cat_ws = live_ws(&pa.url, &cat_t).await;
+    subscribe(&mut cat_ws, &room).await;
+    cat_ws.send(json!({"type": "typing", "room": room, "typing": true})).await;
+    let mut list = typing_list(&mut bob).await;
+    while list.is_empty() {
+        list = typing_list(&mut bob).await;
+    }
+    assert_eq!(list, vec![cat.clone()]);
+    wait_presence(&b, &bob_t, &room, &cat, "online").await;
+    pa.child.kill().unwrap();
+    pa.child.wait().unwrap();
+    // Both end when B gives A up, in either order.
+    let (mut offline, mut stopped) = (false, false);
+    while !(offline && stopped) {
+        let f = bob.recv_within(Duration::from_secs(15)).await.expect("cat's states end once A is gone");
+        match f["type"].as_str() {
+            Some("presence") if f["user_id"] == cat.as_str() => offline = f["presence"] == "offline",
+            Some("typing") => stopped = f["user_ids"] == json!([]),
+            _ => {}
+        }
+    }
+    wait_presence(&b, &bob_t, &room, &cat, "offline").await;
+    drop(cat_ws);
+}
