@@ -20,6 +20,7 @@ backend_tests!(
     typing_needs_a_subscription,
     a_toggling_client_costs_others_at_most_four_frames_a_second,
     presence_goes_to_room_sharers_only,
+    receipts_move_forward_persist_and_count_unread,
 );
 
 async fn start(backend: Backend) -> Harness {
@@ -243,6 +244,86 @@ async fn presence_goes_to_room_sharers_only(backend: Backend) {
     assert!(heard.iter().all(|f| f["type"] != "presence" || f["user_id"] != ann.as_str()), "{heard:?}");
 }
 
+/// Each joined room's `unread` in `GET /rooms`, by room name.
+async fn unread(api: &Api, token: &str, room: &str) -> u64 {
+    let (s, v) = api.call("GET", "/rooms", Some(token), None).await;
+    assert_eq!(s, 200, "{v}");
+    let r =
+        v["rooms"].as_array().unwrap().iter().find(|r| r["alias"].as_str().unwrap().starts_with(&format!("#{room}:")));
+    r.unwrap_or_else(|| panic!("{room} in {v}"))["unread"].as_u64().expect("unread")
+}
+
+async fn read(api: &Api, token: &str, room: &str, seq: u64) -> (u16, Value) {
+    api.call("POST", &format!("/rooms/{}/read", support::enc(room)), Some(token), Some(json!({ "seq": seq }))).await
+}
+
+async fn receipts_move_forward_persist_and_count_unread(backend: Backend) {
+    let mut h = start(backend).await;
+    let api = h.api();
+    let room = uniq("room");
+    let (ann, ann_t) = api.user(&uniq("ann")).await;
+    let (bob, bob_t) = api.user(&uniq("bob")).await;
+    let (_, cat_t) = api.user(&uniq("cat")).await;
+    api.join(&ann_t, &room).await;
+    api.join(&bob_t, &room).await;
+    for i in 0..3 {
+        assert_eq!(api.send(&bob_t, &room, &format!("b{i}"), "from bob").await.0, 200);
+    }
+    let (_, last) = api.send(&ann_t, &room, "a0", "from ann").await;
+    let latest = last["seq"].as_u64().unwrap();
+    // No mark yet: every message of others counts, never one's own or joins.
+    assert_eq!(unread(&api, &ann_t, &room).await, 3);
+    assert_eq!(unread(&api, &bob_t, &room).await, 1);
+
+    let mut watcher = live_ws(h.url(), &bob_t).await;
+    subscribe(&mut watcher, &room).await;
+    assert_eq!(read(&api, &ann_t, &room, latest).await.0, 200);
+    let r = next_of(&mut watcher, "receipt", Duration::from_secs(5)).await.expect("a receipt");
+    assert_eq!((r["user_id"].as_str(), r["seq"].as_u64()), (Some(ann.as_str()), Some(latest)), "{r}");
+    assert_eq!(unread(&api, &ann_t, &room).await, 0);
+    // Never back, and no receipt for a mark that did not move.
+    assert_eq!(read(&api, &ann_t, &room, 1).await.0, 200);
+    assert_eq!(unread(&api, &ann_t, &room).await, 0);
+    let quiet = drain(&mut watcher).await;
+    assert!(quiet.iter().all(|f| f["type"] != "receipt"), "{quiet:?}");
+    // Past the latest seq; not a member.
+    let (s, e) = read(&api, &ann_t, &room, latest + 1).await;
+    assert_eq!((s, e["errcode"].as_str()), (400, Some("invalid_field")), "{e}");
+    let (s, e) = read(&api, &cat_t, &room, 1).await;
+    assert_eq!((s, e["errcode"].as_str()), (403, Some("not_member")), "{e}");
+
+    for i in 0..2 {
+        api.send(&bob_t, &room, &format!("c{i}"), "more from bob").await;
+    }
+    assert_eq!(unread(&api, &ann_t, &room).await, 2);
+    // The same after a restart, and on another device.
+    drop(watcher);
+    h.restart().await;
+    let api = h.api();
+    assert_eq!(unread(&api, &ann_t, &room).await, 2);
+    let (_, ann_t2) = api.login(ann.trim_start_matches('@').split(':').next().unwrap()).await;
+    assert_eq!(unread(&api, &ann_t2, &room).await, 2);
+
+    // Over the WebSocket: `read` is not answered; the receipt reaches subscribers.
+    let mut watcher = live_ws(h.url(), &ann_t).await;
+    subscribe(&mut watcher, &room).await;
+    let mut b = WsClient::authed(h.url(), &bob_t).await;
+    b.send(json!({"type": "read", "id": "r", "room": room, "seq": latest + 2})).await;
+    let r = next_of(&mut watcher, "receipt", Duration::from_secs(5)).await.expect("a receipt");
+    assert_eq!((r["user_id"].as_str(), r["seq"].as_u64()), (Some(bob.as_str()), Some(latest + 2)), "{r}");
+    assert!(drain(&mut b).await.is_empty(), "read is not answered");
+    b.send(json!({"type": "read", "id": "far", "room": room, "seq": 1000})).await;
+    let e = b.recv().await;
+    assert_eq!((e["id"].as_str(), e["errcode"].as_str()), (Some("far"), Some("invalid_field")), "{e}");
+    assert_eq!(unread(&api, &bob_t, &room).await, 0);
+
+    // The count stops at 100 ("100 or more").
+    for i in 0..105 {
+        api.send(&bob_t, &room, &format!("d{i}"), "flood").await;
+    }
+    assert_eq!(unread(&api, &ann_t, &room).await, 100);
+}
+
 /// A process of server `name` on `redis` with the short typing timeout.
 fn process(redis: &RedisServer, dir: &tempfile::TempDir, name: &str) -> ParlorProcess {
     let ttl = TTL.as_millis().to_string();
@@ -309,4 +390,20 @@ async fn typing_and_presence_cross_processes() {
     }
     wait_presence(&b, &bob_t, &room, &cat, "offline").await;
     drop(cat_ws);
+
+    // A read mark made through B reaches a subscriber on A's successor and
+    // counts the same on both.
+    let pc = process(&redis, &da, name);
+    let c = Api::new(&pc.url);
+    let mut watcher = live_ws(&pc.url, &cat_t).await;
+    subscribe(&mut watcher, &room).await;
+    let (s, v) = b.send(&bob_t, &room, "m2", "read me").await;
+    assert_eq!(s, 200);
+    let seq = v["seq"].as_u64().unwrap();
+    assert_eq!(unread(&c, &ann_t, &room).await, 1);
+    assert_eq!(read(&b, &ann_t, &room, seq).await.0, 200);
+    let r = next_of(&mut watcher, "receipt", Duration::from_secs(5)).await.expect("a receipt heard on C");
+    assert_eq!((r["user_id"].as_str(), r["seq"].as_u64()), (Some(ann.as_str()), Some(seq)), "{r}");
+    assert_eq!(unread(&c, &ann_t, &room).await, 0);
+    assert_eq!(unread(&b, &ann_t, &room).await, 0);
 }

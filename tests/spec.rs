@@ -106,6 +106,8 @@ fn protocol_md_states_every_limit() {
         ("header fields", limits::MAX_HEADER_FIELDS),
         ("typing timeout", limits::TYPING_TIMEOUT_SECS as usize),
         ("typing frames per room", limits::TYPING_FRAMES_PER_SEC),
+        ("unread maximum", limits::UNREAD_MAX),
+        ("unread scan", limits::UNREAD_SCAN_MAX),
     ] {
         let row = format!("| {what} | {} |", fmt(n));
         assert!(md.contains(&row), "spec/protocol.md lacks the limit row {row:?}");

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod events;
 pub mod federation;
 pub mod metrics;
+pub mod receipts;
 pub mod rooms;
 pub mod versions;
 
@@ -46,6 +47,7 @@ enum Route {
     Join(String),
     Leave(String),
     Members(String),
+    Read(String),
     Messages(String),
     Send(String, String),
     Ws,
@@ -76,6 +78,7 @@ impl Route {
             Route::Join(_) => "/_parlor/client/v1/rooms/{room}/join",
             Route::Leave(_) => "/_parlor/client/v1/rooms/{room}/leave",
             Route::Members(_) => "/_parlor/client/v1/rooms/{room}/members",
+            Route::Read(_) => "/_parlor/client/v1/rooms/{room}/read",
             Route::Messages(_) => "/_parlor/client/v1/rooms/{room}/messages",
             Route::Send(_, _) => "/_parlor/client/v1/rooms/{room}/send/{txn_id}",
             Route::Ws => "/_parlor/client/v1/ws",
@@ -166,6 +169,7 @@ fn route(method: &Method, path: &str) -> Result<Route, Error> {
         ["rooms", room, "join"] => allow(method == M::POST, Route::Join(room.to_string()), "POST"),
         ["rooms", room, "leave"] => allow(method == M::POST, Route::Leave(room.to_string()), "POST"),
         ["rooms", room, "members"] => allow(method == M::GET, Route::Members(room.to_string()), "GET"),
+        ["rooms", room, "read"] => allow(method == M::POST, Route::Read(room.to_string()), "POST"),
         ["rooms", room, "messages"] => allow(method == M::GET, Route::Messages(room.to_string()), "GET"),
         ["rooms", room, "send", txn] => allow(method == M::PUT, Route::Send(room.to_string(), txn.to_string()), "PUT"),
         _ => Err(not_found()),
@@ -226,6 +230,7 @@ async fn dispatch(req: Request<Incoming>, ctx: &Ctx) -> (&'static str, Resp) {
         Route::Join(room) => rooms::join(ctx, req, &room).await,
         Route::Leave(room) => rooms::leave(ctx, req, &room).await,
         Route::Members(room) => rooms::members(ctx, &req, &room).await,
+        Route::Read(room) => receipts::read(ctx, req, &room).await,
         Route::Messages(room) => events::messages(ctx, &req, &room).await,
         Route::Send(room, txn) => events::send(ctx, req, &room, &txn).await,
         Route::Ws => (ctx.app.ws_upgrade)(ctx, req).await,

@@ -42,14 +42,14 @@ pub async fn members(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<R
 
 pub async fn list(ctx: &Ctx, req: &Request<Incoming>) -> Result<Resp, Error> {
     let session = authenticate(ctx, req.headers()).await?;
-    let rooms = ctx
-        .app
-        .services
-        .rooms
-        .joined(&session.user_id)
-        .await?
-        .into_iter()
-        .map(|r| RoomSummary { room_id: r.room_id, alias: r.alias })
-        .collect();
+    let services = &ctx.app.services;
+    let joined = services.rooms.joined(&session.user_id).await?;
+    // Each room's count is its own reads; they run at once.
+    let counts =
+        futures_util::future::join_all(joined.iter().map(|r| services.receipts.unread(&session.user_id, r))).await;
+    let mut rooms = Vec::with_capacity(joined.len());
+    for (r, unread) in joined.into_iter().zip(counts) {
+        rooms.push(RoomSummary { room_id: r.room_id, alias: r.alias, unread: Some(unread?) });
+    }
     Ok(json(StatusCode::OK, &RoomsResponse { rooms }))
 }

@@ -389,6 +389,19 @@ pub fn http() -> Vec<Endpoint> {
             errors: errors(&[BEARER, ROOM, &[NotMember]]),
         },
         Endpoint {
+            id: "read",
+            method: Method::Post,
+            path: client("/rooms/{room}/read"),
+            tag: "rooms",
+            summary: "Mark a room read up to a seq",
+            description: "Spec §6. A read mark never moves back; members' subscribed connections get `receipt`.",
+            auth: Auth::Bearer,
+            params: vec![room_param()],
+            body: body::<rooms::ReadRequest>(),
+            answers: ok(200, "Marked (or already marked further).", of::<accounts::Empty>()),
+            errors: errors(&[BODY, BEARER, ROOM, &[NotMember, StorageUnavailable]]),
+        },
+        Endpoint {
             id: "send",
             method: Method::Put,
             path: client("/rooms/{room}/send/{txn_id}"),
@@ -586,7 +599,7 @@ pub const ADMIN_ERRORS: &[ErrCode] = &[UserNotFound];
 
 /// Server frames that may come without a client frame asking: live events,
 /// gaps, the end of a subscription when the user left, errors.
-pub const UNPROMPTED_FRAMES: &[&str] = &["event", "gap", "unsubscribed", "error", "typing", "presence"];
+pub const UNPROMPTED_FRAMES: &[&str] = &["event", "gap", "unsubscribed", "error", "typing", "presence", "receipt"];
 
 /// Every client frame of §8, in the order of `ws::CLIENT_FRAME_TYPES`.
 pub const FRAMES: &[FrameRule] = &[
@@ -623,6 +636,7 @@ pub const FRAMES: &[FrameRule] = &[
     },
     FrameRule { frame: "ping", answers: &["pong"], errors: &[] },
     FrameRule { frame: "typing", answers: &[], errors: &[InvalidRoom, NotSubscribed] },
+    FrameRule { frame: "read", answers: &[], errors: &[InvalidRoom, RoomNotFound, NotMember, StorageUnavailable] },
 ];
 
 /// The close codes a server sends (§8), with what a client should do.

@@ -40,3 +40,8 @@ pub const MAX_HEADER_FIELDS: usize = 100;
 pub const TYPING_TIMEOUT_SECS: u64 = 30;
 /// Most `typing` frames one room sends a connection per second.
 pub const TYPING_FRAMES_PER_SEC: usize = 4;
+/// Largest `unread` count in `GET /rooms`: it means this many or more.
+pub const UNREAD_MAX: usize = 100;
+/// Most events read after a read mark to count one room's `unread`; past
+/// them the count so far is given.
+pub const UNREAD_SCAN_MAX: usize = 2048;

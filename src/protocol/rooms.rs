@@ -18,6 +18,10 @@ pub struct JoinResponse {
 pub struct RoomSummary {
     pub room_id: RoomId,
     pub alias: RoomAlias,
+    /// Messages others sent after the user's read mark, at most 100 (meaning
+    /// 100 or more) (v1.1; a v1 server leaves it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
 }
 
 /// `GET /rooms` answer: the rooms the user has joined, sorted by alias.
@@ -48,6 +52,14 @@ pub enum Presence {
 pub struct MembersResponse {
     pub room_id: RoomId,
     pub members: Vec<Member>,
+}
+
+/// `POST /rooms/{room}/read` body: the room is read up to and including `seq`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRequest {
+    /// A seq of the room's current epoch, at most its latest.
+    pub seq: u64,
 }
 
 /// `PUT /rooms/{room}/send/{txn_id}` body.

@@ -31,6 +31,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         "join_response.json" => rooms::JoinResponse,
         "rooms_response.json" => rooms::RoomsResponse,
         "members_response.json" => rooms::MembersResponse,
+        "read_request.json" => rooms::ReadRequest,
         "send_request.json" => rooms::SendRequest,
         "send_response.json" => rooms::SendResponse,
         "messages_response.json" => rooms::MessagesResponse,

@@ -104,11 +104,20 @@ pub enum ClientFrame {
         room: String,
         typing: bool,
     },
+    /// The room is read up to `seq`, as `POST /rooms/{room}/read`. Not
+    /// answered unless refused; members' subscribed connections get `receipt`.
+    Read {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[schemars(with = "RoomRef")]
+        room: String,
+        seq: u64,
+    },
 }
 
 /// The frame type names a client may send.
 pub const CLIENT_FRAME_TYPES: &[&str] =
-    &["auth", "join", "leave", "subscribe", "unsubscribe", "send", "ping", "typing"];
+    &["auth", "join", "leave", "subscribe", "unsubscribe", "send", "ping", "typing", "read"];
 
 /// Just enough of a client frame to route errors: its `type` and `id`,
 /// whatever their JSON types.
@@ -187,6 +196,7 @@ mod wire {
         Send { room: String, txn_id: String, body: String }
         Ping {}
         Typing { room: String, typing: bool }
+        Read { room: String, seq: u64 }
     }
 
     /// `kind` is one of [`super::CLIENT_FRAME_TYPES`].
@@ -199,6 +209,7 @@ mod wire {
             "unsubscribe" => parse_fields::<Unsubscribe>(bytes)?.into(),
             "send" => parse_fields::<Send>(bytes)?.into(),
             "typing" => parse_fields::<Typing>(bytes)?.into(),
+            "read" => parse_fields::<Read>(bytes)?.into(),
             _ => parse_fields::<Ping>(bytes)?.into(),
         })
     }
@@ -303,6 +314,8 @@ pub enum ServerFrame {
     Typing { room: RoomId, user_ids: Vec<UserId> },
     /// A user who shares a subscribed room came online or went offline.
     Presence { user_id: UserId, presence: Presence },
+    /// A member of a subscribed room read it up to `seq`.
+    Receipt { room: RoomId, user_id: UserId, seq: u64 },
 }
 
 impl ServerFrame {
@@ -364,6 +377,7 @@ mod tests {
             r#"{"type":"send","room":"a","txn_id":"t","body":"hi","id":"s"}"#,
             r#"{"type":"ping"}"#,
             r#"{"type":"typing","room":"a","typing":true,"id":"t"}"#,
+            r#"{"type":"read","room":"a","seq":4,"id":"r"}"#,
         ];
         let mut seen = std::collections::BTreeSet::new();
         for f in frames {

@@ -118,6 +118,8 @@ enum Note {
     Typing(RoomId, UserId, bool),
     /// The user sent a message in the room: every origin ends their typing there.
     Sent(RoomId, UserId),
+    /// The user's read mark in the room moved to this seq (already stored).
+    Receipt(RoomId, UserId, u64),
 }
 
 impl Note {
@@ -129,6 +131,7 @@ impl Note {
             Note::Offline(u) => format!("f {from} {u}"),
             Note::Typing(r, u, on) => format!("t {from} {r} {u} {}", u8::from(*on)),
             Note::Sent(r, u) => format!("x {from} {r} {u}"),
+            Note::Receipt(r, u, seq) => format!("r {from} {r} {u} {seq}"),
         }
     }
 
@@ -149,6 +152,11 @@ impl Note {
             "x" => {
                 let room = RoomId::parse(w.next()?).ok()?;
                 Note::Sent(room, user(&mut w)?)
+            }
+            "r" => {
+                let room = RoomId::parse(w.next()?).ok()?;
+                let u = user(&mut w)?;
+                Note::Receipt(room, u, w.next()?.parse().ok()?)
             }
             _ => return None,
         };
@@ -262,6 +270,18 @@ impl Live {
         }
     }
 
+    /// A member's read mark moved (it is stored): every process tells the
+    /// room's subscribers.
+    pub fn receipt(&self, room: &RoomId, user: &UserId, seq: u64) {
+        self.deliver_receipt(room, user, seq);
+        self.publish(Note::Receipt(room.clone(), user.clone(), seq));
+    }
+
+    fn deliver_receipt(&self, room: &RoomId, user: &UserId, seq: u64) {
+        let frame = ServerFrame::Receipt { room: room.clone(), user_id: user.clone(), seq };
+        self.hub.push_room(room, Bytes::from(frame.to_json()));
+    }
+
     /// Who is typing in the room now (the list last sent to its subscribers).
     pub fn typing_now(&self, room: &RoomId) -> Vec<UserId> {
         self.state.lock().expect("live lock").rooms.get(room).map(|r| r.sent.clone()).unwrap_or_default()
@@ -310,6 +330,10 @@ impl Live {
                 if let Some(m) = st.mine.get_mut(&(room, user)) {
                     m.typing = false;
                 }
+            }
+            Note::Receipt(room, user, seq) => {
+                drop(st);
+                self.deliver_receipt(&room, &user, seq);
             }
         }
     }
@@ -486,7 +510,8 @@ mod tests {
             Note::Offline(u.clone()),
             Note::Typing(r.clone(), u.clone(), true),
             Note::Typing(r.clone(), u.clone(), false),
-            Note::Sent(r, u),
+            Note::Sent(r.clone(), u.clone()),
+            Note::Receipt(r, u, 42),
         ] {
             let text = n.encode("p1");
             assert_eq!(Note::decode(&text), Some(("p1", n)), "{text}");

@@ -11,6 +11,7 @@ pub mod hashing;
 pub mod live;
 pub mod passwords;
 pub mod ratelimit;
+pub mod receipts;
 pub mod rooms;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub struct Services {
     pub events: events::Events,
     pub hub: Arc<fanout::Hub>,
     pub live: Arc<live::Live>,
+    pub receipts: receipts::Receipts,
     pub federation: Option<Arc<federation::Federation>>,
     pub admin: Arc<admin::Admin>,
     db: crate::storage::Db,
@@ -202,6 +204,11 @@ impl Services {
             Some(url) => Some(crate::storage::live::RedisBus::open(url).await?),
         };
         let live = live::Live::start(hub.clone(), rooms.clone(), bus, config.typing_timeout);
+        let receipt_store: Arc<dyn crate::storage::receipts::ReceiptStore> = match &config.redis {
+            None => Arc::new(crate::storage::receipts::embedded::EmbeddedReceipts::open(&db)?),
+            Some(url) => Arc::new(crate::storage::receipts::redis::RedisReceipts::open(url).await?),
+        };
+        let receipts = receipts::Receipts::new(receipt_store, rooms.clone(), log.clone(), live.clone());
         let events = events::Events::new(rooms.clone(), log, limits, metrics.events.clone(), live.clone());
         if let Some(fed) = &federation {
             fed.start();
@@ -211,7 +218,7 @@ impl Services {
                 rooms.catch_up_forever(every).await
             });
         }
-        Ok(Self { config, accounts, rooms, events, hub, live, federation, admin, db })
+        Ok(Self { config, accounts, rooms, events, hub, live, receipts, federation, admin, db })
     }
 
     /// Flushes everything; called once after the last connection is gone.

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod live;
 pub mod migrate;
 pub mod ratelimit;
+pub mod receipts;
 pub mod rooms;
 
 use std::path::{Path, PathBuf};

@@ -469,6 +469,14 @@ impl<S: Stream> State<S> {
                 }
                 Err(e) => self.error(id, &e),
             },
+            ClientFrame::Read { id, room, seq } => {
+                let user = self.session().user_id.clone();
+                let app = self.app.clone();
+                match async { app.services.receipts.mark_read(&user, &Rooms::parse_ref(&room)?, seq).await }.await {
+                    Ok(_) => Ok(()),
+                    Err(e) => self.error(id, &e),
+                }
+            }
             ClientFrame::Send { id, room, txn_id, body } => {
                 if !valid_txn_id(&txn_id) {
                     let e = Error::refused(ErrCode::InvalidField, "txn_id: 1 to 64 characters of A-Z a-z 0-9 . _ ~ -");
@@ -591,6 +599,7 @@ fn frame_id(f: &ClientFrame) -> Option<String> {
         | ClientFrame::Unsubscribe { id, .. }
         | ClientFrame::Send { id, .. }
         | ClientFrame::Ping { id }
-        | ClientFrame::Typing { id, .. } => id.clone(),
+        | ClientFrame::Typing { id, .. }
+        | ClientFrame::Read { id, .. } => id.clone(),
     }
 }

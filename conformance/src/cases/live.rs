@@ -1,7 +1,9 @@
 //! §8 "Typing and presence": the `typing` client frame and its refusals,
 //! `typing {room, user_ids}` to subscribers (ended by `typing: false` and by
 //! a message), nothing of it in history, and `presence` frames and the
-//! members list's `presence` as a user's sockets open and close.
+//! members list's `presence` as a user's sockets open and close; read
+//! marks (`POST /rooms/{room}/read`, the `read` frame), `receipt` frames
+//! and `unread` in the rooms list (§6).
 
 use std::time::Duration;
 
@@ -22,6 +24,8 @@ pub fn cases() -> Vec<Case> {
         case!("live::typing_ended_by_a_message", "8", typing_ended_by_a_message),
         case!("live::typing_needs_a_subscription", "8", typing_needs_a_subscription),
         case!("live::presence_frames_and_members", "8", presence_frames_and_members),
+        case!("live::read_marks_and_unread", "6", read_marks_and_unread),
+        case!("live::read_frame", "8", read_frame),
     ]
 }
 
@@ -166,5 +170,74 @@ async fn presence_frames_and_members(ctx: &Ctx) -> Result<()> {
     check_eq!(s(&p, "presence"), "offline", "{} after their socket closed: {p}", a.user_id);
     wait_presence(ctx, &b, &room.room_id, &a.user_id, "offline").await?;
     watcher.close().await;
+    Ok(())
+}
+
+async fn unread(ctx: &Ctx, user: &User, room_id: &str) -> Result<u64> {
+    let v = ctx.http.send(Request::get(Ctx::api("/rooms")).token(&user.token)).await?.ok(200, "rooms_response")?;
+    let found = v["rooms"].as_array().into_iter().flatten().find(|r| s(r, "room_id") == room_id);
+    let Some(r) = found else { fail!("{room_id} is not in the rooms list: {v}") };
+    match r["unread"].as_u64() {
+        Some(n) => Ok(n),
+        None => fail!("no unread count for {room_id}: {r}"),
+    }
+}
+
+fn read_req(user: &User, room: &str, seq: u64) -> Request {
+    Request::post(Ctx::api(&format!("/rooms/{}/read", crate::http::enc(room))))
+        .token(&user.token)
+        .json(&json!({ "seq": seq }))
+}
+
+async fn read_marks_and_unread(ctx: &Ctx) -> Result<()> {
+    let (a, b) = (ctx.shared(0).await?, ctx.shared(1).await?);
+    let room = ctx.room(&a, "unread").await?;
+    ctx.join(&b, &room.room_id).await?;
+    ctx.send(&b, &room.room_id, &ctx.txn(), "one").await?;
+    ctx.send(&b, &room.room_id, &ctx.txn(), "two").await?;
+    let mine = ctx.send(&a, &room.room_id, &ctx.txn(), "mine").await?;
+    let latest = mine["seq"].as_u64().unwrap_or_default();
+    check_eq!(unread(ctx, &a, &room.room_id).await?, 2, "unread before any mark (others' messages only)");
+    let mut watcher = subscribed(ctx, &b, &room.room_id).await?;
+    ctx.http.send(read_req(&a, &room.alias, latest)).await?.ok(200, "empty")?;
+    let r = next_of(&mut watcher, "receipt").await?;
+    check_eq!(s(&r, "room"), room.room_id.as_str(), "receipt room");
+    check_eq!(s(&r, "user_id"), a.user_id.as_str(), "receipt user_id");
+    check_eq!(r["seq"].as_u64(), Some(latest), "receipt seq");
+    check_eq!(unread(ctx, &a, &room.room_id).await?, 0, "unread after marking the latest read");
+    // Never back.
+    ctx.http.send(read_req(&a, &room.room_id, 1)).await?.ok(200, "empty")?;
+    check_eq!(unread(ctx, &a, &room.room_id).await?, 0, "unread after an older mark");
+    ctx.http.send(read_req(&a, &room.room_id, latest + 1)).await?.err(400, "invalid_field")?;
+    let c = ctx.shared(2).await?;
+    ctx.http.send(read_req(&c, &room.room_id, 1)).await?.err(403, "not_member")?;
+    ctx.send(&b, &room.room_id, &ctx.txn(), "three").await?;
+    check_eq!(unread(ctx, &a, &room.room_id).await?, 1, "unread after one more message");
+    watcher.close().await;
+    Ok(())
+}
+
+async fn read_frame(ctx: &Ctx) -> Result<()> {
+    let (a, b) = (ctx.shared(0).await?, ctx.shared(1).await?);
+    let room = ctx.room(&a, "readws").await?;
+    ctx.join(&b, &room.room_id).await?;
+    let sent = ctx.send(&b, &room.room_id, &ctx.txn(), "read me").await?;
+    let seq = sent["seq"].as_u64().unwrap_or_default();
+    let mut watcher = subscribed(ctx, &b, &room.room_id).await?;
+    let mut ws = ctx.ws(&a).await?;
+    ws.send(json!({"type": "read", "room": room.room_id, "seq": seq, "id": "r1"})).await?;
+    let r = next_of(&mut watcher, "receipt").await?;
+    check_eq!(s(&r, "user_id"), a.user_id.as_str(), "receipt user_id");
+    check_eq!(r["seq"].as_u64(), Some(seq), "receipt seq");
+    ws.send(json!({"type": "read", "room": room.room_id, "seq": seq + 100, "id": "r2"})).await?;
+    ws.expect_error("invalid_field", Some("r2")).await?;
+    let c = ctx.shared(2).await?;
+    let mut other = ctx.ws(&c).await?;
+    other.send(json!({"type": "read", "room": room.room_id, "seq": 1, "id": "r3"})).await?;
+    other.expect_error("not_member", Some("r3")).await?;
+    check_eq!(unread(ctx, &a, &room.room_id).await?, 0, "unread after the read frame");
+    for w in [ws, other, watcher] {
+        w.close().await;
+    }
     Ok(())
 }
