@@ -55,6 +55,8 @@ pub struct Cli {
 pub enum Workload {
     /// Rooms full of members, each on its own WebSocket, all sending: throughput, latency, delivery checks.
     Fanout(FanoutArgs),
+    /// `fanout` with typing before every send and a read mark every 10 sends of each member.
+    LiveMix(FanoutArgs),
     /// Register and login rates and latencies; with --during-fanout, a login storm during chat.
     Accounts(AccountsArgs),
     /// Page fetch latency for newly joined users after N messages; full history checked.
@@ -298,7 +300,8 @@ async fn run(cli: Cli) -> Result<bool> {
     let mut all_ok = true;
     for i in 0..cli.repeat.max(1) {
         let mut out = match &cli.workload {
-            Workload::Fanout(a) => workloads::fanout::run(&ctx, a).await?,
+            Workload::Fanout(a) => workloads::fanout::run(&ctx, a, false).await?,
+            Workload::LiveMix(a) => workloads::fanout::run(&ctx, a, true).await?,
             Workload::Accounts(a) => workloads::accounts::run(&ctx, a).await?,
             Workload::History(a) => workloads::history::run(&ctx, a).await?,
             Workload::Idle(a) => workloads::idle::run(&ctx, a, nofile).await?,

@@ -166,6 +166,11 @@ pub struct Engine {
     live_before_caught_up: Cell<u64>,
     scratch: RefCell<Vec<u8>>,
     connect_concurrency: usize,
+    /// Each send is preceded by `typing: true`, and every 10th send of a
+    /// member by a `read` mark of the last seq it saw (the `live-mix` workload).
+    live_mix: Cell<bool>,
+    /// `typing`, `presence` and `receipt` frames received, by type.
+    live_frames: RefCell<BTreeMap<String, u64>>,
 }
 
 /// The outcome of one phase, ready to print.
@@ -243,6 +248,8 @@ impl Engine {
             resent: Cell::new(0),
             caught_up_behind: Cell::new(0),
             live_before_caught_up: Cell::new(0),
+            live_mix: Cell::new(false),
+            live_frames: RefCell::new(BTreeMap::new()),
             scratch: RefCell::new(Vec::with_capacity(256)),
             connect_concurrency: layout.connect_concurrency.max(1),
         });
@@ -474,6 +481,9 @@ impl Engine {
             }
             Some("gap") => m.gaps.set(m.gaps.get() + 1),
             Some("unsubscribed") => m.unsubscribed.set(m.unsubscribed.get() + 1),
+            Some(t @ ("typing" | "presence" | "receipt")) => {
+                *self.live_frames.borrow_mut().entry(t.to_owned()).or_default() += 1;
+            }
             _ => {}
         }
     }
@@ -534,10 +544,27 @@ impl Engine {
         }
     }
 
+    /// Mixes typing and read marks into every later phase (see `live_mix`).
+    pub fn mix_live(&self) {
+        self.live_mix.set(true);
+    }
+
     /// Write the `send` frame of message `g` (no allocation: one scratch buffer).
     fn write_send(&self, ws: &Rc<WsShared>, m: &Member, g: u64, sched: u64) {
         use std::io::Write;
         let mut buf = self.scratch.borrow_mut();
+        if self.live_mix.get() {
+            let room = &self.rooms[m.room].room_json;
+            buf.clear();
+            let _ = write!(buf, r#"{{"type":"typing","room":{room},"typing":true}}"#);
+            let _ = ws.send_text(&buf);
+            if (g / self.members.len() as u64).is_multiple_of(10) {
+                buf.clear();
+                let seq = m.check.borrow().last_seq();
+                let _ = write!(buf, r#"{{"type":"read","room":{room},"seq":{seq}}}"#);
+                let _ = ws.send_text(&buf);
+            }
+        }
         buf.clear();
         let _ = write!(
             buf,
@@ -716,6 +743,7 @@ impl Engine {
         j.insert("resent".into(), json!(self.resent.get()));
         j.insert("caught_up_behind".into(), json!(self.caught_up_behind.get()));
         j.insert("live_before_caught_up".into(), json!(self.live_before_caught_up.get()));
+        j.insert("live_frames".into(), json!(*self.live_frames.borrow()));
         let failures = lost
             + counts.duplicates
             + counts.out_of_order

@@ -71,6 +71,19 @@ fn assert_clean(v: &Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_mix_delivers_everything_once_with_typing_and_receipts() {
+    let s = server().await;
+    let v = bench(&s, &["live-mix", "--rooms", "2", "--members", "3", "--rate", "200", "--messages", "60"]).await;
+    assert_clean(&v[0]);
+    assert_eq!(v[0]["workload"], "live-mix");
+    assert_eq!(v[0]["expected"], 180, "{}", v[0]);
+    assert_eq!(v[0]["errcodes"], serde_json::json!({}), "typing and read frames are accepted: {}", v[0]);
+    // Typing that a message ends within a quarter of a second may never
+    // reach others (coalesced, spec §8); read marks always move here.
+    assert!(v[0]["live_frames"]["receipt"].as_u64().unwrap_or(0) > 0, "receipt frames arrive: {}", v[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_open_and_closed_loop_deliver_everything_once() {
     let s = server().await;
     let open = bench(&s, &["fanout", "--rooms", "2", "--members", "3", "--rate", "200", "--messages", "60"]).await;

@@ -1,6 +1,7 @@
 //! `fanout`: R rooms × M members, each member on its own WebSocket and
 //! sending over it; reports deliveries/s, delivery and ack latency, and the
-//! delivery checks.
+//! delivery checks. `live-mix` is the same with typing and read marks mixed
+//! in (each send preceded by `typing`, every 10th of a member by `read`).
 
 use std::rc::Rc;
 
@@ -12,9 +13,12 @@ use crate::engine::{Engine, Layout, Mode, PhaseSpec};
 use crate::sys::Usage;
 use crate::users::unique_prefix;
 
-pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Result<Outcome> {
+pub async fn run(ctx: &Ctx, a: &FanoutArgs, live_mix: bool) -> Result<Outcome> {
     let users = ctx.users.take(a.members, ctx.user_concurrency).await?;
     let engine = Engine::build(&ctx.api, layout(ctx, a.rooms, a.members, users, a.body_bytes)).await?;
+    if live_mix {
+        engine.mix_live();
+    }
     let mode = match a.rate {
         Rate::PerSec(rate) => Mode::Open { rate },
         Rate::Max => Mode::Closed { window: a.window.unwrap_or(2 * a.rooms as u64).max(1) },
@@ -25,7 +29,7 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs) -> Result<Outcome> {
     let u = usage.stop();
     engine.close();
     let mut j = res.json;
-    j.insert("workload".into(), json!("fanout"));
+    j.insert("workload".into(), json!(if live_mix { "live-mix" } else { "fanout" }));
     j.insert("body_bytes".into(), json!(a.body_bytes));
     put_usage(&mut j, &u);
     Ok(Outcome { json: j, ok: res.failures == 0 })
