@@ -213,7 +213,7 @@ async fn remote_users_join_and_talk_live_in_one_order(b: Backend) {
         assert_eq!(got, both, "both servers agree on the members");
     }
     let (_, rooms) = a.api().call("GET", "/rooms", Some(&ta), None).await;
-    assert_eq!(rooms["rooms"], json!([{"room_id": room_id, "alias": alias}]));
+    assert_eq!(rooms["rooms"], json!([{"room_id": room_id, "alias": alias, "unread": 0}]));
 
     // Live, both ways, each server's subscribers in the home server's order.
     let mut wa = WsClient::authed(a.url(), &ta).await;
@@ -623,7 +623,11 @@ async fn a_home_server_cannot_move_local_users_nor_push_for_rooms_it_is_not_home
     let (s, v) = fake.call(&a, "PUT", "/_parlor/federation/v1/send/t1", &txn).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(rooms_of(tbob).await, json!([]), "the home server made bob a member");
-    assert_eq!(rooms_of(ta.clone()).await, json!([{"room_id": room_id, "alias": alias}]), "ann was removed");
+    assert_eq!(
+        rooms_of(ta.clone()).await,
+        json!([{"room_id": room_id, "alias": alias, "unread": 0}]),
+        "ann was removed"
+    );
     let (_, page) = a.api().messages(&ta, &room_id, "").await;
     assert_eq!(page["latest_seq"], 4, "the events are in the replica all the same: {page}");
     let (_, m) = a.api().call("GET", &format!("/rooms/{}/members", enc(&room_id)), Some(&ta), None).await;

@@ -184,7 +184,7 @@ async fn rooms_join_leave_members_list(b: Backend) {
 
     let (s, l) = api.call("GET", "/rooms", Some(&ta), None).await;
     assert_eq!(s, 200);
-    assert_eq!(l["rooms"], json!([{"room_id": room_id, "alias": alias}]));
+    assert_eq!(l["rooms"], json!([{"room_id": room_id, "alias": alias, "unread": 0}]));
 
     // Leave, then every member-only endpoint refuses.
     let (s, v) = api.call("POST", &format!("/rooms/{}/leave", enc(&room)), Some(&tb), None).await;

@@ -89,7 +89,11 @@ async fn any_process_serves_any_room_request() {
     both.sort();
     assert_eq!(members(&c, &ann_c, alias).await, (200, both.clone()));
     let (s, rooms) = b.call("GET", "/rooms", Some(&ann_b), None).await;
-    assert_eq!((s, &rooms["rooms"]), (200, &json!([{"room_id": room_id, "alias": alias}])), "rooms of a user on B");
+    assert_eq!(
+        (s, &rooms["rooms"]),
+        (200, &json!([{"room_id": room_id, "alias": alias, "unread": 0}])),
+        "rooms of a user on B"
+    );
 
     // Sent on A, live on B.
     let mut ws = WsClient::authed(&procs[1].url, &ann_b).await;
