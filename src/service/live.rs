@@ -120,6 +120,8 @@ enum Note {
     Sent(RoomId, UserId),
     /// The user's read mark in the room moved to this seq (already stored).
     Receipt(RoomId, UserId, u64),
+    /// The process is stopping: drop its states now rather than after its silence.
+    Gone,
 }
 
 impl Note {
@@ -132,6 +134,7 @@ impl Note {
             Note::Typing(r, u, on) => format!("t {from} {r} {u} {}", u8::from(*on)),
             Note::Sent(r, u) => format!("x {from} {r} {u}"),
             Note::Receipt(r, u, seq) => format!("r {from} {r} {u} {seq}"),
+            Note::Gone => format!("g {from}"),
         }
     }
 
@@ -142,6 +145,7 @@ impl Note {
         let note = match kind {
             "h" => Note::Heartbeat,
             "w" => Note::Hello,
+            "g" => Note::Gone,
             "o" => Note::Online(user(&mut w)?),
             "f" => Note::Offline(user(&mut w)?),
             "t" => {
@@ -301,9 +305,13 @@ impl Live {
             None => from.into(),
         };
         let now = Instant::now();
+        if note == Note::Gone {
+            st.procs.remove(&origin);
+            return self.drop_process(&mut st, &origin);
+        }
         st.procs.insert(origin.clone(), now);
         match note {
-            Note::Heartbeat => {}
+            Note::Heartbeat | Note::Gone => {}
             Note::Hello => self.announce(&st),
             Note::Online(user) => {
                 let was = st.online(&user);
@@ -351,6 +359,35 @@ impl Live {
         }
     }
 
+    /// Forgets every state another process `p` held (it died or stopped):
+    /// its users' sockets and its typing states.
+    fn drop_process(&self, st: &mut State, p: &Arc<str>) {
+        let users: Vec<UserId> = st.remote_online.keys().cloned().collect();
+        for u in users {
+            let Some(set) = st.remote_online.get_mut(&u) else { continue };
+            if set.remove(p) && set.is_empty() {
+                st.remote_online.remove(&u);
+                if !st.online(&u) {
+                    let _ = self.presence_tx.send(u);
+                }
+            }
+        }
+        for r in st.rooms.values_mut() {
+            let before = r.who.len();
+            r.who.retain(|(_, origin), _| origin != p);
+            r.dirty |= r.who.len() != before;
+        }
+    }
+
+    /// This process stops: the others drop its states at once, and the
+    /// notes queued so far (its users' last offline notes) go out first.
+    pub async fn close(&self) {
+        if let Some(bus) = &self.bus {
+            self.publish(Note::Gone);
+            bus.flush(Duration::from_secs(1)).await;
+        }
+    }
+
     /// One pass of the ticker: lapses, publishes and delivers what is due.
     fn tick(&self, now: Instant) {
         let mut st = self.state.lock().expect("live lock");
@@ -390,21 +427,7 @@ impl Live {
             .collect();
         for p in dead {
             st.procs.remove(&p);
-            let users: Vec<UserId> = st.remote_online.keys().cloned().collect();
-            for u in users {
-                let Some(set) = st.remote_online.get_mut(&u) else { continue };
-                if set.remove(&p) && set.is_empty() {
-                    st.remote_online.remove(&u);
-                    if !st.online(&u) {
-                        let _ = self.presence_tx.send(u);
-                    }
-                }
-            }
-            for r in st.rooms.values_mut() {
-                let before = r.who.len();
-                r.who.retain(|(_, origin), _| *origin != p);
-                r.dirty |= r.who.len() != before;
-            }
+            self.drop_process(st, &p);
         }
         // Lapsed entries, then each changed room's frame, at most once per gap.
         st.rooms.retain(|room, r| {
@@ -506,6 +529,7 @@ mod tests {
         for n in [
             Note::Heartbeat,
             Note::Hello,
+            Note::Gone,
             Note::Online(u.clone()),
             Note::Offline(u.clone()),
             Note::Typing(r.clone(), u.clone(), true),
@@ -518,6 +542,37 @@ mod tests {
         }
         assert_eq!(Note::decode("t p1 !r:x"), None);
         assert_eq!(Note::decode("q p1"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_process_that_says_it_is_gone_takes_its_states_along() {
+        let hub = Hub::new();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let live = Live {
+            me: "me".into(),
+            bus: None,
+            hub: hub.clone(),
+            ttl: Duration::from_secs(30),
+            state: Mutex::default(),
+            presence_tx: tx,
+        };
+        let (room, ann) = (RoomId::parse("!r:x").unwrap(), UserId::parse("@ann:x").unwrap());
+        let conn = crate::service::fanout::Conn::new(UserId::parse("@b:x").unwrap(), [0; 32], 1 << 20);
+        hub.subscribe(&room, &conn);
+        live.on_note(&Note::Online(ann.clone()).encode("other"));
+        live.on_note(&Note::Typing(room.clone(), ann.clone(), true).encode("other"));
+        assert_eq!(live.presence(&ann), Presence::Online);
+        assert_eq!(rx.try_recv().ok(), Some(ann.clone()), "online: a presence change");
+        live.tick(Instant::now());
+        assert_eq!(live.typing_now(&room), vec![ann.clone()]);
+        live.on_note(&Note::Gone.encode("other"));
+        assert_eq!(live.presence(&ann), Presence::Offline, "at once, not after the process timeout");
+        assert_eq!(rx.try_recv().ok(), Some(ann.clone()), "offline: a presence change");
+        live.tick(Instant::now() + ROOM_GAP);
+        assert!(live.typing_now(&room).is_empty());
+        // Its own notes are not applied twice.
+        live.on_note(&Note::Online(ann.clone()).encode("me"));
+        assert_eq!(live.presence(&ann), Presence::Offline);
     }
 
     #[tokio::test(start_paused = true)]

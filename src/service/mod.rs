@@ -223,6 +223,7 @@ impl Services {
 
     /// Flushes everything; called once after the last connection is gone.
     pub async fn close(&self) {
+        self.live.close().await;
         if let Some(f) = &self.federation {
             f.close().await;
         }

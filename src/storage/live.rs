@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use redis::Client;
 use redis::aio::ConnectionManager;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::storage::StorageError;
 use crate::storage::events::redis::link::{RESPONSE_TIMEOUT, manager, storage_error};
@@ -39,10 +39,17 @@ pub enum BusNote {
     Resubscribed,
 }
 
+/// What the publisher task is given.
+enum Out {
+    Note(String),
+    /// Answered once every note queued before it was published (or failed).
+    Flush(oneshot::Sender<()>),
+}
+
 /// The bus of a server with several processes.
 pub struct RedisBus {
     client: Client,
-    outbox: mpsc::Sender<String>,
+    outbox: mpsc::Sender<Out>,
 }
 
 impl RedisBus {
@@ -58,9 +65,21 @@ impl RedisBus {
     /// Queues a note; notes are published in the order queued, many per
     /// round trip. Never waits: a full outbox drops the note.
     pub fn publish(&self, note: String) {
-        if self.outbox.try_send(note).is_err() {
+        if self.outbox.try_send(Out::Note(note)).is_err() {
             tracing::warn!("live bus outbox full or closed; a note was dropped");
         }
+    }
+
+    /// Waits (at most `within`) until every note queued so far is published:
+    /// a process that stops says its last notes before it goes.
+    pub async fn flush(&self, within: Duration) {
+        let (tx, rx) = oneshot::channel();
+        let _ = tokio::time::timeout(within, async {
+            if self.outbox.send(Out::Flush(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        })
+        .await;
     }
 
     /// Every note on the channel (this process's own included), until the
@@ -73,16 +92,25 @@ impl RedisBus {
 }
 
 /// Publishes queued notes in order, one pipeline per batch waiting.
-async fn publish_forever(conn: ConnectionManager, mut rx: mpsc::Receiver<String>) {
+async fn publish_forever(conn: ConnectionManager, mut rx: mpsc::Receiver<Out>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 256).await > 0 {
         let mut pipe = redis::pipe();
-        for note in batch.drain(..) {
-            pipe.cmd("PUBLISH").arg(LIVE_CHANNEL).arg(note).ignore();
+        let mut flushes = Vec::new();
+        for out in batch.drain(..) {
+            match out {
+                Out::Note(note) => {
+                    pipe.cmd("PUBLISH").arg(LIVE_CHANNEL).arg(note).ignore();
+                }
+                Out::Flush(done) => flushes.push(done),
+            }
         }
         if let Err(e) = pipe.query_async::<()>(&mut conn.clone()).await {
             // Ephemeral: the next change or heartbeat carries the state again.
             tracing::debug!(error = %e, "cannot publish live notes");
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }
