@@ -137,6 +137,19 @@ async fn typing_reaches_subscribers_and_ends_on_stop_message_timeout_and_close(b
     assert_eq!(typing_list(&mut bob).await, Vec::<String>::new());
     assert!(typed.elapsed() >= TTL, "ended by the timeout, not before");
 
+    // Leaving the room ends it (through another API than the typing).
+    let (carl, carl_t) = api.user(&uniq("carl")).await;
+    api.join(&carl_t, &room).await;
+    let mut c = live_ws(h.url(), &carl_t).await;
+    subscribe(&mut c, &room).await;
+    let typed = tokio::time::Instant::now();
+    c.send(json!({"type": "typing", "room": room, "typing": true})).await;
+    assert_eq!(typing_list(&mut bob).await, vec![carl.clone()]);
+    let (s, _) = api.call("POST", &format!("/rooms/{}/leave", support::enc(&room)), Some(&carl_t), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(typing_list(&mut bob).await, Vec::<String>::new());
+    assert!(typed.elapsed() < TTL, "ended by the leave, not by the timeout");
+
     // Closing the typer's only socket ends it.
     a.send(json!({"type": "typing", "room": room, "typing": true})).await;
     assert_eq!(typing_list(&mut bob).await, vec![ann.clone()]);
@@ -147,7 +160,7 @@ async fn typing_reaches_subscribers_and_ends_on_stop_message_timeout_and_close(b
     let (s, page) = api.messages(&bob_t, &room, "after=0").await;
     assert_eq!(s, 200);
     let types: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["join", "join", "message"], "{page}");
+    assert_eq!(types, ["join", "join", "message", "join", "leave"], "{page}");
 }
 
 async fn typing_needs_a_subscription(backend: Backend) {

@@ -288,6 +288,8 @@ impl<S: Stream> State<S> {
                 }
                 Outgoing::Left { room } => {
                     if self.subs.remove(&room).is_some() {
+                        // Leaving ends the user's typing there (spec §8).
+                        self.app.services.live.typing(&room, &self.session().user_id, false);
                         let f = ServerFrame::Unsubscribed {
                             id: None,
                             room_id: (*room).clone(),
@@ -432,6 +434,7 @@ impl<S: Stream> State<S> {
                         // promises this order): the hub's own notice,
                         // queued meanwhile, then finds no subscription.
                         self.write(ServerFrame::Left { id, room_id: r.room_id.clone() })?;
+                        self.app.services.live.typing(&r.room_id, &user, false);
                         match self.subs.remove(&r.room_id) {
                             Some(_) => self.write(ServerFrame::Unsubscribed {
                                 id: None,
