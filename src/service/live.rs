@@ -87,6 +87,15 @@ struct State {
     procs: HashMap<Arc<str>, Instant>,
     mine: HashMap<(RoomId, UserId), Mine>,
     rooms: HashMap<RoomId, RoomTyping>,
+    /// Another process's snapshot being received: the users and typing
+    /// states it said again so far.
+    snapshots: HashMap<Arc<str>, Snapshot>,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    online: HashSet<UserId>,
+    typing: HashSet<(RoomId, UserId)>,
 }
 
 impl State {
@@ -122,6 +131,10 @@ enum Note {
     Receipt(RoomId, UserId, u64),
     /// The process is stopping: drop its states now rather than after its silence.
     Gone,
+    /// The process's whole state follows, then `SnapshotEnd`: what it held
+    /// before and does not say again is gone (notes lost in an outage).
+    SnapshotBegin,
+    SnapshotEnd,
 }
 
 impl Note {
@@ -135,6 +148,8 @@ impl Note {
             Note::Sent(r, u) => format!("x {from} {r} {u}"),
             Note::Receipt(r, u, seq) => format!("r {from} {r} {u} {seq}"),
             Note::Gone => format!("g {from}"),
+            Note::SnapshotBegin => format!("a {from}"),
+            Note::SnapshotEnd => format!("e {from}"),
         }
     }
 
@@ -146,6 +161,8 @@ impl Note {
             "h" => Note::Heartbeat,
             "w" => Note::Hello,
             "g" => Note::Gone,
+            "a" => Note::SnapshotBegin,
+            "e" => Note::SnapshotEnd,
             "o" => Note::Online(user(&mut w)?),
             "f" => Note::Offline(user(&mut w)?),
             "t" => {
@@ -310,8 +327,27 @@ impl Live {
             return self.drop_process(&mut st, &origin);
         }
         st.procs.insert(origin.clone(), now);
+        if let Some(snap) = st.snapshots.get_mut(&origin) {
+            match &note {
+                Note::Online(u) => {
+                    snap.online.insert(u.clone());
+                }
+                Note::Typing(r, u, true) => {
+                    snap.typing.insert((r.clone(), u.clone()));
+                }
+                _ => {}
+            }
+        }
         match note {
             Note::Heartbeat | Note::Gone => {}
+            Note::SnapshotBegin => {
+                st.snapshots.insert(origin, Snapshot::default());
+            }
+            Note::SnapshotEnd => {
+                if let Some(snap) = st.snapshots.remove(&origin) {
+                    self.sweep(&mut st, &origin, &snap);
+                }
+            }
             Note::Hello => self.announce(&st),
             Note::Online(user) => {
                 let was = st.online(&user);
@@ -349,6 +385,7 @@ impl Live {
     /// Says this process's whole state again (after another process, or
     /// this one, missed notes).
     fn announce(&self, st: &State) {
+        self.publish(Note::SnapshotBegin);
         for user in st.sockets.keys() {
             self.publish(Note::Online(user.clone()));
         }
@@ -356,6 +393,29 @@ impl Live {
             if m.published.is_some_and(|(on, _)| on) {
                 self.publish(Note::Typing(room.clone(), user.clone(), true));
             }
+        }
+        self.publish(Note::SnapshotEnd);
+    }
+
+    /// Drops what process `p` held before its snapshot and did not say again in it.
+    fn sweep(&self, st: &mut State, p: &Arc<str>, snap: &Snapshot) {
+        let users: Vec<UserId> = st.remote_online.keys().cloned().collect();
+        for u in users {
+            if snap.online.contains(&u) {
+                continue;
+            }
+            let Some(set) = st.remote_online.get_mut(&u) else { continue };
+            if set.remove(p) && set.is_empty() {
+                st.remote_online.remove(&u);
+                if !st.online(&u) {
+                    let _ = self.presence_tx.send(u);
+                }
+            }
+        }
+        for (room, r) in st.rooms.iter_mut() {
+            let before = r.who.len();
+            r.who.retain(|(u, origin), _| origin != p || snap.typing.contains(&(room.clone(), u.clone())));
+            r.dirty |= r.who.len() != before;
         }
     }
 
@@ -530,6 +590,8 @@ mod tests {
             Note::Heartbeat,
             Note::Hello,
             Note::Gone,
+            Note::SnapshotBegin,
+            Note::SnapshotEnd,
             Note::Online(u.clone()),
             Note::Offline(u.clone()),
             Note::Typing(r.clone(), u.clone(), true),
@@ -573,6 +635,42 @@ mod tests {
         // Its own notes are not applied twice.
         live.on_note(&Note::Online(ann.clone()).encode("me"));
         assert_eq!(live.presence(&ann), Presence::Offline);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_drops_what_its_process_no_longer_says() {
+        let hub = Hub::new();
+        let live = Live {
+            me: "me".into(),
+            bus: None,
+            hub,
+            ttl: Duration::from_secs(30),
+            state: Mutex::default(),
+            presence_tx: mpsc::unbounded_channel().0,
+        };
+        let room = RoomId::parse("!r:x").unwrap();
+        let (ann, bob) = (UserId::parse("@ann:x").unwrap(), UserId::parse("@bob:x").unwrap());
+        for n in [
+            Note::Online(ann.clone()),
+            Note::Online(bob.clone()),
+            Note::Typing(room.clone(), ann.clone(), true),
+            Note::Typing(room.clone(), bob.clone(), true),
+        ] {
+            live.on_note(&n.encode("p"));
+        }
+        live.on_note(&Note::Online(bob.clone()).encode("q"));
+        // Bob's socket on p closed and ann stopped typing while the notes were lost.
+        for n in [Note::SnapshotBegin, Note::Online(ann.clone()), Note::Typing(room.clone(), bob.clone(), true)] {
+            live.on_note(&n.encode("p"));
+        }
+        assert_eq!(live.presence(&ann), Presence::Online, "nothing is dropped before the snapshot ends");
+        live.on_note(&Note::SnapshotEnd.encode("p"));
+        assert_eq!(live.presence(&ann), Presence::Online);
+        assert_eq!(live.presence(&bob), Presence::Online, "still on q");
+        live.on_note(&Note::Offline(bob.clone()).encode("q"));
+        assert_eq!(live.presence(&bob), Presence::Offline, "p's entry was swept");
+        live.tick(Instant::now());
+        assert_eq!(live.typing_now(&room), vec![bob.clone()], "ann's typing on p was swept");
     }
 
     #[tokio::test(start_paused = true)]
