@@ -30,6 +30,10 @@ enum Command {
     Admin(Admin),
     /// Move a stopped embedded server's data into Redis, so that it runs with --redis from then on.
     Migrate(Migrate),
+    /// Write a consistent copy of a server's data dir (running or stopped) to a new directory OUT.
+    Backup(Backup),
+    /// Bring a backup back into a data dir no server runs on (empty or missing, unless --force).
+    Restore(Restore),
     /// Write the protocol's JSON Schemas (spec/schemas) to a directory.
     Schemas {
         #[arg(long, default_value = "spec/schemas")]
@@ -183,6 +187,33 @@ struct Migrate {
     json: bool,
 }
 
+#[derive(clap::Args)]
+struct Backup {
+    /// The data directory of the server (running or stopped).
+    #[arg(long, env = "PARLOR_DATA_DIR", default_value = "./parlor-data")]
+    data_dir: PathBuf,
+    /// The directory to write (it must not exist, or be empty).
+    out: PathBuf,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct Restore {
+    /// A directory written by `parlor backup`.
+    backup: PathBuf,
+    /// The data directory to restore into (no server may run on it).
+    #[arg(long, env = "PARLOR_DATA_DIR", default_value = "./parlor-data")]
+    data_dir: PathBuf,
+    /// Replace the Parlor data already in --data-dir (its sled, identity.json and federation key).
+    #[arg(long)]
+    force: bool,
+    /// Print what was restored as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum AdminWhat {
     /// Accounts.
@@ -255,7 +286,78 @@ fn main() -> Result<()> {
         Command::Serve(s) => serve(*s),
         Command::Admin(a) => admin(a),
         Command::Migrate(m) => migrate(m),
+        Command::Backup(b) => backup(b),
+        Command::Restore(r) => restore(r),
     }
+}
+
+/// `parlor backup`: the running server writes it (it holds the database
+/// and can hold its writes); with no server there, this process opens the
+/// data dir and writes it.
+fn backup(b: Backup) -> Result<()> {
+    let out = std::path::absolute(&b.out).with_context(|| format!("the backup path {}", b.out.display()))?;
+    let out_text = out.to_str().context("the backup path is not UTF-8")?.to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let req = AdminRequest::Backup { out: out_text.clone() };
+    let answer = runtime.block_on(async {
+        let socket = parlor::admin::socket_path(&b.data_dir);
+        match parlor::admin::client::call(&socket, &req).await {
+            Ok(answer) => Ok(answer),
+            Err(parlor::admin::client::CallError::NoServer(_)) => {
+                parlor::storage::identity::recorded(&b.data_dir)?.with_context(|| {
+                    format!("{} holds no Parlor data; give the --data-dir of a server", b.data_dir.display())
+                })?;
+                let db = parlor::storage::Db::open(&b.data_dir).with_context(|| {
+                    format!("no server answers on {}, and the data dir cannot be opened", b.data_dir.display())
+                })?;
+                Ok(parlor::storage::backup::write(&db, &b.data_dir, &out)
+                    .map(|m| AdminAnswer::Backup { backup: parlor::service::admin::backup_info(out_text, &m) })
+                    .map_err(|e| error_body(&parlor::service::admin::backup_error(e))))
+            }
+            Err(e) => Err(anyhow::Error::from(e)),
+        }
+    })?;
+    match answer {
+        Ok(answer) => {
+            print_answer(&answer, b.json);
+            Ok(())
+        }
+        Err(refusal) => {
+            if b.json {
+                println!("{}", serde_json::to_string(&refusal)?);
+            }
+            anyhow::bail!("{}", refusal.error)
+        }
+    }
+}
+
+/// `parlor restore`: refused while a server answers on the data dir's admin socket.
+fn restore(r: Restore) -> Result<()> {
+    let socket = parlor::admin::socket_path(&r.data_dir);
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        anyhow::bail!("a server runs on {}: stop it before restoring into it", r.data_dir.display());
+    }
+    let started = std::time::Instant::now();
+    let manifest = parlor::storage::backup::restore(&r.backup, &r.data_dir, r.force)?;
+    let backup = parlor::service::admin::backup_info(r.backup.display().to_string(), &manifest);
+    if r.json {
+        println!("{}", serde_json::to_string(&serde_json::json!({"restored": backup, "data_dir": r.data_dir}))?);
+    } else {
+        println!(
+            "restored server {} ({} room log, backup of {} ms since the epoch) into {} in {} ms: start it with parlor serve --data-dir {}",
+            backup.server_name,
+            backup.room_log,
+            backup.created_ms,
+            r.data_dir.display(),
+            started.elapsed().as_millis(),
+            r.data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn error_body(e: &parlor::service::Error) -> parlor::protocol::ErrorBody {
+    parlor::protocol::ErrorBody { errcode: e.code(), error: e.public_message(), retry_after_ms: e.retry_after_ms() }
 }
 
 fn migrate(m: Migrate) -> Result<()> {
@@ -445,11 +547,7 @@ async fn offline(
         .with_context(|| format!("no server answers on {}, and the data dir cannot be opened", dir.display()))?;
     let result = tools.run(req).await;
     tools.close().await;
-    Ok(result.map_err(|e| parlor::protocol::ErrorBody {
-        errcode: e.code(),
-        error: e.public_message(),
-        retry_after_ms: e.retry_after_ms(),
-    }))
+    Ok(result.map_err(|e| error_body(&e)))
 }
 
 fn print_answer(answer: &AdminAnswer, json: bool) {
@@ -477,6 +575,10 @@ fn print_answer(answer: &AdminAnswer, json: bool) {
                 println!("{s}\tdenied");
             }
         }
+        AdminAnswer::Backup { backup } => println!(
+            "backup of {} ({} room log) written to {}: {} files, {} bytes",
+            backup.server_name, backup.room_log, backup.out, backup.files, backup.bytes
+        ),
         AdminAnswer::Done { changed } => println!("{}", if *changed { "done" } else { "nothing to change" }),
     }
 }

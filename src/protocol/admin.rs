@@ -41,6 +41,27 @@ pub enum AdminRequest {
     },
     /// Every denied server.
     ServersList,
+    /// Writes a consistent backup of the data directory to `out` (an
+    /// absolute path the server's user may create; missing or empty).
+    Backup {
+        out: String,
+    },
+}
+
+/// A backup as `backup` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// The backup directory.
+    pub out: String,
+    pub server_name: String,
+    /// `embedded` or `redis`: where the room logs were kept.
+    pub room_log: String,
+    /// When the copy was taken, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Files in it, the manifest not counted.
+    pub files: usize,
+    /// Their bytes in all.
+    pub bytes: u64,
 }
 
 /// An account as `users_list` shows it.
@@ -80,6 +101,9 @@ pub enum AdminAnswer {
     },
     Servers {
         denied: Vec<String>,
+    },
+    Backup {
+        backup: BackupInfo,
     },
     /// A change was asked; `changed` is false when it was already so
     /// (e.g. an already deactivated user, an unknown token revoked).

@@ -36,7 +36,7 @@ use super::{
 };
 use crate::protocol::RoomId;
 use crate::protocol::events::Event;
-use crate::storage::{StorageError, json_record, key};
+use crate::storage::{StorageError, WriteGate, json_record, key};
 
 const MAX_BATCH: usize = 1024;
 /// Expired transaction records deleted per sweep at most (more wait for the next batch).
@@ -208,6 +208,7 @@ struct RoomState {
 
 struct Writer {
     tree: sled::Tree,
+    gate: WriteGate,
     durable: Arc<Durable>,
     retention: Option<u64>,
     txn_ttl_ms: u64,
@@ -382,7 +383,7 @@ impl Writer {
             n += 1;
         }
         if n > 0 {
-            self.tree.apply_batch(writes)?;
+            self.gate.with(|| self.tree.apply_batch(writes))?;
         }
         Ok(n)
     }
@@ -436,7 +437,7 @@ impl Writer {
                 (Err(e), job) => job.fail(e),
             }
         }
-        if let Err(e) = self.tree.apply_batch(writes) {
+        if let Err(e) = self.gate.with(|| self.tree.apply_batch(writes)) {
             // Nothing of this batch is written; forget cached counters so
             // the next batch re-reads the truth from the tree.
             self.rooms.clear();
@@ -597,7 +598,7 @@ impl EmbeddedLog {
     ) -> Result<Self, StorageError> {
         let tree = db.tree("events")?;
         let txn_ttl_ms = settings.txn_ttl.as_millis() as u64;
-        index_old_txns(&tree, txn_ttl_ms)?;
+        db.gate().with(|| index_old_txns(&tree, txn_ttl_ms))?;
         // Unbounded so that `append` can enqueue synchronously (fixing the
         // order at call time); callers bound their own in-flight appends.
         let (tx, rx) = mpsc::unbounded_channel();
@@ -607,6 +608,7 @@ impl EmbeddedLog {
         let syncer = Syncer { db: db.clone(), durable: durable.clone(), sink, poisoned: poisoned.clone() };
         let writer = Writer {
             tree: tree.clone(),
+            gate: db.gate().clone(),
             durable: durable.clone(),
             retention: settings.retention,
             txn_ttl_ms,

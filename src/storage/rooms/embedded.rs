@@ -50,13 +50,15 @@ impl EmbeddedRooms {
 
     async fn create_now(&self, record: &RoomRecord) -> Result<RoomRecord, StorageError> {
         let rec = to_record(record);
-        let winner = (&self.aliases, &self.rooms).transaction(|(aliases, rooms)| {
-            if let Some(existing) = aliases.get(record.alias.as_bytes())? {
-                return Ok(Some(existing));
-            }
-            aliases.insert(record.alias.as_bytes(), record.room_id.as_bytes())?;
-            rooms.insert(record.room_id.as_bytes(), rec.as_slice())?;
-            Ok::<_, ConflictableTransactionError<StorageError>>(None)
+        let winner = self.db.gate().with(|| {
+            (&self.aliases, &self.rooms).transaction(|(aliases, rooms)| {
+                if let Some(existing) = aliases.get(record.alias.as_bytes())? {
+                    return Ok(Some(existing));
+                }
+                aliases.insert(record.alias.as_bytes(), record.room_id.as_bytes())?;
+                rooms.insert(record.room_id.as_bytes(), rec.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StorageError>>(None)
+            })
         })?;
         match winner {
             None => {
@@ -87,19 +89,21 @@ impl EmbeddedRooms {
             return Ok(());
         }
         let ts = now_ms.to_be_bytes();
-        (&self.members, &self.user_rooms).transaction(|(members, user_rooms)| {
-            for (user_id, member) in changes {
-                let mk = key(&[room_id.as_bytes(), user_id.as_bytes()]);
-                let uk = key(&[user_id.as_bytes(), room_id.as_bytes()]);
-                if *member {
-                    members.insert(mk.as_slice(), &ts[..])?;
-                    user_rooms.insert(uk.as_slice(), &ts[..])?;
-                } else {
-                    members.remove(mk.as_slice())?;
-                    user_rooms.remove(uk.as_slice())?;
+        self.db.gate().with(|| {
+            (&self.members, &self.user_rooms).transaction(|(members, user_rooms)| {
+                for (user_id, member) in changes {
+                    let mk = key(&[room_id.as_bytes(), user_id.as_bytes()]);
+                    let uk = key(&[user_id.as_bytes(), room_id.as_bytes()]);
+                    if *member {
+                        members.insert(mk.as_slice(), &ts[..])?;
+                        user_rooms.insert(uk.as_slice(), &ts[..])?;
+                    } else {
+                        members.remove(mk.as_slice())?;
+                        user_rooms.remove(uk.as_slice())?;
+                    }
                 }
-            }
-            Ok::<_, ConflictableTransactionError<StorageError>>(())
+                Ok::<_, ConflictableTransactionError<StorageError>>(())
+            })
         })?;
         self.db.sync().await?;
         Ok(())

@@ -205,22 +205,24 @@ impl HighWater {
     pub fn note(&self, room: &RoomId, epoch: &Arc<str>, generation: u64, seq: u64) -> Result<(), StorageError> {
         let mut changed = false;
         let mut bad = None;
-        self.tree.update_and_fetch(room.as_str(), |old| {
-            bad = None;
-            let mut mark = match old.map(decode) {
-                Some(Ok(m)) => m,
-                // Replaced: a mark that does not decode protects nothing.
-                Some(Err(e)) => {
-                    bad = Some(e);
-                    Seen { epoch: epoch.clone(), generation: 0, seq: 0 }
+        self.db.gate().with(|| {
+            self.tree.update_and_fetch(room.as_str(), |old| {
+                bad = None;
+                let mut mark = match old.map(decode) {
+                    Some(Ok(m)) => m,
+                    // Replaced: a mark that does not decode protects nothing.
+                    Some(Err(e)) => {
+                        bad = Some(e);
+                        Seen { epoch: epoch.clone(), generation: 0, seq: 0 }
+                    }
+                    None => Seen { epoch: epoch.clone(), generation: 0, seq: 0 },
+                };
+                changed = mark.merge(epoch, generation, seq) || old.is_none() || bad.is_some();
+                match (changed, old) {
+                    (false, Some(old)) => Some(old.to_vec()),
+                    _ => Some(encode(&mark)),
                 }
-                None => Seen { epoch: epoch.clone(), generation: 0, seq: 0 },
-            };
-            changed = mark.merge(epoch, generation, seq) || old.is_none() || bad.is_some();
-            match (changed, old) {
-                (false, Some(old)) => Some(old.to_vec()),
-                _ => Some(encode(&mark)),
-            }
+            })
         })?;
         if let Some(e) = bad {
             tracing::warn!(room = %room, error = %e, "replaced an undecodable redis high-water mark");
