@@ -209,6 +209,10 @@ struct Restore {
     /// Replace the Parlor data already in --data-dir (its sled, identity.json and federation key).
     #[arg(long)]
     force: bool,
+    /// Keep the room logs' epochs. Only when the server did not run after the backup (a move to another
+    /// machine); by default restored rooms start new epochs, so clients that saw later messages re-read.
+    #[arg(long)]
+    keep_epochs: bool,
     /// Print what was restored as JSON.
     #[arg(long)]
     json: bool,
@@ -338,7 +342,8 @@ fn restore(r: Restore) -> Result<()> {
         anyhow::bail!("a server runs on {}: stop it before restoring into it", r.data_dir.display());
     }
     let started = std::time::Instant::now();
-    let manifest = parlor::storage::backup::restore(&r.backup, &r.data_dir, r.force)?;
+    let opts = parlor::storage::backup::RestoreOptions { force: r.force, keep_epochs: r.keep_epochs };
+    let manifest = parlor::storage::backup::restore(&r.backup, &r.data_dir, opts)?;
     let backup = parlor::service::admin::backup_info(r.backup.display().to_string(), &manifest);
     if r.json {
         println!("{}", serde_json::to_string(&serde_json::json!({"restored": backup, "data_dir": r.data_dir}))?);

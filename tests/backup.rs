@@ -77,6 +77,13 @@ async fn history(api: &Api, token: &str, room: &str) -> BTreeMap<u64, String> {
     }
 }
 
+/// The room log's epoch.
+async fn epoch(api: &Api, token: &str, room: &str) -> String {
+    let (s, page) = api.messages(token, room, "limit=1").await;
+    assert_eq!(s, 200, "{page}");
+    page["epoch"].as_str().unwrap().to_owned()
+}
+
 /// Messages (seq → body) of a room, as the senders saw them acknowledged.
 type Acked = Arc<Mutex<BTreeMap<u64, String>>>;
 
@@ -130,6 +137,7 @@ async fn a_backup_taken_under_write_load_restores_into_a_server_with_the_same_da
     for s in senders {
         s.await.unwrap();
     }
+    let old_epoch = epoch(&api, &reader, &room).await;
     assert!(server.terminate().success());
     assert_eq!(report["answer"], "backup", "{report}");
     assert_eq!(report["backup"]["server_name"], NAME);
@@ -151,6 +159,9 @@ async fn a_backup_taken_under_write_load_restores_into_a_server_with_the_same_da
         api.login(&format!("sender{n}")).await;
     }
     let got = history(&api, &reader, &room).await;
+    // Clients saw seqs past the backup: the restored log is a new epoch of
+    // the same events, so that they re-read instead of skipping new ones.
+    assert_ne!(epoch(&api, &reader, &room).await, old_epoch);
     let n = got.len() as u64;
     assert_eq!(got.keys().copied().collect::<Vec<_>>(), (1..=n).collect::<Vec<_>>(), "seqs 1..n, no gap");
     let all_acked = acked.lock().unwrap().clone();
@@ -178,6 +189,7 @@ async fn restore_checks_every_file_and_refuses_what_it_must_writing_nothing() {
         assert_eq!(api.send(&ann, &room, &format!("t{i}"), &format!("message {i}")).await.0, 200);
     }
     let key = server_key(&api).await;
+    let old_epoch = epoch(&api, &ann, &room).await;
     assert!(server.terminate().success());
 
     // Offline: no server runs, so `parlor backup` opens the data dir itself.
@@ -212,7 +224,8 @@ async fn restore_checks_every_file_and_refuses_what_it_must_writing_nothing() {
     let (ok, _, stderr) = restore(&out, &busy, &[]);
     assert!(!ok && stderr.contains("not empty") && stderr.contains("--force"), "{stderr}");
     assert_eq!(std::fs::read_dir(&busy).unwrap().count(), 1, "nothing was written");
-    let (ok, stdout, stderr) = restore(&out, &busy, &["--force"]);
+    // The server did not run after this backup: its epochs may be kept.
+    let (ok, stdout, stderr) = restore(&out, &busy, &["--force", "--keep-epochs"]);
     assert!(ok, "{stdout} {stderr}");
     assert_eq!(std::fs::read_to_string(busy.join("notes.txt")).unwrap(), "mine", "only Parlor's entries are replaced");
 
@@ -227,6 +240,7 @@ async fn restore_checks_every_file_and_refuses_what_it_must_writing_nothing() {
     assert_eq!(bodies, (0..20).map(|i| format!("message {i}")).collect::<Vec<_>>());
     assert_eq!(got.keys().copied().collect::<Vec<_>>(), (1..=got.len() as u64).collect::<Vec<_>>());
     assert_eq!(server_key(&api).await, key);
+    assert_eq!(epoch(&api, &ann, &room).await, old_epoch, "--keep-epochs");
 }
 
 fn copy_dir(from: &Path, to: &Path) {

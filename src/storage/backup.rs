@@ -43,7 +43,10 @@
 //! `identity.json` last (a directory without it is no server's, so an
 //! interrupted restore is never started on as a whole one); and refuses a
 //! data directory that holds anything unless `force`, in which case only
-//! Parlor's own entries there are replaced.
+//! Parlor's own entries there are replaced. The restored embedded room logs
+//! start new epochs (same events and seqs) unless `keep_epochs`: clients
+//! may have seen seqs past the backup, which would otherwise be issued
+//! again to other events under the epoch those clients resume from.
 
 use std::io::{BufReader, BufWriter, Read as _, Write as _};
 use std::path::{Component, Path, PathBuf};
@@ -292,11 +295,25 @@ fn allowed_path(p: &str) -> bool {
     }
 }
 
+/// How [`restore`] treats what is already there and the room logs' epochs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreOptions {
+    /// Replace the Parlor data in a non-empty data directory.
+    pub force: bool,
+    /// Keep the room logs' epochs (embedded): only right when the server
+    /// did not run after the backup was taken (a move to another machine),
+    /// so no client saw a seq the backup does not hold. Otherwise every
+    /// room homed here starts a new epoch with the same events (see
+    /// `events::embedded::start_new_epochs`).
+    pub keep_epochs: bool,
+}
+
 /// Restores the backup at `backup` into the data directory `dir`. Every
 /// file is verified first; `dir` must be empty or missing unless `force`.
 /// The caller has made sure no server runs on `dir`; sled's lock is the
 /// last guard.
-pub fn restore(backup: &Path, dir: &Path, force: bool) -> Result<Manifest, BackupError> {
+pub fn restore(backup: &Path, dir: &Path, opts: RestoreOptions) -> Result<Manifest, BackupError> {
+    let RestoreOptions { force, keep_epochs } = opts;
     let manifest = verify(backup)?;
     let existing = match std::fs::read_dir(dir) {
         Ok(entries) => {
@@ -323,7 +340,7 @@ pub fn restore(backup: &Path, dir: &Path, force: bool) -> Result<Manifest, Backu
     let staging = dir.join(".restoring");
     let _ = std::fs::remove_dir_all(&staging);
     private_dir_all(&staging)?;
-    let result = restore_into(backup, &manifest, &staging).and_then(|()| {
+    let result = restore_into(backup, &manifest, &staging, keep_epochs).and_then(|()| {
         // Parlor's own entries of the old data go; anything else is left.
         for old in ["sled", identity::FILE, super::federation::KEY_FILE] {
             let path = dir.join(old);
@@ -348,7 +365,7 @@ pub fn restore(backup: &Path, dir: &Path, force: bool) -> Result<Manifest, Backu
     result.map(|()| manifest)
 }
 
-fn restore_into(backup: &Path, manifest: &Manifest, staging: &Path) -> Result<(), BackupError> {
+fn restore_into(backup: &Path, manifest: &Manifest, staging: &Path, keep_epochs: bool) -> Result<(), BackupError> {
     let db = Db::open(staging)?;
     for entry in &manifest.files {
         let from = backup.join(&entry.path);
@@ -381,6 +398,10 @@ fn restore_into(backup: &Path, manifest: &Manifest, staging: &Path) -> Result<()
         tree.apply_batch(batch)?;
     }
     db.sync_blocking()?;
+    if manifest.room_log == RoomLog::Embedded && !keep_epochs {
+        let rooms = super::events::embedded::start_new_epochs(&db, &manifest.server_name)?;
+        tracing::info!(rooms, "restored room logs start new epochs");
+    }
     Ok(())
 }
 

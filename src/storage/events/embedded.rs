@@ -147,6 +147,36 @@ fn index_old_txns(tree: &sled::Tree, ttl_ms: u64) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Gives every room homed on `server` a new epoch, keeping its events and
+/// seqs, and returns how many. For a data dir restored from a backup:
+/// clients may have seen seqs past the backup's last, and the restored
+/// log would issue those seqs again, to other events, under the epoch
+/// the clients hold; with a new epoch a resuming client is told of a gap
+/// and reads the history again. Rooms homed elsewhere keep the epoch of
+/// their home server, from which they catch up.
+pub fn start_new_epochs(db: &crate::storage::Db, server: &str) -> Result<usize, StorageError> {
+    let tree = db.tree("events")?;
+    let mut writes = sled::Batch::default();
+    let mut n = 0;
+    for item in tree.scan_prefix(b"m\0") {
+        let (k, meta) = item?;
+        let homed_here =
+            std::str::from_utf8(&k[2..]).ok().and_then(|r| RoomId::parse(r).ok()).is_some_and(|r| r.server() == server);
+        if !homed_here {
+            continue;
+        }
+        // Epoch, then optionally NUL and the base seq, which stays.
+        let rest = meta.iter().position(|&b| b == 0).map_or(&[][..], |i| &meta[i..]);
+        let mut new = new_epoch().into_bytes();
+        new.extend_from_slice(rest);
+        writes.insert(k, new);
+        n += 1;
+    }
+    db.gate().with(|| tree.apply_batch(writes))?;
+    db.sync_blocking()?;
+    Ok(n)
+}
+
 fn seq_of(k: &[u8]) -> u64 {
     let tail: [u8; 8] = k[k.len() - 8..].try_into().expect("event keys end in a u64");
     u64::from_be_bytes(tail)
