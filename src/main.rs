@@ -209,8 +209,8 @@ struct Restore {
     /// Replace the Parlor data already in --data-dir (its sled, identity.json and federation key).
     #[arg(long)]
     force: bool,
-    /// Keep the room logs' epochs. Only when the server did not run after the backup (a move to another
-    /// machine); by default restored rooms start new epochs, so clients that saw later messages re-read.
+    /// Keep the room logs' epochs: only when no client saw more than is restored (the server did not run after
+    /// the backup; with --redis, Redis was not restored). By default rooms start new epochs, so clients re-read.
     #[arg(long)]
     keep_epochs: bool,
     /// Print what was restored as JSON.

@@ -255,3 +255,49 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Redis mode: the data dir (identity, key, high-water marks) is backed up
+/// by the running server; Redis keeps the room logs. Restored with Redis
+/// intact and `--keep-epochs`, rooms go on in their epochs; restored by
+/// default (as after losing Redis and restoring it too), every room starts
+/// a new epoch and the old one stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_servers_data_dir_is_backed_up_and_its_rooms_start_new_epochs_unless_kept() {
+    let redis = support::RedisServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, out) = (tmp.path().join("data"), tmp.path().join("backup"));
+    let args = ["--rate-limit", "off", "--server-name", NAME, "--redis", redis.url.as_str()];
+    let mut server = ParlorProcess::spawn(&dir, &args);
+    let api = Api::new(&server.url);
+    let (_, ann) = api.user("ann").await;
+    let room = api.join(&ann, "red").await["room_id"].as_str().unwrap().to_owned();
+    for i in 0..10 {
+        assert_eq!(api.send(&ann, &room, &format!("t{i}"), &format!("message {i}")).await.0, 200);
+    }
+    let key = server_key(&api).await;
+    let old_epoch = epoch(&api, &ann, &room).await;
+    let report = backup(&dir, &out);
+    assert_eq!(report["backup"]["room_log"], "redis", "{report}");
+    assert!(server.terminate().success());
+
+    let kept = tmp.path().join("kept");
+    let (ok, stdout, stderr) = restore(&out, &kept, &["--keep-epochs"]);
+    assert!(ok, "{stdout} {stderr}");
+    let mut server = ParlorProcess::spawn(&kept, &["--rate-limit", "off", "--redis", redis.url.as_str()]);
+    let api = Api::new(&server.url);
+    assert_eq!(server_key(&api).await, key);
+    assert_eq!(epoch(&api, &ann, &room).await, old_epoch, "Redis was not restored: the epoch goes on");
+    assert_eq!(history(&api, &ann, &room).await.len(), 11);
+    assert!(server.terminate().success());
+
+    let renewed = tmp.path().join("renewed");
+    let (ok, stdout, stderr) = restore(&out, &renewed, &[]);
+    assert!(ok, "{stdout} {stderr}");
+    let server = ParlorProcess::spawn(&renewed, &["--rate-limit", "off", "--redis", redis.url.as_str()]);
+    let api = Api::new(&server.url);
+    let (_, ann) = api.login("ann").await;
+    assert_ne!(epoch(&api, &ann, &room).await, old_epoch, "a new epoch");
+    let (s, page) = api.messages(&ann, &room, &format!("epoch={old_epoch}&after=0&limit=100")).await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["events"].as_array().unwrap().len(), 11, "the old epoch is archived, still readable");
+}

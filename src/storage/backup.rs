@@ -43,10 +43,10 @@
 //! `identity.json` last (a directory without it is no server's, so an
 //! interrupted restore is never started on as a whole one); and refuses a
 //! data directory that holds anything unless `force`, in which case only
-//! Parlor's own entries there are replaced. The restored embedded room logs
-//! start new epochs (same events and seqs) unless `keep_epochs`: clients
-//! may have seen seqs past the backup, which would otherwise be issued
-//! again to other events under the epoch those clients resume from.
+//! Parlor's own entries there are replaced. The restored room logs start
+//! new epochs unless `keep_epochs`: clients may have seen seqs past the
+//! backup, which would otherwise be issued again to other events under the
+//! epoch those clients resume from (see [`RestoreOptions`]).
 
 use std::io::{BufReader, BufWriter, Read as _, Write as _};
 use std::path::{Component, Path, PathBuf};
@@ -300,11 +300,13 @@ fn allowed_path(p: &str) -> bool {
 pub struct RestoreOptions {
     /// Replace the Parlor data in a non-empty data directory.
     pub force: bool,
-    /// Keep the room logs' epochs (embedded): only right when the server
-    /// did not run after the backup was taken (a move to another machine),
-    /// so no client saw a seq the backup does not hold. Otherwise every
-    /// room homed here starts a new epoch with the same events (see
-    /// `events::embedded::start_new_epochs`).
+    /// Keep the room logs' epochs: only right when no client can have seen
+    /// a seq the restored logs do not hold (the server did not run after
+    /// the backup; with Redis, Redis itself was not restored). Otherwise
+    /// embedded rooms homed here start a new epoch with the same events
+    /// (`events::embedded::start_new_epochs`), and with Redis every room
+    /// with a high-water mark starts a new epoch at the first start, its
+    /// old one archived (`events::redis::mark_all_rolled_back`).
     pub keep_epochs: bool,
 }
 
@@ -398,8 +400,11 @@ fn restore_into(backup: &Path, manifest: &Manifest, staging: &Path, keep_epochs:
         tree.apply_batch(batch)?;
     }
     db.sync_blocking()?;
-    if manifest.room_log == RoomLog::Embedded && !keep_epochs {
-        let rooms = super::events::embedded::start_new_epochs(&db, &manifest.server_name)?;
+    if !keep_epochs {
+        let rooms = match manifest.room_log {
+            RoomLog::Embedded => super::events::embedded::start_new_epochs(&db, &manifest.server_name)?,
+            RoomLog::Redis => super::events::redis::mark_all_rolled_back(&db)?,
+        };
         tracing::info!(rooms, "restored room logs start new epochs");
     }
     Ok(())

@@ -166,6 +166,29 @@ fn decode(v: &[u8]) -> Result<Seen, StorageError> {
     Ok(Seen { epoch: epoch.into(), generation, seq })
 }
 
+/// Makes every mark in `db` say that more was handed out than any Redis
+/// holds (the highest seq there is, same generation), and returns how many.
+/// For a data dir restored from a backup together with Redis from a
+/// snapshot: clients may have seen seqs past the snapshot, which Redis
+/// would issue again to other events under the epoch those clients hold.
+/// The start-up check then moves every room with a mark to a new epoch
+/// (the old one archived, still readable with `?epoch=`).
+pub fn mark_all_rolled_back(db: &Db) -> Result<usize, StorageError> {
+    let tree = db.tree(TREE)?;
+    let mut writes = sled::Batch::default();
+    let mut n = 0;
+    for item in tree.iter() {
+        let (k, v) = item?;
+        let mut mark = decode(&v)?;
+        mark.seq = u64::MAX;
+        writes.insert(k, encode(&mark));
+        n += 1;
+    }
+    db.gate().with(|| tree.apply_batch(writes))?;
+    db.sync_blocking()?;
+    Ok(n)
+}
+
 impl HighWater {
     pub fn open(db: &Db) -> Result<Self, StorageError> {
         Ok(Self {

@@ -44,6 +44,8 @@
 
 mod feed;
 mod highwater;
+
+pub use highwater::mark_all_rolled_back;
 pub(crate) mod link;
 mod replies;
 mod writer;
