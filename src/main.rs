@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(Box<Serve>),
-    /// Manage a server's accounts, registration tokens and federation (safe while it runs).
+    /// Manage a server's accounts, registration tokens, rooms and federation (safe while it runs).
     Admin(Admin),
     /// Move a stopped embedded server's data into Redis, so that it runs with --redis from then on.
     Migrate(Migrate),
@@ -229,6 +229,15 @@ enum AdminWhat {
     /// Other servers this one federates with.
     #[command(subcommand)]
     Servers(ServersCmd),
+    /// Rooms.
+    #[command(subcommand)]
+    Rooms(RoomsCmd),
+}
+
+#[derive(Subcommand)]
+enum RoomsCmd {
+    /// List every room with its alias and member count.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -509,6 +518,7 @@ fn admin(a: Admin) -> Result<()> {
         AdminWhat::Servers(ServersCmd::Deny { name }) => AdminRequest::ServersDeny { name },
         AdminWhat::Servers(ServersCmd::Allow { name }) => AdminRequest::ServersAllow { name },
         AdminWhat::Servers(ServersCmd::List) => AdminRequest::ServersList,
+        AdminWhat::Rooms(RoomsCmd::List) => AdminRequest::RoomsList,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let answer = runtime.block_on(async {
@@ -578,6 +588,11 @@ fn print_answer(answer: &AdminAnswer, json: bool) {
         AdminAnswer::Servers { denied } => {
             for s in denied {
                 println!("{s}\tdenied");
+            }
+        }
+        AdminAnswer::Rooms { rooms } => {
+            for r in rooms {
+                println!("{}\t{}\t{} members\tcreated_ms {}", r.room_id, r.alias, r.members, r.created_ms);
             }
         }
         AdminAnswer::Backup { backup } => println!(

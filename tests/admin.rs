@@ -2,7 +2,7 @@
 //! command over a running server's admin socket and on a stopped data dir;
 //! deactivation closing a WebSocket with 4001; the socket's mode; a
 //! registration token's last use raced for (on both backends); every
-//! registration refusal; the federation deny list.
+//! registration refusal; the federation deny list; the room list.
 
 mod support;
 
@@ -365,4 +365,51 @@ async fn a_denied_server_is_refused_until_allowed() {
     assert_eq!(admin(&a.data_dir, &["servers", "allow", &b_name])["changed"], true);
     let joined = api_b.join(&tb, &alias).await;
     assert_eq!(joined["room_id"], room["room_id"]);
+}
+
+/// `rooms list` over the running server's socket and on the stopped data
+/// dir (with Redis: given `--redis`), with each room's alias and members.
+async fn rooms_are_listed_running_and_stopped(extra: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut server = spawn(&dir, extra);
+    let api = Api::new(&server.url);
+    let (_, ann) = api.user(&uniq("ann")).await;
+    let (_, bob) = api.user(&uniq("bob")).await;
+    let garden = api.join(&ann, "garden").await["room_id"].as_str().unwrap().to_owned();
+    api.join(&bob, "garden").await;
+    let quiet = api.join(&ann, "quiet").await["room_id"].as_str().unwrap().to_owned();
+    let expect = |rooms: &Value| {
+        let got: Vec<(&str, u64)> = rooms["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["room_id"].as_str().unwrap(), r["members"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(got, vec![(garden.as_str(), 2), (quiet.as_str(), 1)], "{rooms}");
+        assert!(rooms["rooms"][0]["alias"].as_str().unwrap().contains("garden"), "{rooms}");
+        assert!(rooms["rooms"][0]["created_ms"].as_u64().unwrap() > 0);
+    };
+    expect(&admin_in_ok(&dir, extra, &["rooms", "list"]));
+    assert!(server.terminate().success());
+    expect(&admin_in_ok(&dir, extra, &["rooms", "list"]));
+}
+
+/// `parlor admin` with the server's `--redis` (if any) taken from `serve_args`.
+fn admin_in_ok(dir: &Path, serve_args: &[&str], args: &[&str]) -> Value {
+    let extra: Vec<&str> = serve_args.windows(2).filter(|w| w[0] == "--redis").flatten().copied().collect();
+    let (ok, v) = admin_in(dir, &extra, args, None);
+    assert!(ok, "parlor admin {args:?}: {v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_list_embedded() {
+    rooms_are_listed_running_and_stopped(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_list_redis() {
+    let redis = RedisServer::start();
+    rooms_are_listed_running_and_stopped(&["--redis", &redis.url]).await;
 }

@@ -41,11 +41,23 @@ pub enum AdminRequest {
     },
     /// Every denied server.
     ServersList,
+    /// Every room the directory knows (homed here or replicated from another server).
+    RoomsList,
     /// Writes a consistent backup of the data directory to `out` (an
     /// absolute path the server's user may create; missing or empty).
     Backup {
         out: String,
     },
+}
+
+/// A room as `rooms_list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub room_id: String,
+    pub alias: String,
+    pub created_ms: u64,
+    /// Members, of every server.
+    pub members: usize,
 }
 
 /// A backup as `backup` reports it.
@@ -101,6 +113,9 @@ pub enum AdminAnswer {
     },
     Servers {
         denied: Vec<String>,
+    },
+    Rooms {
+        rooms: Vec<RoomInfo>,
     },
     Backup {
         backup: BackupInfo,

@@ -13,7 +13,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use super::accounts::Accounts;
 use super::error::{Error, Result};
-use crate::protocol::admin::{AdminAnswer, AdminRequest, BackupInfo, TokenInfo, UserInfo};
+use crate::protocol::admin::{AdminAnswer, AdminRequest, BackupInfo, RoomInfo, TokenInfo, UserInfo};
 use crate::protocol::versions::Registration;
 use crate::protocol::{ErrCode, ServerName, UserId};
 use crate::storage::Db;
@@ -21,6 +21,7 @@ use crate::storage::admin::{AdminStore, RegToken, TakeUse};
 use crate::storage::backup::{BackupError, Manifest};
 use crate::storage::events::now_ms;
 use crate::storage::identity::RoomLog;
+use crate::storage::rooms::RoomStore;
 
 /// Registration policy and the admin commands over one [`AdminStore`].
 pub struct Admin {
@@ -29,11 +30,18 @@ pub struct Admin {
     rng: SystemRandom,
     /// The data directory and its open database, which backups copy.
     data: (PathBuf, Db),
+    directory: Arc<dyn RoomStore>,
 }
 
 impl Admin {
-    pub fn new(store: Arc<dyn AdminStore>, registration: Registration, data_dir: &Path, db: &Db) -> Self {
-        Self { store, registration, rng: SystemRandom::new(), data: (data_dir.to_owned(), db.clone()) }
+    pub fn new(
+        store: Arc<dyn AdminStore>,
+        registration: Registration,
+        data_dir: &Path,
+        db: &Db,
+        directory: Arc<dyn RoomStore>,
+    ) -> Self {
+        Self { store, registration, rng: SystemRandom::new(), data: (data_dir.to_owned(), db.clone()), directory }
     }
 
     /// Who may register here.
@@ -151,6 +159,15 @@ impl Admin {
                 AdminAnswer::Done { changed }
             }
             AdminRequest::ServersList => AdminAnswer::Servers { denied: self.store.denied().await? },
+            AdminRequest::RoomsList => {
+                let mut rooms = Vec::new();
+                for r in self.directory.all().await? {
+                    let members = self.directory.members(&r.room_id).await?.len();
+                    rooms.push(RoomInfo { room_id: r.room_id, alias: r.alias, created_ms: r.created_ms, members });
+                }
+                rooms.sort_by(|a, b| a.alias.cmp(&b.alias).then_with(|| a.room_id.cmp(&b.room_id)));
+                AdminAnswer::Rooms { rooms }
+            }
             AdminRequest::Backup { out } => AdminAnswer::Backup { backup: self.backup(out).await? },
         })
     }

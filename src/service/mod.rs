@@ -69,7 +69,12 @@ impl Offline {
         let room_log = if config.redis.is_some() { RoomLog::Redis } else { RoomLog::Embedded };
         crate::storage::identity::check_dir(&config.data_dir, &Identity { room_log, ..identity })?;
         let db = crate::storage::Db::open_with_cache(&config.data_dir, config.cache_mib)?;
-        let admin = admin::Admin::new(admin_store(&config, &db).await?, config.registration, &config.data_dir, &db);
+        let directory: Arc<dyn RoomStore> = match &config.redis {
+            None => Arc::new(EmbeddedRooms::open(&db)?),
+            Some(url) => Arc::new(RedisRooms::open(url).await?),
+        };
+        let admin =
+            admin::Admin::new(admin_store(&config, &db).await?, config.registration, &config.data_dir, &db, directory);
         let limits = Arc::new(ratelimit::RateLimits::new(false));
         let store: Arc<dyn AccountStore> = match &config.redis {
             None => Arc::new(EmbeddedAccounts::open(&db)?),
@@ -118,8 +123,13 @@ impl Services {
             None => Arc::new(EmbeddedRooms::open(&db)?),
             Some(url) => Arc::new(RedisRooms::open(url).await?),
         };
-        let admin =
-            Arc::new(admin::Admin::new(admin_store(&config, &db).await?, config.registration, &config.data_dir, &db));
+        let admin = Arc::new(admin::Admin::new(
+            admin_store(&config, &db).await?,
+            config.registration,
+            &config.data_dir,
+            &db,
+            directory.clone(),
+        ));
         let federation = match config.federation {
             false => None,
             true => {
