@@ -238,6 +238,9 @@ enum AdminWhat {
 enum RoomsCmd {
     /// List every room with its alias and member count.
     List,
+    /// Delete a room (room id or alias, as `rooms list` shows them): its history, directory entry and
+    /// memberships; its subscribers are told they left. Other servers' copies are not touched.
+    Purge { room: String },
 }
 
 #[derive(Subcommand)]
@@ -519,6 +522,7 @@ fn admin(a: Admin) -> Result<()> {
         AdminWhat::Servers(ServersCmd::Allow { name }) => AdminRequest::ServersAllow { name },
         AdminWhat::Servers(ServersCmd::List) => AdminRequest::ServersList,
         AdminWhat::Rooms(RoomsCmd::List) => AdminRequest::RoomsList,
+        AdminWhat::Rooms(RoomsCmd::Purge { room }) => AdminRequest::RoomsPurge { room },
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let answer = runtime.block_on(async {

@@ -43,6 +43,11 @@ pub enum AdminRequest {
     ServersList,
     /// Every room the directory knows (homed here or replicated from another server).
     RoomsList,
+    /// Deletes a room (by room id or alias): its history in every epoch, its
+    /// directory entry and memberships; its subscriptions end.
+    RoomsPurge {
+        room: String,
+    },
     /// Writes a consistent backup of the data directory to `out` (an
     /// absolute path the server's user may create; missing or empty).
     Backup {

@@ -13,12 +13,15 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use super::accounts::Accounts;
 use super::error::{Error, Result};
+use super::fanout::Hub;
+use crate::protocol::RoomId;
 use crate::protocol::admin::{AdminAnswer, AdminRequest, BackupInfo, RoomInfo, TokenInfo, UserInfo};
 use crate::protocol::versions::Registration;
 use crate::protocol::{ErrCode, ServerName, UserId};
 use crate::storage::Db;
 use crate::storage::admin::{AdminStore, RegToken, TakeUse};
 use crate::storage::backup::{BackupError, Manifest};
+use crate::storage::events::EventLog;
 use crate::storage::events::now_ms;
 use crate::storage::identity::RoomLog;
 use crate::storage::rooms::RoomStore;
@@ -31,17 +34,32 @@ pub struct Admin {
     /// The data directory and its open database, which backups copy.
     data: (PathBuf, Db),
     directory: Arc<dyn RoomStore>,
+    log: Arc<dyn EventLog>,
+    hub: Arc<Hub>,
+}
+
+/// What the admin commands reach of storage and the running server: the
+/// data directory and its database (backups), the room directory, the
+/// room log and the hub of live subscriptions (room purges).
+pub struct AdminParts<'a> {
+    pub data_dir: &'a Path,
+    pub db: &'a Db,
+    pub directory: Arc<dyn RoomStore>,
+    pub log: Arc<dyn EventLog>,
+    pub hub: Arc<Hub>,
 }
 
 impl Admin {
-    pub fn new(
-        store: Arc<dyn AdminStore>,
-        registration: Registration,
-        data_dir: &Path,
-        db: &Db,
-        directory: Arc<dyn RoomStore>,
-    ) -> Self {
-        Self { store, registration, rng: SystemRandom::new(), data: (data_dir.to_owned(), db.clone()), directory }
+    pub fn new(store: Arc<dyn AdminStore>, registration: Registration, parts: AdminParts<'_>) -> Self {
+        Self {
+            store,
+            registration,
+            rng: SystemRandom::new(),
+            data: (parts.data_dir.to_owned(), parts.db.clone()),
+            directory: parts.directory,
+            log: parts.log,
+            hub: parts.hub,
+        }
     }
 
     /// Who may register here.
@@ -168,8 +186,25 @@ impl Admin {
                 rooms.sort_by(|a, b| a.alias.cmp(&b.alias).then_with(|| a.room_id.cmp(&b.room_id)));
                 AdminAnswer::Rooms { rooms }
             }
+            AdminRequest::RoomsPurge { room } => AdminAnswer::Done { changed: self.purge(&room).await? },
             AdminRequest::Backup { out } => AdminAnswer::Backup { backup: self.backup(out).await? },
         })
+    }
+
+    /// Removes the room from the directory first (no send or join is taken
+    /// for it from then on), then its log, then ends its subscriptions.
+    async fn purge(&self, room: &str) -> Result<bool> {
+        let not_found = || Error::refused(ErrCode::RoomNotFound, format!("no room {room} here"));
+        let room_id = match self.directory.room(room).await? {
+            Some(r) => r.room_id,
+            None => self.directory.room_for_alias(room).await?.ok_or_else(not_found)?,
+        };
+        let id = RoomId::parse(&room_id).map_err(|_| not_found())?;
+        let listed = self.directory.delete(&room_id).await?;
+        let had_history = self.log.purge(&id).await?;
+        self.hub.end_room(&id);
+        tracing::info!(room = %room_id, had_history, "room purged");
+        Ok(listed || had_history)
     }
 
     /// Writes a backup of the data directory to `out` while writes wait

@@ -71,12 +71,15 @@ impl Job {
 
 enum Msg {
     Job(Job),
+    /// Deletes a room's log, after every job sent before it.
+    Purge(RoomId, oneshot::Sender<Result<bool, StorageError>>),
     /// Flush and stop; answered once the last batch is on disk.
     Stop(oneshot::Sender<()>),
 }
 
 pub struct EmbeddedLog {
     tree: sled::Tree,
+    db: crate::storage::Db,
     durable: Arc<Durable>,
     jobs: mpsc::UnboundedSender<Msg>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -218,6 +221,9 @@ impl Durable {
     /// Starts a room's mark (or a new generation of it) at `seq`.
     fn reset(&self, room: &RoomId, generation: u64, seq: u64) {
         self.0.lock().expect("durable lock").insert(room.clone(), (generation, seq));
+    }
+    fn forget(&self, room: &RoomId) {
+        self.0.lock().expect("durable lock").remove(room);
     }
     fn set(&self, room: &RoomId, generation: u64, seq: u64) {
         if let Some(d) = self.0.lock().expect("durable lock").get_mut(room)
@@ -365,6 +371,12 @@ impl Writer {
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Job(j) => batch.push(j),
+                    Msg::Purge(room, reply) => {
+                        if !batch.is_empty() {
+                            self.commit(std::mem::take(&mut batch));
+                        }
+                        let _ = reply.send(self.purge(&room));
+                    }
                     Msg::Stop(done) => {
                         stop = Some(done);
                         break;
@@ -401,6 +413,34 @@ impl Writer {
                 self.next_sweep_ms = now + self.sweep_every_ms;
             }
         }
+    }
+
+    /// Deletes the room's events, transaction records (with their expiry
+    /// index entries, found by a scan of the whole index) and head, and
+    /// forgets its cached state.
+    fn purge(&mut self, room: &RoomId) -> Result<bool, StorageError> {
+        self.rooms.remove(room);
+        self.durable.forget(room);
+        let mut txns = key(&[b"t", room.as_str().as_bytes()]);
+        txns.push(0);
+        let mut writes = sled::Batch::default();
+        let mut any = false;
+        for item in self.tree.scan_prefix(b"x\0").keys() {
+            let k = item?;
+            if k.get(10..).is_some_and(|tk| tk.starts_with(&txns)) {
+                writes.remove(k);
+            }
+        }
+        for prefix in [ekey_prefix(room), txns] {
+            for item in self.tree.scan_prefix(&prefix).keys() {
+                writes.remove(item?);
+                any = true;
+            }
+        }
+        any |= self.tree.contains_key(mkey(room))?;
+        writes.remove(mkey(room));
+        self.gate.with(|| self.tree.apply_batch(writes))?;
+        Ok(any)
     }
 
     fn sweep(&self, now: u64) -> Result<usize, StorageError> {
@@ -658,7 +698,7 @@ impl EmbeddedLog {
             spawn("parlor-log-syncer", Box::new(move || syncer.run(batches)))?,
             spawn("parlor-log-writer", Box::new(move || writer.run(rx)))?,
         ];
-        Ok(Self { tree, durable, jobs: tx, threads: Mutex::new(threads), poisoned })
+        Ok(Self { tree, db: db.clone(), durable, jobs: tx, threads: Mutex::new(threads), poisoned })
     }
 
     /// The head as readers may see it: capped at the durable seq.
@@ -759,6 +799,16 @@ impl EventLog for EmbeddedLog {
         Box::pin(async move {
             sent.map_err(|_| StorageError::Stopped("room log writer"))?;
             rx.await.map_err(|_| StorageError::Stopped("room log writer"))?
+        })
+    }
+
+    fn purge<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.jobs.send(Msg::Purge(room.clone(), reply)).map_err(|_| StorageError::Stopped("room log writer"))?;
+            let had = rx.await.map_err(|_| StorageError::Stopped("room log writer"))??;
+            self.db.sync().await?;
+            Ok(had)
         })
     }
 

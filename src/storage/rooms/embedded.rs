@@ -118,6 +118,28 @@ impl EmbeddedRooms {
         self.members.scan_prefix(&prefix).map(|item| suffix_after_prefix(&item?.0, prefix.len())).collect()
     }
 
+    async fn delete_now(&self, room_id: &str) -> Result<bool, StorageError> {
+        let Some(record) = self.get(room_id)? else { return Ok(false) };
+        let members = self.members_now(room_id)?;
+        self.db.gate().with(|| {
+            (&self.aliases, &self.rooms, &self.members, &self.user_rooms).transaction(
+                |(aliases, rooms, member_tree, user_rooms)| {
+                    if aliases.get(record.alias.as_bytes())?.is_some_and(|owner| owner == room_id.as_bytes()) {
+                        aliases.remove(record.alias.as_bytes())?;
+                    }
+                    rooms.remove(room_id.as_bytes())?;
+                    for user in &members {
+                        member_tree.remove(key(&[room_id.as_bytes(), user.as_bytes()]))?;
+                        user_rooms.remove(key(&[user.as_bytes(), room_id.as_bytes()]))?;
+                    }
+                    Ok::<_, ConflictableTransactionError<StorageError>>(())
+                },
+            )
+        })?;
+        self.db.sync().await?;
+        Ok(true)
+    }
+
     fn rooms_of_now(&self, user_id: &str) -> Result<Vec<RoomRecord>, StorageError> {
         let prefix = prefix_of(user_id);
         let mut out = Vec::new();
@@ -167,6 +189,10 @@ impl RoomStore for EmbeddedRooms {
 
     fn members<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
         Box::pin(async move { self.members_now(room_id) })
+    }
+
+    fn delete<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(self.delete_now(room_id))
     }
 
     fn rooms_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<RoomRecord>, StorageError>> {

@@ -92,6 +92,11 @@ impl SeenMap {
         self.0.lock().expect("seen lock").get(room).cloned()
     }
 
+    /// Forgets a room (purged).
+    pub fn forget(&self, room: &RoomId) {
+        self.0.lock().expect("seen lock").remove(room);
+    }
+
     /// Records a sighting of a room this process uses.
     pub fn observe(&self, room: &RoomId, epoch: &Arc<str>, generation: u64, seq: u64) {
         let mut m = self.0.lock().expect("seen lock");
@@ -298,6 +303,18 @@ impl HighWater {
     /// made durable, so nothing more may be handed out.
     pub fn failed(&self) -> bool {
         self.db.sync_failed()
+    }
+
+    /// Removes a room's mark (purged); durable after the next sync of the data directory.
+    pub fn forget(&self, room: &RoomId) -> Result<(), StorageError> {
+        self.dirty.lock().expect("dirty lock").remove(room);
+        self.db.gate().with(|| self.tree.remove(room.as_str()))?;
+        Ok(())
+    }
+
+    /// The data directory, to sync.
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Every mark on disk.
