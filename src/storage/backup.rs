@@ -500,4 +500,58 @@ mod tests {
         }
         assert_eq!(unhex(&hex(b"__sled__default")).unwrap(), b"__sled__default");
     }
+
+    fn pairs(path: &Path) -> usize {
+        let mut r = BufReader::new(std::fs::File::open(path).unwrap());
+        let mut n = 0;
+        while read_part(&mut r, path).unwrap().is_some() {
+            read_part(&mut r, path).unwrap().unwrap();
+            n += 1;
+        }
+        n
+    }
+
+    /// A writer puts each key into two trees in one transaction while
+    /// backups are taken: every backup holds both trees at one instant.
+    #[test]
+    fn a_backup_is_one_instant_of_every_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let db = Db::open(&dir).unwrap();
+        identity::record_dir(&dir, &Identity { server_name: "a.test".into(), room_log: RoomLog::Embedded }).unwrap();
+        let (a, b) = (db.tree("a").unwrap(), db.tree("b").unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (db, stop) = (db.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let k = i.to_be_bytes();
+                    db.gate()
+                        .with(|| {
+                            use sled::Transactional as _;
+                            (&a, &b).transaction(|(a, b)| {
+                                a.insert(&k, &k)?;
+                                b.insert(&k, &k)?;
+                                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                            })
+                        })
+                        .unwrap();
+                    i += 1;
+                }
+                i
+            })
+        };
+        for n in 0..5 {
+            let out = tmp.path().join(format!("backup{n}"));
+            let m = write(&db, &dir, &out).unwrap();
+            let count = |tree: &[u8]| pairs(&out.join(format!("{TREES}/{}{TREE_EXT}", hex(tree))));
+            let (in_a, in_b) = (count(b"a"), count(b"b"));
+            assert_eq!(in_a, in_b, "backup {n} mixes instants");
+            assert!(m.files.iter().any(|f| f.path == identity::FILE));
+            assert!(verify(&out).is_ok());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(writer.join().unwrap() > 0);
+    }
 }
