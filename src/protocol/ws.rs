@@ -264,7 +264,8 @@ pub enum ServerFrame {
         event_id: String,
         seq: u64,
     },
-    /// The subscription ended: answer to `unsubscribe`, or because the user left the room (`reason` = `left`).
+    /// The subscription ended: answer to `unsubscribe`, or because the user left the room (`reason` = `left`)
+    /// or an operator purged it (`reason` = `room_purged`).
     Unsubscribed {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,

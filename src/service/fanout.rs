@@ -22,8 +22,9 @@ pub enum Outgoing {
     /// A room event: the JSON of its `event` frame, the same bytes for
     /// every subscriber.
     Event { room: Arc<RoomId>, epoch: Arc<str>, seq: u64, json: Bytes },
-    /// The user left the room: the subscription is over.
-    Left { room: Arc<RoomId> },
+    /// The subscription is over: the user left the room (`reason`
+    /// `left`), or the room was purged (`room_purged`).
+    Left { room: Arc<RoomId>, reason: &'static str },
 }
 
 /// Why the server closes a connection. The service says why; the wire
@@ -155,10 +156,16 @@ impl Hub {
 
     /// Ends every subscription of `user` to `room`, telling each connection.
     pub fn kick(&self, room: &RoomId, user: &UserId) {
-        self.remove_where(room, |c| &c.user_id == user, Some(()));
+        self.remove_where(room, |c| &c.user_id == user, Some("left"));
     }
 
-    fn remove_where(&self, room: &RoomId, pred: impl Fn(&Arc<Conn>) -> bool, notify: Option<()>) {
+    /// Ends every subscription to `room` (purged), telling each connection
+    /// as a leave does.
+    pub fn end_room(&self, room: &RoomId) {
+        self.remove_where(room, |_| true, Some("room_purged"));
+    }
+
+    fn remove_where(&self, room: &RoomId, pred: impl Fn(&Arc<Conn>) -> bool, notify: Option<&'static str>) {
         let mut rooms = self.rooms.write().expect("hub lock");
         let Some(subs) = rooms.get(room).cloned() else { return };
         let mut conns = subs.conns.lock().expect("room lock");
@@ -166,8 +173,8 @@ impl Hub {
             if !pred(c) {
                 return true;
             }
-            if notify.is_some() {
-                c.push(Outgoing::Left { room: subs.room.clone() }, 64);
+            if let Some(reason) = notify {
+                c.push(Outgoing::Left { room: subs.room.clone(), reason }, 64);
             }
             false
         });

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod backup;
 pub mod events;
 pub mod federation;
 pub mod identity;
@@ -12,7 +13,7 @@ pub mod ratelimit;
 pub mod rooms;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use accounts::AccountStore;
 pub use accounts::embedded::EmbeddedAccounts;
@@ -118,6 +119,32 @@ impl From<sled::transaction::TransactionError<StorageError>> for StorageError {
 pub struct Db {
     pub sled: sled::Db,
     syncs: Arc<SyncState>,
+    gate: WriteGate,
+}
+
+/// The data directory's write gate: every write to sled is made inside
+/// [`WriteGate::with`] (shared, for the span of one sled call: a batch, a
+/// transaction, one insert), and a backup takes it exclusively
+/// ([`WriteGate::hold_all`]) while it reads every tree, so that what it
+/// reads is one instant of the database (see [`backup`]). Writes are never
+/// nested inside one another: with the lock's writer preference a second
+/// shared take on a thread that already holds one could wait behind a
+/// waiting backup. A closure, not a guard, so no write holds it across an
+/// `.await`.
+#[derive(Clone, Default)]
+pub struct WriteGate(Arc<RwLock<()>>);
+
+impl WriteGate {
+    /// Makes one write (`f`) under the gate.
+    pub fn with<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _shared: RwLockReadGuard<'_, ()> = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f()
+    }
+
+    /// Held while nothing may be written.
+    pub fn hold_all(&self) -> RwLockWriteGuard<'_, ()> {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 struct SyncState {
@@ -162,7 +189,12 @@ impl Db {
         }
         let syncs =
             Arc::new(SyncState { log_file, progress: Mutex::new(SyncProgress::default()), done: Condvar::new() });
-        Ok(Self { sled, syncs })
+        Ok(Self { sled, syncs, gate: WriteGate::default() })
+    }
+
+    /// The write gate every writer of this database takes.
+    pub fn gate(&self) -> &WriteGate {
+        &self.gate
     }
 
     pub fn tree(&self, name: &str) -> Result<sled::Tree, StorageError> {

@@ -284,12 +284,12 @@ impl<S: Stream> State<S> {
                     }
                     self.out_of_line(&room, &epoch, seq, json).await?;
                 }
-                Outgoing::Left { room } => {
+                Outgoing::Left { room, reason } => {
                     if self.subs.remove(&room).is_some() {
                         let f = ServerFrame::Unsubscribed {
                             id: None,
                             room_id: (*room).clone(),
-                            reason: Some("left".into()),
+                            reason: Some(reason.into()),
                         };
                         self.io.push(OpCode::Text, Bytes::from(f.to_json()));
                     }

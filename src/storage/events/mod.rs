@@ -164,6 +164,13 @@ pub trait EventLog: Send + Sync + 'static {
         events: Vec<Event>,
     ) -> BoxFuture<'static, Result<Imported, StorageError>>;
 
+    /// Deletes everything the log holds of a room (every epoch, its
+    /// transaction records, what this process remembers of it); false when
+    /// it held nothing. Durable on return. For `parlor admin rooms purge`:
+    /// the caller has removed the room from the directory first, so no
+    /// send is taken for it while this runs.
+    fn purge<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<bool, StorageError>>;
+
     /// Whether the backing store answers now.
     fn healthy(&self) -> BoxFuture<'_, bool>;
 

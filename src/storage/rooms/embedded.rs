@@ -50,13 +50,15 @@ impl EmbeddedRooms {
 
     async fn create_now(&self, record: &RoomRecord) -> Result<RoomRecord, StorageError> {
         let rec = to_record(record);
-        let winner = (&self.aliases, &self.rooms).transaction(|(aliases, rooms)| {
-            if let Some(existing) = aliases.get(record.alias.as_bytes())? {
-                return Ok(Some(existing));
-            }
-            aliases.insert(record.alias.as_bytes(), record.room_id.as_bytes())?;
-            rooms.insert(record.room_id.as_bytes(), rec.as_slice())?;
-            Ok::<_, ConflictableTransactionError<StorageError>>(None)
+        let winner = self.db.gate().with(|| {
+            (&self.aliases, &self.rooms).transaction(|(aliases, rooms)| {
+                if let Some(existing) = aliases.get(record.alias.as_bytes())? {
+                    return Ok(Some(existing));
+                }
+                aliases.insert(record.alias.as_bytes(), record.room_id.as_bytes())?;
+                rooms.insert(record.room_id.as_bytes(), rec.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StorageError>>(None)
+            })
         })?;
         match winner {
             None => {
@@ -87,19 +89,21 @@ impl EmbeddedRooms {
             return Ok(());
         }
         let ts = now_ms.to_be_bytes();
-        (&self.members, &self.user_rooms).transaction(|(members, user_rooms)| {
-            for (user_id, member) in changes {
-                let mk = key(&[room_id.as_bytes(), user_id.as_bytes()]);
-                let uk = key(&[user_id.as_bytes(), room_id.as_bytes()]);
-                if *member {
-                    members.insert(mk.as_slice(), &ts[..])?;
-                    user_rooms.insert(uk.as_slice(), &ts[..])?;
-                } else {
-                    members.remove(mk.as_slice())?;
-                    user_rooms.remove(uk.as_slice())?;
+        self.db.gate().with(|| {
+            (&self.members, &self.user_rooms).transaction(|(members, user_rooms)| {
+                for (user_id, member) in changes {
+                    let mk = key(&[room_id.as_bytes(), user_id.as_bytes()]);
+                    let uk = key(&[user_id.as_bytes(), room_id.as_bytes()]);
+                    if *member {
+                        members.insert(mk.as_slice(), &ts[..])?;
+                        user_rooms.insert(uk.as_slice(), &ts[..])?;
+                    } else {
+                        members.remove(mk.as_slice())?;
+                        user_rooms.remove(uk.as_slice())?;
+                    }
                 }
-            }
-            Ok::<_, ConflictableTransactionError<StorageError>>(())
+                Ok::<_, ConflictableTransactionError<StorageError>>(())
+            })
         })?;
         self.db.sync().await?;
         Ok(())
@@ -112,6 +116,28 @@ impl EmbeddedRooms {
     fn members_now(&self, room_id: &str) -> Result<Vec<String>, StorageError> {
         let prefix = prefix_of(room_id);
         self.members.scan_prefix(&prefix).map(|item| suffix_after_prefix(&item?.0, prefix.len())).collect()
+    }
+
+    async fn delete_now(&self, room_id: &str) -> Result<bool, StorageError> {
+        let Some(record) = self.get(room_id)? else { return Ok(false) };
+        let members = self.members_now(room_id)?;
+        self.db.gate().with(|| {
+            (&self.aliases, &self.rooms, &self.members, &self.user_rooms).transaction(
+                |(aliases, rooms, member_tree, user_rooms)| {
+                    if aliases.get(record.alias.as_bytes())?.is_some_and(|owner| owner == room_id.as_bytes()) {
+                        aliases.remove(record.alias.as_bytes())?;
+                    }
+                    rooms.remove(room_id.as_bytes())?;
+                    for user in &members {
+                        member_tree.remove(key(&[room_id.as_bytes(), user.as_bytes()]))?;
+                        user_rooms.remove(key(&[user.as_bytes(), room_id.as_bytes()]))?;
+                    }
+                    Ok::<_, ConflictableTransactionError<StorageError>>(())
+                },
+            )
+        })?;
+        self.db.sync().await?;
+        Ok(true)
     }
 
     fn rooms_of_now(&self, user_id: &str) -> Result<Vec<RoomRecord>, StorageError> {
@@ -163,6 +189,10 @@ impl RoomStore for EmbeddedRooms {
 
     fn members<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
         Box::pin(async move { self.members_now(room_id) })
+    }
+
+    fn delete<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(self.delete_now(room_id))
     }
 
     fn rooms_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<RoomRecord>, StorageError>> {

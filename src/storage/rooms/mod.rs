@@ -59,6 +59,11 @@ pub trait RoomStore: Send + Sync + 'static {
     /// Member user ids, sorted.
     fn members<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<Vec<String>, StorageError>>;
 
+    /// Removes a room: its record, its alias (when it still names this
+    /// room) and every membership, both ways; false when there was no such
+    /// room. Durable on return.
+    fn delete<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<bool, StorageError>>;
+
     /// Rooms a user is in.
     fn rooms_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<RoomRecord>, StorageError>>;
 }

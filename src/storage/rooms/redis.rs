@@ -129,6 +129,31 @@ impl RedisRooms {
         query_pipe::<()>(&self.conn, &pipe).await
     }
 
+    async fn delete_now(&self, room_id: &str) -> Result<bool, StorageError> {
+        let Some(record) = self.get(room_id).await? else { return Ok(false) };
+        let members: Vec<String> = query_cmd(&self.conn, redis::cmd("HKEYS").arg(members_key(room_id))).await?;
+        let mut pipe = redis::pipe();
+        for user in &members {
+            pipe.cmd("HDEL").arg(user_rooms_key(user)).arg(room_id).ignore();
+        }
+        pipe.cmd("DEL").arg(members_key(room_id)).ignore();
+        pipe.cmd("SREM").arg(ALL_KEY).arg(room_id).ignore();
+        pipe.cmd("DEL").arg(room_key(room_id)).ignore();
+        query_pipe::<()>(&self.conn, &pipe).await?;
+        // Only while the alias still names this room (a script: compare and delete in one step).
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        );
+        let mut conn = self.conn.clone();
+        script
+            .key(alias_key(&record.alias))
+            .arg(room_id)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| crate::storage::events::redis::link::storage_error(&e))?;
+        Ok(true)
+    }
+
     async fn rooms_of_now(&self, user_id: &str) -> Result<Vec<RoomRecord>, StorageError> {
         let ids: Vec<String> = query_cmd(&self.conn, redis::cmd("HKEYS").arg(user_rooms_key(user_id))).await?;
         let mut out = Vec::with_capacity(ids.len());
@@ -197,5 +222,9 @@ impl RoomStore for RedisRooms {
 
     fn rooms_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<RoomRecord>, StorageError>> {
         Box::pin(self.rooms_of_now(user_id))
+    }
+
+    fn delete<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(self.delete_now(room_id))
     }
 }

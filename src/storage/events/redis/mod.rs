@@ -44,6 +44,8 @@
 
 mod feed;
 mod highwater;
+
+pub use highwater::mark_all_rolled_back;
 pub(crate) mod link;
 mod replies;
 mod writer;
@@ -59,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::feed::FeedReader;
 use self::highwater::{Durability, HighWater, Seen, SeenMap};
-use self::link::{Link, RESPONSE_TIMEOUT, evalsha, storage_error};
+use self::link::{Link, RESPONSE_TIMEOUT, evalsha, query_cmd, storage_error};
 use self::replies::{ReadStatus, read_answer};
 use self::writer::{Job, Msg, Writer};
 use super::{
@@ -544,6 +546,48 @@ impl EventLog for RedisLog {
             let (generation, before, latest, written, hole) = replies::imported(shared.link.query(&cmd).await?)?;
             shared.seen.observe(&room, &epoch, generation, latest);
             Ok(Imported { before, latest, written: written as usize, hole })
+        })
+    }
+
+    fn purge<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(async move {
+            let conn = self.shared.link.conn();
+            // Every key of the room's log shares the prefix (and hash tag)
+            // `parlor:{ROOM}:`, as do the directory's keys, which are left.
+            let prefix = format!("parlor:{{{room}}}:");
+            let pattern: String = prefix
+                .chars()
+                .flat_map(|c| match c {
+                    '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .chain(['*'])
+                .collect();
+            let mut keys = Vec::new();
+            let mut cursor = 0u64;
+            loop {
+                let (next, batch): (u64, Vec<String>) =
+                    query_cmd(conn, redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000))
+                        .await?;
+                keys.extend(batch.into_iter().filter(|k| {
+                    let rest = &k[prefix.len().min(k.len())..];
+                    matches!(rest, "meta" | "log" | "epochs")
+                        || rest.starts_with("archive:")
+                        || rest.starts_with("txn:")
+                }));
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            let had = !keys.is_empty();
+            for chunk in keys.chunks(512) {
+                query_cmd::<()>(conn, redis::cmd("DEL").arg(chunk)).await?;
+            }
+            self.shared.seen.forget(room);
+            self.shared.high_water.forget(room)?;
+            self.shared.high_water.db().sync().await?;
+            Ok(had)
         })
     }
 
