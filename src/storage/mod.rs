@@ -137,8 +137,23 @@ pub struct WriteGate(Arc<RwLock<()>>);
 impl WriteGate {
     /// Makes one write (`f`) under the gate.
     pub fn with<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _shared: RwLockReadGuard<'_, ()> = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        f()
+        if let Ok(_shared) = self.0.try_read() {
+            return f();
+        }
+        // A backup holds the gate (or waits for it). Most writes are made
+        // from async tasks: waiting here on a runtime worker would stall
+        // every connection that worker serves for the whole backup, so hand
+        // the worker's other tasks to another thread while this one waits.
+        let wait = || {
+            let _shared: RwLockReadGuard<'_, ()> = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            f()
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
     }
 
     /// Held while nothing may be written.
@@ -339,5 +354,29 @@ mod tests {
     fn the_memory_budget_is_sleds_cache_capacity() {
         let config = super::sled_config(std::path::Path::new("data/sled"), 24);
         assert_eq!(config.cache_capacity, 24 << 20);
+    }
+
+    /// Writes waiting for a backup must not take the runtime's workers with
+    /// them: with both workers' tasks waiting at the gate, a third task runs.
+    #[test]
+    fn writers_waiting_for_a_backup_leave_the_runtime_running() {
+        let gate = super::WriteGate::default();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let held = gate.hold_all();
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let gate = gate.clone();
+                rt.spawn(async move { gate.with(|| ()) })
+            })
+            .collect();
+        // Let both writers reach the gate before the third task is queued.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move { tx.send(()).unwrap() });
+        rx.recv_timeout(std::time::Duration::from_secs(20)).expect("no task ran while writers waited at the gate");
+        drop(held);
+        for w in writers {
+            rt.block_on(w).unwrap();
+        }
     }
 }
