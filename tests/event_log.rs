@@ -130,7 +130,13 @@ fn alice() -> UserId {
 }
 
 fn msg(body: &str) -> NewEvent {
-    NewEvent { kind: EventType::Message, sender: alice(), body: Some(body.into()), txn: None }
+    NewEvent {
+        kind: EventType::Message,
+        sender: alice(),
+        body: Some(body.into()),
+        content: Default::default(),
+        txn: None,
+    }
 }
 
 fn txn_msg(device: &str, txn_id: &str, body: &str) -> NewEvent {
@@ -281,6 +287,7 @@ fn remote_event(seq: u64, body: &str) -> parlor::protocol::events::Event {
         sender: UserId::parse("@bob:home.example").unwrap(),
         body: Some(body.into()),
         ts: 1_700_000_000_000 + seq,
+        content: Default::default(),
     }
 }
 

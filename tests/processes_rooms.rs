@@ -14,6 +14,15 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::{Api, ParlorProcess, RedisServer, WsClient, enc, free_port, uniq};
 
+/// The v1 fields (`room_id`, `alias`) of each item of a `GET /rooms` answer:
+/// v1.1 adds others, which these tests do not look at.
+fn v1_fields(rooms: &serde_json::Value) -> serde_json::Value {
+    rooms
+        .as_array()
+        .map(|a| a.iter().map(|r| serde_json::json!({"room_id": r["room_id"], "alias": r["alias"]})).collect())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 const NAME: &str = "one.test";
 const PASSWORD: &str = "zebra-quartz-71";
 
@@ -89,7 +98,11 @@ async fn any_process_serves_any_room_request() {
     both.sort();
     assert_eq!(members(&c, &ann_c, alias).await, (200, both.clone()));
     let (s, rooms) = b.call("GET", "/rooms", Some(&ann_b), None).await;
-    assert_eq!((s, &rooms["rooms"]), (200, &json!([{"room_id": room_id, "alias": alias}])), "rooms of a user on B");
+    assert_eq!(
+        (s, v1_fields(&rooms["rooms"])),
+        (200, json!([{"room_id": room_id, "alias": alias}])),
+        "rooms of a user on B"
+    );
 
     // Sent on A, live on B.
     let mut ws = WsClient::authed(&procs[1].url, &ann_b).await;
@@ -238,6 +251,7 @@ async fn a_push_imported_by_two_processes_is_written_once() {
             sender: parlor::protocol::UserId::parse("@h:home.test").unwrap(),
             body: Some(format!("m{seq}")),
             ts: seq,
+            content: Default::default(),
         })
         .collect();
     let (x, y) = tokio::join!(one.import(&room, "E1", None, events.clone()), two.import(&room, "E1", None, events));

@@ -146,8 +146,16 @@ impl Events {
             ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref().try_into().expect("32 bytes");
         let txn = Txn { device: format!("{sender}\0{device_id}"), txn_id: txn_id.to_owned(), fingerprint };
         let begun = Instant::now();
-        let pending =
-            self.log.append(room_id, NewEvent { kind: EventType::Message, sender, body: Some(body), txn: Some(txn) });
+        let pending = self.log.append(
+            room_id,
+            NewEvent {
+                kind: EventType::Message,
+                sender,
+                body: Some(body),
+                content: Default::default(),
+                txn: Some(txn),
+            },
+        );
         let txn_id = txn_id.to_owned();
         let meter = self.metrics.clone();
         async move {
@@ -188,18 +196,25 @@ impl Events {
             return Err(Error::refused(ErrCode::InvalidParam, format!("limit: 1 to {HISTORY_LIMIT_MAX}")));
         }
         let room = self.rooms.resolve_member(&session.user_id, room).await?;
+        // A private room's member reads from their join on (v1.1).
+        let from = self.rooms.visible_from(&session.user_id, &room).await?;
+        let range = match range {
+            Range::After(n) if n + 1 < from => Range::After(from - 1),
+            r => r,
+        };
         let page = match epoch {
             None => self.log.read(&room.room_id, range, limit as usize).await?,
             Some(e) => self.log.read_epoch(&room.room_id, e, range, limit as usize).await?.ok_or_else(|| {
                 Error::refused(ErrCode::EpochNotFound, format!("{} keeps no epoch {e:?}", room.room_id))
             })?,
         };
-        let Page { head, events } = page;
+        let Page { head, mut events } = page;
+        events.retain(|e| e.seq >= from);
         Ok(MessagesResponse {
             room_id: room.room_id,
             epoch: head.epoch.to_string(),
             events,
-            earliest_seq: head.earliest,
+            earliest_seq: head.earliest.max(from),
             latest_seq: head.latest,
         })
     }

@@ -184,6 +184,7 @@ impl Services {
             directory,
             log.clone(),
             hub.clone(),
+            account_store.clone(),
             config.server_name.clone(),
             federation.clone(),
         ));
