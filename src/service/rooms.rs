@@ -78,6 +78,9 @@ pub struct Rooms {
     /// Serializes catching up one replica, so that two catch-ups cannot
     /// start it over in turn.
     catch_up_stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Serializes v1.1 state changes of one room in this process, so that
+    /// their events are in the order of their record changes.
+    state_stripes: Vec<tokio::sync::Mutex<()>>,
     /// Leaves of local users from remote rooms that were asked for and not
     /// answered yet (or never): the home server's leave event for one of
     /// these is applied; any other leave event of a local user is not.
@@ -131,6 +134,7 @@ impl Rooms {
             rng: SystemRandom::new(),
             stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             catch_up_stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            state_stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             pending_leaves: Mutex::new(HashMap::new()),
         }
     }

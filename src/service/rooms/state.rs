@@ -81,6 +81,12 @@ fn room_content(rec: &RoomRecord) -> EventContent {
 }
 
 impl Rooms {
+    /// Held while one of this process's state changes of a room changes its
+    /// record and appends its event.
+    async fn state_lock(&self, room: &Room) -> tokio::sync::MutexGuard<'_, ()> {
+        self.state_stripes[super::stripe_of(&room.room_id)].lock().await
+    }
+
     /// The record of a room this server knows.
     pub(super) async fn record(&self, room: &Room) -> Result<RoomRecord> {
         self.store.room(room.room_id.as_str()).await?.ok_or_else(|| super::not_found(&room.room_id))
@@ -274,24 +280,32 @@ impl Rooms {
         check_text("name", &req.name, ROOM_DISPLAY_NAME_MAX_BYTES, true)?;
         check_text("topic", &req.topic, ROOM_TOPIC_MAX_BYTES, true)?;
         let (room, _) = self.local_member(user, r).await?;
-        let rec = self
-            .update(&room, |rec| {
-                if role_of(rec, user.as_str()) < Role::Moderator {
-                    return Err(forbidden("changing a room takes a moderator or owner"));
-                }
-                if let Some(n) = &req.name {
-                    rec.name = nonempty(Some(n.clone()));
-                }
-                if let Some(t) = &req.topic {
-                    rec.topic = nonempty(Some(t.clone()));
-                }
-                if let Some(v) = req.visibility {
-                    rec.visibility = v;
-                }
-                Ok(())
-            })
-            .await?;
-        self.append_state(&room.room_id, EventType::Room, user, room_content(&rec)).await?;
+        let _one = self.state_lock(&room).await;
+        let mut rec = self.record(&room).await?;
+        if role_of(&rec, user.as_str()) < Role::Moderator {
+            return Err(forbidden("changing a room takes a moderator or owner"));
+        }
+        if let Some(n) = &req.name {
+            rec.name = nonempty(Some(n.clone()));
+        }
+        if let Some(t) = &req.topic {
+            rec.topic = nonempty(Some(t.clone()));
+        }
+        if let Some(v) = req.visibility {
+            rec.visibility = v;
+        }
+        // The event first, then the record, unless a change whose event came
+        // later (on another process) is there already: the record then
+        // always holds the state of the log's last `room` event.
+        let seq = self.append_state(&room.room_id, EventType::Room, user, room_content(&rec)).await?;
+        self.update(&room, |r| {
+            if r.state_seq < seq {
+                (r.name, r.topic, r.visibility, r.state_seq) =
+                    (rec.name.clone(), rec.topic.clone(), rec.visibility, seq);
+            }
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 
@@ -307,6 +321,7 @@ impl Rooms {
         if self.store.is_member(room.room_id.as_str(), target.as_str()).await? {
             return Ok(());
         }
+        let _one = self.state_lock(&room).await;
         self.store.index_invite(target.as_str(), room.room_id.as_str(), true).await?;
         let mut fresh = false;
         self.update(&room, |rec| {
@@ -330,6 +345,7 @@ impl Rooms {
         if self.is_remote(&room.room_id) {
             return Err(Error::refused(ErrCode::NotInvited, format!("you have no invite to {}", room.label())));
         }
+        let _one = self.state_lock(&room).await;
         self.update(&room, |rec| match rec.invites.remove(user.as_str()) {
             true => Ok(()),
             false => Err(Error::refused(ErrCode::NotInvited, format!("you have no invite to {}", room.label()))),
@@ -361,6 +377,7 @@ impl Rooms {
         if kind == EventType::Kick && !member {
             return Err(Error::refused(ErrCode::NotMember, format!("{target} is not a member of {}", room.label())));
         }
+        let _one = self.state_lock(&room).await;
         let mut changed = true;
         let mut uninvited = false;
         self.update(&room, |rec| {
@@ -416,6 +433,7 @@ impl Rooms {
         if target == user && role != Role::Owner {
             self.check_not_last_owner(&rec, &room, user).await?;
         }
+        let _one = self.state_lock(&room).await;
         self.update(&room, |rec| {
             if role_of(rec, user.as_str()) != Role::Owner {
                 return Err(forbidden("setting roles takes an owner"));

@@ -49,6 +49,11 @@ pub struct RoomRecord {
     pub topic: Option<String>,
     #[serde(default)]
     pub visibility: Visibility,
+    /// The seq of the `room` event whose state `name`, `topic` and
+    /// `visibility` hold: a change whose event came earlier in the log than
+    /// the one applied does not overwrite it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub state_seq: u64,
     /// Roles above `member`, by user id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub roles: BTreeMap<String, Role>,
