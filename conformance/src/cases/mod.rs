@@ -33,8 +33,8 @@ pub fn all() -> Vec<Case> {
         guarantees::cases(),
         operation::cases(),
         federation::cases(),
-        rate_limits::cases(),
         rooms_v11::cases(),
+        rate_limits::cases(),
     ]
     .concat()
 }
