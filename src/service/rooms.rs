@@ -31,7 +31,7 @@ use super::fanout::Hub;
 use super::federation::{Failure, Federation};
 use crate::protocol::events::{Event, EventContent, EventType};
 use crate::protocol::federation::FedEvent;
-use crate::protocol::rooms::Visibility;
+use crate::protocol::rooms::{Role, Visibility};
 use crate::protocol::{ErrCode, RoomAlias, RoomId, RoomRef, ServerName, UserId};
 use crate::storage::AccountStore;
 use crate::storage::events::{EventLog, LogHead, Range, now_ms};
@@ -253,6 +253,10 @@ impl Rooms {
                 r.invites.remove(user.as_str());
                 if r.visibility == Visibility::Private {
                     r.joined_seq.insert(user.to_string(), seq);
+                }
+                // Back after a leave, which took the role: the pair own their DM.
+                if r.dm.iter().any(|u| u == user.as_str()) {
+                    r.roles.insert(user.to_string(), Role::Owner);
                 }
                 Ok(())
             })

@@ -406,6 +406,13 @@ async fn dm_same_pair_same_room(ctx: &Ctx) -> Result<()> {
     check_eq!(s(&theirs, "room_id"), room.as_str(), "the other side's room");
     ctx.send(&b, &room, &ctx.txn(), "hi a").await?;
     ctx.join_raw(&c, &room).await?.err(403, "not_invited")?;
+    // Both own it; one who left and asks again is back, an owner again.
+    let roles = members(ctx, &a, &room).await?;
+    check!(role_in(&roles, &a) == "owner" && role_in(&roles, &b) == "owner", "the pair's roles: {roles:?}");
+    ctx.leave_raw(&b, &room).await?.ok(200, "empty")?;
+    let back = dm(&b, &a.user_id).await?.ok(200, "dm_response")?;
+    check_eq!(s(&back, "room_id"), room.as_str(), "the room after a leave");
+    check_eq!(role_in(&members(ctx, &a, &room).await?, &b), "owner", "b's role after coming back");
     dm(&a, &a.user_id).await?.err(400, "invalid_field")?;
     dm(&a, "@x:other.example").await?.err(400, "remote_user_unsupported")?;
     let ghost = ctx.user_id(&ctx.username("ghost"));

@@ -121,7 +121,9 @@ impl Rooms {
         let new = NewEvent { kind, sender: sender.clone(), body: None, content: Box::new(content), txn: None };
         match self.log.append(room_id, new).await? {
             AppendOutcome::Stored { seq, .. } | AppendOutcome::Repeated { seq, .. } => Ok(seq),
-            AppendOutcome::Conflict => unreachable!("appends without a txn never conflict"),
+            AppendOutcome::Conflict => {
+                Err(Error::refused(ErrCode::Internal, "the room log answered an append without a txn_id as a conflict"))
+            }
         }
     }
 
