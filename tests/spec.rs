@@ -108,6 +108,7 @@ fn protocol_md_states_every_limit() {
         ("room topic", limits::ROOM_TOPIC_MAX_BYTES),
         ("moderation reason", limits::REASON_MAX_BYTES),
         ("invites on create", limits::CREATE_INVITES_MAX),
+        ("edit window", limits::EDIT_WINDOW),
     ] {
         let row = format!("| {what} | {} |", fmt(n));
         assert!(md.contains(&row), "spec/protocol.md lacks the limit row {row:?}");

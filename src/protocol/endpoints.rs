@@ -521,7 +521,8 @@ pub fn http() -> Vec<Endpoint> {
             tag: "messages",
             summary: "Send a message, idempotently",
             description: "Spec §7. Answered once the event is durably in the room log; the same `txn_id` \
-                          and body from the same device answer the same event.",
+                          and body from the same device answer the same event. v1.1: `replaces` edits one's own \
+                          message (§12).",
             auth: Auth::Bearer,
             params: vec![room_param(), txn_param()],
             body: body::<rooms::SendRequest>(),
@@ -530,7 +531,16 @@ pub fn http() -> Vec<Endpoint> {
                 BODY,
                 BEARER,
                 ROOM,
-                &[RateLimited, NotMember, MessageTooLarge, TxnConflict, StorageUnavailable, HomeServerUnreachable],
+                &[
+                    RateLimited,
+                    NotMember,
+                    MessageTooLarge,
+                    TxnConflict,
+                    StorageUnavailable,
+                    HomeServerUnreachable,
+                    Forbidden,
+                    RemoteUserUnsupported,
+                ],
             ]),
         },
         Endpoint {

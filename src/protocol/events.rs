@@ -79,6 +79,10 @@ pub struct EventContent {
     /// `kick`, `ban`, `unban`: the moderator's reason, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `message`: the `event_id` of the sender's earlier message this one
+    /// edits; `body` is that message's new text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 impl EventContent {

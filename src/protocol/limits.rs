@@ -42,5 +42,7 @@ pub const ROOM_DISPLAY_NAME_MAX_BYTES: usize = 256;
 pub const ROOM_TOPIC_MAX_BYTES: usize = 4096;
 /// v1.1: longest moderation `reason`, in bytes of UTF-8.
 pub const REASON_MAX_BYTES: usize = 1024;
+/// v1.1: an edit (`replaces`) names one of the room's last this many events.
+pub const EDIT_WINDOW: usize = 1000;
 /// v1.1: most users one `POST /rooms` may invite.
 pub const CREATE_INVITES_MAX: usize = 100;

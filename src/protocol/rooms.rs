@@ -175,6 +175,10 @@ pub struct MembersResponse {
 pub struct SendRequest {
     /// The message text: 1 to 16,384 bytes of UTF-8.
     pub body: String,
+    /// v1.1: the `event_id` of one's own message this one edits (its new
+    /// text); one of the room's last 1,000 events, and not itself an edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// `PUT /rooms/{room}/send/{txn_id}` answer; the same for a repeated `txn_id`.

@@ -29,6 +29,7 @@ pub fn cases() -> Vec<Case> {
         case!("rooms_v11::last_owner_cannot_leave", "12", last_owner_cannot_leave),
         case!("rooms_v11::rooms_list_with_invites", "12", rooms_list_with_invites),
         case!("rooms_v11::dm_same_pair_same_room", "12", dm_same_pair_same_room),
+        case!("rooms_v11::edit_own_message", "12", edit_own_message),
         case!("rooms_v11::v1_client_still_works", "12", v1_client_still_works),
     ]
 }
@@ -417,6 +418,41 @@ async fn dm_same_pair_same_room(ctx: &Ctx) -> Result<()> {
     dm(&a, "@x:other.example").await?.err(400, "remote_user_unsupported")?;
     let ghost = ctx.user_id(&ctx.username("ghost"));
     dm(&a, &ghost).await?.err(404, "user_not_found")?;
+    Ok(())
+}
+
+async fn edit_own_message(ctx: &Ctx) -> Result<()> {
+    let (a, b) = (ctx.shared(0).await?, ctx.shared(1).await?);
+    let room = ctx.room(&a, "edit").await?;
+    ctx.join(&b, &room.room_id).await?;
+    let original = ctx.send(&a, &room.room_id, &ctx.txn(), "helo").await?;
+    let id = s(&original, "event_id").to_owned();
+    let edit = |user: &User, txn: String, body: &str, replaces: &str| {
+        let req = Ctx::send_req(user, &room.room_id, &txn, &json!({"body": body, "replaces": replaces}));
+        ctx.http.send(req)
+    };
+    let txn = ctx.txn();
+    let first = edit(&a, txn.clone(), "hello", &id).await?.ok(200, "send_response")?;
+    // The same txn_id with the same edit answers the same event; with
+    // another `replaces`, it is a conflict.
+    let again = edit(&a, txn.clone(), "hello", &id).await?.ok(200, "send_response")?;
+    check_eq!(again, first, "a repeated edit");
+    let other = ctx.send(&a, &room.room_id, &ctx.txn(), "second").await?;
+    edit(&a, txn, "hello", s(&other, "event_id")).await?.err(409, "txn_conflict")?;
+    edit(&b, ctx.txn(), "mine now", &id).await?.err(403, "forbidden")?;
+    edit(&a, ctx.txn(), "edit of an edit", s(&first, "event_id")).await?.err(400, "invalid_field")?;
+    edit(&a, ctx.txn(), "nothing", "$nosuch:x").await?.err(400, "invalid_field")?;
+    let join_id = s(&ctx.messages(&a, &room.room_id, "after=0&limit=1").await?["events"][0], "event_id").to_owned();
+    edit(&a, ctx.txn(), "a join", &join_id).await?.err(400, "invalid_field")?;
+    let events = ctx.all_events(&b, &room.room_id).await?;
+    let e = events.iter().find(|e| s(e, "event_id") == s(&first, "event_id")).cloned().unwrap_or_default();
+    check!(
+        s(&e, "type") == "message"
+            && s(&e, "body") == "hello"
+            && s(&e, "replaces") == id
+            && s(&e, "sender") == a.user_id,
+        "the edit as b reads it: {e}"
+    );
     Ok(())
 }
 
