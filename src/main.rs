@@ -596,7 +596,13 @@ fn print_answer(answer: &AdminAnswer, json: bool) {
         }
         AdminAnswer::Rooms { rooms } => {
             for r in rooms {
-                println!("{}\t{}\t{} members\tcreated_ms {}", r.room_id, r.alias, r.members, r.created_ms);
+                println!(
+                    "{}\t{}\t{} members\tcreated_ms {}",
+                    r.room_id,
+                    r.alias.as_deref().unwrap_or("-"),
+                    r.members,
+                    r.created_ms
+                );
             }
         }
         AdminAnswer::Backup { backup } => println!(

@@ -59,7 +59,9 @@ pub enum AdminRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomInfo {
     pub room_id: String,
-    pub alias: String,
+    /// Absent for a room made without one (direct messages, `POST /rooms` without `alias`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
     pub created_ms: u64,
     /// Members, of every server.
     pub members: usize,

@@ -36,3 +36,13 @@ pub const MAX_TARGET_BYTES: usize = 8 * 1024;
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most header fields in one request (more: 431 `headers_too_large`).
 pub const MAX_HEADER_FIELDS: usize = 100;
+/// v1.1: longest room `name`, in bytes of UTF-8.
+pub const ROOM_DISPLAY_NAME_MAX_BYTES: usize = 256;
+/// v1.1: longest room `topic`, in bytes of UTF-8.
+pub const ROOM_TOPIC_MAX_BYTES: usize = 4096;
+/// v1.1: longest moderation `reason`, in bytes of UTF-8.
+pub const REASON_MAX_BYTES: usize = 1024;
+/// v1.1: an edit (`replaces`) names one of the room's last this many events.
+pub const EDIT_WINDOW: usize = 1000;
+/// v1.1: most users one `POST /rooms` may invite.
+pub const CREATE_INVITES_MAX: usize = 100;

@@ -216,9 +216,10 @@ pub struct Fanout {
 impl EventSink for Fanout {
     fn deliver(&self, room: &RoomId, epoch: &Arc<str>, seq: u64, event_json: &str) {
         self.hub.deliver(room, epoch, seq, event_json);
-        // A leave ends the leaver's subscriptions to the room on every
-        // process: each one sees the event here, whichever process appended
-        // it (after the event itself, so subscribers get it first).
+        // A leave (a kick, a ban: v1.1) ends the leaver's subscriptions to
+        // the room on every process: each one sees the event here, whichever
+        // process appended it (after the event itself, so subscribers get it
+        // first).
         if let Some(user) = leaver(event_json) {
             self.hub.kick(room, &user);
         }
@@ -228,11 +229,13 @@ impl EventSink for Fanout {
     }
 }
 
-/// The sender of a `leave` event. Events are serialized by serde, so a
-/// quote inside a body is escaped and only the event's own type field can
-/// match the cheap test that spares every other event a parse.
+/// The sender of a `leave` event, or the `target` of a `kick` or `ban`.
+/// Events are serialized by serde, so a quote inside a body is escaped and
+/// only the event's own type field can match the cheap test that spares
+/// every other event a parse.
 fn leaver(event_json: &str) -> Option<UserId> {
-    if !event_json.contains(r#""type":"leave""#) {
+    let types = [r#""type":"leave""#, r#""type":"kick""#, r#""type":"ban""#];
+    if !types.iter().any(|t| event_json.contains(t)) {
         return None;
     }
     #[derive(serde::Deserialize)]
@@ -240,12 +243,15 @@ fn leaver(event_json: &str) -> Option<UserId> {
         #[serde(rename = "type")]
         kind: &'a str,
         sender: &'a str,
+        #[serde(default)]
+        target: Option<&'a str>,
     }
     let head: Head = serde_json::from_str(event_json).ok()?;
-    if head.kind != "leave" {
-        return None;
+    match head.kind {
+        "leave" => UserId::parse(head.sender).ok(),
+        "kick" | "ban" => UserId::parse(head.target?).ok(),
+        _ => None,
     }
-    UserId::parse(head.sender).ok()
 }
 
 #[cfg(test)]
@@ -301,6 +307,10 @@ mod tests {
         assert!(matches!(got[2], Outgoing::Left { .. }));
         assert_eq!(b.take().unwrap().len(), 2, "the other subscriber gets both events and stays");
         assert_eq!(leaver(quoted), None);
+        let kick = r#"{"seq":3,"type":"kick","sender":"@m:x","ts":3,"target":"@a:x"}"#;
+        assert_eq!(leaver(kick), Some(UserId::parse("@a:x").unwrap()));
+        let invite = r#"{"seq":4,"type":"invite","sender":"@m:x","ts":4,"target":"@a:x"}"#;
+        assert_eq!(leaver(invite), None);
     }
 
     #[test]

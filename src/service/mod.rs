@@ -209,6 +209,7 @@ impl Services {
             directory,
             log.clone(),
             hub.clone(),
+            account_store.clone(),
             config.server_name.clone(),
             federation.clone(),
         ));

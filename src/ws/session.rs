@@ -526,6 +526,18 @@ impl<S: Stream> State<S> {
                 // A cursor past the head is not an error (§8): nothing to
                 // replay, and `caught_up` tells the real head.
                 sub.last = since.seq.min(head.latest);
+                // A private room's history before the user's join is not theirs (v1.1).
+                let from = match services.rooms.visible_from(&self.session().user_id, &room).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        services.hub.unsubscribe(&room.room_id, &conn);
+                        return self.error(id, &e);
+                    }
+                };
+                if sub.last + 1 < from {
+                    let epoch = head.epoch.clone();
+                    self.gap(&mut sub, &epoch, from - 1, GapReason::HistoryHidden)?;
+                }
             } else {
                 // The client's epoch is not this log's: say so, then give
                 // everything the current epoch still has.

@@ -555,6 +555,7 @@ impl Writer {
             sender: new.sender.clone(),
             body: new.body.clone(),
             ts: now_ms(),
+            content: new.content.clone(),
         };
         let delivery = self.write_event(room, &event, writes)?;
         if let (Some(tk), Some(txn)) = (tk, &new.txn) {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::protocol::events::Range;
-use crate::protocol::events::{Event, EventType};
+use crate::protocol::events::{Event, EventContent, EventType};
 use crate::protocol::{RoomId, UserId};
 
 use super::StorageError;
@@ -57,6 +57,8 @@ pub struct NewEvent {
     pub kind: EventType,
     pub sender: UserId,
     pub body: Option<String>,
+    /// v1.1 fields of state events (empty for v1's types).
+    pub content: Box<EventContent>,
     /// Present for client sends: makes the append idempotent.
     pub txn: Option<Txn>,
 }

@@ -17,7 +17,8 @@
 //! - `parlor:{ROOM}:meta` hash `epoch`, `gen`, `seq`: the room's epoch, its
 //!   generation (Redis clock in ms when it was started) and last seq;
 //! - `parlor:{ROOM}:log` stream, entry id `<seq>-0`, fields `t` type, `s`
-//!   sender, `b` body (messages only), `ts`, and `i` the event id for events
+//!   sender, `b` body (messages only), `ts`, `x` the v1.1 content of state
+//!   events (JSON: target, name, topic, …), and `i` the event id for events
 //!   imported from a federated room's home server; trimmed to the retention;
 //! - `parlor:{ROOM}:archive:<EPOCH>` stream: an older epoch's log, kept
 //!   when the room started a new epoch, and `parlor:{ROOM}:epochs` hash
@@ -542,6 +543,10 @@ impl EventLog for RedisLog {
                     None => cmd.arg("0").arg(""),
                 };
                 cmd.arg(e.ts);
+                match e.content.is_empty() {
+                    true => cmd.arg(""),
+                    false => cmd.arg(serde_json::to_string(&e.content).expect("contents serialize")),
+                };
             }
             let (generation, before, latest, written, hole) = replies::imported(shared.link.query(&cmd).await?)?;
             shared.seen.observe(&room, &epoch, generation, latest);
