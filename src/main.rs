@@ -26,10 +26,14 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(Box<Serve>),
-    /// Manage a server's accounts, registration tokens and federation (safe while it runs).
+    /// Manage a server's accounts, registration tokens, rooms and federation (safe while it runs).
     Admin(Admin),
     /// Move a stopped embedded server's data into Redis, so that it runs with --redis from then on.
     Migrate(Migrate),
+    /// Write a consistent copy of a server's data dir (running or stopped) to a new directory OUT.
+    Backup(Backup),
+    /// Bring a backup back into a data dir no server runs on (empty or missing, unless --force).
+    Restore(Restore),
     /// Write the protocol's JSON Schemas (spec/schemas) to a directory.
     Schemas {
         #[arg(long, default_value = "spec/schemas")]
@@ -186,6 +190,37 @@ struct Migrate {
     json: bool,
 }
 
+#[derive(clap::Args)]
+struct Backup {
+    /// The data directory of the server (running or stopped).
+    #[arg(long, env = "PARLOR_DATA_DIR", default_value = "./parlor-data")]
+    data_dir: PathBuf,
+    /// The directory to write (it must not exist, or be empty).
+    out: PathBuf,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct Restore {
+    /// A directory written by `parlor backup`.
+    backup: PathBuf,
+    /// The data directory to restore into (no server may run on it).
+    #[arg(long, env = "PARLOR_DATA_DIR", default_value = "./parlor-data")]
+    data_dir: PathBuf,
+    /// Replace the Parlor data already in --data-dir (its sled, identity.json and federation key).
+    #[arg(long)]
+    force: bool,
+    /// Keep the room logs' epochs: only when no client saw more than is restored (the server did not run after
+    /// the backup; with --redis, Redis was not restored). By default rooms start new epochs, so clients re-read.
+    #[arg(long)]
+    keep_epochs: bool,
+    /// Print what was restored as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum AdminWhat {
     /// Accounts.
@@ -197,6 +232,18 @@ enum AdminWhat {
     /// Other servers this one federates with.
     #[command(subcommand)]
     Servers(ServersCmd),
+    /// Rooms.
+    #[command(subcommand)]
+    Rooms(RoomsCmd),
+}
+
+#[derive(Subcommand)]
+enum RoomsCmd {
+    /// List every room with its alias and member count.
+    List,
+    /// Delete a room (room id or alias, as `rooms list` shows them): its history, directory entry and
+    /// memberships; its subscribers are told they left. Other servers' copies are not touched.
+    Purge { room: String },
 }
 
 #[derive(Subcommand)]
@@ -258,7 +305,79 @@ fn main() -> Result<()> {
         Command::Serve(s) => serve(*s),
         Command::Admin(a) => admin(a),
         Command::Migrate(m) => migrate(m),
+        Command::Backup(b) => backup(b),
+        Command::Restore(r) => restore(r),
     }
+}
+
+/// `parlor backup`: the running server writes it (it holds the database
+/// and can hold its writes); with no server there, this process opens the
+/// data dir and writes it.
+fn backup(b: Backup) -> Result<()> {
+    let out = std::path::absolute(&b.out).with_context(|| format!("the backup path {}", b.out.display()))?;
+    let out_text = out.to_str().context("the backup path is not UTF-8")?.to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let req = AdminRequest::Backup { out: out_text.clone() };
+    let answer = runtime.block_on(async {
+        let socket = parlor::admin::socket_path(&b.data_dir);
+        match parlor::admin::client::call(&socket, &req).await {
+            Ok(answer) => Ok(answer),
+            Err(parlor::admin::client::CallError::NoServer(_)) => {
+                parlor::storage::identity::recorded(&b.data_dir)?.with_context(|| {
+                    format!("{} holds no Parlor data; give the --data-dir of a server", b.data_dir.display())
+                })?;
+                let db = parlor::storage::Db::open(&b.data_dir).with_context(|| {
+                    format!("no server answers on {}, and the data dir cannot be opened", b.data_dir.display())
+                })?;
+                Ok(parlor::storage::backup::write(&db, &b.data_dir, &out)
+                    .map(|m| AdminAnswer::Backup { backup: parlor::service::admin::backup_info(out_text, &m) })
+                    .map_err(|e| error_body(&parlor::service::admin::backup_error(e))))
+            }
+            Err(e) => Err(anyhow::Error::from(e)),
+        }
+    })?;
+    match answer {
+        Ok(answer) => {
+            print_answer(&answer, b.json);
+            Ok(())
+        }
+        Err(refusal) => {
+            if b.json {
+                println!("{}", serde_json::to_string(&refusal)?);
+            }
+            anyhow::bail!("{}", refusal.error)
+        }
+    }
+}
+
+/// `parlor restore`: refused while a server answers on the data dir's admin socket.
+fn restore(r: Restore) -> Result<()> {
+    let socket = parlor::admin::socket_path(&r.data_dir);
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        anyhow::bail!("a server runs on {}: stop it before restoring into it", r.data_dir.display());
+    }
+    let started = std::time::Instant::now();
+    let opts = parlor::storage::backup::RestoreOptions { force: r.force, keep_epochs: r.keep_epochs };
+    let manifest = parlor::storage::backup::restore(&r.backup, &r.data_dir, opts)?;
+    let backup = parlor::service::admin::backup_info(r.backup.display().to_string(), &manifest);
+    if r.json {
+        println!("{}", serde_json::to_string(&serde_json::json!({"restored": backup, "data_dir": r.data_dir}))?);
+    } else {
+        println!(
+            "restored server {} ({} room log, backup of {} ms since the epoch) into {} in {} ms: start it with parlor serve --data-dir {}",
+            backup.server_name,
+            backup.room_log,
+            backup.created_ms,
+            r.data_dir.display(),
+            started.elapsed().as_millis(),
+            r.data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn error_body(e: &parlor::service::Error) -> parlor::protocol::ErrorBody {
+    parlor::protocol::ErrorBody { errcode: e.code(), error: e.public_message(), retry_after_ms: e.retry_after_ms() }
 }
 
 fn migrate(m: Migrate) -> Result<()> {
@@ -406,6 +525,8 @@ fn admin(a: Admin) -> Result<()> {
         AdminWhat::Servers(ServersCmd::Deny { name }) => AdminRequest::ServersDeny { name },
         AdminWhat::Servers(ServersCmd::Allow { name }) => AdminRequest::ServersAllow { name },
         AdminWhat::Servers(ServersCmd::List) => AdminRequest::ServersList,
+        AdminWhat::Rooms(RoomsCmd::List) => AdminRequest::RoomsList,
+        AdminWhat::Rooms(RoomsCmd::Purge { room }) => AdminRequest::RoomsPurge { room },
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let answer = runtime.block_on(async {
@@ -449,11 +570,7 @@ async fn offline(
         .with_context(|| format!("no server answers on {}, and the data dir cannot be opened", dir.display()))?;
     let result = tools.run(req).await;
     tools.close().await;
-    Ok(result.map_err(|e| parlor::protocol::ErrorBody {
-        errcode: e.code(),
-        error: e.public_message(),
-        retry_after_ms: e.retry_after_ms(),
-    }))
+    Ok(result.map_err(|e| error_body(&e)))
 }
 
 fn print_answer(answer: &AdminAnswer, json: bool) {
@@ -481,6 +598,21 @@ fn print_answer(answer: &AdminAnswer, json: bool) {
                 println!("{s}\tdenied");
             }
         }
+        AdminAnswer::Rooms { rooms } => {
+            for r in rooms {
+                println!(
+                    "{}\t{}\t{} members\tcreated_ms {}",
+                    r.room_id,
+                    r.alias.as_deref().unwrap_or("-"),
+                    r.members,
+                    r.created_ms
+                );
+            }
+        }
+        AdminAnswer::Backup { backup } => println!(
+            "backup of {} ({} room log) written to {}: {} files, {} bytes",
+            backup.server_name, backup.room_log, backup.out, backup.files, backup.bytes
+        ),
         AdminAnswer::Done { changed } => println!("{}", if *changed { "done" } else { "nothing to change" }),
     }
 }

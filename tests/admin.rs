@@ -2,7 +2,8 @@
 //! command over a running server's admin socket and on a stopped data dir;
 //! deactivation closing a WebSocket with 4001; the socket's mode; a
 //! registration token's last use raced for (on both backends); every
-//! registration refusal; the federation deny list.
+//! registration refusal; the federation deny list; the room list and
+//! room purges (on both backends).
 
 mod support;
 
@@ -365,4 +366,135 @@ async fn a_denied_server_is_refused_until_allowed() {
     assert_eq!(admin(&a.data_dir, &["servers", "allow", &b_name])["changed"], true);
     let joined = api_b.join(&tb, &alias).await;
     assert_eq!(joined["room_id"], room["room_id"]);
+}
+
+/// `rooms list` over the running server's socket and on the stopped data
+/// dir (with Redis: given `--redis`), with each room's alias and members.
+async fn rooms_are_listed_running_and_stopped(extra: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut server = spawn(&dir, extra);
+    let api = Api::new(&server.url);
+    let (_, ann) = api.user(&uniq("ann")).await;
+    let (_, bob) = api.user(&uniq("bob")).await;
+    let garden = api.join(&ann, "garden").await["room_id"].as_str().unwrap().to_owned();
+    api.join(&bob, "garden").await;
+    let quiet = api.join(&ann, "quiet").await["room_id"].as_str().unwrap().to_owned();
+    let expect = |rooms: &Value| {
+        let got: Vec<(&str, u64)> = rooms["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["room_id"].as_str().unwrap(), r["members"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(got, vec![(garden.as_str(), 2), (quiet.as_str(), 1)], "{rooms}");
+        assert!(rooms["rooms"][0]["alias"].as_str().unwrap().contains("garden"), "{rooms}");
+        assert!(rooms["rooms"][0]["created_ms"].as_u64().unwrap() > 0);
+    };
+    expect(&admin_in_ok(&dir, extra, &["rooms", "list"]));
+    assert!(server.terminate().success());
+    expect(&admin_in_ok(&dir, extra, &["rooms", "list"]));
+}
+
+/// `parlor admin` with the server's `--redis` (if any) taken from `serve_args`.
+fn admin_in_ok(dir: &Path, serve_args: &[&str], args: &[&str]) -> Value {
+    let (ok, v) = admin_in(dir, &admin_redis(serve_args), args, None);
+    assert!(ok, "parlor admin {args:?}: {v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_list_embedded() {
+    rooms_are_listed_running_and_stopped(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_list_redis() {
+    let redis = RedisServer::start();
+    rooms_are_listed_running_and_stopped(&["--redis", &redis.url]).await;
+}
+
+/// `rooms purge` on a running server (its subscribers told `room_purged`)
+/// and on a stopped data dir: the history is gone from storage (the sled
+/// trees, or Redis's keys), and so are the directory entry and memberships.
+async fn rooms_are_purged_running_and_stopped(extra: &[&str], redis: Option<&RedisServer>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut server = spawn(&dir, extra);
+    let api = Api::new(&server.url);
+    let (_, ann) = api.user(&uniq("ann")).await;
+    let (_, bob) = api.user(&uniq("bob")).await;
+    let garden = api.join(&ann, "garden").await["room_id"].as_str().unwrap().to_owned();
+    api.join(&bob, "garden").await;
+    let quiet = api.join(&ann, "quiet").await["room_id"].as_str().unwrap().to_owned();
+    for i in 0..5 {
+        assert_eq!(api.send(&ann, &garden, &format!("g{i}"), "in the garden").await.0, 200);
+        assert_eq!(api.send(&ann, &quiet, &format!("q{i}"), "in the quiet room").await.0, 200);
+    }
+    let redis_keys = |room: &str| {
+        redis.map(|r| r.cli(&["--scan", "--pattern", &format!("parlor:{{{room}}}:*")]).unwrap()).unwrap_or_default()
+    };
+    if redis.is_some() {
+        assert!(redis_keys(&garden).contains(":log"), "the room log is in Redis");
+    }
+    let mut ws = WsClient::authed(&server.url, &bob).await;
+    ws.send(json!({"type": "subscribe", "id": "s", "room": garden})).await;
+    ws.until("caught_up").await;
+
+    // Running: by room id.
+    assert_eq!(admin_in_ok(&dir, extra, &["rooms", "purge", &garden]), json!({"answer": "done", "changed": true}));
+    let (ended, _) = ws.until("unsubscribed").await;
+    assert_eq!((ended["room_id"].as_str(), ended["reason"].as_str()), (Some(garden.as_str()), Some("room_purged")));
+    let (s, v) = api.messages(&ann, &garden, "limit=10").await;
+    assert_eq!((s, v["errcode"].as_str()), (404, Some("room_not_found")), "{v}");
+    assert_eq!(redis_keys(&garden), "", "no key of the room is left in Redis");
+    let listed = admin_in_ok(&dir, extra, &["rooms", "list"]);
+    assert_eq!(listed["rooms"].as_array().unwrap().len(), 1, "{listed}");
+    let (ok, v) = admin_in(&dir, &admin_redis(extra), &["rooms", "purge", &garden], None);
+    assert_eq!((ok, v["errcode"].as_str()), (false, Some("room_not_found")));
+    // The alias is free again: joining it makes a new, empty room.
+    let again = api.join(&bob, "garden").await["room_id"].as_str().unwrap().to_owned();
+    assert_ne!(again, garden);
+    let (_, page) = api.messages(&bob, &again, "limit=10").await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 1, "only bob's join: {page}");
+
+    // Stopped: by alias, as `rooms list` shows it.
+    assert!(server.terminate().success());
+    let alias = listed["rooms"][0]["alias"].as_str().unwrap().to_owned();
+    assert_eq!(admin_in_ok(&dir, extra, &["rooms", "purge", &alias])["changed"], true);
+    assert_eq!(redis_keys(&quiet), "");
+    if redis.is_none() {
+        let db = parlor::storage::Db::open(&dir).unwrap();
+        for tree in db.sled.tree_names() {
+            for item in db.sled.open_tree(&tree).unwrap().iter() {
+                let (k, v) = item.unwrap();
+                for room in [&garden, &quiet] {
+                    let hit = |b: &[u8]| b.windows(room.len()).any(|w| w == room.as_bytes());
+                    assert!(!hit(&k) && !hit(&v), "{room} is still in sled tree {}", String::from_utf8_lossy(&tree));
+                }
+            }
+        }
+    }
+    let server = spawn(&dir, extra);
+    let api = Api::new(&server.url);
+    let (s, _) = api.messages(&ann, &quiet, "limit=10").await;
+    assert_eq!(s, 404);
+    let rooms = admin_in_ok(&dir, extra, &["rooms", "list"]);
+    assert_eq!(rooms["rooms"][0]["room_id"], again.as_str(), "{rooms}");
+    assert_eq!(rooms["rooms"].as_array().unwrap().len(), 1);
+}
+
+fn admin_redis<'a>(serve_args: &[&'a str]) -> Vec<&'a str> {
+    serve_args.windows(2).filter(|w| w[0] == "--redis").flatten().copied().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_purge_embedded() {
+    rooms_are_purged_running_and_stopped(&[], None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_purge_redis() {
+    let redis = RedisServer::start();
+    rooms_are_purged_running_and_stopped(&["--redis", &redis.url], Some(&redis)).await;
 }

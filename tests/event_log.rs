@@ -130,7 +130,13 @@ fn alice() -> UserId {
 }
 
 fn msg(body: &str) -> NewEvent {
-    NewEvent { kind: EventType::Message, sender: alice(), body: Some(body.into()), txn: None }
+    NewEvent {
+        kind: EventType::Message,
+        sender: alice(),
+        body: Some(body.into()),
+        content: Default::default(),
+        txn: None,
+    }
 }
 
 fn txn_msg(device: &str, txn_id: &str, body: &str) -> NewEvent {
@@ -281,6 +287,7 @@ fn remote_event(seq: u64, body: &str) -> parlor::protocol::events::Event {
         sender: UserId::parse("@bob:home.example").unwrap(),
         body: Some(body.into()),
         ts: 1_700_000_000_000 + seq,
+        content: Default::default(),
     }
 }
 
@@ -324,7 +331,54 @@ async fn imports_keep_the_home_servers_order(b: Backend) {
     assert_eq!(h.sink.epochs(&r).last().map(String::as_str), Some("epoch-two"));
 }
 
+/// v1.1 state events keep their type and content (target, name, topic,
+/// visibility, role, reason) through append, read, the sink and import.
+async fn state_events_keep_their_content(b: Backend) {
+    use parlor::protocol::events::EventContent;
+    use parlor::protocol::rooms::{Role, Visibility};
+    let h = harness(b, None).await;
+    let r = room("state");
+    let bob = UserId::parse("@bob:test.local").unwrap();
+    let contents = [
+        (
+            EventType::Room,
+            EventContent {
+                name: Some("N \"q\"".into()),
+                topic: Some("t".into()),
+                visibility: Some(Visibility::Private),
+                ..EventContent::default()
+            },
+        ),
+        (EventType::Invite, EventContent { target: Some(bob.clone()), ..EventContent::default() }),
+        (
+            EventType::Role,
+            EventContent { target: Some(bob.clone()), role: Some(Role::Moderator), ..EventContent::default() },
+        ),
+        (
+            EventType::Ban,
+            EventContent { target: Some(bob.clone()), reason: Some("spam".into()), ..EventContent::default() },
+        ),
+        (EventType::Reject, EventContent::default()),
+    ];
+    for (kind, content) in &contents {
+        let new = NewEvent { kind: *kind, sender: alice(), body: None, content: Box::new(content.clone()), txn: None };
+        stored(h.log.append(&r, new).await.unwrap());
+    }
+    let page = h.log.read(&r, Range::After(0), 10).await.unwrap();
+    let got: Vec<_> = page.events.iter().map(|e| (e.kind, (*e.content).clone())).collect();
+    assert_eq!(got, contents.to_vec());
+    h.sink.wait_for(&r, 5).await;
+    let delivered: serde_json::Value = serde_json::from_str(&h.sink.json(&r, 3).unwrap()).unwrap();
+    assert_eq!((delivered["type"].as_str(), delivered["role"].as_str()), (Some("role"), Some("moderator")));
+    // A replica keeps them too.
+    let replica = RoomId::parse("!replica:home.example").unwrap();
+    h.log.import(&replica, "home-epoch", None, page.events.clone()).await.unwrap();
+    let copy = h.log.read(&replica, Range::After(0), 10).await.unwrap();
+    assert_eq!(copy.events, page.events);
+}
+
 backend_tests!(
+    state_events_keep_their_content,
     contiguous_under_concurrency,
     pipelined_order,
     resolves_after_the_sink_has_it,

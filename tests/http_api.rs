@@ -11,6 +11,15 @@ use serde_json::{Value, json};
 use support::{Backend, Harness, P, enc, uniq};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The v1 fields (`room_id`, `alias`) of each item of a `GET /rooms` answer:
+/// v1.1 adds others, which these tests do not look at.
+fn v1_fields(rooms: &serde_json::Value) -> serde_json::Value {
+    rooms
+        .as_array()
+        .map(|a| a.iter().map(|r| serde_json::json!({"room_id": r["room_id"], "alias": r["alias"]})).collect())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 backend_tests!(
     versions_and_health,
     accounts_lifecycle,
@@ -33,7 +42,7 @@ async fn versions_and_health(b: Backend) {
     let api = h.api();
     let (s, v) = api.raw("GET", "/_parlor/versions", None, vec![]).await;
     assert_eq!(s, 200);
-    assert_eq!(v["versions"], json!(["v1"]));
+    assert_eq!(v["versions"], json!(["v1", "v1.1"]));
     assert_eq!(v["server"]["name"], h.server.addr.to_string());
     let (s, v) = api.raw("GET", "/healthz", None, vec![]).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
@@ -184,7 +193,7 @@ async fn rooms_join_leave_members_list(b: Backend) {
 
     let (s, l) = api.call("GET", "/rooms", Some(&ta), None).await;
     assert_eq!(s, 200);
-    assert_eq!(l["rooms"], json!([{"room_id": room_id, "alias": alias, "unread": 0}]));
+    assert_eq!(v1_fields(&l["rooms"]), json!([{"room_id": room_id, "alias": alias}]));
 
     // Leave, then every member-only endpoint refuses.
     let (s, v) = api.call("POST", &format!("/rooms/{}/leave", enc(&room)), Some(&tb), None).await;

@@ -59,6 +59,8 @@ struct Before {
     bob_token: String,
     room: String,
     quiet_room: String,
+    /// A v1.1 private room of ann's, with a pending invite of bob.
+    vault: String,
     epoch: String,
     latest: u64,
     events: Vec<Value>,
@@ -82,13 +84,17 @@ async fn fill(dir: &Path) -> Before {
     let quiet_room = api.join(&bob, "quiet").await["room_id"].as_str().unwrap().to_owned();
     let (s, v) = api.call("POST", &format!("/rooms/{}/leave", support::enc(&quiet_room)), Some(&bob), None).await;
     assert_eq!(s, 200, "{v}");
+    let body = json!({"visibility": "private", "name": "Vault", "invite": [format!("@bob:{NAME}")]});
+    let (s, v) = api.call("POST", "/rooms", Some(&ann), Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    let vault = v["room_id"].as_str().unwrap().to_owned();
     let reg_token =
         admin(dir, &["registration-tokens", "create", "--uses", "3"])["token"]["token"].as_str().unwrap().to_owned();
     admin(dir, &["servers", "deny", "spam.example"]);
     let (epoch, latest, events) = history(&api, &ann, &room).await;
     assert_eq!(events.len() as u64, latest);
     assert!(server.terminate().success());
-    Before { ann_token: ann, bob_token: bob, room, quiet_room, epoch, latest, events, reg_token }
+    Before { ann_token: ann, bob_token: bob, room, quiet_room, vault, epoch, latest, events, reg_token }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +107,7 @@ async fn an_embedded_server_moves_into_redis_and_clients_see_no_difference() {
     assert!(ok, "migrate: {out} {err}");
     let moved: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(moved["server_name"], NAME);
-    assert_eq!((moved["accounts"].as_u64(), moved["rooms"].as_u64()), (Some(2), Some(2)), "{moved}");
+    assert_eq!((moved["accounts"].as_u64(), moved["rooms"].as_u64()), (Some(2), Some(3)), "{moved}");
     assert!(moved["devices"].as_u64().unwrap() >= 2, "{moved}");
     assert_eq!(moved["registration_tokens"], 1);
     assert_eq!(moved["denied_servers"], 1);
@@ -135,6 +141,14 @@ async fn an_embedded_server_moves_into_redis_and_clients_see_no_difference() {
         let (_, m) =
             api.call("GET", &format!("/rooms/{}/members", support::enc(&b.quiet_room)), Some(&b.ann_token), None).await;
         assert!(!m.to_string().contains(&format!("@bob:{NAME}")), "{m}");
+        // v1.1 state moved: ann owns the vault, bob's invite is pending.
+        let (_, m) =
+            api.call("GET", &format!("/rooms/{}/members", support::enc(&b.vault)), Some(&b.ann_token), None).await;
+        assert_eq!(m["members"][0]["role"], "owner", "{m}");
+        let (_, rooms) = api.call("GET", "/rooms", Some(&b.bob_token), None).await;
+        let vault = rooms["rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == b.vault.as_str()).cloned();
+        let vault = vault.unwrap_or_else(|| panic!("bob's invite to the vault is not listed: {rooms}"));
+        assert_eq!((vault["membership"].as_str(), vault["name"].as_str()), (Some("invite"), Some("Vault")));
     }
 
     // A cursor from before the move resumes: the last two old events, then a new one, in the same epoch.

@@ -108,6 +108,11 @@ fn protocol_md_states_every_limit() {
         ("typing frames per room", limits::TYPING_FRAMES_PER_SEC),
         ("unread maximum", limits::UNREAD_MAX),
         ("unread scan", limits::UNREAD_SCAN_MAX),
+        ("room display name", limits::ROOM_DISPLAY_NAME_MAX_BYTES),
+        ("room topic", limits::ROOM_TOPIC_MAX_BYTES),
+        ("moderation reason", limits::REASON_MAX_BYTES),
+        ("invites on create", limits::CREATE_INVITES_MAX),
+        ("edit window", limits::EDIT_WINDOW),
     ] {
         let row = format!("| {what} | {} |", fmt(n));
         assert!(md.contains(&row), "spec/protocol.md lacks the limit row {row:?}");
@@ -129,7 +134,7 @@ async fn the_server_routes_every_endpoint_of_the_openapi_table() {
     for ep in &all {
         let path =
             ep.path.replace("{room}", "lobby").replace("{room_id}", "%21r%3Aother.example").replace("{txn_id}", "t1");
-        for method in [Method::Get, Method::Post, Method::Put] {
+        for method in [Method::Get, Method::Post, Method::Put, Method::Patch] {
             let listed = all.iter().any(|e| e.path == ep.path && e.method == method);
             let (status, body) = api.raw(method.as_str(), &path, None, Vec::new()).await;
             let errcode = body["errcode"].as_str().unwrap_or_default().to_owned();

@@ -21,7 +21,10 @@ macro_rules! embed {
 /// Every schema file of the spec, by name without `.json`.
 pub const FILES: &[(&str, &str)] = embed![
     "client_frame",
+    "create_room_request",
+    "create_room_response",
     "cursor",
+    "dm_response",
     "empty",
     "error",
     "event",
@@ -38,12 +41,16 @@ pub const FILES: &[(&str, &str)] = embed![
     "login_response",
     "members_response",
     "messages_response",
+    "moderation_request",
     "register_request",
     "register_response",
+    "role_request",
+    "room_update",
     "rooms_response",
     "send_request",
     "send_response",
     "server_frame",
+    "user_request",
     "versions_response",
     "whoami_response",
 ];

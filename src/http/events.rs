@@ -30,7 +30,7 @@ pub async fn send(ctx: &Ctx, req: Request<Incoming>, room: &str, txn_id: &str) -
         return Err(Error::refused(ErrCode::InvalidParam, "txn_id: 1 to 64 characters of A-Z a-z 0-9 . _ ~ -"));
     }
     let room = Rooms::parse_ref(&room)?;
-    let (_, pending) = events.begin_send_with(token, &session, &room, &txn_id, body.body).await?;
+    let (_, pending) = events.begin_send_with(token, &session, &room, &txn_id, body.body, body.replaces).await?;
     Ok(super::json(StatusCode::OK, &pending.await?))
 }
 

@@ -55,7 +55,9 @@ pub async fn join(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
         StatusCode::OK,
         &FedJoinResponse {
             room_id: room.room_id,
-            alias: room.alias,
+            alias: room.alias.ok_or_else(|| {
+                Error::refused(ErrCode::RemoteUserUnsupported, "rooms without an alias are not federated yet")
+            })?,
             epoch: head.epoch.to_string(),
             earliest_seq: head.earliest,
             latest_seq: head.latest,

@@ -44,6 +44,13 @@ enum Route {
     LogoutAll,
     Whoami,
     Rooms,
+    CreateRoom,
+    PatchRoom(String),
+    Invite(String),
+    Reject(String),
+    Moderate(String, &'static str),
+    SetRole(String, String),
+    Dm,
     Join(String),
     Leave(String),
     Members(String),
@@ -74,7 +81,15 @@ impl Route {
             Route::Logout => "/_parlor/client/v1/logout",
             Route::LogoutAll => "/_parlor/client/v1/logout/all",
             Route::Whoami => "/_parlor/client/v1/account/whoami",
-            Route::Rooms => "/_parlor/client/v1/rooms",
+            Route::Rooms | Route::CreateRoom => "/_parlor/client/v1/rooms",
+            Route::PatchRoom(_) => "/_parlor/client/v1/rooms/{room}",
+            Route::Invite(_) => "/_parlor/client/v1/rooms/{room}/invite",
+            Route::Reject(_) => "/_parlor/client/v1/rooms/{room}/reject",
+            Route::Moderate(_, "kick") => "/_parlor/client/v1/rooms/{room}/kick",
+            Route::Moderate(_, "ban") => "/_parlor/client/v1/rooms/{room}/ban",
+            Route::Moderate(_, _) => "/_parlor/client/v1/rooms/{room}/unban",
+            Route::SetRole(_, _) => "/_parlor/client/v1/rooms/{room}/roles/{user_id}",
+            Route::Dm => "/_parlor/client/v1/dm",
             Route::Join(_) => "/_parlor/client/v1/rooms/{room}/join",
             Route::Leave(_) => "/_parlor/client/v1/rooms/{room}/leave",
             Route::Members(_) => "/_parlor/client/v1/rooms/{room}/members",
@@ -165,7 +180,23 @@ fn route(method: &Method, path: &str) -> Result<Route, Error> {
         ["logout", "all"] => allow(method == M::POST, Route::LogoutAll, "POST"),
         ["account", "whoami"] => allow(method == M::GET, Route::Whoami, "GET"),
         ["ws"] => allow(method == M::GET, Route::Ws, "GET"),
-        ["rooms"] => allow(method == M::GET, Route::Rooms, "GET"),
+        ["rooms"] if method == M::POST => Ok(Route::CreateRoom),
+        ["rooms"] => allow(method == M::GET, Route::Rooms, "GET, POST"),
+        ["rooms", room] => allow(method == M::PATCH, Route::PatchRoom(room.to_string()), "PATCH"),
+        ["rooms", room, "invite"] => allow(method == M::POST, Route::Invite(room.to_string()), "POST"),
+        ["rooms", room, "reject"] => allow(method == M::POST, Route::Reject(room.to_string()), "POST"),
+        ["rooms", room, what @ ("kick" | "ban" | "unban")] => {
+            let what = match *what {
+                "kick" => "kick",
+                "ban" => "ban",
+                _ => "unban",
+            };
+            allow(method == M::POST, Route::Moderate(room.to_string(), what), "POST")
+        }
+        ["rooms", room, "roles", user] => {
+            allow(method == M::PUT, Route::SetRole(room.to_string(), user.to_string()), "PUT")
+        }
+        ["dm"] => allow(method == M::POST, Route::Dm, "POST"),
         ["rooms", room, "join"] => allow(method == M::POST, Route::Join(room.to_string()), "POST"),
         ["rooms", room, "leave"] => allow(method == M::POST, Route::Leave(room.to_string()), "POST"),
         ["rooms", room, "members"] => allow(method == M::GET, Route::Members(room.to_string()), "GET"),
@@ -227,6 +258,13 @@ async fn dispatch(req: Request<Incoming>, ctx: &Ctx) -> (&'static str, Resp) {
         Route::LogoutAll => accounts::logout_all(ctx, req).await,
         Route::Whoami => accounts::whoami(ctx, &req).await,
         Route::Rooms => rooms::list(ctx, &req).await,
+        Route::CreateRoom => rooms::create(ctx, req).await,
+        Route::PatchRoom(room) => rooms::patch(ctx, req, &room).await,
+        Route::Invite(room) => rooms::invite(ctx, req, &room).await,
+        Route::Reject(room) => rooms::reject(ctx, req, &room).await,
+        Route::Moderate(room, what) => rooms::moderate(ctx, req, &room, what).await,
+        Route::SetRole(room, user) => rooms::set_role(ctx, req, &room, &user).await,
+        Route::Dm => rooms::dm(ctx, req).await,
         Route::Join(room) => rooms::join(ctx, req, &room).await,
         Route::Leave(room) => rooms::leave(ctx, req, &room).await,
         Route::Members(room) => rooms::members(ctx, &req, &room).await,
@@ -258,7 +296,7 @@ pub fn error_response(err: &Error) -> Resp {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
     }
     if code == ErrCode::MethodNotAllowed {
-        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT, OPTIONS"));
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT, PATCH, OPTIONS"));
     }
     resp
 }
@@ -325,7 +363,7 @@ fn preflight() -> Resp {
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, OPTIONS"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, PATCH, OPTIONS"));
     h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));
     h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
     resp

@@ -41,6 +41,46 @@ pub enum AdminRequest {
     },
     /// Every denied server.
     ServersList,
+    /// Every room the directory knows (homed here or replicated from another server).
+    RoomsList,
+    /// Deletes a room (by room id or alias): its history in every epoch, its
+    /// directory entry and memberships; its subscriptions end.
+    RoomsPurge {
+        room: String,
+    },
+    /// Writes a consistent backup of the data directory to `out` (an
+    /// absolute path the server's user may create; missing or empty).
+    Backup {
+        out: String,
+    },
+}
+
+/// A room as `rooms_list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub room_id: String,
+    /// Absent for a room made without one (direct messages, `POST /rooms` without `alias`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    pub created_ms: u64,
+    /// Members, of every server.
+    pub members: usize,
+}
+
+/// A backup as `backup` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// The backup directory.
+    pub out: String,
+    pub server_name: String,
+    /// `embedded` or `redis`: where the room logs were kept.
+    pub room_log: String,
+    /// When the copy was taken, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Files in it, the manifest not counted.
+    pub files: usize,
+    /// Their bytes in all.
+    pub bytes: u64,
 }
 
 /// An account as `users_list` shows it.
@@ -80,6 +120,12 @@ pub enum AdminAnswer {
     },
     Servers {
         denied: Vec<String>,
+    },
+    Rooms {
+        rooms: Vec<RoomInfo>,
+    },
+    Backup {
+        backup: BackupInfo,
     },
     /// A change was asked; `changed` is false when it was already so
     /// (e.g. an already deactivated user, an unknown token revoked).

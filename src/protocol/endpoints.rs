@@ -27,6 +27,7 @@ pub enum Method {
     Get,
     Post,
     Put,
+    Patch,
 }
 
 impl Method {
@@ -35,6 +36,7 @@ impl Method {
             Method::Get => "GET",
             Method::Post => "POST",
             Method::Put => "PUT",
+            Method::Patch => "PATCH",
         }
     }
 }
@@ -197,6 +199,28 @@ fn ok(status: u16, description: &'static str, body: SchemaFn) -> Vec<Answer> {
 
 fn body<T: JsonSchema>() -> Option<Body> {
     Some(Body { schema: of::<T>(), required: true })
+}
+
+/// `POST /rooms/{room}/kick`, `/ban`, `/unban`.
+fn moderation(what: &'static str, summary: &'static str, description: &'static str) -> Endpoint {
+    Endpoint {
+        id: what,
+        method: Method::Post,
+        path: format!("{CLIENT_PREFIX}/rooms/{{room}}/{what}"),
+        tag: "rooms",
+        summary,
+        description,
+        auth: Auth::Bearer,
+        params: vec![room_param()],
+        body: body::<rooms::ModerationRequest>(),
+        answers: ok(200, "Done (also when there was nothing to do).", of::<accounts::Empty>()),
+        errors: errors(&[
+            BODY,
+            BEARER,
+            ROOM,
+            &[UserNotFound, NotMember, StorageUnavailable, Forbidden, RemoteUserUnsupported],
+        ]),
+    }
 }
 
 fn optional_empty_body() -> Option<Body> {
@@ -367,8 +391,8 @@ pub fn http() -> Vec<Endpoint> {
             method: Method::Get,
             path: client("/rooms"),
             tag: "rooms",
-            summary: "The rooms the user has joined",
-            description: "Spec §6.",
+            summary: "The rooms the user has joined, and (v1.1) pending invites",
+            description: "Spec §6, §12.",
             auth: Auth::Bearer,
             params: vec![],
             body: None,
@@ -402,13 +426,116 @@ pub fn http() -> Vec<Endpoint> {
             errors: errors(&[BODY, BEARER, ROOM, &[NotMember, StorageUnavailable]]),
         },
         Endpoint {
+            id: "create_room",
+            method: Method::Post,
+            path: client("/rooms"),
+            tag: "rooms",
+            summary: "v1.1: create a room",
+            description: "Spec §12. The creator is its owner and first member.",
+            auth: Auth::Bearer,
+            params: vec![],
+            body: body::<rooms::CreateRoomRequest>(),
+            answers: ok(201, "Created.", of::<rooms::CreateRoomResponse>()),
+            errors: errors(&[
+                BODY,
+                BEARER,
+                &[InvalidRoom, UserNotFound, StorageUnavailable, AliasTaken, RemoteUserUnsupported],
+            ]),
+        },
+        Endpoint {
+            id: "patch_room",
+            method: Method::Patch,
+            path: client("/rooms/{room}"),
+            tag: "rooms",
+            summary: "v1.1: change a room's name, topic or visibility",
+            description: "Spec §12. Moderators and owners; appends a `room` event.",
+            auth: Auth::Bearer,
+            params: vec![room_param()],
+            body: body::<rooms::RoomUpdate>(),
+            answers: ok(200, "Changed.", of::<accounts::Empty>()),
+            errors: errors(&[BODY, BEARER, ROOM, &[NotMember, StorageUnavailable, Forbidden, RemoteUserUnsupported]]),
+        },
+        Endpoint {
+            id: "invite",
+            method: Method::Post,
+            path: client("/rooms/{room}/invite"),
+            tag: "rooms",
+            summary: "v1.1: invite a user",
+            description: "Spec §12. Members; of a private room, moderators and owners. Appends an `invite` event.",
+            auth: Auth::Bearer,
+            params: vec![room_param()],
+            body: body::<rooms::UserRequest>(),
+            answers: ok(200, "Invited (also when already invited or a member).", of::<accounts::Empty>()),
+            errors: errors(&[
+                BODY,
+                BEARER,
+                ROOM,
+                &[UserNotFound, NotMember, StorageUnavailable, Forbidden, Banned, RemoteUserUnsupported],
+            ]),
+        },
+        Endpoint {
+            id: "reject",
+            method: Method::Post,
+            path: client("/rooms/{room}/reject"),
+            tag: "rooms",
+            summary: "v1.1: decline an invite",
+            description: "Spec §12. Appends a `reject` event.",
+            auth: Auth::Bearer,
+            params: vec![room_param()],
+            body: optional_empty_body(),
+            answers: ok(200, "Declined.", of::<accounts::Empty>()),
+            errors: errors(&[BODY, BEARER, ROOM, &[StorageUnavailable, NotInvited]]),
+        },
+        moderation("kick", "v1.1: remove a member", "Appends a `kick` event; ends the member's subscriptions."),
+        moderation("ban", "v1.1: ban a user", "Appends a `ban` event; a member is removed too."),
+        moderation("unban", "v1.1: lift a ban", "Appends an `unban` event."),
+        Endpoint {
+            id: "set_role",
+            method: Method::Put,
+            path: client("/rooms/{room}/roles/{user_id}"),
+            tag: "rooms",
+            summary: "v1.1: set a member's role",
+            description: "Spec §12. Owners only; appends a `role` event.",
+            auth: Auth::Bearer,
+            params: vec![
+                room_param(),
+                param("user_id", ParamIn::Path, true, "A member's user id, URL-encoded.", of::<super::UserId>()),
+            ],
+            body: body::<rooms::RoleRequest>(),
+            answers: ok(200, "Set.", of::<accounts::Empty>()),
+            errors: errors(&[
+                BODY,
+                BEARER,
+                ROOM,
+                &[UserNotFound, NotMember, StorageUnavailable, Forbidden, RemoteUserUnsupported],
+            ]),
+        },
+        Endpoint {
+            id: "dm",
+            method: Method::Post,
+            path: client("/dm"),
+            tag: "rooms",
+            summary: "v1.1: the direct-message room with a user",
+            description: "Spec §12. The same pair always gets the same private room.",
+            auth: Auth::Bearer,
+            params: vec![],
+            body: body::<rooms::UserRequest>(),
+            answers: ok(200, "The room; the other user is invited unless a member.", of::<rooms::DmResponse>()),
+            errors: errors(&[
+                BODY,
+                BEARER,
+                &[UserNotFound, StorageUnavailable, Forbidden, Banned, RemoteUserUnsupported],
+            ]),
+        },
+        Endpoint {
             id: "send",
             method: Method::Put,
             path: client("/rooms/{room}/send/{txn_id}"),
             tag: "messages",
             summary: "Send a message, idempotently",
             description: "Spec §7. Answered once the event is durably in the room log; the same `txn_id` \
-                          and body from the same device answer the same event.",
+                          and body from the same device answer the same event. v1.1: `replaces` edits one's own \
+                          message (§12).",
             auth: Auth::Bearer,
             params: vec![room_param(), txn_param()],
             body: body::<rooms::SendRequest>(),
@@ -417,7 +544,16 @@ pub fn http() -> Vec<Endpoint> {
                 BODY,
                 BEARER,
                 ROOM,
-                &[RateLimited, NotMember, MessageTooLarge, TxnConflict, StorageUnavailable, HomeServerUnreachable],
+                &[
+                    RateLimited,
+                    NotMember,
+                    MessageTooLarge,
+                    TxnConflict,
+                    StorageUnavailable,
+                    HomeServerUnreachable,
+                    Forbidden,
+                    RemoteUserUnsupported,
+                ],
             ]),
         },
         Endpoint {

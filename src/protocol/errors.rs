@@ -88,7 +88,7 @@ errcodes! {
     InvalidCredentials = ("invalid_credentials", 401),
     /// Login: the account was deactivated by the server's operator (the password was right).
     UserDeactivated = ("user_deactivated", 403),
-    /// Admin channel only: no account has this username.
+    /// No account has this username (admin channel), or the `user_id` a room request names is not a user of this server (v1.1).
     UserNotFound = ("user_not_found", 404),
     /// The request needs `Authorization: Bearer <access_token>` and has none.
     MissingToken = ("missing_token", 401),
@@ -132,6 +132,16 @@ errcodes! {
     UnknownServer = ("unknown_server", 403),
     /// Federation: this server's operator denies federation with the origin server.
     ServerDenied = ("server_denied", 403),
+    /// v1.1: the user's role in the room is too low for this request, or the request would leave the room without an owner.
+    Forbidden = ("forbidden", 403),
+    /// v1.1: the room is private and the user has no pending invite to it.
+    NotInvited = ("not_invited", 403),
+    /// v1.1: the user is banned from the room.
+    Banned = ("banned", 403),
+    /// v1.1: `POST /rooms` named an alias that already names a room.
+    AliasTaken = ("alias_taken", 409),
+    /// v1.1: the request names a user of another server where only users of this server are supported yet (invites, roles, moderation, direct messages).
+    RemoteUserUnsupported = ("remote_user_unsupported", 400),
     /// An unexpected server fault; details are in the server log.
     Internal = ("internal", 500),
 }

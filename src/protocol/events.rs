@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::ids::UserId;
+use super::rooms::{Role, Visibility};
 
 /// What an event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -15,6 +16,23 @@ pub enum EventType {
     Join,
     /// The sender left the room.
     Leave,
+    /// v1.1: the sender changed the room's state; carries the new `name`,
+    /// `topic` and `visibility` (the room's whole state after the change;
+    /// `name` and `topic` absent when unset). The first event of a room made
+    /// by `POST /rooms` is one, sent by its creator.
+    Room,
+    /// v1.1: the sender invited `target`.
+    Invite,
+    /// v1.1: the sender declined their invite.
+    Reject,
+    /// v1.1: the sender removed `target` from the room (`reason` optional).
+    Kick,
+    /// v1.1: the sender banned `target` (`reason` optional); a member is removed too.
+    Ban,
+    /// v1.1: the sender lifted the ban of `target` (`reason` optional).
+    Unban,
+    /// v1.1: the sender gave `target` the `role`.
+    Role,
 }
 
 impl EventType {
@@ -23,7 +41,53 @@ impl EventType {
             Self::Message => "message",
             Self::Join => "join",
             Self::Leave => "leave",
+            Self::Room => "room",
+            Self::Invite => "invite",
+            Self::Reject => "reject",
+            Self::Kick => "kick",
+            Self::Ban => "ban",
+            Self::Unban => "unban",
+            Self::Role => "role",
         }
+    }
+
+    /// The type a wire string names.
+    pub fn from_wire(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+/// v1.1: what a state event carries besides v1's fields; every field is
+/// absent on the events that do not use it (all of them on v1's types).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EventContent {
+    /// The user the event concerns, when not the sender (`invite`, `kick`, `ban`, `unban`, `role`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<UserId>,
+    /// `room`: the room's display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `room`: the room's topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// `room`: the room's visibility.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<Visibility>,
+    /// `role`: the target's new role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// `kick`, `ban`, `unban`: the moderator's reason, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `message`: the `event_id` of the sender's earlier message this one
+    /// edits; `body` is that message's new text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+}
+
+impl EventContent {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
     }
 }
 
@@ -43,6 +107,9 @@ pub struct Event {
     pub body: Option<String>,
     /// When the room's home server accepted it, in milliseconds since the Unix epoch.
     pub ts: u64,
+    /// v1.1 fields of state events (boxed: most events have none).
+    #[serde(flatten)]
+    pub content: Box<EventContent>,
 }
 
 /// A position in a room log: the last event a client has seen.

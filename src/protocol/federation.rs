@@ -301,6 +301,7 @@ mod tests {
             sender: UserId::parse("@a:x").unwrap(),
             body: Some("hi \"there\"\n".into()),
             ts: 9,
+            content: Default::default(),
         };
         let raw = RawValue::from_string(serde_json::to_string(&event).unwrap()).unwrap();
         let room_id = RoomId::parse("!r:x").unwrap();

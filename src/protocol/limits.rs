@@ -45,3 +45,13 @@ pub const UNREAD_MAX: usize = 100;
 /// Most events read after a read mark to count one room's `unread`; past
 /// them the count so far is given.
 pub const UNREAD_SCAN_MAX: usize = 2048;
+/// v1.1: longest room `name`, in bytes of UTF-8.
+pub const ROOM_DISPLAY_NAME_MAX_BYTES: usize = 256;
+/// v1.1: longest room `topic`, in bytes of UTF-8.
+pub const ROOM_TOPIC_MAX_BYTES: usize = 4096;
+/// v1.1: longest moderation `reason`, in bytes of UTF-8.
+pub const REASON_MAX_BYTES: usize = 1024;
+/// v1.1: an edit (`replaces`) names one of the room's last this many events.
+pub const EDIT_WINDOW: usize = 1000;
+/// v1.1: most users one `POST /rooms` may invite.
+pub const CREATE_INVITES_MAX: usize = 100;

@@ -26,7 +26,7 @@ pub use errors::{ErrCode, ErrorBody};
 pub use ids::{IdError, RoomAlias, RoomId, RoomName, RoomRef, ServerName, UserId, Username};
 
 /// The protocol versions this implementation speaks.
-pub const VERSIONS: &[&str] = &["v1"];
+pub const VERSIONS: &[&str] = &["v1", "v1.1"];
 
 /// The WebSocket subprotocol a client must offer on the upgrade.
 pub const WS_SUBPROTOCOL: &str = "parlor.v1";

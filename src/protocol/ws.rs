@@ -241,6 +241,8 @@ pub enum GapReason {
     EpochChanged,
     /// Retention removed events after the cursor.
     Trimmed,
+    /// v1.1: the room is private and the events after the cursor are from before the user joined.
+    HistoryHidden,
 }
 
 /// A frame from server to client.
@@ -260,7 +262,9 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
         room_id: RoomId,
-        alias: RoomAlias,
+        /// Absent only for a v1.1 room without an alias.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alias: Option<RoomAlias>,
     },
     /// Answer to `leave`.
     Left {
@@ -288,7 +292,8 @@ pub enum ServerFrame {
         event_id: String,
         seq: u64,
     },
-    /// The subscription ended: answer to `unsubscribe`, or because the user left the room (`reason` = `left`).
+    /// The subscription ended: answer to `unsubscribe`, or because the user left the room (`reason` = `left`)
+    /// or an operator purged it (`reason` = `room_purged`).
     Unsubscribed {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,

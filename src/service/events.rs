@@ -14,9 +14,9 @@ use super::live::Live;
 use super::ratelimit::{self, RateLimits};
 use super::rooms::{Room, Rooms};
 use crate::metrics::{self, EventMetrics};
-use crate::protocol::events::EventType;
+use crate::protocol::events::{EventContent, EventType};
 use crate::protocol::federation::FedSendRequest;
-use crate::protocol::limits::{HISTORY_LIMIT_MAX, MAX_MESSAGE_BYTES, TXN_ID_MAX};
+use crate::protocol::limits::{EDIT_WINDOW, HISTORY_LIMIT_MAX, MAX_MESSAGE_BYTES, TXN_ID_MAX};
 use crate::protocol::rooms::{MessagesResponse, SendResponse};
 use crate::protocol::{ErrCode, RoomId, RoomRef, ServerName};
 use crate::storage::events::{AppendOutcome, EventLog, LogHead, NewEvent, Page, Range, Txn};
@@ -86,7 +86,7 @@ impl Events {
         body: String,
     ) -> Result<(Room, impl Future<Output = Result<SendResponse>> + Send + 'static + use<>)> {
         let token = self.take_send_token(&session.user_id)?;
-        self.begin_send_with(token, session, room, txn_id, body).await
+        self.begin_send_with(token, session, room, txn_id, body, None).await
     }
 
     /// [`Events::begin_send`] with the rate-limit token already taken.
@@ -97,9 +97,19 @@ impl Events {
         room: &RoomRef,
         txn_id: &str,
         body: String,
+        replaces: Option<String>,
     ) -> Result<(Room, impl Future<Output = Result<SendResponse>> + Send + 'static + use<>)> {
         check_body(&body)?;
         let room = self.rooms.resolve_member(&session.user_id, room).await?;
+        if replaces.is_some() && self.rooms.is_remote(&room.room_id) {
+            return Err(Error::refused(
+                ErrCode::RemoteUserUnsupported,
+                format!("{} is homed on another server; edits are not federated yet", room.label()),
+            ));
+        }
+        if let Some(id) = &replaces {
+            self.check_edit(&session.user_id, &room, id).await?;
+        }
         // A message ends its sender's typing in the room (spec §8).
         self.live.message_sent(&room.room_id, &session.user_id);
         if self.rooms.is_remote(&room.room_id) {
@@ -114,7 +124,8 @@ impl Events {
                 async move { fed.send(&room_id, &txn_id, &req).await.map_err(|f| f.into_error(room_id.server())) };
             return Ok((room, Either::Left(remote)));
         }
-        let local = self.append_message(&room.room_id, session.user_id.clone(), &session.device_id, txn_id, body);
+        let local =
+            self.append_message(&room.room_id, session.user_id.clone(), &session.device_id, txn_id, body, replaces);
         Ok((room, Either::Right(local)))
     }
 
@@ -141,7 +152,26 @@ impl Events {
             return Err(Error::refused(ErrCode::RoomNotFound, format!("{room_id} is not homed here")));
         }
         ratelimit::check(&self.limits.send_by_user, req.sender.as_str())?;
-        self.append_message(&room.room_id, req.sender, &req.device_id, txn_id, req.body).await
+        self.append_message(&room.room_id, req.sender, &req.device_id, txn_id, req.body, None).await
+    }
+
+    /// An edit names the sender's own message, one of the room's last
+    /// [`EDIT_WINDOW`] events, that is not itself an edit.
+    async fn check_edit(&self, user: &crate::protocol::UserId, room: &Room, id: &str) -> Result<()> {
+        let page = self.log.read(&room.room_id, Range::Latest, EDIT_WINDOW).await?;
+        let Some(target) = page.events.iter().find(|e| e.event_id == id) else {
+            return Err(Error::refused(
+                ErrCode::InvalidField,
+                format!("replaces: no event {id} among the last {EDIT_WINDOW} of {}", room.label()),
+            ));
+        };
+        if target.kind != EventType::Message || target.content.replaces.is_some() {
+            return Err(Error::refused(ErrCode::InvalidField, "replaces: only an original message can be edited"));
+        }
+        if target.sender != *user {
+            return Err(Error::refused(ErrCode::Forbidden, "only the sender of a message may edit it"));
+        }
+        Ok(())
     }
 
     fn append_message(
@@ -151,13 +181,29 @@ impl Events {
         device_id: &str,
         txn_id: &str,
         body: String,
+        replaces: Option<String>,
     ) -> impl Future<Output = Result<SendResponse>> + Send + 'static + use<> {
-        let fingerprint =
-            ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref().try_into().expect("32 bytes");
+        // An edit's fingerprint covers what it replaces too (a plain
+        // message's stays v1's: its body alone).
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(body.as_bytes());
+        if let Some(r) = &replaces {
+            ctx.update(b"\0replaces\0");
+            ctx.update(r.as_bytes());
+        }
+        let fingerprint = ctx.finish().as_ref().try_into().expect("32 bytes");
         let txn = Txn { device: format!("{sender}\0{device_id}"), txn_id: txn_id.to_owned(), fingerprint };
         let begun = Instant::now();
-        let pending =
-            self.log.append(room_id, NewEvent { kind: EventType::Message, sender, body: Some(body), txn: Some(txn) });
+        let pending = self.log.append(
+            room_id,
+            NewEvent {
+                kind: EventType::Message,
+                sender,
+                body: Some(body),
+                content: Box::new(EventContent { replaces, ..EventContent::default() }),
+                txn: Some(txn),
+            },
+        );
         let txn_id = txn_id.to_owned();
         let meter = self.metrics.clone();
         async move {
@@ -198,18 +244,25 @@ impl Events {
             return Err(Error::refused(ErrCode::InvalidParam, format!("limit: 1 to {HISTORY_LIMIT_MAX}")));
         }
         let room = self.rooms.resolve_member(&session.user_id, room).await?;
+        // A private room's member reads from their join on (v1.1).
+        let from = self.rooms.visible_from(&session.user_id, &room).await?;
+        let range = match range {
+            Range::After(n) if n + 1 < from => Range::After(from - 1),
+            r => r,
+        };
         let page = match epoch {
             None => self.log.read(&room.room_id, range, limit as usize).await?,
             Some(e) => self.log.read_epoch(&room.room_id, e, range, limit as usize).await?.ok_or_else(|| {
                 Error::refused(ErrCode::EpochNotFound, format!("{} keeps no epoch {e:?}", room.room_id))
             })?,
         };
-        let Page { head, events } = page;
+        let Page { head, mut events } = page;
+        events.retain(|e| e.seq >= from);
         Ok(MessagesResponse {
             room_id: room.room_id,
             epoch: head.epoch.to_string(),
             events,
-            earliest_seq: head.earliest,
+            earliest_seq: head.earliest.max(from),
             latest_seq: head.latest,
         })
     }

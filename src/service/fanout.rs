@@ -22,8 +22,9 @@ pub enum Outgoing {
     /// A room event: the JSON of its `event` frame, the same bytes for
     /// every subscriber.
     Event { room: Arc<RoomId>, epoch: Arc<str>, seq: u64, json: Bytes },
-    /// The user left the room: the subscription is over.
-    Left { room: Arc<RoomId> },
+    /// The subscription is over: the user left the room (`reason`
+    /// `left`), or the room was purged (`room_purged`).
+    Left { room: Arc<RoomId>, reason: &'static str },
     /// A frame about a subscribed room that is not in its log (`typing`):
     /// written only while the connection is still subscribed to it.
     Room { room: Arc<RoomId>, json: Bytes },
@@ -185,10 +186,16 @@ impl Hub {
 
     /// Ends every subscription of `user` to `room`, telling each connection.
     pub fn kick(&self, room: &RoomId, user: &UserId) {
-        self.remove_where(room, |c| &c.user_id == user, Some(()));
+        self.remove_where(room, |c| &c.user_id == user, Some("left"));
     }
 
-    fn remove_where(&self, room: &RoomId, pred: impl Fn(&Arc<Conn>) -> bool, notify: Option<()>) {
+    /// Ends every subscription to `room` (purged), telling each connection
+    /// as a leave does.
+    pub fn end_room(&self, room: &RoomId) {
+        self.remove_where(room, |_| true, Some("room_purged"));
+    }
+
+    fn remove_where(&self, room: &RoomId, pred: impl Fn(&Arc<Conn>) -> bool, notify: Option<&'static str>) {
         let mut rooms = self.rooms.write().expect("hub lock");
         let Some(subs) = rooms.get(room).cloned() else { return };
         let mut conns = subs.conns.lock().expect("room lock");
@@ -196,8 +203,8 @@ impl Hub {
             if !pred(c) {
                 return true;
             }
-            if notify.is_some() {
-                c.push(Outgoing::Left { room: subs.room.clone() }, 64);
+            if let Some(reason) = notify {
+                c.push(Outgoing::Left { room: subs.room.clone(), reason }, 64);
             }
             false
         });
@@ -239,9 +246,10 @@ pub struct Fanout {
 impl EventSink for Fanout {
     fn deliver(&self, room: &RoomId, epoch: &Arc<str>, seq: u64, event_json: &str) {
         self.hub.deliver(room, epoch, seq, event_json);
-        // A leave ends the leaver's subscriptions to the room on every
-        // process: each one sees the event here, whichever process appended
-        // it (after the event itself, so subscribers get it first).
+        // A leave (a kick, a ban: v1.1) ends the leaver's subscriptions to
+        // the room on every process: each one sees the event here, whichever
+        // process appended it (after the event itself, so subscribers get it
+        // first).
         if let Some(user) = leaver(event_json) {
             self.hub.kick(room, &user);
         }
@@ -251,11 +259,13 @@ impl EventSink for Fanout {
     }
 }
 
-/// The sender of a `leave` event. Events are serialized by serde, so a
-/// quote inside a body is escaped and only the event's own type field can
-/// match the cheap test that spares every other event a parse.
+/// The sender of a `leave` event, or the `target` of a `kick` or `ban`.
+/// Events are serialized by serde, so a quote inside a body is escaped and
+/// only the event's own type field can match the cheap test that spares
+/// every other event a parse.
 fn leaver(event_json: &str) -> Option<UserId> {
-    if !event_json.contains(r#""type":"leave""#) {
+    let types = [r#""type":"leave""#, r#""type":"kick""#, r#""type":"ban""#];
+    if !types.iter().any(|t| event_json.contains(t)) {
         return None;
     }
     #[derive(serde::Deserialize)]
@@ -263,12 +273,15 @@ fn leaver(event_json: &str) -> Option<UserId> {
         #[serde(rename = "type")]
         kind: &'a str,
         sender: &'a str,
+        #[serde(default)]
+        target: Option<&'a str>,
     }
     let head: Head = serde_json::from_str(event_json).ok()?;
-    if head.kind != "leave" {
-        return None;
+    match head.kind {
+        "leave" => UserId::parse(head.sender).ok(),
+        "kick" | "ban" => UserId::parse(head.target?).ok(),
+        _ => None,
     }
-    UserId::parse(head.sender).ok()
 }
 
 #[cfg(test)]
@@ -324,6 +337,10 @@ mod tests {
         assert!(matches!(got[2], Outgoing::Left { .. }));
         assert_eq!(b.take().unwrap().len(), 2, "the other subscriber gets both events and stays");
         assert_eq!(leaver(quoted), None);
+        let kick = r#"{"seq":3,"type":"kick","sender":"@m:x","ts":3,"target":"@a:x"}"#;
+        assert_eq!(leaver(kick), Some(UserId::parse("@a:x").unwrap()));
+        let invite = r#"{"seq":4,"type":"invite","sender":"@m:x","ts":4,"target":"@a:x"}"#;
+        assert_eq!(leaver(invite), None);
     }
 
     #[test]

@@ -59,6 +59,7 @@ async fn admin_store(
 pub struct Offline {
     pub accounts: accounts::Accounts,
     pub admin: admin::Admin,
+    log: Arc<dyn EventLog>,
     db: crate::storage::Db,
 }
 
@@ -73,14 +74,26 @@ impl Offline {
         let room_log = if config.redis.is_some() { RoomLog::Redis } else { RoomLog::Embedded };
         crate::storage::identity::check_dir(&config.data_dir, &Identity { room_log, ..identity })?;
         let db = crate::storage::Db::open_with_cache(&config.data_dir, config.cache_mib)?;
-        let admin = admin::Admin::new(admin_store(&config, &db).await?, config.registration);
+        let directory: Arc<dyn RoomStore> = match &config.redis {
+            None => Arc::new(EmbeddedRooms::open(&db)?),
+            Some(url) => Arc::new(RedisRooms::open(url).await?),
+        };
+        // The room log, for purges; its deliveries go to a hub nobody listens to.
+        let hub = fanout::Hub::new();
+        let settings = LogSettings::new(None);
+        let log: Arc<dyn EventLog> = match &config.redis {
+            None => Arc::new(EmbeddedLog::open(&db, hub.clone(), &settings)?),
+            Some(url) => Arc::new(RedisLog::open(url, &db, hub.clone(), &settings).await?),
+        };
+        let parts = admin::AdminParts { data_dir: &config.data_dir, db: &db, directory, log: log.clone(), hub };
+        let admin = admin::Admin::new(admin_store(&config, &db).await?, config.registration, parts);
         let limits = Arc::new(ratelimit::RateLimits::new(false));
         let store: Arc<dyn AccountStore> = match &config.redis {
             None => Arc::new(EmbeddedAccounts::open(&db)?),
             Some(url) => Arc::new(RedisAccounts::open(url).await?),
         };
         let accounts = accounts::Accounts::new(store, config.server_name.clone(), 1, 4, limits).await?;
-        Ok(Self { accounts, admin, db })
+        Ok(Self { accounts, admin, log, db })
     }
 
     /// Runs one admin command.
@@ -88,8 +101,9 @@ impl Offline {
         self.admin.run(&self.accounts, req).await
     }
 
-    /// Makes every write durable.
+    /// Stops the room log and makes every write durable.
     pub async fn close(&self) {
+        self.log.close().await;
         let _ = self.db.sync().await;
     }
 }
@@ -122,7 +136,7 @@ impl Services {
             None => Arc::new(EmbeddedRooms::open(&db)?),
             Some(url) => Arc::new(RedisRooms::open(url).await?),
         };
-        let admin = Arc::new(admin::Admin::new(admin_store(&config, &db).await?, config.registration));
+        let admin_store = admin_store(&config, &db).await?;
         let federation = match config.federation {
             false => None,
             true => {
@@ -164,7 +178,7 @@ impl Services {
                     seen,
                     leases,
                 )?;
-                fed.deny_with(admin.store());
+                fed.deny_with(admin_store.clone());
                 Some(fed)
             }
         };
@@ -174,6 +188,17 @@ impl Services {
             None => Arc::new(EmbeddedLog::open(&db, sink, &settings)?),
             Some(url) => Arc::new(RedisLog::open(url, &db, sink, &settings).await?),
         };
+        let admin = Arc::new(admin::Admin::new(
+            admin_store,
+            config.registration,
+            admin::AdminParts {
+                data_dir: &config.data_dir,
+                db: &db,
+                directory: directory.clone(),
+                log: log.clone(),
+                hub: hub.clone(),
+            },
+        ));
         // With Redis, accounts and the register/login buckets are shared by
         // every process of the server (ARCHITECTURE.md § "Several processes").
         let (account_store, limits): (Arc<dyn AccountStore>, _) = match &config.redis {
@@ -188,6 +213,7 @@ impl Services {
             directory,
             log.clone(),
             hub.clone(),
+            account_store.clone(),
             config.server_name.clone(),
             federation.clone(),
         ));

@@ -2,6 +2,13 @@
 //! join of a local alias; membership (join, leave, members, rooms list),
 //! each effective change recorded as an event in the room log.
 //!
+//! v1.1 room state (creation with `POST /rooms`, name, topic, visibility,
+//! invites, roles, kick/ban, direct messages) is decided here for rooms
+//! homed on this server: the room record holds it, every change is a
+//! compare-and-swap of the record (so processes sharing a Redis agree)
+//! followed by its event. Only users of this server take part in it yet
+//! (not federated); public rooms keep federating as in v1.
+//!
 //! A room homed on another server is joined and left through that server
 //! (federation), which orders its events; this server keeps a replica of
 //! its log, fed by the home server's pushes and caught up by backfill, and
@@ -22,12 +29,18 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::error::{Error, Result};
 use super::fanout::Hub;
 use super::federation::{Failure, Federation};
-use crate::protocol::events::{Event, EventType};
+use crate::protocol::events::{Event, EventContent, EventType};
 use crate::protocol::federation::FedEvent;
+use crate::protocol::rooms::{Role, Visibility};
 use crate::protocol::{ErrCode, RoomAlias, RoomId, RoomRef, ServerName, UserId};
-use crate::storage::events::{EventLog, LogHead, NewEvent, Range, now_ms};
+use crate::storage::AccountStore;
+use crate::storage::events::{EventLog, LogHead, Range, now_ms};
 use crate::storage::rooms::RoomRecord;
 use crate::storage::rooms::{RoomStore, set_member};
+
+mod state;
+
+pub use state::RoomState;
 
 const LOCK_STRIPES: usize = 64;
 /// Events per backfill request when catching up a replica.
@@ -36,17 +49,26 @@ const BACKFILL_PAGE: u32 = 500;
 /// to, still lets that home server's leave event remove the user.
 const PENDING_LEAVE_TTL: Duration = Duration::from_secs(300);
 
-/// A resolved room: its id and alias.
+/// A resolved room: its id and alias (v1.1 rooms may have none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Room {
     pub room_id: RoomId,
-    pub alias: RoomAlias,
+    pub alias: Option<RoomAlias>,
+}
+
+impl Room {
+    /// How messages name the room: its alias, else its id.
+    pub fn label(&self) -> &str {
+        self.alias.as_ref().map_or(self.room_id.as_str(), |a| a.as_str())
+    }
 }
 
 pub struct Rooms {
     store: Arc<dyn RoomStore>,
     log: Arc<dyn EventLog>,
     hub: Arc<Hub>,
+    /// Whether a user named in a v1.1 request exists.
+    accounts: Arc<dyn AccountStore>,
     server_name: ServerName,
     federation: Option<Arc<Federation>>,
     rng: SystemRandom,
@@ -56,6 +78,9 @@ pub struct Rooms {
     /// Serializes catching up one replica, so that two catch-ups cannot
     /// start it over in turn.
     catch_up_stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Serializes v1.1 state changes of one room in this process, so that
+    /// their events are in the order of their record changes.
+    state_stripes: Vec<tokio::sync::Mutex<()>>,
     /// Leaves of local users from remote rooms that were asked for and not
     /// answered yet (or never): the home server's leave event for one of
     /// these is applied; any other leave event of a local user is not.
@@ -67,7 +92,7 @@ fn not_found(r: &impl std::fmt::Display) -> Error {
 }
 
 fn not_member(room: &Room) -> Error {
-    Error::refused(ErrCode::NotMember, format!("you are not a member of {}", room.alias))
+    Error::refused(ErrCode::NotMember, format!("you are not a member of {}", room.label()))
 }
 
 fn to_room(rec: RoomRecord) -> Result<Room> {
@@ -75,8 +100,13 @@ fn to_room(rec: RoomRecord) -> Result<Room> {
         |e: crate::protocol::IdError| crate::storage::StorageError::Corrupt { tree: "rooms", detail: e.to_string() };
     Ok(Room {
         room_id: RoomId::parse(&rec.room_id).map_err(corrupt)?,
-        alias: RoomAlias::parse(&rec.alias).map_err(corrupt)?,
+        alias: rec.alias.as_deref().map(RoomAlias::parse).transpose().map_err(corrupt)?,
     })
+}
+
+/// Rooms by alias, those without one after, by id.
+fn room_order(a: &Room, b: &Room) -> std::cmp::Ordering {
+    (a.alias.is_none(), &a.alias, &a.room_id).cmp(&(b.alias.is_none(), &b.alias, &b.room_id))
 }
 
 fn stripe_of(key: impl Hash) -> usize {
@@ -90,6 +120,7 @@ impl Rooms {
         store: Arc<dyn RoomStore>,
         log: Arc<dyn EventLog>,
         hub: Arc<Hub>,
+        accounts: Arc<dyn AccountStore>,
         server_name: ServerName,
         federation: Option<Arc<Federation>>,
     ) -> Self {
@@ -97,11 +128,13 @@ impl Rooms {
             store,
             log,
             hub,
+            accounts,
             server_name,
             federation,
             rng: SystemRandom::new(),
             stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             catch_up_stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            state_stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             pending_leaves: Mutex::new(HashMap::new()),
         }
     }
@@ -191,22 +224,48 @@ impl Rooms {
             }
             Err(e) => return Err(e),
         };
+        if room.alias.is_none() {
+            return Err(Error::refused(
+                ErrCode::RemoteUserUnsupported,
+                format!("{} has no alias; such rooms are not federated yet", room.room_id),
+            ));
+        }
         let room = self.join_here(user, room).await?;
         let head = self.log.head(&room.room_id).await?;
         let members = self.member_ids(&room).await?;
         Ok((room, head, members))
     }
 
-    /// Joins a room homed here.
+    /// Joins a room homed here: refused to a banned user (403 `banned`),
+    /// and for a private room to a user without an invite (403
+    /// `not_invited`; the two users of a direct-message room always may).
     async fn join_here(&self, user: &UserId, room: Room) -> Result<Room> {
         let _guard = self.stripe(&room.room_id, user).lock().await;
         if self.store.is_member(room.room_id.as_str(), user.as_str()).await? {
             return Ok(room);
         }
-        self.log
-            .append(&room.room_id, NewEvent { kind: EventType::Join, sender: user.clone(), body: None, txn: None })
+        let rec = self.record(&room).await?;
+        state::may_join(&rec, user, &room)?;
+        let seq = self.append_state(&room.room_id, EventType::Join, user, EventContent::default()).await?;
+        let invited = rec.invites.contains(user.as_str());
+        if invited || rec.visibility == Visibility::Private {
+            self.update(&room, |r| {
+                r.invites.remove(user.as_str());
+                if r.visibility == Visibility::Private {
+                    r.joined_seq.insert(user.to_string(), seq);
+                }
+                // Back after a leave, which took the role: the pair own their DM.
+                if r.dm.iter().any(|u| u == user.as_str()) {
+                    r.roles.insert(user.to_string(), Role::Owner);
+                }
+                Ok(())
+            })
             .await?;
+        }
         set_member(&*self.store, room.room_id.as_str(), user.as_str(), true, now_ms()).await?;
+        if invited {
+            self.store.index_invite(user.as_str(), room.room_id.as_str(), false).await?;
+        }
         if let Some(f) = &self.federation {
             f.membership_changed(&room.room_id);
         }
@@ -229,8 +288,12 @@ impl Rooms {
                 format!("{home} answered a join of {room} with another room ({})", answer.room_id),
             ));
         }
-        let rec =
-            RoomRecord { room_id: answer.room_id.to_string(), alias: answer.alias.to_string(), created_ms: now_ms() };
+        let rec = RoomRecord {
+            room_id: answer.room_id.to_string(),
+            alias: Some(answer.alias.to_string()),
+            created_ms: now_ms(),
+            ..RoomRecord::default()
+        };
         let room = to_room(self.store.create(&rec).await?)?;
         // The home server speaks for other servers' users; of ours, only for
         // the one who asked to join.
@@ -254,7 +317,12 @@ impl Rooms {
         self.rng.fill(&mut b).expect("system randomness");
         let opaque = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         let room_id = RoomId::new(&opaque, &self.server_name);
-        let rec = RoomRecord { room_id: room_id.to_string(), alias: alias.to_string(), created_ms: now_ms() };
+        let rec = RoomRecord {
+            room_id: room_id.to_string(),
+            alias: Some(alias.to_string()),
+            created_ms: now_ms(),
+            ..RoomRecord::default()
+        };
         let winner = self.store.create(&rec).await?;
         if winner.room_id == rec.room_id {
             tracing::info!(%room_id, %alias, "room created");
@@ -313,10 +381,11 @@ impl Rooms {
         if !self.store.is_member(room.room_id.as_str(), user.as_str()).await? {
             return Err(not_member(&room));
         }
-        self.log
-            .append(&room.room_id, NewEvent { kind: EventType::Leave, sender: user.clone(), body: None, txn: None })
-            .await?;
+        let rec = self.record(&room).await?;
+        self.check_not_last_owner(&rec, &room, user).await?;
+        self.append_state(&room.room_id, EventType::Leave, user, EventContent::default()).await?;
         set_member(&*self.store, room.room_id.as_str(), user.as_str(), false, now_ms()).await?;
+        self.forget_member(&room, user).await?;
         if let Some(f) = &self.federation {
             f.membership_changed(&room.room_id);
         }
@@ -349,7 +418,7 @@ impl Rooms {
     pub async fn joined(&self, user: &UserId) -> Result<Vec<Room>> {
         let mut rooms =
             self.store.rooms_of(user.as_str()).await?.into_iter().map(to_room).collect::<Result<Vec<_>>>()?;
-        rooms.sort_by(|a, b| a.alias.cmp(&b.alias));
+        rooms.sort_by(room_order);
         Ok(rooms)
     }
 
@@ -472,7 +541,8 @@ impl Rooms {
                     }
                 }
                 EventType::Leave => changes.push((e.sender.to_string(), false)),
-                EventType::Message => {}
+                // v1.1 state is not federated yet: replicas only follow joins and leaves.
+                _ => {}
             }
         }
         self.store.set_members(room_id.as_str(), &changes, now_ms()).await?;
@@ -526,7 +596,7 @@ impl Rooms {
             return Err(not_found(room_id));
         }
         if !self.has_member_from(&room, origin.as_str()).await? {
-            return Err(Error::refused(ErrCode::NotMember, format!("{origin} has no members in {}", room.alias)));
+            return Err(Error::refused(ErrCode::NotMember, format!("{origin} has no members in {}", room.label())));
         }
         let page = self.log.read(&room.room_id, Range::After(after), limit as usize).await?;
         Ok(crate::protocol::rooms::MessagesResponse {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use super::events::redis::link::{connect, query_cmd, storage_error};
-use super::{Db, StorageError};
+use super::{Db, StorageError, WriteGate};
 
 /// Where a server's shared key lives in Redis.
 pub const REDIS_KEY: &str = "parlor:federation:key";
@@ -120,7 +120,7 @@ impl RedisFederation {
 /// origin server name. Redis: one expiring key each (see the module doc).
 #[derive(Clone)]
 pub enum SeenRequests {
-    Embedded(sled::Tree),
+    Embedded(sled::Tree, WriteGate),
     Redis(ConnectionManager),
 }
 
@@ -133,7 +133,7 @@ fn seen_key(slot: u64, digest: u64) -> [u8; 16] {
 
 impl SeenRequests {
     pub fn open(db: &Db) -> Result<Self, StorageError> {
-        Ok(Self::Embedded(db.tree("fed_seen")?))
+        Ok(Self::Embedded(db.tree("fed_seen")?, db.gate().clone()))
     }
 
     /// Records one, remembered until `until_ms` (ms since the Unix epoch);
@@ -145,8 +145,8 @@ impl SeenRequests {
     /// idempotent anyway.
     pub async fn insert(&self, slot: u64, digest: u64, origin: &str, until_ms: u64) -> Result<bool, StorageError> {
         match self {
-            Self::Embedded(tree) => {
-                tree.insert(seen_key(slot, digest), origin.as_bytes())?;
+            Self::Embedded(tree, gate) => {
+                gate.with(|| tree.insert(seen_key(slot, digest), origin.as_bytes()))?;
                 Ok(true)
             }
             Self::Redis(conn) => {
@@ -162,7 +162,7 @@ impl SeenRequests {
     /// Every record of slots `from` and later: (slot, digest, origin); none
     /// with Redis, which answers each check itself.
     pub fn since(&self, from: u64) -> Result<Vec<(u64, u64, String)>, StorageError> {
-        let Self::Embedded(tree) = self else { return Ok(Vec::new()) };
+        let Self::Embedded(tree, _) = self else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for item in tree.range(seen_key(from, 0)..) {
             let (k, v) = item?;
@@ -177,12 +177,12 @@ impl SeenRequests {
 
     /// Forgets every record of the slots before `slot` (Redis expires them).
     pub fn forget_before(&self, slot: u64) -> Result<(), StorageError> {
-        let Self::Embedded(tree) = self else { return Ok(()) };
+        let Self::Embedded(tree, gate) = self else { return Ok(()) };
         let mut batch = sled::Batch::default();
         for item in tree.range(..seen_key(slot, 0)) {
             batch.remove(item?.0);
         }
-        tree.apply_batch(batch)?;
+        gate.with(|| tree.apply_batch(batch))?;
         Ok(())
     }
 }
@@ -253,7 +253,7 @@ impl PushLeases {
 /// Drops the push queue older versions kept on disk (`fed_outbox`): pushes
 /// are now queued in memory, and what it held the receivers backfill.
 pub fn drop_old_outbox(db: &Db) -> Result<(), StorageError> {
-    db.sled.drop_tree("fed_outbox")?;
+    db.gate().with(|| db.sled.drop_tree("fed_outbox"))?;
     Ok(())
 }
 

@@ -108,8 +108,9 @@ pub async fn migrate(dir: &Path, url: &str, mut progress: impl FnMut(&str)) -> R
         }
     }
     for r in &rooms {
-        match to_rooms.room_for_alias(&r.alias).await? {
-            Some(id) if id != r.room_id => conflicts.push(format!("alias {} names another room ({id})", r.alias)),
+        let Some(alias) = &r.alias else { continue };
+        match to_rooms.room_for_alias(alias).await? {
+            Some(id) if id != r.room_id => conflicts.push(format!("alias {alias} names another room ({id})")),
             _ => {}
         }
     }
@@ -158,7 +159,12 @@ pub async fn migrate(dir: &Path, url: &str, mut progress: impl FnMut(&str)) -> R
 
     let now = super::events::now_ms();
     for r in &rooms {
+        // The record carries the v1.1 state (roles, bans, invites, …); the
+        // invite index is rebuilt from it.
         to_rooms.create(r).await?;
+        for user in &r.invites {
+            to_rooms.index_invite(user, &r.room_id, true).await?;
+        }
         let members: Vec<(String, bool)> =
             from_rooms.members(&r.room_id).await?.into_iter().map(|m| (m, true)).collect();
         to_rooms.set_members(&r.room_id, &members, now).await?;

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod backup;
 pub mod events;
 pub mod federation;
 pub mod identity;
@@ -14,7 +15,7 @@ pub mod receipts;
 pub mod rooms;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use accounts::AccountStore;
 pub use accounts::embedded::EmbeddedAccounts;
@@ -120,6 +121,47 @@ impl From<sled::transaction::TransactionError<StorageError>> for StorageError {
 pub struct Db {
     pub sled: sled::Db,
     syncs: Arc<SyncState>,
+    gate: WriteGate,
+}
+
+/// The data directory's write gate: every write to sled is made inside
+/// [`WriteGate::with`] (shared, for the span of one sled call: a batch, a
+/// transaction, one insert), and a backup takes it exclusively
+/// ([`WriteGate::hold_all`]) while it reads every tree, so that what it
+/// reads is one instant of the database (see [`backup`]). Writes are never
+/// nested inside one another: with the lock's writer preference a second
+/// shared take on a thread that already holds one could wait behind a
+/// waiting backup. A closure, not a guard, so no write holds it across an
+/// `.await`.
+#[derive(Clone, Default)]
+pub struct WriteGate(Arc<RwLock<()>>);
+
+impl WriteGate {
+    /// Makes one write (`f`) under the gate.
+    pub fn with<T>(&self, f: impl FnOnce() -> T) -> T {
+        if let Ok(_shared) = self.0.try_read() {
+            return f();
+        }
+        // A backup holds the gate (or waits for it). Most writes are made
+        // from async tasks: waiting here on a runtime worker would stall
+        // every connection that worker serves for the whole backup, so hand
+        // the worker's other tasks to another thread while this one waits.
+        let wait = || {
+            let _shared: RwLockReadGuard<'_, ()> = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            f()
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+    }
+
+    /// Held while nothing may be written.
+    pub fn hold_all(&self) -> RwLockWriteGuard<'_, ()> {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 struct SyncState {
@@ -164,7 +206,12 @@ impl Db {
         }
         let syncs =
             Arc::new(SyncState { log_file, progress: Mutex::new(SyncProgress::default()), done: Condvar::new() });
-        Ok(Self { sled, syncs })
+        Ok(Self { sled, syncs, gate: WriteGate::default() })
+    }
+
+    /// The write gate every writer of this database takes.
+    pub fn gate(&self) -> &WriteGate {
+        &self.gate
     }
 
     pub fn tree(&self, name: &str) -> Result<sled::Tree, StorageError> {
@@ -309,5 +356,29 @@ mod tests {
     fn the_memory_budget_is_sleds_cache_capacity() {
         let config = super::sled_config(std::path::Path::new("data/sled"), 24);
         assert_eq!(config.cache_capacity, 24 << 20);
+    }
+
+    /// Writes waiting for a backup must not take the runtime's workers with
+    /// them: with both workers' tasks waiting at the gate, a third task runs.
+    #[test]
+    fn writers_waiting_for_a_backup_leave_the_runtime_running() {
+        let gate = super::WriteGate::default();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let held = gate.hold_all();
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let gate = gate.clone();
+                rt.spawn(async move { gate.with(|| ()) })
+            })
+            .collect();
+        // Let both writers reach the gate before the third task is queued.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move { tx.send(()).unwrap() });
+        rx.recv_timeout(std::time::Duration::from_secs(20)).expect("no task ran while writers waited at the gate");
+        drop(held);
+        for w in writers {
+            rt.block_on(w).unwrap();
+        }
     }
 }

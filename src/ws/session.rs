@@ -286,14 +286,14 @@ impl<S: Stream> State<S> {
                     }
                     self.out_of_line(&room, &epoch, seq, json).await?;
                 }
-                Outgoing::Left { room } => {
+                Outgoing::Left { room, reason } => {
                     if self.subs.remove(&room).is_some() {
                         // Leaving ends the user's typing there (spec §8).
                         self.app.services.live.typing(&room, &self.session().user_id, false);
                         let f = ServerFrame::Unsubscribed {
                             id: None,
                             room_id: (*room).clone(),
-                            reason: Some("left".into()),
+                            reason: Some(reason.into()),
                         };
                         self.io.push(OpCode::Text, Bytes::from(f.to_json()));
                     }
@@ -518,8 +518,8 @@ impl<S: Stream> State<S> {
         let server = &self.app.services.config.server_name;
         let found = self.subs.0.iter().find(|s| match &r {
             RoomRef::Id(id) => s.room.room_id == *id,
-            RoomRef::Alias(a) => s.room.alias == *a,
-            RoomRef::Name(n) => s.room.alias == RoomAlias::new(n, server),
+            RoomRef::Alias(a) => s.room.alias.as_ref() == Some(a),
+            RoomRef::Name(n) => s.room.alias.as_ref() == Some(&RoomAlias::new(n, server)),
         });
         found.map(|s| s.room.room_id.clone()).ok_or_else(|| {
             Error::refused(ErrCode::NotSubscribed, format!("{raw:?}: subscribe to the room on this connection first"))
@@ -569,6 +569,18 @@ impl<S: Stream> State<S> {
                 // A cursor past the head is not an error (§8): nothing to
                 // replay, and `caught_up` tells the real head.
                 sub.last = since.seq.min(head.latest);
+                // A private room's history before the user's join is not theirs (v1.1).
+                let from = match services.rooms.visible_from(&self.session().user_id, &room).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        services.hub.unsubscribe(&room.room_id, &conn);
+                        return self.error(id, &e);
+                    }
+                };
+                if sub.last + 1 < from {
+                    let epoch = head.epoch.clone();
+                    self.gap(&mut sub, &epoch, from - 1, GapReason::HistoryHidden)?;
+                }
             } else {
                 // The client's epoch is not this log's: say so, then give
                 // everything the current epoch still has.

@@ -18,6 +18,7 @@ mod messages;
 mod operation;
 mod rate_limits;
 mod rooms;
+mod rooms_v11;
 mod websocket;
 
 pub fn all() -> Vec<Case> {
@@ -34,6 +35,7 @@ pub fn all() -> Vec<Case> {
         guarantees::cases(),
         operation::cases(),
         federation::cases(),
+        rooms_v11::cases(),
         rate_limits::cases(),
     ]
     .concat()
@@ -79,6 +81,7 @@ mod tests {
             include_str!("operation.rs"),
             include_str!("federation.rs"),
             include_str!("rate_limits.rs"),
+            include_str!("rooms_v11.rs"),
         ];
         // Those only the server's operator can bring about (a token issued
         // and used up or expired, a deactivated account, a denied server,
@@ -88,7 +91,6 @@ mod tests {
             "registration_token_used_up",
             "registration_token_expired",
             "user_deactivated",
-            "user_not_found",
             "server_denied",
         ];
         let schema: serde_json::Value = serde_json::from_str(include_str!("../../../spec/schemas/error.json")).unwrap();

@@ -77,7 +77,9 @@ async fn setup(settings: Settings) -> Setup {
     let db = crate::storage::Db::open(dir.path()).unwrap();
     let store = EmbeddedRooms::open(&db).unwrap();
     let room = RoomId::parse("!r:home").unwrap();
-    store.create(&RoomRecord { room_id: room.to_string(), alias: "#r:home".into(), created_ms: 0 }).await.unwrap();
+    let rec =
+        RoomRecord { room_id: room.to_string(), alias: Some("#r:home".into()), created_ms: 0, ..RoomRecord::default() };
+    store.create(&rec).await.unwrap();
     let members = [("@a:home".to_owned(), true), ("@u:b".to_owned(), true)];
     store.set_members(room.as_str(), &members, 0).await.unwrap();
     let net = Arc::new(FakeNet::default());
@@ -113,6 +115,7 @@ fn event(seq: u64, body: &str) -> String {
         sender: UserId::parse("@a:home").unwrap(),
         body: Some(body.into()),
         ts: seq,
+        content: Default::default(),
     })
     .unwrap()
 }

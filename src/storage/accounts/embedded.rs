@@ -50,8 +50,11 @@ impl EmbeddedAccounts {
 
     /// Creates the account unless the username is taken; durable on `Ok(true)`.
     async fn create(&self, username: &str, record: &AccountRecord) -> Result<bool, StorageError> {
-        let created =
-            self.users.compare_and_swap(username.as_bytes(), None as Option<&[u8]>, Some(to_record(record)))?.is_ok();
+        let created = self
+            .db
+            .gate()
+            .with(|| self.users.compare_and_swap(username.as_bytes(), None as Option<&[u8]>, Some(to_record(record))))?
+            .is_ok();
         if created {
             self.db.sync().await?;
         }
@@ -84,21 +87,23 @@ impl EmbeddedAccounts {
             let excess = (held.len() + 1).saturating_sub(d.keep_proofs.max(1));
             stale = held.into_iter().take(excess).collect();
         }
-        (&self.devices, &self.tokens, &self.proofs, &self.user_proofs).transaction(
-            |(devices, tokens, proofs, user_proofs)| {
-                devices.insert(dkey.as_slice(), device.as_slice())?;
-                tokens.insert(&d.token_hash[..], token.as_slice())?;
-                for old in &stale {
-                    user_proofs.remove(old)?;
-                    proofs.remove(&old[old.len() - 32..])?;
-                }
-                if let Some((hash, rec, index)) = &proof {
-                    proofs.insert(&hash[..], rec.as_slice())?;
-                    user_proofs.insert(index.as_slice(), &[][..])?;
-                }
-                Ok::<_, ConflictableTransactionError<StorageError>>(())
-            },
-        )?;
+        self.db.gate().with(|| {
+            (&self.devices, &self.tokens, &self.proofs, &self.user_proofs).transaction(
+                |(devices, tokens, proofs, user_proofs)| {
+                    devices.insert(dkey.as_slice(), device.as_slice())?;
+                    tokens.insert(&d.token_hash[..], token.as_slice())?;
+                    for old in &stale {
+                        user_proofs.remove(old)?;
+                        proofs.remove(&old[old.len() - 32..])?;
+                    }
+                    if let Some((hash, rec, index)) = &proof {
+                        proofs.insert(&hash[..], rec.as_slice())?;
+                        user_proofs.insert(index.as_slice(), &[][..])?;
+                    }
+                    Ok::<_, ConflictableTransactionError<StorageError>>(())
+                },
+            )
+        })?;
         self.db.sync().await?;
         Ok(())
     }
@@ -121,10 +126,12 @@ impl EmbeddedAccounts {
     async fn revoke(&self, token_hash: &[u8; 32]) -> Result<(), StorageError> {
         let Some(rec) = self.token(token_hash)? else { return Ok(()) };
         let dkey = key(&[rec.user_id.as_bytes(), rec.device_id.as_bytes()]);
-        (&self.devices, &self.tokens).transaction(|(devices, tokens)| {
-            tokens.remove(&token_hash[..])?;
-            devices.remove(dkey.as_slice())?;
-            Ok::<_, ConflictableTransactionError<StorageError>>(())
+        self.db.gate().with(|| {
+            (&self.devices, &self.tokens).transaction(|(devices, tokens)| {
+                tokens.remove(&token_hash[..])?;
+                devices.remove(dkey.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StorageError>>(())
+            })
         })?;
         self.db.sync().await?;
         Ok(())
@@ -143,25 +150,29 @@ impl EmbeddedAccounts {
                 .as_slice()
                 .try_into()
                 .map_err(|_| StorageError::Corrupt { tree: "devices", detail: "token hash is not 32 bytes".into() })?;
-            (&self.devices, &self.tokens).transaction(
-                |(devices, tokens): &(TransactionalTree, TransactionalTree)| {
-                    tokens.remove(&hash[..])?;
-                    devices.remove(&dkey)?;
-                    Ok::<_, ConflictableTransactionError<StorageError>>(())
-                },
-            )?;
+            self.db.gate().with(|| {
+                (&self.devices, &self.tokens).transaction(
+                    |(devices, tokens): &(TransactionalTree, TransactionalTree)| {
+                        tokens.remove(&hash[..])?;
+                        devices.remove(&dkey)?;
+                        Ok::<_, ConflictableTransactionError<StorageError>>(())
+                    },
+                )
+            })?;
             revoked.push(hash);
         }
         // "Log out everywhere" also forgets every device the user proved.
         for item in self.user_proofs.scan_prefix(user_prefix(user_id)).keys() {
             let index = item?;
-            (&self.proofs, &self.user_proofs).transaction(
-                |(proofs, user_proofs): &(TransactionalTree, TransactionalTree)| {
-                    proofs.remove(&index[index.len() - 32..])?;
-                    user_proofs.remove(&index)?;
-                    Ok::<_, ConflictableTransactionError<StorageError>>(())
-                },
-            )?;
+            self.db.gate().with(|| {
+                (&self.proofs, &self.user_proofs).transaction(
+                    |(proofs, user_proofs): &(TransactionalTree, TransactionalTree)| {
+                        proofs.remove(&index[index.len() - 32..])?;
+                        user_proofs.remove(&index)?;
+                        Ok::<_, ConflictableTransactionError<StorageError>>(())
+                    },
+                )
+            })?;
         }
         self.db.sync().await?;
         Ok(revoked)
@@ -217,7 +228,11 @@ impl EmbeddedAccounts {
     }
 
     pub async fn replace(&self, username: &str, record: &AccountRecord) -> Result<bool, StorageError> {
-        let existed = self.users.update_and_fetch(username.as_bytes(), |old| old.map(|_| to_record(record)))?.is_some();
+        let existed = self
+            .db
+            .gate()
+            .with(|| self.users.update_and_fetch(username.as_bytes(), |old| old.map(|_| to_record(record))))?
+            .is_some();
         self.db.sync().await?;
         Ok(existed)
     }

@@ -34,7 +34,9 @@ impl EmbeddedAdmin {
             let rec = old.as_ref().map(|v| json_record::<RegToken>(TOKENS, v)).transpose()?;
             let (found, new) = change(rec);
             let Some(new) = new else { return Ok((found, false)) };
-            if self.tokens.compare_and_swap(token.as_bytes(), old, Some(to_record(&new)))?.is_ok() {
+            let swapped =
+                self.db.gate().with(|| self.tokens.compare_and_swap(token.as_bytes(), old, Some(to_record(&new))))?;
+            if swapped.is_ok() {
                 return Ok((found, true));
             }
         }
@@ -44,7 +46,7 @@ impl EmbeddedAdmin {
 impl AdminStore for EmbeddedAdmin {
     fn add_token<'a>(&'a self, token: &'a RegToken) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
-            self.tokens.insert(token.token.as_bytes(), to_record(token))?;
+            self.db.gate().with(|| self.tokens.insert(token.token.as_bytes(), to_record(token)))?;
             self.db.sync().await
         })
     }
@@ -55,7 +57,7 @@ impl AdminStore for EmbeddedAdmin {
 
     fn revoke_token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<bool, StorageError>> {
         Box::pin(async move {
-            let had = self.tokens.remove(token.as_bytes())?.is_some();
+            let had = self.db.gate().with(|| self.tokens.remove(token.as_bytes()))?.is_some();
             self.db.sync().await?;
             Ok(had)
         })
@@ -98,10 +100,10 @@ impl AdminStore for EmbeddedAdmin {
 
     fn set_denied<'a>(&'a self, server: &'a str, denied: bool) -> BoxFuture<'a, Result<bool, StorageError>> {
         Box::pin(async move {
-            let changed = match denied {
-                true => self.denied.insert(server.as_bytes(), &[][..])?.is_none(),
-                false => self.denied.remove(server.as_bytes())?.is_some(),
-            };
+            let changed = self.db.gate().with(|| match denied {
+                true => self.denied.insert(server.as_bytes(), &[][..]).map(|old| old.is_none()),
+                false => self.denied.remove(server.as_bytes()).map(|old| old.is_some()),
+            })?;
             self.db.sync().await?;
             Ok(changed)
         })

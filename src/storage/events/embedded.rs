@@ -36,7 +36,7 @@ use super::{
 };
 use crate::protocol::RoomId;
 use crate::protocol::events::Event;
-use crate::storage::{StorageError, json_record, key};
+use crate::storage::{StorageError, WriteGate, json_record, key};
 
 const MAX_BATCH: usize = 1024;
 /// Expired transaction records deleted per sweep at most (more wait for the next batch).
@@ -71,12 +71,15 @@ impl Job {
 
 enum Msg {
     Job(Job),
+    /// Deletes a room's log, after every job sent before it.
+    Purge(RoomId, oneshot::Sender<Result<bool, StorageError>>),
     /// Flush and stop; answered once the last batch is on disk.
     Stop(oneshot::Sender<()>),
 }
 
 pub struct EmbeddedLog {
     tree: sled::Tree,
+    db: crate::storage::Db,
     durable: Arc<Durable>,
     jobs: mpsc::UnboundedSender<Msg>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -147,6 +150,36 @@ fn index_old_txns(tree: &sled::Tree, ttl_ms: u64) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Gives every room homed on `server` a new epoch, keeping its events and
+/// seqs, and returns how many. For a data dir restored from a backup:
+/// clients may have seen seqs past the backup's last, and the restored
+/// log would issue those seqs again, to other events, under the epoch
+/// the clients hold; with a new epoch a resuming client is told of a gap
+/// and reads the history again. Rooms homed elsewhere keep the epoch of
+/// their home server, from which they catch up.
+pub fn start_new_epochs(db: &crate::storage::Db, server: &str) -> Result<usize, StorageError> {
+    let tree = db.tree("events")?;
+    let mut writes = sled::Batch::default();
+    let mut n = 0;
+    for item in tree.scan_prefix(b"m\0") {
+        let (k, meta) = item?;
+        let homed_here =
+            std::str::from_utf8(&k[2..]).ok().and_then(|r| RoomId::parse(r).ok()).is_some_and(|r| r.server() == server);
+        if !homed_here {
+            continue;
+        }
+        // Epoch, then optionally NUL and the base seq, which stays.
+        let rest = meta.iter().position(|&b| b == 0).map_or(&[][..], |i| &meta[i..]);
+        let mut new = new_epoch().into_bytes();
+        new.extend_from_slice(rest);
+        writes.insert(k, new);
+        n += 1;
+    }
+    db.gate().with(|| tree.apply_batch(writes))?;
+    db.sync_blocking()?;
+    Ok(n)
+}
+
 fn seq_of(k: &[u8]) -> u64 {
     let tail: [u8; 8] = k[k.len() - 8..].try_into().expect("event keys end in a u64");
     u64::from_be_bytes(tail)
@@ -189,6 +222,9 @@ impl Durable {
     fn reset(&self, room: &RoomId, generation: u64, seq: u64) {
         self.0.lock().expect("durable lock").insert(room.clone(), (generation, seq));
     }
+    fn forget(&self, room: &RoomId) {
+        self.0.lock().expect("durable lock").remove(room);
+    }
     fn set(&self, room: &RoomId, generation: u64, seq: u64) {
         if let Some(d) = self.0.lock().expect("durable lock").get_mut(room)
             && d.0 == generation
@@ -208,6 +244,7 @@ struct RoomState {
 
 struct Writer {
     tree: sled::Tree,
+    gate: WriteGate,
     durable: Arc<Durable>,
     retention: Option<u64>,
     txn_ttl_ms: u64,
@@ -334,6 +371,12 @@ impl Writer {
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Job(j) => batch.push(j),
+                    Msg::Purge(room, reply) => {
+                        if !batch.is_empty() {
+                            self.commit(std::mem::take(&mut batch));
+                        }
+                        let _ = reply.send(self.purge(&room));
+                    }
                     Msg::Stop(done) => {
                         stop = Some(done);
                         break;
@@ -372,6 +415,34 @@ impl Writer {
         }
     }
 
+    /// Deletes the room's events, transaction records (with their expiry
+    /// index entries, found by a scan of the whole index) and head, and
+    /// forgets its cached state.
+    fn purge(&mut self, room: &RoomId) -> Result<bool, StorageError> {
+        self.rooms.remove(room);
+        self.durable.forget(room);
+        let mut txns = key(&[b"t", room.as_str().as_bytes()]);
+        txns.push(0);
+        let mut writes = sled::Batch::default();
+        let mut any = false;
+        for item in self.tree.scan_prefix(b"x\0").keys() {
+            let k = item?;
+            if k.get(10..).is_some_and(|tk| tk.starts_with(&txns)) {
+                writes.remove(k);
+            }
+        }
+        for prefix in [ekey_prefix(room), txns] {
+            for item in self.tree.scan_prefix(&prefix).keys() {
+                writes.remove(item?);
+                any = true;
+            }
+        }
+        any |= self.tree.contains_key(mkey(room))?;
+        writes.remove(mkey(room));
+        self.gate.with(|| self.tree.apply_batch(writes))?;
+        Ok(any)
+    }
+
     fn sweep(&self, now: u64) -> Result<usize, StorageError> {
         let mut writes = sled::Batch::default();
         let mut n = 0;
@@ -382,7 +453,7 @@ impl Writer {
             n += 1;
         }
         if n > 0 {
-            self.tree.apply_batch(writes)?;
+            self.gate.with(|| self.tree.apply_batch(writes))?;
         }
         Ok(n)
     }
@@ -436,7 +507,7 @@ impl Writer {
                 (Err(e), job) => job.fail(e),
             }
         }
-        if let Err(e) = self.tree.apply_batch(writes) {
+        if let Err(e) = self.gate.with(|| self.tree.apply_batch(writes)) {
             // Nothing of this batch is written; forget cached counters so
             // the next batch re-reads the truth from the tree.
             self.rooms.clear();
@@ -484,6 +555,7 @@ impl Writer {
             sender: new.sender.clone(),
             body: new.body.clone(),
             ts: now_ms(),
+            content: new.content.clone(),
         };
         let delivery = self.write_event(room, &event, writes)?;
         if let (Some(tk), Some(txn)) = (tk, &new.txn) {
@@ -597,7 +669,7 @@ impl EmbeddedLog {
     ) -> Result<Self, StorageError> {
         let tree = db.tree("events")?;
         let txn_ttl_ms = settings.txn_ttl.as_millis() as u64;
-        index_old_txns(&tree, txn_ttl_ms)?;
+        db.gate().with(|| index_old_txns(&tree, txn_ttl_ms))?;
         // Unbounded so that `append` can enqueue synchronously (fixing the
         // order at call time); callers bound their own in-flight appends.
         let (tx, rx) = mpsc::unbounded_channel();
@@ -607,6 +679,7 @@ impl EmbeddedLog {
         let syncer = Syncer { db: db.clone(), durable: durable.clone(), sink, poisoned: poisoned.clone() };
         let writer = Writer {
             tree: tree.clone(),
+            gate: db.gate().clone(),
             durable: durable.clone(),
             retention: settings.retention,
             txn_ttl_ms,
@@ -626,7 +699,7 @@ impl EmbeddedLog {
             spawn("parlor-log-syncer", Box::new(move || syncer.run(batches)))?,
             spawn("parlor-log-writer", Box::new(move || writer.run(rx)))?,
         ];
-        Ok(Self { tree, durable, jobs: tx, threads: Mutex::new(threads), poisoned })
+        Ok(Self { tree, db: db.clone(), durable, jobs: tx, threads: Mutex::new(threads), poisoned })
     }
 
     /// The head as readers may see it: capped at the durable seq.
@@ -727,6 +800,16 @@ impl EventLog for EmbeddedLog {
         Box::pin(async move {
             sent.map_err(|_| StorageError::Stopped("room log writer"))?;
             rx.await.map_err(|_| StorageError::Stopped("room log writer"))?
+        })
+    }
+
+    fn purge<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.jobs.send(Msg::Purge(room.clone(), reply)).map_err(|_| StorageError::Stopped("room log writer"))?;
+            let had = rx.await.map_err(|_| StorageError::Stopped("room log writer"))??;
+            self.db.sync().await?;
+            Ok(had)
         })
     }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::protocol::events::Range;
-use crate::protocol::events::{Event, EventType};
+use crate::protocol::events::{Event, EventContent, EventType};
 use crate::protocol::{RoomId, UserId};
 
 use super::StorageError;
@@ -57,6 +57,8 @@ pub struct NewEvent {
     pub kind: EventType,
     pub sender: UserId,
     pub body: Option<String>,
+    /// v1.1 fields of state events (empty for v1's types).
+    pub content: Box<EventContent>,
     /// Present for client sends: makes the append idempotent.
     pub txn: Option<Txn>,
 }
@@ -163,6 +165,13 @@ pub trait EventLog: Send + Sync + 'static {
         restart_at: Option<u64>,
         events: Vec<Event>,
     ) -> BoxFuture<'static, Result<Imported, StorageError>>;
+
+    /// Deletes everything the log holds of a room (every epoch, its
+    /// transaction records, what this process remembers of it); false when
+    /// it held nothing. Durable on return. For `parlor admin rooms purge`:
+    /// the caller has removed the room from the directory first, so no
+    /// send is taken for it while this runs.
+    fn purge<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<bool, StorageError>>;
 
     /// Whether the backing store answers now.
     fn healthy(&self) -> BoxFuture<'_, bool>;

@@ -4,6 +4,11 @@
 //! (sled, one process) and [`redis`] (Redis, shared by every process of a
 //! server started with `--redis`).
 //!
+//! v1.1 room state (name, topic, visibility, roles, bans, invites, the
+//! seq each member of a private room joined at) lives in the room record,
+//! changed only by [`RoomStore::replace`], a compare-and-swap on its `rev`;
+//! pending invites are also indexed per user ([`RoomStore::invites_of`]).
+//!
 //! An implementation acknowledges a change only once its store has it
 //! (sled: synced; Redis: answered), so a later read by any process that
 //! uses the same store sees it.
@@ -11,20 +16,59 @@
 pub mod embedded;
 pub mod redis;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 
 use super::StorageError;
 use super::events::BoxFuture;
+use crate::protocol::rooms::{Role, Visibility};
 
 pub use embedded::EmbeddedRooms;
 pub use redis::RedisRooms;
 
-/// A room as the directory knows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A room as the directory knows it. Every field past `created_ms` is
+/// v1.1 state, absent from (and defaulted for) records written before it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RoomRecord {
     pub room_id: String,
-    pub alias: String,
+    /// Absent for a room made without one (`POST /rooms` without `alias`, direct messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
     pub created_ms: u64,
+    /// Bumped by every [`RoomStore::replace`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rev: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub visibility: Visibility,
+    /// The seq of the `room` event whose state `name`, `topic` and
+    /// `visibility` hold: a change whose event came earlier in the log than
+    /// the one applied does not overwrite it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub state_seq: u64,
+    /// Roles above `member`, by user id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub roles: BTreeMap<String, Role>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub bans: BTreeSet<String>,
+    /// Users with a pending invite.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub invites: BTreeSet<String>,
+    /// The seq of the join event of each member who joined while the room
+    /// was private: the first event they may read.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub joined_seq: BTreeMap<String, u64>,
+    /// The two users of a direct-message room.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dm: Vec<String>,
 }
 
 /// A room directory implementation.
@@ -37,10 +81,29 @@ pub trait RoomStore: Send + Sync + 'static {
 
     fn room<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<Option<RoomRecord>, StorageError>>;
 
-    /// Creates the room for `record.alias` unless another request (of any
-    /// process) created it first; either way returns the room that now owns
-    /// the alias. Durable on return.
+    /// Creates the room for `record.alias` (or, without an alias, for
+    /// `record.room_id`) unless another request (of any process) created it
+    /// first; either way returns the room that now owns the alias (the id).
+    /// Durable on return.
     fn create<'a>(&'a self, record: &'a RoomRecord) -> BoxFuture<'a, Result<RoomRecord, StorageError>>;
+
+    /// Writes `record` in place of the stored record of its room if that
+    /// one's `rev` is still `record.rev - 1`; false (nothing written) when
+    /// another change came first or the room is unknown. Durable on return.
+    fn replace<'a>(&'a self, record: &'a RoomRecord) -> BoxFuture<'a, Result<bool, StorageError>>;
+
+    /// Adds (or removes) a room to (from) a user's invite index. The index
+    /// may hold more than the records' invites: [`RoomStore::invites_of`]
+    /// checks each entry against its record.
+    fn index_invite<'a>(
+        &'a self,
+        user_id: &'a str,
+        room_id: &'a str,
+        invited: bool,
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
+
+    /// Rooms whose record has a pending invite of the user.
+    fn invites_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<RoomRecord>, StorageError>>;
 
     fn is_member<'a>(&'a self, room_id: &'a str, user_id: &'a str) -> BoxFuture<'a, Result<bool, StorageError>>;
 
@@ -58,6 +121,11 @@ pub trait RoomStore: Send + Sync + 'static {
 
     /// Member user ids, sorted.
     fn members<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<Vec<String>, StorageError>>;
+
+    /// Removes a room: its record, its alias (when it still names this
+    /// room) and every membership, both ways; false when there was no such
+    /// room. Durable on return.
+    fn delete<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<bool, StorageError>>;
 
     /// Rooms a user is in.
     fn rooms_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<RoomRecord>, StorageError>>;

@@ -11,8 +11,13 @@
 //!   an index over `members` (written before a join and removed after a
 //!   leave, so it is a superset; [`RoomStore::rooms_of`] checks each entry
 //!   against `members`);
+//! - `parlor:{USER}:invites` hash room id → ms: the rooms a user has a
+//!   pending invite to, as an index over the records' `invites` (a
+//!   superset; [`RoomStore::invites_of`] checks each entry);
 //! - `parlor:{ALIAS}:alias` string: the room id an alias names, set once
 //!   (`SET NX`: the first creator of an alias wins, whichever process);
+//! - a room made without an alias is created with `SET NX` on its record;
+//!   [`RoomStore::replace`] is a Lua compare-and-swap on the record's `rev`;
 //! - `parlor:rooms` set: every room id, for [`RoomStore::all`] (start-up
 //!   and background catch-up only, never on a request's path).
 //!
@@ -42,6 +47,21 @@ fn members_key(room: &str) -> String {
 fn user_rooms_key(user: &str) -> String {
     format!("parlor:{{{user}}}:rooms")
 }
+
+fn user_invites_key(user: &str) -> String {
+    format!("parlor:{{{user}}}:invites")
+}
+
+/// Compare-and-swap of a room record on its `rev` (absent: 0). KEYS: the
+/// record. ARGV: the rev expected, the new record. Answer: 1 written, 0 not.
+const REPLACE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+local rev = cjson.decode(cur).rev or 0
+if rev ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+";
 
 fn alias_key(alias: &str) -> String {
     format!("parlor:{{{alias}}}:alias")
@@ -79,13 +99,26 @@ impl RedisRooms {
     }
 
     async fn create_now(&self, record: &RoomRecord) -> Result<RoomRecord, StorageError> {
+        let Some(alias) = &record.alias else {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET").arg(room_key(&record.room_id)).arg(to_record(record)).arg("NX");
+            pipe.cmd("SADD").arg(ALL_KEY).arg(&record.room_id).ignore();
+            let (set,): (Option<String>,) = query_pipe(&self.conn, &pipe).await?;
+            if set.is_some() {
+                return Ok(record.clone());
+            }
+            return self
+                .get(&record.room_id)
+                .await?
+                .ok_or(StorageError::Corrupt { tree: "rooms", detail: format!("room {} vanished", record.room_id) });
+        };
         // The record first, so that an alias never names a room without one;
         // then the alias, whose `SET NX` decides between racing creators.
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(room_key(&record.room_id)).arg(to_record(record)).ignore();
         pipe.cmd("SADD").arg(ALL_KEY).arg(&record.room_id).ignore();
-        pipe.cmd("SET").arg(alias_key(&record.alias)).arg(&record.room_id).arg("NX");
-        pipe.cmd("GET").arg(alias_key(&record.alias));
+        pipe.cmd("SET").arg(alias_key(alias)).arg(&record.room_id).arg("NX");
+        pipe.cmd("GET").arg(alias_key(alias));
         let (_, owner): (Option<String>, Option<String>) = query_pipe(&self.conn, &pipe).await?;
         let owner = owner.ok_or_else(|| StorageError::Corrupt { tree: "aliases", detail: "alias vanished".into() })?;
         if owner == record.room_id {
@@ -129,6 +162,40 @@ impl RedisRooms {
         query_pipe::<()>(&self.conn, &pipe).await
     }
 
+    async fn delete_now(&self, room_id: &str) -> Result<bool, StorageError> {
+        let Some(record) = self.get(room_id).await? else { return Ok(false) };
+        let members: Vec<String> = query_cmd(&self.conn, redis::cmd("HKEYS").arg(members_key(room_id))).await?;
+        let mut pipe = redis::pipe();
+        for user in &members {
+            pipe.cmd("HDEL").arg(user_rooms_key(user)).arg(room_id).ignore();
+        }
+        for user in &record.invites {
+            pipe.cmd("HDEL").arg(user_invites_key(user)).arg(room_id).ignore();
+        }
+        pipe.cmd("DEL").arg(members_key(room_id)).ignore();
+        pipe.cmd("SREM").arg(ALL_KEY).arg(room_id).ignore();
+        pipe.cmd("DEL").arg(room_key(room_id)).ignore();
+        query_pipe::<()>(&self.conn, &pipe).await?;
+        let Some(alias) = &record.alias else { return Ok(true) };
+        // Only while the alias still names this room (a script: compare and delete in one step).
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        );
+        let mut conn = self.conn.clone();
+        script
+            .key(alias_key(alias))
+            .arg(room_id)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| crate::storage::events::redis::link::storage_error(&e))?;
+        Ok(true)
+    }
+
+    async fn invites_of_now(&self, user_id: &str) -> Result<Vec<RoomRecord>, StorageError> {
+        let ids: Vec<String> = query_cmd(&self.conn, redis::cmd("HKEYS").arg(user_invites_key(user_id))).await?;
+        Ok(self.records(&ids).await?.into_iter().filter(|r| r.invites.contains(user_id)).collect())
+    }
+
     async fn rooms_of_now(&self, user_id: &str) -> Result<Vec<RoomRecord>, StorageError> {
         let ids: Vec<String> = query_cmd(&self.conn, redis::cmd("HKEYS").arg(user_rooms_key(user_id))).await?;
         let mut out = Vec::with_capacity(ids.len());
@@ -165,6 +232,39 @@ impl RoomStore for RedisRooms {
         Box::pin(self.create_now(record))
     }
 
+    fn replace<'a>(&'a self, record: &'a RoomRecord) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(REPLACE).arg(1).arg(room_key(&record.room_id)).arg(record.rev.saturating_sub(1));
+            cmd.arg(to_record(record));
+            let done: i64 = query_cmd(&self.conn, &cmd).await?;
+            Ok(done == 1)
+        })
+    }
+
+    fn index_invite<'a>(
+        &'a self,
+        user_id: &'a str,
+        room_id: &'a str,
+        invited: bool,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            let mut cmd = match invited {
+                true => redis::cmd("HSET"),
+                false => redis::cmd("HDEL"),
+            };
+            cmd.arg(user_invites_key(user_id)).arg(room_id);
+            if invited {
+                cmd.arg(crate::storage::events::now_ms());
+            }
+            query_cmd::<()>(&self.conn, &cmd).await
+        })
+    }
+
+    fn invites_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<RoomRecord>, StorageError>> {
+        Box::pin(self.invites_of_now(user_id))
+    }
+
     fn is_member<'a>(&'a self, room_id: &'a str, user_id: &'a str) -> BoxFuture<'a, Result<bool, StorageError>> {
         Box::pin(
             async move { query_cmd(&self.conn, redis::cmd("HEXISTS").arg(members_key(room_id)).arg(user_id)).await },
@@ -197,5 +297,9 @@ impl RoomStore for RedisRooms {
 
     fn rooms_of<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<RoomRecord>, StorageError>> {
         Box::pin(self.rooms_of_now(user_id))
+    }
+
+    fn delete<'a>(&'a self, room_id: &'a str) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(self.delete_now(room_id))
     }
 }

@@ -37,7 +37,8 @@ rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # start_parlor PORT DATADIR [args…]: start a server, wait until it listens, set $SERVER_PID.
 start_parlor() {
   local port=$1 dir=$2; shift 2
-  setsid "$PARLOR" serve --listen "127.0.0.1:$port" --data-dir "$dir" --rate-limit off "$@" \
+  setsid "$PARLOR" serve --listen "127.0.0.1:$port" --data-dir "$dir" --rate-limit off \
+    --max-connections-per-address 20000 "$@" \
     >>"$OUT/parlor-$port.log" 2>&1 </dev/null &
   SERVER_PID=$!
   pids+=("$SERVER_PID")

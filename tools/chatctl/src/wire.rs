@@ -55,6 +55,8 @@ pub struct WhoamiResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoomSummary {
     pub room_id: String,
+    /// Absent for v1.1 rooms made without an alias (direct messages).
+    #[serde(default)]
     pub alias: String,
 }
 

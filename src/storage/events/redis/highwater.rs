@@ -92,6 +92,11 @@ impl SeenMap {
         self.0.lock().expect("seen lock").get(room).cloned()
     }
 
+    /// Forgets a room (purged).
+    pub fn forget(&self, room: &RoomId) {
+        self.0.lock().expect("seen lock").remove(room);
+    }
+
     /// Records a sighting of a room this process uses.
     pub fn observe(&self, room: &RoomId, epoch: &Arc<str>, generation: u64, seq: u64) {
         let mut m = self.0.lock().expect("seen lock");
@@ -166,6 +171,29 @@ fn decode(v: &[u8]) -> Result<Seen, StorageError> {
     Ok(Seen { epoch: epoch.into(), generation, seq })
 }
 
+/// Makes every mark in `db` say that more was handed out than any Redis
+/// holds (the highest seq there is, same generation), and returns how many.
+/// For a data dir restored from a backup together with Redis from a
+/// snapshot: clients may have seen seqs past the snapshot, which Redis
+/// would issue again to other events under the epoch those clients hold.
+/// The start-up check then moves every room with a mark to a new epoch
+/// (the old one archived, still readable with `?epoch=`).
+pub fn mark_all_rolled_back(db: &Db) -> Result<usize, StorageError> {
+    let tree = db.tree(TREE)?;
+    let mut writes = sled::Batch::default();
+    let mut n = 0;
+    for item in tree.iter() {
+        let (k, v) = item?;
+        let mut mark = decode(&v)?;
+        mark.seq = u64::MAX;
+        writes.insert(k, encode(&mark));
+        n += 1;
+    }
+    db.gate().with(|| tree.apply_batch(writes))?;
+    db.sync_blocking()?;
+    Ok(n)
+}
+
 impl HighWater {
     pub fn open(db: &Db) -> Result<Self, StorageError> {
         Ok(Self {
@@ -205,22 +233,24 @@ impl HighWater {
     pub fn note(&self, room: &RoomId, epoch: &Arc<str>, generation: u64, seq: u64) -> Result<(), StorageError> {
         let mut changed = false;
         let mut bad = None;
-        self.tree.update_and_fetch(room.as_str(), |old| {
-            bad = None;
-            let mut mark = match old.map(decode) {
-                Some(Ok(m)) => m,
-                // Replaced: a mark that does not decode protects nothing.
-                Some(Err(e)) => {
-                    bad = Some(e);
-                    Seen { epoch: epoch.clone(), generation: 0, seq: 0 }
+        self.db.gate().with(|| {
+            self.tree.update_and_fetch(room.as_str(), |old| {
+                bad = None;
+                let mut mark = match old.map(decode) {
+                    Some(Ok(m)) => m,
+                    // Replaced: a mark that does not decode protects nothing.
+                    Some(Err(e)) => {
+                        bad = Some(e);
+                        Seen { epoch: epoch.clone(), generation: 0, seq: 0 }
+                    }
+                    None => Seen { epoch: epoch.clone(), generation: 0, seq: 0 },
+                };
+                changed = mark.merge(epoch, generation, seq) || old.is_none() || bad.is_some();
+                match (changed, old) {
+                    (false, Some(old)) => Some(old.to_vec()),
+                    _ => Some(encode(&mark)),
                 }
-                None => Seen { epoch: epoch.clone(), generation: 0, seq: 0 },
-            };
-            changed = mark.merge(epoch, generation, seq) || old.is_none() || bad.is_some();
-            match (changed, old) {
-                (false, Some(old)) => Some(old.to_vec()),
-                _ => Some(encode(&mark)),
-            }
+            })
         })?;
         if let Some(e) = bad {
             tracing::warn!(room = %room, error = %e, "replaced an undecodable redis high-water mark");
@@ -273,6 +303,18 @@ impl HighWater {
     /// made durable, so nothing more may be handed out.
     pub fn failed(&self) -> bool {
         self.db.sync_failed()
+    }
+
+    /// Removes a room's mark (purged); durable after the next sync of the data directory.
+    pub fn forget(&self, room: &RoomId) -> Result<(), StorageError> {
+        self.dirty.lock().expect("dirty lock").remove(room);
+        self.db.gate().with(|| self.tree.remove(room.as_str()))?;
+        Ok(())
+    }
+
+    /// The data directory, to sync.
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Every mark on disk.

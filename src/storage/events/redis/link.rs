@@ -81,6 +81,11 @@ impl Link {
         Ok(link)
     }
 
+    /// The connection, for commands outside the scripts.
+    pub fn conn(&self) -> &ConnectionManager {
+        &self.conn
+    }
+
     pub async fn load_scripts(&self) -> Result<(), RedisError> {
         let mut conn = self.conn.clone();
         for s in [&self.scripts.append, &self.scripts.read, &self.scripts.import] {

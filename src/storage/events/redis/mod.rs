@@ -17,7 +17,8 @@
 //! - `parlor:{ROOM}:meta` hash `epoch`, `gen`, `seq`: the room's epoch, its
 //!   generation (Redis clock in ms when it was started) and last seq;
 //! - `parlor:{ROOM}:log` stream, entry id `<seq>-0`, fields `t` type, `s`
-//!   sender, `b` body (messages only), `ts`, and `i` the event id for events
+//!   sender, `b` body (messages only), `ts`, `x` the v1.1 content of state
+//!   events (JSON: target, name, topic, …), and `i` the event id for events
 //!   imported from a federated room's home server; trimmed to the retention;
 //! - `parlor:{ROOM}:archive:<EPOCH>` stream: an older epoch's log, kept
 //!   when the room started a new epoch, and `parlor:{ROOM}:epochs` hash
@@ -44,6 +45,8 @@
 
 mod feed;
 mod highwater;
+
+pub use highwater::mark_all_rolled_back;
 pub(crate) mod link;
 mod replies;
 mod writer;
@@ -59,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::feed::FeedReader;
 use self::highwater::{Durability, HighWater, Seen, SeenMap};
-use self::link::{Link, RESPONSE_TIMEOUT, evalsha, storage_error};
+use self::link::{Link, RESPONSE_TIMEOUT, evalsha, query_cmd, storage_error};
 use self::replies::{ReadStatus, read_answer};
 use self::writer::{Job, Msg, Writer};
 use super::{
@@ -540,10 +543,56 @@ impl EventLog for RedisLog {
                     None => cmd.arg("0").arg(""),
                 };
                 cmd.arg(e.ts);
+                match e.content.is_empty() {
+                    true => cmd.arg(""),
+                    false => cmd.arg(serde_json::to_string(&e.content).expect("contents serialize")),
+                };
             }
             let (generation, before, latest, written, hole) = replies::imported(shared.link.query(&cmd).await?)?;
             shared.seen.observe(&room, &epoch, generation, latest);
             Ok(Imported { before, latest, written: written as usize, hole })
+        })
+    }
+
+    fn purge<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(async move {
+            let conn = self.shared.link.conn();
+            // Every key of the room's log shares the prefix (and hash tag)
+            // `parlor:{ROOM}:`, as do the directory's keys, which are left.
+            let prefix = format!("parlor:{{{room}}}:");
+            let pattern: String = prefix
+                .chars()
+                .flat_map(|c| match c {
+                    '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .chain(['*'])
+                .collect();
+            let mut keys = Vec::new();
+            let mut cursor = 0u64;
+            loop {
+                let (next, batch): (u64, Vec<String>) =
+                    query_cmd(conn, redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000))
+                        .await?;
+                keys.extend(batch.into_iter().filter(|k| {
+                    let rest = &k[prefix.len().min(k.len())..];
+                    matches!(rest, "meta" | "log" | "epochs")
+                        || rest.starts_with("archive:")
+                        || rest.starts_with("txn:")
+                }));
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            let had = !keys.is_empty();
+            for chunk in keys.chunks(512) {
+                query_cmd::<()>(conn, redis::cmd("DEL").arg(chunk)).await?;
+            }
+            self.shared.seen.forget(room);
+            self.shared.high_water.forget(room)?;
+            self.shared.high_water.db().sync().await?;
+            Ok(had)
         })
     }
 

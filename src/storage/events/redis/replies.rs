@@ -8,7 +8,7 @@ use redis::streams::StreamId;
 use redis::{FromRedisValue, Value};
 
 use super::super::event_id;
-use crate::protocol::events::{Event, EventType};
+use crate::protocol::events::{Event, EventContent, EventType};
 use crate::protocol::{RoomId, UserId};
 use crate::storage::StorageError;
 
@@ -47,24 +47,24 @@ pub(super) fn event(room: &RoomId, epoch: &str, entry: StreamId) -> Result<Event
 }
 
 /// The event fields of a room stream or feed entry: `t` type, `s` sender,
-/// `b` body (messages only), `ts`, and `i` the event id of events imported
+/// `b` body (messages only), `ts`, `x` the v1.1 content of state events
+/// (JSON), and `i` the event id of events imported
 /// from a federated room's home server (others derive theirs).
 fn event_at(room: &RoomId, epoch: &str, seq: u64, fields: Fields) -> Result<Event, StorageError> {
     let (mut kind, mut sender, mut body, mut ts, mut id) = (None, None, None, 0, None);
+    let mut content = EventContent::default();
     for (k, v) in fields {
         match k.as_str() {
             "t" => {
-                kind = Some(match v.as_str() {
-                    "message" => EventType::Message,
-                    "join" => EventType::Join,
-                    "leave" => EventType::Leave,
-                    other => return Err(corrupt(format!("event {seq} of {room}: type {other:?}"))),
-                })
+                kind = Some(
+                    EventType::from_wire(&v).ok_or_else(|| corrupt(format!("event {seq} of {room}: type {v:?}")))?,
+                )
             }
             "s" => sender = Some(UserId::parse(&v).map_err(|e| corrupt(format!("sender {v:?}: {e}")))?),
             "b" => body = Some(v),
             "ts" => ts = number(&v)?,
             "i" => id = Some(v),
+            "x" => content = serde_json::from_str(&v).map_err(|e| corrupt(format!("event {seq} of {room}: x: {e}")))?,
             _ => {}
         }
     }
@@ -72,7 +72,7 @@ fn event_at(room: &RoomId, epoch: &str, seq: u64, fields: Fields) -> Result<Even
         return Err(corrupt(format!("event {seq} of {room} without a type or a sender")));
     };
     let event_id = id.unwrap_or_else(|| event_id(room, epoch, seq, room.server()));
-    Ok(Event { event_id, seq, kind, sender, body, ts })
+    Ok(Event { event_id, seq, kind, sender, body, ts, content: Box::new(content) })
 }
 
 /// One entry of the shared feed, as read.

@@ -102,6 +102,9 @@ impl Writer {
         if let Some(body) = &job.event.body {
             cmd.arg("b").arg(body);
         }
+        if !job.event.content.is_empty() {
+            cmd.arg("x").arg(serde_json::to_string(&job.event.content).expect("contents serialize"));
+        }
         Ok(cmd)
     }
 

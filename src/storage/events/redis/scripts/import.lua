@@ -5,7 +5,8 @@
 --
 -- KEYS: meta, log, feed. ARGV: room, epoch, restart seq ('' = none),
 -- retention (0: all), feed maxlen, origin, count, then per event: seq,
--- event id, type, sender, has-body ('1'/'0'), body, ts.
+-- event id, type, sender, has-body ('1'/'0'), body, ts, v1.1 content
+-- ('' = none).
 -- Answer: {generation, seq before, seq after, events written, hole (0/1)}.
 
 local room, epoch, restart = ARGV[1], ARGV[2], ARGV[3]
@@ -43,6 +44,10 @@ for _ = 1, n do
     fields[#fields + 1] = ARGV[i + 6]
     fields[#fields + 1] = 'i'
     fields[#fields + 1] = ARGV[i + 1]
+    if ARGV[i + 7] ~= '' then
+      fields[#fields + 1] = 'x'
+      fields[#fields + 1] = ARGV[i + 7]
+    end
     local id = string.format('%d-0', eseq)
     if retention > 0 then
       redis.call('XADD', KEYS[2], 'MAXLEN', retention, id, unpack(fields))
@@ -54,7 +59,7 @@ for _ = 1, n do
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', feed_max, '*',
       'r', room, 'e', epoch, 'g', sgen, 'q', string.format('%d', seq), 'o', origin, unpack(fields))
   end
-  i = i + 7
+  i = i + 8
 end
 redis.call('HSET', KEYS[1], 'seq', string.format('%d', seq))
 return {gen, before, seq, written, hole}

@@ -1,0 +1,552 @@
+//! v1.1 room state of rooms homed here: creation with `POST /rooms`, name,
+//! topic and visibility, invites, roles, kick/ban/unban, direct messages,
+//! the rooms list with invites, and who may read which part of a private
+//! room's log. Each change is a compare-and-swap of the room record
+//! ([`Rooms::update`]) and then its event in the room log.
+
+use base64::Engine as _;
+use ring::rand::SecureRandom;
+
+use super::{Room, Rooms, to_room};
+use crate::protocol::events::{Event, EventContent, EventType};
+use crate::protocol::limits::{
+    CREATE_INVITES_MAX, REASON_MAX_BYTES, ROOM_DISPLAY_NAME_MAX_BYTES, ROOM_TOPIC_MAX_BYTES,
+};
+use crate::protocol::rooms::{CreateRoomRequest, Membership, Role, RoomUpdate, Visibility};
+use crate::protocol::{ErrCode, RoomId, RoomRef, UserId};
+use crate::service::error::{Error, Result};
+use crate::storage::events::{AppendOutcome, NewEvent, Range, now_ms};
+use crate::storage::rooms::{RoomRecord, set_member};
+
+/// Tries of a compare-and-swap before giving up on a room that changes that fast.
+const CAS_TRIES: usize = 32;
+
+/// A room as `GET /rooms` lists it.
+#[derive(Debug, Clone)]
+pub struct RoomState {
+    pub room: Room,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub visibility: Visibility,
+    pub membership: Membership,
+    pub role: Role,
+    pub last_event: Option<Event>,
+}
+
+fn forbidden(msg: impl Into<String>) -> Error {
+    Error::refused(ErrCode::Forbidden, msg)
+}
+
+fn role_of(rec: &RoomRecord, user: &str) -> Role {
+    rec.roles.get(user).copied().unwrap_or_default()
+}
+
+/// The join checks of a room record: bans, then invites of a private room.
+pub(super) fn may_join(rec: &RoomRecord, user: &UserId, room: &Room) -> Result<()> {
+    if rec.bans.contains(user.as_str()) {
+        return Err(Error::refused(ErrCode::Banned, format!("you are banned from {}", room.label())));
+    }
+    let dm_party = rec.dm.iter().any(|u| u == user.as_str());
+    if rec.visibility == Visibility::Private && !rec.invites.contains(user.as_str()) && !dm_party {
+        return Err(Error::refused(
+            ErrCode::NotInvited,
+            format!("{} is private and you have no invite to it", room.label()),
+        ));
+    }
+    Ok(())
+}
+
+/// A text field of a request: 1 to `max` bytes (`Some("")` clears it where `clear` allows).
+fn check_text(field: &str, v: &Option<String>, max: usize, clear: bool) -> Result<()> {
+    match v {
+        Some(s) if s.is_empty() && clear => Ok(()),
+        Some(s) if s.is_empty() || s.len() > max => {
+            Err(Error::refused(ErrCode::InvalidField, format!("{field}: 1 to {max} bytes")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn nonempty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
+fn room_content(rec: &RoomRecord) -> EventContent {
+    EventContent {
+        name: rec.name.clone(),
+        topic: rec.topic.clone(),
+        visibility: Some(rec.visibility),
+        ..EventContent::default()
+    }
+}
+
+impl Rooms {
+    /// Held while one of this process's state changes of a room changes its
+    /// record and appends its event.
+    async fn state_lock(&self, room: &Room) -> tokio::sync::MutexGuard<'_, ()> {
+        self.state_stripes[super::stripe_of(&room.room_id)].lock().await
+    }
+
+    /// The record of a room this server knows.
+    pub(super) async fn record(&self, room: &Room) -> Result<RoomRecord> {
+        self.store.room(room.room_id.as_str()).await?.ok_or_else(|| super::not_found(&room.room_id))
+    }
+
+    /// Changes a room's record with `change` (which may refuse), again on a
+    /// fresh copy whenever another change (of any process) came first.
+    pub(super) async fn update(
+        &self,
+        room: &Room,
+        mut change: impl FnMut(&mut RoomRecord) -> Result<()>,
+    ) -> Result<RoomRecord> {
+        for _ in 0..CAS_TRIES {
+            let mut rec = self.record(room).await?;
+            change(&mut rec)?;
+            rec.rev += 1;
+            if self.store.replace(&rec).await? {
+                return Ok(rec);
+            }
+        }
+        Err(Error::refused(ErrCode::StorageUnavailable, format!("{} changes too fast; try again", room.label())))
+    }
+
+    /// Appends an event of the server's own making (not a client send).
+    pub(super) async fn append_state(
+        &self,
+        room_id: &RoomId,
+        kind: EventType,
+        sender: &UserId,
+        content: EventContent,
+    ) -> Result<u64> {
+        let new = NewEvent { kind, sender: sender.clone(), body: None, content: Box::new(content), txn: None };
+        match self.log.append(room_id, new).await? {
+            AppendOutcome::Stored { seq, .. } | AppendOutcome::Repeated { seq, .. } => Ok(seq),
+            AppendOutcome::Conflict => {
+                Err(Error::refused(ErrCode::Internal, "the room log answered an append without a txn_id as a conflict"))
+            }
+        }
+    }
+
+    /// A room homed here that the user is a member of, with its record.
+    async fn local_member(&self, user: &UserId, r: &RoomRef) -> Result<(Room, RoomRecord)> {
+        let room = self.resolve_member(user, r).await?;
+        if self.is_remote(&room.room_id) {
+            return Err(Error::refused(
+                ErrCode::RemoteUserUnsupported,
+                format!("{} is homed on another server; v1.1 room state is not federated yet", room.label()),
+            ));
+        }
+        let rec = self.record(&room).await?;
+        Ok((room, rec))
+    }
+
+    /// A user named by a v1.1 request: of this server, and existing.
+    async fn check_user(&self, user: &UserId) -> Result<()> {
+        if user.server() != self.server_name.as_str() {
+            return Err(Error::refused(
+                ErrCode::RemoteUserUnsupported,
+                format!("{user} is a user of another server; only users of this server can be named here yet"),
+            ));
+        }
+        match self.accounts.get(user.localpart()).await? {
+            Some(a) if a.deactivated_ms.is_none() => Ok(()),
+            _ => Err(Error::refused(ErrCode::UserNotFound, format!("no user {user} here"))),
+        }
+    }
+
+    /// Refuses a change that would leave the room's members without an
+    /// owner: the last owner leaving (or being demoted) while others stay.
+    pub(super) async fn check_not_last_owner(&self, rec: &RoomRecord, room: &Room, user: &UserId) -> Result<()> {
+        if role_of(rec, user.as_str()) != Role::Owner {
+            return Ok(());
+        }
+        let members = self.store.members(room.room_id.as_str()).await?;
+        let others = members.iter().filter(|m| *m != user.as_str()).count();
+        let owners = members.iter().filter(|m| *m != user.as_str() && role_of(rec, m) == Role::Owner).count();
+        if others > 0 && owners == 0 {
+            return Err(forbidden(format!(
+                "you are the last owner of {}: make another member owner first",
+                room.label()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Drops what the record keeps about a member who is gone (role, join seq).
+    pub(super) async fn forget_member(&self, room: &Room, user: &UserId) -> Result<()> {
+        let rec = self.record(room).await?;
+        if rec.roles.contains_key(user.as_str()) || rec.joined_seq.contains_key(user.as_str()) {
+            self.update(room, |r| {
+                r.roles.remove(user.as_str());
+                r.joined_seq.remove(user.as_str());
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The first seq of the room's log the user may read: 1, except for a
+    /// member of a private room, who reads from their join on.
+    pub async fn visible_from(&self, user: &UserId, room: &Room) -> Result<u64> {
+        if self.is_remote(&room.room_id) {
+            return Ok(1);
+        }
+        let rec = self.record(room).await?;
+        if rec.visibility != Visibility::Private {
+            return Ok(1);
+        }
+        Ok(rec.joined_seq.get(user.as_str()).copied().unwrap_or(1))
+    }
+
+    /// `POST /rooms`: a new room homed here, the creator its owner and
+    /// first member; its log starts with the creator's join, a `room` event
+    /// with its state, and one `invite` per invited user.
+    pub async fn create_room(&self, user: &UserId, req: CreateRoomRequest) -> Result<Room> {
+        check_text("name", &req.name, ROOM_DISPLAY_NAME_MAX_BYTES, false)?;
+        check_text("topic", &req.topic, ROOM_TOPIC_MAX_BYTES, false)?;
+        let alias = match &req.alias {
+            None => None,
+            Some(raw) => {
+                let r = Self::parse_ref(raw)?;
+                match (&r, self.local_alias(&r)) {
+                    (RoomRef::Id(_), _) | (_, None) => {
+                        return Err(Error::refused(
+                            ErrCode::InvalidRoom,
+                            format!("alias: {raw:?} is not a room name or an alias of this server"),
+                        ));
+                    }
+                    (_, Some(a)) => Some(a),
+                }
+            }
+        };
+        let mut invites: Vec<UserId> = req.invite.unwrap_or_default();
+        if invites.len() > CREATE_INVITES_MAX {
+            return Err(Error::refused(ErrCode::InvalidField, format!("invite: at most {CREATE_INVITES_MAX} users")));
+        }
+        invites.retain(|u| u != user);
+        invites.sort();
+        invites.dedup();
+        for u in &invites {
+            self.check_user(u).await?;
+        }
+        let mut b = [0u8; 12];
+        self.rng.fill(&mut b).expect("system randomness");
+        let room_id = RoomId::new(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b), &self.server_name);
+        let rec = RoomRecord {
+            room_id: room_id.to_string(),
+            alias: alias.as_ref().map(|a| a.to_string()),
+            created_ms: now_ms(),
+            name: req.name,
+            topic: req.topic,
+            visibility: req.visibility.unwrap_or_default(),
+            roles: [(user.to_string(), Role::Owner)].into(),
+            invites: invites.iter().map(|u| u.to_string()).collect(),
+            ..RoomRecord::default()
+        };
+        let winner = self.store.create(&rec).await?;
+        if winner.room_id != rec.room_id {
+            let alias = alias.map(|a| a.to_string()).unwrap_or_default();
+            return Err(Error::refused(ErrCode::AliasTaken, format!("{alias} already names a room")));
+        }
+        tracing::info!(%room_id, "room created");
+        let room = Room { room_id, alias };
+        self.start_room(user, &room, &rec, &invites).await?;
+        Ok(room)
+    }
+
+    /// The first events of a room made by a request, and its creator's membership.
+    async fn start_room(&self, user: &UserId, room: &Room, rec: &RoomRecord, invites: &[UserId]) -> Result<()> {
+        for u in invites {
+            self.store.index_invite(u.as_str(), room.room_id.as_str(), true).await?;
+        }
+        let seq = self.append_state(&room.room_id, EventType::Join, user, EventContent::default()).await?;
+        if rec.visibility == Visibility::Private {
+            self.update(room, |r| {
+                r.joined_seq.insert(user.to_string(), seq);
+                Ok(())
+            })
+            .await?;
+        }
+        set_member(&*self.store, room.room_id.as_str(), user.as_str(), true, now_ms()).await?;
+        self.append_state(&room.room_id, EventType::Room, user, room_content(rec)).await?;
+        for u in invites {
+            let content = EventContent { target: Some(u.clone()), ..EventContent::default() };
+            self.append_state(&room.room_id, EventType::Invite, user, content).await?;
+        }
+        Ok(())
+    }
+
+    /// `PATCH /rooms/{room}`: moderators and owners change name, topic, visibility.
+    pub async fn patch(&self, user: &UserId, r: &RoomRef, req: RoomUpdate) -> Result<()> {
+        check_text("name", &req.name, ROOM_DISPLAY_NAME_MAX_BYTES, true)?;
+        check_text("topic", &req.topic, ROOM_TOPIC_MAX_BYTES, true)?;
+        let (room, _) = self.local_member(user, r).await?;
+        let _one = self.state_lock(&room).await;
+        let mut rec = self.record(&room).await?;
+        if role_of(&rec, user.as_str()) < Role::Moderator {
+            return Err(forbidden("changing a room takes a moderator or owner"));
+        }
+        if let Some(n) = &req.name {
+            rec.name = nonempty(Some(n.clone()));
+        }
+        if let Some(t) = &req.topic {
+            rec.topic = nonempty(Some(t.clone()));
+        }
+        if let Some(v) = req.visibility {
+            rec.visibility = v;
+        }
+        // The event first, then the record, unless a change whose event came
+        // later (on another process) is there already: the record then
+        // always holds the state of the log's last `room` event.
+        let seq = self.append_state(&room.room_id, EventType::Room, user, room_content(&rec)).await?;
+        self.update(&room, |r| {
+            if r.state_seq < seq {
+                (r.name, r.topic, r.visibility, r.state_seq) =
+                    (rec.name.clone(), rec.topic.clone(), rec.visibility, seq);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /rooms/{room}/invite`: a member invites a user of this server
+    /// (of a private room, only moderators and owners may). Inviting a
+    /// member or an invitee again changes nothing.
+    pub async fn invite(&self, user: &UserId, r: &RoomRef, target: &UserId) -> Result<()> {
+        self.check_user(target).await?;
+        let (room, rec) = self.local_member(user, r).await?;
+        if rec.visibility == Visibility::Private && role_of(&rec, user.as_str()) < Role::Moderator {
+            return Err(forbidden("inviting to a private room takes a moderator or owner"));
+        }
+        if self.store.is_member(room.room_id.as_str(), target.as_str()).await? {
+            return Ok(());
+        }
+        let _one = self.state_lock(&room).await;
+        self.store.index_invite(target.as_str(), room.room_id.as_str(), true).await?;
+        let mut fresh = false;
+        self.update(&room, |rec| {
+            if rec.bans.contains(target.as_str()) {
+                return Err(Error::refused(ErrCode::Banned, format!("{target} is banned from {}", room.label())));
+            }
+            fresh = rec.invites.insert(target.to_string());
+            Ok(())
+        })
+        .await?;
+        if fresh {
+            let content = EventContent { target: Some(target.clone()), ..EventContent::default() };
+            self.append_state(&room.room_id, EventType::Invite, user, content).await?;
+        }
+        Ok(())
+    }
+
+    /// `POST /rooms/{room}/reject`: an invitee declines.
+    pub async fn reject(&self, user: &UserId, r: &RoomRef) -> Result<()> {
+        let room = self.resolve(r).await?;
+        if self.is_remote(&room.room_id) {
+            return Err(Error::refused(ErrCode::NotInvited, format!("you have no invite to {}", room.label())));
+        }
+        let _one = self.state_lock(&room).await;
+        self.update(&room, |rec| match rec.invites.remove(user.as_str()) {
+            true => Ok(()),
+            false => Err(Error::refused(ErrCode::NotInvited, format!("you have no invite to {}", room.label()))),
+        })
+        .await?;
+        self.append_state(&room.room_id, EventType::Reject, user, EventContent::default()).await?;
+        self.store.index_invite(user.as_str(), room.room_id.as_str(), false).await?;
+        Ok(())
+    }
+
+    /// `POST /rooms/{room}/kick`, `/ban`, `/unban`: a moderator or owner
+    /// acts on a user of a strictly lower role. A kick needs a member; a ban
+    /// also removes a member and drops an invite; unbanning a user who is
+    /// not banned, or banning one who is, changes nothing.
+    pub async fn moderate(
+        &self,
+        user: &UserId,
+        r: &RoomRef,
+        kind: EventType,
+        target: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
+        if reason.as_ref().is_some_and(|s| s.len() > REASON_MAX_BYTES) {
+            return Err(Error::refused(ErrCode::InvalidField, format!("reason: at most {REASON_MAX_BYTES} bytes")));
+        }
+        self.check_user(target).await?;
+        let (room, _) = self.local_member(user, r).await?;
+        let member = self.store.is_member(room.room_id.as_str(), target.as_str()).await?;
+        if kind == EventType::Kick && !member {
+            return Err(Error::refused(ErrCode::NotMember, format!("{target} is not a member of {}", room.label())));
+        }
+        let _one = self.state_lock(&room).await;
+        let mut changed = true;
+        let mut uninvited = false;
+        self.update(&room, |rec| {
+            let (mine, theirs) = (role_of(rec, user.as_str()), role_of(rec, target.as_str()));
+            if mine < Role::Moderator {
+                return Err(forbidden("this takes a moderator or owner"));
+            }
+            if theirs >= mine {
+                return Err(forbidden(format!("{target}'s role is not lower than yours")));
+            }
+            match kind {
+                EventType::Ban => {
+                    changed = rec.bans.insert(target.to_string()) || member;
+                    uninvited = rec.invites.remove(target.as_str());
+                }
+                EventType::Unban => changed = rec.bans.remove(target.as_str()),
+                _ => {}
+            }
+            if member && kind != EventType::Unban {
+                rec.roles.remove(target.as_str());
+                rec.joined_seq.remove(target.as_str());
+            }
+            Ok(())
+        })
+        .await?;
+        if !changed {
+            return Ok(());
+        }
+        let content = EventContent { target: Some(target.clone()), reason, ..EventContent::default() };
+        self.append_state(&room.room_id, kind, user, content).await?;
+        if member && kind != EventType::Unban {
+            set_member(&*self.store, room.room_id.as_str(), target.as_str(), false, now_ms()).await?;
+            // Every process ends the target's subscriptions when it sees the
+            // event (service::fanout); this one need not wait for that.
+            self.hub.kick(&room.room_id, target);
+        }
+        if uninvited {
+            self.store.index_invite(target.as_str(), room.room_id.as_str(), false).await?;
+        }
+        Ok(())
+    }
+
+    /// `PUT /rooms/{room}/roles/{user_id}`: an owner sets a member's role.
+    pub async fn set_role(&self, user: &UserId, r: &RoomRef, target: &UserId, role: Role) -> Result<()> {
+        self.check_user(target).await?;
+        let (room, rec) = self.local_member(user, r).await?;
+        if role_of(&rec, user.as_str()) != Role::Owner {
+            return Err(forbidden("setting roles takes an owner"));
+        }
+        if !self.store.is_member(room.room_id.as_str(), target.as_str()).await? {
+            return Err(Error::refused(ErrCode::NotMember, format!("{target} is not a member of {}", room.label())));
+        }
+        if target == user && role != Role::Owner {
+            self.check_not_last_owner(&rec, &room, user).await?;
+        }
+        let _one = self.state_lock(&room).await;
+        self.update(&room, |rec| {
+            if role_of(rec, user.as_str()) != Role::Owner {
+                return Err(forbidden("setting roles takes an owner"));
+            }
+            match role {
+                Role::Member => rec.roles.remove(target.as_str()),
+                r => rec.roles.insert(target.to_string(), r),
+            };
+            Ok(())
+        })
+        .await?;
+        let content = EventContent { target: Some(target.clone()), role: Some(role), ..EventContent::default() };
+        self.append_state(&room.room_id, EventType::Role, user, content).await?;
+        Ok(())
+    }
+
+    /// `POST /dm`: the private room of two users of this server, the same
+    /// for the pair whichever asks (its id is derived from the pair, so
+    /// racing requests of any process make one room). Both are owners;
+    /// whoever asks is (again) a member, and the other is invited unless
+    /// in the room already.
+    pub async fn dm(&self, user: &UserId, target: &UserId) -> Result<Room> {
+        if user == target {
+            return Err(Error::refused(ErrCode::InvalidField, "user_id: a direct-message room takes another user"));
+        }
+        self.check_user(target).await?;
+        let mut pair = [user.as_str(), target.as_str()];
+        pair.sort_unstable();
+        let digest = ring::digest::digest(&ring::digest::SHA256, format!("{}\0{}", pair[0], pair[1]).as_bytes());
+        let opaque = format!("dm-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16]));
+        let room_id = RoomId::new(&opaque, &self.server_name);
+        let rec = RoomRecord {
+            room_id: room_id.to_string(),
+            created_ms: now_ms(),
+            visibility: Visibility::Private,
+            roles: pair.iter().map(|u| (u.to_string(), Role::Owner)).collect(),
+            invites: [target.to_string()].into(),
+            dm: pair.iter().map(|u| u.to_string()).collect(),
+            ..RoomRecord::default()
+        };
+        let winner = self.store.create(&rec).await?;
+        let room = Room { room_id, alias: None };
+        if winner.rev == 0 && winner == rec {
+            self.start_room(user, &room, &rec, std::slice::from_ref(target)).await?;
+            return Ok(room);
+        }
+        if !self.store.is_member(room.room_id.as_str(), user.as_str()).await? {
+            self.join_here(user, room.clone()).await?;
+        }
+        let target_in = self.store.is_member(room.room_id.as_str(), target.as_str()).await?;
+        let rec = self.record(&room).await?;
+        if !target_in && !rec.invites.contains(target.as_str()) && !rec.bans.contains(target.as_str()) {
+            self.store.index_invite(target.as_str(), room.room_id.as_str(), true).await?;
+            let mut fresh = false;
+            self.update(&room, |r| {
+                fresh = r.invites.insert(target.to_string());
+                Ok(())
+            })
+            .await?;
+            if fresh {
+                let content = EventContent { target: Some(target.clone()), ..EventContent::default() };
+                self.append_state(&room.room_id, EventType::Invite, user, content).await?;
+            }
+        }
+        Ok(room)
+    }
+
+    /// `GET /rooms`: the rooms the user is in, then the pending invites.
+    pub async fn list(&self, user: &UserId) -> Result<Vec<RoomState>> {
+        let mut joined = self.store.rooms_of(user.as_str()).await?;
+        joined.sort_by(record_order);
+        let mut invites = self.store.invites_of(user.as_str()).await?;
+        invites.sort_by(record_order);
+        let mut out = Vec::with_capacity(joined.len() + invites.len());
+        for (rec, membership) in joined
+            .into_iter()
+            .map(|r| (r, Membership::Join))
+            .chain(invites.into_iter().map(|r| (r, Membership::Invite)))
+        {
+            let role = match membership {
+                Membership::Join => role_of(&rec, user.as_str()),
+                Membership::Invite => Role::Member,
+            };
+            let (name, topic, visibility) = (rec.name.clone(), rec.topic.clone(), rec.visibility);
+            let room = to_room(rec)?;
+            let last_event = match membership {
+                Membership::Invite => None,
+                Membership::Join => self.log.read(&room.room_id, Range::Latest, 1).await?.events.pop(),
+            };
+            out.push(RoomState { room, name, topic, visibility, membership, role, last_event });
+        }
+        Ok(out)
+    }
+
+    /// Current members with their roles, sorted by user id.
+    pub async fn members_with_roles(&self, user: &UserId, r: &RoomRef) -> Result<(Room, Vec<(UserId, Role)>)> {
+        let (room, members) = self.members(user, r).await?;
+        let rec = self.record(&room).await?;
+        let members = members
+            .into_iter()
+            .map(|m| {
+                let role = role_of(&rec, m.as_str());
+                (m, role)
+            })
+            .collect();
+        Ok((room, members))
+    }
+}
+
+/// Rooms by alias, those without one after, by id.
+fn record_order(a: &RoomRecord, b: &RoomRecord) -> std::cmp::Ordering {
+    let key = |r: &RoomRecord| (r.alias.is_none(), r.alias.clone(), r.room_id.clone());
+    key(a).cmp(&key(b))
+}
