@@ -42,6 +42,7 @@ pub const FILES: &[(&str, &str)] = embed![
     "members_response",
     "messages_response",
     "moderation_request",
+    "read_request",
     "register_request",
     "register_response",
     "role_request",

@@ -28,6 +28,7 @@ pub fn all() -> Vec<Case> {
         limits::cases(),
         accounts::cases(),
         rooms::cases(),
+        live::http_cases(),
         messages::cases(),
         history::cases(),
         websocket::cases(),
