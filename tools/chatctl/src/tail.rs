@@ -19,7 +19,7 @@ use crate::api::{ApiError, encode_segment, ws_url};
 use crate::cli::TailArgs;
 use crate::commands::Ctx;
 use crate::failure::{Exit, Failure};
-use crate::output::{notice, stderr_is_terminal};
+use crate::output::{RecentIds, notice, stderr_is_terminal};
 use crate::wire::{ClientFrame, Cursor, ErrorBody, MessagesResponse, ServerFrame, WS_SUBPROTOCOL};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +67,8 @@ struct Follow {
     reached_live: bool,
     /// A connection was lost since the last `caught_up`.
     interrupted: bool,
+    /// What edits refer to.
+    recent: RecentIds,
 }
 
 /// SIGINT and SIGTERM, either of which ends `tail` cleanly.
@@ -91,8 +93,14 @@ impl Signals {
 pub async fn run(ctx: &Ctx, args: TailArgs) -> anyhow::Result<()> {
     let api = ctx.authed()?;
     let token = api.token().expect("authed clients have a token").to_owned();
-    let mut state =
-        Follow { room: args.room.clone(), cursor: None, following: false, reached_live: false, interrupted: false };
+    let mut state = Follow {
+        room: args.room.clone(),
+        cursor: None,
+        following: false,
+        reached_live: false,
+        interrupted: false,
+        recent: RecentIds::default(),
+    };
 
     // A starting point in the past needs the room's epoch, which only the
     // history endpoint tells outside a subscription.
@@ -104,7 +112,8 @@ pub async fn run(ctx: &Ctx, args: TailArgs) -> anyhow::Result<()> {
         let path = format!("/rooms/{}/messages?limit={}", encode_segment(&args.room), args.lines);
         let page: MessagesResponse = api.get(&path).await.map_err(|e| ctx.fail(e))?;
         for event in &page.events {
-            ctx.out.event(&page.room_id, &page.epoch, event);
+            let edit_of = state.recent.note(event);
+            ctx.out.event(&page.room_id, &page.epoch, event, edit_of);
         }
         let seq = page.events.last().map_or(page.latest_seq, |e| e.seq);
         state.cursor = Some(Cursor { epoch: page.epoch, seq });
@@ -264,7 +273,8 @@ fn handle(ctx: &Ctx, state: &mut Follow, text: &str) -> Result<Option<Stop>, Los
                 }
                 _ => {}
             }
-            ctx.out.event(&room_id, &epoch, &event);
+            let edit_of = state.recent.note(&event);
+            ctx.out.event(&room_id, &epoch, &event, edit_of);
             state.cursor = Some(Cursor { epoch, seq: event.seq });
         }
         ServerFrame::CaughtUp { epoch, seq, room_id } => {
