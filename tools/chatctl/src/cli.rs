@@ -295,6 +295,10 @@ pub struct TailArgs {
     /// Print the last N events before following (default: only new ones)
     #[arg(long, short = 'n', value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub lines: u16,
+    /// Also print who is typing, who comes online or goes offline, and read
+    /// receipts, as `~` lines (with --json: the frames as the server sends them)
+    #[arg(long)]
+    pub activity: bool,
 }
 
 #[cfg(test)]

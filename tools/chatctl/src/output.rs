@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use crate::localtime::local_time;
-use crate::wire::{Cursor, Event};
+use crate::wire::{Cursor, Event, ServerFrame};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Out {
@@ -51,6 +51,18 @@ impl Out {
         }
     }
 
+    /// A `typing`, `presence` or `receipt` frame (`tail --activity`); in
+    /// JSON the frame as the server sent it (`raw`), on one line.
+    pub fn activity(&self, frame: &ServerFrame, raw: &str) {
+        if self.json {
+            if let Ok(v) = serde_json::from_str::<Value>(raw) {
+                write_line(&v.to_string());
+            }
+        } else if let Some(line) = render_activity(frame, &local_time(now_ms())) {
+            write_line(&line);
+        }
+    }
+
     /// A `gap` from the server: events that will never arrive. This is part
     /// of the stream (a log written from stdout must show the hole), so it
     /// goes to stdout, unlike connection notices.
@@ -74,6 +86,25 @@ impl Out {
             ));
         }
     }
+}
+
+/// A `typing`, `presence` or `receipt` frame (`tail --activity`): not part
+/// of the room log, so marked `~` rather than `*`, with the time it arrived.
+pub fn render_activity(frame: &ServerFrame, time: &str) -> Option<String> {
+    let text = match frame {
+        ServerFrame::Typing { user_ids, .. } => {
+            let who: Vec<String> = user_ids.iter().map(|u| sanitize(u)).collect();
+            match who.as_slice() {
+                [] => "nobody is typing".to_owned(),
+                [one] => format!("{one} is typing"),
+                [rest @ .., last] => format!("{} and {last} are typing", rest.join(", ")),
+            }
+        }
+        ServerFrame::Presence { user_id, presence } => format!("{} is {}", sanitize(user_id), sanitize(presence)),
+        ServerFrame::Receipt { user_id, seq, .. } => format!("{} read up to seq {seq}", sanitize(user_id)),
+        _ => return None,
+    };
+    Some(format!("{time} ~ {text}"))
 }
 
 /// The seqs of the events printed last, so that an edit can name the
@@ -102,6 +133,10 @@ impl RecentIds {
         }
         edit_of
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A notice for the person at the terminal (progress, hints); never data.
@@ -256,6 +291,22 @@ mod tests {
         assert_eq!(render_event(&role, "T", None), "T * @ann:h made @bob:h moderator");
         let room = with(ev("room", None), &[("name", "Garden"), ("visibility", "private")]);
         assert_eq!(render_event(&room, "T", None), "T * @ann:h set the room: name \"Garden\", no topic, private");
+    }
+
+    #[test]
+    fn activity_frames_render_as_tilde_lines() {
+        let typing = |ids: &[&str]| ServerFrame::Typing { user_ids: ids.iter().map(|s| (*s).to_owned()).collect() };
+        assert_eq!(render_activity(&typing(&[]), "T").unwrap(), "T ~ nobody is typing");
+        assert_eq!(render_activity(&typing(&["@a:h"]), "T").unwrap(), "T ~ @a:h is typing");
+        assert_eq!(
+            render_activity(&typing(&["@a:h", "@b:h", "@c:h"]), "T").unwrap(),
+            "T ~ @a:h, @b:h and @c:h are typing"
+        );
+        let online = ServerFrame::Presence { user_id: "@a:h".into(), presence: "online".into() };
+        assert_eq!(render_activity(&online, "T").unwrap(), "T ~ @a:h is online");
+        let receipt = ServerFrame::Receipt { user_id: "@a:h".into(), seq: 7 };
+        assert_eq!(render_activity(&receipt, "T").unwrap(), "T ~ @a:h read up to seq 7");
+        assert!(render_activity(&ServerFrame::Other, "T").is_none());
     }
 
     #[test]

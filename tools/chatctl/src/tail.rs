@@ -19,7 +19,7 @@ use crate::api::{ApiError, encode_segment, ws_url};
 use crate::cli::TailArgs;
 use crate::commands::Ctx;
 use crate::failure::{Exit, Failure};
-use crate::output::{RecentIds, notice, stderr_is_terminal};
+use crate::output::{RecentIds, notice, sanitize, stderr_is_terminal};
 use crate::wire::{ClientFrame, Cursor, ErrorBody, MessagesResponse, ServerFrame, WS_SUBPROTOCOL};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,6 +69,13 @@ struct Follow {
     interrupted: bool,
     /// What edits refer to.
     recent: RecentIds,
+    /// `--activity`: print typing, presence and receipt frames.
+    activity: bool,
+    /// Who the connection is (from `ready`), to tell a kick or ban of
+    /// oneself from a leave.
+    me: Option<String>,
+    /// Set when a kick or ban of `me` was printed: why the room ends.
+    removed: Option<String>,
 }
 
 /// SIGINT and SIGTERM, either of which ends `tail` cleanly.
@@ -100,6 +107,9 @@ pub async fn run(ctx: &Ctx, args: TailArgs) -> anyhow::Result<()> {
         reached_live: false,
         interrupted: false,
         recent: RecentIds::default(),
+        activity: args.activity,
+        me: None,
+        removed: None,
     };
 
     // A starting point in the past needs the room's epoch, which only the
@@ -192,7 +202,7 @@ async fn connection(ctx: &Ctx, token: &str, state: &mut Follow, signals: &mut Si
         loop {
             match ws.next().await {
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerFrame>(&t) {
-                    Ok(ServerFrame::Ready { .. }) => return Ok(()),
+                    Ok(ServerFrame::Ready { user_id }) => return Ok(user_id),
                     Ok(ServerFrame::Error { errcode, error, .. }) => {
                         return Err(Lost::Fatal(Failure::refused(&errcode, &error)));
                     }
@@ -208,7 +218,7 @@ async fn connection(ctx: &Ctx, token: &str, state: &mut Follow, signals: &mut Si
     tokio::select! {
         r = tokio::time::timeout(READY_TIMEOUT, ready) => match r {
             Err(_) => return Err(Lost::retry("no `ready` from the server")),
-            Ok(r) => r?,
+            Ok(r) => state.me = r?,
         },
         _ = signals.recv() => return Ok(Stop::Interrupted),
     }
@@ -275,6 +285,11 @@ fn handle(ctx: &Ctx, state: &mut Follow, text: &str) -> Result<Option<Stop>, Los
             }
             let edit_of = state.recent.note(&event);
             ctx.out.event(&room_id, &epoch, &event, edit_of);
+            let target = event.extra.get("target").and_then(|t| t.as_str());
+            if matches!(event.kind.as_str(), "kick" | "ban") && target.is_some() && target == state.me.as_deref() {
+                let how = if event.kind == "kick" { "kicked from" } else { "banned from" };
+                state.removed = Some(format!("you were {how} {} by {}", state.room, sanitize(&event.sender)));
+            }
             state.cursor = Some(Cursor { epoch, seq: event.seq });
         }
         ServerFrame::CaughtUp { epoch, seq, room_id } => {
@@ -299,7 +314,7 @@ fn handle(ctx: &Ctx, state: &mut Follow, text: &str) -> Result<Option<Stop>, Los
         }
         ServerFrame::Unsubscribed { reason, .. } => {
             if reason.as_deref() == Some("left") {
-                notice(&format!("you left {}", state.room));
+                notice(&state.removed.take().unwrap_or_else(|| format!("you left {}", state.room)));
                 return Ok(Some(Stop::Left));
             }
             return Err(Lost::retry("the server ended the subscription"));
@@ -310,6 +325,11 @@ fn handle(ctx: &Ctx, state: &mut Follow, text: &str) -> Result<Option<Stop>, Los
             }
             if id.as_deref() != Some(PING_ID) {
                 notice(&format!("server error: {errcode}: {error}"));
+            }
+        }
+        ServerFrame::Typing { .. } | ServerFrame::Presence { .. } | ServerFrame::Receipt { .. } => {
+            if state.activity {
+                ctx.out.activity(&frame, text);
             }
         }
         ServerFrame::Ready { .. } | ServerFrame::Other => {}

@@ -234,7 +234,25 @@ pub enum ClientFrame<'a> {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
-    Ready {},
+    Ready {
+        #[serde(default)]
+        user_id: Option<String>,
+    },
+    /// v1.1: everyone typing in a subscribed room now (`tail` follows one
+    /// room, so which one is known).
+    Typing {
+        user_ids: Vec<String>,
+    },
+    /// v1.1: a user sharing a subscribed room came online or went offline.
+    Presence {
+        user_id: String,
+        presence: String,
+    },
+    /// v1.1: a member's read mark in a subscribed room moved.
+    Receipt {
+        user_id: String,
+        seq: u64,
+    },
     Event {
         room_id: String,
         epoch: String,
@@ -303,5 +321,8 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(f, ServerFrame::Gap { .. }));
+        let f: ServerFrame =
+            serde_json::from_str(r#"{"type":"receipt","room":"!a:x","user_id":"@b:x","seq":4}"#).unwrap();
+        assert!(matches!(f, ServerFrame::Receipt { seq: 4, .. }));
     }
 }

@@ -670,3 +670,61 @@ fn direct_messages_edits_and_read_marks() {
     let edit_id = a[0]["event_id"].as_str().unwrap();
     ann.run(&["edit", &room, edit_id, "x"]).fails(1, "chatctl: invalid_field: ");
 }
+
+/// Reads `tail`'s lines until one contains `needle`, and returns it.
+#[track_caller]
+fn line_with(tail: &mut support::Tail, needle: &str) -> String {
+    for _ in 0..20 {
+        let line = tail.next_line(LINE_WAIT);
+        if line.contains(needle) {
+            return line;
+        }
+    }
+    panic!("no line with {needle:?} in {:?}", tail.seen);
+}
+
+#[test]
+fn tail_shows_activity_on_request_and_says_when_you_are_kicked() {
+    let server = Server::start();
+    let host = server.name();
+    let ann = user("ann", &server);
+    let bob = user("bob", &server);
+    ann.run(&["create", "den"]).ok();
+    bob.run(&["join", "den"]).ok();
+    let since = last_seq(&ann, "den").to_string();
+
+    // Ann follows the room with --activity, in both output forms; a message
+    // of hers shows when both are live.
+    let mut human = ann.tail("den", &["--activity", "--since", &since]);
+    let mut json =
+        support::Tail::spawn_command(ann.command(&["--json", "tail", "den", "--activity", "--since", &since]));
+    ann.run(&["send", "den", "ready"]).ok();
+    line_with(&mut human, "> ready");
+    line_with(&mut json, "\"ready\"");
+
+    // Bob comes online by following the room himself (without --activity).
+    let mut quiet = bob.tail("den", &["--since", &last_seq(&bob, "den").to_string()]);
+    let line = line_with(&mut human, &format!("~ @bob:{host} is online"));
+    assert_eq!(line.as_bytes()[4], b'-', "{line}");
+    // Bob marks the room read: a receipt for Ann's --activity tails, nothing for his.
+    let seq = last_seq(&bob, "den");
+    bob.run(&["read", "den", &seq.to_string()]).ok();
+    line_with(&mut human, &format!("~ @bob:{host} read up to seq {seq}"));
+    let receipt: serde_json::Value = serde_json::from_str(&line_with(&mut json, "\"receipt\"")).unwrap();
+    assert_eq!(
+        (receipt["user_id"].as_str(), receipt["seq"].as_u64()),
+        (Some(format!("@bob:{host}").as_str()), Some(seq))
+    );
+    assert!(quiet.lines_within(Duration::from_millis(500)).is_empty(), "{:?}", quiet.seen);
+
+    // Ann (the owner) kicks Bob: his tail prints it and ends, saying why.
+    ann.run(&["kick", "den", "bob", "--reason", "closing time"]).ok();
+    let line = quiet.next_line(LINE_WAIT);
+    assert!(line.ends_with(&format!("* @ann:{host} kicked @bob:{host}: closing time")), "{line}");
+    let (code, stderr) = quiet.wait(Duration::from_secs(20));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains(&format!("you were kicked from den by @ann:{host}")), "{stderr}");
+    line_with(&mut human, "kicked");
+    assert_eq!(human.interrupt(), 0);
+    assert_eq!(json.interrupt(), 0);
+}
