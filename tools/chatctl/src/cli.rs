@@ -78,6 +78,21 @@ pub enum Command {
     Whoami,
     /// List your rooms (role, unread count, name), then your pending invites
     Rooms,
+    /// Join a room, creating it if it is a new local name
+    Join {
+        /// `lobby`, `#lobby:server` or `!id:server`
+        room: String,
+    },
+    /// Leave a room
+    Leave {
+        /// `lobby`, `#lobby:server` or `!id:server`
+        room: String,
+    },
+    /// List a room's members with their role and whether they are online
+    Members {
+        /// `lobby`, `#lobby:server` or `!id:server`
+        room: String,
+    },
     /// Create a room you own (v1.1): public unless --private, with an alias or none
     Create(CreateArgs),
     /// Change a room's name, topic or visibility (moderators and owners)
@@ -114,6 +129,10 @@ pub enum Command {
         /// `ann` (a user of your server) or `@ann:server`
         user: String,
     },
+    /// Send a message (safe to run again after a failure: it is never sent twice)
+    Send(SendArgs),
+    /// Replace the text of one of your messages (safe to run again, like `send`)
+    Edit(EditArgs),
     /// Mark a room read up to and including SEQ, on all your devices
     Read {
         /// `lobby`, `#lobby:server` or `!id:server`
@@ -121,26 +140,7 @@ pub enum Command {
         /// An event's seq (`history --json` shows it)
         seq: u64,
     },
-    /// Join a room, creating it if it is a new local name
-    Join {
-        /// `lobby`, `#lobby:server` or `!id:server`
-        room: String,
-    },
-    /// Leave a room
-    Leave {
-        /// `lobby`, `#lobby:server` or `!id:server`
-        room: String,
-    },
-    /// List a room's members with their role and whether they are online
-    Members {
-        /// `lobby`, `#lobby:server` or `!id:server`
-        room: String,
-    },
-    /// Send a message (safe to run again after a failure: it is never sent twice)
-    Send(SendArgs),
-    /// Replace the text of one of your messages (safe to run again, like `send`)
-    Edit(EditArgs),
-    /// Print a room's messages: time, sender and text per line
+    /// Print a room's messages (time, sender, text), edits and room events, one per line
     History(HistoryArgs),
     /// Follow a room live until Ctrl-C, reconnecting and resuming by itself
     Tail(TailArgs),

@@ -196,7 +196,10 @@ async fn join(ctx: &Ctx, room: &str) -> anyhow::Result<()> {
     // Joining twice changes nothing, so a lost answer may be retried.
     let resp: RoomSummary =
         ctx.authed()?.call(Method::POST, &path, None::<&()>, Retry::IDEMPOTENT).await.map_err(|e| ctx.fail(e))?;
-    ctx.out.human(&format!("joined {} ({})", resp.alias, resp.room_id));
+    match &resp.alias {
+        Some(alias) => ctx.out.human(&format!("joined {alias} ({})", resp.room_id)),
+        None => ctx.out.human(&format!("joined {}", resp.room_id)),
+    }
     ctx.out.json(&resp);
     Ok(())
 }

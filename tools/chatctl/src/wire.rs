@@ -56,8 +56,8 @@ pub struct WhoamiResponse {
 pub struct RoomSummary {
     pub room_id: String,
     /// Absent for v1.1 rooms made without an alias (direct messages).
-    #[serde(default)]
-    pub alias: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
 }
 
 /// One item of `GET /rooms`. v1.1 fields are optional so a v1 server's

@@ -338,6 +338,13 @@ fn refusals_carry_the_servers_errcode_and_exit_codes() {
         &["history", "lobby"],
         &["tail", "lobby"],
         &["logout"],
+        &["create", "garden"],
+        &["invite", "garden", "bob"],
+        &["kick", "garden", "bob"],
+        &["role", "garden", "bob", "owner"],
+        &["dm", "bob"],
+        &["edit", "garden", "$e", "x"],
+        &["read", "garden", "1"],
     ] {
         ann.run(args).fails(3, "not logged in");
     }
@@ -370,7 +377,15 @@ fn an_unreachable_server_is_exit_4() {
     u.server = dead.clone();
     u.run_stdin(&["login", "ann", "--password-stdin"], &format!("{PASSWORD}\n")).fails(4, "cannot reach");
     u.run_stdin(&["register", "zed", "--password-stdin"], &format!("{PASSWORD}\n")).fails(4, "cannot reach");
-    for args in [&["rooms"][..], &["send", "lobby", "hi"], &["history", "lobby"], &["tail", "lobby"]] {
+    for args in [
+        &["rooms"][..],
+        &["send", "lobby", "hi"],
+        &["history", "lobby"],
+        &["tail", "lobby"],
+        &["create", "garden"],
+        &["ban", "lobby", "@bob:x"],
+        &["dm", "@bob:x"],
+    ] {
         let mut cmd = u.command(args);
         cmd.env("CHATCTL_TOKEN", &token);
         u.run_with(cmd, None).fails(4, &format!("cannot reach {dead}"));
@@ -617,8 +632,17 @@ fn direct_messages_edits_and_read_marks() {
     assert_eq!(again[0]["room_id"], room.as_str());
     // Bob sees an invite to a room without an alias, and joins it.
     assert_eq!(bob.run(&["rooms"]).ok(), format!("-\t{room}\tinvited\t-\n"));
-    bob.run(&["join", &room]).ok();
+    assert_eq!(bob.run(&["join", &room]).ok(), format!("joined {room}\n"));
+    let joined = json_lines(&bob.run(&["--json", "join", &room]).ok());
+    assert!(joined[0].get("alias").is_none(), "{joined:?}");
     assert_eq!(bob.run(&["dm", "ann"]).ok().trim_end().rsplit_once(": ").unwrap().1, room);
+    // A bare name is a user of the server of whoever the token belongs to:
+    // Ann's token in Bob's terminal makes `bob` Ann's partner, not Bob himself.
+    let phone = User::new("ann", &server);
+    phone.login().ok();
+    let mut cmd = bob.command(&["--json", "dm", "bob"]);
+    cmd.env("CHATCTL_TOKEN", phone.token());
+    assert_eq!(json_lines(&bob.run_with(cmd, None).ok())[0]["room_id"], room.as_str());
 
     // Unread counts what others sent after the read mark.
     for i in 1..=3 {
