@@ -16,7 +16,8 @@ Environment:
 
 Exit codes:
   0  success
-  1  the server refused the request (the message names its errcode)
+  1  the server refused the request (the message names its errcode,
+     e.g. forbidden, not_invited, banned)
   2  usage error (bad arguments, passwords that do not match)
   3  not logged in, or the session was revoked: run `chatctl login`
   4  cannot reach the server, or it answered outside the protocol
@@ -43,7 +44,8 @@ pub fn command() -> clap::Command {
                   Register and log in once; the session is stored in your config directory. \
                   Then join rooms, send messages, read history and follow rooms live. \
                   A ROOM is a bare name (`lobby`, meaning #lobby on the server), an alias \
-                  (`#lobby:chat.example`) or a room id (`!abc:chat.example`).",
+                  (`#lobby:chat.example`) or a room id (`!abc:chat.example`). A USER is a bare \
+                  name (`ann`, meaning @ann on your server) or a user id (`@ann:chat.example`).",
     after_help = help_footer!(),
     propagate_version = true
 )]
@@ -74,7 +76,7 @@ pub enum Command {
     },
     /// Show who the stored session (or CHATCTL_TOKEN) is
     Whoami,
-    /// List the rooms you have joined
+    /// List your rooms (role, unread count, name), then your pending invites
     Rooms,
     /// Join a room, creating it if it is a new local name
     Join {
@@ -86,14 +88,59 @@ pub enum Command {
         /// `lobby`, `#lobby:server` or `!id:server`
         room: String,
     },
-    /// List a room's members
+    /// List a room's members with their role and whether they are online
     Members {
         /// `lobby`, `#lobby:server` or `!id:server`
         room: String,
     },
+    /// Create a room you own (v1.1): public unless --private, with an alias or none
+    Create(CreateArgs),
+    /// Change a room's name, topic or visibility (moderators and owners)
+    Room(RoomArgs),
+    /// Invite a user to a room (in a private room: moderators and owners)
+    Invite {
+        /// `lobby`, `#lobby:server` or `!id:server`
+        room: String,
+        /// `ann` (a user of your server) or `@ann:server`
+        user: String,
+    },
+    /// Decline a pending invite
+    Reject {
+        /// `lobby`, `#lobby:server` or `!id:server`
+        room: String,
+    },
+    /// Remove a member from a room (moderators and owners, over a lower role)
+    Kick(ModerationArgs),
+    /// Remove a user from a room and keep them out (moderators and owners)
+    Ban(ModerationArgs),
+    /// Let a banned user join again (moderators and owners)
+    Unban(ModerationArgs),
+    /// Set a member's role (owners only)
+    Role {
+        /// `lobby`, `#lobby:server` or `!id:server`
+        room: String,
+        /// `ann` (a user of your server) or `@ann:server`
+        user: String,
+        #[arg(value_enum)]
+        role: RoleArg,
+    },
+    /// Open the direct-message room with a user (the same room every time) and invite them
+    Dm {
+        /// `ann` (a user of your server) or `@ann:server`
+        user: String,
+    },
     /// Send a message (safe to run again after a failure: it is never sent twice)
     Send(SendArgs),
-    /// Print a room's messages: time, sender and text per line
+    /// Replace the text of one of your messages (safe to run again, like `send`)
+    Edit(EditArgs),
+    /// Mark a room read up to and including SEQ, on all your devices
+    Read {
+        /// `lobby`, `#lobby:server` or `!id:server`
+        room: String,
+        /// An event's seq (`history --json` shows it)
+        seq: u64,
+    },
+    /// Print a room's messages (time, sender, text), edits and room events, one per line
     History(HistoryArgs),
     /// Follow a room live until Ctrl-C, reconnecting and resuming by itself
     Tail(TailArgs),
@@ -145,6 +192,85 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct EditArgs {
+    /// `lobby`, `#lobby:server` or `!id:server`
+    pub room: String,
+    /// The `event_id` of your message to change (`history --json` shows it)
+    pub event_id: String,
+    /// The new text; `-` reads it from standard input (one trailing newline is dropped)
+    pub text: String,
+    /// Use this transaction id instead of an automatic one (as `send --txn-id`)
+    #[arg(long, value_name = "ID")]
+    pub txn_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// A name for the room's alias (`garden` makes `#garden:server`); none: the room is known by its id
+    pub alias: Option<String>,
+    /// A display name (1-256 bytes)
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// A topic (1-4096 bytes)
+    #[arg(long, value_name = "TEXT")]
+    pub topic: Option<String>,
+    /// Only invited users may join, and they read the history from their join on
+    #[arg(long)]
+    pub private: bool,
+    /// Invite this user (`ann` or `@ann:server`); may be given up to 100 times
+    #[arg(long, value_name = "USER")]
+    pub invite: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("change").required(true).multiple(true))]
+pub struct RoomArgs {
+    /// `lobby`, `#lobby:server` or `!id:server`
+    pub room: String,
+    /// A new display name; `""` removes it
+    #[arg(long, value_name = "NAME", group = "change")]
+    pub name: Option<String>,
+    /// A new topic; `""` removes it
+    #[arg(long, value_name = "TEXT", group = "change")]
+    pub topic: Option<String>,
+    /// Anyone may join
+    #[arg(long, group = "change", conflicts_with = "private")]
+    pub public: bool,
+    /// Only invited users may join
+    #[arg(long, group = "change")]
+    pub private: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModerationArgs {
+    /// `lobby`, `#lobby:server` or `!id:server`
+    pub room: String,
+    /// `ann` (a user of your server) or `@ann:server`
+    pub user: String,
+    /// Why, shown to the room in the event
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+/// A member's role in a room, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    Member,
+    Moderator,
+    Owner,
+}
+
+impl RoleArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleArg::Member => "member",
+            RoleArg::Moderator => "moderator",
+            RoleArg::Owner => "owner",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// `lobby`, `#lobby:server` or `!id:server`
     pub room: String,
@@ -169,6 +295,10 @@ pub struct TailArgs {
     /// Print the last N events before following (default: only new ones)
     #[arg(long, short = 'n', value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
     pub lines: u16,
+    /// Also print who is typing, who comes online or goes offline, and read
+    /// receipts, as `~` lines (with --json: the frames as the server sends them)
+    #[arg(long)]
+    pub activity: bool,
 }
 
 #[cfg(test)]
@@ -208,5 +338,11 @@ mod tests {
         assert!(Cli::try_parse_from(["chatctl", "history", "r", "--limit", "0"]).is_err());
         assert!(Cli::try_parse_from(["chatctl", "tail", "r", "--since", "3", "-n", "5"]).is_err());
         assert!(Cli::try_parse_from(["chatctl", "send", "r", "hi", "--json"]).is_ok());
+        // `room` needs something to change, and one visibility.
+        assert!(Cli::try_parse_from(["chatctl", "room", "r"]).is_err());
+        assert!(Cli::try_parse_from(["chatctl", "room", "r", "--public", "--private"]).is_err());
+        assert!(Cli::try_parse_from(["chatctl", "room", "r", "--topic", ""]).is_ok());
+        assert!(Cli::try_parse_from(["chatctl", "role", "r", "ann", "admin"]).is_err());
+        assert!(Cli::try_parse_from(["chatctl", "create", "--invite", "a", "--invite", "b", "--private"]).is_ok());
     }
 }

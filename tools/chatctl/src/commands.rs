@@ -11,14 +11,15 @@ use http::Method;
 use serde_json::{Value, json};
 
 use crate::api::{Api, ApiError, Retry, encode_segment};
-use crate::cli::{Command, HistoryArgs, LoginArgs, RegisterArgs, SendArgs};
+use crate::cli::{Command, HistoryArgs, LoginArgs, RegisterArgs};
 use crate::failure::{Exit, Failure};
-use crate::output::{Out, notice, stderr_is_terminal};
+use crate::output::{Out, RecentIds, notice, sanitize, stderr_is_terminal};
+use crate::rooms::Moderation;
 use crate::session::{self, Session, Target, TokenSource};
 use crate::txn::Journal;
 use crate::wire::{
-    LoginRequest, LoginResponse, MembersResponse, MessagesResponse, RegisterRequest, RegisterResponse, RoomsResponse,
-    SendRequest, SendResponse, WhoamiResponse,
+    LoginRequest, LoginResponse, MembersResponse, MessagesResponse, RegisterRequest, RegisterResponse, RoomItem,
+    RoomSummary, RoomsResponse, SendRequest, SendResponse, WhoamiResponse,
 };
 
 /// What every command gets: where to print, where the config lives and
@@ -68,7 +69,18 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Join { room } => join(ctx, &room).await,
         Command::Leave { room } => leave(ctx, &room).await,
         Command::Members { room } => members(ctx, &room).await,
-        Command::Send(args) => send(ctx, args).await,
+        Command::Create(args) => crate::rooms::create(ctx, args).await,
+        Command::Room(args) => crate::rooms::update(ctx, args).await,
+        Command::Invite { room, user } => crate::rooms::invite(ctx, &room, &user).await,
+        Command::Reject { room } => crate::rooms::reject(ctx, &room).await,
+        Command::Kick(args) => crate::rooms::moderate(ctx, Moderation::Kick, args).await,
+        Command::Ban(args) => crate::rooms::moderate(ctx, Moderation::Ban, args).await,
+        Command::Unban(args) => crate::rooms::moderate(ctx, Moderation::Unban, args).await,
+        Command::Role { room, user, role } => crate::rooms::role(ctx, &room, &user, role).await,
+        Command::Dm { user } => crate::rooms::dm(ctx, &user).await,
+        Command::Read { room, seq } => crate::rooms::read(ctx, &room, seq).await,
+        Command::Send(args) => send(ctx, &args.room, args.text, args.txn_id, None).await,
+        Command::Edit(args) => send(ctx, &args.room, args.text, args.txn_id, Some(&args.event_id)).await,
         Command::History(args) => history(ctx, args).await,
         Command::Tail(args) => crate::tail::run(ctx, args).await,
         Command::Completions { .. } => unreachable!("handled before the runtime starts"),
@@ -145,10 +157,13 @@ async fn whoami(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line per room: alias (`-` for a room without one), id, your role
+/// (`invited` for a pending invite), unread count (`99+` for the server's
+/// "100 or more"; `-` for an invite) and the room's name when it has one.
 async fn rooms(ctx: &Ctx) -> anyhow::Result<()> {
     let resp: RoomsResponse = ctx.authed()?.get("/rooms").await.map_err(|e| ctx.fail(e))?;
     for room in &resp.rooms {
-        ctx.out.human(&format!("{}\t{}", room.alias, room.room_id));
+        ctx.out.human(&room_line(room));
         ctx.out.json(room);
     }
     if resp.rooms.is_empty() && !ctx.out.json && stderr_is_terminal() {
@@ -157,12 +172,34 @@ async fn rooms(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn room_line(room: &RoomItem) -> String {
+    let alias = room.alias.as_deref().map_or_else(|| "-".to_owned(), sanitize);
+    let mut cols = vec![alias, sanitize(&room.room_id)];
+    if room.is_invite() {
+        cols.extend(["invited".to_owned(), "-".to_owned()]);
+    } else {
+        cols.push(room.role.as_deref().map_or_else(|| "-".to_owned(), sanitize));
+        cols.push(match room.unread {
+            Some(n) if n >= 100 => "99+".to_owned(),
+            Some(n) => n.to_string(),
+            None => "-".to_owned(),
+        });
+    }
+    if let Some(name) = &room.name {
+        cols.push(sanitize(name).replace(['\n', '\t'], " "));
+    }
+    cols.join("\t")
+}
+
 async fn join(ctx: &Ctx, room: &str) -> anyhow::Result<()> {
     let path = format!("/rooms/{}/join", encode_segment(room));
     // Joining twice changes nothing, so a lost answer may be retried.
-    let resp: crate::wire::RoomSummary =
+    let resp: RoomSummary =
         ctx.authed()?.call(Method::POST, &path, None::<&()>, Retry::IDEMPOTENT).await.map_err(|e| ctx.fail(e))?;
-    ctx.out.human(&format!("joined {} ({})", resp.alias, resp.room_id));
+    match &resp.alias {
+        Some(alias) => ctx.out.human(&format!("joined {alias} ({})", resp.room_id)),
+        None => ctx.out.human(&format!("joined {}", resp.room_id)),
+    }
     ctx.out.json(&resp);
     Ok(())
 }
@@ -181,24 +218,49 @@ async fn members(ctx: &Ctx, room: &str) -> anyhow::Result<()> {
     let path = format!("/rooms/{}/members", encode_segment(room));
     let resp: MembersResponse = ctx.authed()?.get(&path).await.map_err(|e| ctx.fail(e))?;
     for m in &resp.members {
-        ctx.out.human(&m.user_id);
-        ctx.out.json(&json!({"room_id": resp.room_id, "user_id": m.user_id}));
+        // A v1 server gives neither; a remote member has no presence.
+        let mut line = m.user_id.clone();
+        for col in [&m.role, &m.presence].into_iter().flatten() {
+            line.push('\t');
+            line.push_str(&sanitize(col));
+        }
+        ctx.out.human(&line);
+        let mut obj = json!({"room_id": resp.room_id, "user_id": m.user_id});
+        for (k, v) in [("role", &m.role), ("presence", &m.presence)] {
+            if let Some(v) = v {
+                obj[k] = Value::String(v.clone());
+            }
+        }
+        ctx.out.json(&obj);
     }
     Ok(())
 }
 
-async fn send(ctx: &Ctx, args: SendArgs) -> anyhow::Result<()> {
-    let body = if args.text == "-" { read_message_stdin()? } else { args.text };
+/// `send`, and `edit` (a send with `replaces`): both carry a txn id kept in
+/// the journal, so running the command again never stores it twice.
+async fn send(
+    ctx: &Ctx,
+    room: &str,
+    text: String,
+    txn_id: Option<String>,
+    replaces: Option<&str>,
+) -> anyhow::Result<()> {
+    let body = if text == "-" { read_message_stdin()? } else { text };
     if body.is_empty() {
         return Err(Failure::usage("nothing to send: the message is empty").into());
     }
     let api = ctx.authed()?;
     let token = api.token().expect("authed clients have a token").to_owned();
-    let pending = match &args.txn_id {
-        Some(_) => None,
-        None => Some(Journal::new(&ctx.config_dir()?).begin(&token, &args.room, &body)?),
+    // An edit's journal key differs from a message with the same text.
+    let journal_room = match replaces {
+        Some(id) => format!("{room}\u{0}replaces {id}"),
+        None => room.to_owned(),
     };
-    let txn_id = match (&args.txn_id, &pending) {
+    let pending = match &txn_id {
+        Some(_) => None,
+        None => Some(Journal::new(&ctx.config_dir()?).begin(&token, &journal_room, &body)?),
+    };
+    let txn_id = match (&txn_id, &pending) {
         (Some(id), _) => id.clone(),
         (None, Some(p)) => p.txn_id.clone(),
         (None, None) => unreachable!(),
@@ -206,15 +268,21 @@ async fn send(ctx: &Ctx, args: SendArgs) -> anyhow::Result<()> {
     if pending.as_ref().is_some_and(|p| p.reused) {
         notice(&format!("retrying an earlier send of this message whose outcome was unknown (txn {txn_id})"));
     }
-    let path = format!("/rooms/{}/send/{}", encode_segment(&args.room), encode_segment(&txn_id));
-    let result = api.call::<SendResponse, _>(Method::PUT, &path, Some(&SendRequest { body: &body }), Retry::SEND).await;
+    let path = format!("/rooms/{}/send/{}", encode_segment(room), encode_segment(&txn_id));
+    let req = SendRequest { body: &body, replaces };
+    let result = api.call::<SendResponse, _>(Method::PUT, &path, Some(&req), Retry::SEND).await;
     match result {
         Ok(resp) => {
             if let Some(p) = pending {
                 p.settle()?;
             }
-            ctx.out.human(&format!("sent (seq {}, {})", resp.seq, resp.event_id));
-            ctx.out.json(&json!({"event_id": resp.event_id, "seq": resp.seq, "txn_id": txn_id}));
+            let done = if replaces.is_some() { "edited" } else { "sent" };
+            ctx.out.human(&format!("{done} (seq {}, {})", resp.seq, resp.event_id));
+            let mut obj = json!({"event_id": resp.event_id, "seq": resp.seq, "txn_id": txn_id});
+            if let Some(id) = replaces {
+                obj["replaces"] = Value::String(id.to_owned());
+            }
+            ctx.out.json(&obj);
             Ok(())
         }
         Err(e) => {
@@ -252,8 +320,10 @@ async fn history(ctx: &Ctx, args: HistoryArgs) -> anyhow::Result<()> {
         path.push_str(&format!("&after={a}"));
     }
     let page: MessagesResponse = ctx.authed()?.get(&path).await.map_err(|e| ctx.fail(e))?;
+    let mut recent = RecentIds::default();
     for event in &page.events {
-        ctx.out.event(&page.room_id, &page.epoch, event);
+        let edit_of = recent.note(event);
+        ctx.out.event(&page.room_id, &page.epoch, event, edit_of);
     }
     if !ctx.out.json && stderr_is_terminal() {
         match page.events.first() {

@@ -3,7 +3,7 @@
 //! command on a single-threaded runtime, and turn a failure into one line on
 //! stderr and its documented exit code (see `failure.rs`).
 //!
-//! chatctl speaks only the public v1 protocol (`spec/protocol.md`); it
+//! chatctl speaks only the public protocol (v1 and v1.1, `spec/protocol.md`); it
 //! shares no code with the server.
 
 // System calls go through rustix; the one `unsafe` left is `localtime`.
@@ -15,6 +15,7 @@ mod commands;
 mod failure;
 mod localtime;
 mod output;
+mod rooms;
 mod session;
 mod tail;
 mod txn;

@@ -3,13 +3,14 @@
 //! terminal. A reader that goes away (`chatctl tail room | head`) ends the
 //! program quietly instead of with a panic.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IsTerminal, Write};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use crate::localtime::local_time;
-use crate::wire::{Cursor, Event};
+use crate::wire::{Cursor, Event, ServerFrame};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Out {
@@ -34,7 +35,9 @@ impl Out {
     /// One event, as history and tail print it. In JSON it is the event's
     /// own object with `room_id` and `epoch` added, so both commands produce
     /// the same lines.
-    pub fn event(&self, room_id: &str, epoch: &str, event: &Event) {
+    /// `edit_of` is the seq of the message an edit replaces, when the caller
+    /// has seen it (the human line names it; JSON carries `replaces` as is).
+    pub fn event(&self, room_id: &str, epoch: &str, event: &Event, edit_of: Option<u64>) {
         if self.json {
             let mut obj = Map::new();
             obj.insert("room_id".into(), Value::String(room_id.into()));
@@ -44,7 +47,19 @@ impl Out {
             }
             write_line(&Value::Object(obj).to_string());
         } else {
-            write_line(&render_event(event, &local_time(event.ts)));
+            write_line(&render_event(event, &local_time(event.ts), edit_of));
+        }
+    }
+
+    /// A `typing`, `presence` or `receipt` frame (`tail --activity`); in
+    /// JSON the frame as the server sent it (`raw`), on one line.
+    pub fn activity(&self, frame: &ServerFrame, raw: &str) {
+        if self.json {
+            if let Ok(v) = serde_json::from_str::<Value>(raw) {
+                write_line(&v.to_string());
+            }
+        } else if let Some(line) = render_activity(frame, &local_time(now_ms())) {
+            write_line(&line);
         }
     }
 
@@ -71,6 +86,57 @@ impl Out {
             ));
         }
     }
+}
+
+/// A `typing`, `presence` or `receipt` frame (`tail --activity`): not part
+/// of the room log, so marked `~` rather than `*`, with the time it arrived.
+pub fn render_activity(frame: &ServerFrame, time: &str) -> Option<String> {
+    let text = match frame {
+        ServerFrame::Typing { user_ids, .. } => {
+            let who: Vec<String> = user_ids.iter().map(|u| sanitize(u)).collect();
+            match who.as_slice() {
+                [] => "nobody is typing".to_owned(),
+                [one] => format!("{one} is typing"),
+                [rest @ .., last] => format!("{} and {last} are typing", rest.join(", ")),
+            }
+        }
+        ServerFrame::Presence { user_id, presence } => format!("{} is {}", sanitize(user_id), sanitize(presence)),
+        ServerFrame::Receipt { user_id, seq, .. } => format!("{} read up to seq {seq}", sanitize(user_id)),
+        _ => return None,
+    };
+    Some(format!("{time} ~ {text}"))
+}
+
+/// The seqs of the events printed last, so that an edit can name the
+/// message it replaces. The server accepts edits of the room's newest 1,000
+/// events only (spec §12), so remembering that many is enough.
+#[derive(Debug, Default)]
+pub struct RecentIds {
+    order: VecDeque<String>,
+    seqs: HashMap<String, u64>,
+}
+
+impl RecentIds {
+    const KEEP: usize = 1000;
+
+    /// Remembers `event` and answers the seq of the message it edits, if any
+    /// and if seen.
+    pub fn note(&mut self, event: &Event) -> Option<u64> {
+        let edit_of = event.extra.get("replaces").and_then(Value::as_str).and_then(|id| self.seqs.get(id).copied());
+        if self.seqs.insert(event.event_id.clone(), event.seq).is_none() {
+            self.order.push_back(event.event_id.clone());
+            if self.order.len() > Self::KEEP
+                && let Some(old) = self.order.pop_front()
+            {
+                self.seqs.remove(&old);
+            }
+        }
+        edit_of
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A notice for the person at the terminal (progress, hints); never data.
@@ -101,24 +167,64 @@ pub fn write_raw(bytes: &[u8]) {
     }
 }
 
-/// `2025-11-25 15:40:12 <@ann:b.example> hello`; joins and leaves as
-/// `* @ann:b.example joined`. Continuation lines of a multi-line message are
-/// indented so every message still starts at the left margin.
-pub fn render_event(event: &Event, time: &str) -> String {
+/// `2025-11-25 15:40:12 <@ann:b.example> hello`; joins, leaves and the
+/// v1.1 room events as `* @ann:b.example joined`, `* @ann:b.example kicked
+/// @bob:b.example: spam`. An edit (v1.1 `replaces`) is its own line,
+/// `<@ann:b.example> (edited seq 5) new text`, naming the original by seq
+/// when `edit_of` knows it, else by event id. Continuation lines of a
+/// multi-line message are indented so every message still starts at the
+/// left margin.
+pub fn render_event(event: &Event, time: &str, edit_of: Option<u64>) -> String {
     let sender = sanitize(&event.sender);
+    let field = |name: &str| event.extra.get(name).and_then(Value::as_str).map(sanitize);
+    let target = field("target").unwrap_or_else(|| "someone".into());
+    let reason = field("reason").map(|r| format!(": {}", one_line(&r))).unwrap_or_default();
     match (event.kind.as_str(), &event.body) {
         ("message", Some(body)) => {
             let body = sanitize(body).replace('\n', "\n    ");
-            format!("{time} <{sender}> {body}")
+            match (field("replaces"), edit_of) {
+                (Some(_), Some(seq)) => format!("{time} <{sender}> (edited seq {seq}) {body}"),
+                (Some(id), None) => format!("{time} <{sender}> (edited {id}) {body}"),
+                (None, _) => format!("{time} <{sender}> {body}"),
+            }
         }
         ("join", _) => format!("{time} * {sender} joined"),
         ("leave", _) => format!("{time} * {sender} left"),
+        ("room", _) => {
+            let mut state = Vec::new();
+            match field("name") {
+                Some(n) => state.push(format!("name {:?}", one_line(&n))),
+                None => state.push("no name".into()),
+            }
+            match field("topic") {
+                Some(t) => state.push(format!("topic {:?}", one_line(&t))),
+                None => state.push("no topic".into()),
+            }
+            if let Some(v) = field("visibility") {
+                state.push(v);
+            }
+            format!("{time} * {sender} set the room: {}", state.join(", "))
+        }
+        ("invite", _) => format!("{time} * {sender} invited {target}"),
+        ("reject", _) => format!("{time} * {sender} rejected the invite"),
+        ("kick", _) => format!("{time} * {sender} kicked {target}{reason}"),
+        ("ban", _) => format!("{time} * {sender} banned {target}{reason}"),
+        ("unban", _) => format!("{time} * {sender} unbanned {target}{reason}"),
+        ("role", _) => {
+            let role = field("role").unwrap_or_else(|| "?".into());
+            format!("{time} * {sender} made {target} {role}")
+        }
         (other, body) => {
             let body =
                 body.as_deref().map(|b| format!(": {}", sanitize(b).replace('\n', "\n    "))).unwrap_or_default();
             format!("{time} * {sender} ({}){body}", sanitize(other))
         }
     }
+}
+
+/// A reason or name is shown inside one `*` line.
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
 }
 
 /// Text from other people must not drive the terminal: control characters
@@ -153,11 +259,54 @@ mod tests {
 
     #[test]
     fn events_render_with_time_sender_and_text() {
-        assert_eq!(render_event(&ev("message", Some("hi")), "T"), "T <@ann:h> hi");
-        assert_eq!(render_event(&ev("message", Some("a\nb")), "T"), "T <@ann:h> a\n    b");
-        assert_eq!(render_event(&ev("join", None), "T"), "T * @ann:h joined");
-        assert_eq!(render_event(&ev("leave", None), "T"), "T * @ann:h left");
-        assert_eq!(render_event(&ev("topic", Some("x")), "T"), "T * @ann:h (topic): x");
+        assert_eq!(render_event(&ev("message", Some("hi")), "T", None), "T <@ann:h> hi");
+        assert_eq!(render_event(&ev("message", Some("a\nb")), "T", None), "T <@ann:h> a\n    b");
+        assert_eq!(render_event(&ev("join", None), "T", None), "T * @ann:h joined");
+        assert_eq!(render_event(&ev("leave", None), "T", None), "T * @ann:h left");
+        assert_eq!(render_event(&ev("topic", Some("x")), "T", None), "T * @ann:h (topic): x");
+    }
+
+    fn with(mut e: Event, fields: &[(&str, &str)]) -> Event {
+        for (k, v) in fields {
+            e.extra.insert((*k).into(), Value::String((*v).into()));
+        }
+        e
+    }
+
+    #[test]
+    fn v1_1_events_render_as_star_lines_and_edits_name_the_original() {
+        let edit = with(ev("message", Some("new")), &[("replaces", "$orig")]);
+        assert_eq!(render_event(&edit, "T", Some(4)), "T <@ann:h> (edited seq 4) new");
+        assert_eq!(render_event(&edit, "T", None), "T <@ann:h> (edited $orig) new");
+        let kick = with(ev("kick", None), &[("target", "@bob:h"), ("reason", "spam\nmore")]);
+        assert_eq!(render_event(&kick, "T", None), "T * @ann:h kicked @bob:h: spam more");
+        let ban = with(ev("ban", None), &[("target", "@bob:h")]);
+        assert_eq!(render_event(&ban, "T", None), "T * @ann:h banned @bob:h");
+        let unban = with(ev("unban", None), &[("target", "@bob:h")]);
+        assert_eq!(render_event(&unban, "T", None), "T * @ann:h unbanned @bob:h");
+        let invite = with(ev("invite", None), &[("target", "@bob:h")]);
+        assert_eq!(render_event(&invite, "T", None), "T * @ann:h invited @bob:h");
+        assert_eq!(render_event(&ev("reject", None), "T", None), "T * @ann:h rejected the invite");
+        let role = with(ev("role", None), &[("target", "@bob:h"), ("role", "moderator")]);
+        assert_eq!(render_event(&role, "T", None), "T * @ann:h made @bob:h moderator");
+        let room = with(ev("room", None), &[("name", "Garden"), ("visibility", "private")]);
+        assert_eq!(render_event(&room, "T", None), "T * @ann:h set the room: name \"Garden\", no topic, private");
+    }
+
+    #[test]
+    fn activity_frames_render_as_tilde_lines() {
+        let typing = |ids: &[&str]| ServerFrame::Typing { user_ids: ids.iter().map(|s| (*s).to_owned()).collect() };
+        assert_eq!(render_activity(&typing(&[]), "T").unwrap(), "T ~ nobody is typing");
+        assert_eq!(render_activity(&typing(&["@a:h"]), "T").unwrap(), "T ~ @a:h is typing");
+        assert_eq!(
+            render_activity(&typing(&["@a:h", "@b:h", "@c:h"]), "T").unwrap(),
+            "T ~ @a:h, @b:h and @c:h are typing"
+        );
+        let online = ServerFrame::Presence { user_id: "@a:h".into(), presence: "online".into() };
+        assert_eq!(render_activity(&online, "T").unwrap(), "T ~ @a:h is online");
+        let receipt = ServerFrame::Receipt { user_id: "@a:h".into(), seq: 7 };
+        assert_eq!(render_activity(&receipt, "T").unwrap(), "T ~ @a:h read up to seq 7");
+        assert!(render_activity(&ServerFrame::Other, "T").is_none());
     }
 
     #[test]

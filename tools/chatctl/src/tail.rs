@@ -19,7 +19,7 @@ use crate::api::{ApiError, encode_segment, ws_url};
 use crate::cli::TailArgs;
 use crate::commands::Ctx;
 use crate::failure::{Exit, Failure};
-use crate::output::{notice, stderr_is_terminal};
+use crate::output::{RecentIds, notice, sanitize, stderr_is_terminal};
 use crate::wire::{ClientFrame, Cursor, ErrorBody, MessagesResponse, ServerFrame, WS_SUBPROTOCOL};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,6 +67,15 @@ struct Follow {
     reached_live: bool,
     /// A connection was lost since the last `caught_up`.
     interrupted: bool,
+    /// What edits refer to.
+    recent: RecentIds,
+    /// `--activity`: print typing, presence and receipt frames.
+    activity: bool,
+    /// Who the connection is (from `ready`), to tell a kick or ban of
+    /// oneself from a leave.
+    me: Option<String>,
+    /// Set when a kick or ban of `me` was printed: why the room ends.
+    removed: Option<String>,
 }
 
 /// SIGINT and SIGTERM, either of which ends `tail` cleanly.
@@ -91,8 +100,17 @@ impl Signals {
 pub async fn run(ctx: &Ctx, args: TailArgs) -> anyhow::Result<()> {
     let api = ctx.authed()?;
     let token = api.token().expect("authed clients have a token").to_owned();
-    let mut state =
-        Follow { room: args.room.clone(), cursor: None, following: false, reached_live: false, interrupted: false };
+    let mut state = Follow {
+        room: args.room.clone(),
+        cursor: None,
+        following: false,
+        reached_live: false,
+        interrupted: false,
+        recent: RecentIds::default(),
+        activity: args.activity,
+        me: None,
+        removed: None,
+    };
 
     // A starting point in the past needs the room's epoch, which only the
     // history endpoint tells outside a subscription.
@@ -104,7 +122,8 @@ pub async fn run(ctx: &Ctx, args: TailArgs) -> anyhow::Result<()> {
         let path = format!("/rooms/{}/messages?limit={}", encode_segment(&args.room), args.lines);
         let page: MessagesResponse = api.get(&path).await.map_err(|e| ctx.fail(e))?;
         for event in &page.events {
-            ctx.out.event(&page.room_id, &page.epoch, event);
+            let edit_of = state.recent.note(event);
+            ctx.out.event(&page.room_id, &page.epoch, event, edit_of);
         }
         let seq = page.events.last().map_or(page.latest_seq, |e| e.seq);
         state.cursor = Some(Cursor { epoch: page.epoch, seq });
@@ -183,7 +202,7 @@ async fn connection(ctx: &Ctx, token: &str, state: &mut Follow, signals: &mut Si
         loop {
             match ws.next().await {
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerFrame>(&t) {
-                    Ok(ServerFrame::Ready { .. }) => return Ok(()),
+                    Ok(ServerFrame::Ready { user_id }) => return Ok(user_id),
                     Ok(ServerFrame::Error { errcode, error, .. }) => {
                         return Err(Lost::Fatal(Failure::refused(&errcode, &error)));
                     }
@@ -199,7 +218,7 @@ async fn connection(ctx: &Ctx, token: &str, state: &mut Follow, signals: &mut Si
     tokio::select! {
         r = tokio::time::timeout(READY_TIMEOUT, ready) => match r {
             Err(_) => return Err(Lost::retry("no `ready` from the server")),
-            Ok(r) => r?,
+            Ok(r) => state.me = r?,
         },
         _ = signals.recv() => return Ok(Stop::Interrupted),
     }
@@ -264,7 +283,13 @@ fn handle(ctx: &Ctx, state: &mut Follow, text: &str) -> Result<Option<Stop>, Los
                 }
                 _ => {}
             }
-            ctx.out.event(&room_id, &epoch, &event);
+            let edit_of = state.recent.note(&event);
+            ctx.out.event(&room_id, &epoch, &event, edit_of);
+            let target = event.extra.get("target").and_then(|t| t.as_str());
+            if matches!(event.kind.as_str(), "kick" | "ban") && target.is_some() && target == state.me.as_deref() {
+                let how = if event.kind == "kick" { "kicked from" } else { "banned from" };
+                state.removed = Some(format!("you were {how} {} by {}", state.room, sanitize(&event.sender)));
+            }
             state.cursor = Some(Cursor { epoch, seq: event.seq });
         }
         ServerFrame::CaughtUp { epoch, seq, room_id } => {
@@ -289,7 +314,7 @@ fn handle(ctx: &Ctx, state: &mut Follow, text: &str) -> Result<Option<Stop>, Los
         }
         ServerFrame::Unsubscribed { reason, .. } => {
             if reason.as_deref() == Some("left") {
-                notice(&format!("you left {}", state.room));
+                notice(&state.removed.take().unwrap_or_else(|| format!("you left {}", state.room)));
                 return Ok(Some(Stop::Left));
             }
             return Err(Lost::retry("the server ended the subscription"));
@@ -300,6 +325,11 @@ fn handle(ctx: &Ctx, state: &mut Follow, text: &str) -> Result<Option<Stop>, Los
             }
             if id.as_deref() != Some(PING_ID) {
                 notice(&format!("server error: {errcode}: {error}"));
+            }
+        }
+        ServerFrame::Typing { .. } | ServerFrame::Presence { .. } | ServerFrame::Receipt { .. } => {
+            if state.activity {
+                ctx.out.activity(&frame, text);
             }
         }
         ServerFrame::Ready { .. } | ServerFrame::Other => {}

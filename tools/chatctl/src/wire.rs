@@ -1,4 +1,4 @@
-//! The v1 wire format as chatctl sees it, written from `spec/protocol.md`
+//! The v1 and v1.1 wire format as chatctl sees it, written from `spec/protocol.md`
 //! and `spec/schemas/` alone: chatctl must work against any server that
 //! follows the spec, so it deliberately does not share the reference
 //! server's types. Answers ignore fields they do not know (the spec lets
@@ -56,18 +56,54 @@ pub struct WhoamiResponse {
 pub struct RoomSummary {
     pub room_id: String,
     /// Absent for v1.1 rooms made without an alias (direct messages).
-    #[serde(default)]
-    pub alias: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+}
+
+/// One item of `GET /rooms`. v1.1 fields are optional so a v1 server's
+/// answer still reads; `extra` keeps fields a later server adds, so
+/// `rooms --json` passes the item through whole.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomItem {
+    pub room_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// `join` or `invite` (v1.1); a v1 server lists joined rooms only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// At most 100, which means "100 or more".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl RoomItem {
+    pub fn is_invite(&self) -> bool {
+        self.membership.as_deref() == Some("invite")
+    }
 }
 
 #[derive(Debug, Deserialize)]
 pub struct RoomsResponse {
-    pub rooms: Vec<RoomSummary>,
+    pub rooms: Vec<RoomItem>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Member {
     pub user_id: String,
+    /// v1.1; absent from a v1 server.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// v1.1, for the server's own users only.
+    #[serde(default)]
+    pub presence: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +115,66 @@ pub struct MembersResponse {
 #[derive(Debug, Serialize)]
 pub struct SendRequest<'a> {
     pub body: &'a str,
+    /// v1.1: the `event_id` of one's own earlier message this one edits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<&'a str>,
+}
+
+/// v1.1 `POST /rooms`.
+#[derive(Debug, Default, Serialize)]
+pub struct CreateRoomRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invite: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateRoomResponse {
+    pub room_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+}
+
+/// v1.1 `PATCH /rooms/{room}`: only the fields given change.
+#[derive(Debug, Default, Serialize)]
+pub struct RoomUpdate<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<&'a str>,
+}
+
+/// v1.1 `invite`, `kick`, `ban`, `unban` and `POST /dm` (the latter two
+/// without a reason).
+#[derive(Debug, Serialize)]
+pub struct UserRequest<'a> {
+    pub user_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RoleRequest<'a> {
+    pub role: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DmResponse {
+    pub room_id: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReadRequest {
+    pub seq: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,7 +234,25 @@ pub enum ClientFrame<'a> {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
-    Ready {},
+    Ready {
+        #[serde(default)]
+        user_id: Option<String>,
+    },
+    /// v1.1: everyone typing in a subscribed room now (`tail` follows one
+    /// room, so which one is known).
+    Typing {
+        user_ids: Vec<String>,
+    },
+    /// v1.1: a user sharing a subscribed room came online or went offline.
+    Presence {
+        user_id: String,
+        presence: String,
+    },
+    /// v1.1: a member's read mark in a subscribed room moved.
+    Receipt {
+        user_id: String,
+        seq: u64,
+    },
     Event {
         room_id: String,
         epoch: String,
@@ -207,5 +321,8 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(f, ServerFrame::Gap { .. }));
+        let f: ServerFrame =
+            serde_json::from_str(r#"{"type":"receipt","room":"!a:x","user_id":"@b:x","seq":4}"#).unwrap();
+        assert!(matches!(f, ServerFrame::Receipt { seq: 4, .. }));
     }
 }

@@ -78,10 +78,11 @@ fn the_whole_flow_from_register_to_logout() {
     assert_eq!(joined["alias"], format!("#lobby:{host}"));
     let room_id = joined["room_id"].as_str().unwrap().to_owned();
 
+    // A room made by a v1 join has no owner: everyone is a member.
     let out = ann.run(&["rooms"]).ok();
-    assert_eq!(out, format!("#lobby:{host}\t{room_id}\n"));
+    assert_eq!(out, format!("#lobby:{host}\t{room_id}\tmember\t0\n"));
     let out = ann.run(&["members", "lobby"]).ok();
-    assert_eq!(out, format!("@ann:{host}\n@bob:{host}\n"));
+    assert_eq!(out, format!("@ann:{host}\tmember\toffline\n@bob:{host}\tmember\toffline\n"));
 
     // Send, from an argument and from standard input.
     let out = ann.run(&["send", "lobby", "hello bob"]).ok();
@@ -337,6 +338,13 @@ fn refusals_carry_the_servers_errcode_and_exit_codes() {
         &["history", "lobby"],
         &["tail", "lobby"],
         &["logout"],
+        &["create", "garden"],
+        &["invite", "garden", "bob"],
+        &["kick", "garden", "bob"],
+        &["role", "garden", "bob", "owner"],
+        &["dm", "bob"],
+        &["edit", "garden", "$e", "x"],
+        &["read", "garden", "1"],
     ] {
         ann.run(args).fails(3, "not logged in");
     }
@@ -369,7 +377,15 @@ fn an_unreachable_server_is_exit_4() {
     u.server = dead.clone();
     u.run_stdin(&["login", "ann", "--password-stdin"], &format!("{PASSWORD}\n")).fails(4, "cannot reach");
     u.run_stdin(&["register", "zed", "--password-stdin"], &format!("{PASSWORD}\n")).fails(4, "cannot reach");
-    for args in [&["rooms"][..], &["send", "lobby", "hi"], &["history", "lobby"], &["tail", "lobby"]] {
+    for args in [
+        &["rooms"][..],
+        &["send", "lobby", "hi"],
+        &["history", "lobby"],
+        &["tail", "lobby"],
+        &["create", "garden"],
+        &["ban", "lobby", "@bob:x"],
+        &["dm", "@bob:x"],
+    ] {
         let mut cmd = u.command(args);
         cmd.env("CHATCTL_TOKEN", &token);
         u.run_with(cmd, None).fails(4, &format!("cannot reach {dead}"));
@@ -462,4 +478,277 @@ fn a_rate_limited_register_is_waited_out() {
     // A plain register takes a fraction of that: it did wait.
     let waited = started.elapsed();
     assert!(waited > Duration::from_secs(2), "not rate limited? {waited:?}");
+}
+
+/// The `history` lines of a room, without their time.
+fn history_lines(u: &User, room: &str) -> Vec<String> {
+    let out = u.run(&["history", room, "--limit", "1000"]).ok();
+    out.lines().map(|l| l.get(20..).unwrap_or(l).to_owned()).collect()
+}
+
+#[test]
+fn private_rooms_invites_roles_and_moderation() {
+    let server = Server::start();
+    let host = server.name();
+    let ann = user("ann", &server);
+    let bob = user("bob", &server);
+    let cat = user("cat", &server);
+
+    // Ann creates a private room and invites Bob (a bare name is a user of her server).
+    let out = ann
+        .run(&["create", "garden", "--name", "The Garden", "--topic", "plants", "--private", "--invite", "bob"])
+        .ok();
+    assert!(out.starts_with(&format!("created #garden:{host} (!")), "{out}");
+    let room_id = out.trim().rsplit_once(" (").unwrap().1.trim_end_matches(')').to_owned();
+
+    // Bob sees the invite, marked as such, with the room's name.
+    assert_eq!(bob.run(&["rooms"]).ok(), format!("#garden:{host}\t{room_id}\tinvited\t-\tThe Garden\n"));
+    let rooms = json_lines(&bob.run(&["--json", "rooms"]).ok());
+    assert_eq!(rooms[0]["membership"], "invite");
+    assert_eq!(rooms[0]["topic"], "plants");
+    assert_eq!(rooms[0]["visibility"], "private");
+    // Ann owns it.
+    let rooms = json_lines(&ann.run(&["--json", "rooms"]).ok());
+    assert_eq!((rooms[0]["role"].as_str(), rooms[0]["membership"].as_str()), (Some("owner"), Some("join")));
+    assert_eq!(ann.run(&["rooms"]).ok(), format!("#garden:{host}\t{room_id}\towner\t0\tThe Garden\n"));
+
+    // Uninvited Cat is refused with the server's errcode, exit 1.
+    cat.run(&["join", "garden"]).fails(1, "chatctl: not_invited: ");
+    cat.run(&["reject", "garden"]).fails(1, "chatctl: not_invited: ");
+
+    // Bob declines, is invited again (as a full user id) and joins.
+    assert_eq!(bob.run(&["reject", "garden"]).ok(), "rejected the invite to garden\n");
+    assert_eq!(bob.run(&["rooms"]).ok(), "");
+    assert_eq!(
+        ann.run(&["invite", "garden", &format!("@bob:{host}")]).ok(),
+        format!("invited @bob:{host} to garden\n")
+    );
+    bob.run(&["join", "garden"]).ok();
+
+    // Ann follows the room; she is online while she does.
+    let mut tail = ann.tail("garden", &["--since", &last_seq(&ann, "garden").to_string()]);
+    let mut online = String::new();
+    for _ in 0..100 {
+        online = ann.run(&["members", "garden"]).ok();
+        if online.contains("owner\tonline") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(online, format!("@ann:{host}\towner\tonline\n@bob:{host}\tmember\toffline\n"));
+    let members = json_lines(&bob.run(&["--json", "members", "garden"]).ok());
+    assert_eq!(members[1]["role"], "member");
+    assert_eq!(members[1]["presence"], "offline");
+
+    // Only the owner sets roles.
+    bob.run(&["role", "garden", "bob", "owner"]).fails(1, "chatctl: forbidden: ");
+    assert_eq!(
+        ann.run(&["role", "garden", "bob", "moderator"]).ok(),
+        format!("@bob:{host} is now moderator in garden\n")
+    );
+    let line = tail.next_line(LINE_WAIT);
+    assert!(line.ends_with(&format!("* @ann:{host} made @bob:{host} moderator")), "{line}");
+
+    // A moderator cannot act on the owner.
+    bob.run(&["kick", "garden", "ann"]).fails(1, "chatctl: forbidden: ");
+    // …but on a member: Cat is invited, joins, and is kicked with a reason.
+    ann.run(&["invite", "garden", "cat"]).ok();
+    cat.run(&["join", "garden"]).ok();
+    let out = bob.run(&["--json", "kick", "garden", "cat", "--reason", "spam"]).ok();
+    let kicked = &json_lines(&out)[0];
+    assert_eq!(kicked["user_id"], format!("@cat:{host}"));
+    assert_eq!((kicked["kicked"].as_bool(), kicked["reason"].as_str()), (Some(true), Some("spam")));
+    cat.run(&["send", "garden", "hello?"]).fails(1, "chatctl: not_member: ");
+    // A ban keeps Cat out, even with an invite.
+    assert_eq!(
+        bob.run(&["ban", "garden", "cat", "--reason", "again"]).ok(),
+        format!("banned @cat:{host} from garden\n")
+    );
+    ann.run(&["invite", "garden", "cat"]).fails(1, "chatctl: banned: ");
+    cat.run(&["join", "garden"]).fails(1, "chatctl: banned: ");
+    assert_eq!(bob.run(&["unban", "garden", "cat"]).ok(), format!("unbanned @cat:{host} in garden\n"));
+    cat.run(&["join", "garden"]).fails(1, "chatctl: not_invited: ");
+
+    // Name, topic and visibility: moderators and up.
+    cat.run(&["room", "garden", "--topic", "mine"]).fails(1, "chatctl: ");
+    assert_eq!(
+        bob.run(&["room", "garden", "--topic", "herbs", "--public"]).ok(),
+        "updated garden: topic \"herbs\", public\n"
+    );
+    cat.run(&["join", "garden"]).ok();
+
+    // Every change reads as a `*` line, live and in history.
+    let expected = [
+        format!("* @ann:{host} joined"),
+        format!("* @ann:{host} set the room: name \"The Garden\", topic \"plants\", private"),
+        format!("* @ann:{host} invited @bob:{host}"),
+        format!("* @bob:{host} rejected the invite"),
+        format!("* @ann:{host} invited @bob:{host}"),
+        format!("* @bob:{host} joined"),
+        format!("* @ann:{host} made @bob:{host} moderator"),
+        format!("* @ann:{host} invited @cat:{host}"),
+        format!("* @cat:{host} joined"),
+        format!("* @bob:{host} kicked @cat:{host}: spam"),
+        format!("* @bob:{host} banned @cat:{host}: again"),
+        format!("* @bob:{host} unbanned @cat:{host}"),
+        format!("* @bob:{host} set the room: name \"The Garden\", topic \"herbs\", public"),
+        format!("* @cat:{host} joined"),
+    ];
+    assert_eq!(history_lines(&ann, "garden"), expected);
+    let mut live = Vec::new();
+    while live.len() < 7 {
+        live.push(tail.next_line(LINE_WAIT)[20..].to_owned());
+    }
+    assert_eq!(live, expected[7..]);
+    assert_eq!(tail.interrupt(), 0);
+
+    // A room without an alias is known by its id.
+    let out = ann.run(&["--json", "create", "--name", "Nameless"]).ok();
+    let made = &json_lines(&out)[0];
+    assert!(made["room_id"].as_str().unwrap().starts_with('!') && made.get("alias").is_none(), "{made}");
+    let line = ann.run(&["rooms"]).ok();
+    assert!(
+        line.lines().any(|l| l.starts_with(&format!("-\t{}\towner\t0\tNameless", made["room_id"].as_str().unwrap()))),
+        "{line}"
+    );
+    // Usage errors are exit 2.
+    let run = ann.run(&["room", "garden"]);
+    assert_eq!((run.code, run.stdout.as_str()), (2, ""), "{run:?}");
+    ann.run(&["invite", "garden", "bob:elsewhere"]).fails(2, "not a user");
+}
+
+#[test]
+fn direct_messages_edits_and_read_marks() {
+    let server = Server::start();
+    let host = server.name();
+    let ann = user("ann", &server);
+    let bob = user("bob", &server);
+
+    // The same pair gets the same room, however asked.
+    let out = ann.run(&["dm", "bob"]).ok();
+    assert!(out.starts_with(&format!("direct messages with @bob:{host}: !")), "{out}");
+    let room = out.trim().rsplit_once(": ").unwrap().1.to_owned();
+    let again = json_lines(&ann.run(&["--json", "dm", &format!("@bob:{host}")]).ok());
+    assert_eq!(again[0]["room_id"], room.as_str());
+    // Bob sees an invite to a room without an alias, and joins it.
+    assert_eq!(bob.run(&["rooms"]).ok(), format!("-\t{room}\tinvited\t-\n"));
+    assert_eq!(bob.run(&["join", &room]).ok(), format!("joined {room}\n"));
+    let joined = json_lines(&bob.run(&["--json", "join", &room]).ok());
+    assert!(joined[0].get("alias").is_none(), "{joined:?}");
+    assert_eq!(bob.run(&["dm", "ann"]).ok().trim_end().rsplit_once(": ").unwrap().1, room);
+    // A bare name is a user of the server of whoever the token belongs to:
+    // Ann's token in Bob's terminal makes `bob` Ann's partner, not Bob himself.
+    let phone = User::new("ann", &server);
+    phone.login().ok();
+    let mut cmd = bob.command(&["--json", "dm", "bob"]);
+    cmd.env("CHATCTL_TOKEN", phone.token());
+    assert_eq!(json_lines(&bob.run_with(cmd, None).ok())[0]["room_id"], room.as_str());
+
+    // Unread counts what others sent after the read mark.
+    for i in 1..=3 {
+        bob.run(&["send", &room, &format!("b{i}")]).ok();
+    }
+    assert_eq!(ann.run(&["rooms"]).ok(), format!("-\t{room}\towner\t3\n"));
+    let events = json_lines(&ann.run(&["--json", "history", &room]).ok());
+    let second = events.iter().find(|e| e["body"] == "b2").unwrap()["seq"].as_u64().unwrap();
+    let out = ann.run(&["read", &room, &second.to_string()]).ok();
+    assert_eq!(out, format!("marked {room} read up to seq {second}\n"));
+    assert_eq!(json_lines(&ann.run(&["--json", "rooms"]).ok())[0]["unread"], 1);
+    let last = last_seq(&ann, &room);
+    let read = json_lines(&ann.run(&["--json", "read", &room, &last.to_string()]).ok());
+    assert_eq!((read[0]["seq"].as_u64(), read[0]["read"].as_bool()), (Some(last), Some(true)));
+    assert_eq!(ann.run(&["rooms"]).ok(), format!("-\t{room}\towner\t0\n"));
+    ann.run(&["read", &room, &(last + 10).to_string()]).fails(1, "chatctl: invalid_field: ");
+
+    // Ann edits her message; readers see the new text and which one it replaced.
+    let sent = json_lines(&ann.run(&["--json", "send", &room, "helo"]).ok());
+    let (orig_id, orig_seq) = (sent[0]["event_id"].as_str().unwrap().to_owned(), sent[0]["seq"].as_u64().unwrap());
+    let out = ann.run(&["edit", &room, &orig_id, "hello"]).ok();
+    assert!(out.starts_with(&format!("edited (seq {}, ", orig_seq + 1)), "{out}");
+    let lines = history_lines(&bob, &room);
+    assert_eq!(
+        lines[lines.len() - 2..],
+        [format!("<@ann:{host}> helo"), format!("<@ann:{host}> (edited seq {orig_seq}) hello")]
+    );
+    let last_event = json_lines(&bob.run(&["--json", "history", &room, "--limit", "1"]).ok()).remove(0);
+    assert_eq!((last_event["body"].as_str(), last_event["replaces"].as_str()), (Some("hello"), Some(orig_id.as_str())));
+    // Without the original on the page, the edit names its event id.
+    let page = bob.run(&["history", &room, "--limit", "1"]).ok();
+    assert!(page.trim_end().ends_with(&format!("<@ann:{host}> (edited {orig_id}) hello")), "{page}");
+    // Tail names it too, and a repeated edit with its txn id is stored once.
+    let mut tail = bob.tail(&room, &["-n", "2"]);
+    tail.next_line(LINE_WAIT);
+    assert!(tail.next_line(LINE_WAIT).ends_with(&format!("(edited seq {orig_seq}) hello")), "{:?}", tail.seen);
+    let a = json_lines(&ann.run(&["--json", "edit", &room, &orig_id, "hello!", "--txn-id", "ed-1"]).ok());
+    let b = json_lines(&ann.run(&["--json", "edit", &room, &orig_id, "hello!", "--txn-id", "ed-1"]).ok());
+    assert_eq!(a[0]["event_id"], b[0]["event_id"]);
+    assert_eq!(a[0]["replaces"], orig_id.as_str());
+    let line = tail.next_line(LINE_WAIT);
+    assert!(line.ends_with(&format!("<@ann:{host}> (edited seq {orig_seq}) hello!")), "{line}");
+    assert!(tail.lines_within(Duration::from_millis(300)).is_empty(), "{:?}", tail.seen);
+    assert_eq!(tail.interrupt(), 0);
+
+    // Someone else's message is not Bob's to edit.
+    bob.run(&["edit", &room, &orig_id, "mine now"]).fails(1, "chatctl: forbidden: ");
+    // Nor is an edit to edit again, nor a made-up id.
+    let edit_id = a[0]["event_id"].as_str().unwrap();
+    ann.run(&["edit", &room, edit_id, "x"]).fails(1, "chatctl: invalid_field: ");
+}
+
+/// Reads `tail`'s lines until one contains `needle`, and returns it.
+#[track_caller]
+fn line_with(tail: &mut support::Tail, needle: &str) -> String {
+    for _ in 0..20 {
+        let line = tail.next_line(LINE_WAIT);
+        if line.contains(needle) {
+            return line;
+        }
+    }
+    panic!("no line with {needle:?} in {:?}", tail.seen);
+}
+
+#[test]
+fn tail_shows_activity_on_request_and_says_when_you_are_kicked() {
+    let server = Server::start();
+    let host = server.name();
+    let ann = user("ann", &server);
+    let bob = user("bob", &server);
+    ann.run(&["create", "den"]).ok();
+    bob.run(&["join", "den"]).ok();
+    let since = last_seq(&ann, "den").to_string();
+
+    // Ann follows the room with --activity, in both output forms; a message
+    // of hers shows when both are live.
+    let mut human = ann.tail("den", &["--activity", "--since", &since]);
+    let mut json =
+        support::Tail::spawn_command(ann.command(&["--json", "tail", "den", "--activity", "--since", &since]));
+    ann.run(&["send", "den", "ready"]).ok();
+    line_with(&mut human, "> ready");
+    line_with(&mut json, "\"ready\"");
+
+    // Bob comes online by following the room himself (without --activity).
+    let mut quiet = bob.tail("den", &["--since", &last_seq(&bob, "den").to_string()]);
+    let line = line_with(&mut human, &format!("~ @bob:{host} is online"));
+    assert_eq!(line.as_bytes()[4], b'-', "{line}");
+    // Bob marks the room read: a receipt for Ann's --activity tails, nothing for his.
+    let seq = last_seq(&bob, "den");
+    bob.run(&["read", "den", &seq.to_string()]).ok();
+    line_with(&mut human, &format!("~ @bob:{host} read up to seq {seq}"));
+    let receipt: serde_json::Value = serde_json::from_str(&line_with(&mut json, "\"receipt\"")).unwrap();
+    assert_eq!(
+        (receipt["user_id"].as_str(), receipt["seq"].as_u64()),
+        (Some(format!("@bob:{host}").as_str()), Some(seq))
+    );
+    assert!(quiet.lines_within(Duration::from_millis(500)).is_empty(), "{:?}", quiet.seen);
+
+    // Ann (the owner) kicks Bob: his tail prints it and ends, saying why.
+    ann.run(&["kick", "den", "bob", "--reason", "closing time"]).ok();
+    let line = quiet.next_line(LINE_WAIT);
+    assert!(line.ends_with(&format!("* @ann:{host} kicked @bob:{host}: closing time")), "{line}");
+    let (code, stderr) = quiet.wait(Duration::from_secs(20));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains(&format!("you were kicked from den by @ann:{host}")), "{stderr}");
+    line_with(&mut human, "kicked");
+    assert_eq!(human.interrupt(), 0);
+    assert_eq!(json.interrupt(), 0);
 }
