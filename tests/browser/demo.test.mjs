@@ -133,7 +133,7 @@ async function waitForMessage(p, sender, body) {
 }
 
 async function members(p) {
-  return p.page.locator('#members li').allTextContents();
+  return p.page.locator('#members li .member-name').allTextContents();
 }
 
 async function waitForMembers(p, names) {
@@ -192,9 +192,12 @@ async function logIn(p, username, password) {
   await waitForRoom(p, 'lobby');
 }
 
-async function waitForRoom(p, name) {
-  await until(`${p.name} to be in #${name}`, async () =>
-    (await p.page.locator('#room-title').textContent()).startsWith(`#${name.toLowerCase()}:`));
+/** Waits until the room on screen is the local room `name`, titled `#name` (without the server part). */
+async function waitForRoom(p, name, title = `#${name.toLowerCase()}`) {
+  await until(`${p.name} to be in #${name}`, async () => {
+    const h = p.page.locator('#room-title');
+    return (await h.getAttribute('data-alias'))?.startsWith(`#${name.toLowerCase()}:`) && (await h.textContent()) === title;
+  });
   await until(`${p.name} to be connected`, async () =>
     (await p.page.locator('#connection').textContent()) === 'connected');
 }
