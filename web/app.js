@@ -280,7 +280,9 @@ const el = {
   createForm: $('create-form'), createName: $('create-name'), createPrivate: $('create-private'),
   createError: $('create-error'), dmForm: $('dm-form'), dmUser: $('dm-user'), dmError: $('dm-error'),
   inviteForm: $('invite-form'), inviteUser: $('invite-user'), inviteError: $('invite-error'),
-  inviteDone: $('invite-done'),
+  inviteDone: $('invite-done'), leave: $('leave'), settings: $('settings'), settingsForm: $('settings-form'),
+  settingsName: $('settings-name'), settingsTopic: $('settings-topic'), settingsPrivate: $('settings-private'),
+  settingsError: $('settings-error'),
 };
 
 function showView(name) {
@@ -595,6 +597,7 @@ async function enterRoom(name) {
     alias: joined.alias,
     name: undefined,
     topic: undefined,
+    visibility: undefined,
     epoch: page.epoch,
     lastSeq: last ? last.seq : page.latest_seq,
     oldestShownSeq: page.events[0]?.seq ?? page.latest_seq + 1,
@@ -609,6 +612,10 @@ async function enterRoom(name) {
   shownEventIds.clear();
   edits.clear();
   receipts.clear();
+  // What the forms said was about the room we left.
+  el.inviteDone.hidden = true;
+  showError(el.inviteError, null);
+  el.settings.open = false;
   el.typing.textContent = '';
   // Edits first, so their originals are drawn with the latest text.
   for (const ev of page.events) noteEdit(ev);
@@ -632,6 +639,7 @@ function updateHeader() {
   const summary = roomSummaries.find((r) => r.room_id === room.room_id && r.membership === 'join');
   if (summary && room.name === undefined) room.name = summary.name ?? null;
   if (summary && room.topic === undefined) room.topic = summary.topic ?? null;
+  if (summary && room.visibility === undefined) room.visibility = summary.visibility;
   const short = room.alias ? shortAlias(room.alias) : null;
   const title = room.name || short || dmLabel(room.room_id);
   el.roomTitle.textContent = title;
@@ -725,6 +733,9 @@ function myRole() {
 function renderMembers() {
   const members = room.members;
   const mine = RANK[myRole()];
+  // Unban buttons on `ban` lines, and the room settings, are for moderators and owners.
+  el.messages.classList.toggle('can-moderate', mine >= RANK.moderator);
+  el.settings.hidden = mine < RANK.moderator;
   el.members.replaceChildren(...members.map((m) => {
     const li = document.createElement('li');
     li.dataset.user = m.user_id;
@@ -807,6 +818,56 @@ async function setRole(userId, role) {
     if (r === room) renderMembers(); // put the menu back to the role the member still has
   }
 }
+
+el.leave.addEventListener('click', async () => {
+  const r = room;
+  if (!r) return;
+  try {
+    await authed('POST', `/rooms/${enc(r.room_id)}/leave`, {});
+  } catch (err) {
+    // The last owner must hand over first: an expected refusal, said in words.
+    const text = err.errcode === 'forbidden'
+      ? 'You are the last owner of this room: make another member owner first.'
+      : describeError(err);
+    showError(el.roomError, text);
+    return;
+  }
+  r.removed = 'You left this room.';
+  await refreshRooms();
+  const next = roomSummaries.find((x) => x.membership === 'join' && x.room_id !== r.room_id);
+  if (room === r) enterRoom(next ? next.room_id : DEFAULT_ROOM);
+});
+
+el.settings.addEventListener('toggle', () => {
+  if (!el.settings.open || !room) return;
+  el.settingsName.value = room.name ?? '';
+  el.settingsTopic.value = room.topic ?? '';
+  el.settingsPrivate.checked = room.visibility === 'private';
+  showError(el.settingsError, null);
+});
+
+el.settingsForm.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const r = room;
+  if (!r) return;
+  // Only what changed; an empty name or topic clears it (spec §12).
+  const body = {};
+  const name = el.settingsName.value.trim();
+  const topic = el.settingsTopic.value.trim();
+  const visibility = el.settingsPrivate.checked ? 'private' : 'public';
+  if (name !== (r.name ?? '')) body.name = name;
+  if (topic !== (r.topic ?? '')) body.topic = topic;
+  if (visibility !== (r.visibility ?? 'public')) body.visibility = visibility;
+  if (Object.keys(body).length) {
+    try {
+      await busy(el.settingsForm, () => authed('PATCH', `/rooms/${enc(r.room_id)}`, body));
+    } catch (err) {
+      return showError(el.settingsError, describeError(err));
+    }
+  }
+  showError(el.settingsError, null);
+  el.settings.open = false;
+});
 
 // ---------------------------------------------------------------------------
 // The room list: joined rooms with unread counts, and pending invites
@@ -1147,6 +1208,7 @@ function onEvent({ room_id, epoch, event }) {
   if (event.type === 'room') {
     room.name = event.name ?? null;
     room.topic = event.topic ?? null;
+    room.visibility = event.visibility ?? 'public';
     updateHeader();
     refreshRooms();
   }
@@ -1385,6 +1447,15 @@ function renderEvent(event) {
     }
   } else {
     li.classList.add('membership');
+    if (event.type === 'ban') {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'link unban';
+      b.textContent = 'Unban';
+      b.setAttribute('aria-label', `Unban ${displayName(event.target)}`);
+      b.addEventListener('click', () => moderate('unban', event.target));
+      li.append(b);
+    }
   }
   return li;
 }

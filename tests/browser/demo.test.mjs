@@ -586,9 +586,11 @@ try {
     assert.equal(await bob.page.locator('#invites-box').isVisible(), false, 'no invite is left');
   });
 
-  await step('a topic set by the owner shows in both headers at once', async () => {
-    const { access_token: token } = await http(base, 'POST', '/login', { body: { username: 'alice', password: pw.alice } });
-    await http(base, 'PATCH', '/rooms/book-club', { token, body: { topic: 'One chapter a week' } });
+  await step('a topic set by the owner in the room settings shows in both headers at once', async () => {
+    assert.equal(await bob.page.getByText('Room settings').isVisible(), false, 'a member has no room settings');
+    await alice.page.getByText('Room settings', { exact: true }).click();
+    await field(alice, 'Topic').fill('One chapter a week');
+    await alice.page.getByRole('button', { name: 'Save', exact: true }).click();
     for (const p of [alice, bob]) {
       await until(`${p.name} to show the topic`, async () =>
         (await p.page.locator('#room-topic').textContent()) === 'One chapter a week');
@@ -721,17 +723,37 @@ try {
     await waitForMembers(alice, ['alice', 'bob']);
     await until('Book Club to leave carol’s list', async () =>
       !(await roomList(carol)).some((r) => r.name === 'Book Club'));
-    // A ban keeps her out: her next try is refused in words.
-    await http(base, 'POST', '/rooms/book-club/ban', {
-      token: (await http(base, 'POST', '/login', { body: { username: 'alice', password: pw.alice } })).access_token,
-      body: { user_id: await carol.page.evaluate(() => JSON.parse(sessionStorage.getItem('parlor.session')).user_id) },
-    });
+    // Invited back, then banned by the owner: a ban keeps her out, in words.
+    await inviteUser(alice, 'carol');
+    await invite.waitFor();
+    await invite.getByRole('button', { name: 'Accept', exact: true }).click();
+    await waitForRoom(carol, 'book-club', 'Book Club');
+    await alice.page.getByRole('button', { name: 'Ban carol' }).click();
+    await until('carol to be told of the ban', async () =>
+      (await carol.page.locator('#room-error').textContent()) === 'alice banned you from this room.');
     await carol.allow(HTTP_4XX, async () => {
       await field(carol, 'Room').fill('book-club');
       await carol.page.getByRole('button', { name: 'Join', exact: true }).click();
       await until('carol’s “Banned” refusal', async () =>
         /^Banned/.test(await carol.page.locator('#room-error').textContent()));
     });
+    // The ban line offers moderators an Unban; members see none.
+    assert.equal(await bob.page.getByRole('button', { name: 'Unban carol' }).isVisible(), true, 'a moderator may unban');
+    await alice.page.getByRole('button', { name: 'Unban carol' }).click();
+    await until('the unban in alice’s timeline', async () =>
+      (await timeline(alice)).some((m) => m.sender === 'alice' && m.body === 'unbanned carol'));
+  });
+
+  await step('leaving: the last owner is told to hand over first; a member just leaves', async () => {
+    await alice.allow(HTTP_4XX, async () => {
+      await alice.page.getByRole('button', { name: 'Leave room', exact: true }).click();
+      await until('alice’s “last owner” refusal', async () =>
+        /last owner/.test(await alice.page.locator('#room-error').textContent()));
+    });
+    await bob.page.getByRole('button', { name: 'Leave room', exact: true }).click();
+    await until('bob to be elsewhere', async () => (await bob.page.locator('#room-title').textContent()) !== 'Book Club');
+    await until('Book Club to leave bob’s list', async () => !(await roomList(bob)).some((r) => r.name === 'Book Club'));
+    await waitForMembers(alice, ['alice']);
     await joinRoom(carol, 'garden');
     await joinRoom(alice, 'garden');
     await joinRoom(bob, 'garden');
