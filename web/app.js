@@ -587,6 +587,9 @@ async function enterRoom(name) {
   }
   if (gen !== enterGeneration) return false;
 
+  // How much of it is new to us, by the sidebar's last count (before this visit marks it read).
+  const unreadBefore = roomSummaries.find((r) => r.room_id === joined.room_id && r.membership === 'join')?.unread ?? 0;
+
   // One subscription at a time; also when re-entering the same room, whose
   // new subscription starts from the history just loaded.
   stopTyping();
@@ -620,6 +623,7 @@ async function enterRoom(name) {
   // Edits first, so their originals are drawn with the latest text.
   for (const ev of page.events) noteEdit(ev);
   el.messages.replaceChildren(...renderEvents(page.events));
+  placeReadMarker(unreadBefore);
   regroup();
   updateLoadOlder();
   for (const item of outbox.values()) item.el.hidden = item.room_id !== room.room_id;
@@ -650,6 +654,7 @@ function updateHeader() {
   el.roomTopic.textContent = room.topic ?? '';
   el.roomTopic.hidden = !room.topic;
   document.title = `${title} · Parlor`;
+  fillSettings();
 }
 
 /**
@@ -838,13 +843,17 @@ el.leave.addEventListener('click', async () => {
   if (room === r) enterRoom(next ? next.room_id : DEFAULT_ROOM);
 });
 
-el.settings.addEventListener('toggle', () => {
-  if (!el.settings.open || !room) return;
+// The settings form shows the room as it is; filled while closed (`toggle`
+// fires a moment after opening, when someone may have typed already).
+function fillSettings() {
+  if (el.settings.open || !room) return;
   el.settingsName.value = room.name ?? '';
   el.settingsTopic.value = room.topic ?? '';
   el.settingsPrivate.checked = room.visibility === 'private';
   showError(el.settingsError, null);
-});
+}
+
+el.settings.addEventListener('toggle', fillSettings);
 
 el.settingsForm.addEventListener('submit', async (e) => {
   e.preventDefault();
@@ -1516,6 +1525,28 @@ function startEdit(li) {
       error.hidden = false;
     }
   });
+}
+
+/**
+ * The read marker: a "New messages" line above the first of the `unread`
+ * messages others sent since our read mark (GET /rooms counts the same ones).
+ */
+function placeReadMarker(unread) {
+  if (unread <= 0) return;
+  let left = unread;
+  let first = null;
+  const items = [...el.messages.querySelectorAll('li.message:not(.membership)')].reverse();
+  for (const li of items) {
+    if (li.dataset.sender === session.user_id) continue;
+    first = li;
+    if (--left === 0) break;
+  }
+  if (!first) return;
+  const marker = document.createElement('li');
+  marker.className = 'read-marker';
+  marker.setAttribute('role', 'separator');
+  marker.textContent = 'New messages';
+  first.before(marker);
 }
 
 /** Marks `li` as continuing its predecessor's group: same sender, messages, close in time. */

@@ -633,6 +633,10 @@ try {
     await clickRoom(bob, 'Book Club');
     await waitForRoom(bob, 'book-club', 'Book Club');
     await waitForMessage(bob, 'alice', 'And bring tea.');
+    // The read marker sits above the first message he had not read.
+    const order = await bob.page.locator('#messages > li').evaluateAll((lis) => lis.map((li) =>
+      (li.classList.contains('read-marker') ? `marker: ${li.textContent}` : li.querySelector('.body').textContent)));
+    assert.deepEqual(order.slice(-3), ['marker: New messages', 'Chapter one by Friday.', 'And bring tea.']);
     await until('bob’s badge to clear', async () =>
       (await roomList(bob)).find((r) => r.name === 'Book Club')?.badge === '');
     await until('alice to see that bob read it', async () =>
