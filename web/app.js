@@ -576,7 +576,7 @@ async function enterRoom(name) {
   }
   let joined, page, members;
   try {
-    joined = await authed('POST', `/rooms/${enc(name)}/join`, {});
+    joined = await wsRequest({ type: 'join', room: name }) ?? await authed('POST', `/rooms/${enc(name)}/join`, {});
     page = await authed('GET', `/rooms/${enc(joined.room_id)}/messages?limit=${HISTORY_PAGE}`);
     members = await authed('GET', `/rooms/${enc(joined.room_id)}/members`);
   } catch (err) {
@@ -828,7 +828,7 @@ el.leave.addEventListener('click', async () => {
   const r = room;
   if (!r) return;
   try {
-    await authed('POST', `/rooms/${enc(r.room_id)}/leave`, {});
+    await wsRequest({ type: 'leave', room: r.room_id }) ?? await authed('POST', `/rooms/${enc(r.room_id)}/leave`, {});
   } catch (err) {
     // The last owner must hand over first: an expected refusal, said in words.
     const text = err.errcode === 'forbidden'
@@ -1164,7 +1164,42 @@ document.addEventListener('visibilitychange', () => {
 // Live events
 // ---------------------------------------------------------------------------
 
+// Requests over the socket: `join` and `leave` exist as frames too (spec §8).
+// Their refusals (a private room, a ban) come back as `error` frames, which
+// the page shows in words; over HTTP the browser would also log each refused
+// request in the console as a failure, and these refusals are expected.
+const wsPending = new Map(); // frame id → {resolve, reject, timer}
+let wsRequestIds = 0;
+
+/** Sends `frame` and resolves with its answer; null when the socket is down (use HTTP then). */
+function wsRequest(frame) {
+  const id = `req-${++wsRequestIds}`;
+  if (!live?.send({ ...frame, id })) return Promise.resolve(null);
+  return new Promise((resolve, reject) => {
+    // A socket lost meanwhile never answers: give up as a network failure.
+    const timer = setTimeout(() => {
+      wsPending.delete(id);
+      reject(new ApiError(0, 'network', 'The server did not answer. Check the connection and try again.'));
+    }, 10000);
+    wsPending.set(id, { resolve, reject, timer });
+  });
+}
+
+function settleRequest(frame) {
+  const pending = frame.id && wsPending.get(frame.id);
+  if (!pending) return false;
+  wsPending.delete(frame.id);
+  clearTimeout(pending.timer);
+  if (frame.type === 'error') {
+    pending.reject(new ApiError(0, frame.errcode, frame.error, frame.retry_after_ms));
+  } else {
+    pending.resolve(frame);
+  }
+  return true;
+}
+
 function handleFrame(frame) {
+  if (settleRequest(frame)) return;
   switch (frame.type) {
     case 'event': return onEvent(frame);
     case 'gap': return onGap(frame);
