@@ -1487,7 +1487,7 @@ function renderEvent(event) {
       b.textContent = 'Edit';
       b.setAttribute('aria-label', 'Edit this message');
       b.addEventListener('click', () => startEdit(li));
-      li.querySelector('.extra').append(b);
+      li.append(b);
     }
   } else {
     li.classList.add('membership');
