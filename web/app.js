@@ -4,10 +4,15 @@
 // be read: a third-party client needs the same few pieces, whatever it is
 // written in. It speaks only the public protocol (spec/protocol.md):
 //
-//   * HTTP JSON under /_parlor/client/v1 for accounts, joining rooms, history
-//     and members (section `HTTP` below);
+//   * HTTP JSON under /_parlor/client/v1 for accounts, history, members,
+//     the room list (`GET /rooms`, polled: it carries invites and unread
+//     counts of rooms not on screen) and v1.1's rooms: create, invite,
+//     reject, kick, ban, unban, roles, settings, direct messages and edits
+//     (section `HTTP` below);
 //   * one WebSocket (subprotocol "parlor.v1") for live events and sends, with
-//     reconnection and gap-free resume (`LiveConnection` and `Live events`).
+//     reconnection and gap-free resume (`LiveConnection` and `Live events`),
+//     plus `join`/`leave` while it is up, `typing`, `read`, and the `typing`,
+//     `presence` and `receipt` frames the server pushes.
 //
 // The rule that makes resume exact: remember the cursor {epoch, seq} of the
 // last event shown, and subscribe with `since` set to it. The server then sends
@@ -508,7 +513,8 @@ function startChat() {
   // Invites and other rooms' unread counts come from GET /rooms: the socket
   // only follows the room on screen, so the list is asked for now and then.
   clearInterval(roomsTimer);
-  roomsTimer = setInterval(refreshRooms, ROOMS_POLL_MS);
+  // A hidden tab skips the polls; becoming visible asks at once.
+  roomsTimer = setInterval(() => document.visibilityState === 'visible' && refreshRooms(), ROOMS_POLL_MS);
 }
 
 function stopChat() {
@@ -1156,8 +1162,9 @@ function markReadSoon() {
 }
 
 document.addEventListener('visibilitychange', () => {
+  if (!session || !room) return;
   markReadSoon();
-  renderRoomList();
+  if (document.visibilityState === 'visible') refreshRooms();
 });
 
 // ---------------------------------------------------------------------------
