@@ -962,9 +962,10 @@ function renderRoomList() {
     if (unread > 0) {
       const badge = document.createElement('span');
       badge.className = 'badge';
+      // The server counts to 100, which means "100 or more" (spec §6).
       badge.textContent = unread >= 100 ? '99+' : String(unread);
-      badge.setAttribute('aria-label', `${badge.textContent} unread`);
       b.append(badge);
+      b.setAttribute('aria-label', `${roomLabel(r)}, ${badge.textContent} unread`);
     }
     b.addEventListener('click', () => {
       if (room?.room_id !== r.room_id) enterRoom(r.room_id).then((ok) => ok && el.message.focus());
