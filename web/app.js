@@ -613,6 +613,7 @@ async function enterRoom(name) {
     earliestSeq: page.earliest_seq,
     readSeq: 0,
     members: members.members,
+    membersFresh: true,
     removed: null,
   };
   session.room = joined.alias ?? joined.room_id;
@@ -621,9 +622,9 @@ async function enterRoom(name) {
   shownEventIds.clear();
   edits.clear();
   receipts.clear();
-  // What the forms said was about the room we left.
+  // What the forms said was about the room we left, or is settled by being here.
   el.inviteDone.hidden = true;
-  showError(el.inviteError, null);
+  for (const p of [el.inviteError, el.createError, el.dmError]) showError(p, null);
   el.settings.open = false;
   el.typing.textContent = '';
   // Edits first, so their originals are drawn with the latest text.
@@ -639,7 +640,8 @@ async function enterRoom(name) {
   scrollToBottom();
   subscribe();
   markReadSoon();
-  await refreshRooms();
+  // The sidebar and the header's name and topic follow when the list comes.
+  refreshRooms();
   return true;
 }
 
@@ -892,21 +894,33 @@ const ROOMS_POLL_MS = 3000;
 let roomsTimer = null;
 let roomsInFlight = null;
 
-/** GET /rooms, then redraw the sidebar; concurrent callers share one request. */
+let roomsAgain = false; // asked for while a request was out: its answer may predate the change
+
+/**
+ * GET /rooms, then redraw the sidebar. Callers during a request share one
+ * more request after it, so a room just joined or created is always listed.
+ */
 function refreshRooms() {
   if (!session) return Promise.resolve();
-  roomsInFlight ??= (async () => {
-    try {
-      const res = await authed('GET', '/rooms');
-      roomSummaries = res.rooms;
-      await labelDms();
-      renderRoomList();
-      updateHeader();
-    } catch {
-      // The next poll tries again; the connection state already says when the server is away.
-    } finally {
-      roomsInFlight = null;
-    }
+  if (roomsInFlight) {
+    roomsAgain = true;
+    return roomsInFlight;
+  }
+  roomsInFlight = (async () => {
+    do {
+      roomsAgain = false;
+      try {
+        const res = await authed('GET', '/rooms');
+        roomSummaries = res.rooms;
+        await labelDms();
+        renderRoomList();
+        updateHeader();
+      } catch {
+        // The next poll tries again; the connection state already says when the server is away.
+        break;
+      }
+    } while (roomsAgain && session);
+    roomsInFlight = null;
   })();
   return roomsInFlight;
 }
@@ -1220,7 +1234,10 @@ function handleFrame(frame) {
       // After a (re)subscription: people may have come and gone meanwhile, and
       // a refresh may have failed while the connection was down.
       if (room && frame.room_id === room.room_id) {
-        refreshMembersSoon();
+        // The first one follows enterRoom(), which has just fetched the list (and
+        // joins since are replayed as events); later ones follow a reconnection.
+        if (room.membersFresh) room.membersFresh = false;
+        else refreshMembersSoon();
         markReadSoon();
       }
       return;
