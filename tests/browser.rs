@@ -37,6 +37,6 @@ fn demo_page_works_in_headless_chromium() {
     browser::run_script(
         "demo.test.mjs",
         &[&server.url, &retention.url, &token_server.url, &token],
-        Duration::from_secs(240),
+        Duration::from_secs(300),
     );
 }

@@ -4,10 +4,15 @@
 // be read: a third-party client needs the same few pieces, whatever it is
 // written in. It speaks only the public protocol (spec/protocol.md):
 //
-//   * HTTP JSON under /_parlor/client/v1 for accounts, joining rooms, history
-//     and members (section `HTTP` below);
+//   * HTTP JSON under /_parlor/client/v1 for accounts, history, members,
+//     the room list (`GET /rooms`, polled: it carries invites and unread
+//     counts of rooms not on screen) and v1.1's rooms: create, invite,
+//     reject, kick, ban, unban, roles, settings, direct messages and edits
+//     (section `HTTP` below);
 //   * one WebSocket (subprotocol "parlor.v1") for live events and sends, with
-//     reconnection and gap-free resume (`LiveConnection` and `Live events`).
+//     reconnection and gap-free resume (`LiveConnection` and `Live events`),
+//     plus `join`/`leave` while it is up, `typing`, `read`, and the `typing`,
+//     `presence` and `receipt` frames the server pushes.
 //
 // The rule that makes resume exact: remember the cursor {epoch, seq} of the
 // last event shown, and subscribe with `since` set to it. The server then sends
@@ -98,6 +103,12 @@ function describeError(err) {
     case 'invalid_room': return 'Room names are 1–64 characters: letters a–z, digits, “.”, “_” or “-”.';
     case 'room_not_found': return 'There is no such room.';
     case 'not_member': return 'You are not a member of this room.';
+    case 'not_invited': return 'This room is private: you need an invitation to join it.';
+    case 'banned': return 'Banned from this room: a moderator has to unban first.';
+    case 'forbidden': return 'Your role in this room does not allow that.';
+    case 'user_not_found': return 'There is no such user on this server.';
+    case 'remote_user_unsupported': return 'Rooms and people of other servers cannot take part in this yet.';
+    case 'alias_taken': return 'A room with this address exists already.';
     case 'message_too_large': return 'This message is too long (at most 16,384 bytes).';
     case 'home_server_unreachable': return "The room's home server cannot be reached: the room is read-only for now.";
     case 'storage_unavailable': return 'The server cannot store messages right now: try again shortly.';
@@ -269,6 +280,14 @@ const el = {
   roomError: $('room-error'), scroller: $('scroller'), loadOlder: $('load-older'), messages: $('messages'),
   outbox: $('outbox'), sendForm: $('send-form'), message: $('message'), members: $('members'),
   memberCount: $('member-count'), messageTemplate: $('message-template'),
+  roomTopic: $('room-topic'), roomAlias: $('room-alias'), typing: $('typing'), seen: $('seen'),
+  roomList: $('room-list'), inviteList: $('invite-list'), invitesBox: $('invites-box'),
+  createForm: $('create-form'), createName: $('create-name'), createPrivate: $('create-private'),
+  createError: $('create-error'), dmForm: $('dm-form'), dmUser: $('dm-user'), dmError: $('dm-error'),
+  inviteForm: $('invite-form'), inviteUser: $('invite-user'), inviteError: $('invite-error'),
+  inviteDone: $('invite-done'), leave: $('leave'), settings: $('settings'), settingsForm: $('settings-form'),
+  settingsName: $('settings-name'), settingsTopic: $('settings-topic'), settingsPrivate: $('settings-private'),
+  settingsError: $('settings-error'),
 };
 
 function showView(name) {
@@ -331,12 +350,23 @@ function clearSession() {
   sessionStorage.removeItem(SESSION_KEY);
 }
 
+/** The server name of our own user id: `@ann:b.example` → `b.example`. */
+function ownServer() {
+  return session ? session.user_id.slice(session.user_id.indexOf(':') + 1) : '';
+}
+
 /** `@ann:b.example` → `ann` for people on our own server; the full id for others. */
 function displayName(userId) {
-  const ownServer = session ? session.user_id.slice(session.user_id.indexOf(':') + 1) : '';
   const colon = userId.indexOf(':');
-  if (colon > 0 && userId.slice(colon + 1) === ownServer) return userId.slice(1, colon);
+  if (colon > 0 && userId.slice(colon + 1) === ownServer()) return userId.slice(1, colon);
   return userId;
+}
+
+/** `#garden:b.example` → `#garden` for rooms of our own server; the full alias for others. */
+function shortAlias(alias) {
+  const colon = alias.indexOf(':');
+  if (colon > 0 && alias.slice(colon + 1) === ownServer()) return alias.slice(0, colon);
+  return alias;
 }
 
 // ---------------------------------------------------------------------------
@@ -447,12 +477,20 @@ function sessionEnded() {
 
 let live = null; // the LiveConnection while logged in
 // The room on screen and the cursor of the last event shown in it.
-// {room_id, alias, epoch, lastSeq, oldestShownSeq, earliestSeq}
+// {room_id, alias, name, topic, epoch, lastSeq, oldestShownSeq, earliestSeq,
+//  readSeq, members, removed}
 let room = null;
 let enterGeneration = 0; // a newer "Join" makes the answers of an older one stale
 let entering = false; // an enterRoom() is under way
 let subscriptionIds = 0;
+let ephemeralIds = 0; // ids of typing/read frames, whose errors are not worth showing
 const shownEventIds = new Set();
+// Edits seen in this room: original event_id → {body, seq} of the latest edit.
+// Kept apart from the screen so an edit met before its original (an older page) still applies.
+const edits = new Map();
+let roomSummaries = []; // the last GET /rooms answer: joined rooms, then invites
+const dmNames = new Map(); // room_id → label of a direct-message room (its other people)
+const receipts = new Map(); // user_id → read seq in the room on screen (from `receipt` frames)
 
 function startChat() {
   showView('chat');
@@ -465,12 +503,18 @@ function startChat() {
       if (!room && !entering) enterRoom(session.room || DEFAULT_ROOM);
       subscribe();
       flushOutbox();
+      refreshRooms();
     },
     onFrame: handleFrame,
     onRevoked: sessionEnded,
   });
   live.start();
   enterRoom(session.room || DEFAULT_ROOM).then((ok) => ok && el.message.focus());
+  // Invites and other rooms' unread counts come from GET /rooms: the socket
+  // only follows the room on screen, so the list is asked for now and then.
+  clearInterval(roomsTimer);
+  // A hidden tab skips the polls; becoming visible asks at once.
+  roomsTimer = setInterval(() => document.visibilityState === 'visible' && refreshRooms(), ROOMS_POLL_MS);
 }
 
 function stopChat() {
@@ -480,14 +524,25 @@ function stopChat() {
   enterGeneration += 1;
   entering = false;
   clearTimeout(membersTimer);
+  clearInterval(roomsTimer);
+  stopTyping();
   outbox.clear();
+  roomSummaries = [];
+  dmNames.clear();
   el.messages.replaceChildren();
   el.outbox.replaceChildren();
   el.members.replaceChildren();
+  el.roomList.replaceChildren();
+  el.inviteList.replaceChildren();
+  el.invitesBox.hidden = true;
   el.memberCount.textContent = '';
   el.roomTitle.textContent = '…';
+  el.roomTopic.hidden = el.roomAlias.hidden = true;
+  el.typing.textContent = '';
+  el.seen.hidden = true;
   el.loadOlder.hidden = true;
-  showError(el.roomError, null);
+  for (const p of [el.roomError, el.createError, el.dmError, el.inviteError]) showError(p, null);
+  el.inviteDone.hidden = true;
 }
 
 function setConnectionState(state) {
@@ -507,6 +562,11 @@ async function authed(method, path, body) {
   }
 }
 
+/** A bare room name the server would refuse: said here, without a request the server must refuse. */
+function badRoomName(name) {
+  return !/^[#!]/.test(name) && !/^[a-z0-9._-]{1,64}$/.test(name.toLowerCase());
+}
+
 /**
  * Switches the view to a room: join it (idempotent), show its last messages,
  * then follow it live from exactly the last one shown. True when it did.
@@ -515,9 +575,14 @@ async function enterRoom(name) {
   const gen = ++enterGeneration;
   entering = true;
   showError(el.roomError, null);
+  if (badRoomName(name)) {
+    entering = false;
+    showError(el.roomError, describeError({ errcode: 'invalid_room' }));
+    return false;
+  }
   let joined, page, members;
   try {
-    joined = await authed('POST', `/rooms/${enc(name)}/join`, {});
+    joined = await wsRequest({ type: 'join', room: name }) ?? await authed('POST', `/rooms/${enc(name)}/join`, {});
     page = await authed('GET', `/rooms/${enc(joined.room_id)}/messages?limit=${HISTORY_PAGE}`);
     members = await authed('GET', `/rooms/${enc(joined.room_id)}/members`);
   } catch (err) {
@@ -528,31 +593,76 @@ async function enterRoom(name) {
   }
   if (gen !== enterGeneration) return false;
 
+  // How much of it is new to us, by the sidebar's last count (before this visit marks it read).
+  const unreadBefore = roomSummaries.find((r) => r.room_id === joined.room_id && r.membership === 'join')?.unread ?? 0;
+
   // One subscription at a time; also when re-entering the same room, whose
   // new subscription starts from the history just loaded.
+  stopTyping();
   if (room) live?.send({ type: 'unsubscribe', room: room.room_id });
   const last = page.events.at(-1);
   room = {
     room_id: joined.room_id,
     alias: joined.alias,
+    name: undefined,
+    topic: undefined,
+    visibility: undefined,
     epoch: page.epoch,
     lastSeq: last ? last.seq : page.latest_seq,
     oldestShownSeq: page.events[0]?.seq ?? page.latest_seq + 1,
     earliestSeq: page.earliest_seq,
+    readSeq: 0,
+    members: members.members,
+    membersFresh: true,
+    removed: null,
   };
-  session.room = joined.alias;
+  session.room = joined.alias ?? joined.room_id;
   saveSession();
 
-  el.roomTitle.textContent = joined.alias;
-  document.title = `${joined.alias} · Parlor`;
   shownEventIds.clear();
-  el.messages.replaceChildren(...page.events.map(renderEvent));
+  edits.clear();
+  receipts.clear();
+  // What the forms said was about the room we left, or is settled by being here.
+  el.inviteDone.hidden = true;
+  for (const p of [el.inviteError, el.createError, el.dmError]) showError(p, null);
+  el.settings.open = false;
+  el.typing.textContent = '';
+  // Edits first, so their originals are drawn with the latest text.
+  for (const ev of page.events) noteEdit(ev);
+  el.messages.replaceChildren(...renderEvents(page.events));
+  placeReadMarker(unreadBefore);
+  regroup();
   updateLoadOlder();
   for (const item of outbox.values()) item.el.hidden = item.room_id !== room.room_id;
-  renderMembers(members.members);
+  renderMembers();
+  renderSeen();
+  updateHeader();
   scrollToBottom();
   subscribe();
+  markReadSoon();
+  // The sidebar and the header's name and topic follow when the list comes.
+  refreshRooms();
   return true;
+}
+
+/** Name, topic and address of the room on screen, from GET /rooms and the room's own events. */
+function updateHeader() {
+  if (!room) return;
+  const summary = roomSummaries.find((r) => r.room_id === room.room_id && r.membership === 'join');
+  if (summary && room.name === undefined) room.name = summary.name ?? null;
+  if (summary && room.topic === undefined) room.topic = summary.topic ?? null;
+  if (summary && room.visibility === undefined) room.visibility = summary.visibility;
+  const short = room.alias ? shortAlias(room.alias) : null;
+  const title = room.name || short || dmLabel(room.room_id);
+  el.roomTitle.textContent = title;
+  el.roomTitle.title = room.alias ?? room.room_id;
+  el.roomTitle.dataset.alias = room.alias ?? '';
+  el.roomAlias.textContent = short ?? '';
+  el.roomAlias.hidden = !room.name || !short;
+  el.roomTopic.textContent = room.topic ?? '';
+  el.roomTopic.hidden = !room.topic;
+  document.title = `${title} · Parlor`;
+  fillSettings();
 }
 
 /**
@@ -577,6 +687,7 @@ el.joinForm.addEventListener('submit', async (e) => {
     el.joinRoom.value = '';
     el.message.focus();
   } else {
+    el.joinRoom.setAttribute('aria-invalid', 'true');
     el.joinRoom.focus();
   }
 });
@@ -593,7 +704,9 @@ el.loadOlder.addEventListener('click', async () => {
   if (r !== room || page.epoch !== r.epoch) return; // another room, or the log was restarted meanwhile
   // Keep the messages in view where they are while older ones go in above.
   const fromBottom = el.scroller.scrollHeight - el.scroller.scrollTop;
-  el.messages.prepend(...page.events.filter((ev) => !shownEventIds.has(ev.event_id)).map(renderEvent));
+  for (const ev of page.events) noteEdit(ev);
+  el.messages.prepend(...renderEvents(page.events.filter((ev) => !shownEventIds.has(ev.event_id))));
+  regroup();
   el.scroller.scrollTop = el.scroller.scrollHeight - fromBottom;
   if (page.events.length) r.oldestShownSeq = page.events[0].seq;
   r.earliestSeq = page.earliest_seq;
@@ -606,50 +719,532 @@ function updateLoadOlder() {
 
 let membersTimer = null;
 
-/** Join and leave events change the member list; a burst of them (a replay) costs one request. */
+/** Membership and role events change the member list; a burst of them (a replay) costs one request. */
 function refreshMembersSoon() {
   clearTimeout(membersTimer);
   membersTimer = setTimeout(async () => {
     const r = room;
-    if (!r) return;
+    if (!r || r.removed) return;
     try {
       const res = await authed('GET', `/rooms/${enc(r.room_id)}/members`);
-      if (r === room) renderMembers(res.members);
+      if (r === room) {
+        r.members = res.members;
+        renderMembers();
+      }
     } catch {
       // Not fatal: the list is fetched again after the next join, leave or reconnection.
     }
   }, 150);
 }
 
-function renderMembers(members) {
-  el.members.replaceChildren(...members.map(({ user_id }) => {
+const RANK = { member: 0, moderator: 1, owner: 2 };
+
+function myRole() {
+  return room?.members.find((m) => m.user_id === session.user_id)?.role ?? 'member';
+}
+
+function renderMembers() {
+  const members = room.members;
+  const mine = RANK[myRole()];
+  // Unban buttons on `ban` lines, and the room settings, are for moderators and owners.
+  el.messages.classList.toggle('can-moderate', mine >= RANK.moderator);
+  el.settings.hidden = mine < RANK.moderator;
+  el.members.replaceChildren(...members.map((m) => {
     const li = document.createElement('li');
-    li.textContent = displayName(user_id);
-    li.title = user_id;
-    if (user_id === session.user_id) li.classList.add('me');
+    li.dataset.user = m.user_id;
+    const dot = document.createElement('span');
+    dot.className = 'presence';
+    dot.setAttribute('role', 'img');
+    setPresence(dot, m.presence);
+    const name = document.createElement('span');
+    name.className = 'member-name';
+    name.textContent = displayName(m.user_id);
+    name.title = m.user_id;
+    li.append(dot, name);
+    if (m.role && m.role !== 'member') {
+      const role = document.createElement('span');
+      role.className = 'role';
+      role.textContent = m.role;
+      li.append(role);
+    }
+    if (m.user_id === session.user_id) {
+      li.classList.add('me');
+      return li;
+    }
+    // Moderators act on lower roles only, and the owner sets roles: the server
+    // checks the same, the page just does not offer what would be refused.
+    const controls = document.createElement('span');
+    controls.className = 'mod-controls';
+    if (mine >= RANK.moderator && mine > RANK[m.role ?? 'member']) {
+      controls.append(
+        modButton('Kick', m.user_id, () => moderate('kick', m.user_id)),
+        modButton('Ban', m.user_id, () => moderate('ban', m.user_id)),
+      );
+    }
+    if (mine === RANK.owner) {
+      const select = document.createElement('select');
+      select.setAttribute('aria-label', `Role of ${displayName(m.user_id)}`);
+      for (const r of ['member', 'moderator', 'owner']) select.append(new Option(r, r, false, r === (m.role ?? 'member')));
+      select.addEventListener('change', () => setRole(m.user_id, select.value));
+      controls.append(select);
+    }
+    if (controls.childElementCount) li.append(controls);
     return li;
   }));
   el.memberCount.textContent = `(${members.length})`;
 }
 
+function setPresence(dot, presence) {
+  dot.dataset.presence = presence ?? 'unknown';
+  const words = presence === 'online' ? 'online' : presence === 'offline' ? 'offline' : 'presence unknown';
+  dot.setAttribute('aria-label', words);
+  dot.title = words;
+}
+
+function modButton(label, userId, action) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.className = 'secondary small';
+  b.textContent = label;
+  b.setAttribute('aria-label', `${label} ${displayName(userId)}`);
+  b.addEventListener('click', action);
+  return b;
+}
+
+async function moderate(action, userId) {
+  const r = room;
+  try {
+    await authed('POST', `/rooms/${enc(r.room_id)}/${action}`, { user_id: userId });
+    showError(el.roomError, null);
+  } catch (err) {
+    showError(el.roomError, describeError(err));
+  }
+}
+
+async function setRole(userId, role) {
+  const r = room;
+  try {
+    await authed('PUT', `/rooms/${enc(r.room_id)}/roles/${enc(userId)}`, { role });
+    showError(el.roomError, null);
+  } catch (err) {
+    showError(el.roomError, describeError(err));
+    if (r === room) renderMembers(); // put the menu back to the role the member still has
+  }
+}
+
+el.leave.addEventListener('click', async () => {
+  const r = room;
+  if (!r) return;
+  try {
+    await wsRequest({ type: 'leave', room: r.room_id }) ?? await authed('POST', `/rooms/${enc(r.room_id)}/leave`, {});
+  } catch (err) {
+    // The last owner must hand over first: an expected refusal, said in words.
+    const text = err.errcode === 'forbidden'
+      ? 'You are the last owner of this room: make another member owner first.'
+      : describeError(err);
+    showError(el.roomError, text);
+    return;
+  }
+  r.removed = 'You left this room.';
+  await refreshRooms();
+  const next = roomSummaries.find((x) => x.membership === 'join' && x.room_id !== r.room_id);
+  if (room === r) enterRoom(next ? next.room_id : DEFAULT_ROOM);
+});
+
+// The settings form shows the room as it is; filled while closed (`toggle`
+// fires a moment after opening, when someone may have typed already).
+function fillSettings() {
+  if (el.settings.open || !room) return;
+  el.settingsName.value = room.name ?? '';
+  el.settingsTopic.value = room.topic ?? '';
+  el.settingsPrivate.checked = room.visibility === 'private';
+  showError(el.settingsError, null);
+}
+
+el.settings.addEventListener('toggle', fillSettings);
+
+el.settingsForm.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const r = room;
+  if (!r) return;
+  // Only what changed; an empty name or topic clears it (spec §12).
+  const body = {};
+  const name = el.settingsName.value.trim();
+  const topic = el.settingsTopic.value.trim();
+  const visibility = el.settingsPrivate.checked ? 'private' : 'public';
+  if (name !== (r.name ?? '')) body.name = name;
+  if (topic !== (r.topic ?? '')) body.topic = topic;
+  if (visibility !== (r.visibility ?? 'public')) body.visibility = visibility;
+  if (Object.keys(body).length) {
+    try {
+      await busy(el.settingsForm, () => authed('PATCH', `/rooms/${enc(r.room_id)}`, body));
+    } catch (err) {
+      return showError(el.settingsError, describeError(err));
+    }
+  }
+  showError(el.settingsError, null);
+  el.settings.open = false;
+});
+
+// ---------------------------------------------------------------------------
+// The room list: joined rooms with unread counts, and pending invites
+// ---------------------------------------------------------------------------
+
+const ROOMS_POLL_MS = 3000;
+let roomsTimer = null;
+let roomsInFlight = null;
+
+let roomsAgain = false; // asked for while a request was out: its answer may predate the change
+
+/**
+ * GET /rooms, then redraw the sidebar. Callers during a request share one
+ * more request after it, so a room just joined or created is always listed.
+ */
+function refreshRooms() {
+  if (!session) return Promise.resolve();
+  if (roomsInFlight) {
+    roomsAgain = true;
+    return roomsInFlight;
+  }
+  roomsInFlight = (async () => {
+    do {
+      roomsAgain = false;
+      try {
+        const res = await authed('GET', '/rooms');
+        roomSummaries = res.rooms;
+        await labelDms();
+        renderRoomList();
+        updateHeader();
+      } catch {
+        // The next poll tries again; the connection state already says when the server is away.
+        break;
+      }
+    } while (roomsAgain && session);
+    roomsInFlight = null;
+  })();
+  return roomsInFlight;
+}
+
+/** Rooms with neither alias nor name (direct messages) are called by their other people. */
+async function labelDms() {
+  for (const r of roomSummaries) {
+    if (r.membership !== 'join' || r.alias || r.name || dmNames.has(r.room_id)) continue;
+    try {
+      const { members } = await authed('GET', `/rooms/${enc(r.room_id)}/members`);
+      const others = members.map((m) => m.user_id).filter((u) => u !== session.user_id);
+      if (others.length) dmNames.set(r.room_id, others.map(displayName).join(', '));
+    } catch {
+      // Left meanwhile: the next poll no longer lists it.
+    }
+  }
+}
+
+function dmLabel(roomId) {
+  return dmNames.get(roomId) ?? session.dms?.[roomId] ?? 'Direct chat';
+}
+
+function roomLabel(r) {
+  if (r.name) return r.name;
+  if (r.alias) return shortAlias(r.alias);
+  return r.membership === 'invite' ? 'Direct chat' : dmLabel(r.room_id);
+}
+
+function renderRoomList() {
+  const joined = roomSummaries.filter((r) => r.membership === 'join');
+  const invites = roomSummaries.filter((r) => r.membership === 'invite');
+  el.roomList.replaceChildren(...joined.map((r) => {
+    const li = document.createElement('li');
+    li.dataset.room = r.room_id;
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'room-link';
+    const name = document.createElement('span');
+    name.className = 'room-name';
+    name.textContent = roomLabel(r);
+    b.title = r.alias ?? r.room_id;
+    b.append(name);
+    const current = room?.room_id === r.room_id;
+    if (current) b.setAttribute('aria-current', 'true');
+    if (r.visibility === 'private') {
+      const lock = document.createElement('span');
+      lock.className = 'private';
+      lock.textContent = 'private';
+      b.append(lock);
+    }
+    // The room on screen is read as it comes in: no badge, whatever the server counted a moment ago.
+    const unread = current && document.visibilityState === 'visible' ? 0 : r.unread ?? 0;
+    if (unread > 0) {
+      const badge = document.createElement('span');
+      badge.className = 'badge';
+      // The server counts to 100, which means "100 or more" (spec §6).
+      badge.textContent = unread >= 100 ? '99+' : String(unread);
+      b.append(badge);
+      b.setAttribute('aria-label', `${roomLabel(r)}, ${badge.textContent} unread`);
+    }
+    b.addEventListener('click', () => {
+      if (room?.room_id !== r.room_id) enterRoom(r.room_id).then((ok) => ok && el.message.focus());
+    });
+    li.append(b);
+    return li;
+  }));
+  el.invitesBox.hidden = invites.length === 0;
+  el.inviteList.replaceChildren(...invites.map((r) => {
+    const li = document.createElement('li');
+    li.dataset.room = r.room_id;
+    const name = document.createElement('span');
+    name.className = 'room-name';
+    name.textContent = roomLabel(r);
+    name.title = r.alias ?? r.room_id;
+    const accept = document.createElement('button');
+    accept.type = 'button';
+    accept.className = 'small';
+    accept.textContent = 'Accept';
+    accept.addEventListener('click', () => enterRoom(r.room_id).then((ok) => ok && el.message.focus()));
+    const decline = document.createElement('button');
+    decline.type = 'button';
+    decline.className = 'secondary small';
+    decline.textContent = 'Decline';
+    decline.addEventListener('click', async () => {
+      try {
+        await authed('POST', `/rooms/${enc(r.room_id)}/reject`, {});
+      } catch (err) {
+        showError(el.roomError, describeError(err));
+      }
+      refreshRooms();
+    });
+    li.append(name, accept, decline);
+    return li;
+  }));
+}
+
+/** `ann` → `@ann:our.server`; full ids (`@ann:other.example`) are kept. */
+function toUserId(text) {
+  const t = text.trim().replace(/^@/, '');
+  return t.includes(':') ? `@${t}` : `@${t.toLowerCase()}:${ownServer()}`;
+}
+
+/** A room alias from a display name: `Book club` → `book-club`. */
+function slug(name) {
+  return name.toLowerCase().normalize('NFKD').replace(/[^a-z0-9._-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 64);
+}
+
+el.createForm.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const name = el.createName.value.trim();
+  if (!name) return showError(el.createError, 'Give the room a name.', el.createName);
+  const body = { name, visibility: el.createPrivate.checked ? 'private' : 'public' };
+  const alias = slug(name);
+  if (alias) body.alias = alias;
+  showError(el.createError, null);
+  try {
+    const res = await busy(el.createForm, () => authed('POST', '/rooms', body));
+    el.createForm.reset();
+    if (await enterRoom(res.room_id)) el.message.focus();
+  } catch (err) {
+    const text = err.errcode === 'alias_taken'
+      ? `A room called #${alias} exists already: join it with the Room field, or choose another name.`
+      : describeError(err);
+    showError(el.createError, text, el.createName);
+  }
+});
+
+el.dmForm.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const who = el.dmUser.value.trim();
+  if (!who) return showError(el.dmError, 'Type the username of the person to write to.', el.dmUser);
+  const userId = toUserId(who);
+  if (userId === session.user_id) return showError(el.dmError, 'That is you: choose someone else.', el.dmUser);
+  showError(el.dmError, null);
+  try {
+    const res = await busy(el.dmForm, () => authed('POST', '/dm', { user_id: userId }));
+    session.dms = { ...session.dms, [res.room_id]: displayName(userId) };
+    saveSession();
+    el.dmForm.reset();
+    if (await enterRoom(res.room_id)) el.message.focus();
+  } catch (err) {
+    showError(el.dmError, describeError(err), el.dmUser);
+  }
+});
+
+el.inviteForm.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const who = el.inviteUser.value.trim();
+  el.inviteDone.hidden = true;
+  if (!who) return showError(el.inviteError, 'Type the username of the person to invite.', el.inviteUser);
+  if (!room) return;
+  const userId = toUserId(who);
+  showError(el.inviteError, null);
+  try {
+    await busy(el.inviteForm, () => authed('POST', `/rooms/${enc(room.room_id)}/invite`, { user_id: userId }));
+    el.inviteForm.reset();
+    el.inviteDone.textContent = `Invited ${displayName(userId)}.`;
+    el.inviteDone.hidden = false;
+  } catch (err) {
+    showError(el.inviteError, describeError(err), el.inviteUser);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Typing, read marks, receipts
+// ---------------------------------------------------------------------------
+
+const TYPING_REPEAT_MS = 5000; // the server forgets a typing state after 30 s: say it again well before
+const TYPING_IDLE_MS = 4000; // no key for this long: stopped typing
+let typingRoom = null; // the room we last said `typing: true` in
+let typingSentAt = 0;
+let typingIdleTimer = null;
+
+function sendEphemeral(frame) {
+  return live?.send({ ...frame, id: `eph-${++ephemeralIds}` });
+}
+
+el.message.addEventListener('input', () => {
+  if (!room) return;
+  if (!el.message.value.trim()) return stopTyping();
+  const now = Date.now();
+  if (typingRoom !== room.room_id || now - typingSentAt > TYPING_REPEAT_MS) {
+    if (typingRoom && typingRoom !== room.room_id) stopTyping();
+    if (sendEphemeral({ type: 'typing', room: room.room_id, typing: true })) {
+      typingRoom = room.room_id;
+      typingSentAt = now;
+    }
+  }
+  clearTimeout(typingIdleTimer);
+  typingIdleTimer = setTimeout(stopTyping, TYPING_IDLE_MS);
+});
+
+/** Says we stopped typing (unless a sent message said it already: pass `quietly`). */
+function stopTyping(quietly) {
+  clearTimeout(typingIdleTimer);
+  if (typingRoom && quietly !== true) sendEphemeral({ type: 'typing', room: typingRoom, typing: false });
+  typingRoom = null;
+  typingSentAt = 0;
+}
+
+function onTyping({ room: roomId, user_ids }) {
+  if (!room || roomId !== room.room_id) return;
+  const others = user_ids.filter((u) => u !== session.user_id).map(displayName);
+  el.typing.textContent = others.length === 0 ? ''
+    : others.length === 1 ? `${others[0]} is typing…`
+      : others.length === 2 ? `${others[0]} and ${others[1]} are typing…`
+        : `${others.length} people are typing…`;
+}
+
+function onPresence({ user_id, presence }) {
+  if (!room) return;
+  const m = room.members.find((x) => x.user_id === user_id);
+  if (!m) return;
+  m.presence = presence;
+  const li = [...el.members.children].find((x) => x.dataset.user === user_id);
+  if (li) setPresence(li.querySelector('.presence'), presence);
+}
+
+function onReceipt({ room: roomId, user_id, seq }) {
+  if (!room || roomId !== room.room_id || user_id === session.user_id) return;
+  receipts.set(user_id, Math.max(seq, receipts.get(user_id) ?? 0));
+  renderSeen();
+}
+
+/** "Seen by bob" under the last message, for the members whose read mark reached it. */
+function renderSeen() {
+  const lastMsg = [...el.messages.querySelectorAll('li.message:not(.membership)')].at(-1);
+  const seq = Number(lastMsg?.dataset.seq ?? Infinity);
+  const who = [...receipts].filter(([, s]) => s >= seq).map(([u]) => displayName(u));
+  el.seen.textContent = who.length ? `Seen by ${who.join(', ')}` : '';
+  el.seen.hidden = who.length === 0;
+}
+
+let readTimer = null;
+
+/** The room on screen is read up to its last event while the page is visible. */
+function markReadSoon() {
+  clearTimeout(readTimer);
+  readTimer = setTimeout(() => {
+    const r = room;
+    if (!r || r.removed || document.visibilityState !== 'visible' || r.lastSeq <= r.readSeq) return;
+    const seq = r.lastSeq;
+    // Over the socket when it is up: its refusal (a race with a kick, say) is an
+    // `error` frame we may ignore, not a failed request in the console.
+    if (sendEphemeral({ type: 'read', room: r.room_id, seq })) {
+      r.readSeq = seq;
+    } else {
+      authed('POST', `/rooms/${enc(r.room_id)}/read`, { seq }).then(() => { r.readSeq = Math.max(r.readSeq, seq); }, () => {});
+    }
+    const summary = roomSummaries.find((x) => x.room_id === r.room_id);
+    if (summary) summary.unread = 0;
+    renderRoomList();
+  }, 200);
+}
+
+document.addEventListener('visibilitychange', () => {
+  if (!session || !room) return;
+  markReadSoon();
+  if (document.visibilityState === 'visible') refreshRooms();
+});
+
 // ---------------------------------------------------------------------------
 // Live events
 // ---------------------------------------------------------------------------
 
+// Requests over the socket: `join` and `leave` exist as frames too (spec §8).
+// Their refusals (a private room, a ban) come back as `error` frames, which
+// the page shows in words; over HTTP the browser would also log each refused
+// request in the console as a failure, and these refusals are expected.
+const wsPending = new Map(); // frame id → {resolve, reject, timer}
+let wsRequestIds = 0;
+
+/** Sends `frame` and resolves with its answer; null when the socket is down (use HTTP then). */
+function wsRequest(frame) {
+  const id = `req-${++wsRequestIds}`;
+  if (!live?.send({ ...frame, id })) return Promise.resolve(null);
+  return new Promise((resolve, reject) => {
+    // A socket lost meanwhile never answers: give up as a network failure.
+    const timer = setTimeout(() => {
+      wsPending.delete(id);
+      reject(new ApiError(0, 'network', 'The server did not answer. Check the connection and try again.'));
+    }, 10000);
+    wsPending.set(id, { resolve, reject, timer });
+  });
+}
+
+function settleRequest(frame) {
+  const pending = frame.id && wsPending.get(frame.id);
+  if (!pending) return false;
+  wsPending.delete(frame.id);
+  clearTimeout(pending.timer);
+  if (frame.type === 'error') {
+    pending.reject(new ApiError(0, frame.errcode, frame.error, frame.retry_after_ms));
+  } else {
+    pending.resolve(frame);
+  }
+  return true;
+}
+
 function handleFrame(frame) {
+  if (settleRequest(frame)) return;
   switch (frame.type) {
     case 'event': return onEvent(frame);
     case 'gap': return onGap(frame);
     case 'ack': return onAck(frame);
     case 'error': return onErrorFrame(frame);
+    case 'typing': return onTyping(frame);
+    case 'presence': return onPresence(frame);
+    case 'receipt': return onReceipt(frame);
     case 'caught_up':
       // After a (re)subscription: people may have come and gone meanwhile, and
       // a refresh may have failed while the connection was down.
-      if (room && frame.room_id === room.room_id) refreshMembersSoon();
+      if (room && frame.room_id === room.room_id) {
+        // The first one follows enterRoom(), which has just fetched the list (and
+        // joins since are replayed as events); later ones follow a reconnection.
+        if (room.membersFresh) room.membersFresh = false;
+        else refreshMembersSoon();
+        markReadSoon();
+      }
       return;
     case 'unsubscribed':
       if (room && frame.room_id === room.room_id && frame.reason === 'left') {
-        showError(el.roomError, 'You left this room (from another device): join it again to follow it.');
+        showError(el.roomError, room.removed ?? 'You left this room (from another device): join it again to follow it.');
+        refreshRooms();
       }
       return;
     default:
@@ -657,6 +1252,8 @@ function handleFrame(frame) {
       // as the spec asks of clients, so newer servers do not break this one.
   }
 }
+
+const MEMBERSHIP_TYPES = new Set(['join', 'leave', 'invite', 'reject', 'kick', 'ban', 'unban', 'role']);
 
 function onEvent({ room_id, epoch, event }) {
   if (!room || room_id !== room.room_id) return; // a room we switched away from
@@ -666,9 +1263,31 @@ function onEvent({ room_id, epoch, event }) {
   room.epoch = epoch;
   room.lastSeq = event.seq;
   const stick = isNearBottom();
-  el.messages.append(renderEvent(event));
+  if (noteEdit(event)) {
+    applyEdit(event.replaces);
+  } else {
+    const li = renderEvent(event);
+    if (li) {
+      el.messages.append(li);
+      groupOne(li);
+    }
+  }
   settleOutbox(event.event_id);
-  if (event.type === 'join' || event.type === 'leave') refreshMembersSoon();
+  if (MEMBERSHIP_TYPES.has(event.type)) refreshMembersSoon();
+  if (event.type === 'room') {
+    room.name = event.name ?? null;
+    room.topic = event.topic ?? null;
+    room.visibility = event.visibility ?? 'public';
+    updateHeader();
+    refreshRooms();
+  }
+  if ((event.type === 'kick' || event.type === 'ban') && event.target === session.user_id) {
+    const how = event.type === 'kick' ? 'removed you from this room' : 'banned you from this room';
+    room.removed = `${displayName(event.sender)} ${how}${event.reason ? `: ${event.reason}` : '.'}`;
+    showError(el.roomError, room.removed);
+  }
+  renderSeen();
+  markReadSoon();
   if (stick) scrollToBottom();
 }
 
@@ -679,6 +1298,12 @@ function onEvent({ room_id, epoch, event }) {
  */
 function onGap({ room_id, from, to, reason }) {
   if (!room || room_id !== room.room_id) return;
+  if (reason === 'history_hidden') {
+    // A private room shows its members what happened since they joined: nothing is missing.
+    room.epoch = to.epoch;
+    room.lastSeq = to.seq;
+    return;
+  }
   const li = document.createElement('li');
   li.className = 'gap';
   if (reason === 'trimmed' && from.epoch === to.epoch) {
@@ -696,6 +1321,7 @@ function onGap({ room_id, from, to, reason }) {
 }
 
 function onErrorFrame(frame) {
+  if (frame.id?.startsWith('eph-')) return; // a typing or read frame: nothing the person can act on
   const item = frame.id && outbox.get(frame.id);
   if (item) return sendFailed(item, frame);
   showError(el.roomError, describeError({ errcode: frame.errcode, message: frame.error, retryAfterMs: frame.retry_after_ms }));
@@ -729,6 +1355,7 @@ el.sendForm.addEventListener('submit', (e) => {
   outbox.set(txn_id, item);
   el.outbox.append(item.el);
   el.message.value = '';
+  stopTyping(true); // the message itself ends the typing state (spec §8)
   scrollToBottom();
   flushOutbox();
 });
@@ -746,6 +1373,8 @@ function onAck({ id, event_id }) {
   const item = outbox.get(id);
   if (!item) return;
   item.eventId = event_id;
+  // A message got through: an earlier complaint (a bad room name, say) is old news.
+  showError(el.roomError, null);
   // The ack and the event travel separately; whichever comes second settles it.
   // Messages to a room no longer on screen have no event to wait for.
   if (shownEventIds.has(event_id) || !room || item.room_id !== room.room_id) removeFromOutbox(item);
@@ -792,6 +1421,7 @@ function sendFailed(item, frame) {
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
 const dateTimeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+const GROUP_MS = 5 * 60 * 1000; // one sender's messages this close together share one heading
 
 function renderTime(timeEl, ts) {
   const d = new Date(ts);
@@ -801,24 +1431,195 @@ function renderTime(timeEl, ts) {
   timeEl.title = dateTimeFormat.format(d);
 }
 
-/** One room event as a list item: a message, or a line saying who joined or left. */
+/** Remembers an edit (a message with `replaces`); true when `event` is one. */
+function noteEdit(event) {
+  if (event.type !== 'message' || !event.replaces) return false;
+  const known = edits.get(event.replaces);
+  if (!known || known.seq < event.seq) edits.set(event.replaces, { body: event.body, seq: event.seq });
+  return true;
+}
+
+/** Redraws an original message with the text of its latest edit. */
+function applyEdit(originalId) {
+  const li = el.messages.querySelector(`li[data-event-id="${CSS.escape(originalId)}"]`);
+  const edit = edits.get(originalId);
+  if (!li || !edit || li.classList.contains('editing')) return;
+  li.querySelector('.body').textContent = edit.body;
+  li.querySelector('.edited').hidden = false;
+}
+
+function renderEvents(events) {
+  return events.map(renderEvent).filter(Boolean);
+}
+
+/** What a membership or state event says, after its sender's name. */
+function describeEvent(event) {
+  const target = event.target ? displayName(event.target) : '';
+  const reason = event.reason ? `: ${event.reason}` : '';
+  switch (event.type) {
+    case 'join': return 'joined the room';
+    case 'leave': return 'left the room';
+    case 'invite': return `invited ${target}`;
+    case 'reject': return 'declined the invitation';
+    case 'kick': return `removed ${target}${reason}`;
+    case 'ban': return `banned ${target}${reason}`;
+    case 'unban': return `unbanned ${target}${reason}`;
+    case 'role': return `made ${target} ${event.role === 'member' ? 'a member' : `a ${event.role}`}`;
+    case 'room': {
+      const parts = [];
+      if (event.name) parts.push(`name “${event.name}”`);
+      if (event.topic) parts.push(`topic “${event.topic}”`);
+      parts.push(event.visibility ?? 'public');
+      return `set the room: ${parts.join(', ')}`;
+    }
+    default: return null;
+  }
+}
+
+/**
+ * One room event as a list item: a message, or a line saying who joined,
+ * left, invited… Edits redraw their original instead; unknown types are
+ * skipped (spec §12). Null when there is nothing to show.
+ */
 function renderEvent(event) {
   shownEventIds.add(event.event_id);
+  if (noteEdit(event)) return null;
+  const text = event.type === 'message' ? event.body : describeEvent(event);
+  if (text === null) return null;
   const li = el.messageTemplate.content.firstElementChild.cloneNode(true);
   li.dataset.seq = event.seq;
+  li.dataset.eventId = event.event_id;
+  li.dataset.sender = event.sender;
+  li.dataset.ts = event.ts;
   const sender = li.querySelector('.sender');
   sender.textContent = displayName(event.sender);
   sender.title = event.sender;
-  if (event.sender === session?.user_id) li.classList.add('mine');
+  const mine = event.sender === session?.user_id;
+  if (mine) li.classList.add('mine');
   renderTime(li.querySelector('.time'), event.ts);
   const body = li.querySelector('.body');
+  body.textContent = text;
   if (event.type === 'message') {
-    body.textContent = event.body;
+    const edit = edits.get(event.event_id);
+    if (edit) {
+      body.textContent = edit.body;
+      li.querySelector('.edited').hidden = false;
+    }
+    if (mine) {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'link edit';
+      b.textContent = 'Edit';
+      b.setAttribute('aria-label', 'Edit this message');
+      b.addEventListener('click', () => startEdit(li));
+      li.append(b);
+    }
   } else {
     li.classList.add('membership');
-    body.textContent = event.type === 'join' ? 'joined the room' : event.type === 'leave' ? 'left the room' : event.type;
+    if (event.type === 'ban') {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'link unban';
+      b.textContent = 'Unban';
+      b.setAttribute('aria-label', `Unban ${displayName(event.target)}`);
+      b.addEventListener('click', () => moderate('unban', event.target));
+      li.append(b);
+    }
   }
   return li;
+}
+
+/** Inline editing of one's own message: Enter saves, Escape cancels. */
+function startEdit(li) {
+  if (li.classList.contains('editing')) return;
+  li.classList.add('editing');
+  const body = li.querySelector('.body');
+  const before = body.textContent;
+  const form = document.createElement('form');
+  form.className = 'edit-form';
+  form.noValidate = true;
+  const input = document.createElement('input');
+  input.value = before;
+  input.setAttribute('aria-label', 'New text of the message');
+  const save = document.createElement('button');
+  save.type = 'submit';
+  save.textContent = 'Save';
+  const cancel = document.createElement('button');
+  cancel.type = 'button';
+  cancel.className = 'secondary';
+  cancel.textContent = 'Cancel';
+  const error = document.createElement('p');
+  error.className = 'error';
+  error.hidden = true;
+  form.append(input, save, cancel, error);
+  body.hidden = true;
+  body.after(form);
+  input.focus();
+  const close = () => {
+    form.remove();
+    body.hidden = false;
+    li.classList.remove('editing');
+    applyEdit(li.dataset.eventId);
+  };
+  cancel.addEventListener('click', close);
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') close();
+  });
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const text = input.value;
+    if (!text.trim() || text === before) return close();
+    const r = room;
+    try {
+      // Edits go over HTTP: the socket's `send` has no `replaces` (spec §12).
+      await busy(form, () => authed('PUT', `/rooms/${enc(r.room_id)}/send/${newTxnId()}`,
+        { body: text, replaces: li.dataset.eventId }));
+      // Shown at once; the edit's own event, arriving live, says the same.
+      const known = edits.get(li.dataset.eventId);
+      if (!known) edits.set(li.dataset.eventId, { body: text, seq: 0 });
+      body.textContent = text;
+      li.querySelector('.edited').hidden = false;
+      close();
+    } catch (err) {
+      error.textContent = describeError(err);
+      error.hidden = false;
+    }
+  });
+}
+
+/**
+ * The read marker: a "New messages" line above the first of the `unread`
+ * messages others sent since our read mark (GET /rooms counts the same ones).
+ */
+function placeReadMarker(unread) {
+  if (unread <= 0) return;
+  let left = unread;
+  let first = null;
+  const items = [...el.messages.querySelectorAll('li.message:not(.membership)')].reverse();
+  for (const li of items) {
+    if (li.dataset.sender === session.user_id) continue;
+    first = li;
+    if (--left === 0) break;
+  }
+  if (!first) return;
+  const marker = document.createElement('li');
+  marker.className = 'read-marker';
+  marker.setAttribute('role', 'separator');
+  marker.textContent = 'New messages';
+  first.before(marker);
+}
+
+/** Marks `li` as continuing its predecessor's group: same sender, messages, close in time. */
+function groupOne(li) {
+  const prev = li.previousElementSibling;
+  const same = prev && prev.classList.contains('message') && !prev.classList.contains('membership')
+    && !li.classList.contains('membership') && prev.dataset.sender === li.dataset.sender
+    && Number(li.dataset.ts) - Number(prev.dataset.ts) < GROUP_MS;
+  li.classList.toggle('continued', Boolean(same));
+}
+
+function regroup() {
+  for (const li of el.messages.children) groupOne(li);
 }
 
 function renderPending(item) {
@@ -841,7 +1642,6 @@ function isNearBottom() {
 function scrollToBottom() {
   el.scroller.scrollTop = el.scroller.scrollHeight;
 }
-
 // ---------------------------------------------------------------------------
 // Start
 // ---------------------------------------------------------------------------

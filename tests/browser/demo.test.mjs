@@ -8,7 +8,17 @@
 //
 // Every page fails the test on an uncaught exception or a console error,
 // except the few network messages Chromium itself logs for the failures a
-// step provokes on purpose (a refused registration, a dropped connection).
+// step provokes on purpose (a refused registration, room name or direct
+// message, a dropped connection): Chromium logs every HTTP error answer, which
+// no page can prevent. Refusals the page can avoid asking for are checked to
+// log nothing: an invalid room name (said by the page itself), and joining a
+// private room or one is banned from (asked over the WebSocket, whose `error`
+// frame logs nothing).
+//
+// Protocol v1.1 with two and three people: a private room created from the
+// sidebar, invites declined and accepted, a direct message, typing, online
+// dots, unread badges and the read marker, grouped messages, inline edits,
+// room settings, roles, kick, ban, unban and leaving.
 
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -27,7 +37,7 @@ const docsDir = fileURLToPath(new URL('../../docs/', import.meta.url));
 const TIMEOUT = 15_000; // for one thing to appear on a page
 
 // A hung browser must not hang CI.
-const watchdog = startWatchdog(180);
+const watchdog = startWatchdog(270);
 
 // ---------------------------------------------------------------------------
 // Harness
@@ -88,7 +98,7 @@ async function person(browser, name, { url = base, viewport = { width: 1100, hei
 }
 
 // Chromium logs every HTTP error answer a page receives; these are the ones we provoke.
-const HTTP_4XX = /^Failed to load resource: the server responded with a status of 4(00|03|09)\b/;
+const HTTP_4XX = /^Failed to load resource: the server responded with a status of 4(00|03|04|09)\b/;
 const HTTP_401 = /^Failed to load resource: the server responded with a status of 401\b/;
 // And a dropped connection makes reconnect attempts fail until it is back.
 const NET_DOWN = /^(WebSocket connection to '.*' failed|Failed to load resource: net::ERR_)/;
@@ -133,7 +143,7 @@ async function waitForMessage(p, sender, body) {
 }
 
 async function members(p) {
-  return p.page.locator('#members li').allTextContents();
+  return p.page.locator('#members li .member-name').allTextContents();
 }
 
 async function waitForMembers(p, names) {
@@ -141,6 +151,43 @@ async function waitForMembers(p, names) {
     const got = await members(p);
     return JSON.stringify(got) === JSON.stringify(names) && got;
   });
+}
+
+/** The joined rooms in the sidebar: {name, badge, current, private}. */
+async function roomList(p) {
+  return p.page.locator('#room-list li').evaluateAll((lis) => lis.map((li) => ({
+    name: li.querySelector('.room-name').textContent,
+    badge: li.querySelector('.badge')?.textContent ?? '',
+    current: li.querySelector('button').getAttribute('aria-current') === 'true',
+    private: Boolean(li.querySelector('.private')),
+  })));
+}
+
+async function clickRoom(p, name) {
+  await p.page.locator('#room-list li .room-name').getByText(name, { exact: true }).click();
+}
+
+/** Members with a role above `member`, as {name: role}. */
+async function memberRoles(p) {
+  return Object.fromEntries(await p.page.locator('#members li').evaluateAll((lis) => lis
+    .filter((li) => li.querySelector('.role'))
+    .map((li) => [li.querySelector('.member-name').textContent, li.querySelector('.role').textContent])));
+}
+
+/** The online dot of `name` in the member list: "online", "offline" or null when not listed. */
+async function presenceOf(p, name) {
+  return p.page.locator('#members li').evaluateAll((lis, n) => {
+    const li = lis.find((x) => x.querySelector('.member-name').textContent === n);
+    return li ? li.querySelector('.presence').dataset.presence : null;
+  }, name);
+}
+
+async function inviteUser(p, name) {
+  await field(p, 'Invite someone').fill(name);
+  await p.page.getByRole('button', { name: 'Invite', exact: true }).click();
+  await until(`${p.name}’s “Invited ${name}.”`, async () =>
+    (await p.page.locator('#invite-done').textContent()) === `Invited ${name}.`
+    && p.page.locator('#invite-done').isVisible());
 }
 
 /** Exactly once and in order: the seqs on screen are 1, 2, 3, … with nothing missing or repeated. */
@@ -192,9 +239,12 @@ async function logIn(p, username, password) {
   await waitForRoom(p, 'lobby');
 }
 
-async function waitForRoom(p, name) {
-  await until(`${p.name} to be in #${name}`, async () =>
-    (await p.page.locator('#room-title').textContent()).startsWith(`#${name.toLowerCase()}:`));
+/** Waits until the room on screen is the local room `name`, titled `#name` (without the server part). */
+async function waitForRoom(p, name, title = `#${name.toLowerCase()}`) {
+  await until(`${p.name} to be in #${name}`, async () => {
+    const h = p.page.locator('#room-title');
+    return (await h.getAttribute('data-alias'))?.startsWith(`#${name.toLowerCase()}:`) && (await h.textContent()) === title;
+  });
   await until(`${p.name} to be connected`, async () =>
     (await p.page.locator('#connection').textContent()) === 'connected');
 }
@@ -475,6 +525,253 @@ try {
     const bodies = (await messages(carol)).map((m) => m.body);
     assert.equal(new Set(bodies).size, bodies.length, 'no message is shown twice');
     assert.equal(await carol.page.locator('#room-error').isVisible(), false, 'the resume raised no error');
+  });
+
+  // ---- Protocol v1.1 in the page: rooms, invites, DMs, typing, presence, reads, edits, moderation ----
+
+  await step('alice creates a private room from the sidebar: its name heads the page and the room list', async () => {
+    await field(alice, 'Room name').fill('Book Club');
+    await alice.page.getByLabel('Private: invited people only').check();
+    await alice.page.getByRole('button', { name: 'Create room', exact: true }).click();
+    await waitForRoom(alice, 'book-club', 'Book Club');
+    assert.equal(await alice.page.locator('#room-alias').textContent(), '#book-club', 'the local address, without the server');
+    await until('Book Club in alice’s room list, as the current room', async () =>
+      (await roomList(alice)).some((r) => r.name === 'Book Club' && r.current && r.private));
+    assert.ok((await roomList(alice)).some((r) => r.name === '#garden'), 'joined rooms are listed by their short alias');
+    assert.deepEqual(await members(alice), ['alice']);
+    assert.deepEqual(await memberRoles(alice), { alice: 'owner' });
+  });
+
+  await step('a refused room name is said next to the form and goes away after a later success', async () => {
+    await alice.allow(HTTP_4XX, async () => {
+      await field(alice, 'Room name').fill('book club');
+      await alice.page.getByRole('button', { name: 'Create room', exact: true }).click();
+      await until('the “exists already” refusal', async () =>
+        /exists already/.test(await alice.page.locator('#create-error').textContent())
+        && alice.page.locator('#create-error').isVisible());
+    });
+    await field(alice, 'Room name').fill('Seeds');
+    await alice.page.getByRole('button', { name: 'Create room', exact: true }).click();
+    await waitForRoom(alice, 'seeds', 'Seeds');
+    assert.equal(await alice.page.locator('#create-error').isVisible(), false, 'the old refusal is gone');
+    // Back to Book Club through the sidebar.
+    await clickRoom(alice, 'Book Club');
+    await waitForRoom(alice, 'book-club', 'Book Club');
+  });
+
+  await step('bob cannot join the private room uninvited; the refusal clears once he sends again', async () => {
+    // An invalid name is refused by the page itself: no request, so nothing in the console.
+    await field(bob, 'Room').fill('no such room!');
+    await bob.page.getByRole('button', { name: 'Join', exact: true }).click();
+    await until('bob’s “Room names are” error', async () =>
+      /Room names are/.test(await bob.page.locator('#room-error').textContent()));
+    // Refused over the socket: shown in words, and nothing in the console.
+    await field(bob, 'Room').fill('book-club');
+    await bob.page.getByRole('button', { name: 'Join', exact: true }).click();
+    await until('bob’s “private” refusal', async () =>
+      /private: you need an invitation/.test(await bob.page.locator('#room-error').textContent()));
+    await waitForRoom(bob, 'garden');
+    await send(bob, 'Still here in the garden.');
+    await waitForMessage(bob, 'bob', 'Still here in the garden.');
+    await until('bob’s refusal to go once his message got through', async () =>
+      !(await bob.page.locator('#room-error').isVisible()));
+  });
+
+  await step('alice invites bob; bob declines, is invited again and accepts from the sidebar', async () => {
+    await inviteUser(alice, 'bob');
+    const invite = bob.page.locator('#invite-list li').filter({ hasText: 'Book Club' });
+    await invite.waitFor();
+    await invite.getByRole('button', { name: 'Decline', exact: true }).click();
+    await invite.waitFor({ state: 'detached' });
+    await until('alice to see that bob declined', async () =>
+      (await timeline(alice)).some((m) => m.body === 'declined the invitation' && m.sender === 'bob'));
+    await inviteUser(alice, 'bob');
+    await invite.waitFor();
+    await shot(bob, 'demo-invite.png');
+    await invite.getByRole('button', { name: 'Accept', exact: true }).click();
+    await waitForRoom(bob, 'book-club', 'Book Club');
+    await waitForMembers(alice, ['alice', 'bob']);
+    await waitForMembers(bob, ['alice', 'bob']);
+    assert.equal(await bob.page.locator('#invites-box').isVisible(), false, 'no invite is left');
+  });
+
+  await step('a topic set by the owner in the room settings shows in both headers at once', async () => {
+    assert.equal(await bob.page.getByText('Room settings').isVisible(), false, 'a member has no room settings');
+    await alice.page.getByText('Room settings', { exact: true }).click();
+    await field(alice, 'Topic').fill('One chapter a week');
+    await alice.page.getByRole('button', { name: 'Save', exact: true }).click();
+    for (const p of [alice, bob]) {
+      await until(`${p.name} to show the topic`, async () =>
+        (await p.page.locator('#room-topic').textContent()) === 'One chapter a week');
+    }
+  });
+
+  await step('“bob is typing…” shows while he types and goes when he sends', async () => {
+    await field(bob, 'Message').fill('Which book fir');
+    await until('alice to see bob typing', async () =>
+      (await alice.page.locator('#typing').textContent()) === 'bob is typing…');
+    assert.equal(await bob.page.locator('#typing').textContent(), '', 'nobody sees their own typing');
+    await shot(alice, 'demo-typing.png');
+    await send(bob, 'Which book first?');
+    await waitForMessage(alice, 'bob', 'Which book first?');
+    await until('the typing line to clear', async () => (await alice.page.locator('#typing').textContent()) === '');
+  });
+
+  await step('online dots: a member who closes the page goes offline in the list', async () => {
+    for (const who of ['alice', 'bob']) assert.equal(await presenceOf(alice, who), 'online');
+    const dave = await person(browser, 'dave');
+    await signUp(dave, 'dave', 'silver otter 64');
+    await joinRoom(dave, 'garden');
+    await joinRoom(alice, 'garden');
+    await until('alice to see dave online', async () => (await presenceOf(alice, 'dave')) === 'online');
+    await dave.context.close();
+    await until('alice to see dave offline', async () => (await presenceOf(alice, 'dave')) === 'offline');
+    await clickRoom(alice, 'Book Club');
+    await waitForRoom(alice, 'book-club', 'Book Club');
+  });
+
+  await step('unread badges count others’ messages in rooms not on screen, and clear when read', async () => {
+    await clickRoom(bob, '#garden');
+    await waitForRoom(bob, 'garden');
+    await send(alice, 'Chapter one by Friday.');
+    await send(alice, 'And bring tea.');
+    await until('bob’s badge for Book Club to say 2', async () =>
+      (await roomList(bob)).find((r) => r.name === 'Book Club')?.badge === '2');
+    await shot(bob, 'demo-unread.png');
+    assert.equal((await roomList(alice)).find((r) => r.name === 'Book Club').badge, '', 'one’s own messages are not unread');
+    await clickRoom(bob, 'Book Club');
+    await waitForRoom(bob, 'book-club', 'Book Club');
+    await waitForMessage(bob, 'alice', 'And bring tea.');
+    // The read marker sits above the first message he had not read.
+    const order = await bob.page.locator('#messages > li').evaluateAll((lis) => lis.map((li) =>
+      (li.classList.contains('read-marker') ? `marker: ${li.textContent}` : li.querySelector('.body').textContent)));
+    assert.deepEqual(order.slice(-3), ['marker: New messages', 'Chapter one by Friday.', 'And bring tea.']);
+    await until('bob’s badge to clear', async () =>
+      (await roomList(bob)).find((r) => r.name === 'Book Club')?.badge === '');
+    await until('alice to see that bob read it', async () =>
+      (await alice.page.locator('#seen').textContent()) === 'Seen by bob');
+    // The mark is the server's: another room on screen and a reload still show no badge.
+    await clickRoom(bob, '#garden');
+    await waitForRoom(bob, 'garden');
+    await bob.page.reload();
+    await waitForRoom(bob, 'garden');
+    await until('bob’s list after the reload', async () => (await roomList(bob)).some((r) => r.name === 'Book Club'));
+    assert.equal((await roomList(bob)).find((r) => r.name === 'Book Club').badge, '', 'still read after a reload');
+    await clickRoom(bob, 'Book Club');
+    await waitForRoom(bob, 'book-club', 'Book Club');
+  });
+
+  await step('consecutive messages of one sender share one heading', async () => {
+    const lis = await alice.page.locator('#messages > li.message').evaluateAll((all) => all.map((li) => ({
+      body: li.querySelector('.body').textContent,
+      headed: getComputedStyle(li.querySelector('.meta')).display !== 'none',
+    })));
+    const friday = lis.findIndex((m) => m.body === 'Chapter one by Friday.');
+    assert.deepEqual(lis.slice(friday, friday + 2), [
+      { body: 'Chapter one by Friday.', headed: true },
+      { body: 'And bring tea.', headed: false },
+    ]);
+  });
+
+  await step('alice edits her message inline: everyone sees the new text once, marked edited', async () => {
+    const mine = alice.page.locator('#messages > li.message').filter({ hasText: 'Chapter one by Friday.' });
+    await mine.hover();
+    await mine.getByRole('button', { name: 'Edit this message' }).click();
+    const input = alice.page.getByLabel('New text of the message');
+    await input.fill('Chapter one by Saturday.');
+    await input.press('Enter');
+    for (const p of [alice, bob]) {
+      await waitForMessage(p, 'alice', 'Chapter one by Saturday.');
+      const edited = p.page.locator('#messages > li.message').filter({ hasText: 'Chapter one by Saturday.' }).locator('.edited');
+      await until(`${p.name} to mark it edited`, () => edited.isVisible());
+      assert.ok(!(await messages(p)).some((m) => m.body === 'Chapter one by Friday.'), `${p.name}: the old text is gone`);
+    }
+    assert.equal(await bob.page.locator('#messages > li.message').filter({ hasText: 'And bring tea.' })
+      .getByRole('button', { name: 'Edit this message' }).count(), 0, 'bob has no Edit on alice’s messages');
+    await bob.page.reload();
+    await waitForRoom(bob, 'book-club', 'Book Club');
+    await waitForMessage(bob, 'alice', 'Chapter one by Saturday.');
+  });
+
+  await step('a direct message: carol writes to alice, who accepts from her invites', async () => {
+    await carol.allow(HTTP_4XX, async () => {
+      await field(carol, 'Person').fill('nobody-here');
+      await carol.page.getByRole('button', { name: 'Start chat', exact: true }).click();
+      await until('carol’s “no such user”', async () =>
+        /no such user/.test(await carol.page.locator('#dm-error').textContent()));
+    });
+    await field(carol, 'Person').fill('alice');
+    await carol.page.getByRole('button', { name: 'Start chat', exact: true }).click();
+    await until('carol’s DM titled “alice”', async () => (await carol.page.locator('#room-title').textContent()) === 'alice');
+    assert.equal(await carol.page.locator('#dm-error').isVisible(), false);
+    const invite = alice.page.locator('#invite-list li').filter({ hasText: 'Direct chat' });
+    await invite.waitFor();
+    await invite.getByRole('button', { name: 'Accept', exact: true }).click();
+    await until('alice’s DM titled “carol”', async () => (await alice.page.locator('#room-title').textContent()) === 'carol');
+    // A DM is a private room: alice reads it from her join on.
+    await send(carol, 'Psst, alice.');
+    await waitForMessage(alice, 'carol', 'Psst, alice.');
+    await waitForMessage(carol, 'carol', 'Psst, alice.');
+    await until('the DM in alice’s list as “carol”', async () => (await roomList(alice)).some((r) => r.name === 'carol'));
+    await clickRoom(alice, 'Book Club');
+    await waitForRoom(alice, 'book-club', 'Book Club');
+  });
+
+  await step('moderation: the owner makes bob moderator, bob kicks carol, alice bans her', async () => {
+    assert.equal(await alice.page.getByRole('button', { name: 'Kick bob' }).count(), 1, 'the owner may kick bob');
+    assert.equal(await bob.page.getByRole('button', { name: 'Kick alice' }).count(), 0, 'a member may not kick');
+    await alice.page.getByLabel('Role of bob').selectOption('moderator');
+    await until('bob to show as moderator', async () => (await memberRoles(bob)).bob === 'moderator');
+    await inviteUser(alice, 'carol');
+    const invite = carol.page.locator('#invite-list li').filter({ hasText: 'Book Club' });
+    await invite.waitFor();
+    await invite.getByRole('button', { name: 'Accept', exact: true }).click();
+    await waitForRoom(carol, 'book-club', 'Book Club');
+    await waitForMembers(bob, ['alice', 'bob', 'carol']);
+    assert.equal(await bob.page.getByRole('button', { name: 'Kick alice' }).count(), 0, 'a moderator may not kick the owner');
+    await shot(bob, 'demo-moderation.png');
+    // Carol's page may have a request on its way when she is removed: its 403 is expected.
+    const HTTP_403 = /^Failed to load resource: the server responded with a status of 403\b/;
+    await carol.allow(HTTP_403, async () => {
+      await bob.page.getByRole('button', { name: 'Kick carol' }).click();
+      await until('carol to be told', async () =>
+        (await carol.page.locator('#room-error').textContent()) === 'bob removed you from this room.');
+    });
+    await waitForMembers(alice, ['alice', 'bob']);
+    await until('Book Club to leave carol’s list', async () =>
+      !(await roomList(carol)).some((r) => r.name === 'Book Club'));
+    // Invited back, then banned by the owner: a ban keeps her out, in words.
+    await inviteUser(alice, 'carol');
+    await invite.waitFor();
+    await invite.getByRole('button', { name: 'Accept', exact: true }).click();
+    await waitForRoom(carol, 'book-club', 'Book Club');
+    await carol.allow(HTTP_403, async () => {
+      await alice.page.getByRole('button', { name: 'Ban carol' }).click();
+      await until('carol to be told of the ban', async () =>
+        (await carol.page.locator('#room-error').textContent()) === 'alice banned you from this room.');
+    });
+    await field(carol, 'Room').fill('book-club');
+    await carol.page.getByRole('button', { name: 'Join', exact: true }).click();
+    await until('carol’s “Banned” refusal', async () =>
+      /^Banned/.test(await carol.page.locator('#room-error').textContent()));
+    // The ban line offers moderators an Unban.
+    await until('bob’s Unban', () => bob.page.getByRole('button', { name: 'Unban carol' }).isVisible());
+    await alice.page.getByRole('button', { name: 'Unban carol' }).click();
+    await until('the unban in alice’s timeline', async () =>
+      (await timeline(alice)).some((m) => m.sender === 'alice' && m.body === 'unbanned carol'));
+  });
+
+  await step('leaving: the last owner is told to hand over first; a member just leaves', async () => {
+    await alice.page.getByRole('button', { name: 'Leave room', exact: true }).click();
+    await until('alice’s “last owner” refusal', async () =>
+      /last owner/.test(await alice.page.locator('#room-error').textContent()));
+    await bob.page.getByRole('button', { name: 'Leave room', exact: true }).click();
+    await until('bob to be elsewhere', async () => (await bob.page.locator('#room-title').textContent()) !== 'Book Club');
+    await until('Book Club to leave bob’s list', async () => !(await roomList(bob)).some((r) => r.name === 'Book Club'));
+    await waitForMembers(alice, ['alice']);
+    await joinRoom(carol, 'garden');
+    await joinRoom(alice, 'garden');
+    await joinRoom(bob, 'garden');
   });
 
   await step('log out returns to the login form and forgets the session', async () => {

@@ -54,7 +54,9 @@ try {
   await field('Username').fill(username);
   await field('Password').fill(password);
   await field('Password').press('Enter');
-  await until('the lobby', async () => (await page.locator('#room-title').textContent()).startsWith('#lobby:'));
+  // A local room is titled without its server part; the full alias is in data-alias.
+  await until('the lobby', async () => (await page.locator('#room-title').textContent()) === '#lobby'
+    && (await page.locator('#room-title').getAttribute('data-alias')).startsWith('#lobby:'));
   await until('connected', async () => (await page.locator('#connection').textContent()) === 'connected');
 
   const wsUrl = `wss://${new URL(base).host}/_parlor/client/v1/ws`;
