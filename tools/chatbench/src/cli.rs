@@ -69,6 +69,8 @@ pub enum Workload {
     LoginStorm(StormArgs),
     /// No server: the machine's own limit for the fan-out shape (a bare writer thread to this tool's reader).
     Ceiling(CeilingArgs),
+    /// One room of N subscribed members; another member connects and disconnects K times: what one presence change costs.
+    Presence(PresenceArgs),
 }
 
 /// `N` messages per second, or `max`.
@@ -171,6 +173,19 @@ pub struct IdleArgs {
     pub settle_secs: f64,
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PresenceArgs {
+    /// Subscribed members of the room (WebSockets, distinct users).
+    #[arg(long, default_value_t = 1000)]
+    pub members: usize,
+    /// Connect-and-disconnect cycles of the extra member.
+    #[arg(long, default_value_t = 20)]
+    pub cycles: usize,
+    /// Handshakes in flight at once while the members connect.
+    #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
 }
 
@@ -307,6 +322,7 @@ async fn run(cli: Cli) -> Result<bool> {
             Workload::Idle(a) => workloads::idle::run(&ctx, a, nofile).await?,
             Workload::Resume(a) => workloads::resume::run(&ctx, a).await?,
             Workload::LoginStorm(a) => workloads::storm::run(&ctx, a, nofile).await?,
+            Workload::Presence(a) => workloads::presence::run(&ctx, a, nofile).await?,
             Workload::Ceiling(_) => unreachable!("run without a server above"),
         };
         out.json.insert("run".into(), json!(i + 1));

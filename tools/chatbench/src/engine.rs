@@ -544,6 +544,16 @@ impl Engine {
         }
     }
 
+    /// `typing`, `presence` or `receipt` frames received so far, of every member.
+    pub fn live_frames(&self, kind: &str) -> u64 {
+        self.live_frames.borrow().get(kind).copied().unwrap_or(0)
+    }
+
+    /// The id of room `i`, as the server answered the join.
+    pub fn room_id(&self, i: usize) -> &str {
+        &self.rooms[i].room_id
+    }
+
     /// Mixes typing and read marks into every later phase (see `live_mix`).
     pub fn mix_live(&self) {
         self.live_mix.set(true);

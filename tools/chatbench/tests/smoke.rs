@@ -218,3 +218,16 @@ fn ceiling_delivers_every_frame_once_in_order() {
         assert!(v["deliveries_per_s"].as_f64().unwrap() > 0.0, "{v}");
     }
 }
+
+/// `presence`: every open and close of the extra member reaches every
+/// subscriber once, and the run says what a change cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changes_reach_every_member_once() {
+    let s = server().await;
+    let runs = bench(&s, &["presence", "--members", "6", "--cycles", "3"]).await;
+    let v = &runs[0];
+    assert_eq!(v["workload"], "presence");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!((v["expected"].as_u64(), v["delivered"].as_u64()), (Some(36), Some(36)), "{v}");
+    assert!(v["server_cpu_ms_per_change"].as_f64().is_some(), "{v}");
+}

@@ -8,5 +8,6 @@ pub mod ceiling;
 pub mod fanout;
 pub mod history;
 pub mod idle;
+pub mod presence;
 pub mod resume;
 pub mod storm;
