@@ -175,6 +175,14 @@ mod tests {
             &json!({"type": "caught_up", "room_id": "!r:b.example:8008", "epoch": "e", "seq": 3}),
         )
         .unwrap();
+        // Server names may be IPv6 literals (spec §2), in every kind of id.
+        s.check(
+            "login_response",
+            "t",
+            &json!({"user_id": "@ann:[::1]:8008", "device_id": "D1", "access_token": "x", "device_proof": "p"}),
+        )
+        .unwrap();
+        s.check("join_response", "t", &json!({"room_id": "!r:[2001:db8::1]", "alias": "#lobby:[::1]:8008"})).unwrap();
     }
 
     #[test]
@@ -184,6 +192,8 @@ mod tests {
             ("error", json!({"errcode": "not_member"})),
             ("error", json!({"errcode": "no_such_code", "error": "x"})),
             ("login_response", json!({"user_id": "@Ann:b.example", "device_id": "D1", "access_token": "x"})),
+            ("login_response", json!({"user_id": "@ann:[::1", "device_id": "D1", "access_token": "x"})),
+            ("login_response", json!({"user_id": "@ann:b..example", "device_id": "D1", "access_token": "x"})),
             ("send_response", json!({"event_id": "$e", "seq": "7"})),
             ("send_response", json!({"event_id": "$e", "seq": -1})),
             (

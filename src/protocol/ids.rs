@@ -205,7 +205,7 @@ string_newtype!(
     UserId,
     UserId::parse,
     "UserId",
-    r"^@[a-z0-9._-]{1,32}:[^:]+(:[0-9]{1,5})?$",
+    r"^@[a-z0-9._-]{1,32}:(\[[0-9a-f:.]+\]|[a-z0-9-]+(\.[a-z0-9-]+)*)(:[0-9]{1,5})?$",
     "A user id: @name:server."
 );
 
@@ -231,7 +231,7 @@ string_newtype!(
     RoomAlias,
     RoomAlias::parse,
     "RoomAlias",
-    r"^#[A-Za-z0-9._-]{1,64}:[^:]+(:[0-9]{1,5})?$",
+    r"^#[A-Za-z0-9._-]{1,64}:(\[[0-9a-f:.]+\]|[a-z0-9-]+(\.[a-z0-9-]+)*)(:[0-9]{1,5})?$",
     "A room alias: #name:server."
 );
 
@@ -262,7 +262,7 @@ string_newtype!(
     RoomId,
     RoomId::parse,
     "RoomId",
-    r"^![A-Za-z0-9._~-]{1,64}:[^:]+(:[0-9]{1,5})?$",
+    r"^![A-Za-z0-9._~-]{1,64}:(\[[0-9a-f:.]+\]|[a-z0-9-]+(\.[a-z0-9-]+)*)(:[0-9]{1,5})?$",
     "A room id: !opaque:server."
 );
 
