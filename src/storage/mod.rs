@@ -66,11 +66,6 @@ pub enum StorageError {
     /// A setting cannot be used (e.g. a malformed Redis URL).
     #[error("{0}")]
     Config(String),
-    /// Faults of callers outside storage that are still reported through
-    /// this type (the password-hash pool, the federation key); storage
-    /// itself never uses it.
-    #[error("{0}")]
-    Log(String),
     #[error(transparent)]
     KeyFile(#[from] federation::KeyFileError),
     /// The data dir's federation key is not the one the server's Redis holds.
