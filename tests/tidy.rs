@@ -538,3 +538,62 @@ fn tidy_finds_planted_violations() {
     assert_eq!(bad.len(), 1, "{bad:#?}");
     assert!(bad[0].contains("Federation"), "{bad:#?}");
 }
+
+/// Names of one storage backend, which services must not use: they get
+/// their stores from `storage::backend` as trait objects (ARCHITECTURE.md,
+/// "service/ sees storage only through the traits"). A backend's types are
+/// `Redis…` / `Embedded…`; its modules and crates `redis::` / `sled::` /
+/// `embedded::`. `code` has its comments and strings blanked already.
+fn backend_names(code: &str) -> Vec<(usize, String)> {
+    let b = code.as_bytes();
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        if !is_ident_byte(b[at]) || (at > 0 && is_ident_byte(b[at - 1])) {
+            at += 1;
+            continue;
+        }
+        let end = (at..b.len()).find(|&i| !is_ident_byte(b[i])).unwrap_or(b.len());
+        let ident = &code[at..end];
+        let typed = ["Redis", "Embedded"]
+            .iter()
+            .any(|p| ident.strip_prefix(p).is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase())));
+        let module = matches!(ident, "redis" | "sled" | "embedded") && code[end..].starts_with("::");
+        if typed || module {
+            found.push((line_of(code, at), ident.to_owned()));
+        }
+        at = end;
+    }
+    found
+}
+
+#[test]
+fn services_name_no_storage_backend() {
+    let root = root();
+    let mut files = Vec::new();
+    rs_files(&root.join("src/service"), &mut files);
+    assert!(files.len() > 10, "tidy found only {} files under src/service/", files.len());
+    let mut bad = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&root).unwrap();
+        if rel.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let src = std::fs::read_to_string(file).unwrap();
+        // Unit tests may build a store of their own.
+        let code = strip(&src[..src.find("#[cfg(test)]").unwrap_or(src.len())]);
+        for (line, name) in backend_names(&code) {
+            bad.push(format!("{}:{line}: `{name}` — rule: services get stores from storage::backend", rel.display()));
+        }
+    }
+    assert!(bad.is_empty(), "services naming a storage backend:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn backend_names_are_found() {
+    let code = "use crate::storage::rooms::redis::x;\nlet t: sled::Tree = EmbeddedLog::open(db);\nlet r = RedisRooms;";
+    let names: Vec<String> = backend_names(code).into_iter().map(|(_, n)| n).collect();
+    assert_eq!(names, ["redis", "sled", "EmbeddedLog", "RedisRooms"]);
+    // Neutral names pass: the backend handle, a word in a longer name, a field.
+    assert!(backend_names("let b = Backend::new(db, redis); let x = MyRedisThing; s.embedded = 1;").is_empty());
+}

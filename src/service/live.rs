@@ -37,7 +37,8 @@ use crate::protocol::ws::ServerFrame;
 use crate::protocol::{RoomId, UserId};
 use crate::service::fanout::Hub;
 use crate::service::rooms::Rooms;
-use crate::storage::live::{BusNote, RedisBus};
+use crate::storage::backend::Bus;
+use crate::storage::live::BusNote;
 
 /// The shortest time between two notes about one user's typing in one room
 /// from their origin process.
@@ -188,7 +189,7 @@ impl Note {
 /// Typing and presence of one server.
 pub struct Live {
     me: Arc<str>,
-    bus: Option<Arc<RedisBus>>,
+    bus: Option<Arc<Bus>>,
     hub: Arc<Hub>,
     ttl: Duration,
     state: Mutex<State>,
@@ -199,7 +200,7 @@ impl Live {
     /// Starts the live state's tasks; `bus` is the other processes' (None:
     /// this process is the whole server). A typing state lasts `ttl` after
     /// the user's last `typing: true`.
-    pub fn start(hub: Arc<Hub>, rooms: Arc<Rooms>, bus: Option<RedisBus>, ttl: Duration) -> Arc<Self> {
+    pub fn start(hub: Arc<Hub>, rooms: Arc<Rooms>, bus: Option<Bus>, ttl: Duration) -> Arc<Self> {
         let me: Arc<str> = format!("{:016x}", rand_u64()).into();
         let (presence_tx, presence_rx) = mpsc::unbounded_channel();
         let live =

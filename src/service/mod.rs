@@ -20,14 +20,9 @@ pub use error::{Error, Result, StartError};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::storage::accounts::redis::RedisAccounts;
-use crate::storage::events::embedded::EmbeddedLog;
-use crate::storage::events::redis::RedisLog;
+use crate::storage::backend::Backend;
 use crate::storage::events::{EventLog, LogSettings};
 use crate::storage::identity::{Identity, RoomLog};
-use crate::storage::ratelimit::RedisBuckets;
-use crate::storage::rooms::{EmbeddedRooms, RedisRooms, RoomStore};
-use crate::storage::{AccountStore, EmbeddedAccounts, StorageError};
 
 /// Every service of one server.
 pub struct Services {
@@ -41,17 +36,6 @@ pub struct Services {
     pub federation: Option<Arc<federation::Federation>>,
     pub admin: Arc<admin::Admin>,
     db: crate::storage::Db,
-}
-
-/// The operator's store of the backend `config` names (Redis with `--redis`).
-async fn admin_store(
-    config: &Config,
-    db: &crate::storage::Db,
-) -> Result<Arc<dyn crate::storage::admin::AdminStore>, StorageError> {
-    Ok(match &config.redis {
-        None => Arc::new(crate::storage::admin::embedded::EmbeddedAdmin::open(db)?),
-        Some(url) => Arc::new(crate::storage::admin::redis::RedisAdmin::open(url).await?),
-    })
 }
 
 /// What `parlor admin` opens when no server runs on the data dir: the
@@ -74,24 +58,15 @@ impl Offline {
         let room_log = if config.redis.is_some() { RoomLog::Redis } else { RoomLog::Embedded };
         crate::storage::identity::check_dir(&config.data_dir, &Identity { room_log, ..identity })?;
         let db = crate::storage::Db::open_with_cache(&config.data_dir, config.cache_mib)?;
-        let directory: Arc<dyn RoomStore> = match &config.redis {
-            None => Arc::new(EmbeddedRooms::open(&db)?),
-            Some(url) => Arc::new(RedisRooms::open(url).await?),
-        };
+        let backend = Backend::new(db.clone(), config.redis.clone());
+        let directory = backend.rooms().await?;
         // The room log, for purges; its deliveries go to a hub nobody listens to.
         let hub = fanout::Hub::new();
-        let settings = LogSettings::new(None);
-        let log: Arc<dyn EventLog> = match &config.redis {
-            None => Arc::new(EmbeddedLog::open(&db, hub.clone(), &settings)?),
-            Some(url) => Arc::new(RedisLog::open(url, &db, hub.clone(), &settings).await?),
-        };
+        let log = backend.log(hub.clone(), &LogSettings::new(None)).await?;
         let parts = admin::AdminParts { data_dir: &config.data_dir, db: &db, directory, log: log.clone(), hub };
-        let admin = admin::Admin::new(admin_store(&config, &db).await?, config.registration, parts);
+        let admin = admin::Admin::new(backend.admin().await?, config.registration, parts);
         let limits = Arc::new(ratelimit::RateLimits::new(false));
-        let store: Arc<dyn AccountStore> = match &config.redis {
-            None => Arc::new(EmbeddedAccounts::open(&db)?),
-            Some(url) => Arc::new(RedisAccounts::open(url).await?),
-        };
+        let store = backend.accounts().await?;
         let accounts = accounts::Accounts::new(store, config.server_name.clone(), 1, 4, limits).await?;
         Ok(Self { accounts, admin, log, db })
     }
@@ -125,37 +100,19 @@ impl Services {
         let identity = Identity { server_name: config.server_name.to_string(), room_log };
         // Both checked before either is recorded: a refused start records nothing.
         let unrecorded = crate::storage::identity::check_dir(&config.data_dir, &identity)?;
-        if let Some(url) = &config.redis {
-            crate::storage::events::redis::claim_identity(url, &identity.server_name).await?;
-        }
+        let backend = Backend::new(db.clone(), config.redis.clone());
+        backend.claim_identity(&identity.server_name).await?;
         if unrecorded {
             crate::storage::identity::record_dir(&config.data_dir, &identity)?;
         }
         let hub = fanout::Hub::with_deliveries(metrics.ws.deliveries.clone());
-        let directory: Arc<dyn RoomStore> = match &config.redis {
-            None => Arc::new(EmbeddedRooms::open(&db)?),
-            Some(url) => Arc::new(RedisRooms::open(url).await?),
-        };
-        let admin_store = admin_store(&config, &db).await?;
+        let directory = backend.rooms().await?;
+        let admin_store = backend.admin().await?;
         let federation = match config.federation {
             false => None,
             true => {
-                let (pkcs8, seen, leases) = match &config.redis {
-                    None => (
-                        crate::storage::federation::load_or_create_key(
-                            &config.data_dir,
-                            federation::Federation::generate_key,
-                        )
-                        .map_err(StorageError::from)?,
-                        crate::storage::federation::SeenRequests::open(&db)?,
-                        crate::storage::federation::PushLeases::Local,
-                    ),
-                    Some(url) => {
-                        let shared = crate::storage::federation::RedisFederation::open(url).await?;
-                        let key = shared.shared_key(&config.data_dir, federation::Federation::generate_key).await?;
-                        (key, shared.seen(), shared.leases())
-                    }
-                };
+                let (pkcs8, seen, leases) =
+                    backend.federation(&config.data_dir, federation::Federation::generate_key).await?;
                 // A server serving TLS itself is reached over HTTPS; one that
                 // does not may be behind a TLS proxy, and says so with --public-url.
                 let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -168,7 +125,6 @@ impl Services {
                     give_up: config.federation_give_up,
                     queue_max: config.federation_queue_max,
                 };
-                crate::storage::federation::drop_old_outbox(&db)?;
                 let fed = federation::Federation::new(
                     config.server_name.clone(),
                     &pkcs8,
@@ -184,10 +140,7 @@ impl Services {
         };
         let sink = Arc::new(fanout::Fanout { hub: hub.clone(), federation: federation.clone() });
         let settings = LogSettings::new(config.retention);
-        let log: Arc<dyn EventLog> = match &config.redis {
-            None => Arc::new(EmbeddedLog::open(&db, sink, &settings)?),
-            Some(url) => Arc::new(RedisLog::open(url, &db, sink, &settings).await?),
-        };
+        let log: Arc<dyn EventLog> = backend.log(sink, &settings).await?;
         let admin = Arc::new(admin::Admin::new(
             admin_store,
             config.registration,
@@ -201,12 +154,10 @@ impl Services {
         ));
         // With Redis, accounts and the register/login buckets are shared by
         // every process of the server (ARCHITECTURE.md § "Several processes").
-        let (account_store, limits): (Arc<dyn AccountStore>, _) = match &config.redis {
-            None => (Arc::new(EmbeddedAccounts::open(&db)?), ratelimit::RateLimits::new(config.rate_limit)),
-            Some(url) => (
-                Arc::new(RedisAccounts::open(url).await?),
-                ratelimit::RateLimits::shared(config.rate_limit, Arc::new(RedisBuckets::open(url).await?)),
-            ),
+        let account_store = backend.accounts().await?;
+        let limits = match backend.shared_buckets().await? {
+            None => ratelimit::RateLimits::new(config.rate_limit),
+            Some(buckets) => ratelimit::RateLimits::shared(config.rate_limit, buckets),
         };
         let limits = Arc::new(limits);
         let rooms = Arc::new(rooms::Rooms::new(
@@ -225,15 +176,9 @@ impl Services {
             limits.clone(),
         )
         .await?;
-        let bus = match &config.redis {
-            None => None,
-            Some(url) => Some(crate::storage::live::RedisBus::open(url).await?),
-        };
+        let bus = backend.bus().await?;
         let live = live::Live::start(hub.clone(), rooms.clone(), bus, config.typing_timeout);
-        let receipt_store: Arc<dyn crate::storage::receipts::ReceiptStore> = match &config.redis {
-            None => Arc::new(crate::storage::receipts::embedded::EmbeddedReceipts::open(&db)?),
-            Some(url) => Arc::new(crate::storage::receipts::redis::RedisReceipts::open(url).await?),
-        };
+        let receipt_store = backend.receipts().await?;
         let receipts = receipts::Receipts::new(receipt_store, rooms.clone(), log.clone(), live.clone());
         let events = events::Events::new(rooms.clone(), log, limits, metrics.events.clone(), live.clone());
         if let Some(fed) = &federation {

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod backend;
 pub mod backup;
 pub mod events;
 pub mod federation;
