@@ -10,32 +10,19 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use support::{Api, ParlorProcess};
+use support::{Api, ParlorProcess, run_parlor};
 
 const NAME: &str = "backup.test";
 const SENDERS: usize = 4;
 
-/// Runs `parlor ARGS…`; returns whether it succeeded, stdout and stderr.
-fn parlor(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(testkit::process::parlor_bin())
-        .args(args)
-        .env_remove("PARLOR_REDIS")
-        .env_remove("PARLOR_DATA_DIR")
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .output()
-        .expect("parlor runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
 fn backup(dir: &Path, out: &Path) -> Value {
     let (ok, stdout, stderr) =
-        parlor(&["backup", "--data-dir", dir.to_str().unwrap(), out.to_str().unwrap(), "--json"]);
+        run_parlor(&["backup", "--data-dir", dir.to_str().unwrap(), out.to_str().unwrap(), "--json"]);
     assert!(ok, "parlor backup: {stdout} {stderr}");
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
@@ -43,7 +30,7 @@ fn backup(dir: &Path, out: &Path) -> Value {
 fn restore(from: &Path, dir: &Path, extra: &[&str]) -> (bool, String, String) {
     let mut args = vec!["restore", from.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
-    parlor(&args)
+    run_parlor(&args)
 }
 
 fn spawn(dir: &Path) -> ParlorProcess {
@@ -194,7 +181,7 @@ async fn restore_checks_every_file_and_refuses_what_it_must_writing_nothing() {
 
     // Offline: no server runs, so `parlor backup` opens the data dir itself.
     assert_eq!(backup(&dir, &out)["backup"]["server_name"], NAME);
-    let (ok, _, stderr) = parlor(&["backup", "--data-dir", dir.to_str().unwrap(), out.to_str().unwrap()]);
+    let (ok, _, stderr) = run_parlor(&["backup", "--data-dir", dir.to_str().unwrap(), out.to_str().unwrap()]);
     assert!(!ok && stderr.contains("not empty"), "a backup never writes into another: {stderr}");
 
     // A flipped byte in any file: refused, nothing written.

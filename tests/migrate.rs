@@ -9,35 +9,21 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
-use support::{Api, ParlorProcess, RedisServer, WsClient};
+use support::{Api, ParlorProcess, RedisServer, WsClient, run_parlor};
 
 const NAME: &str = "mig.test";
 const PASSWORD: &str = "zebra-quartz-71";
 
-/// Runs `parlor ARGS…`; returns whether it succeeded, stdout and stderr.
-fn parlor(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(testkit::process::parlor_bin())
-        .args(args)
-        .env_remove("PARLOR_REDIS")
-        .env_remove("PARLOR_DATA_DIR")
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .output()
-        .expect("parlor runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
 fn migrate(dir: &Path, redis: &RedisServer) -> (bool, String, String) {
-    parlor(&["migrate", "--data-dir", dir.to_str().unwrap(), "--redis", &redis.url, "--json"])
+    run_parlor(&["migrate", "--data-dir", dir.to_str().unwrap(), "--redis", &redis.url, "--json"])
 }
 
 fn admin(dir: &Path, args: &[&str]) -> Value {
     let mut all = vec!["admin", "--data-dir", dir.to_str().unwrap(), "--json"];
     all.extend_from_slice(args);
-    let (ok, out, err) = parlor(&all);
+    let (ok, out, err) = run_parlor(&all);
     assert!(ok, "parlor {all:?}: {out} {err}");
     serde_json::from_str(out.lines().last().unwrap()).unwrap()
 }

@@ -109,6 +109,21 @@ pub fn parlor_bin() -> PathBuf {
     bin
 }
 
+/// Runs `parlor ARGS…` to completion (a one-shot command: `admin`,
+/// `backup`, `migrate`…), with no `PARLOR_REDIS` / `PARLOR_DATA_DIR` from
+/// the environment; returns whether it succeeded, stdout and stderr.
+pub fn run_parlor(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(parlor_bin())
+        .args(args)
+        .env_remove("PARLOR_REDIS")
+        .env_remove("PARLOR_DATA_DIR")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("parlor runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
 /// The real `parlor` binary with its log (stderr) kept in a file, for tests
 /// that read the log, send signals or scrape metrics. It does not wait for
 /// the server to be healthy: the test probes it with its own client.
