@@ -16,16 +16,10 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::storage::StorageError;
-use crate::storage::events::redis::link::{RESPONSE_TIMEOUT, manager, storage_error};
+use crate::storage::events::redis::link::{RESPONSE_TIMEOUT, follow_channel, manager, storage_error};
 
 /// The channel every process of the server publishes its live notes on.
 pub const LIVE_CHANNEL: &str = "parlor:live";
-/// How often the subscriber pings Redis: a subscription whose connection
-/// died silently is noticed (and replaced) within this plus the response
-/// timeout.
-const SUBSCRIPTION_PING: Duration = Duration::from_millis(500);
-/// Wait between attempts to subscribe again while Redis is away.
-const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
 /// Notes waiting to be published at most; beyond it new ones are dropped
 /// (ephemeral state: the next change or heartbeat says it again).
 const OUTBOX_MAX: usize = 65_536;
@@ -86,7 +80,15 @@ impl RedisBus {
     /// receiver is dropped.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<BusNote> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(subscribe_forever(self.client.clone(), tx));
+        let note = |payload: &str| Some(BusNote::Note(payload.to_owned()));
+        tokio::spawn(follow_channel(
+            self.client.clone(),
+            LIVE_CHANNEL,
+            LIVE_CHANNEL,
+            tx,
+            || BusNote::Resubscribed,
+            note,
+        ));
         rx
     }
 }
@@ -112,54 +114,5 @@ async fn publish_forever(conn: ConnectionManager, mut rx: mpsc::Receiver<Out>) {
         for done in flushes {
             let _ = done.send(());
         }
-    }
-}
-
-/// Forwards [`LIVE_CHANNEL`] to `tx` on a connection of its own (a
-/// subscribed connection takes no other commands), pinged every
-/// [`SUBSCRIPTION_PING`] since a subscription waits without a response
-/// timeout.
-async fn subscribe_forever(client: Client, tx: mpsc::UnboundedSender<BusNote>) {
-    use futures_util::StreamExt as _;
-    loop {
-        let connected = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(LIVE_CHANNEL).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = tokio::select! {
-            _ = tx.closed() => return,
-            r = tokio::time::timeout(RESPONSE_TIMEOUT * 2, connected) => r,
-        };
-        let Ok(Ok(pubsub)) = pubsub else {
-            tokio::time::sleep(RESUBSCRIBE_AFTER).await;
-            continue;
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        if tx.send(BusNote::Resubscribed).is_err() {
-            return;
-        }
-        let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
-        loop {
-            tokio::select! {
-                _ = tx.closed() => return,
-                msg = stream.next() => match msg {
-                    Some(m) => {
-                        let note = String::from_utf8_lossy(m.get_payload_bytes()).into_owned();
-                        if tx.send(BusNote::Note(note)).is_err() {
-                            return;
-                        }
-                    }
-                    None => break,
-                },
-                _ = ping.tick() => {
-                    let alive = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await;
-                    if !matches!(alive, Ok(Ok(_))) {
-                        break;
-                    }
-                }
-            }
-        }
-        tracing::warn!("lost the subscription to {LIVE_CHANNEL}; subscribing again");
     }
 }

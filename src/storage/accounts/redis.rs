@@ -29,8 +29,6 @@
 //! after `WAITAOF` says the change is in the local AOF (Redis 7.2+; older
 //! Redis gets a warning at start).
 
-use std::time::Duration;
-
 use redis::aio::ConnectionManager;
 use redis::{Client, Pipeline, Script, Value};
 use serde::{Deserialize, Serialize};
@@ -39,16 +37,10 @@ use tokio::sync::mpsc;
 use super::{AccountExport, AccountRecord, AccountStore, NewDevice, Revoked, TokenRecord};
 use crate::storage::StorageError;
 use crate::storage::events::BoxFuture;
-use crate::storage::events::redis::link::{RESPONSE_TIMEOUT, manager, storage_error};
+use crate::storage::events::redis::link::{RESPONSE_TIMEOUT, follow_channel, manager, storage_error};
 
 /// The channel revocations are published on.
 pub const REVOKED_CHANNEL: &str = "parlor:revoked";
-/// How often the revocation subscriber pings Redis: a subscription whose
-/// connection died silently is noticed (and replaced) within this plus
-/// [`RESPONSE_TIMEOUT`].
-pub const SUBSCRIPTION_PING: Duration = Duration::from_millis(500);
-/// Wait between attempts to subscribe again while Redis is away.
-const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DeviceRecord {
@@ -349,76 +341,18 @@ impl AccountStore for RedisAccounts {
 
     fn revocations(&self) -> Option<mpsc::UnboundedReceiver<Revoked>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(subscribe_forever(self.client.clone(), tx));
+        // Every (re)subscription is followed by `Recheck`: revocations
+        // published while this process was not subscribed are lost to it.
+        let follow = follow_channel(
+            self.client.clone(),
+            REVOKED_CHANNEL,
+            "token revocations",
+            tx,
+            || Revoked::Recheck,
+            parse_revoked,
+        );
+        tokio::spawn(follow);
         Some(rx)
-    }
-}
-
-/// Forwards [`REVOKED_CHANNEL`] to `tx` until `tx`'s receiver is gone. On
-/// its own connection (a subscribed connection takes no other commands),
-/// pinged every [`SUBSCRIPTION_PING`] because a subscription waits without
-/// a response timeout: a connection that died silently would otherwise
-/// look like a quiet channel. Every (re)subscription is followed by
-/// [`Revoked::Recheck`], since revocations published while this process was
-/// not subscribed are lost to it.
-async fn subscribe_forever(client: Client, tx: mpsc::UnboundedSender<Revoked>) {
-    use futures_util::StreamExt as _;
-    let mut warned = false;
-    loop {
-        let connected = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(REVOKED_CHANNEL).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = tokio::select! {
-            _ = tx.closed() => return,
-            r = tokio::time::timeout(RESPONSE_TIMEOUT * 2, connected) => r,
-        };
-        let (mut sink, mut stream) = match pubsub {
-            Ok(Ok(p)) => p.split(),
-            Ok(Err(e)) => {
-                if !warned {
-                    tracing::warn!(error = %e, "cannot subscribe to token revocations; retrying");
-                    warned = true;
-                }
-                tokio::time::sleep(RESUBSCRIBE_AFTER).await;
-                continue;
-            }
-            Err(_) => {
-                tokio::time::sleep(RESUBSCRIBE_AFTER).await;
-                continue;
-            }
-        };
-        if warned {
-            tracing::info!("subscribed to token revocations again");
-        }
-        if tx.send(Revoked::Recheck).is_err() {
-            return;
-        }
-        let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
-        loop {
-            tokio::select! {
-                _ = tx.closed() => return,
-                msg = stream.next() => match msg {
-                    Some(m) => {
-                        let payload = String::from_utf8_lossy(m.get_payload_bytes());
-                        match parse_revoked(&payload) {
-                            Some(r) => if tx.send(r).is_err() { return },
-                            None => tracing::warn!(%payload, "unreadable message on {REVOKED_CHANNEL}"),
-                        }
-                    }
-                    None => break,
-                },
-                _ = ping.tick() => {
-                    let alive = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<Value>()).await;
-                    if !matches!(alive, Ok(Ok(_))) {
-                        break;
-                    }
-                }
-            }
-        }
-        tracing::warn!("lost the subscription to token revocations; subscribing again");
-        warned = true;
     }
 }
 

@@ -209,3 +209,86 @@ pub(crate) async fn query_pipe<T: redis::FromRedisValue>(
     }
     .map_err(|e| storage_error(&e))
 }
+
+/// How often a channel follower pings Redis: a subscription whose
+/// connection died silently is noticed (and replaced) within this plus
+/// [`RESPONSE_TIMEOUT`].
+pub(crate) const SUBSCRIPTION_PING: Duration = Duration::from_millis(500);
+/// Wait between attempts to subscribe again while Redis is away.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
+
+/// Follows a pub/sub `channel` (`what` names it in the log) until `tx`'s
+/// receiver is gone: on a connection of its own (a subscribed connection
+/// takes no other commands), pinged every [`SUBSCRIPTION_PING`] because a
+/// subscription waits without a response timeout, so a connection that died
+/// silently would otherwise look like a quiet channel. After every
+/// (re)subscription `tx` gets `subscribed()` (messages published meanwhile
+/// are lost to this process), then `parse(payload)` of each message; a
+/// payload that does not parse is logged and skipped.
+pub(crate) async fn follow_channel<T>(
+    client: Client,
+    channel: &'static str,
+    what: &'static str,
+    tx: tokio::sync::mpsc::UnboundedSender<T>,
+    subscribed: impl Fn() -> T,
+    parse: impl Fn(&str) -> Option<T>,
+) {
+    use futures_util::StreamExt as _;
+    let mut warned = false;
+    loop {
+        let connected = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = tx.closed() => return,
+            r = tokio::time::timeout(RESPONSE_TIMEOUT * 2, connected) => r,
+        };
+        let (mut sink, mut stream) = match pubsub {
+            Ok(Ok(p)) => p.split(),
+            Ok(Err(e)) => {
+                if !warned {
+                    tracing::warn!(error = %e, "cannot subscribe to {what}; retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+                continue;
+            }
+            Err(_) => {
+                tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+                continue;
+            }
+        };
+        if warned {
+            tracing::info!("subscribed to {what} again");
+        }
+        if tx.send(subscribed()).is_err() {
+            return;
+        }
+        let mut ping = tokio::time::interval(SUBSCRIPTION_PING);
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                msg = stream.next() => match msg {
+                    Some(m) => {
+                        let payload = String::from_utf8_lossy(m.get_payload_bytes());
+                        match parse(&payload) {
+                            Some(item) => if tx.send(item).is_err() { return },
+                            None => tracing::warn!(%payload, "unreadable message on {channel}"),
+                        }
+                    }
+                    None => break,
+                },
+                _ = ping.tick() => {
+                    let alive = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<Value>()).await;
+                    if !matches!(alive, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::warn!("lost the subscription to {what}; subscribing again");
+        warned = true;
+    }
+}
