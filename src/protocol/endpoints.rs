@@ -557,6 +557,38 @@ pub fn http() -> Vec<Endpoint> {
             ]),
         },
         Endpoint {
+            id: "redact",
+            method: Method::Put,
+            path: client("/rooms/{room}/redact/{event_id}/{txn_id}"),
+            tag: "messages",
+            summary: "v1.1: redact a message, idempotently",
+            description: "Spec §12. Its sender, or a moderator or owner. Erases the message's body (and its edits') \
+                          from storage and appends a `redaction` event; the same `txn_id` and event from the same \
+                          device answer the same event.",
+            auth: Auth::Bearer,
+            params: vec![
+                room_param(),
+                param("event_id", ParamIn::Path, true, "The message's `event_id`, URL-encoded.", epoch_schema),
+                txn_param(),
+            ],
+            body: Some(Body { schema: of::<rooms::RedactRequest>(), required: false }),
+            answers: ok(200, "Redacted; the `redaction` event's id and seq.", of::<rooms::SendResponse>()),
+            errors: errors(&[
+                BODY,
+                BEARER,
+                ROOM,
+                &[
+                    RateLimited,
+                    NotMember,
+                    TxnConflict,
+                    EventNotFound,
+                    StorageUnavailable,
+                    Forbidden,
+                    RemoteUserUnsupported,
+                ],
+            ]),
+        },
+        Endpoint {
             id: "messages",
             method: Method::Get,
             path: client("/rooms/{room}/messages"),
