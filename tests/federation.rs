@@ -435,8 +435,15 @@ async fn redactions_reach_replicas_and_erase_there(b: Backend) {
     let last = page["events"].as_array().unwrap().last().unwrap().clone();
     assert_eq!((last["type"].as_str(), &last["redacts"]), (Some("redaction"), &by_bob["event_id"]), "{last}");
     assert!(page["events"].as_array().unwrap().iter().any(|e| e["seq"] == latest && e["body"] == "kept-b0dy"));
+    // The newest event on A redacted: its copy in the newest entry of A's
+    // Redis feed goes once the redaction is in (`Rooms::erase_again`).
+    let (_, newest) = home.api().send(&tb, &room_id, "b3", "newest-secret-b0dy").await;
+    on_a(&a, "the newest message on A", &|p| find(p, &newest).is_some()).await;
+    let (s, v) = home.api().call("PUT", &path(&newest["event_id"], "r3"), Some(&tb), Some(json!({}))).await;
+    assert_eq!(s, 200, "{v}");
+    on_a(&a, "A erased the newest message", &|p| redacted(p, &newest) && redaction_of(p, &newest)).await;
     a.stop().await;
-    for gone in ["ann-secret-b0dy", "bob-secret-b0dy"] {
+    for gone in ["ann-secret-b0dy", "bob-secret-b0dy", "newest-secret-b0dy"] {
         assert!(!replica_store_holds(&a, gone), "{gone} is still in the replica's store");
     }
     assert!(replica_store_holds(&a, "kept-b0dy"), "the test sees the replica's store");

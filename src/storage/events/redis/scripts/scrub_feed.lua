@@ -1,6 +1,9 @@
 -- Deletes a room's entries for some seqs of one epoch from the shared feed
 -- (v1.1 redactions), scanning `count` entries from `after` on. The feed is
 -- one key, so this touches one slot; the caller repeats it until the end.
+-- The feed's newest entry is never deleted: a process whose reader waits
+-- there takes the entry at its cursor vanishing for lost data (feed.rs);
+-- the caller erases again once a later entry (the redaction) is in.
 --
 -- KEYS: feed. ARGV: room, epoch, after (an entry id, exclusive; '-' from
 -- the start), count, then the seqs.
@@ -16,6 +19,8 @@ if after ~= '-' then
   from = '(' .. after
 end
 local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', count)
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local tail = newest[1] and newest[1][1]
 local hits = {}
 for _, e in ipairs(entries) do
   local f = e[2]
@@ -30,7 +35,7 @@ for _, e in ipairs(entries) do
       q = f[j + 1]
     end
   end
-  if r == room and ep == epoch and seqs[q] then
+  if r == room and ep == epoch and seqs[q] and e[1] ~= tail then
     hits[#hits + 1] = e[1]
   end
 end
