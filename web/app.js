@@ -1487,7 +1487,7 @@ function markDeleted(li) {
 function applyEdit(originalId) {
   const li = el.messages.querySelector(`li[data-event-id="${CSS.escape(originalId)}"]`);
   const edit = edits.get(originalId);
-  if (!li || !edit || li.classList.contains('editing')) return;
+  if (!li || !edit || li.classList.contains('editing') || li.classList.contains('deleted')) return;
   li.querySelector('.body').textContent = edit.body;
   li.querySelector('.edited').hidden = false;
 }
