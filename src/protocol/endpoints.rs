@@ -165,6 +165,10 @@ fn epoch_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "string", "minLength": 1 })
 }
 
+fn event_id_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string", "minLength": 1, "description": "An event's `event_id`, as the room log gave it." })
+}
+
 fn subprotocol_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
@@ -568,7 +572,7 @@ pub fn http() -> Vec<Endpoint> {
             auth: Auth::Bearer,
             params: vec![
                 room_param(),
-                param("event_id", ParamIn::Path, true, "The message's `event_id`, URL-encoded.", epoch_schema),
+                param("event_id", ParamIn::Path, true, "The message's `event_id`, URL-encoded.", event_id_schema),
                 txn_param(),
             ],
             body: Some(Body { schema: of::<rooms::RedactRequest>(), required: false }),
