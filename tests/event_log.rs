@@ -377,7 +377,83 @@ async fn state_events_keep_their_content(b: Backend) {
     assert_eq!(copy.events, page.events);
 }
 
+/// Whether any value the embedded log stores holds `needle`.
+fn sled_holds(db: &Db, needle: &str) -> bool {
+    db.tree("events").unwrap().iter().any(|kv| {
+        let (_, v) = kv.unwrap();
+        v.windows(needle.len()).any(|w| w == needle.as_bytes())
+    })
+}
+
+/// Whether the Redis key holds `needle` in any form: `DUMP` serializes a
+/// stream's nodes as they are in memory, entries only flagged as deleted
+/// included (uncompressed, so that the bytes show).
+fn redis_key_holds(redis: &RedisServer, key: &str, needle: &str) -> bool {
+    redis.cli(&["CONFIG", "SET", "rdbcompression", "no"]).unwrap();
+    redis.cli(&["DUMP", key]).unwrap().contains(needle)
+}
+
+/// v1.1 redactions: `erase` takes the bodies of the named events out of
+/// the store (not only out of reads), keeps everything else of them and of
+/// the log, and is idempotent. 250 events span several Redis stream nodes.
+async fn erase_takes_bodies_out_of_the_store(b: Backend) {
+    use parlor::protocol::events::EventContent;
+    let h = harness(b, None).await;
+    let r = room("erase");
+    let mut ids = Vec::new();
+    for i in 1..=250u64 {
+        let body = if i == 120 { "secret-original-b0dy".to_owned() } else { format!("m{i}") };
+        ids.push(stored(h.log.append(&r, msg(&body)).await.unwrap()).0);
+    }
+    let edit = NewEvent {
+        content: Box::new(EventContent { replaces: Some(ids[119].clone()), ..EventContent::default() }),
+        ..msg("secret-edited-b0dy")
+    };
+    assert_eq!(stored(h.log.append(&r, edit).await.unwrap()).1, 251);
+    h.sink.wait_for(&r, 251).await;
+    let before = h.log.read(&r, Range::After(0), 1000).await.unwrap();
+    let holds = |needle: &str| match &h.redis {
+        None => sled_holds(&h.db, needle),
+        Some(redis) => {
+            let feed = redis.cli(&["XRANGE", "parlor:feed", "-", "+"]).unwrap();
+            redis_key_holds(redis, &format!("parlor:{{{r}}}:log"), needle) || feed.contains(needle)
+        }
+    };
+    assert!(holds("secret-original-b0dy") && holds("secret-edited-b0dy"), "the test sees stored bodies");
+
+    assert_eq!(h.log.erase(&r, &before.head.epoch, &[120, 251]).await.unwrap(), 2);
+    // 251 is the newest event: on Redis, its copy in the feed's newest entry
+    // is left for an erase after the next append (what a redaction is).
+    if let Some(redis) = &h.redis {
+        assert!(!redis_key_holds(redis, &format!("parlor:{{{r}}}:log"), "secret-edited-b0dy"));
+        assert!(redis.cli(&["XRANGE", "parlor:feed", "-", "+"]).unwrap().contains("secret-edited-b0dy"));
+    }
+    assert_eq!(stored(h.log.append(&r, msg("after")).await.unwrap()).1, 252);
+    assert_eq!(h.log.erase(&r, &before.head.epoch, &[120, 251]).await.unwrap(), 0, "idempotent");
+    assert!(!holds("secret-original-b0dy") && !holds("secret-edited-b0dy"), "the bodies are gone from the store");
+    let after = h.log.read(&r, Range::After(0), 251).await.unwrap();
+    assert_eq!(after.head.epoch, before.head.epoch);
+    assert_eq!(after.events.len(), 251);
+    for (a, b) in after.events.iter().zip(&before.events) {
+        if a.seq == 120 || a.seq == 251 {
+            assert_eq!((a.body.as_deref(), a.content.redacted), (None, true), "{a:?}");
+            assert_eq!((&a.event_id, a.kind, &a.sender, a.ts), (&b.event_id, b.kind, &b.sender, b.ts));
+            assert_eq!(a.content.replaces, b.content.replaces);
+        } else {
+            assert_eq!(a, b);
+        }
+    }
+    // Every way of reading agrees, and the log goes on from where it was.
+    let back = h.log.read(&r, Range::Before(200), 100).await.unwrap();
+    assert_eq!(back.events.iter().map(|e| e.seq).collect::<Vec<_>>(), (100..200).collect::<Vec<_>>());
+    assert!(back.events[20].content.redacted);
+    assert_eq!(h.log.erase(&r, "another-epoch", &[5]).await.unwrap(), 0, "an epoch the log does not keep");
+    assert_eq!(stored(h.log.append(&r, msg("next")).await.unwrap()).1, 253);
+    h.sink.wait_for(&r, 253).await;
+}
+
 backend_tests!(
+    erase_takes_bodies_out_of_the_store,
     state_events_keep_their_content,
     contiguous_under_concurrency,
     pipelined_order,
@@ -425,6 +501,33 @@ async fn two_logs_on_one_redis_see_each_others_appends_once_in_order() {
     assert_eq!(sa.json(&r, 7), sb.json(&r, 7), "both processes build the same event");
     a.close().await;
     b.close().await;
+}
+
+/// A redaction reaches an epoch Redis archived after a rollback: the
+/// archive is rewritten without the body, and reads of it say `redacted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erase_reaches_an_archived_epoch() {
+    let h = harness(Backend::Redis, None).await;
+    let redis = h.redis.as_ref().unwrap();
+    let r = room("archived");
+    for body in ["a1", "secret-archived-b0dy", "a3"] {
+        h.log.append(&r, msg(body)).await.unwrap();
+    }
+    let old = h.log.head(&r).await.unwrap().epoch.to_string();
+    // A counter behind the stream (a restore of an older meta) makes the
+    // next append archive the stream and start a new epoch.
+    redis.cli(&["HSET", &format!("parlor:{{{r}}}:meta"), "seq", "0"]).unwrap();
+    h.log.append(&r, msg("new")).await.unwrap();
+    assert_ne!(*h.log.head(&r).await.unwrap().epoch, *old);
+    assert_eq!(h.log.archived_epochs(&r).await.unwrap(), vec![old.clone()]);
+    let archive = format!("parlor:{{{r}}}:archive:{old}");
+    assert!(redis_key_holds(redis, &archive, "secret-archived-b0dy"));
+    assert_eq!(h.log.erase(&r, &old, &[2]).await.unwrap(), 1);
+    assert!(!redis_key_holds(redis, &archive, "secret-archived-b0dy"));
+    assert!(!redis.cli(&["XRANGE", "parlor:feed", "-", "+"]).unwrap().contains("secret-archived-b0dy"));
+    let page = h.log.read_epoch(&r, &old, Range::After(0), 10).await.unwrap().unwrap();
+    let got: Vec<_> = page.events.iter().map(|e| (e.seq, e.body.as_deref(), e.content.redacted)).collect();
+    assert_eq!(got, vec![(1, Some("a1"), false), (2, None, true), (3, Some("a3"), false)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

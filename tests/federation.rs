@@ -6,7 +6,8 @@
 //! addresses are never fetched, key fetches are rate-limited, a signed
 //! request cannot be replayed, a home server cannot move this server's users
 //! or push for rooms it is not home to, and a server that cannot take pushes
-//! makes the home server queue a bounded number of events for it.
+//! makes the home server queue a bounded number of events for it. v1.1
+//! redactions reach replicas (pushed and by catch-up) and erase there too.
 //!
 //! Servers here all listen on 127.0.0.1, which federation refuses to reach
 //! unless the server is named with `--federation-peer` (`Config::federation_peers`),
@@ -41,6 +42,7 @@ backend_tests!(
     a_server_that_was_down_catches_up_gap_free,
     a_home_server_that_is_down_makes_its_room_read_only,
     leaving_a_remote_room,
+    redactions_reach_replicas_and_erase_there,
 );
 
 /// Pushes and catch-ups retried quickly, so tests need not wait a minute.
@@ -341,6 +343,110 @@ async fn a_home_server_that_is_down_makes_its_room_read_only(b: Backend) {
     home.resume().await;
     let (s, v) = a.api().send(&ta, &room_id, "a1", "anyone?").await;
     assert_eq!(s, 200, "writable again once the home server is back: {v}");
+}
+
+/// Whether the replica's store still holds `needle` anywhere: its Redis
+/// (room streams, archives and feed, as `DUMP` shows them, entries only
+/// flagged as deleted included) or, embedded, any value of its sled
+/// `events` tree (read after the node stopped, which releases the data dir).
+fn replica_store_holds(node: &Node, needle: &str) -> bool {
+    match &node._redis {
+        Some(redis) => {
+            let keys = redis.cli(&["KEYS", "parlor:{*}:*"]).unwrap();
+            redis.cli(&["CONFIG", "SET", "rdbcompression", "no"]).unwrap();
+            let logs = keys.lines().filter(|k| k.ends_with(":log") || k.contains(":archive:"));
+            logs.into_iter().any(|k| redis.cli(&["DUMP", k]).unwrap().contains(needle))
+                || redis.cli(&["XRANGE", "parlor:feed", "-", "+"]).unwrap().contains(needle)
+        }
+        None => {
+            // The stopped server's last handles on the data dir go with its tasks.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let db = loop {
+                match parlor::storage::Db::open(node._dir.path()) {
+                    Ok(db) => break db,
+                    Err(e) => assert!(Instant::now() < deadline, "the stopped replica's data dir: {e}"),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            db.tree("events").unwrap().iter().any(|kv| {
+                let (_, v) = kv.unwrap();
+                v.windows(needle.len()).any(|w| w == needle.as_bytes())
+            })
+        }
+    }
+}
+
+/// v1.1 redactions reach replicas, by push and by catch-up, and erase the
+/// bodies there too; a replica does not take redactions itself.
+async fn redactions_reach_replicas_and_erase_there(b: Backend) {
+    let (mut a, home) = two_servers(b).await;
+    let (_, tb) = home.api().user(&uniq("bob")).await;
+    let name = uniq("garden");
+    let (s, created) = home.api().call("POST", "/rooms", Some(&tb), Some(json!({"alias": name}))).await;
+    assert_eq!(s, 201, "{created}");
+    let room_id = created["room_id"].as_str().unwrap().to_owned();
+    let (_, ta) = a.api().user(&uniq("ann")).await;
+    a.api().join(&ta, created["alias"].as_str().unwrap()).await;
+    let (s, by_ann) = a.api().send(&ta, &room_id, "a1", "ann-secret-b0dy").await;
+    assert_eq!(s, 200, "{by_ann}");
+    let (_, by_bob) = home.api().send(&tb, &room_id, "b1", "bob-secret-b0dy").await;
+    let (_, kept) = home.api().send(&tb, &room_id, "b2", "kept-b0dy").await;
+    let latest = kept["seq"].as_u64().unwrap();
+    fn find<'a>(page: &'a Value, sent: &Value) -> Option<&'a Value> {
+        page["events"].as_array()?.iter().find(|e| e["event_id"] == sent["event_id"])
+    }
+    fn redacted(page: &Value, sent: &Value) -> bool {
+        find(page, sent).is_some_and(|e| e.get("body").is_none() && e["redacted"] == json!(true))
+    }
+    let on_a = async |a: &Node, what: &str, pred: &dyn Fn(&Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, page) = a.api().messages(&ta, &room_id, "after=0").await;
+            if pred(&page) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    on_a(&a, "both messages on A", &|p| find(p, &by_ann).is_some() && find(p, &by_bob).is_some()).await;
+    // A replica does not redact: that is the home's to do.
+    let path = |id: &Value, txn: &str| format!("/rooms/{}/redact/{}/{txn}", enc(&room_id), enc(id.as_str().unwrap()));
+    let (s, v) = a.api().call("PUT", &path(&by_ann["event_id"], "r0"), Some(&ta), Some(json!({}))).await;
+    assert_eq!((s, v["errcode"].as_str()), (400, Some("remote_user_unsupported")), "{v}");
+
+    // Pushed: the owner redacts Ann's message while A is up.
+    let (s, v) = home.api().call("PUT", &path(&by_ann["event_id"], "r1"), Some(&tb), Some(json!({}))).await;
+    assert_eq!(s, 200, "{v}");
+    on_a(&a, "A erased Ann's message", &|p| redacted(p, &by_ann)).await;
+    // Caught up: Bob redacts his while A is down.
+    a.stop().await;
+    let (s, v) = home.api().call("PUT", &path(&by_bob["event_id"], "r2"), Some(&tb), Some(json!({}))).await;
+    assert_eq!(s, 200, "{v}");
+    a.resume().await;
+    // A replica erases before it stores the redaction: wait for both.
+    let redaction_of = |p: &Value, sent: &Value| {
+        p["events"]
+            .as_array()
+            .is_some_and(|es| es.iter().any(|e| e["type"] == "redaction" && e["redacts"] == sent["event_id"]))
+    };
+    on_a(&a, "A erased Bob's message after catching up", &|p| redacted(p, &by_bob) && redaction_of(p, &by_bob)).await;
+    let (_, page) = a.api().messages(&ta, &room_id, "after=0").await;
+    let last = page["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["type"].as_str(), &last["redacts"]), (Some("redaction"), &by_bob["event_id"]), "{last}");
+    assert!(page["events"].as_array().unwrap().iter().any(|e| e["seq"] == latest && e["body"] == "kept-b0dy"));
+    // The newest event on A redacted: its copy in the newest entry of A's
+    // Redis feed goes once the redaction is in (`Rooms::erase_again`).
+    let (_, newest) = home.api().send(&tb, &room_id, "b3", "newest-secret-b0dy").await;
+    on_a(&a, "the newest message on A", &|p| find(p, &newest).is_some()).await;
+    let (s, v) = home.api().call("PUT", &path(&newest["event_id"], "r3"), Some(&tb), Some(json!({}))).await;
+    assert_eq!(s, 200, "{v}");
+    on_a(&a, "A erased the newest message", &|p| redacted(p, &newest) && redaction_of(p, &newest)).await;
+    a.stop().await;
+    for gone in ["ann-secret-b0dy", "bob-secret-b0dy", "newest-secret-b0dy"] {
+        assert!(!replica_store_holds(&a, gone), "{gone} is still in the replica's store");
+    }
+    assert!(replica_store_holds(&a, "kept-b0dy"), "the test sees the replica's store");
 }
 
 async fn leaving_a_remote_room(b: Backend) {

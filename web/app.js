@@ -7,8 +7,8 @@
 //   * HTTP JSON under /_parlor/client/v1 for accounts, history, members,
 //     the room list (`GET /rooms`, polled: it carries invites and unread
 //     counts of rooms not on screen) and v1.1's rooms: create, invite,
-//     reject, kick, ban, unban, roles, settings, direct messages and edits
-//     (section `HTTP` below);
+//     reject, kick, ban, unban, roles, settings, direct messages, edits and
+//     deletions (redactions) (section `HTTP` below);
 //   * one WebSocket (subprotocol "parlor.v1") for live events and sends, with
 //     reconnection and gap-free resume (`LiveConnection` and `Live events`),
 //     plus `join`/`leave` while it is up, `typing`, `read`, and the `typing`,
@@ -109,6 +109,7 @@ function describeError(err) {
     case 'user_not_found': return 'There is no such user on this server.';
     case 'remote_user_unsupported': return 'Rooms and people of other servers cannot take part in this yet.';
     case 'alias_taken': return 'A room with this address exists already.';
+    case 'event_not_found': return 'That message is no longer in the room.';
     case 'message_too_large': return 'This message is too long (at most 16,384 bytes).';
     case 'home_server_unreachable': return "The room's home server cannot be reached: the room is read-only for now.";
     case 'storage_unavailable': return 'The server cannot store messages right now: try again shortly.';
@@ -485,7 +486,7 @@ let entering = false; // an enterRoom() is under way
 let subscriptionIds = 0;
 let ephemeralIds = 0; // ids of typing/read frames, whose errors are not worth showing
 const shownEventIds = new Set();
-// Edits seen in this room: original event_id → {body, seq} of the latest edit.
+// Edits seen in this room: original event_id → {body, seq, id} of the latest edit.
 // Kept apart from the screen so an edit met before its original (an older page) still applies.
 const edits = new Map();
 let roomSummaries = []; // the last GET /rooms answer: joined rooms, then invites
@@ -1263,7 +1264,9 @@ function onEvent({ room_id, epoch, event }) {
   room.epoch = epoch;
   room.lastSeq = event.seq;
   const stick = isNearBottom();
-  if (noteEdit(event)) {
+  if (event.type === 'redaction') {
+    applyRedaction(event.redacts);
+  } else if (noteEdit(event)) {
     applyEdit(event.replaces);
   } else {
     const li = renderEvent(event);
@@ -1431,19 +1434,60 @@ function renderTime(timeEl, ts) {
   timeEl.title = dateTimeFormat.format(d);
 }
 
-/** Remembers an edit (a message with `replaces`); true when `event` is one. */
+/**
+ * Remembers an edit (a message with `replaces`); true when `event` is one.
+ * A deleted (redacted) edit has no text and counts for nothing.
+ */
 function noteEdit(event) {
   if (event.type !== 'message' || !event.replaces) return false;
+  if (event.redacted) return true;
   const known = edits.get(event.replaces);
-  if (!known || known.seq < event.seq) edits.set(event.replaces, { body: event.body, seq: event.seq });
+  if (!known || known.seq < event.seq) {
+    edits.set(event.replaces, { body: event.body, seq: event.seq, id: event.event_id });
+  }
   return true;
+}
+
+/**
+ * A `redaction` arrived live (spec §12): the message it names lost its text,
+ * and so did its edits. A deleted edit leaves the original with its own text
+ * (the server erased the edit; older edits are not kept here).
+ */
+function applyRedaction(id) {
+  edits.delete(id);
+  const li = el.messages.querySelector(`li[data-event-id="${CSS.escape(id)}"]`);
+  if (li) {
+    markDeleted(li);
+    return;
+  }
+  for (const [original, edit] of edits) {
+    if (edit.id !== id) continue;
+    edits.delete(original);
+    const shown = el.messages.querySelector(`li[data-event-id="${CSS.escape(original)}"]`);
+    if (shown && !shown.classList.contains('deleted')) {
+      shown.querySelector('.body').textContent = shown.dataset.body ?? '';
+      shown.querySelector('.edited').hidden = true;
+    }
+  }
+}
+
+/** Shows a message as deleted: no text, no Edit or Delete. */
+function markDeleted(li) {
+  li.classList.add('deleted');
+  li.classList.remove('editing');
+  li.querySelector('.edit-form')?.remove();
+  li.querySelector('.actions')?.remove();
+  const body = li.querySelector('.body');
+  body.hidden = false;
+  body.textContent = 'Message deleted';
+  li.querySelector('.edited').hidden = true;
 }
 
 /** Redraws an original message with the text of its latest edit. */
 function applyEdit(originalId) {
   const li = el.messages.querySelector(`li[data-event-id="${CSS.escape(originalId)}"]`);
   const edit = edits.get(originalId);
-  if (!li || !edit || li.classList.contains('editing')) return;
+  if (!li || !edit || li.classList.contains('editing') || li.classList.contains('deleted')) return;
   li.querySelector('.body').textContent = edit.body;
   li.querySelector('.edited').hidden = false;
 }
@@ -1499,20 +1543,32 @@ function renderEvent(event) {
   renderTime(li.querySelector('.time'), event.ts);
   const body = li.querySelector('.body');
   body.textContent = text;
-  if (event.type === 'message') {
+  if (event.type === 'message' && event.redacted) {
+    markDeleted(li);
+  } else if (event.type === 'message') {
+    li.dataset.body = event.body;
     const edit = edits.get(event.event_id);
     if (edit) {
       body.textContent = edit.body;
       li.querySelector('.edited').hidden = false;
     }
     if (mine) {
+      const actions = document.createElement('span');
+      actions.className = 'actions';
       const b = document.createElement('button');
       b.type = 'button';
       b.className = 'link edit';
       b.textContent = 'Edit';
       b.setAttribute('aria-label', 'Edit this message');
       b.addEventListener('click', () => startEdit(li));
-      li.append(b);
+      const d = document.createElement('button');
+      d.type = 'button';
+      d.className = 'link delete';
+      d.textContent = 'Delete';
+      d.setAttribute('aria-label', 'Delete this message');
+      d.addEventListener('click', () => deleteMessage(li, d));
+      actions.append(b, d);
+      li.append(actions);
     }
   } else {
     li.classList.add('membership');
@@ -1527,6 +1583,29 @@ function renderEvent(event) {
     }
   }
   return li;
+}
+
+/**
+ * Deletes one's own message for everyone (`PUT …/redact/{event_id}/{txn_id}`):
+ * the first click asks "Delete?", the second deletes. The server erases the
+ * text from storage; every member's page gets the `redaction` event.
+ */
+async function deleteMessage(li, button) {
+  if (!button.classList.contains('confirm')) {
+    button.classList.add('confirm');
+    button.textContent = 'Delete?';
+    button.setAttribute('aria-label', 'Really delete this message');
+    return;
+  }
+  const r = room;
+  button.disabled = true;
+  try {
+    await authed('PUT', `/rooms/${enc(r.room_id)}/redact/${enc(li.dataset.eventId)}/${newTxnId()}`, {});
+    markDeleted(li);
+  } catch (err) {
+    button.disabled = false;
+    showError(el.roomError, describeError(err));
+  }
 }
 
 /** Inline editing of one's own message: Enter saves, Escape cancels. */
@@ -1571,7 +1650,8 @@ function startEdit(li) {
     if (!text.trim() || text === before) return close();
     const r = room;
     try {
-      // Edits go over HTTP: the socket's `send` has no `replaces` (spec §12).
+      // Over HTTP, whose answer this form waits for (the socket's `send`
+      // takes `replaces` too, spec §12).
       await busy(form, () => authed('PUT', `/rooms/${enc(r.room_id)}/send/${newTxnId()}`,
         { body: text, replaces: li.dataset.eventId }));
       // Shown at once; the edit's own event, arriving live, says the same.

@@ -43,6 +43,7 @@ pub const FILES: &[(&str, &str)] = embed![
     "messages_response",
     "moderation_request",
     "read_request",
+    "redact_request",
     "register_request",
     "register_response",
     "role_request",

@@ -11,7 +11,7 @@ use super::{Ctx, Resp, authenticate, json_bytes, param, parse_json, read_body};
 use crate::protocol::ErrCode;
 use crate::protocol::events::Range;
 use crate::protocol::limits::{HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, HISTORY_PAGE_MAX_BYTES};
-use crate::protocol::rooms::{MessagesResponse, SendRequest};
+use crate::protocol::rooms::{MessagesResponse, RedactRequest, SendRequest};
 use crate::service::Error;
 use crate::service::events::valid_txn_id;
 use crate::service::rooms::Rooms;
@@ -32,6 +32,30 @@ pub async fn send(ctx: &Ctx, req: Request<Incoming>, room: &str, txn_id: &str) -
     let room = Rooms::parse_ref(&room)?;
     let (_, pending) = events.begin_send_with(token, &session, &room, &txn_id, body.body, body.replaces).await?;
     Ok(super::json(StatusCode::OK, &pending.await?))
+}
+
+/// v1.1 `PUT /rooms/{room}/redact/{event_id}/{txn_id}`, with the send's
+/// order of checks: body, authentication, the send rate limit, parameters,
+/// then the endpoint's own (`Events::redact`).
+pub async fn redact(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    room: &str,
+    event_id: &str,
+    txn_id: &str,
+) -> Result<Resp, Error> {
+    let headers = req.headers().clone();
+    let body: RedactRequest = parse_json(&read_body(ctx, req).await?, true)?;
+    let session = authenticate(ctx, &headers).await?;
+    let events = &ctx.app.services.events;
+    let token = events.take_send_token(&session.user_id)?;
+    let (room, event_id, txn_id) = (param(room)?, param(event_id)?, param(txn_id)?);
+    if !valid_txn_id(&txn_id) {
+        return Err(Error::refused(ErrCode::InvalidParam, "txn_id: 1 to 64 characters of A-Z a-z 0-9 . _ ~ -"));
+    }
+    let room = Rooms::parse_ref(&room)?;
+    let answer = events.redact(token, &session, &room, &event_id, &txn_id, body.reason).await?;
+    Ok(super::json(StatusCode::OK, &answer))
 }
 
 /// `before`, `after` and `limit` from the query string. Other parameters

@@ -57,6 +57,7 @@ enum Route {
     Read(String),
     Messages(String),
     Send(String, String),
+    Redact(String, String, String),
     Ws,
     FedKey,
     FedWellKnown,
@@ -96,6 +97,7 @@ impl Route {
             Route::Read(_) => "/_parlor/client/v1/rooms/{room}/read",
             Route::Messages(_) => "/_parlor/client/v1/rooms/{room}/messages",
             Route::Send(_, _) => "/_parlor/client/v1/rooms/{room}/send/{txn_id}",
+            Route::Redact(_, _, _) => "/_parlor/client/v1/rooms/{room}/redact/{event_id}/{txn_id}",
             Route::Ws => "/_parlor/client/v1/ws",
             Route::FedKey => KEY_PATH,
             Route::FedWellKnown => WELL_KNOWN_PATH,
@@ -203,6 +205,9 @@ fn route(method: &Method, path: &str) -> Result<Route, Error> {
         ["rooms", room, "read"] => allow(method == M::POST, Route::Read(room.to_string()), "POST"),
         ["rooms", room, "messages"] => allow(method == M::GET, Route::Messages(room.to_string()), "GET"),
         ["rooms", room, "send", txn] => allow(method == M::PUT, Route::Send(room.to_string(), txn.to_string()), "PUT"),
+        ["rooms", room, "redact", event, txn] => {
+            allow(method == M::PUT, Route::Redact(room.to_string(), event.to_string(), txn.to_string()), "PUT")
+        }
         _ => Err(not_found()),
     }
 }
@@ -271,6 +276,7 @@ async fn dispatch(req: Request<Incoming>, ctx: &Ctx) -> (&'static str, Resp) {
         Route::Read(room) => receipts::read(ctx, req, &room).await,
         Route::Messages(room) => events::messages(ctx, &req, &room).await,
         Route::Send(room, txn) => events::send(ctx, req, &room, &txn).await,
+        Route::Redact(room, event, txn) => events::redact(ctx, req, &room, &event, &txn).await,
         Route::Ws => (ctx.app.ws_upgrade)(ctx, req).await,
         Route::FedKey => federation::key(ctx),
         Route::FedWellKnown => federation::well_known(ctx),

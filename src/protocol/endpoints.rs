@@ -165,6 +165,10 @@ fn epoch_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "string", "minLength": 1 })
 }
 
+fn event_id_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string", "minLength": 1, "description": "An event's `event_id`, as the room log gave it." })
+}
+
 fn subprotocol_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
@@ -551,6 +555,38 @@ pub fn http() -> Vec<Endpoint> {
                     TxnConflict,
                     StorageUnavailable,
                     HomeServerUnreachable,
+                    Forbidden,
+                    RemoteUserUnsupported,
+                ],
+            ]),
+        },
+        Endpoint {
+            id: "redact",
+            method: Method::Put,
+            path: client("/rooms/{room}/redact/{event_id}/{txn_id}"),
+            tag: "messages",
+            summary: "v1.1: redact a message, idempotently",
+            description: "Spec §12. Its sender, or a moderator or owner. Erases the message's body (and its edits') \
+                          from storage and appends a `redaction` event; the same `txn_id` and event from the same \
+                          device answer the same event.",
+            auth: Auth::Bearer,
+            params: vec![
+                room_param(),
+                param("event_id", ParamIn::Path, true, "The message's `event_id`, URL-encoded.", event_id_schema),
+                txn_param(),
+            ],
+            body: Some(Body { schema: of::<rooms::RedactRequest>(), required: false }),
+            answers: ok(200, "Redacted; the `redaction` event's id and seq.", of::<rooms::SendResponse>()),
+            errors: errors(&[
+                BODY,
+                BEARER,
+                ROOM,
+                &[
+                    RateLimited,
+                    NotMember,
+                    TxnConflict,
+                    EventNotFound,
+                    StorageUnavailable,
                     Forbidden,
                     RemoteUserUnsupported,
                 ],

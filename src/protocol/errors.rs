@@ -142,6 +142,8 @@ errcodes! {
     AliasTaken = ("alias_taken", 409),
     /// v1.1: the request names a user of another server where only users of this server are supported yet (invites, roles, moderation, direct messages).
     RemoteUserUnsupported = ("remote_user_unsupported", 400),
+    /// v1.1: a redaction names an event the room's log does not hold (in any epoch it keeps).
+    EventNotFound = ("event_not_found", 404),
     /// An unexpected server fault; details are in the server log.
     Internal = ("internal", 500),
 }

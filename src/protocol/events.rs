@@ -33,6 +33,9 @@ pub enum EventType {
     Unban,
     /// v1.1: the sender gave `target` the `role`.
     Role,
+    /// v1.1: the sender erased the body of the message `redacts` (and of
+    /// its edits); `reason` optional.
+    Redaction,
 }
 
 impl EventType {
@@ -48,6 +51,7 @@ impl EventType {
             Self::Ban => "ban",
             Self::Unban => "unban",
             Self::Role => "role",
+            Self::Redaction => "redaction",
         }
     }
 
@@ -76,13 +80,21 @@ pub struct EventContent {
     /// `role`: the target's new role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
-    /// `kick`, `ban`, `unban`: the moderator's reason, when given.
+    /// `kick`, `ban`, `unban`, `redaction`: the reason, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// `message`: the `event_id` of the sender's earlier message this one
     /// edits; `body` is that message's new text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
+    /// `redaction`: the `event_id` of the message whose body it erased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacts: Option<String>,
+    /// v1.1: the event (a `message`, or an edit of one) was redacted: it
+    /// keeps its `event_id`, `seq`, `type`, `sender`, `ts` and `replaces`,
+    /// and has no `body`. Absent on events that were not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
 }
 
 impl EventContent {
@@ -102,7 +114,8 @@ pub struct Event {
     pub kind: EventType,
     /// Who sent it; every event carries its sender.
     pub sender: UserId,
-    /// The text of a `message` event; absent on `join` and `leave`.
+    /// The text of a `message` event; absent on `join` and `leave`, and on a
+    /// redacted message (v1.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     /// When the room's home server accepted it, in milliseconds since the Unix epoch.

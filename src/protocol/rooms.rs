@@ -164,6 +164,16 @@ pub struct ModerationRequest {
     pub reason: Option<String>,
 }
 
+/// v1.1 `PUT /rooms/{room}/redact/{event_id}/{txn_id}` body (`{}` for none);
+/// answered with a [`SendResponse`], the `redaction` event's id and seq.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedactRequest {
+    /// Shown to members with the `redaction` event: at most 1,024 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// v1.1 `PUT /rooms/{room}/roles/{user_id}` body.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

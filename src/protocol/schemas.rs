@@ -41,6 +41,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         "user_request.json" => rooms::UserRequest,
         "moderation_request.json" => rooms::ModerationRequest,
         "role_request.json" => rooms::RoleRequest,
+        "redact_request.json" => rooms::RedactRequest,
         "dm_response.json" => rooms::DmResponse,
         "event.json" => events::Event,
         "cursor.json" => events::Cursor,

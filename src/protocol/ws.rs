@@ -89,6 +89,10 @@ pub enum ClientFrame {
         /// Same rules and idempotency as the HTTP send's `txn_id`.
         txn_id: String,
         body: String,
+        /// v1.1: the `event_id` of one's own message this one edits, with
+        /// the HTTP send's rules (spec §12, Edits).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<String>,
     },
     /// Answered by `pong`.
     Ping {
@@ -193,7 +197,7 @@ mod wire {
         Leave { room: String }
         Subscribe { room: String, since: Option<Cursor> }
         Unsubscribe { room: String }
-        Send { room: String, txn_id: String, body: String }
+        Send { room: String, txn_id: String, body: String, replaces: Option<String> }
         Ping {}
         Typing { room: String, typing: bool }
         Read { room: String, seq: u64 }

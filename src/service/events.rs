@@ -16,10 +16,59 @@ use super::rooms::{Room, Rooms};
 use crate::metrics::{self, EventMetrics};
 use crate::protocol::events::{EventContent, EventType};
 use crate::protocol::federation::FedSendRequest;
-use crate::protocol::limits::{EDIT_WINDOW, HISTORY_LIMIT_MAX, MAX_MESSAGE_BYTES, TXN_ID_MAX};
-use crate::protocol::rooms::{MessagesResponse, SendResponse};
+use crate::protocol::limits::{EDIT_WINDOW, HISTORY_LIMIT_MAX, MAX_MESSAGE_BYTES, REASON_MAX_BYTES, TXN_ID_MAX};
+use crate::protocol::rooms::{MessagesResponse, Role, SendResponse};
 use crate::protocol::{ErrCode, RoomId, RoomRef, ServerName};
+use crate::storage::StorageError;
 use crate::storage::events::{AppendOutcome, EventLog, LogHead, NewEvent, Page, Range, Txn};
+
+/// Events read per step while looking for a redaction's target.
+const REDACT_SCAN_PAGE: usize = 1000;
+
+/// What a redaction erases: its target, found in one epoch of a room's
+/// log, and the seqs of the target and of every edit of it there.
+pub struct RedactionTargets {
+    pub epoch: String,
+    pub target: crate::protocol::events::Event,
+    pub seqs: Vec<u64>,
+}
+
+/// Finds the event `event_id` in a room's log, the current epoch first
+/// and then every older one the log keeps, reading back from the newest
+/// event (so the cost grows with the events after the target). Edits come
+/// after their original, so by the time the target is found every edit of
+/// it has been seen.
+pub async fn redaction_targets(
+    log: &dyn EventLog,
+    room: &RoomId,
+    event_id: &str,
+) -> std::result::Result<Option<RedactionTargets>, StorageError> {
+    let current = log.head(room).await?.epoch.to_string();
+    let older: Vec<String> = log.archived_epochs(room).await?.into_iter().filter(|e| *e != current).collect();
+    let epochs = std::iter::once(current).chain(older);
+    for epoch in epochs {
+        let mut edits = Vec::new();
+        let mut range = Range::Latest;
+        loop {
+            let Some(page) = log.read_epoch(room, &epoch, range, REDACT_SCAN_PAGE).await? else { break };
+            for e in page.events.iter().rev() {
+                if e.event_id == event_id {
+                    let mut seqs = vec![e.seq];
+                    seqs.append(&mut edits);
+                    return Ok(Some(RedactionTargets { epoch, target: e.clone(), seqs }));
+                }
+                if e.content.replaces.as_deref() == Some(event_id) {
+                    edits.push(e.seq);
+                }
+            }
+            match page.events.first() {
+                Some(first) if first.seq > page.head.earliest => range = Range::Before(first.seq),
+                _ => break,
+            }
+        }
+    }
+    Ok(None)
+}
 
 /// Proof that a send took its token from the user's rate-limit bucket.
 pub struct SendToken(());
@@ -84,9 +133,10 @@ impl Events {
         room: &RoomRef,
         txn_id: &str,
         body: String,
+        replaces: Option<String>,
     ) -> Result<(Room, impl Future<Output = Result<SendResponse>> + Send + 'static + use<>)> {
         let token = self.take_send_token(&session.user_id)?;
-        self.begin_send_with(token, session, room, txn_id, body, None).await
+        self.begin_send_with(token, session, room, txn_id, body, replaces).await
     }
 
     /// [`Events::begin_send`] with the rate-limit token already taken.
@@ -168,6 +218,9 @@ impl Events {
         if target.kind != EventType::Message || target.content.replaces.is_some() {
             return Err(Error::refused(ErrCode::InvalidField, "replaces: only an original message can be edited"));
         }
+        if target.content.redacted {
+            return Err(Error::refused(ErrCode::InvalidField, "replaces: the message was redacted"));
+        }
         if target.sender != *user {
             return Err(Error::refused(ErrCode::Forbidden, "only the sender of a message may edit it"));
         }
@@ -227,6 +280,89 @@ impl Events {
                 )),
             }
         }
+    }
+
+    /// v1.1 `PUT /rooms/{room}/redact/{event_id}/{txn_id}`: erases the body
+    /// of a message (and of its edits) everywhere the room log stores it,
+    /// and appends a `redaction` event. Checks, after the send token and
+    /// `txn_id` the wire took and checked: `reason`, membership, a room
+    /// homed here, the target (`event_not_found`, then a `message`), then
+    /// who asks (its sender, or a moderator or owner). The event is
+    /// appended first and the bodies erased after it, also when the
+    /// `txn_id` repeats: the answer comes once both are done, and a retry
+    /// of a redaction that failed half way completes it. A repeated
+    /// `txn_id` naming another event is a `txn_conflict`, which erases
+    /// nothing.
+    pub async fn redact(
+        &self,
+        _token: SendToken,
+        session: &Session,
+        room: &RoomRef,
+        event_id: &str,
+        txn_id: &str,
+        reason: Option<String>,
+    ) -> Result<SendResponse> {
+        if reason.as_ref().is_some_and(|r| r.len() > REASON_MAX_BYTES) {
+            return Err(Error::refused(ErrCode::InvalidField, format!("reason: at most {REASON_MAX_BYTES} bytes")));
+        }
+        let room = self.rooms.resolve_member(&session.user_id, room).await?;
+        if self.rooms.is_remote(&room.room_id) {
+            return Err(Error::refused(
+                ErrCode::RemoteUserUnsupported,
+                format!("{} is homed on another server; redact there", room.label()),
+            ));
+        }
+        let Some(found) = redaction_targets(&*self.log, &room.room_id, event_id).await? else {
+            return Err(Error::refused(ErrCode::EventNotFound, format!("{} holds no event {event_id}", room.label())));
+        };
+        if found.target.kind != EventType::Message {
+            return Err(Error::refused(
+                ErrCode::InvalidField,
+                format!("only messages can be redacted; {event_id} is a {} event", found.target.kind.as_str()),
+            ));
+        }
+        if found.target.sender != session.user_id && self.rooms.role(&session.user_id, &room).await? < Role::Moderator {
+            return Err(Error::refused(
+                ErrCode::Forbidden,
+                "only the sender of a message, or a moderator or owner of the room, may redact it",
+            ));
+        }
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"redaction\0");
+        ctx.update(event_id.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(reason.as_deref().unwrap_or("").as_bytes());
+        let fingerprint = ctx.finish().as_ref().try_into().expect("32 bytes");
+        let txn = Txn {
+            device: format!("{}\0{}", session.user_id, session.device_id),
+            txn_id: txn_id.to_owned(),
+            fingerprint,
+        };
+        let content = EventContent { redacts: Some(event_id.to_owned()), reason, ..EventContent::default() };
+        let appended = self
+            .log
+            .append(
+                &room.room_id,
+                NewEvent {
+                    kind: EventType::Redaction,
+                    sender: session.user_id.clone(),
+                    body: None,
+                    content: Box::new(content),
+                    txn: Some(txn),
+                },
+            )
+            .await?;
+        let (event_id_out, seq) = match appended {
+            AppendOutcome::Stored { event_id, seq } | AppendOutcome::Repeated { event_id, seq } => (event_id, seq),
+            AppendOutcome::Conflict => {
+                return Err(Error::refused(
+                    ErrCode::TxnConflict,
+                    format!("txn_id {txn_id} was already used in this room with another redaction"),
+                ));
+            }
+        };
+        self.log.erase(&room.room_id, &found.epoch, &found.seqs).await?;
+        Ok(SendResponse { event_id: event_id_out, seq })
     }
 
     /// A page of history: of the room's current epoch, or of `epoch` (an

@@ -34,7 +34,7 @@ use crate::protocol::federation::FedEvent;
 use crate::protocol::rooms::{Role, Visibility};
 use crate::protocol::{ErrCode, RoomAlias, RoomId, RoomRef, ServerName, UserId};
 use crate::storage::AccountStore;
-use crate::storage::events::{EventLog, LogHead, Range, now_ms};
+use crate::storage::events::{EventLog, LogHead, Range, now_ms, redact_event};
 use crate::storage::rooms::RoomRecord;
 use crate::storage::rooms::{RoomStore, set_member};
 
@@ -446,7 +446,9 @@ impl Rooms {
             if self.store.room(room_id.as_str()).await?.is_none() {
                 continue;
             }
+            let erased = self.apply_redactions(&room_id, &epoch, &mut batch).await?;
             let imported = self.log.import(&room_id, &epoch, None, batch.clone()).await?;
+            self.erase_again(&room_id, &erased).await?;
             self.apply_membership(&room_id, imported.before, imported.latest, &batch).await?;
             if imported.hole {
                 let rooms = self.clone();
@@ -456,6 +458,50 @@ impl Rooms {
                     }
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// A replica's part of v1.1 redactions, before `events` (from the
+    /// room's home, of `epoch`) are imported: each `redaction` not imported
+    /// yet erases its target and the target's edits, in `events` themselves
+    /// and in what the replica's log already holds. Erasing first means a
+    /// redaction is never on record here with its target's body still
+    /// stored; the home decided who may redact, so nothing is checked again.
+    /// Returns what it erased in the log, for [`Rooms::erase_again`].
+    async fn apply_redactions(
+        &self,
+        room_id: &RoomId,
+        epoch: &str,
+        events: &mut [Event],
+    ) -> Result<Vec<(String, Vec<u64>)>> {
+        let head = self.log.head(room_id).await?;
+        let mut erased = Vec::new();
+        for i in 0..events.len() {
+            let (seq, kind) = (events[i].seq, events[i].kind);
+            let Some(target) = events[i].content.redacts.clone() else { continue };
+            if kind != EventType::Redaction || (*head.epoch == *epoch && seq <= head.latest) {
+                continue;
+            }
+            for e in events[..i].iter_mut() {
+                if e.event_id == target || e.content.replaces.as_deref() == Some(target.as_str()) {
+                    redact_event(e);
+                }
+            }
+            if let Some(found) = super::events::redaction_targets(&*self.log, room_id, &target).await? {
+                self.log.erase(room_id, &found.epoch, &found.seqs).await?;
+                erased.push((found.epoch, found.seqs));
+            }
+        }
+        Ok(erased)
+    }
+
+    /// Erases again once the redactions are imported: an erase may leave the
+    /// copy that was the newest entry of Redis's feed (`EventLog::erase`),
+    /// which the imported redaction now follows.
+    async fn erase_again(&self, room_id: &RoomId, erased: &[(String, Vec<u64>)]) -> Result<()> {
+        for (epoch, seqs) in erased {
+            self.log.erase(room_id, epoch, seqs).await?;
         }
         Ok(())
     }
@@ -480,7 +526,9 @@ impl Rooms {
                 // The home trimmed what we missed: go on from what it keeps.
                 restart_at = Some(page.earliest_seq);
             }
+            let erased = self.apply_redactions(room_id, &page.epoch, &mut page.events).await?;
             let imported = self.log.import(room_id, &page.epoch, restart_at, page.events.clone()).await?;
+            self.erase_again(room_id, &erased).await?;
             self.apply_membership(room_id, imported.before, imported.latest, &page.events).await?;
             if page.events.is_empty() || imported.latest >= page.latest_seq || imported.written == 0 {
                 return Ok(());

@@ -480,13 +480,15 @@ impl<S: Stream> State<S> {
                     Err(e) => self.error(id, &e),
                 }
             }
-            ClientFrame::Send { id, room, txn_id, body } => {
+            ClientFrame::Send { id, room, txn_id, body, replaces } => {
                 if !valid_txn_id(&txn_id) {
                     let e = Error::refused(ErrCode::InvalidField, "txn_id: 1 to 64 characters of A-Z a-z 0-9 . _ ~ -");
                     return self.error(id, &e);
                 }
                 let begun = match Rooms::parse_ref(&room) {
-                    Ok(room) => self.app.services.events.begin_send(self.session(), &room, &txn_id, body).await,
+                    Ok(room) => {
+                        self.app.services.events.begin_send(self.session(), &room, &txn_id, body, replaces).await
+                    }
                     Err(e) => Err(e),
                 };
                 match begun {

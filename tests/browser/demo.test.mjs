@@ -17,8 +17,8 @@
 //
 // Protocol v1.1 with two and three people: a private room created from the
 // sidebar, invites declined and accepted, a direct message, typing, online
-// dots, unread badges and the read marker, grouped messages, inline edits,
-// room settings, roles, kick, ban, unban and leaving.
+// dots, unread badges and the read marker, grouped messages, inline edits and
+// deletions, room settings, roles, kick, ban, unban and leaving.
 
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -691,6 +691,29 @@ try {
     await bob.page.reload();
     await waitForRoom(bob, 'book-club', 'Book Club');
     await waitForMessage(bob, 'alice', 'Chapter one by Saturday.');
+  });
+
+  await step('alice deletes her message: everyone sees it deleted, also after a reload', async () => {
+    await send(alice, 'Wrong room, sorry.');
+    for (const p of [alice, bob]) await waitForMessage(p, 'alice', 'Wrong room, sorry.');
+    const mine = alice.page.locator('#messages > li.message').filter({ hasText: 'Wrong room, sorry.' });
+    assert.equal(await bob.page.locator('#messages > li.message').filter({ hasText: 'Wrong room, sorry.' })
+      .getByRole('button', { name: 'Delete this message' }).count(), 0, 'bob has no Delete on alice’s messages');
+    await mine.hover();
+    await mine.getByRole('button', { name: 'Delete this message' }).click();
+    await mine.getByRole('button', { name: 'Really delete this message' }).click();
+    for (const p of [alice, bob]) {
+      await until(`${p.name} to show the message deleted`, async () => {
+        const shown = await messages(p);
+        return !shown.some((m) => m.body === 'Wrong room, sorry.') && shown.some((m) => m.body === 'Message deleted');
+      });
+    }
+    await bob.page.reload();
+    await waitForRoom(bob, 'book-club', 'Book Club');
+    await waitForMessage(bob, 'alice', 'Chapter one by Saturday.');
+    const after = await messages(bob);
+    assert.ok(!after.some((m) => m.body === 'Wrong room, sorry.'), 'the text is gone after a reload');
+    assert.ok(after.some((m) => m.body === 'Message deleted' && m.sender === 'alice'), 'the deleted message keeps its place');
   });
 
   await step('a direct message: carol writes to alice, who accepts from her invites', async () => {

@@ -17,6 +17,7 @@ mod live;
 mod messages;
 mod operation;
 mod rate_limits;
+mod redactions;
 mod rooms;
 mod rooms_v11;
 mod websocket;
@@ -37,6 +38,7 @@ pub fn all() -> Vec<Case> {
         operation::cases(),
         federation::cases(),
         rooms_v11::cases(),
+        redactions::cases(),
         rate_limits::cases(),
     ]
     .concat()
@@ -83,6 +85,7 @@ mod tests {
             include_str!("federation.rs"),
             include_str!("rate_limits.rs"),
             include_str!("rooms_v11.rs"),
+            include_str!("redactions.rs"),
         ];
         // Those only the server's operator can bring about (a token issued
         // and used up or expired, a deactivated account, a denied server,

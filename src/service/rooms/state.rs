@@ -186,6 +186,12 @@ impl Rooms {
         Ok(())
     }
 
+    /// The user's role in a room homed here (`member` for a member without
+    /// another, and in v1 rooms, which have no owner).
+    pub async fn role(&self, user: &UserId, room: &Room) -> Result<Role> {
+        Ok(role_of(&self.record(room).await?, user.as_str()))
+    }
+
     /// The first seq of the room's log the user may read: 1, except for a
     /// member of a private room, who reads from their join on.
     pub async fn visible_from(&self, user: &UserId, room: &Room) -> Result<u64> {

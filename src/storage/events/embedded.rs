@@ -73,6 +73,8 @@ enum Msg {
     Job(Job),
     /// Deletes a room's log, after every job sent before it.
     Purge(RoomId, oneshot::Sender<Result<bool, StorageError>>),
+    /// Erases bodies of a room's events, after every job sent before it.
+    Erase(RoomId, String, Vec<u64>, oneshot::Sender<Result<usize, StorageError>>),
     /// Flush and stop; answered once the last batch is on disk.
     Stop(oneshot::Sender<()>),
 }
@@ -377,6 +379,12 @@ impl Writer {
                         }
                         let _ = reply.send(self.purge(&room));
                     }
+                    Msg::Erase(room, epoch, seqs, reply) => {
+                        if !batch.is_empty() {
+                            self.commit(std::mem::take(&mut batch));
+                        }
+                        let _ = reply.send(self.erase(&room, &epoch, &seqs));
+                    }
                     Msg::Stop(done) => {
                         stop = Some(done);
                         break;
@@ -441,6 +449,34 @@ impl Writer {
         writes.remove(mkey(room));
         self.gate.with(|| self.tree.apply_batch(writes))?;
         Ok(any)
+    }
+
+    /// Rewrites the events at `seqs` without their bodies, when the room's
+    /// log is still of `epoch`. Run on the writer thread, so no trim or
+    /// start-over of the room can interleave. The old value's bytes leave
+    /// sled's files when sled reuses their segments, not at once.
+    fn erase(&mut self, room: &RoomId, epoch: &str, seqs: &[u64]) -> Result<usize, StorageError> {
+        match read_head(&self.tree, room)? {
+            Some(h) if *h.epoch == *epoch => {}
+            _ => return Ok(0),
+        }
+        let mut writes = sled::Batch::default();
+        let mut n = 0;
+        for &seq in seqs {
+            let k = ekey(room, seq);
+            let Some(v) = self.tree.get(&k)? else { continue };
+            let mut event: Event = json_record("events", &v)?;
+            if event.body.is_none() && event.content.redacted {
+                continue;
+            }
+            super::redact_event(&mut event);
+            writes.insert(k, serde_json::to_vec(&event).expect("events serialize"));
+            n += 1;
+        }
+        if n > 0 {
+            self.gate.with(|| self.tree.apply_batch(writes))?;
+        }
+        Ok(n)
     }
 
     fn sweep(&self, now: u64) -> Result<usize, StorageError> {
@@ -811,6 +847,29 @@ impl EventLog for EmbeddedLog {
             self.db.sync().await?;
             Ok(had)
         })
+    }
+
+    fn erase<'a>(
+        &'a self,
+        room: &'a RoomId,
+        epoch: &'a str,
+        seqs: &'a [u64],
+    ) -> BoxFuture<'a, Result<usize, StorageError>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            let msg = Msg::Erase(room.clone(), epoch.to_owned(), seqs.to_vec(), reply);
+            self.jobs.send(msg).map_err(|_| StorageError::Stopped("room log writer"))?;
+            let n = rx.await.map_err(|_| StorageError::Stopped("room log writer"))??;
+            if n > 0 {
+                self.db.sync().await?;
+            }
+            Ok(n)
+        })
+    }
+
+    fn archived_epochs<'a>(&'a self, _room: &'a RoomId) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
+        // One epoch per room (see `read_epoch`).
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     fn healthy(&self) -> BoxFuture<'_, bool> {

@@ -173,11 +173,35 @@ pub trait EventLog: Send + Sync + 'static {
     /// send is taken for it while this runs.
     fn purge<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<bool, StorageError>>;
 
+    /// Erases the `body` of the events at `seqs` of the room's epoch `epoch`
+    /// wherever this log stores them, and marks them `redacted` (v1.1
+    /// redactions); seqs the epoch no longer holds are skipped, and so is
+    /// an epoch the log does not keep. Idempotent. Durable on return.
+    /// Returns how many stored events changed. One copy may be left: on
+    /// Redis, the shared feed's newest entry (see `scrub_feed.lua`); so a
+    /// caller that erases before appending the redaction erases again after.
+    fn erase<'a>(
+        &'a self,
+        room: &'a RoomId,
+        epoch: &'a str,
+        seqs: &'a [u64],
+    ) -> BoxFuture<'a, Result<usize, StorageError>>;
+
+    /// The room's older epochs this log still keeps besides the current
+    /// one (Redis's archives; none on the embedded log), in no order.
+    fn archived_epochs<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<Vec<String>, StorageError>>;
+
     /// Whether the backing store answers now.
     fn healthy(&self) -> BoxFuture<'_, bool>;
 
     /// Flushes and stops background work; called once at shutdown.
     fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// `event` as it reads once redacted: no body, marked `redacted`.
+pub fn redact_event(event: &mut Event) {
+    event.body = None;
+    event.content.redacted = true;
 }
 
 /// An event id: unique because (room, epoch, seq) is, and opaque.

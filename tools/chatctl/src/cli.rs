@@ -133,6 +133,8 @@ pub enum Command {
     Send(SendArgs),
     /// Replace the text of one of your messages (safe to run again, like `send`)
     Edit(EditArgs),
+    /// Delete a message's text for everyone: your own, or any as a moderator or owner (safe to run again)
+    Redact(RedactArgs),
     /// Mark a room read up to and including SEQ, on all your devices
     Read {
         /// `lobby`, `#lobby:server` or `!id:server`
@@ -199,6 +201,20 @@ pub struct EditArgs {
     pub event_id: String,
     /// The new text; `-` reads it from standard input (one trailing newline is dropped)
     pub text: String,
+    /// Use this transaction id instead of an automatic one (as `send --txn-id`)
+    #[arg(long, value_name = "ID")]
+    pub txn_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RedactArgs {
+    /// `lobby`, `#lobby:server` or `!id:server`
+    pub room: String,
+    /// The `event_id` of the message to delete (`history --json` shows it)
+    pub event_id: String,
+    /// Shown to the room's members with the deletion (at most 1024 bytes)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
     /// Use this transaction id instead of an automatic one (as `send --txn-id`)
     #[arg(long, value_name = "ID")]
     pub txn_id: Option<String>,

@@ -11,15 +11,15 @@ use http::Method;
 use serde_json::{Value, json};
 
 use crate::api::{Api, ApiError, Retry, encode_segment};
-use crate::cli::{Command, HistoryArgs, LoginArgs, RegisterArgs};
+use crate::cli::{Command, HistoryArgs, LoginArgs, RedactArgs, RegisterArgs};
 use crate::failure::{Exit, Failure};
 use crate::output::{Out, RecentIds, notice, sanitize, stderr_is_terminal};
 use crate::rooms::Moderation;
 use crate::session::{self, Session, Target, TokenSource};
 use crate::txn::Journal;
 use crate::wire::{
-    LoginRequest, LoginResponse, MembersResponse, MessagesResponse, RegisterRequest, RegisterResponse, RoomItem,
-    RoomSummary, RoomsResponse, SendRequest, SendResponse, WhoamiResponse,
+    LoginRequest, LoginResponse, MembersResponse, MessagesResponse, RedactRequest, RegisterRequest, RegisterResponse,
+    RoomItem, RoomSummary, RoomsResponse, SendRequest, SendResponse, WhoamiResponse,
 };
 
 /// What every command gets: where to print, where the config lives and
@@ -81,6 +81,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Read { room, seq } => crate::rooms::read(ctx, &room, seq).await,
         Command::Send(args) => send(ctx, &args.room, args.text, args.txn_id, None).await,
         Command::Edit(args) => send(ctx, &args.room, args.text, args.txn_id, Some(&args.event_id)).await,
+        Command::Redact(args) => redact(ctx, args).await,
         Command::History(args) => history(ctx, args).await,
         Command::Tail(args) => crate::tail::run(ctx, args).await,
         Command::Completions { .. } => unreachable!("handled before the runtime starts"),
@@ -296,6 +297,58 @@ async fn send(
                 Some(p) => {
                     p.keep();
                     failure.message.push_str(" (the message may not have been sent; run the same command again to retry: it will not be sent twice)");
+                }
+                None => {}
+            }
+            Err(failure.into())
+        }
+    }
+}
+
+/// `redact`: like `send`, its txn id is kept in the journal until the
+/// server answered, so running it again never appends a second deletion.
+async fn redact(ctx: &Ctx, args: RedactArgs) -> anyhow::Result<()> {
+    let api = ctx.authed()?;
+    let token = api.token().expect("authed clients have a token").to_owned();
+    let journal_room = format!("{}\u{0}redact {}", args.room, args.event_id);
+    let reason = args.reason.as_deref();
+    let pending = match &args.txn_id {
+        Some(_) => None,
+        None => Some(Journal::new(&ctx.config_dir()?).begin(&token, &journal_room, reason.unwrap_or(""))?),
+    };
+    let txn_id = match (&args.txn_id, &pending) {
+        (Some(id), _) => id.clone(),
+        (None, Some(p)) => p.txn_id.clone(),
+        (None, None) => unreachable!(),
+    };
+    if pending.as_ref().is_some_and(|p| p.reused) {
+        notice(&format!("retrying an earlier deletion whose outcome was unknown (txn {txn_id})"));
+    }
+    let path = format!(
+        "/rooms/{}/redact/{}/{}",
+        encode_segment(&args.room),
+        encode_segment(&args.event_id),
+        encode_segment(&txn_id)
+    );
+    let result = api.call::<SendResponse, _>(Method::PUT, &path, Some(&RedactRequest { reason }), Retry::SEND).await;
+    match result {
+        Ok(resp) => {
+            if let Some(p) = pending {
+                p.settle()?;
+            }
+            ctx.out.human(&format!("deleted {} (seq {}, {})", args.event_id, resp.seq, resp.event_id));
+            ctx.out
+                .json(&json!({"event_id": resp.event_id, "seq": resp.seq, "txn_id": txn_id, "redacts": args.event_id}));
+            Ok(())
+        }
+        Err(e) => {
+            let settled = matches!(e, ApiError::Refused { .. }) && !is_retryable_refusal(&e);
+            let mut failure = e.into_failure(ctx.server());
+            match pending {
+                Some(p) if settled => p.settle()?,
+                Some(p) => {
+                    p.keep();
+                    failure.message.push_str(" (the message may not be deleted yet; run the same command again to finish: it will not be done twice)");
                 }
                 None => {}
             }

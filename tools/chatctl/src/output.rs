@@ -119,10 +119,11 @@ pub struct RecentIds {
 impl RecentIds {
     const KEEP: usize = 1000;
 
-    /// Remembers `event` and answers the seq of the message it edits, if any
-    /// and if seen.
+    /// Remembers `event` and answers the seq of the message it edits (or,
+    /// for a `redaction`, deletes), if any and if seen.
     pub fn note(&mut self, event: &Event) -> Option<u64> {
-        let edit_of = event.extra.get("replaces").and_then(Value::as_str).and_then(|id| self.seqs.get(id).copied());
+        let refers = event.extra.get("replaces").or_else(|| event.extra.get("redacts"));
+        let edit_of = refers.and_then(Value::as_str).and_then(|id| self.seqs.get(id).copied());
         if self.seqs.insert(event.event_id.clone(), event.seq).is_none() {
             self.order.push_back(event.event_id.clone());
             if self.order.len() > Self::KEEP
@@ -171,7 +172,9 @@ pub fn write_raw(bytes: &[u8]) {
 /// v1.1 room events as `* @ann:b.example joined`, `* @ann:b.example kicked
 /// @bob:b.example: spam`. An edit (v1.1 `replaces`) is its own line,
 /// `<@ann:b.example> (edited seq 5) new text`, naming the original by seq
-/// when `edit_of` knows it, else by event id. Continuation lines of a
+/// when `edit_of` knows it, else by event id. A v1.1 redaction is `*
+/// @ann:b.example deleted seq 5: reason`, and the message it deleted reads
+/// `<@bob:b.example> (deleted)` from then on. Continuation lines of a
 /// multi-line message are indented so every message still starts at the
 /// left margin.
 pub fn render_event(event: &Event, time: &str, edit_of: Option<u64>) -> String {
@@ -188,6 +191,15 @@ pub fn render_event(event: &Event, time: &str, edit_of: Option<u64>) -> String {
                 (None, _) => format!("{time} <{sender}> {body}"),
             }
         }
+        ("message", None) if event.extra.get("redacted") == Some(&Value::Bool(true)) => match field("replaces") {
+            Some(_) => format!("{time} <{sender}> (edit deleted)"),
+            None => format!("{time} <{sender}> (deleted)"),
+        },
+        ("redaction", _) => match (field("redacts"), edit_of) {
+            (_, Some(seq)) => format!("{time} * {sender} deleted seq {seq}{reason}"),
+            (Some(id), None) => format!("{time} * {sender} deleted {id}{reason}"),
+            (None, None) => format!("{time} * {sender} deleted a message{reason}"),
+        },
         ("join", _) => format!("{time} * {sender} joined"),
         ("leave", _) => format!("{time} * {sender} left"),
         ("room", _) => {
@@ -278,6 +290,12 @@ mod tests {
         let edit = with(ev("message", Some("new")), &[("replaces", "$orig")]);
         assert_eq!(render_event(&edit, "T", Some(4)), "T <@ann:h> (edited seq 4) new");
         assert_eq!(render_event(&edit, "T", None), "T <@ann:h> (edited $orig) new");
+        let redaction = with(ev("redaction", None), &[("redacts", "$orig"), ("reason", "oops")]);
+        assert_eq!(render_event(&redaction, "T", Some(4)), "T * @ann:h deleted seq 4: oops");
+        assert_eq!(render_event(&redaction, "T", None), "T * @ann:h deleted $orig: oops");
+        let mut gone = ev("message", None);
+        gone.extra.insert("redacted".into(), Value::Bool(true));
+        assert_eq!(render_event(&gone, "T", None), "T <@ann:h> (deleted)");
         let kick = with(ev("kick", None), &[("target", "@bob:h"), ("reason", "spam\nmore")]);
         assert_eq!(render_event(&kick, "T", None), "T * @ann:h kicked @bob:h: spam more");
         let ban = with(ev("ban", None), &[("target", "@bob:h")]);

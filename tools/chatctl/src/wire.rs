@@ -120,6 +120,13 @@ pub struct SendRequest<'a> {
     pub replaces: Option<&'a str>,
 }
 
+/// v1.1 `PUT /rooms/{room}/redact/{event_id}/{txn_id}`.
+#[derive(Debug, Serialize)]
+pub struct RedactRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+}
+
 /// v1.1 `POST /rooms`.
 #[derive(Debug, Default, Serialize)]
 pub struct CreateRoomRequest<'a> {

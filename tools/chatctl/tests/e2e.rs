@@ -344,6 +344,7 @@ fn refusals_carry_the_servers_errcode_and_exit_codes() {
         &["role", "garden", "bob", "owner"],
         &["dm", "bob"],
         &["edit", "garden", "$e", "x"],
+        &["redact", "garden", "$e"],
         &["read", "garden", "1"],
     ] {
         ann.run(args).fails(3, "not logged in");
@@ -693,6 +694,41 @@ fn direct_messages_edits_and_read_marks() {
     // Nor is an edit to edit again, nor a made-up id.
     let edit_id = a[0]["event_id"].as_str().unwrap();
     ann.run(&["edit", &room, edit_id, "x"]).fails(1, "chatctl: invalid_field: ");
+}
+
+#[test]
+fn redactions_delete_for_everyone_and_tail_shows_them() {
+    let server = Server::start();
+    let host = server.name();
+    let ann = user("ann", &server);
+    let bob = user("bob", &server);
+    ann.run(&["create", "yard"]).ok();
+    bob.run(&["join", "yard"]).ok();
+    let sent = json_lines(&bob.run(&["--json", "send", "yard", "my secret"]).ok());
+    let (id, seq) = (sent[0]["event_id"].as_str().unwrap().to_owned(), sent[0]["seq"].as_u64().unwrap());
+    let mine = json_lines(&ann.run(&["--json", "send", "yard", "ann's own"]).ok());
+    let mine_id = mine[0]["event_id"].as_str().unwrap().to_owned();
+    let mut tail = ann.tail("yard", &["-n", "2"]);
+    tail.next_line(LINE_WAIT);
+    tail.next_line(LINE_WAIT);
+
+    // Bob deletes his own message; a repeat with the same txn id is stored once.
+    let a = json_lines(&bob.run(&["--json", "redact", "yard", &id, "--reason", "typo", "--txn-id", "rd-1"]).ok());
+    let b = json_lines(&bob.run(&["--json", "redact", "yard", &id, "--reason", "typo", "--txn-id", "rd-1"]).ok());
+    assert_eq!((&a[0]["event_id"], a[0]["redacts"].as_str()), (&b[0]["event_id"], Some(id.as_str())));
+    let line = tail.next_line(LINE_WAIT);
+    assert!(line.ends_with(&format!("* @bob:{host} deleted seq {seq}: typo")), "{line}");
+    assert!(tail.lines_within(Duration::from_millis(300)).is_empty(), "{:?}", tail.seen);
+    assert_eq!(tail.interrupt(), 0);
+    let lines = history_lines(&ann, "yard");
+    assert!(lines.contains(&format!("<@bob:{host}> (deleted)")), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("my secret")), "{lines:?}");
+    // Bob may not delete Ann's message; Ann, the owner, may delete anyone's.
+    bob.run(&["redact", "yard", &mine_id]).fails(1, "chatctl: forbidden: ");
+    bob.run(&["redact", "yard", "$nosuch:x"]).fails(1, "chatctl: event_not_found: ");
+    let other = json_lines(&bob.run(&["--json", "send", "yard", "spam"]).ok());
+    let out = ann.run(&["redact", "yard", other[0]["event_id"].as_str().unwrap()]).ok();
+    assert!(out.starts_with(&format!("deleted {} (seq ", other[0]["event_id"].as_str().unwrap())), "{out}");
 }
 
 /// Reads `tail`'s lines until one contains `needle`, and returns it.

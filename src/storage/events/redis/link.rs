@@ -35,6 +35,8 @@ pub(super) struct Scripts {
     pub append: Script,
     pub read: Script,
     pub import: Script,
+    pub redact: Script,
+    pub scrub_feed: Script,
 }
 
 impl Scripts {
@@ -43,6 +45,8 @@ impl Scripts {
             append: Script::new(with_epoch!("scripts/append.lua")),
             read: Script::new(with_epoch!("scripts/read.lua")),
             import: Script::new(include_str!("scripts/import.lua")),
+            redact: Script::new(include_str!("scripts/redact.lua")),
+            scrub_feed: Script::new(include_str!("scripts/scrub_feed.lua")),
         }
     }
 }
@@ -88,7 +92,13 @@ impl Link {
 
     pub async fn load_scripts(&self) -> Result<(), RedisError> {
         let mut conn = self.conn.clone();
-        for s in [&self.scripts.append, &self.scripts.read, &self.scripts.import] {
+        for s in [
+            &self.scripts.append,
+            &self.scripts.read,
+            &self.scripts.import,
+            &self.scripts.redact,
+            &self.scripts.scrub_feed,
+        ] {
             s.load_async(&mut conn).await?;
         }
         Ok(())

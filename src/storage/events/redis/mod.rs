@@ -83,6 +83,10 @@ pub const FEED_WAIT: Duration = Duration::from_secs(1);
 const FEED_KEY: &str = "parlor:feed";
 /// Rooms per pipeline when checking every high-water mark against Redis.
 const CHECK_BATCH: usize = 512;
+/// Feed entries one call of `scrub_feed.lua` looks at: a redaction walks
+/// the whole feed (about [`FEED_MAXLEN`] entries) in steps this long, so
+/// that no step holds Redis for long.
+const SCRUB_STEP: usize = 2_000;
 
 fn meta_key(room: &RoomId) -> String {
     format!("parlor:{{{room}}}:meta")
@@ -120,6 +124,21 @@ fn push_known(cmd: &mut redis::Cmd, known: Option<&Seen>) {
         Some(s) => cmd.arg(&*s.epoch).arg(s.generation).arg(s.seq),
         None => cmd.arg("").arg(0).arg(0),
     };
+}
+
+/// Redis's `stream-node-max-entries`: no node of a stream holds more
+/// entries, so erasing from that many entries before a target frees the
+/// target's node (`redact.lua`). 0 (no limit, or the setting cannot be
+/// read) means the whole stream is rewritten.
+async fn stream_node_entries(link: &Link) -> Result<u64, StorageError> {
+    match link.query(redis::cmd("CONFIG").arg("GET").arg("stream-node-max-entries")).await {
+        Ok(v) => Ok(redis::from_redis_value::<HashMap<String, u64>>(v)
+            .ok()
+            .and_then(|m| m.get("stream-node-max-entries").copied())
+            .unwrap_or(0)),
+        Err(StorageError::Unavailable(e)) => Err(StorageError::Unavailable(e)),
+        Err(_) => Ok(0),
+    }
 }
 
 /// A Redis URL without its password, for messages.
@@ -593,6 +612,46 @@ impl EventLog for RedisLog {
             self.shared.high_water.forget(room)?;
             self.shared.high_water.db().sync().await?;
             Ok(had)
+        })
+    }
+
+    fn erase<'a>(
+        &'a self,
+        room: &'a RoomId,
+        epoch: &'a str,
+        seqs: &'a [u64],
+    ) -> BoxFuture<'a, Result<usize, StorageError>> {
+        Box::pin(async move {
+            if seqs.is_empty() {
+                return Ok(0);
+            }
+            let link = &self.shared.link;
+            // The room stream (or archive) first: it is what reads see.
+            let mut cmd = evalsha(&link.scripts.redact, 2);
+            cmd.arg(meta_key(room)).arg(log_key(room)).arg(epoch).arg(stream_node_entries(link).await?);
+            cmd.arg(seqs);
+            let changed: usize = redis::from_redis_value(link.query(&cmd).await?)
+                .map_err(|e| replies::script_error("redact", e.to_string()))?;
+            // Then the feed's copies, wherever they are in it.
+            let mut after = "-".to_owned();
+            loop {
+                let mut cmd = evalsha(&link.scripts.scrub_feed, 1);
+                cmd.arg(FEED_KEY).arg(room.as_str()).arg(epoch).arg(&after).arg(SCRUB_STEP).arg(seqs);
+                let (next, _deleted): (String, u64) = redis::from_redis_value(link.query(&cmd).await?)
+                    .map_err(|e| replies::script_error("scrub_feed", e.to_string()))?;
+                if next.is_empty() {
+                    break;
+                }
+                after = next;
+            }
+            Ok(changed)
+        })
+    }
+
+    fn archived_epochs<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
+        Box::pin(async move {
+            let key = format!("parlor:{{{room}}}:epochs");
+            query_cmd(self.shared.link.conn(), redis::cmd("HKEYS").arg(key)).await
         })
     }
 
