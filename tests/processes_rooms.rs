@@ -9,10 +9,11 @@
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Api, ParlorProcess, RedisServer, WsClient, enc, free_port, uniq};
+use support::{Api, Backend, Harness, ParlorProcess, RedisServer, WsClient, enc, free_port, uniq};
 
 /// The v1 fields (`room_id`, `alias`) of each item of a `GET /rooms` answer:
 /// v1.1 adds others, which these tests do not look at.
@@ -348,4 +349,247 @@ async fn v1_1_room_state_is_one_across_processes() {
     let (_, rooms) = a.call("GET", "/rooms", Some(&ann_a), None).await;
     let listed = rooms["rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == public.as_str()).unwrap();
     assert_eq!(listed["topic"], last_topic, "the record holds the last event's state");
+}
+
+/// A room's v1.1 state as its log's events say it: members, roles above
+/// `member`, bans (the creator is its first owner).
+#[derive(Debug, Default, PartialEq)]
+struct Replayed {
+    members: BTreeSet<String>,
+    roles: BTreeMap<String, String>,
+    bans: BTreeSet<String>,
+}
+
+/// Reads the whole log of `room` and replays its state events.
+async fn replay(api: &Api, token: &str, room: &str, creator: &str, round: &str) -> Replayed {
+    let mut st = Replayed::default();
+    st.roles.insert(creator.to_owned(), "owner".into());
+    let mut after = 0;
+    loop {
+        let (s, page) = api.messages(token, room, &format!("after={after}&limit=1000")).await;
+        assert_eq!(s, 200, "{round}: {page}");
+        let events = page["events"].as_array().unwrap();
+        for e in events {
+            let sender = e["sender"].as_str().unwrap().to_owned();
+            let target = e["target"].as_str().map(str::to_owned);
+            match e["type"].as_str().unwrap() {
+                "join" => {
+                    st.members.insert(sender);
+                }
+                "leave" => {
+                    st.members.remove(&sender);
+                    st.roles.remove(&sender);
+                }
+                "kick" | "ban" => {
+                    let t = target.unwrap();
+                    st.members.remove(&t);
+                    st.roles.remove(&t);
+                    if e["type"] == "ban" {
+                        st.bans.insert(t);
+                    }
+                }
+                "unban" => {
+                    st.bans.remove(&target.unwrap());
+                }
+                "role" => match e["role"].as_str().unwrap() {
+                    "member" => {
+                        st.roles.remove(&target.unwrap());
+                    }
+                    r => {
+                        st.roles.insert(target.unwrap(), r.to_owned());
+                    }
+                },
+                _ => {}
+            }
+            after = e["seq"].as_u64().unwrap();
+        }
+        if events.is_empty() || after >= page["latest_seq"].as_u64().unwrap() {
+            return st;
+        }
+    }
+}
+
+/// The state of `room` as served: (member → role, from `members`).
+async fn served(api: &Api, token: &str, room: &str) -> BTreeMap<String, String> {
+    let (s, m) = api.call("GET", &format!("/rooms/{}/members", enc(room)), Some(token), None).await;
+    assert_eq!(s, 200, "members: {m}");
+    m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["user_id"].as_str().unwrap().to_owned(), x["role"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// A user of the state race test: id, and a token on each of the two APIs.
+struct Who {
+    id: String,
+    on: [String; 2],
+}
+
+/// The invariants of a room's state after a round of races: the log's
+/// replayed state is the record as served (members and their roles, each
+/// member's role in `GET /rooms`, a banned user's join refused), no member
+/// is banned, and a room with members has an owner.
+async fn check_state(apis: &[Api; 2], room: &str, creator: &Who, people: &[&Who], round: &str) {
+    // Read by a member who never leaves.
+    let reader = people[2];
+    let log = replay(&apis[0], &reader.on[0], room, &creator.id, round).await;
+    let got = served(&apis[1], &reader.on[1], room).await;
+    let want: BTreeMap<String, String> =
+        log.members.iter().map(|m| (m.clone(), log.roles.get(m).cloned().unwrap_or_else(|| "member".into()))).collect();
+    assert_eq!(got, want, "{round}: members and roles as served = as the log says");
+    assert!(log.members.is_disjoint(&log.bans), "{round}: a banned member: {log:?}");
+    assert!(want.values().any(|r| r == "owner"), "{round}: no owner left: {want:?}");
+    for (i, who) in people.iter().enumerate() {
+        let api = &apis[i % 2];
+        let (s, rooms) = api.call("GET", "/rooms", Some(&who.on[i % 2]), None).await;
+        assert_eq!(s, 200, "{rooms}");
+        let listed = rooms["rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == room).cloned();
+        match want.get(&who.id) {
+            Some(role) => {
+                let listed =
+                    listed.unwrap_or_else(|| panic!("{round}: {} is a member but GET /rooms lacks the room", who.id));
+                assert_eq!(listed["role"].as_str(), Some(role.as_str()), "{round}: GET /rooms role of {}", who.id);
+            }
+            None => assert!(
+                listed.is_none_or(|r| r["membership"] != "join"),
+                "{round}: {} is no member but GET /rooms lists the room as joined",
+                who.id
+            ),
+        }
+        if log.bans.contains(&who.id) {
+            let (s, v) = api.call("POST", &format!("/rooms/{}/join", enc(room)), Some(&who.on[i % 2]), None).await;
+            assert_eq!((s, v["errcode"].as_str()), (403, Some("banned")), "{round}: {} is banned", who.id);
+        }
+    }
+}
+
+/// One request, for `tokio::join!`s of several (which borrow their paths).
+async fn go(api: &Api, method: &str, path: String, token: &str, body: Option<Value>) -> (u16, Value) {
+    api.call(method, &path, Some(token), body).await
+}
+
+/// Two APIs (two processes on one Redis, or twice one process) change one
+/// room's state at once, many rounds of each race, and the room log and
+/// the record agree after each.
+async fn state_races(apis: [Api; 2], users: [Who; 4]) {
+    let [ann, dan, bob, eve] = &users;
+    let [a, b] = &apis;
+    let path = |room: &str, rest: &str| format!("/rooms/{}/{rest}", enc(room));
+    let (s, v) = a.call("POST", "/rooms", Some(&ann.on[0]), Some(json!({}))).await;
+    assert_eq!(s, 201, "{v}");
+    let room = v["room_id"].as_str().unwrap().to_owned();
+    for who in [dan, bob] {
+        b.join(&who.on[1], &room).await;
+    }
+    let (s, v) =
+        go(a, "PUT", path(&room, &format!("roles/{}", enc(&dan.id))), &ann.on[0], Some(json!({"role": "owner"}))).await;
+    assert_eq!(s, 200, "{v}");
+    let people = [ann, dan, bob, eve];
+    const ROUNDS: usize = 12;
+
+    // Two owners flip one member's role from both sides.
+    for i in 0..ROUNDS {
+        let role = |n: usize| if n.is_multiple_of(2) { "moderator" } else { "member" };
+        let target = format!("roles/{}", enc(&bob.id));
+        let (ra, rb) = tokio::join!(
+            go(a, "PUT", path(&room, &target), &ann.on[0], Some(json!({"role": role(i)}))),
+            go(b, "PUT", path(&room, &target), &dan.on[1], Some(json!({"role": role(i + 1)}))),
+        );
+        assert_eq!((ra.0, rb.0), (200, 200), "{} {}", ra.1, rb.1);
+        check_state(&apis, &room, ann, &people, &format!("role flips {i}")).await;
+    }
+
+    // A ban on A while the target joins on B; then a kick on A while the
+    // target leaves and joins again on B.
+    for i in 0..ROUNDS {
+        let (ban, join) = tokio::join!(
+            go(a, "POST", path(&room, "ban"), &ann.on[0], Some(json!({"user_id": eve.id}))),
+            go(b, "POST", path(&room, "join"), &eve.on[1], None),
+        );
+        assert_eq!(ban.0, 200, "{}", ban.1);
+        assert!(join.0 == 200 || join.1["errcode"] == "banned", "{}", join.1);
+        check_state(&apis, &room, ann, &people, &format!("ban vs join {i}")).await;
+        let (s, v) = go(a, "POST", path(&room, "unban"), &dan.on[0], Some(json!({"user_id": eve.id}))).await;
+        assert_eq!(s, 200, "{v}");
+        b.join(&eve.on[1], &room).await;
+        let (kick, (leave, join)) =
+            tokio::join!(go(a, "POST", path(&room, "kick"), &ann.on[0], Some(json!({"user_id": eve.id}))), async {
+                let leave = go(b, "POST", path(&room, "leave"), &eve.on[1], None).await;
+                (leave, go(b, "POST", path(&room, "join"), &eve.on[1], None).await)
+            },);
+        assert!(kick.0 == 200 || kick.1["errcode"] == "not_member", "{}", kick.1);
+        assert!(leave.0 == 200 || leave.1["errcode"] == "not_member", "{}", leave.1);
+        assert_eq!(join.0, 200, "{}", join.1);
+        check_state(&apis, &room, ann, &people, &format!("kick vs join {i}")).await;
+    }
+
+    // Two owners demote each other, demote themselves, or one leaves while
+    // the other steps down: one owner is always left.
+    for i in 0..ROUNDS {
+        let (x, y) = if i.is_multiple_of(2) { (ann, dan) } else { (dan, ann) };
+        let role_path = |w: &Who| path(&room, &format!("roles/{}", enc(&w.id)));
+        let member = Some(json!({"role": "member"}));
+        match i % 3 {
+            0 => {
+                let _ = tokio::join!(
+                    go(a, "PUT", role_path(y), &x.on[0], member.clone()),
+                    go(b, "PUT", role_path(x), &y.on[1], member.clone()),
+                );
+            }
+            1 => {
+                let _ = tokio::join!(
+                    go(a, "PUT", role_path(x), &x.on[0], member.clone()),
+                    go(b, "PUT", role_path(y), &y.on[1], member.clone()),
+                );
+            }
+            _ => {
+                let _ = tokio::join!(
+                    go(a, "POST", path(&room, "leave"), &x.on[0], None),
+                    go(b, "PUT", role_path(y), &y.on[1], member.clone()),
+                );
+            }
+        }
+        check_state(&apis, &room, ann, &people, &format!("owners {i}")).await;
+        // Back to two owners, both members.
+        let owners = served(a, &bob.on[0], &room).await;
+        let owner = [ann, dan].into_iter().find(|w| owners.get(&w.id).is_some_and(|r| r == "owner")).unwrap();
+        for w in [ann, dan] {
+            if !owners.contains_key(&w.id) {
+                a.join(&w.on[0], &room).await;
+            }
+            let (s, v) = go(a, "PUT", role_path(w), &owner.on[0], Some(json!({"role": "owner"}))).await;
+            assert_eq!(s, 200, "{v}");
+        }
+    }
+    check_state(&apis, &room, ann, &people, "the end").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_state_changes_on_two_processes_keep_the_log_and_the_record_one() {
+    let redis = RedisServer::start();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let procs: Vec<ParlorProcess> = dirs.iter().map(|d| process(&redis, d, "127.0.0.1:0", NAME, &[])).collect();
+    let apis = [&procs[0], &procs[1]].map(|p| Api::new(&p.url));
+    let mut users = Vec::new();
+    for n in ["ann", "dan", "bob", "eve"] {
+        let name = uniq(n);
+        let on = [token_on(&apis[0], &name).await, token_on(&apis[1], &name).await];
+        users.push(Who { id: format!("@{name}:{NAME}"), on });
+    }
+    state_races(apis, users.try_into().ok().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_state_changes_on_one_embedded_process_keep_the_log_and_the_record_one() {
+    let h = Harness::start(Backend::Embedded).await;
+    let api = h.api();
+    let mut users = Vec::new();
+    for n in ["ann", "dan", "bob", "eve"] {
+        let (id, t0) = api.user(&uniq(n)).await;
+        let t1 = api.login(id.trim_start_matches('@').split(':').next().unwrap()).await.1;
+        users.push(Who { id, on: [t0, t1] });
+    }
+    state_races([api.clone(), api], users.try_into().ok().unwrap()).await;
 }

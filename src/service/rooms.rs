@@ -4,9 +4,10 @@
 //!
 //! v1.1 room state (creation with `POST /rooms`, name, topic, visibility,
 //! invites, roles, kick/ban, direct messages) is decided here for rooms
-//! homed on this server: the room record holds it, every change is a
-//! compare-and-swap of the record (so processes sharing a Redis agree)
-//! followed by its event. Only users of this server take part in it yet
+//! homed on this server: the room record holds it, every change (joins
+//! and leaves too) is a compare-and-swap of the record (so processes
+//! sharing a Redis agree) followed by its event, which is appended before
+//! any later change is made (`state.rs`), so the log and the record agree. Only users of this server take part in it yet
 //! (not federated); public rooms keep federating as in v1.
 //!
 //! A room homed on another server is joined and left through that server
@@ -72,14 +73,11 @@ pub struct Rooms {
     server_name: ServerName,
     federation: Option<Arc<Federation>>,
     rng: SystemRandom,
-    /// Serializes membership changes of one (room, user), so that two joins
-    /// racing each other append one join event, not two.
-    stripes: Vec<tokio::sync::Mutex<()>>,
     /// Serializes catching up one replica, so that two catch-ups cannot
     /// start it over in turn.
     catch_up_stripes: Vec<tokio::sync::Mutex<()>>,
-    /// Serializes v1.1 state changes of one room in this process, so that
-    /// their events are in the order of their record changes.
+    /// Serializes state changes (joins and leaves too) of one room in this
+    /// process; across processes the record's pending event orders them.
     state_stripes: Vec<tokio::sync::Mutex<()>>,
     /// Leaves of local users from remote rooms that were asked for and not
     /// answered yet (or never): the home server's leave event for one of
@@ -132,7 +130,6 @@ impl Rooms {
             server_name,
             federation,
             rng: SystemRandom::new(),
-            stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             catch_up_stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             state_stripes: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             pending_leaves: Mutex::new(HashMap::new()),
@@ -180,10 +177,6 @@ impl Rooms {
             return Err(not_member(&room));
         }
         Ok(room)
-    }
-
-    fn stripe(&self, room: &RoomId, user: &UserId) -> &tokio::sync::Mutex<()> {
-        &self.stripes[stripe_of((room, user))]
     }
 
     /// A local user joins a room, wherever it is homed.
@@ -240,34 +233,30 @@ impl Rooms {
     /// and for a private room to a user without an invite (403
     /// `not_invited`; the two users of a direct-message room always may).
     async fn join_here(&self, user: &UserId, room: Room) -> Result<Room> {
-        let _guard = self.stripe(&room.room_id, user).lock().await;
-        if self.store.is_member(room.room_id.as_str(), user.as_str()).await? {
-            return Ok(room);
-        }
-        let rec = self.record(&room).await?;
-        state::may_join(&rec, user, &room)?;
-        let seq = self.append_state(&room.room_id, EventType::Join, user, EventContent::default()).await?;
-        let invited = rec.invites.contains(user.as_str());
-        if invited || rec.visibility == Visibility::Private {
-            self.update(&room, |r| {
-                r.invites.remove(user.as_str());
-                if r.visibility == Visibility::Private {
-                    r.joined_seq.insert(user.to_string(), seq);
+        let _one = self.state_lock(&room).await;
+        let mut invited = false;
+        let joined = self
+            .change(&room, &[user], false, |r, seen| {
+                if seen.member(user) {
+                    return Ok(None);
                 }
+                state::may_join(r, user, &room)?;
+                invited = r.invites.remove(user.as_str());
                 // Back after a leave, which took the role: the pair own their DM.
                 if r.dm.iter().any(|u| u == user.as_str()) {
                     r.roles.insert(user.to_string(), Role::Owner);
                 }
-                Ok(())
+                let private = r.visibility == Visibility::Private;
+                Ok(Some(state::Owed::new(EventType::Join, user, EventContent::default()).member(user, true, private)))
             })
             .await?;
-        }
-        set_member(&*self.store, room.room_id.as_str(), user.as_str(), true, now_ms()).await?;
-        if invited {
-            self.store.index_invite(user.as_str(), room.room_id.as_str(), false).await?;
-        }
-        if let Some(f) = &self.federation {
-            f.membership_changed(&room.room_id);
+        if joined.is_some() {
+            if invited {
+                self.store.index_invite(user.as_str(), room.room_id.as_str(), false).await?;
+            }
+            if let Some(f) = &self.federation {
+                f.membership_changed(&room.room_id);
+            }
         }
         Ok(room)
     }
@@ -377,15 +366,17 @@ impl Rooms {
     }
 
     async fn leave_here(&self, user: &UserId, room: Room) -> Result<Room> {
-        let _guard = self.stripe(&room.room_id, user).lock().await;
-        if !self.store.is_member(room.room_id.as_str(), user.as_str()).await? {
-            return Err(not_member(&room));
-        }
-        let rec = self.record(&room).await?;
-        self.check_not_last_owner(&rec, &room, user).await?;
-        self.append_state(&room.room_id, EventType::Leave, user, EventContent::default()).await?;
-        set_member(&*self.store, room.room_id.as_str(), user.as_str(), false, now_ms()).await?;
-        self.forget_member(&room, user).await?;
+        let _one = self.state_lock(&room).await;
+        self.change(&room, &[user], true, |r, seen| {
+            if !seen.member(user) {
+                return Err(not_member(&room));
+            }
+            state::check_not_last_owner(r, &seen.all, &room, user)?;
+            r.roles.remove(user.as_str());
+            r.joined_seq.remove(user.as_str());
+            Ok(Some(state::Owed::new(EventType::Leave, user, EventContent::default()).member(user, false, false)))
+        })
+        .await?;
         if let Some(f) = &self.federation {
             f.membership_changed(&room.room_id);
         }

@@ -2,7 +2,11 @@
 //! topic and visibility, invites, roles, kick/ban/unban, direct messages,
 //! the rooms list with invites, and who may read which part of a private
 //! room's log. Each change is a compare-and-swap of the room record
-//! ([`Rooms::update`]) and then its event in the room log.
+//! ([`Rooms::change`]) that leaves the event it owes the room log in the
+//! record (`pending`); the event is appended, and the record's `pending`
+//! cleared together with the membership the event changes, before any
+//! other change of the room (of any process) is made, so the log's state
+//! events are in the order of the record's changes.
 
 use base64::Engine as _;
 use ring::rand::SecureRandom;
@@ -15,8 +19,8 @@ use crate::protocol::limits::{
 use crate::protocol::rooms::{CreateRoomRequest, Membership, Role, RoomUpdate, Visibility};
 use crate::protocol::{ErrCode, RoomId, RoomRef, UserId};
 use crate::service::error::{Error, Result};
-use crate::storage::events::{AppendOutcome, NewEvent, Range, now_ms};
-use crate::storage::rooms::{RoomRecord, set_member};
+use crate::storage::events::{AppendOutcome, NewEvent, Range, Txn, now_ms};
+use crate::storage::rooms::{PendingEvent, RoomRecord};
 
 /// Tries of a compare-and-swap before giving up on a room that changes that fast.
 const CAS_TRIES: usize = 32;
@@ -39,6 +43,62 @@ fn forbidden(msg: impl Into<String>) -> Error {
 
 fn role_of(rec: &RoomRecord, user: &str) -> Role {
     rec.roles.get(user).copied().unwrap_or_default()
+}
+
+/// The event a state change owes the room log, and what appending it changes.
+pub(super) struct Owed {
+    kind: EventType,
+    sender: UserId,
+    content: EventContent,
+    /// The membership the event changes: (user, member after it).
+    member: Option<(UserId, bool)>,
+    /// The event's seq becomes the member's join seq (a private room).
+    joined_seq: bool,
+}
+
+impl Owed {
+    pub(super) fn new(kind: EventType, sender: &UserId, content: EventContent) -> Self {
+        Self { kind, sender: sender.clone(), content, member: None, joined_seq: false }
+    }
+
+    fn target(kind: EventType, sender: &UserId, target: &UserId) -> Self {
+        Self::new(kind, sender, EventContent { target: Some(target.clone()), ..EventContent::default() })
+    }
+
+    pub(super) fn member(mut self, user: &UserId, member: bool, joined_seq: bool) -> Self {
+        self.member = Some((user.clone(), member));
+        self.joined_seq = joined_seq;
+        self
+    }
+}
+
+/// Membership read with a record, at its `rev`: membership of a room homed
+/// here changes only with a rev (in [`Rooms::settle`]), so a change made on
+/// what it read is refused by the compare-and-swap if either moved.
+pub(super) struct Seen {
+    asked: Vec<(String, bool)>,
+    /// Every member, when asked for.
+    pub(super) all: Vec<String>,
+}
+
+impl Seen {
+    pub(super) fn member(&self, user: &UserId) -> bool {
+        self.asked.iter().any(|(u, m)| *m && u == user.as_str())
+    }
+}
+
+/// Refuses a change that would leave the room's members without an
+/// owner: the last owner leaving (or being demoted) while others stay.
+pub(super) fn check_not_last_owner(rec: &RoomRecord, members: &[String], room: &Room, user: &UserId) -> Result<()> {
+    if role_of(rec, user.as_str()) != Role::Owner {
+        return Ok(());
+    }
+    let others = members.iter().filter(|m| *m != user.as_str()).count();
+    let owners = members.iter().filter(|m| *m != user.as_str() && role_of(rec, m) == Role::Owner).count();
+    if others > 0 && owners == 0 {
+        return Err(forbidden(format!("you are the last owner of {}: make another member owner first", room.label())));
+    }
+    Ok(())
 }
 
 /// The join checks of a room record: bans, then invites of a private room.
@@ -82,8 +142,9 @@ fn room_content(rec: &RoomRecord) -> EventContent {
 
 impl Rooms {
     /// Held while one of this process's state changes of a room changes its
-    /// record and appends its event.
-    async fn state_lock(&self, room: &Room) -> tokio::sync::MutexGuard<'_, ()> {
+    /// record and appends its event (other processes are ordered by the
+    /// record's `pending`; this spares this process's changes the retries).
+    pub(super) async fn state_lock(&self, room: &Room) -> tokio::sync::MutexGuard<'_, ()> {
         self.state_stripes[super::stripe_of(&room.room_id)].lock().await
     }
 
@@ -92,39 +153,95 @@ impl Rooms {
         self.store.room(room.room_id.as_str()).await?.ok_or_else(|| super::not_found(&room.room_id))
     }
 
-    /// Changes a room's record with `change` (which may refuse), again on a
-    /// fresh copy whenever another change (of any process) came first.
-    pub(super) async fn update(
+    /// Changes a room's record with `change` (which may refuse, and gets
+    /// the membership of `users`, and every member when `all`), again on a
+    /// fresh copy whenever another change (of any process) came first, and
+    /// appends the event it owes; answers that event's seq. A change that
+    /// owes nothing and changes nothing writes nothing.
+    pub(super) async fn change(
         &self,
         room: &Room,
-        mut change: impl FnMut(&mut RoomRecord) -> Result<()>,
-    ) -> Result<RoomRecord> {
+        users: &[&UserId],
+        all: bool,
+        mut change: impl FnMut(&mut RoomRecord, &Seen) -> Result<Option<Owed>>,
+    ) -> Result<Option<u64>> {
         for _ in 0..CAS_TRIES {
-            let mut rec = self.record(room).await?;
-            change(&mut rec)?;
-            rec.rev += 1;
-            if self.store.replace(&rec).await? {
-                return Ok(rec);
+            let rec = self.record(room).await?;
+            if rec.pending.is_some() {
+                // Another change's event goes first, whoever made it.
+                self.settle(room, rec).await?;
+                continue;
             }
+            let mut asked = Vec::with_capacity(users.len());
+            for u in users {
+                asked.push((u.to_string(), self.store.is_member(room.room_id.as_str(), u.as_str()).await?));
+            }
+            let all = match all {
+                true => self.store.members(room.room_id.as_str()).await?,
+                false => Vec::new(),
+            };
+            let mut next = rec.clone();
+            let owed = change(&mut next, &Seen { asked, all })?;
+            if owed.is_none() && next == rec {
+                return Ok(None);
+            }
+            next.rev += 1;
+            next.pending = owed.map(|o| {
+                let mut b = [0u8; 12];
+                self.rng.fill(&mut b).expect("system randomness");
+                PendingEvent {
+                    nonce: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b),
+                    kind: o.kind,
+                    sender: o.sender.to_string(),
+                    content: o.content,
+                    joined_seq_of: o.member.as_ref().filter(|_| o.joined_seq).map(|(u, _)| u.to_string()),
+                    member: o.member.map(|(u, m)| (u.to_string(), m)),
+                }
+            });
+            if !self.store.replace(&next, &[], now_ms()).await? {
+                continue;
+            }
+            if next.pending.is_none() {
+                return Ok(None);
+            }
+            return Ok(Some(self.settle(room, next).await?));
         }
         Err(Error::refused(ErrCode::StorageUnavailable, format!("{} changes too fast; try again", room.label())))
     }
 
-    /// Appends an event of the server's own making (not a client send).
-    pub(super) async fn append_state(
-        &self,
-        room_id: &RoomId,
-        kind: EventType,
-        sender: &UserId,
-        content: EventContent,
-    ) -> Result<u64> {
-        let new = NewEvent { kind, sender: sender.clone(), body: None, content: Box::new(content), txn: None };
-        match self.log.append(room_id, new).await? {
-            AppendOutcome::Stored { seq, .. } | AppendOutcome::Repeated { seq, .. } => Ok(seq),
+    /// Appends the event a record owes the log (under a transaction id of
+    /// its own, so that processes settling it at once append it once),
+    /// then clears it from the record together with the membership it
+    /// changes. Losing that swap means another process settled it first:
+    /// nothing else changes a record with a pending event.
+    async fn settle(&self, room: &Room, rec: RoomRecord) -> Result<u64> {
+        let Some(p) = rec.pending.clone() else {
+            return Err(Error::refused(ErrCode::Internal, "a room record without a pending event to settle"));
+        };
+        let sender = UserId::parse(&p.sender).map_err(|e| crate::storage::StorageError::Corrupt {
+            tree: "rooms",
+            detail: format!("pending event of {}: {e}", room.room_id),
+        })?;
+        let txn = Txn { device: "\0room-state".to_owned(), txn_id: p.nonce.clone(), fingerprint: [0; 32] };
+        let new = NewEvent { kind: p.kind, sender, body: None, content: Box::new(p.content.clone()), txn: Some(txn) };
+        let seq = match self.log.append(&room.room_id, new).await? {
+            AppendOutcome::Stored { seq, .. } | AppendOutcome::Repeated { seq, .. } => seq,
             AppendOutcome::Conflict => {
-                Err(Error::refused(ErrCode::Internal, "the room log answered an append without a txn_id as a conflict"))
+                return Err(Error::refused(
+                    ErrCode::Internal,
+                    "the room log answered a state event's append as a conflict",
+                ));
             }
+        };
+        let mut done = rec;
+        done.pending = None;
+        done.rev += 1;
+        if let Some(u) = &p.joined_seq_of {
+            done.joined_seq.insert(u.clone(), seq);
         }
+        let changes: Vec<(String, bool)> = p.member.into_iter().collect();
+        self.store.replace(&done, &changes, now_ms()).await?;
+        Ok(seq)
     }
 
     /// A room homed here that the user is a member of, with its record.
@@ -152,38 +269,6 @@ impl Rooms {
             Some(a) if a.deactivated_ms.is_none() => Ok(()),
             _ => Err(Error::refused(ErrCode::UserNotFound, format!("no user {user} here"))),
         }
-    }
-
-    /// Refuses a change that would leave the room's members without an
-    /// owner: the last owner leaving (or being demoted) while others stay.
-    pub(super) async fn check_not_last_owner(&self, rec: &RoomRecord, room: &Room, user: &UserId) -> Result<()> {
-        if role_of(rec, user.as_str()) != Role::Owner {
-            return Ok(());
-        }
-        let members = self.store.members(room.room_id.as_str()).await?;
-        let others = members.iter().filter(|m| *m != user.as_str()).count();
-        let owners = members.iter().filter(|m| *m != user.as_str() && role_of(rec, m) == Role::Owner).count();
-        if others > 0 && owners == 0 {
-            return Err(forbidden(format!(
-                "you are the last owner of {}: make another member owner first",
-                room.label()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Drops what the record keeps about a member who is gone (role, join seq).
-    pub(super) async fn forget_member(&self, room: &Room, user: &UserId) -> Result<()> {
-        let rec = self.record(room).await?;
-        if rec.roles.contains_key(user.as_str()) || rec.joined_seq.contains_key(user.as_str()) {
-            self.update(room, |r| {
-                r.roles.remove(user.as_str());
-                r.joined_seq.remove(user.as_str());
-                Ok(())
-            })
-            .await?;
-        }
-        Ok(())
     }
 
     /// The user's role in a room homed here (`member` for a member without
@@ -266,19 +351,14 @@ impl Rooms {
         for u in invites {
             self.store.index_invite(u.as_str(), room.room_id.as_str(), true).await?;
         }
-        let seq = self.append_state(&room.room_id, EventType::Join, user, EventContent::default()).await?;
-        if rec.visibility == Visibility::Private {
-            self.update(room, |r| {
-                r.joined_seq.insert(user.to_string(), seq);
-                Ok(())
-            })
-            .await?;
-        }
-        set_member(&*self.store, room.room_id.as_str(), user.as_str(), true, now_ms()).await?;
-        self.append_state(&room.room_id, EventType::Room, user, room_content(rec)).await?;
+        let private = rec.visibility == Visibility::Private;
+        self.change(room, &[], false, |_, _| {
+            Ok(Some(Owed::new(EventType::Join, user, EventContent::default()).member(user, true, private)))
+        })
+        .await?;
+        self.change(room, &[], false, |r, _| Ok(Some(Owed::new(EventType::Room, user, room_content(r))))).await?;
         for u in invites {
-            let content = EventContent { target: Some(u.clone()), ..EventContent::default() };
-            self.append_state(&room.room_id, EventType::Invite, user, content).await?;
+            self.change(room, &[], false, |_, _| Ok(Some(Owed::target(EventType::Invite, user, u)))).await?;
         }
         Ok(())
     }
@@ -289,29 +369,23 @@ impl Rooms {
         check_text("topic", &req.topic, ROOM_TOPIC_MAX_BYTES, true)?;
         let (room, _) = self.local_member(user, r).await?;
         let _one = self.state_lock(&room).await;
-        let mut rec = self.record(&room).await?;
-        if role_of(&rec, user.as_str()) < Role::Moderator {
-            return Err(forbidden("changing a room takes a moderator or owner"));
-        }
-        if let Some(n) = &req.name {
-            rec.name = nonempty(Some(n.clone()));
-        }
-        if let Some(t) = &req.topic {
-            rec.topic = nonempty(Some(t.clone()));
-        }
-        if let Some(v) = req.visibility {
-            rec.visibility = v;
-        }
-        // The event first, then the record, unless a change whose event came
-        // later (on another process) is there already: the record then
-        // always holds the state of the log's last `room` event.
-        let seq = self.append_state(&room.room_id, EventType::Room, user, room_content(&rec)).await?;
-        self.update(&room, |r| {
-            if r.state_seq < seq {
-                (r.name, r.topic, r.visibility, r.state_seq) =
-                    (rec.name.clone(), rec.topic.clone(), rec.visibility, seq);
+        self.change(&room, &[user], false, |rec, seen| {
+            if !seen.member(user) {
+                return Err(super::not_member(&room));
             }
-            Ok(())
+            if role_of(rec, user.as_str()) < Role::Moderator {
+                return Err(forbidden("changing a room takes a moderator or owner"));
+            }
+            if let Some(n) = &req.name {
+                rec.name = nonempty(Some(n.clone()));
+            }
+            if let Some(t) = &req.topic {
+                rec.topic = nonempty(Some(t.clone()));
+            }
+            if let Some(v) = req.visibility {
+                rec.visibility = v;
+            }
+            Ok(Some(Owed::new(EventType::Room, user, room_content(rec))))
         })
         .await?;
         Ok(())
@@ -331,19 +405,22 @@ impl Rooms {
         }
         let _one = self.state_lock(&room).await;
         self.store.index_invite(target.as_str(), room.room_id.as_str(), true).await?;
-        let mut fresh = false;
-        self.update(&room, |rec| {
+        self.change(&room, &[user, target], false, |rec, seen| {
+            if !seen.member(user) {
+                return Err(super::not_member(&room));
+            }
+            if rec.visibility == Visibility::Private && role_of(rec, user.as_str()) < Role::Moderator {
+                return Err(forbidden("inviting to a private room takes a moderator or owner"));
+            }
             if rec.bans.contains(target.as_str()) {
                 return Err(Error::refused(ErrCode::Banned, format!("{target} is banned from {}", room.label())));
             }
-            fresh = rec.invites.insert(target.to_string());
-            Ok(())
+            if seen.member(target) || !rec.invites.insert(target.to_string()) {
+                return Ok(None);
+            }
+            Ok(Some(Owed::target(EventType::Invite, user, target)))
         })
         .await?;
-        if fresh {
-            let content = EventContent { target: Some(target.clone()), ..EventContent::default() };
-            self.append_state(&room.room_id, EventType::Invite, user, content).await?;
-        }
         Ok(())
     }
 
@@ -354,12 +431,11 @@ impl Rooms {
             return Err(Error::refused(ErrCode::NotInvited, format!("you have no invite to {}", room.label())));
         }
         let _one = self.state_lock(&room).await;
-        self.update(&room, |rec| match rec.invites.remove(user.as_str()) {
-            true => Ok(()),
+        self.change(&room, &[], false, |rec, _| match rec.invites.remove(user.as_str()) {
+            true => Ok(Some(Owed::new(EventType::Reject, user, EventContent::default()))),
             false => Err(Error::refused(ErrCode::NotInvited, format!("you have no invite to {}", room.label()))),
         })
         .await?;
-        self.append_state(&room.room_id, EventType::Reject, user, EventContent::default()).await?;
         self.store.index_invite(user.as_str(), room.room_id.as_str(), false).await?;
         Ok(())
     }
@@ -381,14 +457,21 @@ impl Rooms {
         }
         self.check_user(target).await?;
         let (room, _) = self.local_member(user, r).await?;
-        let member = self.store.is_member(room.room_id.as_str(), target.as_str()).await?;
-        if kind == EventType::Kick && !member {
-            return Err(Error::refused(ErrCode::NotMember, format!("{target} is not a member of {}", room.label())));
-        }
         let _one = self.state_lock(&room).await;
-        let mut changed = true;
+        let mut removed = false;
         let mut uninvited = false;
-        self.update(&room, |rec| {
+        self.change(&room, &[user, target], false, |rec, seen| {
+            (removed, uninvited) = (false, false);
+            if !seen.member(user) {
+                return Err(super::not_member(&room));
+            }
+            let member = seen.member(target);
+            if kind == EventType::Kick && !member {
+                return Err(Error::refused(
+                    ErrCode::NotMember,
+                    format!("{target} is not a member of {}", room.label()),
+                ));
+            }
             let (mine, theirs) = (role_of(rec, user.as_str()), role_of(rec, target.as_str()));
             if mine < Role::Moderator {
                 return Err(forbidden("this takes a moderator or owner"));
@@ -396,28 +479,30 @@ impl Rooms {
             if theirs >= mine {
                 return Err(forbidden(format!("{target}'s role is not lower than yours")));
             }
-            match kind {
+            let changed = match kind {
                 EventType::Ban => {
-                    changed = rec.bans.insert(target.to_string()) || member;
                     uninvited = rec.invites.remove(target.as_str());
+                    rec.bans.insert(target.to_string()) || member
                 }
-                EventType::Unban => changed = rec.bans.remove(target.as_str()),
-                _ => {}
+                EventType::Unban => rec.bans.remove(target.as_str()),
+                _ => true,
+            };
+            if !changed {
+                return Ok(None);
             }
+            let content =
+                EventContent { target: Some(target.clone()), reason: reason.clone(), ..EventContent::default() };
+            let mut owed = Owed::new(kind, user, content);
             if member && kind != EventType::Unban {
                 rec.roles.remove(target.as_str());
                 rec.joined_seq.remove(target.as_str());
+                owed = owed.member(target, false, false);
+                removed = true;
             }
-            Ok(())
+            Ok(Some(owed))
         })
         .await?;
-        if !changed {
-            return Ok(());
-        }
-        let content = EventContent { target: Some(target.clone()), reason, ..EventContent::default() };
-        self.append_state(&room.room_id, kind, user, content).await?;
-        if member && kind != EventType::Unban {
-            set_member(&*self.store, room.room_id.as_str(), target.as_str(), false, now_ms()).await?;
+        if removed {
             // Every process ends the target's subscriptions when it sees the
             // event (service::fanout); this one need not wait for that.
             self.hub.kick(&room.room_id, target);
@@ -435,26 +520,32 @@ impl Rooms {
         if role_of(&rec, user.as_str()) != Role::Owner {
             return Err(forbidden("setting roles takes an owner"));
         }
-        if !self.store.is_member(room.room_id.as_str(), target.as_str()).await? {
-            return Err(Error::refused(ErrCode::NotMember, format!("{target} is not a member of {}", room.label())));
-        }
-        if target == user && role != Role::Owner {
-            self.check_not_last_owner(&rec, &room, user).await?;
-        }
         let _one = self.state_lock(&room).await;
-        self.update(&room, |rec| {
+        let demotes_self = target == user && role != Role::Owner;
+        self.change(&room, &[user, target], demotes_self, |rec, seen| {
+            if !seen.member(user) {
+                return Err(super::not_member(&room));
+            }
             if role_of(rec, user.as_str()) != Role::Owner {
                 return Err(forbidden("setting roles takes an owner"));
+            }
+            if !seen.member(target) {
+                return Err(Error::refused(
+                    ErrCode::NotMember,
+                    format!("{target} is not a member of {}", room.label()),
+                ));
+            }
+            if demotes_self {
+                check_not_last_owner(rec, &seen.all, &room, user)?;
             }
             match role {
                 Role::Member => rec.roles.remove(target.as_str()),
                 r => rec.roles.insert(target.to_string(), r),
             };
-            Ok(())
+            let content = EventContent { target: Some(target.clone()), role: Some(role), ..EventContent::default() };
+            Ok(Some(Owed::new(EventType::Role, user, content)))
         })
         .await?;
-        let content = EventContent { target: Some(target.clone()), role: Some(role), ..EventContent::default() };
-        self.append_state(&room.room_id, EventType::Role, user, content).await?;
         Ok(())
     }
 
@@ -491,20 +582,17 @@ impl Rooms {
         if !self.store.is_member(room.room_id.as_str(), user.as_str()).await? {
             self.join_here(user, room.clone()).await?;
         }
-        let target_in = self.store.is_member(room.room_id.as_str(), target.as_str()).await?;
         let rec = self.record(&room).await?;
-        if !target_in && !rec.invites.contains(target.as_str()) && !rec.bans.contains(target.as_str()) {
+        if !rec.invites.contains(target.as_str()) && !rec.bans.contains(target.as_str()) {
             self.store.index_invite(target.as_str(), room.room_id.as_str(), true).await?;
-            let mut fresh = false;
-            self.update(&room, |r| {
-                fresh = r.invites.insert(target.to_string());
-                Ok(())
+            let _one = self.state_lock(&room).await;
+            self.change(&room, &[target], false, |r, seen| {
+                if seen.member(target) || r.bans.contains(target.as_str()) || !r.invites.insert(target.to_string()) {
+                    return Ok(None);
+                }
+                Ok(Some(Owed::target(EventType::Invite, user, target)))
             })
             .await?;
-            if fresh {
-                let content = EventContent { target: Some(target.clone()), ..EventContent::default() };
-                self.append_state(&room.room_id, EventType::Invite, user, content).await?;
-            }
         }
         Ok(room)
     }

@@ -87,16 +87,34 @@ impl EmbeddedRooms {
         }
     }
 
-    async fn replace_now(&self, record: &RoomRecord) -> Result<bool, StorageError> {
+    async fn replace_now(
+        &self,
+        record: &RoomRecord,
+        changes: &[(String, bool)],
+        now_ms: u64,
+    ) -> Result<bool, StorageError> {
         let rec = to_record(record);
+        let ts = now_ms.to_be_bytes();
+        let room_id = record.room_id.as_bytes();
         let done = self.db.gate().with(|| {
-            self.rooms.transaction(|rooms| {
-                let Some(cur) = rooms.get(record.room_id.as_bytes())? else { return Ok(false) };
+            (&self.rooms, &self.members, &self.user_rooms).transaction(|(rooms, members, user_rooms)| {
+                let Some(cur) = rooms.get(room_id)? else { return Ok(false) };
                 let cur: RoomRecord = json_record("rooms", &cur).map_err(ConflictableTransactionError::Abort)?;
                 if cur.rev + 1 != record.rev {
                     return Ok(false);
                 }
-                rooms.insert(record.room_id.as_bytes(), rec.as_slice())?;
+                rooms.insert(room_id, rec.as_slice())?;
+                for (user_id, member) in changes {
+                    let mk = key(&[room_id, user_id.as_bytes()]);
+                    let uk = key(&[user_id.as_bytes(), room_id]);
+                    if *member {
+                        members.insert(mk.as_slice(), &ts[..])?;
+                        user_rooms.insert(uk.as_slice(), &ts[..])?;
+                    } else {
+                        members.remove(mk.as_slice())?;
+                        user_rooms.remove(uk.as_slice())?;
+                    }
+                }
                 Ok::<_, ConflictableTransactionError<StorageError>>(true)
             })
         })?;
@@ -232,8 +250,13 @@ impl RoomStore for EmbeddedRooms {
         Box::pin(self.create_now(record))
     }
 
-    fn replace<'a>(&'a self, record: &'a RoomRecord) -> BoxFuture<'a, Result<bool, StorageError>> {
-        Box::pin(self.replace_now(record))
+    fn replace<'a>(
+        &'a self,
+        record: &'a RoomRecord,
+        changes: &'a [(String, bool)],
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(self.replace_now(record, changes, now_ms))
     }
 
     fn index_invite<'a>(

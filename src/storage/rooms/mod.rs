@@ -6,7 +6,8 @@
 //!
 //! v1.1 room state (name, topic, visibility, roles, bans, invites, the
 //! seq each member of a private room joined at) lives in the room record,
-//! changed only by [`RoomStore::replace`], a compare-and-swap on its `rev`;
+//! changed only by [`RoomStore::replace`], a compare-and-swap on its `rev`
+//! that also applies the membership changes that go with it;
 //! pending invites are also indexed per user ([`RoomStore::invites_of`]).
 //!
 //! An implementation acknowledges a change only once its store has it
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StorageError;
 use super::events::BoxFuture;
+use crate::protocol::events::{EventContent, EventType};
 use crate::protocol::rooms::{Role, Visibility};
 
 pub use embedded::EmbeddedRooms;
@@ -49,9 +51,9 @@ pub struct RoomRecord {
     pub topic: Option<String>,
     #[serde(default)]
     pub visibility: Visibility,
-    /// The seq of the `room` event whose state `name`, `topic` and
-    /// `visibility` hold: a change whose event came earlier in the log than
-    /// the one applied does not overwrite it.
+    /// Written by servers before state changes were ordered by
+    /// [`RoomRecord::pending`] (the seq of the `room` event whose state the
+    /// record held); kept in old records, no longer read.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub state_seq: u64,
     /// Roles above `member`, by user id.
@@ -69,6 +71,29 @@ pub struct RoomRecord {
     /// The two users of a direct-message room.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dm: Vec<String>,
+    /// The event the last change of this record owes the room log, until
+    /// it is appended: no process changes the record while it is here
+    /// (each first appends it), so events are in the order of the changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingEvent>,
+}
+
+/// A state event a record change owes the room log, with what its
+/// appending changes next to the log (membership, the join seq).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingEvent {
+    /// The append's transaction id: whichever process appends it, and
+    /// however often, the log holds it once.
+    pub nonce: String,
+    pub kind: EventType,
+    pub sender: String,
+    pub content: EventContent,
+    /// The membership the event changes: (user, member after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<(String, bool)>,
+    /// Records the event's seq as this user's join seq (a private room).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_seq_of: Option<String>,
 }
 
 /// A room directory implementation.
@@ -88,9 +113,16 @@ pub trait RoomStore: Send + Sync + 'static {
     fn create<'a>(&'a self, record: &'a RoomRecord) -> BoxFuture<'a, Result<RoomRecord, StorageError>>;
 
     /// Writes `record` in place of the stored record of its room if that
-    /// one's `rev` is still `record.rev - 1`; false (nothing written) when
-    /// another change came first or the room is unknown. Durable on return.
-    fn replace<'a>(&'a self, record: &'a RoomRecord) -> BoxFuture<'a, Result<bool, StorageError>>;
+    /// one's `rev` is still `record.rev - 1`, and with it (atomically) the
+    /// membership `changes` (user, member?) of the room; false (nothing
+    /// written) when another change came first or the room is unknown.
+    /// Durable on return.
+    fn replace<'a>(
+        &'a self,
+        record: &'a RoomRecord,
+        changes: &'a [(String, bool)],
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<bool, StorageError>>;
 
     /// Adds (or removes) a room to (from) a user's invite index. The index
     /// may hold more than the records' invites: [`RoomStore::invites_of`]

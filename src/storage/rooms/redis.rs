@@ -17,7 +17,8 @@
 //! - `parlor:{ALIAS}:alias` string: the room id an alias names, set once
 //!   (`SET NX`: the first creator of an alias wins, whichever process);
 //! - a room made without an alias is created with `SET NX` on its record;
-//!   [`RoomStore::replace`] is a Lua compare-and-swap on the record's `rev`;
+//!   [`RoomStore::replace`] is a Lua compare-and-swap on the record's `rev`
+//!   that changes `members` in the same step (one slot);
 //! - `parlor:rooms` set: every room id, for [`RoomStore::all`] (start-up
 //!   and background catch-up only, never on a request's path).
 //!
@@ -52,14 +53,24 @@ fn user_invites_key(user: &str) -> String {
     format!("parlor:{{{user}}}:invites")
 }
 
-/// Compare-and-swap of a room record on its `rev` (absent: 0). KEYS: the
-/// record. ARGV: the rev expected, the new record. Answer: 1 written, 0 not.
+/// Compare-and-swap of a room record on its `rev` (absent: 0), with the
+/// membership changes that go with it. KEYS: the record, the room's
+/// `members` (one slot). ARGV: the rev expected, the new record, the join
+/// ms, then per change a user id and `1` (member) or `0`. Answer: 1
+/// written, 0 not.
 const REPLACE: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 local rev = cjson.decode(cur).rev or 0
 if rev ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
+for i = 4, #ARGV, 2 do
+  if ARGV[i + 1] == '1' then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[3])
+  else
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  end
+end
 return 1
 ";
 
@@ -162,6 +173,58 @@ impl RedisRooms {
         query_pipe::<()>(&self.conn, &pipe).await
     }
 
+    async fn replace_now(
+        &self,
+        record: &RoomRecord,
+        changes: &[(String, bool)],
+        now_ms: u64,
+    ) -> Result<bool, StorageError> {
+        let room_id = record.room_id.as_str();
+        // The user → rooms index is in each user's slot, outside the
+        // script: a joiner's entry is written before and again after the
+        // swap, a leaver's removed after it and put back if a later join
+        // came first, so that every member stays indexed.
+        let joins: Vec<&String> = changes.iter().filter(|(_, m)| *m).map(|(u, _)| u).collect();
+        let index_joins = |pipe: &mut redis::Pipeline| {
+            for user in &joins {
+                pipe.cmd("HSET").arg(user_rooms_key(user)).arg(room_id).arg(now_ms).ignore();
+            }
+        };
+        if !joins.is_empty() {
+            let mut pipe = redis::pipe();
+            index_joins(&mut pipe);
+            query_pipe::<()>(&self.conn, &pipe).await?;
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REPLACE).arg(2).arg(room_key(room_id)).arg(members_key(room_id));
+        cmd.arg(record.rev.saturating_sub(1)).arg(to_record(record)).arg(now_ms);
+        for (user, member) in changes {
+            cmd.arg(user).arg(if *member { "1" } else { "0" });
+        }
+        let done: i64 = query_cmd(&self.conn, &cmd).await?;
+        if done != 1 || changes.is_empty() {
+            return Ok(done == 1);
+        }
+        let mut pipe = redis::pipe();
+        index_joins(&mut pipe);
+        let leaves: Vec<&String> = changes.iter().filter(|(_, m)| !*m).map(|(u, _)| u).collect();
+        for user in &leaves {
+            pipe.cmd("HDEL").arg(user_rooms_key(user)).arg(room_id).ignore();
+            pipe.cmd("HEXISTS").arg(members_key(room_id)).arg(*user);
+        }
+        let back: Vec<bool> = query_pipe(&self.conn, &pipe).await?;
+        let mut again = redis::pipe();
+        let mut rejoined = false;
+        for (user, _) in leaves.iter().zip(back).filter(|(_, member)| *member) {
+            again.cmd("HSET").arg(user_rooms_key(user)).arg(room_id).arg(now_ms).ignore();
+            rejoined = true;
+        }
+        if rejoined {
+            query_pipe::<()>(&self.conn, &again).await?;
+        }
+        Ok(true)
+    }
+
     async fn delete_now(&self, room_id: &str) -> Result<bool, StorageError> {
         let Some(record) = self.get(room_id).await? else { return Ok(false) };
         let members: Vec<String> = query_cmd(&self.conn, redis::cmd("HKEYS").arg(members_key(room_id))).await?;
@@ -232,14 +295,13 @@ impl RoomStore for RedisRooms {
         Box::pin(self.create_now(record))
     }
 
-    fn replace<'a>(&'a self, record: &'a RoomRecord) -> BoxFuture<'a, Result<bool, StorageError>> {
-        Box::pin(async move {
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(REPLACE).arg(1).arg(room_key(&record.room_id)).arg(record.rev.saturating_sub(1));
-            cmd.arg(to_record(record));
-            let done: i64 = query_cmd(&self.conn, &cmd).await?;
-            Ok(done == 1)
-        })
+    fn replace<'a>(
+        &'a self,
+        record: &'a RoomRecord,
+        changes: &'a [(String, bool)],
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(self.replace_now(record, changes, now_ms))
     }
 
     fn index_invite<'a>(
