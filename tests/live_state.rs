@@ -21,6 +21,7 @@ backend_tests!(
     a_toggling_client_costs_others_at_most_four_frames_a_second,
     presence_goes_to_room_sharers_only,
     receipts_move_forward_persist_and_count_unread,
+    unread_counts_no_redacted_message,
 );
 
 async fn start(backend: Backend) -> Harness {
@@ -335,6 +336,37 @@ async fn receipts_move_forward_persist_and_count_unread(backend: Backend) {
         api.send(&bob_t, &room, &format!("d{i}"), "flood").await;
     }
     assert_eq!(unread(&api, &ann_t, &room).await, 100);
+}
+
+async fn unread_counts_no_redacted_message(backend: Backend) {
+    let h = start(backend).await;
+    let api = h.api();
+    let room = uniq("room");
+    let (_, ann_t) = api.user(&uniq("ann")).await;
+    let (_, bob_t) = api.user(&uniq("bob")).await;
+    api.join(&ann_t, &room).await;
+    api.join(&bob_t, &room).await;
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let (s, v) = api.send(&bob_t, &room, &format!("b{i}"), "from bob").await;
+        assert_eq!(s, 200, "{v}");
+        sent.push(v["event_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(unread(&api, &ann_t, &room).await, 3);
+    // Deleted by its sender: neither the erased message nor the
+    // `redaction` event counts.
+    let path = format!("/rooms/{}/redact/{}/r0", support::enc(&room), support::enc(&sent[1]));
+    let (s, v) = api.call("PUT", &path, Some(&bob_t), Some(json!({}))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(unread(&api, &ann_t, &room).await, 2);
+    // After a mark too: a message sent and deleted after it counts nothing.
+    let (_, last) = api.send(&bob_t, &room, "b3", "read this").await;
+    assert_eq!(read(&api, &ann_t, &room, last["seq"].as_u64().unwrap()).await.0, 200);
+    let (_, gone) = api.send(&bob_t, &room, "b4", "oops").await;
+    assert_eq!(unread(&api, &ann_t, &room).await, 1);
+    let path = format!("/rooms/{}/redact/{}/r1", support::enc(&room), support::enc(gone["event_id"].as_str().unwrap()));
+    assert_eq!(api.call("PUT", &path, Some(&bob_t), Some(json!({}))).await.0, 200);
+    assert_eq!(unread(&api, &ann_t, &room).await, 0);
 }
 
 /// A process of server `name` on `redis` with the short typing timeout.

@@ -5,7 +5,8 @@
 //! frames (through `Live`, so every process's subscribers get it).
 //!
 //! An unread count is computed when asked, from the room log: the `message`
-//! events after the user's mark that others sent, read forward in pages and
+//! events after the user's mark that others sent and that were not
+//! redacted (a deleted message is nothing to read), read forward in pages and
 //! cut off at [`UNREAD_MAX`] (a client shows "99+") or after
 //! [`UNREAD_SCAN_MAX`] events. Nothing is counted on the send path.
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use super::error::{Error, Result};
 use super::live::Live;
 use super::rooms::{Room, Rooms};
-use crate::protocol::events::EventType;
+use crate::protocol::events::{Event, EventType};
 use crate::protocol::limits::{UNREAD_MAX, UNREAD_SCAN_MAX};
 use crate::protocol::{ErrCode, RoomRef, UserId};
 use crate::storage::events::{EventLog, Range};
@@ -22,6 +23,12 @@ use crate::storage::receipts::{ReadMark, ReceiptStore};
 
 /// Events read per page while counting.
 const PAGE: usize = 256;
+
+/// Whether an event counts as unread for `user`: a message of someone else
+/// that still has its body (`redaction` events are not messages).
+fn counts_unread(e: &Event, user: &UserId) -> bool {
+    e.kind == EventType::Message && e.sender != *user && !e.content.redacted
+}
 
 pub struct Receipts {
     store: Arc<dyn ReceiptStore>,
@@ -73,7 +80,7 @@ impl Receipts {
             let Some(last) = page.events.last() else { break };
             after = last.seq;
             scanned += page.events.len();
-            count += page.events.iter().filter(|e| e.kind == EventType::Message && e.sender != *user).count();
+            count += page.events.iter().filter(|e| counts_unread(e, user)).count();
         }
         Ok(count.min(UNREAD_MAX) as u64)
     }
