@@ -1552,24 +1552,30 @@ function renderEvent(event) {
       body.textContent = edit.body;
       li.querySelector('.edited').hidden = false;
     }
+    // Edit is for one's own messages; Delete too, and for moderators and
+    // owners on everyone's (shown by the list's `can-moderate`, which
+    // follows one's role as it changes).
+    const actions = document.createElement('span');
+    actions.className = 'actions';
     if (mine) {
-      const actions = document.createElement('span');
-      actions.className = 'actions';
       const b = document.createElement('button');
       b.type = 'button';
       b.className = 'link edit';
       b.textContent = 'Edit';
       b.setAttribute('aria-label', 'Edit this message');
       b.addEventListener('click', () => startEdit(li));
-      const d = document.createElement('button');
-      d.type = 'button';
-      d.className = 'link delete';
-      d.textContent = 'Delete';
-      d.setAttribute('aria-label', 'Delete this message');
-      d.addEventListener('click', () => deleteMessage(li, d));
-      actions.append(b, d);
-      li.append(actions);
+      actions.append(b);
+    } else {
+      actions.classList.add('moderator-only');
     }
+    const d = document.createElement('button');
+    d.type = 'button';
+    d.className = 'link delete';
+    d.textContent = 'Delete';
+    d.setAttribute('aria-label', 'Delete this message');
+    d.addEventListener('click', () => deleteMessage(li, d));
+    actions.append(d);
+    li.append(actions);
   } else {
     li.classList.add('membership');
     if (event.type === 'ban') {
@@ -1586,8 +1592,9 @@ function renderEvent(event) {
 }
 
 /**
- * Deletes one's own message for everyone (`PUT …/redact/{event_id}/{txn_id}`):
- * the first click asks "Delete?", the second deletes. The server erases the
+ * Deletes a message for everyone (`PUT …/redact/{event_id}/{txn_id}`): one's
+ * own, or anyone's as a moderator or owner. The first click asks "Delete?",
+ * the second deletes. The server erases the
  * text from storage; every member's page gets the `redaction` event.
  */
 async function deleteMessage(li, button) {
@@ -1675,7 +1682,8 @@ function placeReadMarker(unread) {
   if (unread <= 0) return;
   let left = unread;
   let first = null;
-  const items = [...el.messages.querySelectorAll('li.message:not(.membership)')].reverse();
+  // Deleted messages are not counted (spec §6), so they are skipped here too.
+  const items = [...el.messages.querySelectorAll('li.message:not(.membership):not(.deleted)')].reverse();
   for (const li of items) {
     if (li.dataset.sender === session.user_id) continue;
     first = li;

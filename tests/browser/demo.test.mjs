@@ -784,6 +784,29 @@ try {
       (await timeline(alice)).some((m) => m.sender === 'alice' && m.body === 'unbanned carol'));
   });
 
+  await step('a moderator deletes someone else’s message; a member cannot', async () => {
+    await send(alice, 'Spoiler: the butler did it.');
+    for (const p of [alice, bob]) await waitForMessage(p, 'alice', 'Spoiler: the butler did it.');
+    const spoiler = (p) => p.page.locator('#messages > li.message').filter({ hasText: 'Spoiler: the butler did it.' });
+    // Bob is a moderator now (the step before): Delete shows on alice's message.
+    await spoiler(bob).hover();
+    await spoiler(bob).getByRole('button', { name: 'Delete this message' }).click();
+    await spoiler(bob).getByRole('button', { name: 'Really delete this message' }).click();
+    for (const p of [alice, bob]) {
+      await until(`${p.name} to show the spoiler deleted`, async () =>
+        !(await messages(p)).some((m) => m.body === 'Spoiler: the butler did it.'));
+    }
+    // Back to member: the Delete on others' messages goes with the role.
+    await alice.page.getByLabel('Role of bob').selectOption('member');
+    await until('bob to show as member', async () => (await memberRoles(bob)).bob === undefined);
+    await send(alice, 'Chapter two next week.');
+    await waitForMessage(bob, 'alice', 'Chapter two next week.');
+    const next = bob.page.locator('#messages > li.message').filter({ hasText: 'Chapter two next week.' });
+    await next.hover();
+    assert.equal(await next.getByRole('button', { name: 'Delete this message' }).count(), 0,
+      'a member has no Delete on others’ messages');
+  });
+
   await step('leaving: the last owner is told to hand over first; a member just leaves', async () => {
     await alice.page.getByRole('button', { name: 'Leave room', exact: true }).click();
     await until('alice’s “last owner” refusal', async () =>
