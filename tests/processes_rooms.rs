@@ -493,11 +493,15 @@ async fn state_races(apis: [Api; 2], users: [Who; 4]) {
     for i in 0..ROUNDS {
         let role = |n: usize| if n.is_multiple_of(2) { "moderator" } else { "member" };
         let target = format!("roles/{}", enc(&bob.id));
-        let (ra, rb) = tokio::join!(
+        let (ra, rb, rc, rd) = tokio::join!(
             go(a, "PUT", path(&room, &target), &ann.on[0], Some(json!({"role": role(i)}))),
             go(b, "PUT", path(&room, &target), &dan.on[1], Some(json!({"role": role(i + 1)}))),
+            go(b, "PUT", path(&room, &target), &ann.on[1], Some(json!({"role": role(i)}))),
+            go(a, "PUT", path(&room, &target), &dan.on[0], Some(json!({"role": role(i + 1)}))),
         );
-        assert_eq!((ra.0, rb.0), (200, 200), "{} {}", ra.1, rb.1);
+        for r in [ra, rb, rc, rd] {
+            assert_eq!(r.0, 200, "{}", r.1);
+        }
         check_state(&apis, &room, ann, &people, &format!("role flips {i}")).await;
     }
 
@@ -592,4 +596,48 @@ async fn racing_state_changes_on_one_embedded_process_keep_the_log_and_the_recor
         users.push(Who { id, on: [t0, t1] });
     }
     state_races([api.clone(), api], users.try_into().ok().unwrap()).await;
+}
+
+/// A process that dies between a state change's swap and its event leaves
+/// the event pending in the record: the room's next change, on any
+/// process, appends it first, so the log still follows the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_event_left_pending_is_appended_before_the_next_change() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = process(&redis, &dir, "127.0.0.1:0", NAME, &[]);
+    let a = Api::new(&p.url);
+    let (ann, bob) = (uniq("ann"), uniq("bob"));
+    let (ann_t, bob_t) = (token_on(&a, &ann).await, token_on(&a, &bob).await);
+    let (ann_id, bob_id) = (format!("@{ann}:{NAME}"), format!("@{bob}:{NAME}"));
+    let (s, v) = a.call("POST", "/rooms", Some(&ann_t), Some(json!({}))).await;
+    assert_eq!(s, 201, "{v}");
+    let room = v["room_id"].as_str().unwrap().to_owned();
+    a.join(&bob_t, &room).await;
+    // What a process that died right after its swap leaves: bob made a
+    // moderator in the record, the `role` event not appended.
+    let key = format!("parlor:{{{room}}}:room");
+    let mut rec: Value = serde_json::from_str(&redis.cli(&["GET", &key]).unwrap()).unwrap();
+    rec["rev"] = json!(rec["rev"].as_u64().unwrap() + 1);
+    rec["roles"][&bob_id] = json!("moderator");
+    rec["pending"] = json!({
+        "nonce": "died-after-the-swap",
+        "kind": "role",
+        "sender": ann_id,
+        "content": {"target": bob_id, "role": "moderator"},
+    });
+    assert_eq!(redis.cli(&["SET", &key, &rec.to_string()]).unwrap().trim(), "OK");
+
+    let (s, v) = a.call("PATCH", &format!("/rooms/{}", enc(&room)), Some(&ann_t), Some(json!({"topic": "t"}))).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, page) = a.messages(&ann_t, &room, "").await;
+    let kinds: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(&kinds[kinds.len() - 2..], ["role", "room"], "the pending event first: {page}");
+    let role = &page["events"].as_array().unwrap()[kinds.len() - 2];
+    assert_eq!((role["target"].as_str(), role["role"].as_str()), (Some(bob_id.as_str()), Some("moderator")));
+    let rec: Value = serde_json::from_str(&redis.cli(&["GET", &key]).unwrap()).unwrap();
+    assert!(rec.get("pending").is_none(), "settled: {rec}");
+    let (_, m) = a.call("GET", &format!("/rooms/{}/members", enc(&room)), Some(&ann_t), None).await;
+    let bob_role = m["members"].as_array().unwrap().iter().find(|x| x["user_id"] == bob_id.as_str()).unwrap();
+    assert_eq!(bob_role["role"], "moderator", "{m}");
 }
