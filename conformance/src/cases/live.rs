@@ -219,6 +219,17 @@ async fn read_marks_and_unread(ctx: &Ctx) -> Result<()> {
     ctx.http.send(read_req(&c, &room.room_id, 1)).await?.err(403, "not_member")?;
     ctx.send(&b, &room.room_id, &ctx.txn(), "three").await?;
     check_eq!(unread(ctx, &a, &room.room_id).await?, 1, "unread after one more message");
+    // A redacted message no longer counts, and the `redaction` event is no message.
+    let gone = ctx.send(&b, &room.room_id, &ctx.txn(), "four").await?;
+    check_eq!(unread(ctx, &a, &room.room_id).await?, 2, "unread after another message");
+    let path = Ctx::api(&format!(
+        "/rooms/{}/redact/{}/{}",
+        crate::http::enc(&room.room_id),
+        crate::http::enc(s(&gone, "event_id")),
+        crate::http::enc(&ctx.txn())
+    ));
+    ctx.send_patiently(Request::put(path).token(&b.token).json(&json!({}))).await?.ok(200, "send_response")?;
+    check_eq!(unread(ctx, &a, &room.room_id).await?, 1, "unread after its sender redacted one of them");
     watcher.close().await;
     Ok(())
 }
