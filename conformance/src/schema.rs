@@ -31,6 +31,7 @@ pub const FILES: &[(&str, &str)] = embed![
     "federation_join_request",
     "federation_join_response",
     "federation_leave_request",
+    "federation_reject_request",
     "federation_send_request",
     "federation_server_key",
     "federation_transaction",

@@ -7,7 +7,9 @@ use hyper::body::Incoming;
 
 use super::{Ctx, Resp, json, parse_json, read_body};
 use crate::protocol::accounts::Empty;
-use crate::protocol::federation::{FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedSendRequest, FedTransaction};
+use crate::protocol::federation::{
+    FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedRejectRequest, FedSendRequest, FedTransaction,
+};
 use crate::protocol::{ErrCode, RoomId, ServerName};
 use crate::service::Error;
 use crate::service::federation::Federation;
@@ -55,9 +57,7 @@ pub async fn join(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
         StatusCode::OK,
         &FedJoinResponse {
             room_id: room.room_id,
-            alias: room.alias.ok_or_else(|| {
-                Error::refused(ErrCode::RemoteUserUnsupported, "rooms without an alias are not federated yet")
-            })?,
+            alias: room.alias,
             epoch: head.epoch.to_string(),
             earliest_seq: head.earliest,
             latest_seq: head.latest,
@@ -73,6 +73,16 @@ pub async fn leave(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
         return Err(Error::refused(ErrCode::UnknownServer, format!("{origin} cannot act for {}", body.user_id)));
     }
     ctx.app.services.rooms.leave_from_federation(&body.user_id, &body.room_id).await?;
+    Ok(json(StatusCode::OK, &Empty {}))
+}
+
+pub async fn reject(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
+    let (origin, body) = signed(ctx, req).await?;
+    let body: FedRejectRequest = parse_json(&body, false)?;
+    if body.user_id.server() != origin.as_str() {
+        return Err(Error::refused(ErrCode::UnknownServer, format!("{origin} cannot act for {}", body.user_id)));
+    }
+    ctx.app.services.rooms.reject_from_federation(&body.user_id, &body.room_id).await?;
     Ok(json(StatusCode::OK, &Empty {}))
 }
 

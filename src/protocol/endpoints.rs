@@ -645,7 +645,7 @@ pub fn http() -> Vec<Endpoint> {
             params: vec![],
             body: body::<fed::FedJoinRequest>(),
             answers: ok(200, "Joined; where the room's log stands.", of::<fed::FedJoinResponse>()),
-            errors: errors(&[BODY, SIGNED, &[InvalidRoom, RoomNotFound, StorageUnavailable]]),
+            errors: errors(&[BODY, SIGNED, &[InvalidRoom, RoomNotFound, Banned, NotInvited, StorageUnavailable]]),
         },
         Endpoint {
             id: "federationLeave",
@@ -659,6 +659,19 @@ pub fn http() -> Vec<Endpoint> {
             body: body::<fed::FedLeaveRequest>(),
             answers: ok(200, "Left.", of::<accounts::Empty>()),
             errors: errors(&[BODY, SIGNED, &[RoomNotFound, NotMember, StorageUnavailable]]),
+        },
+        Endpoint {
+            id: "federationReject",
+            method: Method::Post,
+            path: federation("/reject"),
+            tag: "federation",
+            summary: "A user of the origin declines an invite to a room of this server",
+            description: "Spec §11.3. The home server appends `reject`.",
+            auth: Auth::Signature,
+            params: vec![],
+            body: body::<fed::FedRejectRequest>(),
+            answers: ok(200, "Declined.", of::<accounts::Empty>()),
+            errors: errors(&[BODY, SIGNED, &[RoomNotFound, NotInvited, StorageUnavailable]]),
         },
         Endpoint {
             id: "federationSend",

@@ -182,7 +182,10 @@ pub struct FedJoinRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct FedJoinResponse {
     pub room_id: RoomId,
-    pub alias: RoomAlias,
+    /// Absent for a room made without one (v1.1: `POST /rooms` without
+    /// `alias`, which a user of the origin joins by id after an invite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<RoomAlias>,
     pub epoch: String,
     pub earliest_seq: u64,
     pub latest_seq: u64,
@@ -196,6 +199,16 @@ pub struct FedJoinResponse {
 pub struct FedLeaveRequest {
     pub room_id: RoomId,
     /// A user of the origin server.
+    pub user_id: UserId,
+}
+
+/// `POST /_parlor/federation/v1/reject`: a user of the origin declines an
+/// invite to a room of this (its home) server.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FedRejectRequest {
+    pub room_id: RoomId,
+    /// A user of the origin server, invited to the room.
     pub user_id: UserId,
 }
 

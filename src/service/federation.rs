@@ -42,8 +42,8 @@ use tokio_util::task::TaskTracker;
 use super::error::Error;
 use super::ratelimit::{Limiter, Rule};
 use crate::protocol::federation::{
-    FEDERATION_PREFIX, FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedMethod, FedSendRequest, KEY_PATH,
-    SIGNATURE_WINDOW_MS, ServerKeyResponse, WellKnownResponse, parse_auth_header, render_auth_header,
+    FEDERATION_PREFIX, FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedMethod, FedRejectRequest, FedSendRequest,
+    KEY_PATH, SIGNATURE_WINDOW_MS, ServerKeyResponse, WellKnownResponse, parse_auth_header, render_auth_header,
     request_signed_bytes,
 };
 use crate::protocol::limits::MAX_BODY_BYTES;
@@ -744,6 +744,15 @@ impl Federation {
         let req = FedLeaveRequest { room_id: room_id.clone(), user_id: user.clone() };
         let _: serde_json::Value =
             self.call_json(home, FedMethod::Post, &format!("{FEDERATION_PREFIX}/leave"), Some(&req)).await?;
+        Ok(())
+    }
+
+    /// Tells the room's home server that `user` (ours) declines its invite.
+    pub async fn reject(&self, room_id: &RoomId, user: &UserId) -> Result<(), Failure> {
+        let req = FedRejectRequest { room_id: room_id.clone(), user_id: user.clone() };
+        let _: serde_json::Value = self
+            .call_json(room_id.server(), FedMethod::Post, &format!("{FEDERATION_PREFIX}/reject"), Some(&req))
+            .await?;
         Ok(())
     }
 

@@ -47,6 +47,9 @@ pub fn cases() -> Vec<Case> {
         case!("federation::backfill", "11", backfill),
         case!("federation::backfill_needs_a_member", "11", backfill_needs_a_member),
         case!("federation::remote_leave", "11", remote_leave),
+        case!("federation::invite_reaches_the_invitees_server", "11", invite_reaches_the_invitees_server),
+        case!("federation::remote_reject", "11", remote_reject),
+        case!("federation::kicked_or_banned_remote_user_refused", "11", kicked_or_banned_remote_user_refused),
         case!("federation::join_unreachable_home_server", "11", join_unreachable_home_server),
     ]
 }
@@ -704,6 +707,113 @@ async fn remote_leave(ctx: &Ctx) -> Result<()> {
         .await?
         .err(403, "not_member")
         .map_err(|e| Failure::Check(format!("leaving again: {e}")))?;
+    Ok(())
+}
+
+// ---- §11.6: v1.1 state across servers ----
+
+/// A room made with `POST /rooms` (§12); returns its id.
+async fn create_v11(ctx: &Ctx, user: &User, body: Value) -> Result<String> {
+    let v = ctx
+        .http
+        .send(Request::post(Ctx::api("/rooms")).token(&user.token).json(&body))
+        .await?
+        .ok(201, "create_room_response")?;
+    Ok(s(&v, "room_id").to_owned())
+}
+
+/// `POST /rooms/{room}/{what}` of the client API.
+async fn room_post(ctx: &Ctx, user: &User, room: &str, what: &str, body: Value) -> Result<Response> {
+    let path = Ctx::api(&format!("/rooms/{}/{what}", enc(room)));
+    ctx.http.send(Request::post(path).token(&user.token).json(&body)).await
+}
+
+/// Waits until the peer was pushed an event of `room_id` that `want` accepts.
+async fn wait_pushed(ctx: &Ctx, peer: &Peer, room_id: &str, what: &str, want: impl Fn(&Value) -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + PUSH_WAIT;
+    loop {
+        if pushed_events(ctx, peer, room_id)?.iter().any(|(_, p)| want(&p["event"])) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let got: Vec<Value> =
+                pushed_events(ctx, peer, room_id)?.into_iter().map(|(_, p)| p["event"].clone()).collect();
+            fail!("within {PUSH_WAIT:?} the peer was not pushed {what} (§11.6); it got {got:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn invite_reaches_the_invitees_server(ctx: &Ctx) -> Result<()> {
+    let peer = peer(ctx).await?;
+    let owner = ctx.shared(0).await?;
+    let room = create_v11(ctx, &owner, json!({"visibility": "private"})).await?;
+    let (invitee, outsider) = (peer.user_id(&ctx.username("fi")), peer.user_id(&ctx.username("fo")));
+    fed_join(ctx, &peer, &room, &invitee).await?.err(403, "not_invited")?;
+    room_post(ctx, &owner, &room, "invite", json!({"user_id": invitee})).await?.ok(200, "empty")?;
+    // The peer has no member in the room, yet it is pushed the invite…
+    wait_pushed(ctx, &peer, &room, "the invite of its user", |e| s(e, "type") == "invite" && s(e, "target") == invitee)
+        .await?;
+    // …and nothing else of the private room.
+    let pushed = pushed_events(ctx, &peer, &room)?;
+    check!(
+        pushed.iter().all(|(_, p)| s(&p["event"], "type") == "invite"),
+        "a server with no member in a private room was pushed more than the invite: {pushed:?}"
+    );
+    // The invited user joins through the peer; another of its users may not.
+    let answer = fed_join(ctx, &peer, &room, &invitee).await?.ok(200, "federation_join_response")?;
+    check_eq!(s(&answer, "room_id"), room.as_str(), "room_id of the join answer");
+    check!(answer.get("alias").is_none(), "a room made without an alias answers no alias: {answer}");
+    fed_join(ctx, &peer, &room, &outsider).await?.err(403, "not_invited")?;
+    fed_leave(ctx, &peer, &room, &invitee).await?.ok(200, "empty")?;
+    Ok(())
+}
+
+async fn fed_reject(ctx: &Ctx, peer: &Peer, room_id: &str, user_id: &str) -> Result<Response> {
+    let body = body_bytes(ctx, "federation_reject_request", &json!({ "room_id": room_id, "user_id": user_id }))?;
+    ctx.send_patiently(signed(ctx, peer, Method::POST, &format!("{FEDERATION_PREFIX}/reject"), Some(body))).await
+}
+
+async fn remote_reject(ctx: &Ctx) -> Result<()> {
+    let peer = peer(ctx).await?;
+    let owner = ctx.shared(0).await?;
+    let room = create_v11(ctx, &owner, json!({"visibility": "private"})).await?;
+    let invitee = peer.user_id(&ctx.username("fr"));
+    fed_reject(ctx, &peer, &room, &invitee).await?.err(403, "not_invited")?;
+    room_post(ctx, &owner, &room, "invite", json!({"user_id": invitee})).await?.ok(200, "empty")?;
+    fed_reject(ctx, &peer, &room, &invitee).await?.ok(200, "empty")?;
+    let events = ctx.all_events(&owner, &room).await?;
+    let last = events.last().cloned().unwrap_or_default();
+    check!(s(&last, "type") == "reject" && s(&last, "sender") == invitee, "the last event is not the reject: {last}");
+    fed_join(ctx, &peer, &room, &invitee).await?.err(403, "not_invited")?;
+    // The peer may decline only for its own users.
+    let local = ctx.shared(1).await?;
+    fed_reject(ctx, &peer, &room, &local.user_id).await?.err(403, "unknown_server")?;
+    Ok(())
+}
+
+async fn kicked_or_banned_remote_user_refused(ctx: &Ctx) -> Result<()> {
+    let peer = peer(ctx).await?;
+    let owner = ctx.shared(0).await?;
+    let alias = ctx.room_name("fmod");
+    let room = create_v11(ctx, &owner, json!({ "alias": alias })).await?;
+    let (kicked, banned) = (peer.user_id(&ctx.username("fk")), peer.user_id(&ctx.username("fb")));
+    for u in [&kicked, &banned] {
+        fed_join(ctx, &peer, &room, u).await?.ok(200, "federation_join_response")?;
+    }
+    fed_send(ctx, &peer, &room, &ctx.txn(), &kicked, "before").await?.ok(200, "send_response")?;
+    room_post(ctx, &owner, &room, "kick", json!({"user_id": kicked, "reason": "spam"})).await?.ok(200, "empty")?;
+    fed_send(ctx, &peer, &room, &ctx.txn(), &kicked, "after the kick").await?.err(403, "not_member")?;
+    room_post(ctx, &owner, &room, "ban", json!({"user_id": banned})).await?.ok(200, "empty")?;
+    fed_send(ctx, &peer, &room, &ctx.txn(), &banned, "after the ban").await?.err(403, "not_member")?;
+    fed_join(ctx, &peer, &room, &banned).await?.err(403, "banned")?;
+    // The peer lost its last member with the ban, and is still pushed it.
+    wait_pushed(ctx, &peer, &room, "the ban of its last member", |e| s(e, "type") == "ban" && s(e, "target") == banned)
+        .await?;
+    fed_events(ctx, &peer, &room, "after=0").await?.err(403, "not_member")?;
+    // A kicked user may join again (a public room); a banned one may not.
+    fed_join(ctx, &peer, &room, &kicked).await?.ok(200, "federation_join_response")?;
+    fed_leave(ctx, &peer, &room, &kicked).await?.ok(200, "empty")?;
     Ok(())
 }
 
