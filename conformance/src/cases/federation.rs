@@ -811,8 +811,19 @@ async fn kicked_or_banned_remote_user_refused(ctx: &Ctx) -> Result<()> {
     wait_pushed(ctx, &peer, &room, "the ban of its last member", |e| s(e, "type") == "ban" && s(e, "target") == banned)
         .await?;
     fed_events(ctx, &peer, &room, "after=0").await?.err(403, "not_member")?;
+    // Nothing is pushed to it after that: a message sent now is not pushed,
+    // though one sent once it has a member again is (a room's events are
+    // pushed in seq order, so by then the first would have been).
+    let hidden = ctx.send(&owner, &room, &ctx.txn(), "after the peer's last member").await?;
+    let hidden_id = s(&hidden, "event_id").to_owned();
     // A kicked user may join again (a public room); a banned one may not.
     fed_join(ctx, &peer, &room, &kicked).await?.ok(200, "federation_join_response")?;
+    let marker = ctx.send(&owner, &room, &ctx.txn(), "the peer has a member again").await?;
+    let marker_id = s(&marker, "event_id").to_owned();
+    wait_pushed(ctx, &peer, &room, "a message sent once it had a member again", |e| s(e, "event_id") == marker_id)
+        .await?;
+    let leaked = pushed_events(ctx, &peer, &room)?.into_iter().any(|(_, p)| s(&p["event"], "event_id") == hidden_id);
+    check!(!leaked, "an event sent while the peer had no member in the room was pushed to it");
     fed_leave(ctx, &peer, &room, &kicked).await?.ok(200, "empty")?;
     Ok(())
 }

@@ -253,7 +253,14 @@ impl Federation {
         let mut queues = self.queues.lock().expect("queues lock");
         let lingering = |q: &RoomQueue| q.linger.values().any(|end| *end > q.base);
         if servers.is_empty() && target.is_none() && !queues.get(&r.room).is_some_and(lingering) {
-            queues.remove(&r.room);
+            if queues.remove(&r.room).is_some() {
+                drop(queues);
+                // A queue made again numbers from 0: no server may keep a
+                // cursor into this one (it would wait for that number).
+                for d in self.dests.lock().expect("dests lock").values() {
+                    d.state.lock().expect("dest lock").cursors.remove(&r.room);
+                }
+            }
             return;
         }
         if r.seed && queues.get(&r.room).is_some_and(|q| !q.items.is_empty()) {
