@@ -44,6 +44,7 @@ backend_tests!(
     a_remote_user_is_invited_joins_and_talks,
     a_remote_user_declines_an_invite,
     a_kicked_remote_member_can_no_longer_send_or_read,
+    typing_receipts_and_presence_reach_the_other_server,
 );
 
 /// Pushes and catch-ups retried quickly, so tests need not wait a minute.
@@ -505,6 +506,87 @@ async fn a_kicked_remote_member_can_no_longer_send_or_read(b: Backend) {
     assert_eq!(s, 200);
     let (s, v) = a.api().call("POST", &format!("/rooms/{}/join", enc(&room_id)), Some(&ta), None).await;
     assert_eq!((s, v["errcode"].as_str()), (403, Some("banned")), "{v}");
+}
+
+/// Reads frames until one of type `ty` that `want` accepts.
+async fn frame_until(w: &mut WsClient, ty: &str, want: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let (f, _) = w.until(ty).await;
+        if want(&f) {
+            return f;
+        }
+    }
+}
+
+/// The `presence` of `user` in the room's members as `node` lists them.
+async fn presence_on(node: &Node, token: &str, room_id: &str, user: &str) -> String {
+    let (s, m) = node.api().call("GET", &format!("/rooms/{}/members", enc(room_id)), Some(token), None).await;
+    assert_eq!(s, 200, "{m}");
+    let me = m["members"].as_array().unwrap().iter().find(|x| x["user_id"] == user).cloned().unwrap_or_default();
+    me["presence"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn typing_receipts_and_presence_reach_the_other_server(b: Backend) {
+    let (a, home) = two_servers(b).await;
+    let (bob, tb) = home.api().user(&uniq("bob")).await;
+    let room_id = home.api().join(&tb, &uniq("lounge")).await["room_id"].as_str().unwrap().to_owned();
+    let (ann, ta) = a.api().user(&uniq("ann")).await;
+    a.api().join(&ta, &room_id).await;
+    let mut wb = WsClient::authed(home.url(), &tb).await;
+    wb.follow_live();
+    wb.send(json!({"type": "subscribe", "room": room_id})).await;
+    wb.until("caught_up").await;
+    assert_eq!(presence_on(&home, &tb, &room_id, &ann).await, "offline", "no socket of ann's yet");
+
+    // Ann connects on A: the home server hears she is online.
+    let mut wa = WsClient::authed(a.url(), &ta).await;
+    wa.follow_live();
+    let f = frame_until(&mut wb, "presence", |f| f["user_id"] == ann.as_str()).await;
+    assert_eq!(f["presence"], "online");
+    assert_eq!(presence_on(&home, &tb, &room_id, &ann).await, "online");
+    wa.send(json!({"type": "subscribe", "room": room_id})).await;
+    wa.until("caught_up").await;
+    // And A hears of Bob, who is online at home.
+    eventually("A lists bob online", || {
+        let (a, ta, room_id, bob) = (&a, ta.clone(), room_id.clone(), bob.clone());
+        async move { presence_on(a, &ta, &room_id, &bob).await == "online" }
+    })
+    .await;
+
+    // Typing, both ways.
+    wa.send(json!({"type": "typing", "room": room_id, "typing": true})).await;
+    let f = frame_until(&mut wb, "typing", |f| !f["user_ids"].as_array().unwrap().is_empty()).await;
+    assert_eq!(f["user_ids"], json!([ann]), "{f}");
+    wa.send(json!({"type": "typing", "room": room_id, "typing": false})).await;
+    let f = frame_until(&mut wb, "typing", |_| true).await;
+    assert_eq!(f["user_ids"], json!([]), "ann stopped typing: {f}");
+    wb.send(json!({"type": "typing", "room": room_id, "typing": true})).await;
+    // (A's own frames of ann's typing come first.)
+    let f =
+        frame_until(&mut wa, "typing", |f| f["user_ids"].as_array().unwrap().iter().any(|u| u == bob.as_str())).await;
+    assert_eq!(f["user_ids"], json!([bob]), "{f}");
+
+    // A read mark, both ways.
+    let (s, sent) = home.api().send(&tb, &room_id, "b1", "read me").await;
+    assert_eq!(s, 200);
+    let seq = sent["seq"].as_u64().unwrap();
+    frame_until(&mut wa, "event", |f| f["event"]["seq"] == seq).await;
+    let (s, v) =
+        a.api().call("POST", &format!("/rooms/{}/read", enc(&room_id)), Some(&ta), Some(json!({"seq": seq}))).await;
+    assert_eq!(s, 200, "{v}");
+    let f = frame_until(&mut wb, "receipt", |f| f["user_id"] == ann.as_str()).await;
+    assert_eq!((f["room"].as_str(), f["seq"].as_u64()), (Some(room_id.as_str()), Some(seq)), "{f}");
+    let (s, _) =
+        home.api().call("POST", &format!("/rooms/{}/read", enc(&room_id)), Some(&tb), Some(json!({"seq": seq}))).await;
+    assert_eq!(s, 200);
+    let f = frame_until(&mut wa, "receipt", |f| f["user_id"] == bob.as_str()).await;
+    assert_eq!(f["seq"].as_u64(), Some(seq), "{f}");
+
+    // Ann's last socket closes: offline at home too.
+    drop(wa);
+    let f = frame_until(&mut wb, "presence", |f| f["user_id"] == ann.as_str()).await;
+    assert_eq!(f["presence"], "offline");
+    assert_eq!(presence_on(&home, &tb, &room_id, &ann).await, "offline");
 }
 
 // ---- hostile peers ----

@@ -28,6 +28,7 @@ pub const FILES: &[(&str, &str)] = embed![
     "empty",
     "error",
     "event",
+    "federation_ephemeral",
     "federation_join_request",
     "federation_join_response",
     "federation_leave_request",

@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use super::{Ctx, Resp, json, parse_json, read_body};
 use crate::protocol::accounts::Empty;
 use crate::protocol::federation::{
-    FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedRejectRequest, FedSendRequest, FedTransaction,
+    FedEphemeral, FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedRejectRequest, FedSendRequest, FedTransaction,
 };
 use crate::protocol::{ErrCode, RoomId, ServerName};
 use crate::service::Error;
@@ -102,6 +102,14 @@ pub async fn events(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Res
     };
     let page = ctx.app.services.rooms.events_for_server(&origin, &room_id(room)?, after, limit).await?;
     Ok(json(StatusCode::OK, &page))
+}
+
+pub async fn ephemeral(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
+    let (origin, body) = signed(ctx, req).await?;
+    let body: FedEphemeral = parse_json(&body, false)?;
+    let services = &ctx.app.services;
+    services.live.from_federation(&origin, body, &services.rooms, &services.receipts).await?;
+    Ok(json(StatusCode::OK, &Empty {}))
 }
 
 pub async fn transaction(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {

@@ -177,6 +177,11 @@ impl Rooms {
         to_room(self.store.room(&room_id).await?.ok_or_else(|| not_found(r))?)
     }
 
+    /// Whether the user is a member of the room (as this server knows it).
+    pub async fn is_member(&self, room_id: &RoomId, user: &UserId) -> Result<bool> {
+        Ok(self.store.is_member(room_id.as_str(), user.as_str()).await?)
+    }
+
     /// Finds a room the user is a member of.
     pub async fn resolve_member(&self, user: &UserId, r: &RoomRef) -> Result<Room> {
         let room = self.resolve(r).await?;
@@ -312,6 +317,7 @@ impl Rooms {
             .chain(std::iter::once((user.to_string(), true)))
             .collect();
         self.store.set_members(room.room_id.as_str(), &changes, now_ms()).await?;
+        fed.membership_changed(&room.room_id);
         if let Err(e) = self.catch_up(&room.room_id).await {
             // Joined all the same; the periodic catch-up fills the replica.
             tracing::warn!(room = %room.room_id, error = %e, "could not fill the replica of a joined room yet");

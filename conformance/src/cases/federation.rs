@@ -50,6 +50,7 @@ pub fn cases() -> Vec<Case> {
         case!("federation::invite_reaches_the_invitees_server", "11", invite_reaches_the_invitees_server),
         case!("federation::remote_reject", "11", remote_reject),
         case!("federation::kicked_or_banned_remote_user_refused", "11", kicked_or_banned_remote_user_refused),
+        case!("federation::ephemeral_both_ways", "11", ephemeral_both_ways),
         case!("federation::join_unreachable_home_server", "11", join_unreachable_home_server),
     ]
 }
@@ -825,6 +826,94 @@ async fn kicked_or_banned_remote_user_refused(ctx: &Ctx) -> Result<()> {
     let leaked = pushed_events(ctx, &peer, &room)?.into_iter().any(|(_, p)| s(&p["event"], "event_id") == hidden_id);
     check!(!leaked, "an event sent while the peer had no member in the room was pushed to it");
     fed_leave(ctx, &peer, &room, &kicked).await?.ok(200, "empty")?;
+    Ok(())
+}
+
+// ---- §11.7: typing, read marks and presence ----
+
+async fn fed_ephemeral(ctx: &Ctx, peer: &Peer, body: &Value) -> Result<Response> {
+    let bytes = body_bytes(ctx, "federation_ephemeral", body)?;
+    let path = format!("{FEDERATION_PREFIX}/ephemeral/{}", ctx.txn());
+    ctx.send_patiently(signed(ctx, peer, Method::PUT, &path, Some(bytes))).await
+}
+
+/// The next frame of type `ty` that `want` accepts, others skipped.
+async fn frame_where(ws: &mut crate::ws::Ws, ty: &str, want: impl Fn(&Value) -> bool) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + PUSH_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next(left).await? {
+            crate::ws::Incoming::Frame(f) if s(&f, "type") == ty && want(&f) => return Ok(f),
+            crate::ws::Incoming::Frame(_) => continue,
+            other => fail!("waiting for a `{ty}` frame: {other:?}"),
+        }
+    }
+}
+
+async fn ephemeral_both_ways(ctx: &Ctx) -> Result<()> {
+    let peer = peer(ctx).await?;
+    let user = ctx.shared(0).await?;
+    let room = ctx.room(&user, "feph").await?;
+    let (a, _) = remote_member(ctx, &peer, &room, "fa").await?;
+    let mut ws = ctx.ws(&user).await?;
+    subscribe(&mut ws, &room.room_id, None).await?;
+    ws.follow_live();
+
+    // The peer's user is online and typing: this server's subscribers see it.
+    let body = json!({
+        "typing": [{"room_id": room.room_id, "user_id": a, "typing": true}],
+        "presence": [{"user_id": a, "presence": "online"}],
+    });
+    fed_ephemeral(ctx, &peer, &body).await?.ok(200, "empty")?;
+    frame_where(&mut ws, "presence", |f| s(f, "user_id") == a && s(f, "presence") == "online").await?;
+    frame_where(&mut ws, "typing", |f| f["user_ids"].as_array().is_some_and(|u| u.iter().any(|x| x == a.as_str())))
+        .await?;
+    let v = ctx
+        .http
+        .send(Request::get(Ctx::api(&format!("/rooms/{}/members", enc(&room.room_id)))).token(&user.token))
+        .await?
+        .ok(200, "members_response")?;
+    let listed = v["members"].as_array().into_iter().flatten().find(|m| s(m, "user_id") == a).cloned();
+    check_eq!(listed.as_ref().map(|m| s(m, "presence")), Some("online"), "presence of the peer's member in members");
+
+    // The peer may speak only for its own users.
+    let body = json!({"presence": [{"user_id": user.user_id, "presence": "offline"}]});
+    fed_ephemeral(ctx, &peer, &body).await?.err(403, "unknown_server")?;
+
+    // A read mark of this server's user reaches the peer, which has a member in the room.
+    let sent = ctx.send(&user, &room.room_id, &ctx.txn(), "read me").await?;
+    let seq = n(&sent, "seq");
+    let read = Request::post(Ctx::api(&format!("/rooms/{}/read", enc(&room.room_id))))
+        .token(&user.token)
+        .json(&json!({ "seq": seq }));
+    ctx.http.send(read).await?.ok(200, "empty")?;
+    let deadline = tokio::time::Instant::now() + PUSH_WAIT;
+    loop {
+        let mut told = false;
+        for req in peer.received() {
+            if !req.path_and_query.starts_with(&format!("{FEDERATION_PREFIX}/ephemeral/")) {
+                continue;
+            }
+            let what = format!("ephemeral push {}", req.path_and_query);
+            let body: Value = serde_json::from_slice(&req.body)
+                .map_err(|e| Failure::Check(format!("{what}: the body is not JSON ({e})")))?;
+            ctx.schemas.check("federation_ephemeral", &what, &body)?;
+            told |= body["receipts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| s(r, "room_id") == room.room_id && s(r, "user_id") == user.user_id && n(r, "seq") == seq);
+        }
+        if told {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            fail!("within {PUSH_WAIT:?} the peer was not told {}'s read mark {seq} (§11.7)", user.user_id);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ws.close().await;
+    fed_leave(ctx, &peer, &room.room_id, &a).await?.ok(200, "empty")?;
     Ok(())
 }
 
