@@ -500,10 +500,17 @@ async fn a_kicked_remote_member_can_no_longer_send_or_read(b: Backend) {
     let (s, v) = home.api().call("GET", &format!("/rooms/{}/members", enc(&room_id)), Some(&tb), None).await;
     assert_eq!(s, 200);
     assert_eq!(v["members"].as_array().unwrap().len(), 1, "{v}");
-    // A ban keeps Ann out of the room for good.
+    // Invited again, Ann sees the invite on A (whose replica missed what
+    // was sent meanwhile); a ban then drops it there too.
+    let invite = format!("/rooms/{}/invite", enc(&room_id));
+    let (s, v) = home.api().call("POST", &invite, Some(&tb), Some(json!({"user_id": ann}))).await;
+    assert_eq!((s, &v), (200, &json!({})));
+    room_list_becomes(&a, &ta, vec![(room_id.clone(), "invite".into())]).await;
     let ban = format!("/rooms/{}/ban", enc(&room_id));
     let (s, _) = home.api().call("POST", &ban, Some(&tb), Some(json!({"user_id": ann}))).await;
     assert_eq!(s, 200);
+    room_list_becomes(&a, &ta, vec![]).await;
+    // A ban keeps Ann out of the room for good.
     let (s, v) = a.api().call("POST", &format!("/rooms/{}/join", enc(&room_id)), Some(&ta), None).await;
     assert_eq!((s, v["errcode"].as_str()), (403, Some("banned")), "{v}");
 }

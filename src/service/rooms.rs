@@ -478,7 +478,12 @@ impl Rooms {
             }
             let imported = self.log.import(&room_id, &epoch, None, batch.clone()).await?;
             self.apply_events(&room_id, imported.before, imported.latest, &batch).await?;
-            if imported.hole {
+            if imported.hole && !self.has_member_from(&room, self.server_name.as_str()).await? {
+                // A replica none of our users is in any more (they were
+                // kicked, or left): the home server refuses to fill it, but
+                // what the events say about our users (a new invite) counts.
+                self.apply_events(&room_id, imported.latest, u64::MAX, &batch).await?;
+            } else if imported.hole {
                 let rooms = self.clone();
                 tokio::spawn(async move {
                     if let Err(e) = rooms.catch_up(&room_id).await {
