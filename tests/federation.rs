@@ -537,28 +537,27 @@ async fn typing_receipts_and_presence_reach_the_other_server(b: Backend) {
     let (a, home) = two_servers(b).await;
     let (bob, tb) = home.api().user(&uniq("bob")).await;
     let room_id = home.api().join(&tb, &uniq("lounge")).await["room_id"].as_str().unwrap().to_owned();
-    let (ann, ta) = a.api().user(&uniq("ann")).await;
-    a.api().join(&ta, &room_id).await;
     let mut wb = WsClient::authed(home.url(), &tb).await;
     wb.follow_live();
     wb.send(json!({"type": "subscribe", "room": room_id})).await;
     wb.until("caught_up").await;
-    assert_eq!(presence_on(&home, &tb, &room_id, &ann).await, "offline", "no socket of ann's yet");
-
-    // Ann connects on A: the home server hears she is online.
+    // Ann is online on A before she shares a room with anyone at home.
+    let (ann, ta) = a.api().user(&uniq("ann")).await;
     let mut wa = WsClient::authed(a.url(), &ta).await;
     wa.follow_live();
+
+    // She joins: each server tells the other who of its members is online.
+    a.api().join(&ta, &room_id).await;
     let f = frame_until(&mut wb, "presence", |f| f["user_id"] == ann.as_str()).await;
     assert_eq!(f["presence"], "online");
     assert_eq!(presence_on(&home, &tb, &room_id, &ann).await, "online");
-    wa.send(json!({"type": "subscribe", "room": room_id})).await;
-    wa.until("caught_up").await;
-    // And A hears of Bob, who is online at home.
     eventually("A lists bob online", || {
         let (a, ta, room_id, bob) = (&a, ta.clone(), room_id.clone(), bob.clone());
         async move { presence_on(a, &ta, &room_id, &bob).await == "online" }
     })
     .await;
+    wa.send(json!({"type": "subscribe", "room": room_id})).await;
+    wa.until("caught_up").await;
 
     // Typing, both ways.
     wa.send(json!({"type": "typing", "room": room_id, "typing": true})).await;

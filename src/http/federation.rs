@@ -52,7 +52,9 @@ pub async fn join(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
     if body.user_id.server() != origin.as_str() {
         return Err(Error::refused(ErrCode::UnknownServer, format!("{origin} cannot act for {}", body.user_id)));
     }
-    let (room, head, members) = ctx.app.services.rooms.join_from_federation(&body.user_id, &body.room).await?;
+    let services = &ctx.app.services;
+    let (room, head, members) = services.rooms.join_from_federation(&body.user_id, &body.room).await?;
+    services.live.introduce(services.rooms.clone(), room.room_id.clone(), Some(origin));
     Ok(json(
         StatusCode::OK,
         &FedJoinResponse {

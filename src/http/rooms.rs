@@ -22,7 +22,9 @@ pub async fn join(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp,
     let headers = req.headers().clone();
     let _: Empty = parse_json(&read_body(ctx, req).await?, true)?;
     let session = authenticate(ctx, &headers).await?;
-    let room = ctx.app.services.rooms.join(&session.user_id, &Rooms::parse_ref(&param(room)?)?).await?;
+    let services = &ctx.app.services;
+    let room = services.rooms.join(&session.user_id, &Rooms::parse_ref(&param(room)?)?).await?;
+    services.live.joined(services.rooms.clone(), room.room_id.clone());
     Ok(json(StatusCode::OK, &JoinResponse { room_id: room.room_id, alias: room.alias }))
 }
 

@@ -329,6 +329,51 @@ impl Live {
         self.tell_servers(Ephemeral::Receipt { room: room.clone(), user: user.clone(), seq });
     }
 
+    /// A user of this server joined a room: if it is homed elsewhere, the
+    /// room's other servers learn who of this server is online in it.
+    pub fn joined(self: &Arc<Self>, rooms: Arc<Rooms>, room_id: RoomId) {
+        if rooms.is_remote(&room_id) {
+            self.introduce(rooms, room_id, None);
+        }
+    }
+
+    /// A server got a member in a room (§11.7): tells it which of this
+    /// server's members of the room are online, since it heard nothing of
+    /// them before. `to` is that server (a user of it joined a room homed
+    /// here), or `None` when the new member is this server's, joining a
+    /// room homed elsewhere: then every other server in the room is told.
+    /// In the background: a join does not wait for it.
+    pub fn introduce(self: &Arc<Self>, rooms: Arc<Rooms>, room_id: RoomId, to: Option<ServerName>) {
+        let Some(fed) = self.federation.clone() else { return };
+        let live = self.clone();
+        tokio::spawn(async move {
+            let members = match rooms.member_list(&room_id).await {
+                Ok(m) => m,
+                Err(e) => {
+                    return tracing::debug!(room = %room_id, error = %e, "cannot read a room's members to tell presence");
+                }
+            };
+            let own = rooms.server_name();
+            let servers: Vec<String> = match to {
+                Some(s) => vec![s.to_string()],
+                None => {
+                    let mut s: Vec<String> =
+                        members.iter().map(|m| m.server().to_owned()).filter(|s| s != own.as_str()).collect();
+                    s.sort();
+                    s.dedup();
+                    s
+                }
+            };
+            for m in members.iter().filter(|m| m.server() == own.as_str()) {
+                if live.presence(m) == Presence::Online {
+                    for s in &servers {
+                        fed.presence_to(s, m, Presence::Online);
+                    }
+                }
+            }
+        });
+    }
+
     /// What another server says its users are doing (§11.7): typing is
     /// taken as if this process had received their frames (rate-limited,
     /// lapsing and told to the other processes the same way), read marks

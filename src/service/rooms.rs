@@ -177,6 +177,17 @@ impl Rooms {
         to_room(self.store.room(&room_id).await?.ok_or_else(|| not_found(r))?)
     }
 
+    /// This server's name.
+    pub fn server_name(&self) -> &ServerName {
+        &self.server_name
+    }
+
+    /// The members of a room this server knows, without a membership check.
+    pub async fn member_list(&self, room_id: &RoomId) -> Result<Vec<UserId>> {
+        let room = Room { room_id: room_id.clone(), alias: None };
+        self.member_ids(&room).await
+    }
+
     /// Whether the user is a member of the room (as this server knows it).
     pub async fn is_member(&self, room_id: &RoomId, user: &UserId) -> Result<bool> {
         Ok(self.store.is_member(room_id.as_str(), user.as_str()).await?)

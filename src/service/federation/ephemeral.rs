@@ -137,6 +137,18 @@ impl Federation {
         }
     }
 
+    /// Tells one server the presence of one of this server's users, now
+    /// (a server that just got a member in a room the user is in).
+    pub fn presence_to(self: &Arc<Self>, server: &str, user: &UserId, presence: Presence) {
+        if user.server() != self.server_name.as_str() || server == self.server_name.as_str() {
+            return;
+        }
+        let mut dests = self.ephemeral_dests.lock().expect("ephemeral lock");
+        let d = self.ephemeral_dest(&mut dests, server);
+        d.outbox.lock().expect("outbox lock").put(&Ephemeral::Presence { user: user.clone(), presence });
+        d.work.notify_one();
+    }
+
     /// Puts each change in the outbox of each server it concerns.
     pub(super) async fn route_ephemeral(self: Arc<Self>, mut rx: mpsc::Receiver<Ephemeral>) {
         loop {
