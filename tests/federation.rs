@@ -439,6 +439,15 @@ async fn a_remote_user_is_invited_joins_and_talks(b: Backend) {
     // Ann reads the private room from her join on, on her own server too.
     let (_, on_a) = a.api().messages(&ta, &room_id, "after=0").await;
     assert_eq!(kinds(&on_a), ["join", "message"], "{on_a}");
+    // A role the home server gives her shows on A.
+    let role = format!("/rooms/{}/roles/{}", enc(&room_id), enc(&ann));
+    let (s, v) = home.api().call("PUT", &role, Some(&tb), Some(json!({"role": "moderator"}))).await;
+    assert_eq!((s, &v), (200, &json!({})));
+    eventually("A shows ann as moderator", || {
+        let (api, ta) = (a.api(), ta.clone());
+        async move { api.call("GET", "/rooms", Some(&ta), None).await.1["rooms"][0]["role"] == "moderator" }
+    })
+    .await;
 }
 
 async fn a_remote_user_declines_an_invite(b: Backend) {
