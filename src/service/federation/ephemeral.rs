@@ -179,7 +179,8 @@ impl Federation {
         let rooms = match self.directory.rooms_of(user.as_str()).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(%user, error = %e, "cannot read a user's rooms to tell other servers of their presence");
+                // `live` warns of the same read failing for its own delivery.
+                tracing::debug!(%user, error = %e, "cannot read a user's rooms to tell other servers of their presence");
                 return Vec::new();
             }
         };
