@@ -50,7 +50,7 @@ pub async fn run(ctx: &Ctx, a: &AccountsArgs) -> Result<Outcome> {
     let mut ok = reg.failed == 0;
     let (login, usage) = match &engine {
         None => {
-            let usage = Usage::start(ctx.server_pid);
+            let usage = Usage::start(&ctx.server_pids);
             let login = burst(&ctx.api, &names, a.concurrency, Op::Login).await?;
             let u = usage.stop();
             j.insert("offered_rate".into(), Value::Null);
@@ -73,7 +73,7 @@ pub async fn run(ctx: &Ctx, a: &AccountsArgs) -> Result<Outcome> {
                 })
                 .await?;
             let stop = Rc::new(Cell::new(false));
-            let usage = Usage::start(ctx.server_pid);
+            let usage = Usage::start(&ctx.server_pids);
             let storm = async {
                 let r = burst(&ctx.api, &names, a.concurrency, Op::Login).await;
                 stop.set(true);
