@@ -80,6 +80,13 @@ impl Api {
         (*addr, host)
     }
 
+    /// This server as reached through its `k`-th process (the processes in
+    /// turn), for spreading HTTP requests over them too.
+    pub fn process(&self, k: usize) -> Api {
+        let (addr, host) = self.ws_target(k);
+        Api { addr, host: host.to_owned(), processes: self.processes.clone() }
+    }
+
     /// Parse `http://host:port[/]` and resolve the host once.
     pub async fn parse(url: &str) -> Result<Self> {
         let rest = url
@@ -300,6 +307,7 @@ mod tests {
         let ports: Vec<u16> = (0..6).map(|k| api.ws_target(k).0.port()).collect();
         assert_eq!(ports, [7001, 7002, 7003, 7001, 7002, 7003]);
         assert_eq!(api.ws_target(4).1, "127.0.0.1:7002");
+        assert_eq!(api.process(2).addr.port(), 7003);
         assert!(Api::parse_all(&[]).await.is_err());
         let one = Api::parse("http://127.0.0.1:7001").await.unwrap();
         assert_eq!((0..3).map(|k| one.ws_target(k).0.port()).collect::<Vec<_>>(), [7001; 3]);
