@@ -1,9 +1,9 @@
-//! One of three `parlor serve` processes on one Redis dies (SIGKILL) while
-//! senders and subscribers run through a real nginx (`contrib/nginx.conf`,
-//! round-robin over the three): no acknowledged message is lost or stored
-//! twice, and every subscriber whose WebSocket was on the dead process
-//! reconnects through nginx to another process and resumes from its cursor
-//! without a gap or a duplicate.
+//! One of three `parlor serve` processes on one Redis dies (SIGKILL), or is
+//! stopped (SIGTERM, as for an upgrade), while senders and subscribers run
+//! through a real nginx (`contrib/nginx.conf`, round-robin over the three):
+//! no acknowledged message is lost or stored twice, and every subscriber
+//! whose WebSocket was on that process reconnects through nginx to another
+//! process and resumes from its cursor without a gap or a duplicate.
 //!
 //! What the client does is what the spec tells one to do: a send that got
 //! no answer (nginx's 502 when the process died holding it) is sent again
@@ -187,8 +187,26 @@ async fn connect_subscribed(
     (ws, cursor, before)
 }
 
+/// How the victim goes.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// SIGKILL: no goodbye to nginx, to Redis or to its clients.
+    Kill,
+    /// SIGTERM: WebSockets closed with 1001, in-flight requests finished.
+    Terminate,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_one_of_three_processes_mid_run() {
+    one_of_three_stops_mid_run(Stop::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_one_of_three_processes_mid_run() {
+    one_of_three_stops_mid_run(Stop::Terminate).await;
+}
+
+async fn one_of_three_stops_mid_run(how: Stop) {
     // Durable acks mean durable in Redis too: every write fsynced.
     let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let dir = tempfile::tempdir().unwrap();
@@ -262,14 +280,20 @@ async fn kill_one_of_three_processes_mid_run() {
         })
     }));
 
-    // Mid-run, kill -9 one process: no goodbye to nginx, to Redis or to its clients.
+    // Mid-run, one process goes.
     while acked.load(Ordering::SeqCst) < KILL_AFTER_ACKS {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let victim = processes[1].addr.to_string();
-    let log_at_kill = nginx.access_log().lines().count();
-    processes[1].child.kill().unwrap();
-    processes[1].child.wait().unwrap();
+    match how {
+        Stop::Kill => {
+            processes[1].child.kill().unwrap();
+            processes[1].child.wait().unwrap();
+        }
+        Stop::Terminate => assert!(processes[1].terminate().success(), "a stopped process exits 0"),
+    }
+    // What nginx logs from here on was answered after the process was gone.
+    let log_at_exit = nginx.access_log().lines().count();
     let acked_at_kill = acked.load(Ordering::SeqCst);
     assert!(acked_at_kill < (SENDERS * PER_SENDER) as u64, "the kill came after the last send");
 
@@ -338,25 +362,25 @@ async fn kill_one_of_three_processes_mid_run() {
     // Exactly the victim's subscribers were cut off, and each resumed above.
     assert_eq!(dropped, SUBSCRIBERS / PROCESSES, "subscribers that had to reconnect");
 
-    // nginx stopped sending to the dead process: after the kill it tried it
+    // nginx stopped sending to the gone process: after it exited, it tried it
     // (connection refused, then the next upstream) only a few times — each
     // attempt marks it failed for fail_timeout (10 s) — not every third request.
     let access = nginx.access_log();
-    let after: Vec<&str> = access.lines().skip(log_at_kill).collect();
+    let after: Vec<&str> = access.lines().skip(log_at_exit).collect();
     let tried_dead = after.iter().filter(|l| l.contains(&victim)).count();
-    assert!(after.len() >= 100, "only {} requests after the kill", after.len());
+    assert!(after.len() >= 100, "only {} requests after the process exited", after.len());
     assert!(
         tried_dead <= 10,
-        "nginx tried the dead process {tried_dead} times in {} requests after the kill:\n{}",
+        "nginx tried the dead process {tried_dead} times in {} requests after it exited:\n{}",
         after.len(),
         nginx.error_log()
     );
     for line in after.iter().filter(|l| l.contains(" 200 ")) {
         let served_by = line.rsplit("upstream=").next().unwrap().rsplit(", ").next().unwrap();
-        assert_ne!(served_by, victim, "a 200 after the kill from the dead process: {line}");
+        assert_ne!(served_by, victim, "a 200 from the process after it exited: {line}");
     }
     println!(
-        "killed {victim} after {acked_at_kill} acks; {retried} sends retried by the client \
+        "{how:?}: {victim} went after {acked_at_kill} acks; {retried} sends retried by the client \
          ({ws_senders_dropped} WebSocket senders reconnected); {dropped} subscribers resumed; \
          nginx tried the dead process {tried_dead} times in {} requests after",
         after.len()
