@@ -11,7 +11,8 @@
 #   idle    IDLE_TOTAL (100,080) idle WebSockets at once over 6 fresh
 #           processes, opened by 6 chatbench processes (each ≤ 17k sockets:
 #           the hard RLIMIT_NOFILE here is 20,000 per process); total server
-#           RSS before and after.
+#           RSS before and after. Then the control, measured the same way:
+#           one process, one client, a sixth of the sockets.
 #
 #   tools/chatbench/bench/processes.sh [OUT]   (default OUT: bench-processes/)
 #   CASES="fanout logins idle" REPEAT=3 IDLE_TOTAL=100080 IDLE_CLIENTS=6 IDLE_SETTLE=150
@@ -35,6 +36,13 @@ BENCH=target/release/chatbench
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
+
+# stop PID…: SIGTERM, then wait until each has exited (its data dir is free again).
+stop() {
+  local p
+  for p in "$@"; do kill "$p" 2>/dev/null || true; done
+  for p in "$@"; do while [ -e "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; do sleep 0.1; done; done
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_s() { awk '{ print ($14 + $15) / 100 }' "/proc/$1/stat"; }
@@ -135,54 +143,67 @@ if [[ " $CASES " == *" logins "* ]]; then
   sleep 1
 fi
 
-if [[ " $CASES " == *" idle "* ]]; then
+# idle_case NAME PROCESSES CLIENTS TOTAL: TOTAL idle WebSockets at once over
+# PROCESSES fresh processes, opened by CLIENTS chatbench processes; the
+# processes' summed RSS before the clients start and once all are open.
+idle_case() {
+  local name=$1 nproc=$2 nclients=$3 total=$4
   start_redis
   PORTS=(); DIRS=()
-  for i in $(seq 6); do PORTS+=("$(free_port)"); DIRS+=("$(mktemp -d)"); done
+  for i in $(seq "$nproc"); do PORTS+=("$(free_port)"); DIRS+=("$(mktemp -d)"); done
   all=(); for p in "${PORTS[@]}"; do all+=(--server "http://127.0.0.1:$p"); done
   # The users (and their tokens, kept in Redis) on processes that then
   # stop: the measured processes never hashed a password (see run.sh).
   PIDS=()
   for i in "${!PORTS[@]}"; do start_parlor "${PORTS[$i]}" "${DIRS[$i]}"; PIDS+=("$SERVER_PID"); done
-  "$BENCH" "${all[@]}" --users-file "$OUT/users-idle.jsonl" idle --connections 60 --rooms 20 --users 50 >/dev/null
-  for p in "${PIDS[@]}"; do kill "$p"; done
-  sleep 2
+  "$BENCH" "${all[@]}" --users-file "$OUT/users-$name.jsonl" idle --connections 60 --rooms 20 --users 50 >/dev/null
+  stop "${PIDS[@]}"
   PIDS=()
   for i in "${!PORTS[@]}"; do start_parlor "${PORTS[$i]}" "${DIRS[$i]}"; PIDS+=("$SERVER_PID"); done
   sleep 2
   fds() { local t=0 p; for p in "${PIDS[@]}"; do t=$((t + $(ls "/proc/$p/fd" | wc -l))); done; echo "$t"; }
   rss() { local t=0 p; for p in "${PIDS[@]}"; do t=$((t + $(rss_kib "$p"))); done; echo "$t"; }
+  local fd0 rss0 redis0 load per want t0 t_connect conns rss1 redis1 load1 ok delivered expected c
   fd0=$(fds); rss0=$(rss); redis0=$(rss_kib "$REDIS_PID"); load=$(cut -d' ' -f1-3 /proc/loadavg)
-  per=$((IDLE_TOTAL / IDLE_CLIENTS))
-  rm -f "$OUT"/idle-client-*.json
-  clients=()
-  for c in $(seq "$IDLE_CLIENTS"); do
+  per=$((total / nclients))
+  rm -f "$OUT/$name"-client-*.json
+  local clients=()
+  for c in $(seq "$nclients"); do
     # Each holds its sockets until every client is connected (settle), then probes its rooms.
-    "$BENCH" "${all[@]}" --json --users-file "$OUT/users-idle.jsonl" --drain-timeout 30 \
+    "$BENCH" "${all[@]}" --json --users-file "$OUT/users-$name.jsonl" --drain-timeout 30 \
       idle --connections "$per" --rooms 20 --users 50 --settle-secs "$IDLE_SETTLE" --connect-concurrency 64 \
-      >"$OUT/idle-client-$c.json" 2>"$OUT/idle-client-$c.err" &
+      >"$OUT/$name-client-$c.json" 2>"$OUT/$name-client-$c.err" &
     clients+=("$!")
   done
-  want=$((per * IDLE_CLIENTS))
+  want=$((per * nclients))
   t0=$(date +%s)
   while [ "$(( $(fds) - fd0 ))" -lt "$want" ] && [ $(( $(date +%s) - t0 )) -lt $((IDLE_SETTLE - 10)) ]; do sleep 2; done
   t_connect=$(( $(date +%s) - t0 ))
   sleep 5
   conns=$(( $(fds) - fd0 )); rss1=$(rss); redis1=$(rss_kib "$REDIS_PID"); load1=$(cut -d' ' -f1-3 /proc/loadavg)
-  per_proc=(); for p in "${PIDS[@]}"; do per_proc+=("$(ls "/proc/$p/fd" | wc -l):$(rss_kib "$p")"); done
+  local per_proc=(); for p in "${PIDS[@]}"; do per_proc+=("$(ls "/proc/$p/fd" | wc -l):$(rss_kib "$p")"); done
   ok=true
   for c in "${clients[@]}"; do wait "$c" || ok=false; done
-  delivered=$(cat "$OUT"/idle-client-*.json | jq -s 'map(.delivered) | add')
-  expected=$(cat "$OUT"/idle-client-*.json | jq -s 'map(.expected) | add')
-  jq -n -c --argjson want "$want" --argjson conns "$conns" --argjson rss0 "$rss0" --argjson rss1 "$rss1" \
+  delivered=$(cat "$OUT/$name"-client-*.json | jq -s 'map(.delivered) | add')
+  expected=$(cat "$OUT/$name"-client-*.json | jq -s 'map(.expected) | add')
+  jq -n -c --arg case "$name" --argjson want "$want" --argjson conns "$conns" --argjson rss0 "$rss0" --argjson rss1 "$rss1" \
     --argjson redis0 "$redis0" --argjson redis1 "$redis1" --arg load "$load" --arg load1 "$load1" \
     --argjson secs "$t_connect" --arg per_proc "${per_proc[*]}" --argjson ok "$ok" \
     --argjson delivered "${delivered:-0}" --argjson expected "${expected:-0}" \
-    '{case: "idle-6x", connections_wanted: $want, server_fds_opened: $conns, connect_s: $secs,
+    '{case: $case, connections_wanted: $want, server_fds_opened: $conns, connect_s: $secs,
       server_rss_before_kib: $rss0, server_rss_after_kib: $rss1,
       server_kib_per_connection: ((($rss1 - $rss0) / $want) * 1000 | round / 1000),
       redis_rss_before_kib: $redis0, redis_rss_after_kib: $redis1,
       per_process_fds_rss_kib: $per_proc, probe_delivered: $delivered, probe_expected: $expected,
-      clients_ok: $ok, loadavg_before: $load, loadavg_connected: $load1}' | tee "$OUT/idle-6x.json"
+      clients_ok: $ok, loadavg_before: $load, loadavg_connected: $load1}' | tee -a "$OUT/$name.jsonl"
   for p in "${PIDS[@]}" "$REDIS_PID"; do kill "$p"; done
+  sleep 1
+}
+
+if [[ " $CASES " == *" idle "* ]]; then
+  rm -f "$OUT"/idle-6x.jsonl "$OUT"/idle-1x.jsonl
+  idle_case idle-6x 6 "$IDLE_CLIENTS" "$IDLE_TOTAL"
+  # The control, measured the same way: one process, one client, one
+  # process's share of the sockets above.
+  idle_case idle-1x 1 1 $((IDLE_TOTAL / 6))
 fi
