@@ -420,7 +420,8 @@ fn migrate(m: Migrate) -> Result<()> {
 /// Logs to stderr, filtered by `RUST_LOG` (default: Parlor's info records,
 /// access lines included, and warnings of the crates below it).
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "parlor=info,warn".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "parlor=info,redis=error,warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         // Colour codes only for a person watching a terminal, never in a

@@ -154,6 +154,8 @@ pub(crate) fn is_outage(e: &RedisError) -> bool {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.code().is_some_and(is_transient_refusal)
+        // A cluster none of whose nodes for the slot can be reached.
+        || e.kind() == ErrorKind::ClusterConnectionNotFound
         || matches!(
             e.kind(),
             ErrorKind::Server(
