@@ -27,7 +27,7 @@
 
 use super::{RoomRecord, RoomStore};
 use crate::storage::events::BoxFuture;
-use crate::storage::events::redis::link::{Conn, Target, connect, query_cmd, query_pipe};
+use crate::storage::events::redis::link::{Conn, Target, connect, query_cmd, query_pipe, storage_error};
 use crate::storage::{StorageError, json_record, to_record};
 
 /// Keys per pipeline when reading many rooms.
@@ -202,7 +202,8 @@ impl RedisRooms {
             for id in chunk {
                 pipe.get(room_key(id)).hexists(members_key(id), user_id);
             }
-            let values: Vec<(Option<Vec<u8>>, bool)> = query_pipe(&self.conn, &pipe).await?;
+            // Reads in any order: concurrent per slot on a cluster.
+            let values: Vec<(Option<Vec<u8>>, bool)> = self.conn.reads(&pipe).await.map_err(|e| storage_error(&e))?;
             for (rec, member) in values {
                 if let (Some(rec), true) = (rec, member) {
                     out.push(json_record("rooms", &rec)?);

@@ -155,6 +155,40 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Sends a pipeline of reads whose order does not matter: on a cluster
+    /// its slots' runs go out concurrently (one round trip in all, not one
+    /// per run). The answers are in the pipeline's order. Sent once more
+    /// when the connection turned out dead (as `link::query_pipe`).
+    pub async fn reads<T: redis::FromRedisValue>(&self, pipeline: &Pipeline) -> Result<T, RedisError> {
+        match self.reads_once(pipeline).await {
+            Err(e) if e.is_unrecoverable_error() => self.reads_once(pipeline).await,
+            other => other,
+        }
+    }
+
+    async fn reads_once<T: redis::FromRedisValue>(&self, pipeline: &Pipeline) -> Result<T, RedisError> {
+        let Conn::Cluster(c) = self else { return pipeline.query_async(&mut self.clone()).await };
+        let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
+        let runs = slot_runs(pipeline).into_iter().map(|run| {
+            let mut part = redis::pipe();
+            for cmd in &cmds[run] {
+                part.add_command((*cmd).clone());
+            }
+            let mut c = c.clone();
+            async move { c.req_packed_commands(&part, 0, part.len()).await }
+        });
+        let mut values = Vec::with_capacity(cmds.len());
+        for run in futures_util::future::join_all(runs).await {
+            values.extend(run?);
+        }
+        if let Some(Value::ServerError(e)) = values.iter().find(|v| matches!(v, Value::ServerError(_))) {
+            return Err(e.clone().into());
+        }
+        Ok(redis::from_redis_value(Value::Array(values))?)
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
