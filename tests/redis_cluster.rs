@@ -2,7 +2,8 @@
 //! goes away: a killed master (SIGKILL; `appendfsync always`) costs only the
 //! requests that touch its slots, which answer 503 while it is away, and
 //! once it is restarted they work again with nothing that was acknowledged
-//! lost. Real processes on a 3-master cluster of the test's own (testkit's
+//! lost; and pub/sub (revocations, which any node serves) and the other
+//! feeds go on without it. Real processes on a 3-master cluster of the test's own (testkit's
 //! `RedisCluster`); the conformance suite on a cluster is in
 //! tests/several_processes.rs.
 
@@ -10,7 +11,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Api, ParlorProcess, RedisCluster, uniq};
+use serde_json::{Value, json};
+use support::{Api, ParlorProcess, RedisCluster, WsClient, uniq};
 
 /// The room's slot's node (its keys share the `{ROOM}` tag).
 fn node_of_room(cluster: &RedisCluster, room_id: &str) -> usize {
@@ -77,6 +79,20 @@ async fn a_master_away_costs_its_slots_503_and_nothing_acknowledged_is_lost() {
         }
     }
 
+    // No key is on every send's path: the sends went through several feed
+    // streams (one per slot range), on more than one master.
+    let feeds: Vec<Vec<String>> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let keys = n.cli(&["--scan", "--pattern", "parlor:feed*"]).unwrap_or_default();
+            keys.lines().map(str::to_owned).filter(|k| !k.is_empty()).collect()
+        })
+        .collect();
+    let all: Vec<&String> = feeds.iter().flatten().collect();
+    assert!(all.len() >= 2 && all.iter().all(|k| k.starts_with("parlor:feed:{")), "feeds: {feeds:?}");
+    assert!(feeds.iter().filter(|f| !f.is_empty()).count() >= 2, "feeds on one master only: {feeds:?}");
+
     cluster.nodes[away].kill();
     // Sends to `a` fail with 503 (the process may take a moment to see it).
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -117,4 +133,84 @@ async fn a_master_away_costs_its_slots_503_and_nothing_acknowledged_is_lost() {
         }
         assert!(mine.len() >= 6, "{room}: only {} sends were acknowledged", mine.len());
     }
+}
+
+/// The next `message` event on `ws` (other frames skipped), bounded.
+async fn next_message(ws: &mut WsClient, within: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let f = ws.recv_within(left).await.unwrap_or_else(|| panic!("no message event within {within:?}"));
+        if f["type"] == "event" && f["event"]["type"] == "message" {
+            return f["event"].clone();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_first_listed_master_away_other_slots_deliver_live_and_revocations_reach_every_process() {
+    let mut cluster = RedisCluster::start();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let args = ["--redis-cluster", &cluster.urls(), "--server-name", "cluster.test", "--rate-limit", "off"];
+    let procs: Vec<ParlorProcess> = dirs.iter().map(|d| ParlorProcess::spawn(d.path(), &args)).collect();
+    let (a, b) = (Api::new(&procs[0].url), Api::new(&procs[1].url));
+    // Node 0 is the first of the --redis-cluster list, where every process
+    // subscribes first. The user's keys, token and room are elsewhere.
+    let name = loop {
+        let name = uniq("ann");
+        if cluster.node_of(&format!("parlor:user:{{{name}}}:devices")) != 0 {
+            break name;
+        }
+    };
+    assert_eq!(a.register(&name, "zebra-quartz-71").await.0, 201);
+    let on_node_0 = || cluster.nodes[0].cli(&["--scan", "--pattern", "parlor:token:*"]).unwrap_or_default();
+    let mut token = String::new();
+    for _ in 0..32 {
+        token = a.login(&name).await.1;
+        if on_node_0().trim().is_empty() {
+            break;
+        }
+        let (s, v) = a.call("POST", "/logout", Some(&token), None).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    assert!(on_node_0().trim().is_empty(), "a token off node 0");
+    // A room whose slot's whole range of 1,024 (its feed's) is off node 0.
+    let mut room = None;
+    for i in 0..64 {
+        let joined = a.join(&token, &format!("#live{i}:cluster.test")).await;
+        let id = joined["room_id"].as_str().expect("room_id").to_owned();
+        let slot = cluster.slot(&format!("parlor:{{{id}}}:meta"));
+        let (first, last) = (slot / 1024 * 1024, slot / 1024 * 1024 + 1023);
+        if cluster.node_of_slot(first) != 0 && cluster.node_of_slot(last) != 0 {
+            room = Some(id);
+            break;
+        }
+    }
+    let room = room.expect("a room off node 0");
+
+    let mut ws = WsClient::authed(&procs[0].url, &token).await;
+    ws.send(json!({"type": "subscribe", "room": room})).await;
+    ws.until("caught_up").await;
+    cluster.nodes[0].kill();
+
+    // Sent on B, live on A, through a feed on a master still up.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let sent = loop {
+        let (s, v) = b.send(&token, &room, "t1", "while node 0 is away").await;
+        if s == 200 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "a send to a room off node 0 answers {s}: {v}");
+        // Poll interval of a wait on a condition (bounded by `deadline`).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let got = next_message(&mut ws, Duration::from_secs(15)).await;
+    assert_eq!((got["body"].as_str(), got["seq"].as_u64()), (Some("while node 0 is away"), sent["seq"].as_u64()));
+
+    // logout/all on B: published through a node that is up, heard by A on
+    // its new subscription (or found by its check after subscribing again).
+    let (s, v) = b.call("POST", "/logout/all", Some(&token), None).await;
+    assert_eq!(s, 200, "{v}");
+    let code = tokio::time::timeout(Duration::from_secs(15), ws.closed()).await.expect("the WebSocket is closed");
+    assert_eq!(code, Some(4001));
 }

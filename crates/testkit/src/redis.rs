@@ -178,9 +178,18 @@ impl RedisCluster {
 
     /// The node that holds `key`'s slot.
     pub fn node_of(&self, key: &str) -> usize {
-        let slot: u16 =
-            self.nodes[0].cli(&["CLUSTER", "KEYSLOT", key]).expect("CLUSTER KEYSLOT").trim().parse().unwrap();
-        let slots = self.nodes[0].cli(&["CLUSTER", "SLOTS"]).expect("CLUSTER SLOTS");
+        self.node_of_slot(self.slot(key))
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`, asked of a node that is up).
+    pub fn slot(&self, key: &str) -> u16 {
+        let answer = self.nodes.iter().find_map(|n| n.cli(&["CLUSTER", "KEYSLOT", key])).expect("CLUSTER KEYSLOT");
+        answer.trim().parse().unwrap()
+    }
+
+    /// The node that holds `slot`.
+    pub fn node_of_slot(&self, slot: u16) -> usize {
+        let slots = self.nodes.iter().find_map(|n| n.cli(&["CLUSTER", "SLOTS"])).expect("CLUSTER SLOTS");
         // redis-cli prints each range as: start, end, ip, port, id (one per line).
         let lines: Vec<&str> = slots.lines().map(str::trim).collect();
         for w in lines.windows(4) {

@@ -170,7 +170,7 @@ impl Conn {
     async fn reads_once<T: redis::FromRedisValue>(&self, pipeline: &Pipeline) -> Result<T, RedisError> {
         let Conn::Cluster(c) = self else { return pipeline.query_async(&mut self.clone()).await };
         let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
-        let runs = slot_runs(pipeline).into_iter().map(|run| {
+        let runs = slot_runs(pipeline).into_iter().map(|(run, _)| {
             let mut part = redis::pipe();
             for cmd in &cmds[run] {
                 part.add_command((*cmd).clone());
@@ -193,7 +193,17 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => {
+                if !is_publish(cmd) {
+                    return c.req_packed_command(cmd);
+                }
+                Box::pin(async move {
+                    let mut once = redis::pipe();
+                    once.add_command(cmd.clone());
+                    let mut values = on_any_master(c, &once).await?;
+                    values.pop().ok_or_else(|| RedisError::from((redis::ErrorKind::Client, "no answer to PUBLISH")))
+                })
+            }
         }
     }
 
@@ -207,18 +217,27 @@ impl ConnectionLike for Conn {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => {
                 let runs = slot_runs(pipeline);
-                if pipeline.is_transaction() || runs.len() <= 1 {
+                if pipeline.is_transaction() || (runs.len() <= 1 && !pipeline.cmd_iter().any(is_publish)) {
                     return c.req_packed_commands(pipeline, offset, count);
                 }
                 Box::pin(async move {
                     let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
                     let mut values = Vec::with_capacity(cmds.len());
-                    for run in runs {
+                    for (run, run_slot) in runs {
                         let mut part = redis::pipe();
-                        for cmd in &cmds[run.clone()] {
+                        for cmd in &cmds[run] {
                             part.add_command((*cmd).clone());
                         }
-                        values.extend(c.req_packed_commands(&part, 0, part.len()).await?);
+                        let n = part.len();
+                        values.extend(match run_slot {
+                            // Routed by hand: a `PUBLISH` in the run names no key of its slot.
+                            Some(s) => {
+                                let route = SingleNodeRoutingInfo::SpecificNode(Route::new(s, SlotAddr::Master));
+                                c.route_pipeline(part, 0, n, route).await?
+                            }
+                            None if part.cmd_iter().any(is_publish) => on_any_master(c, &part).await?,
+                            None => c.req_packed_commands(&part, 0, n).await?,
+                        });
                     }
                     Ok(values)
                 })
@@ -234,12 +253,34 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// The pipeline's commands as runs of consecutive commands in one slot (a
-/// command without a key joins the run it is in).
-fn slot_runs(pipeline: &Pipeline) -> Vec<std::ops::Range<usize>> {
+/// A classic `PUBLISH` reaches every node of a cluster from any one, so it
+/// is not routed by its channel's slot (whose master may be the one away).
+fn is_publish(cmd: &Cmd) -> bool {
+    cmd.args_iter().next().is_some_and(|a| matches!(a, Arg::Simple(name) if name.eq_ignore_ascii_case(b"PUBLISH")))
+}
+
+/// Sends a keyless pipeline (`PUBLISH`es) to the master of slot 0, else of
+/// slot 2048, and so on through the slots' ranges, until one answers: a
+/// master that is away costs a try, not the publish.
+async fn on_any_master(c: &mut ClusterConnection, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {
+    let mut last = None;
+    for k in 0..8 {
+        let route = SingleNodeRoutingInfo::SpecificNode(Route::new(k * (SLOTS / 8), SlotAddr::Master));
+        match c.route_pipeline(pipe.clone(), 0, pipe.len(), route).await {
+            Ok(values) => return Ok(values),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("eight tries"))
+}
+
+/// The pipeline's commands as runs of consecutive commands in one slot, with
+/// that slot (a command without a key, or a `PUBLISH`, joins the run it is
+/// in).
+fn slot_runs(pipeline: &Pipeline) -> Vec<(std::ops::Range<usize>, Option<u16>)> {
     let mut runs: Vec<(std::ops::Range<usize>, Option<u16>)> = Vec::new();
     for (i, cmd) in pipeline.cmd_iter().enumerate() {
-        let s = first_key(cmd).map(slot);
+        let s = if is_publish(cmd) { None } else { first_key(cmd).map(slot) };
         match runs.last_mut() {
             Some((range, run_slot)) if s.is_none() || run_slot.is_none() || *run_slot == s => {
                 range.end = i + 1;
@@ -250,7 +291,7 @@ fn slot_runs(pipeline: &Pipeline) -> Vec<std::ops::Range<usize>> {
             _ => runs.push((i..i + 1, s)),
         }
     }
-    runs.into_iter().map(|(r, _)| r).collect()
+    runs
 }
 
 /// The key a command is routed by, for the commands the stores pipeline.
@@ -320,10 +361,17 @@ mod tests {
         pipe.cmd("EVALSHA").arg("abc").arg(1).arg("parlor:{b}:z");
         pipe.cmd("PING");
         pipe.cmd("GET").arg("parlor:{a}:x");
-        assert_eq!(slot_runs(&pipe), vec![0..2, 2..4, 4..5]);
+        let ranges = |p: &Pipeline| slot_runs(p).into_iter().map(|(r, _)| r).collect::<Vec<_>>();
+        assert_eq!(ranges(&pipe), vec![0..2, 2..4, 4..5]);
         let mut one = redis::pipe();
         one.cmd("GET").arg("parlor:{a}:x").cmd("DEL").arg("parlor:{a}:y");
-        assert_eq!(slot_runs(&one), vec![0..2]);
+        assert_eq!(ranges(&one), vec![0..2]);
+        // A PUBLISH goes with the run before it, to a node that answered.
+        let mut publish = redis::pipe();
+        publish.cmd("DEL").arg("parlor:token:ab").cmd("HDEL").arg("parlor:user:{ann}:devices").arg("D");
+        publish.cmd("PUBLISH").arg("parlor:revoked").arg("u @ann:x");
+        assert_eq!(ranges(&publish), vec![0..1, 1..3]);
+        assert_eq!(slot_runs(&publish)[1].1, Some(slot(b"{ann}")));
     }
 
     #[test]

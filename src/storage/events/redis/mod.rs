@@ -731,6 +731,25 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_has_one_feed_per_slot_range_in_that_range() {
+        let one = Feeds::for_target(&Target::Single("redis://x/".into()));
+        assert_eq!((one.keys.as_slice(), one.separate), (&["parlor:feed".to_owned()][..], false));
+        let feeds = Feeds::for_target(&Target::cluster("redis://a/,redis://b/"));
+        assert!(feeds.separate);
+        assert_eq!(feeds.keys.len(), CLUSTER_FEEDS as usize);
+        let range = cluster::SLOTS / CLUSTER_FEEDS;
+        for (i, key) in feeds.keys.iter().enumerate() {
+            assert_eq!((cluster::slot(key.as_bytes()) / range) as usize, i, "{key}");
+        }
+        // A room's feed is the one of its slot's range.
+        for n in 0..200 {
+            let room = RoomId::parse(&format!("!r{n}:x")).unwrap();
+            let feed = feeds.of(&room);
+            assert_eq!(cluster::slot(feed.as_bytes()) / range, cluster::slot(meta_key(&room).as_bytes()) / range);
+        }
+    }
+
+    #[test]
     fn urls_are_shown_without_their_password() {
         assert_eq!(redacted("redis://:secret@host:6379/2"), "redis://***@host:6379/2");
         assert_eq!(redacted("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
