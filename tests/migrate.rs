@@ -4,20 +4,29 @@
 //! with `--redis`, and so does a second process beside it, serving exactly
 //! what clients saw before (same epoch, seqs, event ids, times; old tokens
 //! still authenticate; a cursor resumes). Refusals leave the data dir as it
-//! was: a running server, another server's Redis, a conflicting alias.
+//! was: a running server, another server's Redis, a conflicting alias. The
+//! same move into a Redis Cluster (`--redis-cluster`), with `parlor admin`
+//! on the stopped data dir given the cluster.
 
 mod support;
 
 use std::path::Path;
 
 use serde_json::{Value, json};
-use support::{Api, ParlorProcess, RedisServer, WsClient, run_parlor};
+use support::{Api, ParlorProcess, RedisCluster, RedisServer, WsClient, run_parlor};
 
 const NAME: &str = "mig.test";
 const PASSWORD: &str = "zebra-quartz-71";
 
 fn migrate(dir: &Path, redis: &RedisServer) -> (bool, String, String) {
-    run_parlor(&["migrate", "--data-dir", dir.to_str().unwrap(), "--redis", &redis.url, "--json"])
+    migrate_into(dir, &["--redis", &redis.url])
+}
+
+/// `parlor migrate` into `target` (`--redis URL` or `--redis-cluster URLS`).
+fn migrate_into(dir: &Path, target: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["migrate", "--data-dir", dir.to_str().unwrap(), "--json"];
+    args.extend_from_slice(target);
+    run_parlor(&args)
 }
 
 fn admin(dir: &Path, args: &[&str]) -> Value {
@@ -85,11 +94,23 @@ async fn fill(dir: &Path) -> Before {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_server_moves_into_redis_and_clients_see_no_difference() {
+    let redis = RedisServer::start();
+    moves_into(&["--redis", &redis.url]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_server_moves_into_a_redis_cluster_and_clients_see_no_difference() {
+    let cluster = RedisCluster::start();
+    moves_into(&["--redis-cluster", &cluster.urls()]).await;
+}
+
+/// Moves a filled embedded server into `target` (`--redis URL` or
+/// `--redis-cluster URLS`) and checks what clients and the operator see.
+async fn moves_into(target: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let b = fill(dir.path()).await;
-    let redis = RedisServer::start();
 
-    let (ok, out, err) = migrate(dir.path(), &redis);
+    let (ok, out, err) = migrate_into(dir.path(), target);
     assert!(ok, "migrate: {out} {err}");
     let moved: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(moved["server_name"], NAME);
@@ -101,10 +122,10 @@ async fn an_embedded_server_moves_into_redis_and_clients_see_no_difference() {
 
     // The moved data dir starts with --redis now (without, it is refused:
     // tests/data_dir.rs), named as before.
-    let a = ParlorProcess::spawn(dir.path(), &["--redis", &redis.url]);
+    let a = ParlorProcess::spawn(dir.path(), target);
     // A second process of the same server, on its own empty data dir.
     let dir2 = tempfile::tempdir().unwrap();
-    let second = ParlorProcess::spawn(dir2.path(), &["--server-name", NAME, "--redis", &redis.url]);
+    let second = ParlorProcess::spawn(dir2.path(), &[&["--server-name", NAME][..], target].concat());
 
     for url in [&a.url, &second.url] {
         let api = Api::new(url);
@@ -156,8 +177,12 @@ async fn an_embedded_server_moves_into_redis_and_clients_see_no_difference() {
 
     // Nothing is left to move.
     drop(a);
-    let (ok, out, err) = migrate(dir.path(), &redis);
+    let (ok, out, err) = migrate_into(dir.path(), target);
     assert!(!ok && err.contains("uses Redis already"), "{out} {err}");
+
+    // The stopped data dir's admin commands reach the same Redis when given it.
+    let offline = admin(dir.path(), &[target, &["servers", "list"]].concat());
+    assert!(offline.to_string().contains("spam.example"), "{offline}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
