@@ -156,18 +156,20 @@ impl Conn {
 }
 
 impl Conn {
-    /// Sends a pipeline of reads whose order does not matter: on a cluster
-    /// its slots' runs go out concurrently (one round trip in all, not one
-    /// per run). The answers are in the pipeline's order. Sent once more
-    /// when the connection turned out dead (as `link::query_pipe`).
+    /// Sends a pipeline of reads whose order does not matter, as
+    /// [`Conn::concurrently`], once more when the connection turned out dead
+    /// (as `link::query_pipe`).
     pub async fn reads<T: redis::FromRedisValue>(&self, pipeline: &Pipeline) -> Result<T, RedisError> {
-        match self.reads_once(pipeline).await {
-            Err(e) if e.is_unrecoverable_error() => self.reads_once(pipeline).await,
+        match self.concurrently(pipeline).await {
+            Err(e) if e.is_unrecoverable_error() => self.concurrently(pipeline).await,
             other => other,
         }
     }
 
-    async fn reads_once<T: redis::FromRedisValue>(&self, pipeline: &Pipeline) -> Result<T, RedisError> {
+    /// Sends a pipeline whose runs of one slot need no order between them:
+    /// on a cluster the runs go out concurrently (one round trip in all, not
+    /// one per run). The answers are in the pipeline's order.
+    pub async fn concurrently<T: redis::FromRedisValue>(&self, pipeline: &Pipeline) -> Result<T, RedisError> {
         let Conn::Cluster(c) = self else { return pipeline.query_async(&mut self.clone()).await };
         let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
         let runs = slot_runs(pipeline).into_iter().map(|(run, _)| {

@@ -143,19 +143,23 @@ impl Writer {
         if feed.is_empty() {
             return;
         }
+        // Each feed's entries together, in order; the feeds concurrently.
+        feed.sort_by_key(|(feed, _)| *feed);
         let mut pipe = redis::pipe();
-        for cmd in feed {
-            pipe.add_command(cmd).ignore();
+        for (_, cmd) in feed {
+            pipe.add_command(cmd);
         }
-        if let Err(e) = self.shared.link.pipeline(&pipe).await {
+        if let Err(e) = self.shared.link.conn().concurrently::<redis::Value>(&pipe).await {
             tracing::warn!(error = %e, "cannot write the redis feed: other processes get these events with their rooms' next");
         }
     }
 
-    /// The feed entry of a stored append, for a feed the script does not write.
-    fn feed_entry(&self, job: &Job, a: &Appended) -> Cmd {
+    /// The feed entry of a stored append, for a feed the script does not
+    /// write, with the feed's slot.
+    fn feed_entry(&self, job: &Job, a: &Appended) -> (u16, Cmd) {
+        let feed = self.shared.feeds.of(&job.room);
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.shared.feeds.of(&job.room)).arg("MAXLEN").arg("~").arg(FEED_MAXLEN).arg("*");
+        cmd.arg(feed).arg("MAXLEN").arg("~").arg(FEED_MAXLEN).arg("*");
         cmd.arg("r").arg(job.room.as_str()).arg("e").arg(&*a.epoch).arg("g").arg(a.generation).arg("q").arg(a.seq);
         cmd.arg("o").arg(&job.origin);
         cmd.arg("t").arg(job.event.kind.as_str()).arg("s").arg(job.event.sender.as_str());
@@ -166,12 +170,12 @@ impl Writer {
             cmd.arg("x").arg(serde_json::to_string(&job.event.content).expect("contents serialize"));
         }
         cmd.arg("ts").arg(job.ts);
-        cmd
+        (cluster::slot(feed.as_bytes()), cmd)
     }
 
     /// Runs the jobs' scripts; on a cluster, adds the feed entry of each
     /// stored one to `feed`.
-    async fn commit_scripts(&self, jobs: Vec<Job>, candidate: &str, feed: &mut Vec<Cmd>) {
+    async fn commit_scripts(&self, jobs: Vec<Job>, candidate: &str, feed: &mut Vec<(u16, Cmd)>) {
         let mut pending = jobs;
         for attempt in 0..2 {
             let mut pipe = redis::pipe();
