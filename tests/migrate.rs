@@ -220,3 +220,41 @@ async fn a_refused_migration_leaves_the_embedded_server_as_it_was() {
     let (epoch, latest, events) = history(&Api::new(&server.url), &b.ann_token, &b.room).await;
     assert_eq!((epoch, latest, events), (b.epoch, b.latest, b.events));
 }
+
+/// From one Redis to a Redis Cluster, the way README says: every process
+/// stopped, the keys copied with `redis-cli --cluster import`, then the same
+/// data dir started with `--redis-cluster` (one Redis and a cluster are the
+/// same backend and hold the same keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_one_redis_moves_to_a_cluster_with_redis_cli_import() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ParlorProcess::spawn(dir.path(), &["--server-name", NAME, "--redis", &redis.url]);
+    let api = Api::new(&server.url);
+    let (_, ann) = api.user("ann").await;
+    let room = api.join(&ann, "garden").await["room_id"].as_str().unwrap().to_owned();
+    for n in 0..5 {
+        let (s, v) = api.send(&ann, &room, &format!("t{n}"), &format!("ann says {n}")).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (epoch, latest, events) = history(&api, &ann, &room).await;
+    drop(server);
+
+    let cluster = RedisCluster::start();
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "import", &format!("127.0.0.1:{}", cluster.nodes[0].port)])
+        .args(["--cluster-from", &format!("127.0.0.1:{}", redis.port), "--cluster-copy"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "redis-cli --cluster import: {}", String::from_utf8_lossy(&out.stdout));
+
+    let server = ParlorProcess::spawn(dir.path(), &["--redis-cluster", &cluster.urls()]);
+    let api = Api::new(&server.url);
+    // The old token, the history as it was, and the next seq after it.
+    let (again_epoch, again_latest, again) = history(&api, &ann, &room).await;
+    assert_eq!((again_epoch.as_str(), again_latest, &again), (epoch.as_str(), latest, &events));
+    let (s, v) = api.send(&ann, &room, "after", "on the cluster").await;
+    assert_eq!((s, v["seq"].as_u64()), (200, Some(latest + 1)), "{v}");
+    let (s, v) = api.call("POST", "/login", None, Some(json!({"username": "ann", "password": PASSWORD}))).await;
+    assert_eq!(s, 200, "{v}");
+}
