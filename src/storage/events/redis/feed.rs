@@ -124,7 +124,7 @@ impl FeedReader {
                 };
                 match checked {
                     Ok(()) => {
-                        tracing::info!(cursor = %self.cursor, "redis feed reconnected");
+                        tracing::info!(feed = %self.key, cursor = %self.cursor, "redis feed reconnected");
                         suspect = false;
                         backoff = BACKOFF_MIN;
                     }
@@ -150,7 +150,7 @@ impl FeedReader {
                 // Idle: make sure the feed was not replaced under us.
                 Ok(Ok(batch)) if batch.is_empty() => {
                     if let Err(e) = self.check().await {
-                        tracing::warn!(error = %e, "redis feed lost");
+                        tracing::warn!(feed = %self.key, error = %e, "redis feed lost");
                         suspect = true;
                     }
                 }
@@ -170,7 +170,7 @@ impl FeedReader {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "redis feed lost; reconnecting");
+                    tracing::warn!(feed = %self.key, error = %e, "redis feed lost; reconnecting");
                     suspect = true;
                 }
             }
@@ -227,7 +227,7 @@ impl FeedReader {
             });
         }
         if went_back {
-            tracing::warn!(cursor = %self.cursor, tail = ?tail, "the redis feed went back; reading it from the start");
+            tracing::warn!(feed = %self.key, cursor = %self.cursor, tail = ?tail, "the redis feed went back; reading it from the start");
             // What was read before is handed out (and its marks recorded)
             // before the feed is read again and filtered by those marks.
             let (done, handed_out) = oneshot::channel();
