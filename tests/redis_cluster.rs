@@ -214,3 +214,56 @@ async fn with_the_first_listed_master_away_other_slots_deliver_live_and_revocati
     let code = tokio::time::timeout(Duration::from_secs(15), ws.closed()).await.expect("the WebSocket is closed");
     assert_eq!(code, Some(4001));
 }
+
+/// Every key on every master of the cluster whose serialized value holds `needle`.
+fn keys_holding(cluster: &RedisCluster, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for node in &cluster.nodes {
+        // DUMP's payload is what the node keeps; uncompressed so a body reads as itself.
+        node.cli(&["CONFIG", "SET", "rdbcompression", "no"]).expect("config set");
+        let keys = node.cli(&["--scan", "--pattern", "parlor:*"]).unwrap_or_default();
+        for key in keys.lines().map(str::trim).filter(|k| !k.is_empty()) {
+            if node.cli(&["DUMP", key]).is_some_and(|d| d.contains(needle)) {
+                found.push(key.to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// A redaction on a cluster erases the body from the room's slot (its log)
+/// and from the feed of the room's slot range, whichever master holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redaction_on_a_cluster_leaves_the_body_on_no_master() {
+    let cluster = RedisCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--redis-cluster", &cluster.urls(), "--server-name", "cluster.test", "--rate-limit", "off"];
+    let process = ParlorProcess::spawn(dir.path(), &args);
+    let api = Api::new(&process.url);
+    let (_, token) = api.user(&uniq("ann")).await;
+    let room = api.join(&token, "#erase:cluster.test").await["room_id"].as_str().expect("room_id").to_owned();
+
+    let secret = "cluster-secret-b0dy";
+    let mut secret_id = String::new();
+    for i in 0..200 {
+        let body = if i == 100 { secret.to_owned() } else { format!("m{i}") };
+        let (s, v) = api.send(&token, &room, &format!("t{i}"), &body).await;
+        assert_eq!(s, 200, "send {i}: {v}");
+        if i == 100 {
+            secret_id = v["event_id"].as_str().expect("event_id").to_owned();
+        }
+    }
+    assert!(!keys_holding(&cluster, secret).is_empty(), "the test sees the stored body");
+
+    let path = format!("/rooms/{}/redact/{}/r1", support::enc(&room), support::enc(&secret_id));
+    let (s, v) = api.call("PUT", &path, Some(&token), Some(json!({"reason": "oops"}))).await;
+    assert_eq!(s, 200, "redact: {v}");
+    assert_eq!(keys_holding(&cluster, secret), Vec::<String>::new(), "no master keeps the body");
+
+    let (s, v) = api.messages(&token, &room, "after=0&limit=500").await;
+    assert_eq!(s, 200, "{v}");
+    let events = v["events"].as_array().expect("events");
+    let event = events.iter().find(|e| e["event_id"] == secret_id.as_str()).expect("the redacted event is in history");
+    assert_eq!((event["redacted"].as_bool(), event.get("body")), (Some(true), None), "{event}");
+    assert_eq!(events.iter().filter(|e| e["redacts"] == secret_id.as_str()).count(), 1, "one redaction event");
+}

@@ -487,9 +487,8 @@ impl Rooms {
                 self.apply_events(&room_id, 0, u64::MAX, &batch).await?;
                 continue;
             }
-            let erased = self.apply_redactions(&room_id, &epoch, &mut batch).await?;
+            self.apply_redactions(&room_id, &epoch, &mut batch).await?;
             let imported = self.log.import(&room_id, &epoch, None, batch.clone()).await?;
-            self.erase_again(&room_id, &erased).await?;
             self.apply_events(&room_id, imported.before, imported.latest, &batch).await?;
             if imported.hole && !self.has_member_from(&room, self.server_name.as_str()).await? {
                 // A replica none of our users is in any more (they were
@@ -514,15 +513,8 @@ impl Rooms {
     /// and in what the replica's log already holds. Erasing first means a
     /// redaction is never on record here with its target's body still
     /// stored; the home decided who may redact, so nothing is checked again.
-    /// Returns what it erased in the log, for [`Rooms::erase_again`].
-    async fn apply_redactions(
-        &self,
-        room_id: &RoomId,
-        epoch: &str,
-        events: &mut [Event],
-    ) -> Result<Vec<(String, Vec<u64>)>> {
+    async fn apply_redactions(&self, room_id: &RoomId, epoch: &str, events: &mut [Event]) -> Result<()> {
         let head = self.log.head(room_id).await?;
-        let mut erased = Vec::new();
         for i in 0..events.len() {
             let (seq, kind) = (events[i].seq, events[i].kind);
             let Some(target) = events[i].content.redacts.clone() else { continue };
@@ -536,18 +528,7 @@ impl Rooms {
             }
             if let Some(found) = super::events::redaction_targets(&*self.log, room_id, &target).await? {
                 self.log.erase(room_id, &found.epoch, &found.seqs).await?;
-                erased.push((found.epoch, found.seqs));
             }
-        }
-        Ok(erased)
-    }
-
-    /// Erases again once the redactions are imported: an erase may leave the
-    /// copy that was the newest entry of Redis's feed (`EventLog::erase`),
-    /// which the imported redaction now follows.
-    async fn erase_again(&self, room_id: &RoomId, erased: &[(String, Vec<u64>)]) -> Result<()> {
-        for (epoch, seqs) in erased {
-            self.log.erase(room_id, epoch, seqs).await?;
         }
         Ok(())
     }
@@ -572,9 +553,8 @@ impl Rooms {
                 // The home trimmed what we missed: go on from what it keeps.
                 restart_at = Some(page.earliest_seq);
             }
-            let erased = self.apply_redactions(room_id, &page.epoch, &mut page.events).await?;
+            self.apply_redactions(room_id, &page.epoch, &mut page.events).await?;
             let imported = self.log.import(room_id, &page.epoch, restart_at, page.events.clone()).await?;
-            self.erase_again(room_id, &erased).await?;
             self.apply_events(room_id, imported.before, imported.latest, &page.events).await?;
             if page.events.is_empty() || imported.latest >= page.latest_seq || imported.written == 0 {
                 return Ok(());

@@ -135,6 +135,12 @@ const CHECK_BATCH: usize = 512;
 /// the whole feed (about [`FEED_MAXLEN`] entries) in steps this long, so
 /// that no step holds Redis for long.
 const SCRUB_STEP: usize = 2_000;
+/// How far from a feed's end a redacted copy is rewritten in place (the
+/// feed's tail from its node on, added again with the same ids: one script
+/// rewriting up to this many entries, a few ms of Redis); a deeper copy's
+/// node is freed by trimming the feed past it, which only a reader this many
+/// appends behind notices (as it notices the feed's own trim).
+const SCRUB_REWRITE_MAX: u64 = 5_000;
 
 fn meta_key(room: &RoomId) -> String {
     format!("parlor:{{{room}}}:meta")
@@ -724,15 +730,23 @@ impl EventLog for RedisLog {
             let link = &self.shared.link;
             // The room stream (or archive) first: it is what reads see.
             let mut cmd = evalsha(&link.scripts.redact, 2);
-            cmd.arg(meta_key(room)).arg(log_key(room)).arg(epoch).arg(stream_node_entries(link).await?);
+            let node_entries = stream_node_entries(link).await?;
+            cmd.arg(meta_key(room)).arg(log_key(room)).arg(epoch).arg(node_entries);
             cmd.arg(seqs);
             let changed: usize = redis::from_redis_value(link.query(&cmd).await?)
                 .map_err(|e| replies::script_error("redact", e.to_string()))?;
-            // Then the feed's copies, wherever they are in it.
+            // Then the feed's copies, wherever they are in it. A node size
+            // of 0 is "no entry limit" (or unknown): then the rewrite starts
+            // as far back as it may.
+            let node = match node_entries {
+                0 => SCRUB_REWRITE_MAX,
+                n => n.min(SCRUB_REWRITE_MAX),
+            };
             let mut after = "-".to_owned();
             loop {
                 let mut cmd = evalsha(&link.scripts.scrub_feed, 1);
-                cmd.arg(self.shared.feeds.of(room)).arg(room.as_str()).arg(epoch).arg(&after).arg(SCRUB_STEP).arg(seqs);
+                cmd.arg(self.shared.feeds.of(room)).arg(room.as_str()).arg(epoch).arg(&after).arg(SCRUB_STEP);
+                cmd.arg(node).arg(SCRUB_REWRITE_MAX).arg(seqs);
                 let (next, _deleted): (String, u64) = redis::from_redis_value(link.query(&cmd).await?)
                     .map_err(|e| replies::script_error("scrub_feed", e.to_string()))?;
                 if next.is_empty() {
