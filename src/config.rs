@@ -19,6 +19,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `redis://…`: keep room logs in Redis Streams instead of the embedded store.
     pub redis: Option<String>,
+    /// The nodes of a Redis Cluster (`redis://…` each), instead of `redis`.
+    pub redis_cluster: Option<Vec<String>>,
     /// Keep at most this many events per room (None: keep all).
     pub retention: Option<u64>,
     /// Register/login/send rate limits on or off.
@@ -110,6 +112,7 @@ impl Config {
             server_name,
             data_dir: data_dir.into(),
             redis: None,
+            redis_cluster: None,
             retention: None,
             rate_limit: true,
             max_connections: 50_000,

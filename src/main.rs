@@ -14,6 +14,7 @@ use parlor::config::Config;
 use parlor::protocol::ServerName;
 use parlor::protocol::admin::{AdminAnswer, AdminRequest};
 use parlor::protocol::versions::Registration;
+use parlor::storage::events::redis::Target;
 
 #[derive(Parser)]
 #[command(name = "parlor", version, about = "A small, fast, federated chat server with a documented JSON protocol")]
@@ -66,9 +67,14 @@ struct Serve {
     /// The name in user ids and room aliases (default: the name the data dir records, else the listen address).
     #[arg(long, env = "PARLOR_SERVER_NAME")]
     server_name: Option<String>,
-    /// Keep room logs in Redis Streams at this URL (redis://host:port/) instead of the embedded store.
-    #[arg(long, env = "PARLOR_REDIS")]
+    /// Keep everything the processes of one server share (accounts, tokens, rooms, room logs, rate
+    /// limits, the signing key) in the Redis at this URL (redis://host:port/); every process with the
+    /// same --server-name on it is one server.
+    #[arg(long, env = "PARLOR_REDIS", conflicts_with = "redis_cluster")]
     redis: Option<String>,
+    /// As --redis, on a Redis Cluster: the URLs of some of its nodes (redis://host:port/), comma-separated.
+    #[arg(long, env = "PARLOR_REDIS_CLUSTER", value_delimiter = ',')]
+    redis_cluster: Option<Vec<String>>,
     /// Rate limits on register, login and send.
     #[arg(long, env = "PARLOR_RATE_LIMIT", value_enum, default_value = "on")]
     rate_limit: OnOff,
@@ -168,8 +174,11 @@ struct Admin {
     #[arg(long, env = "PARLOR_DATA_DIR", default_value = "./parlor-data")]
     data_dir: PathBuf,
     /// The server's --redis URL; needed only when no server runs and the data dir uses Redis.
-    #[arg(long, env = "PARLOR_REDIS")]
+    #[arg(long, env = "PARLOR_REDIS", conflicts_with = "redis_cluster")]
     redis: Option<String>,
+    /// The server's --redis-cluster URLs, instead of --redis.
+    #[arg(long, env = "PARLOR_REDIS_CLUSTER", value_delimiter = ',')]
+    redis_cluster: Option<Vec<String>>,
     /// Print the answer as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -183,8 +192,11 @@ struct Migrate {
     #[arg(long, env = "PARLOR_DATA_DIR", default_value = "./parlor-data")]
     data_dir: PathBuf,
     /// The Redis to move into (redis://host:port/); the server then starts with this --redis.
-    #[arg(long, env = "PARLOR_REDIS")]
-    redis: String,
+    #[arg(long, env = "PARLOR_REDIS", required_unless_present = "redis_cluster", conflicts_with = "redis_cluster")]
+    redis: Option<String>,
+    /// The Redis Cluster to move into (its nodes' URLs, comma-separated), instead of --redis.
+    #[arg(long, env = "PARLOR_REDIS_CLUSTER", value_delimiter = ',')]
+    redis_cluster: Option<Vec<String>>,
     /// Print what was moved as JSON.
     #[arg(long)]
     json: bool,
@@ -384,7 +396,9 @@ fn migrate(m: Migrate) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let json = m.json;
-        let moved = parlor::storage::migrate::migrate(&m.data_dir, &m.redis, |step| {
+        let target =
+            Target::of(m.redis.as_deref(), m.redis_cluster.as_deref()).context("give --redis or --redis-cluster")?;
+        let moved = parlor::storage::migrate::migrate(&m.data_dir, &target, |step| {
             if !json {
                 println!("{step}");
             }
@@ -394,8 +408,9 @@ fn migrate(m: Migrate) -> Result<()> {
             println!("{}", serde_json::to_string(&moved)?);
         } else {
             println!(
-                "moved server {} into Redis: start it with --redis {} (every process of it, each with its own --data-dir)",
-                moved.server_name, m.redis
+                "moved server {} into Redis: start it with {} (every process of it, each with its own --data-dir)",
+                moved.server_name,
+                target.flag()
             );
         }
         Ok(())
@@ -405,7 +420,8 @@ fn migrate(m: Migrate) -> Result<()> {
 /// Logs to stderr, filtered by `RUST_LOG` (default: Parlor's info records,
 /// access lines included, and warnings of the crates below it).
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "parlor=info,warn".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "parlor=info,redis=error,warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         // Colour codes only for a person watching a terminal, never in a
@@ -442,6 +458,7 @@ fn serve(s: Serve) -> Result<()> {
         let server_name = ServerName::parse(&name).with_context(|| format!("bad server name {name:?}"))?;
         let mut config = Config::new(server_name, &s.data_dir);
         config.redis = s.redis;
+        config.redis_cluster = s.redis_cluster;
         config.rate_limit = matches!(s.rate_limit, OnOff::On);
         config.retention = s.retention;
         config.max_connections = s.max_connections;
@@ -533,7 +550,9 @@ fn admin(a: Admin) -> Result<()> {
         let socket = parlor::admin::socket_path(&a.data_dir);
         match parlor::admin::client::call(&socket, &req).await {
             Ok(answer) => Ok(answer),
-            Err(parlor::admin::client::CallError::NoServer(_)) => offline(&a.data_dir, a.redis, req).await,
+            Err(parlor::admin::client::CallError::NoServer(_)) => {
+                offline(&a.data_dir, a.redis, a.redis_cluster, req).await
+            }
             Err(e) => Err(e.into()),
         }
     })?;
@@ -555,16 +574,21 @@ fn admin(a: Admin) -> Result<()> {
 async fn offline(
     dir: &std::path::Path,
     redis: Option<String>,
+    redis_cluster: Option<Vec<String>>,
     req: AdminRequest,
 ) -> Result<Result<AdminAnswer, parlor::protocol::ErrorBody>> {
     let identity = parlor::storage::identity::recorded(dir)?
         .with_context(|| format!("{} holds no Parlor data; give the --data-dir of a server", dir.display()))?;
-    if identity.room_log == parlor::storage::identity::RoomLog::Redis && redis.is_none() {
-        anyhow::bail!("no server runs on {} and its data is in Redis: give --redis URL", dir.display());
+    if identity.room_log == parlor::storage::identity::RoomLog::Redis && redis.is_none() && redis_cluster.is_none() {
+        anyhow::bail!(
+            "no server runs on {} and its data is in Redis: give --redis URL (or --redis-cluster URL,…)",
+            dir.display()
+        );
     }
     let server_name = ServerName::parse(&identity.server_name).context("the recorded server name")?;
     let mut config = Config::new(server_name, dir);
     config.redis = redis;
+    config.redis_cluster = redis_cluster;
     let tools = parlor::service::Offline::open(config)
         .await
         .with_context(|| format!("no server answers on {}, and the data dir cannot be opened", dir.display()))?;

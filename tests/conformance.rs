@@ -1,7 +1,8 @@
 //! Runs the conformance suite (`conformance/`, a black-box client written
 //! from the spec) in-process against the real `parlor` binary: on the
 //! embedded room log, on Redis Streams (and again with Redis stopped, for
-//! `storage_unavailable`), and on a server with rate limits on. The suite and
+//! `storage_unavailable`), and on a server with rate limits on (in Redis, and
+//! in a Redis Cluster, whose whole suite runs in tests/several_processes.rs). The suite and
 //! the server keep each other honest: any failed case fails the test.
 
 mod support;
@@ -9,7 +10,7 @@ mod support;
 use std::sync::Arc;
 
 use conformance::{Config, Outcome, Report};
-use support::{ParlorProcess, RedisServer};
+use support::{ParlorProcess, RedisCluster, RedisServer};
 
 /// Cases allowed to end "not run" against this server: the modes a test
 /// does not switch on. Federation is on, so its cases must all run.
@@ -104,6 +105,23 @@ async fn conformance_rate_limited_redis() {
     let server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "on", "--redis", &redis.url]);
     let report = run(&server.url, Some("rate_limits::"), true, false, None).await;
     assert_eq!(report.passed(), 5, "every rate-limit case must run and pass");
+}
+
+/// The cases tests/several_processes.rs cannot run on a Redis Cluster: the
+/// rate limits (buckets in the cluster), then every master stopped (503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_rate_limited_redis_cluster_then_storage_down() {
+    let mut cluster = RedisCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ParlorProcess::spawn(dir.path(), &["--rate-limit", "on", "--redis-cluster", &cluster.urls()]);
+    let report = run(&server.url, Some("rate_limits::"), true, false, None).await;
+    assert_eq!(report.passed(), 5, "every rate-limit case must run and pass");
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    let down = run(&server.url, Some("operation::"), false, true, None).await;
+    assert_eq!(down.passed(), 1, "operation::storage_down_503 must run and pass");
+    server.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

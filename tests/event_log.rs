@@ -414,23 +414,24 @@ async fn erase_takes_bodies_out_of_the_store(b: Backend) {
     let before = h.log.read(&r, Range::After(0), 1000).await.unwrap();
     let holds = |needle: &str| match &h.redis {
         None => sled_holds(&h.db, needle),
+        // DUMP: what Redis keeps, entries flagged as deleted included.
         Some(redis) => {
-            let feed = redis.cli(&["XRANGE", "parlor:feed", "-", "+"]).unwrap();
-            redis_key_holds(redis, &format!("parlor:{{{r}}}:log"), needle) || feed.contains(needle)
+            redis_key_holds(redis, &format!("parlor:{{{r}}}:log"), needle)
+                || redis_key_holds(redis, "parlor:feed", needle)
         }
     };
     assert!(holds("secret-original-b0dy") && holds("secret-edited-b0dy"), "the test sees stored bodies");
 
+    // 251 is the newest event: on Redis its copy is the feed's newest entry,
+    // rewritten in place like the others (its id stays, for the feed's readers).
     assert_eq!(h.log.erase(&r, &before.head.epoch, &[120, 251]).await.unwrap(), 2);
-    // 251 is the newest event: on Redis, its copy in the feed's newest entry
-    // is left for an erase after the next append (what a redaction is).
+    assert!(!holds("secret-original-b0dy") && !holds("secret-edited-b0dy"), "the bodies are gone from the store");
     if let Some(redis) = &h.redis {
-        assert!(!redis_key_holds(redis, &format!("parlor:{{{r}}}:log"), "secret-edited-b0dy"));
-        assert!(redis.cli(&["XRANGE", "parlor:feed", "-", "+"]).unwrap().contains("secret-edited-b0dy"));
+        // Rewritten, not dropped: the feed keeps an entry per event.
+        assert_eq!(redis.cli(&["XLEN", "parlor:feed"]).unwrap().trim(), "251");
     }
     assert_eq!(stored(h.log.append(&r, msg("after")).await.unwrap()).1, 252);
     assert_eq!(h.log.erase(&r, &before.head.epoch, &[120, 251]).await.unwrap(), 0, "idempotent");
-    assert!(!holds("secret-original-b0dy") && !holds("secret-edited-b0dy"), "the bodies are gone from the store");
     let after = h.log.read(&r, Range::After(0), 251).await.unwrap();
     assert_eq!(after.head.epoch, before.head.epoch);
     assert_eq!(after.events.len(), 251);
@@ -501,6 +502,38 @@ async fn two_logs_on_one_redis_see_each_others_appends_once_in_order() {
     assert_eq!(sa.json(&r, 7), sb.json(&r, 7), "both processes build the same event");
     a.close().await;
     b.close().await;
+}
+
+/// A redacted copy deep in the feed (more than the 5,000 entries the
+/// scrub rewrites in place from the feed's end) goes with a trim of the
+/// feed past its stream node; the feed keeps its newest entries and goes
+/// on delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erase_trims_a_deep_feed_copy_away() {
+    let h = harness(Backend::Redis, None).await;
+    let redis = h.redis.as_ref().unwrap();
+    let r = room("deep");
+    let mut appends = Vec::new();
+    for i in 1..=5_300u64 {
+        let body = if i == 10 { "deep-secret-b0dy".to_owned() } else { format!("m{i}") };
+        appends.push(h.log.append(&r, msg(&body)));
+    }
+    let mut last = 0;
+    for a in appends {
+        last = last.max(stored(a.await.unwrap()).1);
+    }
+    assert_eq!(last, 5_300);
+    h.sink.wait_for(&r, 5_300).await;
+    let epoch = h.log.read(&r, Range::After(0), 1).await.unwrap().head.epoch;
+    assert!(redis_key_holds(redis, "parlor:feed", "deep-secret-b0dy"), "the test sees the feed's copy");
+
+    assert_eq!(h.log.erase(&r, &epoch, &[10]).await.unwrap(), 1);
+    assert!(!redis_key_holds(redis, "parlor:feed", "deep-secret-b0dy"), "the feed's node is gone");
+    assert!(!redis_key_holds(redis, &format!("parlor:{{{r}}}:log"), "deep-secret-b0dy"), "the log's too");
+    let len: u64 = redis.cli(&["XLEN", "parlor:feed"]).unwrap().trim().parse().unwrap();
+    assert!((5_000..5_300).contains(&len), "trimmed past the copy's node, newest kept: {len}");
+    assert_eq!(stored(h.log.append(&r, msg("after")).await.unwrap()).1, 5_301);
+    h.sink.wait_for(&r, 5_301).await;
 }
 
 /// A redaction reaches an epoch Redis archived after a rollback: the

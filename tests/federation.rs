@@ -43,6 +43,10 @@ backend_tests!(
     a_home_server_that_is_down_makes_its_room_read_only,
     leaving_a_remote_room,
     redactions_reach_replicas_and_erase_there,
+    a_remote_user_is_invited_joins_and_talks,
+    a_remote_user_declines_an_invite,
+    a_kicked_remote_member_can_no_longer_send_or_read,
+    typing_receipts_and_presence_reach_the_other_server,
 );
 
 /// Pushes and catch-ups retried quickly, so tests need not wait a minute.
@@ -356,7 +360,7 @@ fn replica_store_holds(node: &Node, needle: &str) -> bool {
             redis.cli(&["CONFIG", "SET", "rdbcompression", "no"]).unwrap();
             let logs = keys.lines().filter(|k| k.ends_with(":log") || k.contains(":archive:"));
             logs.into_iter().any(|k| redis.cli(&["DUMP", k]).unwrap().contains(needle))
-                || redis.cli(&["XRANGE", "parlor:feed", "-", "+"]).unwrap().contains(needle)
+                || redis.cli(&["DUMP", "parlor:feed"]).unwrap().contains(needle)
         }
         None => {
             // The stopped server's last handles on the data dir go with its tasks.
@@ -435,8 +439,8 @@ async fn redactions_reach_replicas_and_erase_there(b: Backend) {
     let last = page["events"].as_array().unwrap().last().unwrap().clone();
     assert_eq!((last["type"].as_str(), &last["redacts"]), (Some("redaction"), &by_bob["event_id"]), "{last}");
     assert!(page["events"].as_array().unwrap().iter().any(|e| e["seq"] == latest && e["body"] == "kept-b0dy"));
-    // The newest event on A redacted: its copy in the newest entry of A's
-    // Redis feed goes once the redaction is in (`Rooms::erase_again`).
+    // The newest event on A redacted: its copy is the newest entry of A's
+    // Redis feed, rewritten in place under the same id (`scrub_feed.lua`).
     let (_, newest) = home.api().send(&tb, &room_id, "b3", "newest-secret-b0dy").await;
     on_a(&a, "the newest message on A", &|p| find(p, &newest).is_some()).await;
     let (s, v) = home.api().call("PUT", &path(&newest["event_id"], "r3"), Some(&tb), Some(json!({}))).await;
@@ -467,6 +471,243 @@ async fn leaving_a_remote_room(b: Backend) {
     let (_, page) = home.api().messages(&tb, &room_id, "").await;
     let kinds: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["join", "join", "leave"]);
+}
+
+/// The `(room_id, membership)` of each item of a `GET /rooms` answer.
+async fn room_list(node: &Node, token: &str) -> Vec<(String, String)> {
+    let (s, v) = node.api().call("GET", "/rooms", Some(token), None).await;
+    assert_eq!(s, 200, "{v}");
+    v["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["room_id"].as_str().unwrap().to_owned(), r["membership"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// Waits until the user's room list on `node` is `want`.
+async fn room_list_becomes(node: &Node, token: &str, want: Vec<(String, String)>) {
+    let what = format!("the room list on {} becomes {want:?}", node.name());
+    eventually(&what, || {
+        let want = want.clone();
+        async move { room_list(node, token).await == want }
+    })
+    .await;
+}
+
+/// A private room without an alias, made on `home` by its owner.
+async fn private_room(home: &Node, owner_token: &str) -> String {
+    let body = json!({"visibility": "private", "name": "plans"});
+    let (s, v) = home.api().call("POST", "/rooms", Some(owner_token), Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    v["room_id"].as_str().unwrap().to_owned()
+}
+
+fn kinds(page: &Value) -> Vec<String> {
+    page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn a_remote_user_is_invited_joins_and_talks(b: Backend) {
+    let (a, home) = two_servers(b).await;
+    let (_, tb) = home.api().user(&uniq("bob")).await;
+    let room_id = private_room(&home, &tb).await;
+    let (ann, ta) = a.api().user(&uniq("ann")).await;
+    let join_path = format!("/rooms/{}/join", enc(&room_id));
+    let (s, v) = a.api().call("POST", &join_path, Some(&ta), None).await;
+    assert_eq!((s, v["errcode"].as_str()), (403, Some("not_invited")), "uninvited: {v}");
+
+    let invite = format!("/rooms/{}/invite", enc(&room_id));
+    let (s, v) = home.api().call("POST", &invite, Some(&tb), Some(json!({"user_id": ann}))).await;
+    assert_eq!((s, &v), (200, &json!({})));
+    // The invite reached A, which lists it; nothing else of the room did.
+    room_list_becomes(&a, &ta, vec![(room_id.clone(), "invite".into())]).await;
+
+    let (s, v) = a.api().call("POST", &join_path, Some(&ta), None).await;
+    assert_eq!(s, 200, "an invited remote user joins a private room: {v}");
+    assert_eq!(v["room_id"], room_id.as_str());
+    assert_eq!(room_list(&a, &ta).await, vec![(room_id.clone(), "join".into())]);
+    let (s, sent) = a.api().send(&ta, &room_id, "a1", "hi from A").await;
+    assert_eq!(s, 200, "{sent}");
+    let (_, page) = home.api().messages(&tb, &room_id, "after=0").await;
+    assert_eq!(kinds(&page), ["join", "room", "invite", "join", "message"]);
+    assert_eq!(page["events"][4]["sender"], ann.as_str());
+    // A's replica has it all, and the room's state with it.
+    eventually("A's replica holds the message", || {
+        let (api, ta, room_id) = (a.api(), ta.clone(), room_id.clone());
+        async move { api.messages(&ta, &room_id, "after=0").await.1["latest_seq"].as_u64() == Some(5) }
+    })
+    .await;
+    let (_, rooms) = a.api().call("GET", "/rooms", Some(&ta), None).await;
+    assert_eq!(
+        (rooms["rooms"][0]["name"].as_str(), rooms["rooms"][0]["visibility"].as_str()),
+        (Some("plans"), Some("private"))
+    );
+    // Ann reads the private room from her join on, on her own server too.
+    let (_, on_a) = a.api().messages(&ta, &room_id, "after=0").await;
+    assert_eq!(kinds(&on_a), ["join", "message"], "{on_a}");
+    // A role the home server gives her shows on A.
+    let role = format!("/rooms/{}/roles/{}", enc(&room_id), enc(&ann));
+    let (s, v) = home.api().call("PUT", &role, Some(&tb), Some(json!({"role": "moderator"}))).await;
+    assert_eq!((s, &v), (200, &json!({})));
+    eventually("A shows ann as moderator", || {
+        let (api, ta) = (a.api(), ta.clone());
+        async move { api.call("GET", "/rooms", Some(&ta), None).await.1["rooms"][0]["role"] == "moderator" }
+    })
+    .await;
+}
+
+async fn a_remote_user_declines_an_invite(b: Backend) {
+    let (a, home) = two_servers(b).await;
+    let (_, tb) = home.api().user(&uniq("bob")).await;
+    let room_id = private_room(&home, &tb).await;
+    let (ann, ta) = a.api().user(&uniq("ann")).await;
+    let invite = format!("/rooms/{}/invite", enc(&room_id));
+    home.api().call("POST", &invite, Some(&tb), Some(json!({"user_id": ann}))).await;
+    room_list_becomes(&a, &ta, vec![(room_id.clone(), "invite".into())]).await;
+    let reject = format!("/rooms/{}/reject", enc(&room_id));
+    let (s, v) = a.api().call("POST", &reject, Some(&ta), None).await;
+    assert_eq!((s, &v), (200, &json!({})));
+    assert_eq!(room_list(&a, &ta).await, vec![]);
+    let (_, page) = home.api().messages(&tb, &room_id, "after=0").await;
+    assert_eq!(kinds(&page), ["join", "room", "invite", "reject"]);
+    assert_eq!(page["events"][3]["sender"], ann.as_str());
+    // The invite is gone at home too: joining is refused again.
+    let (s, v) = a.api().call("POST", &format!("/rooms/{}/join", enc(&room_id)), Some(&ta), None).await;
+    assert_eq!((s, v["errcode"].as_str()), (403, Some("not_invited")), "{v}");
+    let (s, v) = a.api().call("POST", &reject, Some(&ta), None).await;
+    assert_eq!((s, v["errcode"].as_str()), (403, Some("not_invited")), "{v}");
+}
+
+async fn a_kicked_remote_member_can_no_longer_send_or_read(b: Backend) {
+    let (a, home) = two_servers(b).await;
+    let (bob, tb) = home.api().user(&uniq("bob")).await;
+    let (s, v) = home.api().call("POST", "/rooms", Some(&tb), Some(json!({"alias": uniq("hall")}))).await;
+    assert_eq!(s, 201, "{v}");
+    let room_id = v["room_id"].as_str().unwrap().to_owned();
+    let (ann, ta) = a.api().user(&uniq("ann")).await;
+    a.api().join(&ta, &room_id).await;
+    let mut wa = WsClient::authed(a.url(), &ta).await;
+    wa.send(json!({"type": "subscribe", "room": room_id})).await;
+    wa.until("caught_up").await;
+
+    // A moderator on A cannot act on a room homed elsewhere: refused, clearly.
+    let kick = format!("/rooms/{}/kick", enc(&room_id));
+    let (s, v) = a.api().call("POST", &kick, Some(&ta), Some(json!({"user_id": bob}))).await;
+    assert_eq!((s, v["errcode"].as_str()), (400, Some("remote_user_unsupported")), "{v}");
+
+    let (s, v) = home.api().call("POST", &kick, Some(&tb), Some(json!({"user_id": ann, "reason": "spam"}))).await;
+    assert_eq!((s, &v), (200, &json!({})));
+    // Ann's subscription on A ends after the kick event.
+    let (f, _) = wa.until("unsubscribed").await;
+    assert_eq!(f["reason"], "left", "{f}");
+    eventually("A applied the kick", || {
+        let (a, ta) = (&a, ta.clone());
+        async move { room_list(a, &ta).await.is_empty() }
+    })
+    .await;
+    let (s, v) = a.api().send(&ta, &room_id, "a1", "still here?").await;
+    assert_eq!((s, v["errcode"].as_str()), (403, Some("not_member")), "{v}");
+    let (s, v) = a.api().messages(&ta, &room_id, "after=0").await;
+    assert_eq!((s, v["errcode"].as_str()), (403, Some("not_member")), "{v}");
+    // Nothing new reaches A: it has no member left, so the home server no
+    // longer pushes to it, and a backfill is refused.
+    home.api().send(&tb, &room_id, "b1", "after the kick").await;
+    let (s, v) = home.api().call("GET", &format!("/rooms/{}/members", enc(&room_id)), Some(&tb), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["members"].as_array().unwrap().len(), 1, "{v}");
+    // Invited again, Ann sees the invite on A (whose replica missed what
+    // was sent meanwhile); a ban then drops it there too.
+    let invite = format!("/rooms/{}/invite", enc(&room_id));
+    let (s, v) = home.api().call("POST", &invite, Some(&tb), Some(json!({"user_id": ann}))).await;
+    assert_eq!((s, &v), (200, &json!({})));
+    room_list_becomes(&a, &ta, vec![(room_id.clone(), "invite".into())]).await;
+    let ban = format!("/rooms/{}/ban", enc(&room_id));
+    let (s, _) = home.api().call("POST", &ban, Some(&tb), Some(json!({"user_id": ann}))).await;
+    assert_eq!(s, 200);
+    room_list_becomes(&a, &ta, vec![]).await;
+    // A ban keeps Ann out of the room for good.
+    let (s, v) = a.api().call("POST", &format!("/rooms/{}/join", enc(&room_id)), Some(&ta), None).await;
+    assert_eq!((s, v["errcode"].as_str()), (403, Some("banned")), "{v}");
+}
+
+/// Reads frames until one of type `ty` that `want` accepts.
+async fn frame_until(w: &mut WsClient, ty: &str, want: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let (f, _) = w.until(ty).await;
+        if want(&f) {
+            return f;
+        }
+    }
+}
+
+/// The `presence` of `user` in the room's members as `node` lists them.
+async fn presence_on(node: &Node, token: &str, room_id: &str, user: &str) -> String {
+    let (s, m) = node.api().call("GET", &format!("/rooms/{}/members", enc(room_id)), Some(token), None).await;
+    assert_eq!(s, 200, "{m}");
+    let me = m["members"].as_array().unwrap().iter().find(|x| x["user_id"] == user).cloned().unwrap_or_default();
+    me["presence"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn typing_receipts_and_presence_reach_the_other_server(b: Backend) {
+    let (a, home) = two_servers(b).await;
+    let (bob, tb) = home.api().user(&uniq("bob")).await;
+    let room_id = home.api().join(&tb, &uniq("lounge")).await["room_id"].as_str().unwrap().to_owned();
+    let mut wb = WsClient::authed(home.url(), &tb).await;
+    wb.follow_live();
+    wb.send(json!({"type": "subscribe", "room": room_id})).await;
+    wb.until("caught_up").await;
+    // Ann is online on A before she shares a room with anyone at home.
+    let (ann, ta) = a.api().user(&uniq("ann")).await;
+    let mut wa = WsClient::authed(a.url(), &ta).await;
+    wa.follow_live();
+
+    // She joins: each server tells the other who of its members is online.
+    a.api().join(&ta, &room_id).await;
+    let f = frame_until(&mut wb, "presence", |f| f["user_id"] == ann.as_str()).await;
+    assert_eq!(f["presence"], "online");
+    assert_eq!(presence_on(&home, &tb, &room_id, &ann).await, "online");
+    eventually("A lists bob online", || {
+        let (a, ta, room_id, bob) = (&a, ta.clone(), room_id.clone(), bob.clone());
+        async move { presence_on(a, &ta, &room_id, &bob).await == "online" }
+    })
+    .await;
+    wa.send(json!({"type": "subscribe", "room": room_id})).await;
+    wa.until("caught_up").await;
+
+    // Typing, both ways.
+    wa.send(json!({"type": "typing", "room": room_id, "typing": true})).await;
+    let f = frame_until(&mut wb, "typing", |f| !f["user_ids"].as_array().unwrap().is_empty()).await;
+    assert_eq!(f["user_ids"], json!([ann]), "{f}");
+    wa.send(json!({"type": "typing", "room": room_id, "typing": false})).await;
+    let f = frame_until(&mut wb, "typing", |_| true).await;
+    assert_eq!(f["user_ids"], json!([]), "ann stopped typing: {f}");
+    wb.send(json!({"type": "typing", "room": room_id, "typing": true})).await;
+    // (A's own frames of ann's typing come first.)
+    let f =
+        frame_until(&mut wa, "typing", |f| f["user_ids"].as_array().unwrap().iter().any(|u| u == bob.as_str())).await;
+    assert_eq!(f["user_ids"], json!([bob]), "{f}");
+
+    // A read mark, both ways.
+    let (s, sent) = home.api().send(&tb, &room_id, "b1", "read me").await;
+    assert_eq!(s, 200);
+    let seq = sent["seq"].as_u64().unwrap();
+    frame_until(&mut wa, "event", |f| f["event"]["seq"] == seq).await;
+    let (s, v) =
+        a.api().call("POST", &format!("/rooms/{}/read", enc(&room_id)), Some(&ta), Some(json!({"seq": seq}))).await;
+    assert_eq!(s, 200, "{v}");
+    let f = frame_until(&mut wb, "receipt", |f| f["user_id"] == ann.as_str()).await;
+    assert_eq!((f["room"].as_str(), f["seq"].as_u64()), (Some(room_id.as_str()), Some(seq)), "{f}");
+    let (s, _) =
+        home.api().call("POST", &format!("/rooms/{}/read", enc(&room_id)), Some(&tb), Some(json!({"seq": seq}))).await;
+    assert_eq!(s, 200);
+    let f = frame_until(&mut wa, "receipt", |f| f["user_id"] == bob.as_str()).await;
+    assert_eq!(f["seq"].as_u64(), Some(seq), "{f}");
+
+    // Ann's last socket closes: offline at home too.
+    drop(wa);
+    let f = frame_until(&mut wb, "presence", |f| f["user_id"] == ann.as_str()).await;
+    assert_eq!(f["presence"], "offline");
+    assert_eq!(presence_on(&home, &tb, &room_id, &ann).await, "offline");
 }
 
 // ---- hostile peers ----

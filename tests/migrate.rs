@@ -4,20 +4,29 @@
 //! with `--redis`, and so does a second process beside it, serving exactly
 //! what clients saw before (same epoch, seqs, event ids, times; old tokens
 //! still authenticate; a cursor resumes). Refusals leave the data dir as it
-//! was: a running server, another server's Redis, a conflicting alias.
+//! was: a running server, another server's Redis, a conflicting alias. The
+//! same move into a Redis Cluster (`--redis-cluster`), with `parlor admin`
+//! on the stopped data dir given the cluster.
 
 mod support;
 
 use std::path::Path;
 
 use serde_json::{Value, json};
-use support::{Api, ParlorProcess, RedisServer, WsClient, run_parlor};
+use support::{Api, ParlorProcess, RedisCluster, RedisServer, WsClient, run_parlor};
 
 const NAME: &str = "mig.test";
 const PASSWORD: &str = "zebra-quartz-71";
 
 fn migrate(dir: &Path, redis: &RedisServer) -> (bool, String, String) {
-    run_parlor(&["migrate", "--data-dir", dir.to_str().unwrap(), "--redis", &redis.url, "--json"])
+    migrate_into(dir, &["--redis", &redis.url])
+}
+
+/// `parlor migrate` into `target` (`--redis URL` or `--redis-cluster URLS`).
+fn migrate_into(dir: &Path, target: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["migrate", "--data-dir", dir.to_str().unwrap(), "--json"];
+    args.extend_from_slice(target);
+    run_parlor(&args)
 }
 
 fn admin(dir: &Path, args: &[&str]) -> Value {
@@ -85,11 +94,23 @@ async fn fill(dir: &Path) -> Before {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_server_moves_into_redis_and_clients_see_no_difference() {
+    let redis = RedisServer::start();
+    moves_into(&["--redis", &redis.url]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_server_moves_into_a_redis_cluster_and_clients_see_no_difference() {
+    let cluster = RedisCluster::start();
+    moves_into(&["--redis-cluster", &cluster.urls()]).await;
+}
+
+/// Moves a filled embedded server into `target` (`--redis URL` or
+/// `--redis-cluster URLS`) and checks what clients and the operator see.
+async fn moves_into(target: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let b = fill(dir.path()).await;
-    let redis = RedisServer::start();
 
-    let (ok, out, err) = migrate(dir.path(), &redis);
+    let (ok, out, err) = migrate_into(dir.path(), target);
     assert!(ok, "migrate: {out} {err}");
     let moved: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(moved["server_name"], NAME);
@@ -101,10 +122,10 @@ async fn an_embedded_server_moves_into_redis_and_clients_see_no_difference() {
 
     // The moved data dir starts with --redis now (without, it is refused:
     // tests/data_dir.rs), named as before.
-    let a = ParlorProcess::spawn(dir.path(), &["--redis", &redis.url]);
+    let a = ParlorProcess::spawn(dir.path(), target);
     // A second process of the same server, on its own empty data dir.
     let dir2 = tempfile::tempdir().unwrap();
-    let second = ParlorProcess::spawn(dir2.path(), &["--server-name", NAME, "--redis", &redis.url]);
+    let second = ParlorProcess::spawn(dir2.path(), &[&["--server-name", NAME][..], target].concat());
 
     for url in [&a.url, &second.url] {
         let api = Api::new(url);
@@ -156,8 +177,12 @@ async fn an_embedded_server_moves_into_redis_and_clients_see_no_difference() {
 
     // Nothing is left to move.
     drop(a);
-    let (ok, out, err) = migrate(dir.path(), &redis);
+    let (ok, out, err) = migrate_into(dir.path(), target);
     assert!(!ok && err.contains("uses Redis already"), "{out} {err}");
+
+    // The stopped data dir's admin commands reach the same Redis when given it.
+    let offline = admin(dir.path(), &[target, &["servers", "list"]].concat());
+    assert!(offline.to_string().contains("spam.example"), "{offline}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,4 +219,42 @@ async fn a_refused_migration_leaves_the_embedded_server_as_it_was() {
     let server = ParlorProcess::spawn(dir.path(), &[]);
     let (epoch, latest, events) = history(&Api::new(&server.url), &b.ann_token, &b.room).await;
     assert_eq!((epoch, latest, events), (b.epoch, b.latest, b.events));
+}
+
+/// From one Redis to a Redis Cluster, the way README says: every process
+/// stopped, the keys copied with `redis-cli --cluster import`, then the same
+/// data dir started with `--redis-cluster` (one Redis and a cluster are the
+/// same backend and hold the same keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_one_redis_moves_to_a_cluster_with_redis_cli_import() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ParlorProcess::spawn(dir.path(), &["--server-name", NAME, "--redis", &redis.url]);
+    let api = Api::new(&server.url);
+    let (_, ann) = api.user("ann").await;
+    let room = api.join(&ann, "garden").await["room_id"].as_str().unwrap().to_owned();
+    for n in 0..5 {
+        let (s, v) = api.send(&ann, &room, &format!("t{n}"), &format!("ann says {n}")).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (epoch, latest, events) = history(&api, &ann, &room).await;
+    drop(server);
+
+    let cluster = RedisCluster::start();
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "import", &format!("127.0.0.1:{}", cluster.nodes[0].port)])
+        .args(["--cluster-from", &format!("127.0.0.1:{}", redis.port), "--cluster-copy"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(out.status.success(), "redis-cli --cluster import: {}", String::from_utf8_lossy(&out.stdout));
+
+    let server = ParlorProcess::spawn(dir.path(), &["--redis-cluster", &cluster.urls()]);
+    let api = Api::new(&server.url);
+    // The old token, the history as it was, and the next seq after it.
+    let (again_epoch, again_latest, again) = history(&api, &ann, &room).await;
+    assert_eq!((again_epoch.as_str(), again_latest, &again), (epoch.as_str(), latest, &events));
+    let (s, v) = api.send(&ann, &room, "after", "on the cluster").await;
+    assert_eq!((s, v["seq"].as_u64()), (200, Some(latest + 1)), "{v}");
+    let (s, v) = api.call("POST", "/login", None, Some(json!({"username": "ann", "password": PASSWORD}))).await;
+    assert_eq!(s, 200, "{v}");
 }

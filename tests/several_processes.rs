@@ -1,7 +1,9 @@
-//! Several `parlor serve` processes with one `--server-name` on one Redis
-//! are one server: the whole conformance suite runs green through a real
-//! nginx (`contrib/nginx.conf`, round-robin over three upstreams), so
-//! consecutive requests of one client land on different processes.
+//! Several `parlor serve` processes with one `--server-name` on one Redis,
+//! or on one Redis Cluster of three masters, are one server: the whole
+//! conformance suite runs green through a real nginx (`contrib/nginx.conf`,
+//! round-robin over three upstreams), so consecutive requests of one client
+//! land on different processes. The two runs take turns (one at a time:
+//! six processes and a suite each would crowd a small machine).
 //! `CONFORMANCE_FILTER=NAME` runs only the cases whose names contain NAME.
 
 mod support;
@@ -10,7 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use conformance::{Config, Outcome};
-use support::{ParlorProcess, RedisServer, free_port, nginx};
+use support::{ParlorProcess, RedisCluster, RedisServer, free_port, nginx};
+
+/// One run at a time (see the module doc).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Cases that cannot run here, and why.
 fn expected_not_run(name: &str) -> bool {
@@ -22,7 +27,21 @@ fn expected_not_run(name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_through_nginx_on_three_processes() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let redis = RedisServer::start();
+    conformance_through_nginx(&["--redis", &redis.url]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_through_nginx_on_three_processes_and_a_redis_cluster() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = RedisCluster::start();
+    conformance_through_nginx(&["--redis-cluster", &cluster.urls()]).await;
+}
+
+/// The suite through nginx over three processes started with `storage`
+/// (`--redis URL` or `--redis-cluster URLS`).
+async fn conformance_through_nginx(storage: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     // The suite's fake federation peer, named by every process.
     let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -33,11 +52,9 @@ async fn conformance_through_nginx_on_three_processes() {
     let server_name = listen.to_string();
     let processes: Vec<ParlorProcess> = (0..3)
         .map(|i| {
-            let args = [
+            let mut args = vec![
                 "--rate-limit",
                 "off",
-                "--redis",
-                &redis.url,
                 "--server-name",
                 &server_name,
                 "--trusted-proxy",
@@ -45,6 +62,7 @@ async fn conformance_through_nginx_on_three_processes() {
                 "--federation-peer",
                 &peer_arg,
             ];
+            args.extend_from_slice(storage);
             ParlorProcess::spawn(&dir.path().join(format!("p{i}")), &args)
         })
         .collect();

@@ -7,7 +7,9 @@ use hyper::body::Incoming;
 
 use super::{Ctx, Resp, json, parse_json, read_body};
 use crate::protocol::accounts::Empty;
-use crate::protocol::federation::{FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedSendRequest, FedTransaction};
+use crate::protocol::federation::{
+    FedEphemeral, FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedRejectRequest, FedSendRequest, FedTransaction,
+};
 use crate::protocol::{ErrCode, RoomId, ServerName};
 use crate::service::Error;
 use crate::service::federation::Federation;
@@ -50,14 +52,14 @@ pub async fn join(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
     if body.user_id.server() != origin.as_str() {
         return Err(Error::refused(ErrCode::UnknownServer, format!("{origin} cannot act for {}", body.user_id)));
     }
-    let (room, head, members) = ctx.app.services.rooms.join_from_federation(&body.user_id, &body.room).await?;
+    let services = &ctx.app.services;
+    let (room, head, members) = services.rooms.join_from_federation(&body.user_id, &body.room).await?;
+    services.live.introduce(services.rooms.clone(), room.room_id.clone(), Some(origin));
     Ok(json(
         StatusCode::OK,
         &FedJoinResponse {
             room_id: room.room_id,
-            alias: room.alias.ok_or_else(|| {
-                Error::refused(ErrCode::RemoteUserUnsupported, "rooms without an alias are not federated yet")
-            })?,
+            alias: room.alias,
             epoch: head.epoch.to_string(),
             earliest_seq: head.earliest,
             latest_seq: head.latest,
@@ -73,6 +75,16 @@ pub async fn leave(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
         return Err(Error::refused(ErrCode::UnknownServer, format!("{origin} cannot act for {}", body.user_id)));
     }
     ctx.app.services.rooms.leave_from_federation(&body.user_id, &body.room_id).await?;
+    Ok(json(StatusCode::OK, &Empty {}))
+}
+
+pub async fn reject(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
+    let (origin, body) = signed(ctx, req).await?;
+    let body: FedRejectRequest = parse_json(&body, false)?;
+    if body.user_id.server() != origin.as_str() {
+        return Err(Error::refused(ErrCode::UnknownServer, format!("{origin} cannot act for {}", body.user_id)));
+    }
+    ctx.app.services.rooms.reject_from_federation(&body.user_id, &body.room_id).await?;
     Ok(json(StatusCode::OK, &Empty {}))
 }
 
@@ -92,6 +104,14 @@ pub async fn events(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Res
     };
     let page = ctx.app.services.rooms.events_for_server(&origin, &room_id(room)?, after, limit).await?;
     Ok(json(StatusCode::OK, &page))
+}
+
+pub async fn ephemeral(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
+    let (origin, body) = signed(ctx, req).await?;
+    let body: FedEphemeral = parse_json(&body, false)?;
+    let services = &ctx.app.services;
+    services.live.from_federation(&origin, body, &services.rooms, &services.receipts).await?;
+    Ok(json(StatusCode::OK, &Empty {}))
 }
 
 pub async fn transaction(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {

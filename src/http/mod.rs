@@ -63,6 +63,8 @@ enum Route {
     FedWellKnown,
     FedJoin,
     FedLeave,
+    FedReject,
+    FedEphemeral(String),
     FedSend(String, String),
     FedEvents(String),
     FedTransaction(String),
@@ -103,6 +105,8 @@ impl Route {
             Route::FedWellKnown => WELL_KNOWN_PATH,
             Route::FedJoin => "/_parlor/federation/v1/join",
             Route::FedLeave => "/_parlor/federation/v1/leave",
+            Route::FedReject => "/_parlor/federation/v1/reject",
+            Route::FedEphemeral(_) => "/_parlor/federation/v1/ephemeral/{txn_id}",
             Route::FedSend(_, _) => "/_parlor/federation/v1/rooms/{room}/send/{txn_id}",
             Route::FedEvents(_) => "/_parlor/federation/v1/rooms/{room}/events",
             Route::FedTransaction(_) => "/_parlor/federation/v1/send/{txn_id}",
@@ -165,6 +169,8 @@ fn route(method: &Method, path: &str) -> Result<Route, Error> {
         return match segs.as_slice() {
             ["join"] => allow(method == M::POST, Route::FedJoin, "POST"),
             ["leave"] => allow(method == M::POST, Route::FedLeave, "POST"),
+            ["reject"] => allow(method == M::POST, Route::FedReject, "POST"),
+            ["ephemeral", txn] => allow(method == M::PUT, Route::FedEphemeral(decode_segment(txn)?), "PUT"),
             ["send", txn] => allow(method == M::PUT, Route::FedTransaction(decode_segment(txn)?), "PUT"),
             ["rooms", room, "send", txn] => {
                 allow(method == M::PUT, Route::FedSend(decode_segment(room)?, decode_segment(txn)?), "PUT")
@@ -282,6 +288,8 @@ async fn dispatch(req: Request<Incoming>, ctx: &Ctx) -> (&'static str, Resp) {
         Route::FedWellKnown => federation::well_known(ctx),
         Route::FedJoin => federation::join(ctx, req).await,
         Route::FedLeave => federation::leave(ctx, req).await,
+        Route::FedReject => federation::reject(ctx, req).await,
+        Route::FedEphemeral(_) => federation::ephemeral(ctx, req).await,
         Route::FedSend(room, txn) => federation::send(ctx, req, &room, &txn).await,
         Route::FedEvents(room) => federation::events(ctx, req, &room).await,
         Route::FedTransaction(_) => federation::transaction(ctx, req).await,

@@ -22,7 +22,9 @@ pub async fn join(ctx: &Ctx, req: Request<Incoming>, room: &str) -> Result<Resp,
     let headers = req.headers().clone();
     let _: Empty = parse_json(&read_body(ctx, req).await?, true)?;
     let session = authenticate(ctx, &headers).await?;
-    let room = ctx.app.services.rooms.join(&session.user_id, &Rooms::parse_ref(&param(room)?)?).await?;
+    let services = &ctx.app.services;
+    let room = services.rooms.join(&session.user_id, &Rooms::parse_ref(&param(room)?)?).await?;
+    services.live.joined(services.rooms.clone(), room.room_id.clone());
     Ok(json(StatusCode::OK, &JoinResponse { room_id: room.room_id, alias: room.alias }))
 }
 
@@ -38,16 +40,11 @@ pub async fn members(ctx: &Ctx, req: &Request<Incoming>, room: &str) -> Result<R
     let session = authenticate(ctx, req.headers()).await?;
     let (room, members) =
         ctx.app.services.rooms.members_with_roles(&session.user_id, &Rooms::parse_ref(&param(room)?)?).await?;
-    let (live, server) = (&ctx.app.services.live, ctx.app.services.config.server_name.as_str());
-    // Only this server knows whether its own users are online (federation
-    // does not carry presence yet).
+    let live = &ctx.app.services.live;
+    // Users of other servers: as far as their server told this one (§11.7).
     let members = members
         .into_iter()
-        .map(|(user_id, role)| Member {
-            presence: (user_id.server() == server).then(|| live.presence(&user_id)),
-            user_id,
-            role,
-        })
+        .map(|(user_id, role)| Member { presence: Some(live.presence(&user_id)), user_id, role })
         .collect();
     Ok(json(StatusCode::OK, &MembersResponse { room_id: room.room_id, members }))
 }

@@ -140,7 +140,7 @@ errcodes! {
     Banned = ("banned", 403),
     /// v1.1: `POST /rooms` named an alias that already names a room.
     AliasTaken = ("alias_taken", 409),
-    /// v1.1: the request names a user of another server where only users of this server are supported yet (invites, roles, moderation, direct messages).
+    /// v1.1: the request names a user (or a room) of another server where only this server's are supported: a direct message with a remote user, a user of another server when federation is off, or a change of the state of a room homed on another server (an edit or a redaction there included).
     RemoteUserUnsupported = ("remote_user_unsupported", 400),
     /// v1.1: a redaction names an event the room's log does not hold (in any epoch it keeps).
     EventNotFound = ("event_not_found", 404),

@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 
 use super::events::Event;
 use super::ids::{RoomAlias, RoomId, ServerName, UserId};
+use super::rooms::Presence;
 
 /// Prefix of every server-to-server path.
 pub const FEDERATION_PREFIX: &str = "/_parlor/federation/v1";
@@ -182,7 +183,10 @@ pub struct FedJoinRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct FedJoinResponse {
     pub room_id: RoomId,
-    pub alias: RoomAlias,
+    /// Absent for a room made without one (v1.1: `POST /rooms` without
+    /// `alias`, which a user of the origin joins by id after an invite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<RoomAlias>,
     pub epoch: String,
     pub earliest_seq: u64,
     pub latest_seq: u64,
@@ -196,6 +200,16 @@ pub struct FedJoinResponse {
 pub struct FedLeaveRequest {
     pub room_id: RoomId,
     /// A user of the origin server.
+    pub user_id: UserId,
+}
+
+/// `POST /_parlor/federation/v1/reject`: a user of the origin declines an
+/// invite to a room of this (its home) server.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FedRejectRequest {
+    pub room_id: RoomId,
+    /// A user of the origin server, invited to the room.
     pub user_id: UserId,
 }
 
@@ -243,6 +257,63 @@ pub struct FedTransactionOut<'a> {
 #[serde(deny_unknown_fields)]
 pub struct FedTransaction {
     pub events: Vec<FedEvent>,
+}
+
+/// Items of one ephemeral push at most (typing, receipts and presence together).
+pub const EPHEMERAL_ITEMS_MAX: usize = 1000;
+
+/// `PUT /_parlor/federation/v1/ephemeral/{txn_id}`: what the origin's users
+/// are doing that is not in any room log: typing, read marks and presence,
+/// pushed to the servers with members in the rooms concerned (§11.7). Each
+/// list may be absent (empty); at most [`EPHEMERAL_ITEMS_MAX`] items in all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FedEphemeral {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub typing: Vec<FedTyping>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receipts: Vec<FedReceipt>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub presence: Vec<FedPresence>,
+}
+
+impl FedEphemeral {
+    pub fn len(&self) -> usize {
+        self.typing.len() + self.receipts.len() + self.presence.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A user of the origin started (`true`) or stopped typing in a room; a
+/// `true` is said again while it lasts (§8's timeout applies from the last).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FedTyping {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub typing: bool,
+}
+
+/// A user of the origin's read mark in a room moved to `seq` (of the home
+/// server's log, which every replica shares).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FedReceipt {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub seq: u64,
+}
+
+/// A user of the origin came online (their first WebSocket on any of its
+/// processes) or went offline (their last closed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FedPresence {
+    pub user_id: UserId,
+    pub presence: Presence,
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         "federation_join_request.json" => federation::FedJoinRequest,
         "federation_join_response.json" => federation::FedJoinResponse,
         "federation_leave_request.json" => federation::FedLeaveRequest,
+        "federation_reject_request.json" => federation::FedRejectRequest,
+        "federation_ephemeral.json" => federation::FedEphemeral,
         "federation_send_request.json" => federation::FedSendRequest,
         "federation_transaction.json" => federation::FedTransaction,
     }

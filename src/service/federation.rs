@@ -42,8 +42,8 @@ use tokio_util::task::TaskTracker;
 use super::error::Error;
 use super::ratelimit::{Limiter, Rule};
 use crate::protocol::federation::{
-    FEDERATION_PREFIX, FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedMethod, FedSendRequest, KEY_PATH,
-    SIGNATURE_WINDOW_MS, ServerKeyResponse, WellKnownResponse, parse_auth_header, render_auth_header,
+    FEDERATION_PREFIX, FedJoinRequest, FedJoinResponse, FedLeaveRequest, FedMethod, FedRejectRequest, FedSendRequest,
+    KEY_PATH, SIGNATURE_WINDOW_MS, ServerKeyResponse, WellKnownResponse, parse_auth_header, render_auth_header,
     request_signed_bytes,
 };
 use crate::protocol::limits::MAX_BODY_BYTES;
@@ -420,6 +420,11 @@ pub struct Federation {
     holder: String,
     feed: mpsc::Sender<Routed>,
     feed_rx: Mutex<Option<mpsc::Receiver<Routed>>>,
+    /// Typing, receipts and presence of this server's users on their way
+    /// to the ephemeral router, and each server's outbox of them.
+    ephemeral_feed: mpsc::Sender<Ephemeral>,
+    ephemeral_rx: Mutex<Option<mpsc::Receiver<Ephemeral>>>,
+    ephemeral_dests: Mutex<HashMap<String, Arc<ephemeral::EphemeralDest>>>,
     /// The events of each local room with other servers in it, waiting to
     /// be pushed (one queue per room, shared by its servers).
     queues: Mutex<HashMap<RoomId, RoomQueue>>,
@@ -464,6 +469,7 @@ impl Federation {
         let public_key = B64.encode(key.public_key().as_ref());
         let key_id = format!("ed25519:{}", &sha256_b64(key.public_key().as_ref())[..8]);
         let (feed, feed_rx) = mpsc::channel(FEED_CAPACITY);
+        let (ephemeral_feed, ephemeral_rx) = mpsc::channel(ephemeral::EPHEMERAL_FEED_CAPACITY);
         let started_ms = now_ms();
         Ok(Arc::new(Self {
             server_name,
@@ -487,6 +493,9 @@ impl Federation {
             holder: format!("pid {} {}", std::process::id(), crate::storage::events::new_epoch()),
             feed,
             feed_rx: Mutex::new(Some(feed_rx)),
+            ephemeral_feed,
+            ephemeral_rx: Mutex::new(Some(ephemeral_rx)),
+            ephemeral_dests: Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
             dests: Mutex::new(HashMap::new()),
             push_permits: Semaphore::new(PUSH_CONCURRENCY),
@@ -521,6 +530,10 @@ impl Federation {
         let Some(rx) = self.feed_rx.lock().expect("feed lock").take() else { return };
         let fed = self.clone();
         self.tasks.spawn(async move { fed.route(rx).await });
+        if let Some(rx) = self.ephemeral_rx.lock().expect("feed lock").take() {
+            let fed = self.clone();
+            self.tasks.spawn(async move { fed.route_ephemeral(rx).await });
+        }
     }
 
     /// `GET /_parlor/key/v1/server`.
@@ -747,6 +760,15 @@ impl Federation {
         Ok(())
     }
 
+    /// Tells the room's home server that `user` (ours) declines its invite.
+    pub async fn reject(&self, room_id: &RoomId, user: &UserId) -> Result<(), Failure> {
+        let req = FedRejectRequest { room_id: room_id.clone(), user_id: user.clone() };
+        let _: serde_json::Value = self
+            .call_json(room_id.server(), FedMethod::Post, &format!("{FEDERATION_PREFIX}/reject"), Some(&req))
+            .await?;
+        Ok(())
+    }
+
     /// Asks the room's home server to order a message from one of our users.
     pub async fn send(&self, room_id: &RoomId, txn_id: &str, req: &FedSendRequest) -> Result<SendResponse, Failure> {
         let path = format!("{FEDERATION_PREFIX}/rooms/{}/send/{}", enc(room_id.as_str()), enc(txn_id));
@@ -779,6 +801,9 @@ impl Federation {
     }
 }
 
+mod ephemeral;
 mod push;
 #[cfg(test)]
 mod tests;
+
+pub use ephemeral::Ephemeral;

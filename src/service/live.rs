@@ -31,11 +31,15 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::protocol::federation::{EPHEMERAL_ITEMS_MAX, FedEphemeral};
 use crate::protocol::limits::TYPING_FRAMES_PER_SEC;
 use crate::protocol::rooms::Presence;
 use crate::protocol::ws::ServerFrame;
-use crate::protocol::{RoomId, UserId};
+use crate::protocol::{ErrCode, RoomId, ServerName, UserId};
+use crate::service::error::{Error, Result};
 use crate::service::fanout::Hub;
+use crate::service::federation::{Ephemeral, Federation};
+use crate::service::receipts::Receipts;
 use crate::service::rooms::Rooms;
 use crate::storage::backend::Bus;
 use crate::storage::live::BusNote;
@@ -84,6 +88,9 @@ struct State {
     sockets: HashMap<UserId, usize>,
     /// Other processes with at least one socket of the user.
     remote_online: HashMap<UserId, HashSet<Arc<str>>>,
+    /// Users of other servers whose server told this process they are
+    /// online (§11.7), until it tells it otherwise.
+    fed_online: HashSet<UserId>,
     /// Other processes, by when they were last heard.
     procs: HashMap<Arc<str>, Instant>,
     mine: HashMap<(RoomId, UserId), Mine>,
@@ -101,7 +108,9 @@ struct Snapshot {
 
 impl State {
     fn online(&self, user: &UserId) -> bool {
-        self.sockets.contains_key(user) || self.remote_online.get(user).is_some_and(|s| !s.is_empty())
+        self.sockets.contains_key(user)
+            || self.fed_online.contains(user)
+            || self.remote_online.get(user).is_some_and(|s| !s.is_empty())
     }
 
     fn set_typing(&mut self, room: &RoomId, user: &UserId, origin: &Arc<str>, until: Option<Instant>) {
@@ -194,6 +203,10 @@ pub struct Live {
     ttl: Duration,
     state: Mutex<State>,
     presence_tx: mpsc::UnboundedSender<UserId>,
+    /// Where this server's users' typing, receipts and presence go to
+    /// other servers (§11.7); only the process where a change is made
+    /// hands it over, so it is sent once whatever the number of processes.
+    federation: Option<Arc<Federation>>,
 }
 
 impl Live {
@@ -203,14 +216,28 @@ impl Live {
     pub fn start(hub: Arc<Hub>, rooms: Arc<Rooms>, bus: Option<Bus>, ttl: Duration) -> Arc<Self> {
         let me: Arc<str> = format!("{:016x}", rand_u64()).into();
         let (presence_tx, presence_rx) = mpsc::unbounded_channel();
-        let live =
-            Arc::new(Self { me, bus: bus.map(Arc::new), hub, ttl, state: Mutex::new(State::default()), presence_tx });
+        let federation = rooms.federation().cloned();
+        let live = Arc::new(Self {
+            me,
+            bus: bus.map(Arc::new),
+            hub,
+            ttl,
+            state: Mutex::new(State::default()),
+            presence_tx,
+            federation,
+        });
         if let Some(bus) = &live.bus {
             tokio::spawn(listen(Arc::downgrade(&live), bus.subscribe()));
         }
         tokio::spawn(tick_forever(Arc::downgrade(&live)));
         tokio::spawn(deliver_presence(Arc::downgrade(&live), rooms, presence_rx));
         live
+    }
+
+    fn tell_servers(&self, e: Ephemeral) {
+        if let Some(f) = &self.federation {
+            f.ephemeral(e);
+        }
     }
 
     fn publish(&self, note: Note) {
@@ -230,6 +257,7 @@ impl Live {
         }
         if !was_online {
             let _ = self.presence_tx.send(user.clone());
+            self.tell_servers(Ephemeral::Presence { user: user.clone(), presence: Presence::Online });
         }
     }
 
@@ -251,6 +279,7 @@ impl Live {
         }
         if !st.online(user) {
             let _ = self.presence_tx.send(user.clone());
+            self.tell_servers(Ephemeral::Presence { user: user.clone(), presence: Presence::Offline });
         }
     }
 
@@ -297,6 +326,103 @@ impl Live {
     pub fn receipt(&self, room: &RoomId, user: &UserId, seq: u64) {
         self.deliver_receipt(room, user, seq);
         self.publish(Note::Receipt(room.clone(), user.clone(), seq));
+        self.tell_servers(Ephemeral::Receipt { room: room.clone(), user: user.clone(), seq });
+    }
+
+    /// A user of this server joined a room: if it is homed elsewhere, the
+    /// room's other servers learn who of this server is online in it.
+    pub fn joined(self: &Arc<Self>, rooms: Arc<Rooms>, room_id: RoomId) {
+        if rooms.is_remote(&room_id) {
+            self.introduce(rooms, room_id, None);
+        }
+    }
+
+    /// A server got a member in a room (§11.7): tells it which of this
+    /// server's members of the room are online, since it heard nothing of
+    /// them before. `to` is that server (a user of it joined a room homed
+    /// here), or `None` when the new member is this server's, joining a
+    /// room homed elsewhere: then every other server in the room is told.
+    /// In the background: a join does not wait for it.
+    pub fn introduce(self: &Arc<Self>, rooms: Arc<Rooms>, room_id: RoomId, to: Option<ServerName>) {
+        let Some(fed) = self.federation.clone() else { return };
+        let live = self.clone();
+        tokio::spawn(async move {
+            let members = match rooms.member_list(&room_id).await {
+                Ok(m) => m,
+                Err(e) => {
+                    return tracing::debug!(room = %room_id, error = %e, "cannot read a room's members to tell presence");
+                }
+            };
+            let own = rooms.server_name();
+            let servers: Vec<String> = match to {
+                Some(s) => vec![s.to_string()],
+                None => {
+                    let mut s: Vec<String> =
+                        members.iter().map(|m| m.server().to_owned()).filter(|s| s != own.as_str()).collect();
+                    s.sort();
+                    s.dedup();
+                    s
+                }
+            };
+            for m in members.iter().filter(|m| m.server() == own.as_str()) {
+                if live.presence(m) == Presence::Online {
+                    for s in &servers {
+                        fed.presence_to(s, m, Presence::Online);
+                    }
+                }
+            }
+        });
+    }
+
+    /// What another server says its users are doing (§11.7): typing is
+    /// taken as if this process had received their frames (rate-limited,
+    /// lapsing and told to the other processes the same way), read marks
+    /// are stored as local ones, presence is kept until their server says
+    /// otherwise. Items about a room the user is not a member of here are
+    /// ignored; an item about another server's user refuses the whole push.
+    pub async fn from_federation(
+        &self,
+        origin: &ServerName,
+        body: FedEphemeral,
+        rooms: &Rooms,
+        receipts: &Receipts,
+    ) -> Result<()> {
+        if body.len() > EPHEMERAL_ITEMS_MAX {
+            return Err(Error::refused(
+                ErrCode::InvalidField,
+                format!("at most {EPHEMERAL_ITEMS_MAX} items in one ephemeral push"),
+            ));
+        }
+        let users = body.typing.iter().map(|t| &t.user_id).chain(body.receipts.iter().map(|r| &r.user_id));
+        if let Some(u) = users.chain(body.presence.iter().map(|p| &p.user_id)).find(|u| u.server() != origin.as_str()) {
+            return Err(Error::refused(ErrCode::UnknownServer, format!("{origin} cannot speak for {u}")));
+        }
+        for t in &body.typing {
+            if rooms.is_member(&t.room_id, &t.user_id).await? {
+                self.typing(&t.room_id, &t.user_id, t.typing);
+            }
+        }
+        for r in body.receipts {
+            receipts.mark_from_federation(&r.room_id, &r.user_id, r.seq).await?;
+        }
+        let mut st = self.state.lock().expect("live lock");
+        for p in body.presence {
+            let was = st.online(&p.user_id);
+            match p.presence {
+                Presence::Online => {
+                    st.fed_online.insert(p.user_id.clone());
+                    self.publish(Note::Online(p.user_id.clone()));
+                }
+                Presence::Offline => {
+                    st.fed_online.remove(&p.user_id);
+                    self.publish(Note::Offline(p.user_id.clone()));
+                }
+            }
+            if st.online(&p.user_id) != was {
+                let _ = self.presence_tx.send(p.user_id);
+            }
+        }
+        Ok(())
     }
 
     fn deliver_receipt(&self, room: &RoomId, user: &UserId, seq: u64) {
@@ -358,6 +484,10 @@ impl Live {
                 }
             }
             Note::Offline(user) => {
+                // A user of another server has no sockets here: an offline
+                // note about one is their server's word, taken by another
+                // process; it ends whatever this process took from it.
+                st.fed_online.remove(&user);
                 if let Some(set) = st.remote_online.get_mut(&user) {
                     set.remove(&origin);
                     if set.is_empty() {
@@ -387,7 +517,7 @@ impl Live {
     /// this one, missed notes).
     fn announce(&self, st: &State) {
         self.publish(Note::SnapshotBegin);
-        for user in st.sockets.keys() {
+        for user in st.sockets.keys().chain(&st.fed_online) {
             self.publish(Note::Online(user.clone()));
         }
         for ((room, user), m) in &st.mine {
@@ -477,7 +607,8 @@ impl Live {
         for (room, user, on) in changes {
             let me = self.me.clone();
             st.set_typing(&room, &user, &me, on.then(|| now + self.ttl * 2));
-            self.publish(Note::Typing(room, user, on));
+            self.publish(Note::Typing(room.clone(), user.clone(), on));
+            self.tell_servers(Ephemeral::Typing { room, user, typing: on });
         }
         // Processes that went quiet take their states with them.
         let dead: Vec<Arc<str>> = st
@@ -618,6 +749,7 @@ mod tests {
             ttl: Duration::from_secs(30),
             state: Mutex::default(),
             presence_tx: tx,
+            federation: None,
         };
         let (room, ann) = (RoomId::parse("!r:x").unwrap(), UserId::parse("@ann:x").unwrap());
         let conn = crate::service::fanout::Conn::new(UserId::parse("@b:x").unwrap(), [0; 32], 1 << 20);
@@ -648,6 +780,7 @@ mod tests {
             ttl: Duration::from_secs(30),
             state: Mutex::default(),
             presence_tx: mpsc::unbounded_channel().0,
+            federation: None,
         };
         let room = RoomId::parse("!r:x").unwrap();
         let (ann, bob) = (UserId::parse("@ann:x").unwrap(), UserId::parse("@bob:x").unwrap());
@@ -684,6 +817,7 @@ mod tests {
             ttl: Duration::from_secs(30),
             state: Mutex::default(),
             presence_tx: mpsc::unbounded_channel().0,
+            federation: None,
         };
         let (room, user) = (RoomId::parse("!r:x").unwrap(), UserId::parse("@a:x").unwrap());
         let conn = crate::service::fanout::Conn::new(UserId::parse("@b:x").unwrap(), [0; 32], 1 << 20);

@@ -55,10 +55,11 @@ impl Offline {
         let Some(identity) = recorded else {
             return Err(StartError::NotADataDir(config.data_dir.clone()));
         };
-        let room_log = if config.redis.is_some() { RoomLog::Redis } else { RoomLog::Embedded };
+        let shared = config.redis.is_some() || config.redis_cluster.is_some();
+        let room_log = if shared { RoomLog::Redis } else { RoomLog::Embedded };
         crate::storage::identity::check_dir(&config.data_dir, &Identity { room_log, ..identity })?;
         let db = crate::storage::Db::open_with_cache(&config.data_dir, config.cache_mib)?;
-        let backend = Backend::new(db.clone(), config.redis.clone());
+        let backend = Backend::new(db.clone(), config.redis.clone(), config.redis_cluster.clone());
         let directory = backend.rooms().await?;
         // The room log, for purges; its deliveries go to a hub nobody listens to.
         let hub = fanout::Hub::new();
@@ -93,14 +94,12 @@ impl Services {
         metrics: &Metrics,
     ) -> Result<Self, StartError> {
         let db = crate::storage::Db::open_with_cache(&config.data_dir, config.cache_mib)?;
-        let room_log = match config.redis {
-            None => RoomLog::Embedded,
-            Some(_) => RoomLog::Redis,
-        };
+        let backend = Backend::new(db.clone(), config.redis.clone(), config.redis_cluster.clone());
+        // One Redis and a Redis Cluster hold the same keys: one backend.
+        let room_log = if backend.shared() { RoomLog::Redis } else { RoomLog::Embedded };
         let identity = Identity { server_name: config.server_name.to_string(), room_log };
         // Both checked before either is recorded: a refused start records nothing.
         let unrecorded = crate::storage::identity::check_dir(&config.data_dir, &identity)?;
-        let backend = Backend::new(db.clone(), config.redis.clone());
         backend.claim_identity(&identity.server_name).await?;
         if unrecorded {
             crate::storage::identity::record_dir(&config.data_dir, &identity)?;

@@ -17,7 +17,7 @@ use super::live::Live;
 use super::rooms::{Room, Rooms};
 use crate::protocol::events::{Event, EventType};
 use crate::protocol::limits::{UNREAD_MAX, UNREAD_SCAN_MAX};
-use crate::protocol::{ErrCode, RoomRef, UserId};
+use crate::protocol::{ErrCode, RoomId, RoomRef, UserId};
 use crate::storage::events::{EventLog, Range};
 use crate::storage::receipts::{ReadMark, ReceiptStore};
 
@@ -59,6 +59,23 @@ impl Receipts {
             self.live.receipt(&room.room_id, user, seq);
         }
         Ok(room)
+    }
+
+    /// A read mark of a user of another server, told by their server
+    /// (§11.7): stored and told to subscribers as for local users, when the
+    /// user is a member of a room this server knows (else ignored). The seq
+    /// is of the home server's log, which replicas share; one this server's
+    /// copy has not reached yet is kept as is.
+    pub async fn mark_from_federation(&self, room_id: &RoomId, user: &UserId, seq: u64) -> Result<()> {
+        if !self.rooms.is_member(room_id, user).await? {
+            return Ok(());
+        }
+        let head = self.log.head(room_id).await?;
+        let mark = ReadMark { epoch: head.epoch.to_string(), seq };
+        if self.store.advance(room_id.as_str(), user.as_str(), &mark).await? {
+            self.live.receipt(room_id, user, seq);
+        }
+        Ok(())
     }
 
     /// Messages others sent in the room after the user's mark (all of the

@@ -7,8 +7,10 @@
 //! homed on this server: the room record holds it, every change (joins
 //! and leaves too) is a compare-and-swap of the record (so processes
 //! sharing a Redis agree) followed by its event, which is appended before
-//! any later change is made (`state.rs`), so the log and the record agree. Only users of this server take part in it yet
-//! (not federated); public rooms keep federating as in v1.
+//! any later change is made (`state.rs`), so the log and the record agree.
+//! Users of other servers take part through federation (spec §11.6): the
+//! home server decides, its events carry the decisions, and replicas apply
+//! them (`apply_events`).
 //!
 //! A room homed on another server is joined and left through that server
 //! (federation), which orders its events; this server keeps a replica of
@@ -17,7 +19,10 @@
 //! and leave events in it. Its own users' membership changes only when they
 //! asked: a join by the home server's answer to the join, a leave by the
 //! answer or by the leave event of a leave it asked for (so a home server
-//! cannot make a user of this server join, or leave, on its own say-so).
+//! cannot make a user of this server join, or leave, on its own say-so),
+//! with one exception: a kick or ban, which moderation is the home
+//! server's to decide. An invite of one of its users to a room it keeps no
+//! replica of gives it a record of the room holding the invite, and no log.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -170,6 +175,22 @@ impl Rooms {
         to_room(self.store.room(&room_id).await?.ok_or_else(|| not_found(r))?)
     }
 
+    /// This server's name.
+    pub fn server_name(&self) -> &ServerName {
+        &self.server_name
+    }
+
+    /// The members of a room this server knows, without a membership check.
+    pub async fn member_list(&self, room_id: &RoomId) -> Result<Vec<UserId>> {
+        let room = Room { room_id: room_id.clone(), alias: None };
+        self.member_ids(&room).await
+    }
+
+    /// Whether the user is a member of the room (as this server knows it).
+    pub async fn is_member(&self, room_id: &RoomId, user: &UserId) -> Result<bool> {
+        Ok(self.store.is_member(room_id.as_str(), user.as_str()).await?)
+    }
+
     /// Finds a room the user is a member of.
     pub async fn resolve_member(&self, user: &UserId, r: &RoomRef) -> Result<Room> {
         let room = self.resolve(r).await?;
@@ -217,12 +238,6 @@ impl Rooms {
             }
             Err(e) => return Err(e),
         };
-        if room.alias.is_none() {
-            return Err(Error::refused(
-                ErrCode::RemoteUserUnsupported,
-                format!("{} has no alias; such rooms are not federated yet", room.room_id),
-            ));
-        }
         let room = self.join_here(user, room).await?;
         let head = self.log.head(&room.room_id).await?;
         let members = self.member_ids(&room).await?;
@@ -270,20 +285,29 @@ impl Rooms {
             ));
         };
         let answer = fed.join(home, room, user).await.map_err(|f| f.into_error(home))?;
-        let asked_for = answer.room_id.as_str() == room || answer.alias.as_str() == room;
-        if answer.room_id.server() != home || answer.alias.server() != home || !asked_for {
+        let alias = answer.alias.as_ref();
+        let asked_for = answer.room_id.as_str() == room || alias.is_some_and(|a| a.as_str() == room);
+        if answer.room_id.server() != home || alias.is_some_and(|a| a.server() != home) || !asked_for {
             return Err(Error::refused(
                 ErrCode::HomeServerUnreachable,
                 format!("{home} answered a join of {room} with another room ({})", answer.room_id),
             ));
         }
-        let rec = RoomRecord {
-            room_id: answer.room_id.to_string(),
-            alias: Some(answer.alias.to_string()),
-            created_ms: now_ms(),
-            ..RoomRecord::default()
+        // A replica record may be here already: from an invite (which must
+        // not lose the other users' invites it holds), or from before a leave.
+        let room = match self.store.room(answer.room_id.as_str()).await? {
+            Some(rec) => to_room(rec)?,
+            None => {
+                let rec = RoomRecord {
+                    room_id: answer.room_id.to_string(),
+                    alias: answer.alias.as_ref().map(|a| a.to_string()),
+                    created_ms: now_ms(),
+                    ..RoomRecord::default()
+                };
+                to_room(self.store.create(&rec).await?)?
+            }
         };
-        let room = to_room(self.store.create(&rec).await?)?;
+        self.drop_invite(&room, user).await?;
         // The home server speaks for other servers' users; of ours, only for
         // the one who asked to join.
         let changes: Vec<(String, bool)> = answer
@@ -294,6 +318,7 @@ impl Rooms {
             .chain(std::iter::once((user.to_string(), true)))
             .collect();
         self.store.set_members(room.room_id.as_str(), &changes, now_ms()).await?;
+        fed.membership_changed(&room.room_id);
         if let Err(e) = self.catch_up(&room.room_id).await {
             // Joined all the same; the periodic catch-up fills the replica.
             tracing::warn!(room = %room.room_id, error = %e, "could not fill the replica of a joined room yet");
@@ -434,14 +459,35 @@ impl Rooms {
             while let Some(next) = rest.next_if(|e| e.room_id == room_id && e.epoch == epoch) {
                 batch.push(next.event);
             }
-            if self.store.room(room_id.as_str()).await?.is_none() {
+            let room = match self.store.room(room_id.as_str()).await? {
+                Some(rec) => to_room(rec)?,
+                None => match self.invite_of_ours(&batch) {
+                    // An invite of one of our users to a room we keep no
+                    // replica of: a record holds it (no log until a join).
+                    Some(_) => {
+                        let rec =
+                            RoomRecord { room_id: room_id.to_string(), created_ms: now_ms(), ..RoomRecord::default() };
+                        to_room(self.store.create(&rec).await?)?
+                    }
+                    None => continue,
+                },
+            };
+            let no_log = self.log.head(&room_id).await?.latest == 0;
+            if no_log && !self.has_member_from(&room, self.server_name.as_str()).await? {
+                // No replica log to keep (no member here): only what the
+                // events say about our users (invites) is taken.
+                self.apply_events(&room_id, 0, u64::MAX, &batch).await?;
                 continue;
             }
-            let erased = self.apply_redactions(&room_id, &epoch, &mut batch).await?;
+            self.apply_redactions(&room_id, &epoch, &mut batch).await?;
             let imported = self.log.import(&room_id, &epoch, None, batch.clone()).await?;
-            self.erase_again(&room_id, &erased).await?;
-            self.apply_membership(&room_id, imported.before, imported.latest, &batch).await?;
-            if imported.hole {
+            self.apply_events(&room_id, imported.before, imported.latest, &batch).await?;
+            if imported.hole && !self.has_member_from(&room, self.server_name.as_str()).await? {
+                // A replica none of our users is in any more (they were
+                // kicked, or left): the home server refuses to fill it, but
+                // what the events say about our users (a new invite) counts.
+                self.apply_events(&room_id, imported.latest, u64::MAX, &batch).await?;
+            } else if imported.hole {
                 let rooms = self.clone();
                 tokio::spawn(async move {
                     if let Err(e) = rooms.catch_up(&room_id).await {
@@ -459,15 +505,8 @@ impl Rooms {
     /// and in what the replica's log already holds. Erasing first means a
     /// redaction is never on record here with its target's body still
     /// stored; the home decided who may redact, so nothing is checked again.
-    /// Returns what it erased in the log, for [`Rooms::erase_again`].
-    async fn apply_redactions(
-        &self,
-        room_id: &RoomId,
-        epoch: &str,
-        events: &mut [Event],
-    ) -> Result<Vec<(String, Vec<u64>)>> {
+    async fn apply_redactions(&self, room_id: &RoomId, epoch: &str, events: &mut [Event]) -> Result<()> {
         let head = self.log.head(room_id).await?;
-        let mut erased = Vec::new();
         for i in 0..events.len() {
             let (seq, kind) = (events[i].seq, events[i].kind);
             let Some(target) = events[i].content.redacts.clone() else { continue };
@@ -481,18 +520,7 @@ impl Rooms {
             }
             if let Some(found) = super::events::redaction_targets(&*self.log, room_id, &target).await? {
                 self.log.erase(room_id, &found.epoch, &found.seqs).await?;
-                erased.push((found.epoch, found.seqs));
             }
-        }
-        Ok(erased)
-    }
-
-    /// Erases again once the redactions are imported: an erase may leave the
-    /// copy that was the newest entry of Redis's feed (`EventLog::erase`),
-    /// which the imported redaction now follows.
-    async fn erase_again(&self, room_id: &RoomId, erased: &[(String, Vec<u64>)]) -> Result<()> {
-        for (epoch, seqs) in erased {
-            self.log.erase(room_id, epoch, seqs).await?;
         }
         Ok(())
     }
@@ -517,10 +545,9 @@ impl Rooms {
                 // The home trimmed what we missed: go on from what it keeps.
                 restart_at = Some(page.earliest_seq);
             }
-            let erased = self.apply_redactions(room_id, &page.epoch, &mut page.events).await?;
+            self.apply_redactions(room_id, &page.epoch, &mut page.events).await?;
             let imported = self.log.import(room_id, &page.epoch, restart_at, page.events.clone()).await?;
-            self.erase_again(room_id, &erased).await?;
-            self.apply_membership(room_id, imported.before, imported.latest, &page.events).await?;
+            self.apply_events(room_id, imported.before, imported.latest, &page.events).await?;
             if page.events.is_empty() || imported.latest >= page.latest_seq || imported.written == 0 {
                 return Ok(());
             }
@@ -552,17 +579,40 @@ impl Rooms {
         }
     }
 
-    /// Mirrors the membership the replica's new join and leave events record
-    /// (those with `from < seq <= to`). Of this server's own users, only a
-    /// leave it asked for counts (their joins were set from the join's
-    /// answer); their subscriptions end when they left.
-    async fn apply_membership(&self, room_id: &RoomId, from: u64, to: u64, events: &[Event]) -> Result<()> {
+    /// Whether these events hold an invite of one of this server's users.
+    fn invite_of_ours(&self, events: &[Event]) -> Option<UserId> {
+        events
+            .iter()
+            .filter(|e| e.kind == EventType::Invite)
+            .filter_map(|e| e.content.target.clone())
+            .find(|t| t.server() == self.server_name.as_str())
+    }
+
+    /// Mirrors what a replica's new events (those with `from < seq <= to`)
+    /// say: the membership of other servers' users (join, leave, kick,
+    /// ban), the room's state (name, topic, visibility, roles) and, of this
+    /// server's own users, what the home server decides alone: invites
+    /// (pending until the user joins or rejects), kicks and bans (they are
+    /// out, and their subscriptions end). Their joins were set from the
+    /// join's answer; a leave counts only when they asked for it.
+    async fn apply_events(&self, room_id: &RoomId, from: u64, to: u64, events: &[Event]) -> Result<()> {
+        let own = self.server_name.as_str();
         let mut changes = Vec::new();
-        let mut kicked = Vec::new();
+        let mut kicked: Vec<UserId> = Vec::new();
+        let mut state = Vec::new();
         for e in events.iter().filter(|e| e.seq > from && e.seq <= to) {
-            let ours = e.sender.server() == self.server_name.as_str();
+            let ours = e.sender.server() == own;
+            let target = e.content.target.as_ref();
             match e.kind {
-                EventType::Join if ours => {}
+                EventType::Join if ours => {
+                    // Back after a kick or ban earlier in these events (a
+                    // catch-up replays history): in, as the join's answer said.
+                    if kicked.contains(&e.sender) {
+                        kicked.retain(|u| *u != e.sender);
+                        changes.retain(|(u, _)| u != e.sender.as_str());
+                    }
+                    state.push(e)
+                }
                 EventType::Join => changes.push((e.sender.to_string(), true)),
                 EventType::Leave if ours => {
                     let key = (room_id.clone(), e.sender.clone());
@@ -580,13 +630,84 @@ impl Rooms {
                     }
                 }
                 EventType::Leave => changes.push((e.sender.to_string(), false)),
-                // v1.1 state is not federated yet: replicas only follow joins and leaves.
+                // Moderation is the home server's to decide, for every user.
+                EventType::Kick | EventType::Ban => {
+                    if let Some(t) = target {
+                        changes.push((t.to_string(), false));
+                        if t.server() == own {
+                            kicked.push(t.clone());
+                        }
+                    }
+                    state.push(e);
+                }
+                EventType::Invite | EventType::Reject | EventType::Room | EventType::Role => state.push(e),
                 _ => {}
             }
         }
+        let had_changes = !changes.is_empty();
         self.store.set_members(room_id.as_str(), &changes, now_ms()).await?;
+        if !state.is_empty() {
+            self.apply_state(room_id, &state).await?;
+        }
         for user in &kicked {
             self.hub.kick(room_id, user);
+        }
+        if had_changes && let Some(f) = &self.federation {
+            f.membership_changed(room_id);
+        }
+        Ok(())
+    }
+
+    /// Applies v1.1 state events of a room homed elsewhere to its replica's record.
+    async fn apply_state(&self, room_id: &RoomId, events: &[&Event]) -> Result<()> {
+        let own = self.server_name.as_str();
+        let room = Room { room_id: room_id.clone(), alias: None };
+        let mut index = Vec::new();
+        // A replica's record owes its log nothing: the home server's events are the log.
+        self.change(&room, &[], false, |rec, _| {
+            index.clear();
+            for e in events {
+                let target = e.content.target.as_ref().map(|t| t.as_str());
+                match (e.kind, target) {
+                    (EventType::Room, _) => {
+                        rec.name = e.content.name.clone();
+                        rec.topic = e.content.topic.clone();
+                        rec.visibility = e.content.visibility.unwrap_or_default();
+                        rec.state_seq = e.seq;
+                    }
+                    (EventType::Role, Some(t)) => match e.content.role.unwrap_or_default() {
+                        Role::Member => drop(rec.roles.remove(t)),
+                        r => drop(rec.roles.insert(t.to_owned(), r)),
+                    },
+                    (EventType::Invite, Some(t)) if e.content.target.as_ref().is_some_and(|u| u.server() == own) => {
+                        index.extend(rec.invites.insert(t.to_owned()).then(|| (t.to_owned(), true)));
+                    }
+                    (EventType::Reject, _) if e.sender.server() == own => {
+                        index.extend(rec.invites.remove(e.sender.as_str()).then(|| (e.sender.to_string(), false)));
+                    }
+                    (EventType::Join, _) => {
+                        if rec.invites.remove(e.sender.as_str()) {
+                            index.push((e.sender.to_string(), false));
+                        }
+                        if rec.visibility == Visibility::Private {
+                            rec.joined_seq.insert(e.sender.to_string(), e.seq);
+                        }
+                    }
+                    (EventType::Kick | EventType::Ban, Some(t)) => {
+                        rec.roles.remove(t);
+                        rec.joined_seq.remove(t);
+                        if e.kind == EventType::Ban && rec.invites.remove(t) {
+                            index.push((t.to_owned(), false));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(None)
+        })
+        .await?;
+        for (user, invited) in index {
+            self.store.index_invite(&user, room_id.as_str(), invited).await?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Which backend each store opens on, decided in this one place: the data
 //! directory's sled database alone (the embedded default), or Redis for
-//! everything the processes of one server share (`--redis URL`). Services
+//! everything the processes of one server share (`--redis URL` or
+//! `--redis-cluster URL[,URL…]`). Services
 //! get trait objects (or backend-neutral handles) from here and never name
 //! a backend; tests/tidy.rs checks that.
 
@@ -14,7 +15,7 @@ use super::admin::AdminStore;
 use super::admin::embedded::EmbeddedAdmin;
 use super::admin::redis::RedisAdmin;
 use super::events::embedded::EmbeddedLog;
-use super::events::redis::RedisLog;
+use super::events::redis::{RedisLog, Target};
 use super::events::{EventLog, EventSink, LogSettings};
 use super::federation::{PushLeases, RedisFederation, SeenRequests};
 use super::live::RedisBus;
@@ -33,12 +34,18 @@ pub type Bus = RedisBus;
 /// the server's processes share one.
 pub struct Backend {
     db: Db,
-    redis: Option<String>,
+    redis: Option<Target>,
 }
 
 impl Backend {
-    pub fn new(db: Db, redis: Option<String>) -> Self {
-        Self { db, redis }
+    /// `redis`: the `--redis` URL; `cluster`: the `--redis-cluster` nodes.
+    pub fn new(db: Db, redis: Option<String>, cluster: Option<Vec<String>>) -> Self {
+        Self { db, redis: Target::of(redis.as_deref(), cluster.as_deref()) }
+    }
+
+    /// Whether the server's processes share a Redis (or a Redis Cluster).
+    pub fn shared(&self) -> bool {
+        self.redis.is_some()
     }
 
     pub fn db(&self) -> &Db {
@@ -51,21 +58,21 @@ impl Backend {
     pub async fn claim_identity(&self, server_name: &str) -> Result<(), StorageError> {
         match &self.redis {
             None => Ok(()),
-            Some(url) => super::events::redis::claim_identity(url, server_name).await,
+            Some(t) => super::events::redis::claim_identity(t, server_name).await,
         }
     }
 
     pub async fn rooms(&self) -> Result<Arc<dyn RoomStore>, StorageError> {
         Ok(match &self.redis {
             None => Arc::new(EmbeddedRooms::open(&self.db)?),
-            Some(url) => Arc::new(RedisRooms::open(url).await?),
+            Some(t) => Arc::new(RedisRooms::open(t).await?),
         })
     }
 
     pub async fn accounts(&self) -> Result<Arc<dyn AccountStore>, StorageError> {
         Ok(match &self.redis {
             None => Arc::new(EmbeddedAccounts::open(&self.db)?),
-            Some(url) => Arc::new(RedisAccounts::open(url).await?),
+            Some(t) => Arc::new(RedisAccounts::open(t).await?),
         })
     }
 
@@ -73,14 +80,14 @@ impl Backend {
     pub async fn admin(&self) -> Result<Arc<dyn AdminStore>, StorageError> {
         Ok(match &self.redis {
             None => Arc::new(EmbeddedAdmin::open(&self.db)?),
-            Some(url) => Arc::new(RedisAdmin::open(url).await?),
+            Some(t) => Arc::new(RedisAdmin::open(t).await?),
         })
     }
 
     pub async fn receipts(&self) -> Result<Arc<dyn ReceiptStore>, StorageError> {
         Ok(match &self.redis {
             None => Arc::new(EmbeddedReceipts::open(&self.db)?),
-            Some(url) => Arc::new(RedisReceipts::open(url).await?),
+            Some(t) => Arc::new(RedisReceipts::open(t).await?),
         })
     }
 
@@ -92,7 +99,7 @@ impl Backend {
     ) -> Result<Arc<dyn EventLog>, StorageError> {
         Ok(match &self.redis {
             None => Arc::new(EmbeddedLog::open(&self.db, sink, settings)?),
-            Some(url) => Arc::new(RedisLog::open(url, &self.db, sink, settings).await?),
+            Some(t) => Arc::new(RedisLog::open(t, &self.db, sink, settings).await?),
         })
     }
 
@@ -100,14 +107,14 @@ impl Backend {
     pub async fn shared_buckets(&self) -> Result<Option<Arc<dyn SharedBuckets>>, StorageError> {
         Ok(match &self.redis {
             None => None,
-            Some(url) => Some(Arc::new(RedisBuckets::open(url).await?)),
+            Some(t) => Some(Arc::new(RedisBuckets::open(t).await?)),
         })
     }
 
     pub async fn bus(&self) -> Result<Option<Bus>, StorageError> {
         Ok(match &self.redis {
             None => None,
-            Some(url) => Some(RedisBus::open(url).await?),
+            Some(t) => Some(RedisBus::open(t).await?),
         })
     }
 
@@ -126,8 +133,8 @@ impl Backend {
                 SeenRequests::open(&self.db)?,
                 PushLeases::Local,
             ),
-            Some(url) => {
-                let shared = RedisFederation::open(url).await?;
+            Some(t) => {
+                let shared = RedisFederation::open(t).await?;
                 let key = shared.shared_key(data_dir, generate).await?;
                 (key, shared.seen(), shared.leases())
             }

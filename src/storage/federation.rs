@@ -19,9 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
-use super::events::redis::link::{connect, query_cmd, storage_error};
+use super::events::redis::link::{Conn, Target, connect, query_cmd, storage_error};
 use super::{Db, StorageError, WriteGate};
 
 /// Where a server's shared key lives in Redis.
@@ -73,12 +71,12 @@ pub fn load_or_create_key(dir: &Path, generate: impl FnOnce() -> Vec<u8>) -> Res
 /// Federation state shared by the processes of one server through Redis.
 #[derive(Clone)]
 pub struct RedisFederation {
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 impl RedisFederation {
-    pub async fn open(url: &str) -> Result<Self, StorageError> {
-        Ok(Self { conn: connect(url).await? })
+    pub async fn open(target: &Target) -> Result<Self, StorageError> {
+        Ok(Self { conn: connect(target).await? })
     }
 
     /// The server's key, one for all its processes: Redis's when it holds
@@ -121,7 +119,7 @@ impl RedisFederation {
 #[derive(Clone)]
 pub enum SeenRequests {
     Embedded(sled::Tree, WriteGate),
-    Redis(ConnectionManager),
+    Redis(Conn),
 }
 
 fn seen_key(slot: u64, digest: u64) -> [u8; 16] {
@@ -215,7 +213,7 @@ return 0
 #[derive(Clone)]
 pub enum PushLeases {
     Local,
-    Redis(ConnectionManager, redis::Script),
+    Redis(Conn, redis::Script),
 }
 
 fn lease_key(server: &str) -> String {

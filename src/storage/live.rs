@@ -12,11 +12,10 @@
 use std::time::Duration;
 
 use redis::Client;
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::storage::StorageError;
-use crate::storage::events::redis::link::{RESPONSE_TIMEOUT, follow_channel, manager, storage_error};
+use crate::storage::events::redis::link::{Conn, Target, connect, follow_channel};
 
 /// The channel every process of the server publishes its live notes on.
 pub const LIVE_CHANNEL: &str = "parlor:live";
@@ -42,18 +41,18 @@ enum Out {
 
 /// The bus of a server with several processes.
 pub struct RedisBus {
-    client: Client,
+    nodes: Vec<Client>,
     outbox: mpsc::Sender<Out>,
 }
 
 impl RedisBus {
     /// Connects the publisher; [`RedisBus::subscribe`] opens the other connection.
-    pub async fn open(url: &str) -> Result<Self, StorageError> {
-        let client = Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url: {e}")))?;
-        let conn = manager(&client, RESPONSE_TIMEOUT).await.map_err(|e| storage_error(&e))?;
+    pub async fn open(target: &Target) -> Result<Self, StorageError> {
+        let nodes = target.nodes()?;
+        let conn = connect(target).await?;
         let (outbox, rx) = mpsc::channel(OUTBOX_MAX);
         tokio::spawn(publish_forever(conn, rx));
-        Ok(Self { client, outbox })
+        Ok(Self { nodes, outbox })
     }
 
     /// Queues a note; notes are published in the order queued, many per
@@ -82,7 +81,7 @@ impl RedisBus {
         let (tx, rx) = mpsc::unbounded_channel();
         let note = |payload: &str| Some(BusNote::Note(payload.to_owned()));
         tokio::spawn(follow_channel(
-            self.client.clone(),
+            self.nodes.clone(),
             LIVE_CHANNEL,
             LIVE_CHANNEL,
             tx,
@@ -94,7 +93,7 @@ impl RedisBus {
 }
 
 /// Publishes queued notes in order, one pipeline per batch waiting.
-async fn publish_forever(conn: ConnectionManager, mut rx: mpsc::Receiver<Out>) {
+async fn publish_forever(conn: Conn, mut rx: mpsc::Receiver<Out>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 256).await > 0 {
         let mut pipe = redis::pipe();

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use super::accounts::embedded::EmbeddedAccounts;
 use super::accounts::redis::RedisAccounts;
 use super::admin::AdminStore;
+use super::events::redis::Target;
 use super::events::{EventLog, EventSink, LogSettings, Range};
 use super::identity::{Identity, RoomLog};
 use super::rooms::{EmbeddedRooms, RedisRooms, RoomStore};
@@ -78,10 +79,16 @@ impl EventSink for NoSink {
     fn deliver(&self, _: &RoomId, _: &Arc<str>, _: u64, _: &str) {}
 }
 
-/// Moves the embedded server in `dir` into the Redis at `url`; `progress`
+/// Moves the embedded server in `dir` into `target` (one Redis, or a Redis
+/// Cluster); `progress`
 /// hears one line per step. The data dir records Redis as its backend only
 /// once everything was moved and read back.
-pub async fn migrate(dir: &Path, url: &str, mut progress: impl FnMut(&str)) -> Result<Moved, MigrateError> {
+pub async fn migrate(
+    dir: &Path,
+    target: impl Into<Target>,
+    mut progress: impl FnMut(&str),
+) -> Result<Moved, MigrateError> {
+    let url = &target.into();
     let identity = super::identity::recorded(dir)?.ok_or_else(|| MigrateError::NotADataDir(dir.to_owned()))?;
     if identity.room_log == RoomLog::Redis {
         return Err(MigrateError::AlreadyRedis(dir.to_owned()));

@@ -11,12 +11,11 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use redis::{Client, Script};
+use redis::Script;
 
 use super::StorageError;
 use super::events::BoxFuture;
-use super::events::redis::link::{RESPONSE_TIMEOUT, is_noscript_value, manager, storage_error};
+use super::events::redis::link::{Conn, Target, connect, is_noscript_value, storage_error};
 
 /// Token buckets (and remembered keys) shared with other processes.
 pub trait SharedBuckets: Send + Sync {
@@ -43,14 +42,13 @@ pub trait SharedBuckets: Send + Sync {
 
 /// [`SharedBuckets`] in Redis.
 pub struct RedisBuckets {
-    conn: ConnectionManager,
+    conn: Conn,
     script: Script,
 }
 
 impl RedisBuckets {
-    pub async fn open(url: &str) -> Result<Self, StorageError> {
-        let client = Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url: {e}")))?;
-        let mut conn = manager(&client, RESPONSE_TIMEOUT).await.map_err(|e| storage_error(&e))?;
+    pub async fn open(target: &Target) -> Result<Self, StorageError> {
+        let mut conn = connect(target).await?;
         let script = Script::new(include_str!("accounts/scripts/bucket.lua"));
         script.load_async(&mut conn).await.map_err(|e| storage_error(&e))?;
         Ok(Self { conn, script })

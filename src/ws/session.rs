@@ -421,7 +421,10 @@ impl<S: Stream> State<S> {
                 let user = self.session().user_id.clone();
                 let app = self.app.clone();
                 match async { app.services.rooms.join(&user, &Rooms::parse_ref(&room)?).await }.await {
-                    Ok(r) => self.write(ServerFrame::Joined { id, room_id: r.room_id, alias: r.alias }),
+                    Ok(r) => {
+                        app.services.live.joined(app.services.rooms.clone(), r.room_id.clone());
+                        self.write(ServerFrame::Joined { id, room_id: r.room_id, alias: r.alias })
+                    }
                     Err(e) => self.error(id, &e),
                 }
             }

@@ -10,8 +10,8 @@
 pub mod tls;
 
 pub use testkit::{
-    Api, Backend, Harness, LoggedProcess, Next, P, ParlorProcess, RedisServer, TestServer, WsClient, WsStream, browser,
-    enc, free_port, health, health_status, nginx, rebind, run_parlor, uniq,
+    Api, Backend, Harness, LoggedProcess, Next, P, ParlorProcess, RedisCluster, RedisServer, TestServer, WsClient,
+    WsStream, browser, enc, free_port, health, health_status, nginx, rebind, run_parlor, uniq,
 };
 
 /// Instantiates each named `async fn(Backend)` as a test on both backends

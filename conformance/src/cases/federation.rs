@@ -47,6 +47,10 @@ pub fn cases() -> Vec<Case> {
         case!("federation::backfill", "11", backfill),
         case!("federation::backfill_needs_a_member", "11", backfill_needs_a_member),
         case!("federation::remote_leave", "11", remote_leave),
+        case!("federation::invite_reaches_the_invitees_server", "11", invite_reaches_the_invitees_server),
+        case!("federation::remote_reject", "11", remote_reject),
+        case!("federation::kicked_or_banned_remote_user_refused", "11", kicked_or_banned_remote_user_refused),
+        case!("federation::ephemeral_both_ways", "11", ephemeral_both_ways),
         case!("federation::join_unreachable_home_server", "11", join_unreachable_home_server),
     ]
 }
@@ -704,6 +708,212 @@ async fn remote_leave(ctx: &Ctx) -> Result<()> {
         .await?
         .err(403, "not_member")
         .map_err(|e| Failure::Check(format!("leaving again: {e}")))?;
+    Ok(())
+}
+
+// ---- §11.6: v1.1 state across servers ----
+
+/// A room made with `POST /rooms` (§12); returns its id.
+async fn create_v11(ctx: &Ctx, user: &User, body: Value) -> Result<String> {
+    let v = ctx
+        .http
+        .send(Request::post(Ctx::api("/rooms")).token(&user.token).json(&body))
+        .await?
+        .ok(201, "create_room_response")?;
+    Ok(s(&v, "room_id").to_owned())
+}
+
+/// `POST /rooms/{room}/{what}` of the client API.
+async fn room_post(ctx: &Ctx, user: &User, room: &str, what: &str, body: Value) -> Result<Response> {
+    let path = Ctx::api(&format!("/rooms/{}/{what}", enc(room)));
+    ctx.http.send(Request::post(path).token(&user.token).json(&body)).await
+}
+
+/// Waits until the peer was pushed an event of `room_id` that `want` accepts.
+async fn wait_pushed(ctx: &Ctx, peer: &Peer, room_id: &str, what: &str, want: impl Fn(&Value) -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + PUSH_WAIT;
+    loop {
+        if pushed_events(ctx, peer, room_id)?.iter().any(|(_, p)| want(&p["event"])) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let got: Vec<Value> =
+                pushed_events(ctx, peer, room_id)?.into_iter().map(|(_, p)| p["event"].clone()).collect();
+            fail!("within {PUSH_WAIT:?} the peer was not pushed {what} (§11.6); it got {got:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn invite_reaches_the_invitees_server(ctx: &Ctx) -> Result<()> {
+    let peer = peer(ctx).await?;
+    let owner = ctx.shared(0).await?;
+    let room = create_v11(ctx, &owner, json!({"visibility": "private"})).await?;
+    let (invitee, outsider) = (peer.user_id(&ctx.username("fi")), peer.user_id(&ctx.username("fo")));
+    fed_join(ctx, &peer, &room, &invitee).await?.err(403, "not_invited")?;
+    room_post(ctx, &owner, &room, "invite", json!({"user_id": invitee})).await?.ok(200, "empty")?;
+    // The peer has no member in the room, yet it is pushed the invite…
+    wait_pushed(ctx, &peer, &room, "the invite of its user", |e| s(e, "type") == "invite" && s(e, "target") == invitee)
+        .await?;
+    // …and nothing else of the private room.
+    let pushed = pushed_events(ctx, &peer, &room)?;
+    check!(
+        pushed.iter().all(|(_, p)| s(&p["event"], "type") == "invite"),
+        "a server with no member in a private room was pushed more than the invite: {pushed:?}"
+    );
+    // The invited user joins through the peer; another of its users may not.
+    let answer = fed_join(ctx, &peer, &room, &invitee).await?.ok(200, "federation_join_response")?;
+    check_eq!(s(&answer, "room_id"), room.as_str(), "room_id of the join answer");
+    check!(answer.get("alias").is_none(), "a room made without an alias answers no alias: {answer}");
+    fed_join(ctx, &peer, &room, &outsider).await?.err(403, "not_invited")?;
+    fed_leave(ctx, &peer, &room, &invitee).await?.ok(200, "empty")?;
+    Ok(())
+}
+
+async fn fed_reject(ctx: &Ctx, peer: &Peer, room_id: &str, user_id: &str) -> Result<Response> {
+    let body = body_bytes(ctx, "federation_reject_request", &json!({ "room_id": room_id, "user_id": user_id }))?;
+    ctx.send_patiently(signed(ctx, peer, Method::POST, &format!("{FEDERATION_PREFIX}/reject"), Some(body))).await
+}
+
+async fn remote_reject(ctx: &Ctx) -> Result<()> {
+    let peer = peer(ctx).await?;
+    let owner = ctx.shared(0).await?;
+    let room = create_v11(ctx, &owner, json!({"visibility": "private"})).await?;
+    let invitee = peer.user_id(&ctx.username("fr"));
+    fed_reject(ctx, &peer, &room, &invitee).await?.err(403, "not_invited")?;
+    room_post(ctx, &owner, &room, "invite", json!({"user_id": invitee})).await?.ok(200, "empty")?;
+    fed_reject(ctx, &peer, &room, &invitee).await?.ok(200, "empty")?;
+    let events = ctx.all_events(&owner, &room).await?;
+    let last = events.last().cloned().unwrap_or_default();
+    check!(s(&last, "type") == "reject" && s(&last, "sender") == invitee, "the last event is not the reject: {last}");
+    fed_join(ctx, &peer, &room, &invitee).await?.err(403, "not_invited")?;
+    // The peer may decline only for its own users.
+    let local = ctx.shared(1).await?;
+    fed_reject(ctx, &peer, &room, &local.user_id).await?.err(403, "unknown_server")?;
+    Ok(())
+}
+
+async fn kicked_or_banned_remote_user_refused(ctx: &Ctx) -> Result<()> {
+    let peer = peer(ctx).await?;
+    let owner = ctx.shared(0).await?;
+    let alias = ctx.room_name("fmod");
+    let room = create_v11(ctx, &owner, json!({ "alias": alias })).await?;
+    let (kicked, banned) = (peer.user_id(&ctx.username("fk")), peer.user_id(&ctx.username("fb")));
+    for u in [&kicked, &banned] {
+        fed_join(ctx, &peer, &room, u).await?.ok(200, "federation_join_response")?;
+    }
+    fed_send(ctx, &peer, &room, &ctx.txn(), &kicked, "before").await?.ok(200, "send_response")?;
+    room_post(ctx, &owner, &room, "kick", json!({"user_id": kicked, "reason": "spam"})).await?.ok(200, "empty")?;
+    fed_send(ctx, &peer, &room, &ctx.txn(), &kicked, "after the kick").await?.err(403, "not_member")?;
+    room_post(ctx, &owner, &room, "ban", json!({"user_id": banned})).await?.ok(200, "empty")?;
+    fed_send(ctx, &peer, &room, &ctx.txn(), &banned, "after the ban").await?.err(403, "not_member")?;
+    fed_join(ctx, &peer, &room, &banned).await?.err(403, "banned")?;
+    // The peer lost its last member with the ban, and is still pushed it.
+    wait_pushed(ctx, &peer, &room, "the ban of its last member", |e| s(e, "type") == "ban" && s(e, "target") == banned)
+        .await?;
+    fed_events(ctx, &peer, &room, "after=0").await?.err(403, "not_member")?;
+    // Nothing is pushed to it after that: a message sent now is not pushed,
+    // though one sent once it has a member again is (a room's events are
+    // pushed in seq order, so by then the first would have been).
+    let hidden = ctx.send(&owner, &room, &ctx.txn(), "after the peer's last member").await?;
+    let hidden_id = s(&hidden, "event_id").to_owned();
+    // A kicked user may join again (a public room); a banned one may not.
+    fed_join(ctx, &peer, &room, &kicked).await?.ok(200, "federation_join_response")?;
+    let marker = ctx.send(&owner, &room, &ctx.txn(), "the peer has a member again").await?;
+    let marker_id = s(&marker, "event_id").to_owned();
+    wait_pushed(ctx, &peer, &room, "a message sent once it had a member again", |e| s(e, "event_id") == marker_id)
+        .await?;
+    let leaked = pushed_events(ctx, &peer, &room)?.into_iter().any(|(_, p)| s(&p["event"], "event_id") == hidden_id);
+    check!(!leaked, "an event sent while the peer had no member in the room was pushed to it");
+    fed_leave(ctx, &peer, &room, &kicked).await?.ok(200, "empty")?;
+    Ok(())
+}
+
+// ---- §11.7: typing, read marks and presence ----
+
+async fn fed_ephemeral(ctx: &Ctx, peer: &Peer, body: &Value) -> Result<Response> {
+    let bytes = body_bytes(ctx, "federation_ephemeral", body)?;
+    let path = format!("{FEDERATION_PREFIX}/ephemeral/{}", ctx.txn());
+    ctx.send_patiently(signed(ctx, peer, Method::PUT, &path, Some(bytes))).await
+}
+
+/// The next frame of type `ty` that `want` accepts, others skipped.
+async fn frame_where(ws: &mut crate::ws::Ws, ty: &str, want: impl Fn(&Value) -> bool) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + PUSH_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.next(left).await? {
+            crate::ws::Incoming::Frame(f) if s(&f, "type") == ty && want(&f) => return Ok(f),
+            crate::ws::Incoming::Frame(_) => continue,
+            other => fail!("waiting for a `{ty}` frame: {other:?}"),
+        }
+    }
+}
+
+async fn ephemeral_both_ways(ctx: &Ctx) -> Result<()> {
+    let peer = peer(ctx).await?;
+    let user = ctx.shared(0).await?;
+    let room = ctx.room(&user, "feph").await?;
+    let (a, _) = remote_member(ctx, &peer, &room, "fa").await?;
+    let mut ws = ctx.ws(&user).await?;
+    subscribe(&mut ws, &room.room_id, None).await?;
+    ws.follow_live();
+
+    // The peer's user is online and typing: this server's subscribers see it.
+    let body = json!({
+        "typing": [{"room_id": room.room_id, "user_id": a, "typing": true}],
+        "presence": [{"user_id": a, "presence": "online"}],
+    });
+    fed_ephemeral(ctx, &peer, &body).await?.ok(200, "empty")?;
+    frame_where(&mut ws, "presence", |f| s(f, "user_id") == a && s(f, "presence") == "online").await?;
+    frame_where(&mut ws, "typing", |f| f["user_ids"].as_array().is_some_and(|u| u.iter().any(|x| x == a.as_str())))
+        .await?;
+    let v = ctx
+        .http
+        .send(Request::get(Ctx::api(&format!("/rooms/{}/members", enc(&room.room_id)))).token(&user.token))
+        .await?
+        .ok(200, "members_response")?;
+    let listed = v["members"].as_array().into_iter().flatten().find(|m| s(m, "user_id") == a).cloned();
+    check_eq!(listed.as_ref().map(|m| s(m, "presence")), Some("online"), "presence of the peer's member in members");
+
+    // The peer may speak only for its own users.
+    let body = json!({"presence": [{"user_id": user.user_id, "presence": "offline"}]});
+    fed_ephemeral(ctx, &peer, &body).await?.err(403, "unknown_server")?;
+
+    // A read mark of this server's user reaches the peer, which has a member in the room.
+    let sent = ctx.send(&user, &room.room_id, &ctx.txn(), "read me").await?;
+    let seq = n(&sent, "seq");
+    let read = Request::post(Ctx::api(&format!("/rooms/{}/read", enc(&room.room_id))))
+        .token(&user.token)
+        .json(&json!({ "seq": seq }));
+    ctx.http.send(read).await?.ok(200, "empty")?;
+    let deadline = tokio::time::Instant::now() + PUSH_WAIT;
+    loop {
+        let mut told = false;
+        for req in peer.received() {
+            if !req.path_and_query.starts_with(&format!("{FEDERATION_PREFIX}/ephemeral/")) {
+                continue;
+            }
+            let what = format!("ephemeral push {}", req.path_and_query);
+            let body: Value = serde_json::from_slice(&req.body)
+                .map_err(|e| Failure::Check(format!("{what}: the body is not JSON ({e})")))?;
+            ctx.schemas.check("federation_ephemeral", &what, &body)?;
+            told |= body["receipts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| s(r, "room_id") == room.room_id && s(r, "user_id") == user.user_id && n(r, "seq") == seq);
+        }
+        if told {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            fail!("within {PUSH_WAIT:?} the peer was not told {}'s read mark {seq} (§11.7)", user.user_id);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ws.close().await;
+    fed_leave(ctx, &peer, &room.room_id, &a).await?.ok(200, "empty")?;
     Ok(())
 }
 

@@ -133,7 +133,6 @@ async fn create_refusals(ctx: &Ctx) -> Result<()> {
     create_raw(ctx, &a, json!({ "invite": many })).await?.err(400, "invalid_field")?;
     let ghost = ctx.user_id(&ctx.username("ghost"));
     create_raw(ctx, &a, json!({ "invite": [ghost] })).await?.err(404, "user_not_found")?;
-    create_raw(ctx, &a, json!({"invite": ["@bob:other.example"]})).await?.err(400, "remote_user_unsupported")?;
     create_raw(ctx, &a, json!({"colour": "red"})).await?.err(400, "invalid_field")?;
     Ok(())
 }

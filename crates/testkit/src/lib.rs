@@ -31,6 +31,6 @@ pub use client::{Api, Next, P, WsClient, WsStream, enc, uniq};
 pub use harness::{Backend, BlockingServer, Harness};
 pub use health::{health, health_status};
 pub use process::{LoggedProcess, ParlorProcess, parlor_bin, run_parlor};
-pub use redis::{RedisServer, free_port};
+pub use redis::{RedisCluster, RedisServer, free_port};
 pub use server::{TestServer, rebind};
 pub use tempfile::{TempDir, tempdir};

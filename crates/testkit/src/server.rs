@@ -41,6 +41,7 @@ impl TestServer {
     pub async fn start_with(listener: tokio::net::TcpListener, cfg: Config) -> Self {
         let addr = listener.local_addr().unwrap();
         let data_dir = cfg.data_dir.clone();
+        wait_released(&data_dir).await;
         let room_log = if cfg.redis.is_some() { "redis" } else { "embedded" };
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -61,6 +62,7 @@ impl TestServer {
     pub async fn start_serving(listeners: parlor::server::Listeners, cfg: Config) -> Self {
         let addr = listeners.client.local_addr().unwrap();
         let data_dir = cfg.data_dir.clone();
+        wait_released(&data_dir).await;
         let probe = cfg.tls.is_none();
         let room_log = if cfg.redis.is_some() { "redis" } else { "embedded" };
         let (tx, rx) = oneshot::channel();
@@ -111,11 +113,37 @@ impl TestServer {
         if let Some(t) = self.task.take() {
             t.await.unwrap();
         }
+        wait_released(&self.data_dir).await;
     }
 
     /// A stopped server's stand-in: it keeps the address for a restart.
     pub(crate) fn placeholder(addr: SocketAddr) -> Self {
         TestServer { addr, url: String::new(), data_dir: PathBuf::new(), shutdown: None, task: None }
+    }
+}
+
+/// Waits until no server in this process holds the data dir's storage
+/// lock (sled's `flock` on `sled/db`). `server::run` returns once it has
+/// flushed, but a background task that held a service (a presence fan-out,
+/// a catch-up) may drop its handle on storage a moment later; a server
+/// started on the same dir before that fails to take the lock. A real
+/// process exits, so only in-process restarts (tests) wait here.
+pub async fn wait_released(data_dir: &Path) {
+    use rustix::fs::{FlockOperation, flock};
+    let path = data_dir.join("sled").join("db");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let Ok(file) = std::fs::File::open(&path) else { return };
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            // Closing the file releases the probe's own lock.
+            Ok(()) => return,
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                assert!(Instant::now() < deadline, "{} still locked 10 s after its server stopped", path.display());
+            }
+            Err(e) => panic!("flock {}: {e}", path.display()),
+        }
+        // Poll interval of a bounded wait for other tasks to let go.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

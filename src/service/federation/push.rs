@@ -48,6 +48,27 @@ pub(super) struct Routed {
     /// The newest event of a room at start-up, not a new one: queued only
     /// when the room's queue is empty.
     seed: bool,
+    /// The server of the user an `invite`, `kick` or `ban` is about, when
+    /// it is another server: it is pushed this event even when it has no
+    /// members in the room (an invitee's server learns of the invite; a
+    /// kicked user's server of the kick that may have removed its last member).
+    target_server: Option<String>,
+}
+
+/// The server of the `target` of an `invite`, `kick` or `ban` event, when
+/// that is not `own`. Events are serialized by serde, so only the event's
+/// own fields can match the quick check.
+fn target_server(event_json: &str, own: &str) -> Option<String> {
+    let types = [r#""type":"invite""#, r#""type":"kick""#, r#""type":"ban""#];
+    if !types.iter().any(|t| event_json.contains(t)) {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Head {
+        target: Option<UserId>,
+    }
+    let target = serde_json::from_str::<Head>(event_json).ok()?.target?;
+    (target.server() != own).then(|| target.server().to_owned())
 }
 
 /// An event encoded for pushing (a `FedEvent`), shared by every server.
@@ -69,6 +90,21 @@ pub(super) struct RoomQueue {
     bytes: usize,
     /// The room's other servers, as the router last saw them.
     servers: Arc<Vec<String>>,
+    /// Servers not (or no longer) in `servers` that are still pushed the
+    /// events numbered below the given one: those queued while they had
+    /// members in the room (a server whose last member was kicked gets the
+    /// kick), or one event about a user of theirs (an invite).
+    linger: HashMap<String, u64>,
+}
+
+impl RoomQueue {
+    /// Where `server`'s pushes of this room end (exclusive).
+    fn end_for(&self, server: &str) -> u64 {
+        match self.servers.iter().any(|s| s == server) {
+            true => self.head(),
+            false => self.linger.get(server).copied().unwrap_or(0).min(self.head()),
+        }
+    }
 }
 
 impl RoomQueue {
@@ -168,13 +204,21 @@ impl Federation {
         }
         // Events are serialized by serde: a quote inside a body is escaped,
         // so only an event's own type field can match.
-        if event_json.contains(r#""type":"join""#) || event_json.contains(r#""type":"leave""#) {
+        let membership = [r#""type":"join""#, r#""type":"leave""#, r#""type":"kick""#, r#""type":"ban""#];
+        if membership.iter().any(|t| event_json.contains(t)) {
             self.membership_changed(room);
         }
-        if self.cached_participants(room).is_some_and(|p| p.is_empty()) {
+        let target_server = target_server(event_json, self.server_name.as_str());
+        if target_server.is_none() && self.cached_participants(room).is_some_and(|p| p.is_empty()) {
             return;
         }
-        let routed = Routed { room: room.clone(), epoch: epoch.clone(), json: event_json.to_owned(), seed: false };
+        let routed = Routed {
+            room: room.clone(),
+            epoch: epoch.clone(),
+            json: event_json.to_owned(),
+            seed: false,
+            target_server,
+        };
         if self.feed.try_send(routed).is_err() {
             self.counters.dropped_feed.fetch_add(1, Ordering::Relaxed);
         }
@@ -185,7 +229,7 @@ impl Federation {
     /// (what was queued before a restart is not kept).
     pub fn seed(&self, room: &RoomId, epoch: &str, event: &Event) {
         let json = serde_json::to_string(event).expect("events serialize");
-        let routed = Routed { room: room.clone(), epoch: epoch.into(), json, seed: true };
+        let routed = Routed { room: room.clone(), epoch: epoch.into(), json, seed: true, target_server: None };
         if self.feed.try_send(routed).is_err() {
             self.counters.dropped_feed.fetch_add(1, Ordering::Relaxed);
         }
@@ -205,9 +249,18 @@ impl Federation {
     /// room's servers' pushers (giving a cursor to a server new in the room).
     async fn route_one(self: &Arc<Self>, r: Routed) {
         let servers = self.participants(&r.room).await;
+        let target = r.target_server.filter(|t| !servers.contains(t));
         let mut queues = self.queues.lock().expect("queues lock");
-        if servers.is_empty() {
-            queues.remove(&r.room);
+        let lingering = |q: &RoomQueue| q.linger.values().any(|end| *end > q.base);
+        if servers.is_empty() && target.is_none() && !queues.get(&r.room).is_some_and(lingering) {
+            if queues.remove(&r.room).is_some() {
+                drop(queues);
+                // A queue made again numbers from 0: no server may keep a
+                // cursor into this one (it would wait for that number).
+                for d in self.dests.lock().expect("dests lock").values() {
+                    d.state.lock().expect("dest lock").cursors.remove(&r.room);
+                }
+            }
             return;
         }
         if r.seed && queues.get(&r.room).is_some_and(|q| !q.items.is_empty()) {
@@ -235,6 +288,7 @@ impl Federation {
             items: VecDeque::new(),
             bytes: 0,
             servers: Arc::new(Vec::new()),
+            linger: HashMap::new(),
         });
         let number = q.head();
         q.bytes += item.len();
@@ -245,6 +299,18 @@ impl Federation {
             q.base += 1;
         }
         let joined = !Arc::ptr_eq(&q.servers, &servers);
+        if joined {
+            // A server that had members until now is still pushed what was
+            // queued while it had (the event that removed its last member
+            // among them); one back in the room needs no lingering.
+            for gone in q.servers.iter().filter(|s| !servers.contains(s)) {
+                q.linger.insert(gone.clone(), number);
+            }
+            q.linger.retain(|s, end| !servers.contains(s) && *end > q.base);
+        }
+        if let Some(t) = &target {
+            q.linger.insert(t.clone(), number + 1);
+        }
         q.servers = servers.clone();
         drop(queues);
         let mut dests = self.dests.lock().expect("dests lock");
@@ -253,6 +319,11 @@ impl Federation {
             if joined || new || r.seed {
                 d.state.lock().expect("dest lock").cursors.entry(r.room.clone()).or_insert(number);
             }
+            d.work.notify_one();
+        }
+        if let Some(t) = &target {
+            let (d, _) = self.dest(&mut dests, t);
+            d.state.lock().expect("dest lock").cursors.entry(r.room.clone()).or_insert(number);
             d.work.notify_one();
         }
     }
@@ -283,7 +354,9 @@ impl Federation {
         let mut batch = Batch { items: Vec::new(), cursors: Vec::new() };
         let mut bytes = TXN_OVERHEAD;
         let name = &d.name;
-        st.cursors.retain(|room, _| queues.get(room).is_some_and(|q| q.servers.contains(name)));
+        st.cursors.retain(|room, cursor| {
+            queues.get(room).is_some_and(|q| *cursor < q.end_for(name) || q.servers.contains(name))
+        });
         'rooms: for (room, cursor) in st.cursors.iter_mut() {
             let q = &queues[room];
             if *cursor < q.base {
@@ -291,7 +364,8 @@ impl Federation {
                 *cursor = q.base;
             }
             let mut next = *cursor;
-            while next < q.head() {
+            let end = q.end_for(name);
+            while next < end {
                 if batch.items.len() == PUSH_BATCH_MAX {
                     break;
                 }
@@ -491,7 +565,7 @@ impl Federation {
             st.down
         } else {
             let queues = self.queues.lock().expect("queues lock");
-            let idle = st.cursors.iter().all(|(room, c)| queues.get(room).is_none_or(|q| *c >= q.head()));
+            let idle = st.cursors.iter().all(|(room, c)| queues.get(room).is_none_or(|q| *c >= q.end_for(&d.name)));
             idle && !st.down && st.failing_since.is_none()
         };
         if forgettable && dests.get(&d.name).is_some_and(|x| Arc::ptr_eq(x, d)) {

@@ -248,13 +248,30 @@ impl Rooms {
     async fn local_member(&self, user: &UserId, r: &RoomRef) -> Result<(Room, RoomRecord)> {
         let room = self.resolve_member(user, r).await?;
         if self.is_remote(&room.room_id) {
+            // Only the home server changes a room's state; it is not asked
+            // on a user's behalf from here (spec §11.6).
             return Err(Error::refused(
                 ErrCode::RemoteUserUnsupported,
-                format!("{} is homed on another server; v1.1 room state is not federated yet", room.label()),
+                format!(
+                    "{} is homed on {}: its state is changed on its home server only",
+                    room.label(),
+                    room.room_id.server()
+                ),
             ));
         }
         let rec = self.record(&room).await?;
         Ok((room, rec))
+    }
+
+    /// A user named by an invite, a moderation or a role: of this server
+    /// and existing, or of another server when federation is on (its
+    /// existence is that server's business: an invite of a user it does not
+    /// have stays pending, unanswered).
+    async fn check_target(&self, user: &UserId) -> Result<()> {
+        if user.server() != self.server_name.as_str() && self.federation.is_some() {
+            return Ok(());
+        }
+        self.check_user(user).await
     }
 
     /// A user named by a v1.1 request: of this server, and existing.
@@ -262,7 +279,12 @@ impl Rooms {
         if user.server() != self.server_name.as_str() {
             return Err(Error::refused(
                 ErrCode::RemoteUserUnsupported,
-                format!("{user} is a user of another server; only users of this server can be named here yet"),
+                match self.federation {
+                    Some(_) => {
+                        format!("{user} is a user of another server; only users of this server can be named here")
+                    }
+                    None => format!("{user} is a user of another server, and federation is off here"),
+                },
             ));
         }
         match self.accounts.get(user.localpart()).await? {
@@ -280,9 +302,8 @@ impl Rooms {
     /// The first seq of the room's log the user may read: 1, except for a
     /// member of a private room, who reads from their join on.
     pub async fn visible_from(&self, user: &UserId, room: &Room) -> Result<u64> {
-        if self.is_remote(&room.room_id) {
-            return Ok(1);
-        }
+        // A replica's record follows the home server's `room` events and
+        // its users' joins (`apply_events`), so the rule holds there too.
         let rec = self.record(room).await?;
         if rec.visibility != Visibility::Private {
             return Ok(1);
@@ -319,7 +340,7 @@ impl Rooms {
         invites.sort();
         invites.dedup();
         for u in &invites {
-            self.check_user(u).await?;
+            self.check_target(u).await?;
         }
         let mut b = [0u8; 12];
         self.rng.fill(&mut b).expect("system randomness");
@@ -395,7 +416,7 @@ impl Rooms {
     /// (of a private room, only moderators and owners may). Inviting a
     /// member or an invitee again changes nothing.
     pub async fn invite(&self, user: &UserId, r: &RoomRef, target: &UserId) -> Result<()> {
-        self.check_user(target).await?;
+        self.check_target(target).await?;
         let (room, rec) = self.local_member(user, r).await?;
         if rec.visibility == Visibility::Private && role_of(&rec, user.as_str()) < Role::Moderator {
             return Err(forbidden("inviting to a private room takes a moderator or owner"));
@@ -428,8 +449,52 @@ impl Rooms {
     pub async fn reject(&self, user: &UserId, r: &RoomRef) -> Result<()> {
         let room = self.resolve(r).await?;
         if self.is_remote(&room.room_id) {
-            return Err(Error::refused(ErrCode::NotInvited, format!("you have no invite to {}", room.label())));
+            return self.reject_remote(user, &room).await;
         }
+        self.reject_here(user, room).await
+    }
+
+    /// A user of another server declines an invite to a room homed here (federation).
+    pub async fn reject_from_federation(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
+        let room = self.resolve(&RoomRef::Id(room_id.clone())).await?;
+        if self.is_remote(&room.room_id) {
+            return Err(super::not_found(room_id));
+        }
+        self.reject_here(user, room).await
+    }
+
+    /// Declines an invite (recorded from the home server's `invite` event)
+    /// to a room homed elsewhere: the home server appends the `reject`; the
+    /// invite is dropped here once it answered (also when it says there was
+    /// none: the user wants none).
+    async fn reject_remote(&self, user: &UserId, room: &Room) -> Result<()> {
+        let no_invite = || Error::refused(ErrCode::NotInvited, format!("you have no invite to {}", room.label()));
+        if !self.record(room).await?.invites.contains(user.as_str()) {
+            return Err(no_invite());
+        }
+        let fed = self.federation.as_ref().ok_or_else(no_invite)?;
+        match fed.reject(&room.room_id, user).await {
+            Ok(()) => {}
+            Err(super::Failure::Refused(_, body)) if body.errcode == ErrCode::NotInvited => {}
+            Err(f) => return Err(f.into_error(room.room_id.server())),
+        }
+        self.drop_invite(room, user).await
+    }
+
+    /// Forgets a pending invite of a user of this server to a room homed elsewhere.
+    pub(super) async fn drop_invite(&self, room: &Room, user: &UserId) -> Result<()> {
+        if self.record(room).await?.invites.contains(user.as_str()) {
+            self.change(room, &[], false, |r, _| {
+                r.invites.remove(user.as_str());
+                Ok(None)
+            })
+            .await?;
+        }
+        self.store.index_invite(user.as_str(), room.room_id.as_str(), false).await?;
+        Ok(())
+    }
+
+    async fn reject_here(&self, user: &UserId, room: Room) -> Result<()> {
         let _one = self.state_lock(&room).await;
         self.change(&room, &[], false, |rec, _| match rec.invites.remove(user.as_str()) {
             true => Ok(Some(Owed::new(EventType::Reject, user, EventContent::default()))),
@@ -455,7 +520,7 @@ impl Rooms {
         if reason.as_ref().is_some_and(|s| s.len() > REASON_MAX_BYTES) {
             return Err(Error::refused(ErrCode::InvalidField, format!("reason: at most {REASON_MAX_BYTES} bytes")));
         }
-        self.check_user(target).await?;
+        self.check_target(target).await?;
         let (room, _) = self.local_member(user, r).await?;
         let _one = self.state_lock(&room).await;
         let mut removed = false;
@@ -506,6 +571,9 @@ impl Rooms {
             // Every process ends the target's subscriptions when it sees the
             // event (service::fanout); this one need not wait for that.
             self.hub.kick(&room.room_id, target);
+            if let Some(f) = &self.federation {
+                f.membership_changed(&room.room_id);
+            }
         }
         if uninvited {
             self.store.index_invite(target.as_str(), room.room_id.as_str(), false).await?;
@@ -515,7 +583,7 @@ impl Rooms {
 
     /// `PUT /rooms/{room}/roles/{user_id}`: an owner sets a member's role.
     pub async fn set_role(&self, user: &UserId, r: &RoomRef, target: &UserId, role: Role) -> Result<()> {
-        self.check_user(target).await?;
+        self.check_target(target).await?;
         let (room, rec) = self.local_member(user, r).await?;
         if role_of(&rec, user.as_str()) != Role::Owner {
             return Err(forbidden("setting roles takes an owner"));

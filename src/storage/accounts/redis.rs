@@ -29,7 +29,6 @@
 //! after `WAITAOF` says the change is in the local AOF (Redis 7.2+; older
 //! Redis gets a warning at start).
 
-use redis::aio::ConnectionManager;
 use redis::{Client, Pipeline, Script, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -37,7 +36,7 @@ use tokio::sync::mpsc;
 use super::{AccountExport, AccountRecord, AccountStore, NewDevice, Revoked, TokenRecord};
 use crate::storage::StorageError;
 use crate::storage::events::BoxFuture;
-use crate::storage::events::redis::link::{RESPONSE_TIMEOUT, follow_channel, manager, storage_error};
+use crate::storage::events::redis::link::{Conn, RESPONSE_TIMEOUT, Target, connect, follow_channel, storage_error};
 
 /// The channel revocations are published on.
 pub const REVOKED_CHANNEL: &str = "parlor:revoked";
@@ -52,8 +51,8 @@ struct DeviceRecord {
 
 /// The account store of a server whose processes share one Redis.
 pub struct RedisAccounts {
-    client: Client,
-    conn: ConnectionManager,
+    nodes: Vec<Client>,
+    conn: Conn,
     device_script: Script,
     /// `WAITAOF 1 0 <ms>`, appended to every change when Redis may lose
     /// acknowledged writes and can be asked to wait for its AOF.
@@ -61,9 +60,9 @@ pub struct RedisAccounts {
 }
 
 impl RedisAccounts {
-    pub async fn open(url: &str) -> Result<Self, StorageError> {
-        let client = Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url: {e}")))?;
-        let mut conn = manager(&client, RESPONSE_TIMEOUT).await.map_err(|e| storage_error(&e))?;
+    pub async fn open(target: &Target) -> Result<Self, StorageError> {
+        let nodes = target.nodes()?;
+        let mut conn = connect(target).await?;
         let device_script = Script::new(include_str!("scripts/device.lua"));
         device_script.load_async(&mut conn).await.map_err(|e| storage_error(&e))?;
         let p = crate::storage::events::redis::persistence(&mut conn).await?;
@@ -81,7 +80,7 @@ impl RedisAccounts {
                 );
             }
         }
-        Ok(Self { client, conn, device_script, wait_aof })
+        Ok(Self { nodes, conn, device_script, wait_aof })
     }
 
     /// Runs `pipe` (plus the AOF wait, if any) and answers its values;
@@ -344,7 +343,7 @@ impl AccountStore for RedisAccounts {
         // Every (re)subscription is followed by `Recheck`: revocations
         // published while this process was not subscribed are lost to it.
         let follow = follow_channel(
-            self.client.clone(),
+            self.nodes.clone(),
             REVOKED_CHANNEL,
             "token revocations",
             tx,

@@ -11,13 +11,12 @@
 //! increments in the same step, so racing registrations (on any process)
 //! cannot both take the last use.
 
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands as _, Script};
 
 use super::{AdminStore, RegToken, TakeUse};
 use crate::storage::StorageError;
 use crate::storage::events::BoxFuture;
-use crate::storage::events::redis::link::{connect, storage_error};
+use crate::storage::events::redis::link::{Conn, Target, connect, storage_error};
 
 const TOKENS: &str = "parlor:{admin}:registration_tokens";
 const USES: &str = "parlor:{admin}:registration_token_uses";
@@ -44,7 +43,7 @@ return 0
 ";
 
 pub struct RedisAdmin {
-    conn: ConnectionManager,
+    conn: Conn,
     take_use: Script,
     give_back: Script,
 }
@@ -52,8 +51,8 @@ pub struct RedisAdmin {
 impl RedisAdmin {
     /// Connects to the Redis at `url` as the other stores sharing it do
     /// (`link::connect`: same timeouts, same outage rule, URL redacted).
-    pub async fn open(url: &str) -> Result<Self, StorageError> {
-        let conn = connect(url).await?;
+    pub async fn open(target: &Target) -> Result<Self, StorageError> {
+        let conn = connect(target).await?;
         Ok(Self { conn, take_use: Script::new(TAKE_USE), give_back: Script::new(GIVE_BACK) })
     }
 }

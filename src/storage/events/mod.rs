@@ -177,9 +177,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// wherever this log stores them, and marks them `redacted` (v1.1
     /// redactions); seqs the epoch no longer holds are skipped, and so is
     /// an epoch the log does not keep. Idempotent. Durable on return.
-    /// Returns how many stored events changed. One copy may be left: on
-    /// Redis, the shared feed's newest entry (see `scrub_feed.lua`); so a
-    /// caller that erases before appending the redaction erases again after.
+    /// Returns how many stored events changed (in the room's log; copies on
+    /// Redis's feed are erased too, see `scrub_feed.lua`).
     fn erase<'a>(
         &'a self,
         room: &'a RoomId,

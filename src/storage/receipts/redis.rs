@@ -4,12 +4,11 @@
 //! processes marking at once keep the further one.
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::{ReadMark, ReceiptStore};
 use crate::storage::StorageError;
 use crate::storage::events::BoxFuture;
-use crate::storage::events::redis::link::{connect, query_cmd, storage_error};
+use crate::storage::events::redis::link::{Conn, Target, connect, query_cmd, storage_error};
 
 /// KEYS[1] the room's receipts hash; ARGV user, epoch, seq. Returns 1 when
 /// the mark moved.
@@ -30,13 +29,13 @@ fn receipts_key(room: &str) -> String {
 }
 
 pub struct RedisReceipts {
-    conn: ConnectionManager,
+    conn: Conn,
     advance: Script,
 }
 
 impl RedisReceipts {
-    pub async fn open(url: &str) -> Result<Self, StorageError> {
-        Ok(Self { conn: connect(url).await?, advance: Script::new(ADVANCE) })
+    pub async fn open(target: &Target) -> Result<Self, StorageError> {
+        Ok(Self { conn: connect(target).await?, advance: Script::new(ADVANCE) })
     }
 }
 

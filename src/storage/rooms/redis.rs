@@ -26,11 +26,9 @@
 //! (see `storage::events::redis`), so a Redis that loses writes loses
 //! directory changes with the events that recorded them.
 
-use redis::aio::ConnectionManager;
-
 use super::{RoomRecord, RoomStore};
 use crate::storage::events::BoxFuture;
-use crate::storage::events::redis::link::{connect, query_cmd, query_pipe};
+use crate::storage::events::redis::link::{Conn, Target, connect, query_cmd, query_pipe, storage_error};
 use crate::storage::{StorageError, json_record, to_record};
 
 /// Keys per pipeline when reading many rooms.
@@ -80,13 +78,13 @@ fn alias_key(alias: &str) -> String {
 
 #[derive(Clone)]
 pub struct RedisRooms {
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 impl RedisRooms {
     /// Connects to the Redis at `url`; fails when it cannot be reached now.
-    pub async fn open(url: &str) -> Result<Self, StorageError> {
-        Ok(Self { conn: connect(url).await? })
+    pub async fn open(target: &Target) -> Result<Self, StorageError> {
+        Ok(Self { conn: connect(target).await? })
     }
 
     async fn records(&self, ids: &[String]) -> Result<Vec<RoomRecord>, StorageError> {
@@ -267,7 +265,8 @@ impl RedisRooms {
             for id in chunk {
                 pipe.get(room_key(id)).hexists(members_key(id), user_id);
             }
-            let values: Vec<(Option<Vec<u8>>, bool)> = query_pipe(&self.conn, &pipe).await?;
+            // Reads in any order: concurrent per slot on a cluster.
+            let values: Vec<(Option<Vec<u8>>, bool)> = self.conn.reads(&pipe).await.map_err(|e| storage_error(&e))?;
             for (rec, member) in values {
                 if let (Some(rec), true) = (rec, member) {
                     out.push(json_record("rooms", &rec)?);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value, json};
 
@@ -23,15 +23,19 @@ use crate::workloads;
     about = "Load and correctness benchmark for Parlor servers (public v1 protocol only)"
 )]
 pub struct Cli {
-    /// Server base URL, e.g. http://127.0.0.1:8008
-    #[arg(long, global = true, env = "CHATBENCH_SERVER")]
-    pub server: Option<String>,
+    /// Server base URL, e.g. http://127.0.0.1:8008. Repeat it (or give a
+    /// comma-separated list) for the processes of one server on a shared
+    /// Redis: setup requests go to the first, each room's members open their
+    /// WebSockets on the processes in turn.
+    #[arg(long, global = true, env = "CHATBENCH_SERVER", value_delimiter = ',')]
+    pub server: Vec<String>,
     /// One JSON object per run on stdout.
     #[arg(long, global = true)]
     pub json: bool,
-    /// The server's pid, for its CPU time and memory (default: found from the listening port via /proc).
+    /// The server's pid, for its CPU time and memory (default: found from each listening port via /proc);
+    /// repeat it for several processes: CPU and memory are their sums.
     #[arg(long, global = true)]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
     /// Keep benchmark users (with tokens) in this file and reuse them in later runs.
     #[arg(long, global = true)]
     pub users_file: Option<PathBuf>,
@@ -253,10 +257,18 @@ pub struct CeilingArgs {
 pub struct Ctx {
     pub api: Api,
     pub users: Users,
-    pub server_pid: Option<u32>,
+    /// Every server process whose pid is known (CPU and memory are summed over them).
+    pub server_pids: Vec<u32>,
     pub drain: Duration,
     pub user_concurrency: usize,
     pub setup_concurrency: usize,
+}
+
+impl Ctx {
+    /// The first server process's pid (what single-process figures such as a peak RSS follow).
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server_pids.first().copied()
+    }
 }
 
 /// One run's printed result and whether its checks passed.
@@ -299,15 +311,21 @@ async fn run(cli: Cli) -> Result<bool> {
         }
         return Ok(all_ok);
     }
-    let Some(server) = cli.server.clone() else { bail!("--server URL is required (or CHATBENCH_SERVER)") };
-    let api = Api::parse(&server).await?;
-    let server_pid = cli
-        .server_pid
-        .or_else(|| if api.addr.ip().is_loopback() { sys::find_listener_pid(api.addr.port()) } else { None });
+    let api = Api::parse_all(&cli.server).await?;
+    let server = cli.server.join(",");
+    let server_pids = if cli.server_pid.is_empty() {
+        api.processes
+            .iter()
+            .filter(|(addr, _)| addr.ip().is_loopback())
+            .filter_map(|(addr, _)| sys::find_listener_pid(addr.port()))
+            .collect()
+    } else {
+        cli.server_pid.clone()
+    };
     let ctx = Ctx {
         users: Users::open(&api, cli.users_file.clone()).await?,
         api,
-        server_pid,
+        server_pids,
         drain: Duration::from_secs_f64(cli.drain_timeout.max(0.1)),
         user_concurrency: cli.user_concurrency.max(1),
         setup_concurrency: cli.setup_concurrency.max(1),
@@ -327,7 +345,10 @@ async fn run(cli: Cli) -> Result<bool> {
         };
         out.json.insert("run".into(), json!(i + 1));
         out.json.insert("server".into(), json!(server));
-        out.json.insert("server_pid".into(), json!(ctx.server_pid));
+        out.json.insert("server_pid".into(), json!(ctx.server_pid()));
+        if ctx.server_pids.len() > 1 {
+            out.json.insert("server_pids".into(), json!(ctx.server_pids));
+        }
         out.json.insert("ok".into(), json!(out.ok));
         all_ok &= out.ok;
         print(&out.json, cli.json);

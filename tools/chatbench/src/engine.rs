@@ -288,8 +288,9 @@ impl Engine {
     /// `caught_up` (handling replayed events), then re-send what is unacked
     /// and start the reading task. Returns the `caught_up` seq.
     async fn connect_member(self: &Rc<Self>, m: &Rc<Member>, since: Option<(String, u64)>) -> Result<u64> {
-        let (shared, mut reader) =
-            ws::connect(self.api.addr, &self.api.host, WS_PATH, Some(&m.user.token), self.buf_cap).await?;
+        // The member's place in its room picks the process (members of a room are idx ≡ room mod rooms).
+        let (addr, host) = self.api.ws_target(m.idx / self.rooms.len());
+        let (shared, mut reader) = ws::connect(addr, host, WS_PATH, Some(&m.user.token), self.buf_cap).await?;
         self.wait_for(m, &mut reader, "ready").await?;
         let mut sub = json!({"type": "subscribe", "id": "sub", "room": self.rooms[m.room].room_id});
         if let Some((epoch, seq)) = &since {

@@ -5,6 +5,7 @@
 //! from a fault.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -34,6 +35,10 @@ pub struct Api {
     pub addr: SocketAddr,
     /// `host:port` as given, for `Host` headers.
     pub host: String,
+    /// Every process of the server named on the command line, this one
+    /// first: WebSockets are spread over them (several processes on one
+    /// shared Redis are one server, so any of them serves any member).
+    pub processes: Arc<Vec<(SocketAddr, String)>>,
 }
 
 /// A refusal from the server: status and errcode.
@@ -54,6 +59,34 @@ impl std::fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 impl Api {
+    /// Several URLs of one server (its processes): HTTP goes to the first,
+    /// WebSockets are spread over all of them ([`Api::ws_target`]).
+    pub async fn parse_all(urls: &[String]) -> Result<Self> {
+        let Some((first, rest)) = urls.split_first() else { bail!("--server URL is required (or CHATBENCH_SERVER)") };
+        let mut api = Self::parse(first).await?;
+        let mut processes = vec![(api.addr, api.host.clone())];
+        for url in rest {
+            let other = Self::parse(url).await?;
+            processes.push((other.addr, other.host));
+        }
+        api.processes = Arc::new(processes);
+        Ok(api)
+    }
+
+    /// Where member `k` of a room opens its WebSocket: the processes in
+    /// turn, so that every room has members on every process.
+    pub fn ws_target(&self, k: usize) -> (SocketAddr, &str) {
+        let (addr, host) = &self.processes[k % self.processes.len()];
+        (*addr, host)
+    }
+
+    /// This server as reached through its `k`-th process (the processes in
+    /// turn), for spreading HTTP requests over them too.
+    pub fn process(&self, k: usize) -> Api {
+        let (addr, host) = self.ws_target(k);
+        Api { addr, host: host.to_owned(), processes: self.processes.clone() }
+    }
+
     /// Parse `http://host:port[/]` and resolve the host once.
     pub async fn parse(url: &str) -> Result<Self> {
         let rest = url
@@ -74,7 +107,8 @@ impl Api {
             .with_context(|| format!("resolve {with_port}"))?
             .next()
             .ok_or_else(|| anyhow!("{with_port} resolves to nothing"))?;
-        Ok(Self { addr, host: host.to_string() })
+        let host = host.to_string();
+        Ok(Self { addr, processes: Arc::new(vec![(addr, host.clone())]), host })
     }
 
     pub async fn conn(&self) -> Result<HttpConn> {
@@ -254,4 +288,28 @@ pub fn api_error(status: u16, bytes: &[u8]) -> ApiError {
 
 pub fn str_field(v: &Value, k: &str) -> Result<String> {
     v.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| anyhow!("answer lacks {k}: {v}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each room's members alternate over the processes, so every process
+    /// holds members of every room; HTTP stays on the first.
+    #[tokio::test]
+    async fn members_of_a_room_spread_over_the_processes() {
+        let urls: Vec<String> = ["http://127.0.0.1:7001", "http://127.0.0.1:7002/", "http://127.0.0.1:7003"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let api = Api::parse_all(&urls).await.unwrap();
+        assert_eq!(api.addr.port(), 7001);
+        let ports: Vec<u16> = (0..6).map(|k| api.ws_target(k).0.port()).collect();
+        assert_eq!(ports, [7001, 7002, 7003, 7001, 7002, 7003]);
+        assert_eq!(api.ws_target(4).1, "127.0.0.1:7002");
+        assert_eq!(api.process(2).addr.port(), 7003);
+        assert!(Api::parse_all(&[]).await.is_err());
+        let one = Api::parse("http://127.0.0.1:7001").await.unwrap();
+        assert_eq!((0..3).map(|k| one.ws_target(k).0.port()).collect::<Vec<_>>(), [7001; 3]);
+    }
 }

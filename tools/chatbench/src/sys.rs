@@ -108,9 +108,27 @@ pub fn raise_nofile(want: u64) -> u64 {
     soft
 }
 
-/// A measured interval: our CPU, and the server's CPU and memory when its pid is known.
+/// Resident memory of all `pids` together in KiB: (VmRSS, VmHWM) summed;
+/// None when there is no pid or one cannot be read.
+pub fn procs_rss_kib(pids: &[u32]) -> Option<(u64, u64)> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold((0, 0), |(rss, hwm), &p| proc_rss_kib(p).ok().map(|(r, h)| (rss + r, hwm + h)))
+}
+
+/// CPU seconds all `pids` together have used; None as for [`procs_rss_kib`].
+pub fn procs_cpu_s(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold(0.0, |sum, &p| proc_cpu_s(p).ok().map(|c| sum + c))
+}
+
+/// A measured interval: our CPU, and the server's CPU and memory when its
+/// pids are known (summed over its processes when it has several).
 pub struct Usage {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     t0: u64,
     self_cpu0: f64,
     server_cpu0: Option<f64>,
@@ -129,22 +147,22 @@ pub struct UsageReport {
 }
 
 impl Usage {
-    pub fn start(pid: Option<u32>) -> Self {
+    pub fn start(pids: &[u32]) -> Self {
         Self {
-            pid,
+            pids: pids.to_vec(),
             t0: crate::clock::now_ns(),
             self_cpu0: self_cpu_s(),
-            server_cpu0: pid.and_then(|p| proc_cpu_s(p).ok()),
-            server_rss0_kib: pid.and_then(|p| proc_rss_kib(p).ok()).map(|r| r.0),
+            server_cpu0: procs_cpu_s(pids),
+            server_rss0_kib: procs_rss_kib(pids).map(|r| r.0),
         }
     }
 
     pub fn stop(&self) -> UsageReport {
-        let rss = self.pid.and_then(|p| proc_rss_kib(p).ok());
+        let rss = procs_rss_kib(&self.pids);
         UsageReport {
             wall_s: (crate::clock::now_ns() - self.t0) as f64 / 1e9,
             client_cpu_s: self_cpu_s() - self.self_cpu0,
-            server_cpu_s: match (self.pid.and_then(|p| proc_cpu_s(p).ok()), self.server_cpu0) {
+            server_cpu_s: match (procs_cpu_s(&self.pids), self.server_cpu0) {
                 (Some(a), Some(b)) => Some(a - b),
                 _ => None,
             },

@@ -21,9 +21,16 @@ async fn server() -> Server {
 
 /// Run chatbench with `args` against `s`; every result line it printed.
 async fn bench(s: &Server, args: &[&str]) -> Vec<Value> {
-    let users = s.dir.path().join("users.jsonl");
+    bench_at(&[&s.server.url], s.dir.path(), args).await
+}
+
+/// Run chatbench with `args` against the processes `servers` of one server,
+/// its users file in `dir`; every result line it printed.
+async fn bench_at(servers: &[&str], dir: &Path, args: &[&str]) -> Vec<Value> {
+    let users = dir.join("users.jsonl");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatbench"))
-        .args(["--server", &s.server.url, "--json", "--users-file", path(&users)])
+        .args(servers.iter().flat_map(|s| ["--server", s]))
+        .args(["--json", "--users-file", path(&users)])
         .args(args)
         .output()
         .await
@@ -230,4 +237,27 @@ async fn presence_changes_reach_every_member_once() {
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!((v["expected"].as_u64(), v["delivered"].as_u64()), (Some(36), Some(36)), "{v}");
     assert!(v["server_cpu_ms_per_change"].as_f64().is_some(), "{v}");
+}
+
+/// `--server` twice: two processes of one server on one Redis, each room's
+/// members on both, so most deliveries cross from one process to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_over_two_processes_of_one_server() {
+    let redis = testkit::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestServer::start_in(&dir.path().join("a"), |c| c.redis = Some(redis.url.clone())).await;
+    // The second process: its own data dir and port, the first one's name.
+    let mut cfg = TestServer::config(first.addr.port(), &dir.path().join("b"));
+    cfg.redis = Some(redis.url.clone());
+    let second = TestServer::start_with(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), cfg).await;
+    let servers = [first.url.as_str(), second.url.as_str()];
+    let v = bench_at(
+        &servers,
+        dir.path(),
+        &["fanout", "--rooms", "2", "--members", "4", "--rate", "200", "--messages", "80"],
+    )
+    .await;
+    assert_clean(&v[0]);
+    assert_eq!(v[0]["expected"], 320, "{}", v[0]);
+    assert_eq!(v[0]["server"], format!("{},{}", first.url, second.url), "{}", v[0]);
 }

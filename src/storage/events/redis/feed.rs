@@ -1,9 +1,13 @@
-//! Live delivery between processes: each process tails the one shared feed
-//! stream (`parlor:feed`) with `XREAD BLOCK` and hands its entries to the
-//! local sink in feed order, which is seq order per room. The read path
-//! costs one `XREAD` per batch however many rooms there are.
+//! Live delivery between processes: each process tails every feed stream
+//! (`Feeds`: one on one Redis, one per slot range on a cluster) with `XREAD
+//! BLOCK`, one reader per feed, and hands their entries to the local sink
+//! in feed order, which is seq order per room on one Redis. On a cluster two
+//! processes' entries of one room may reach its feed in the other order
+//! (each writes its feed entry after its script): a session then fills the
+//! hole from the room stream and skips the late entry. The read path costs
+//! one `XREAD` per batch and feed however many rooms there are.
 //!
-//! The feed has a connection of its own: a blocking read holds its
+//! Each feed has a connection of its own: a blocking read holds its
 //! connection for the whole block, and on the shared multiplexed connection
 //! it would stall other commands behind it and outlast their 1 s response
 //! timeout.
@@ -26,14 +30,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands as _, RedisError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::Shared;
+use super::link::Conn;
 use super::replies::{FeedEntry, RawEntry, feed_batch, feed_entry, stream_id};
-use super::{FEED_KEY, Shared};
 use crate::storage::StorageError;
 
 pub(super) const FEED_BLOCK: Duration = Duration::from_secs(2);
@@ -49,7 +53,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 pub(super) struct FeedReader {
     shared: Arc<Shared>,
-    conn: ConnectionManager,
+    conn: Conn,
+    key: String,
     /// The id of the last entry handed out ("0-0": none).
     cursor: String,
     /// Set when the feed was found replaced under the cursor (Redis lost or
@@ -59,43 +64,51 @@ pub(super) struct FeedReader {
     replay_until: Option<String>,
     stop: CancellationToken,
     hand_out: mpsc::Sender<ToHandOut>,
-    hand_out_rx: Option<mpsc::Receiver<ToHandOut>>,
     durability_checked: tokio::time::Instant,
 }
 
-enum ToHandOut {
+pub(super) enum ToHandOut {
     Batch(Vec<FeedEntry>),
     /// Answered once everything sent before it has been handed out.
     Barrier(oneshot::Sender<()>),
 }
 
+/// The queue from the feeds' readers to the one hand-out stage.
+pub(super) fn hand_out_channel() -> (mpsc::Sender<ToHandOut>, mpsc::Receiver<ToHandOut>) {
+    mpsc::channel(HAND_OUT_QUEUE)
+}
+
+/// The hand-out stage, to run beside the readers; it ends once they have.
+pub(super) fn hand_out_task(
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<ToHandOut>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    hand_out(shared, rx)
+}
+
 impl FeedReader {
-    /// A reader that starts after the feed's current last entry: no append
-    /// is sent before this returns, so none of this process's can be missed.
+    /// A reader of the feed `key` that starts after its current last entry:
+    /// no append is sent before this returns, so none of this process's can
+    /// be missed.
     pub async fn start(
         shared: Arc<Shared>,
-        conn: ConnectionManager,
+        conn: Conn,
+        key: String,
+        hand_out: mpsc::Sender<ToHandOut>,
         stop: CancellationToken,
     ) -> Result<Self, RedisError> {
-        let (hand_out, rx) = mpsc::channel(HAND_OUT_QUEUE);
         let mut reader = Self {
             shared,
             conn,
+            key,
             cursor: "0-0".into(),
             replay_until: None,
             stop,
             hand_out,
-            hand_out_rx: Some(rx),
             durability_checked: tokio::time::Instant::now(),
         };
         reader.cursor = reader.tail().await?.unwrap_or_else(|| "0-0".into());
         Ok(reader)
-    }
-
-    /// The hand-out stage, to run beside [`FeedReader::run`]; it ends once the reader has.
-    pub fn hand_out_task(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let rx = self.hand_out_rx.take().expect("one hand-out task");
-        hand_out(self.shared.clone(), rx)
     }
 
     pub async fn run(mut self) {
@@ -111,7 +124,7 @@ impl FeedReader {
                 };
                 match checked {
                     Ok(()) => {
-                        tracing::info!(cursor = %self.cursor, "redis feed reconnected");
+                        tracing::info!(feed = %self.key, cursor = %self.cursor, "redis feed reconnected");
                         suspect = false;
                         backoff = BACKOFF_MIN;
                     }
@@ -137,7 +150,7 @@ impl FeedReader {
                 // Idle: make sure the feed was not replaced under us.
                 Ok(Ok(batch)) if batch.is_empty() => {
                     if let Err(e) = self.check().await {
-                        tracing::warn!(error = %e, "redis feed lost");
+                        tracing::warn!(feed = %self.key, error = %e, "redis feed lost");
                         suspect = true;
                     }
                 }
@@ -157,7 +170,7 @@ impl FeedReader {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "redis feed lost; reconnecting");
+                    tracing::warn!(feed = %self.key, error = %e, "redis feed lost; reconnecting");
                     suspect = true;
                 }
             }
@@ -173,7 +186,7 @@ impl FeedReader {
             .arg("BLOCK")
             .arg(FEED_BLOCK.as_millis() as u64)
             .arg("STREAMS")
-            .arg(FEED_KEY)
+            .arg(&self.key)
             .arg(&self.cursor)
             .query_async(&mut self.conn)
             .await?;
@@ -182,7 +195,7 @@ impl FeedReader {
 
     /// The id of the feed's last entry, if it has any.
     async fn tail(&mut self) -> Result<Option<String>, RedisError> {
-        let r: StreamRangeReply = self.conn.xrevrange_count(FEED_KEY, "+", "-", 1).await?;
+        let r: StreamRangeReply = self.conn.xrevrange_count(&self.key, "+", "-", 1).await?;
         Ok(r.ids.into_iter().next().map(|e| e.id))
     }
 
@@ -199,7 +212,7 @@ impl FeedReader {
         };
         let lost = went_back
             || (self.cursor != "0-0" && {
-                let at: StreamRangeReply = self.conn.xrange(FEED_KEY, &self.cursor, &self.cursor).await?;
+                let at: StreamRangeReply = self.conn.xrange(&self.key, &self.cursor, &self.cursor).await?;
                 at.ids.is_empty()
             });
         if lost {
@@ -214,7 +227,7 @@ impl FeedReader {
             });
         }
         if went_back {
-            tracing::warn!(cursor = %self.cursor, tail = ?tail, "the redis feed went back; reading it from the start");
+            tracing::warn!(feed = %self.key, cursor = %self.cursor, tail = ?tail, "the redis feed went back; reading it from the start");
             // What was read before is handed out (and its marks recorded)
             // before the feed is read again and filtered by those marks.
             let (done, handed_out) = oneshot::channel();

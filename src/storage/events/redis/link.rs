@@ -1,7 +1,8 @@
 //! The command connection to Redis and the log's Lua scripts.
 //!
-//! One multiplexed connection, kept by redis-rs's `ConnectionManager`,
-//! carries every command but the feed's blocking reads. It is configured to
+//! One multiplexed connection ([`Conn`]: redis-rs's `ConnectionManager`,
+//! or its `ClusterConnection` on a Redis Cluster, see `cluster`) carries
+//! every command but the feed's blocking reads. It is configured to
 //! fail fast: one connection attempt (bounded by [`CONNECT_TIMEOUT`]) and no
 //! retries inside the manager, so while Redis is unreachable each call fails
 //! at once (a refused connection in about a millisecond) instead of queueing;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Cmd, ErrorKind, Pipeline, RedisError, Script, ServerErrorKind, Value};
 
+pub(crate) use super::cluster::{Conn, Target};
 use crate::storage::StorageError;
 
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -72,21 +74,21 @@ pub(crate) async fn manager(client: &Client, response_timeout: Duration) -> Resu
 }
 
 pub(super) struct Link {
-    conn: ConnectionManager,
+    conn: Conn,
     pub scripts: Scripts,
 }
 
 impl Link {
     /// Connects now: a server that starts must be able to take sends.
-    pub async fn connect(client: &Client) -> Result<Self, RedisError> {
-        let conn = manager(client, RESPONSE_TIMEOUT).await?;
+    pub async fn connect(target: &Target) -> Result<Self, RedisError> {
+        let conn = super::cluster::open(target, RESPONSE_TIMEOUT).await?;
         let link = Self { conn, scripts: Scripts::new() };
         link.load_scripts().await?;
         Ok(link)
     }
 
     /// The connection, for commands outside the scripts.
-    pub fn conn(&self) -> &ConnectionManager {
+    pub fn conn(&self) -> &Conn {
         &self.conn
     }
 
@@ -162,6 +164,8 @@ pub(crate) fn is_outage(e: &RedisError) -> bool {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.code().is_some_and(is_transient_refusal)
+        // A cluster none of whose nodes for the slot can be reached.
+        || e.kind() == ErrorKind::ClusterConnectionNotFound
         || matches!(
             e.kind(),
             ErrorKind::Server(
@@ -184,23 +188,27 @@ pub(crate) fn storage_error(e: &RedisError) -> StorageError {
     if is_outage(e) { StorageError::Unavailable(format!("redis: {e}")) } else { StorageError::Redis(e.to_string()) }
 }
 
-/// A fail-fast command connection to the Redis at `url`, for the other
-/// stores that share the room log's Redis (room directory, federation
-/// state): same timeouts, same outage rule, same messages.
-pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, StorageError> {
-    let shown = super::redacted(url);
-    let client = Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url {shown:?}: {e}")))?;
-    manager(&client, RESPONSE_TIMEOUT)
+/// A fail-fast command connection to `target`, for the other stores that
+/// share the room log's Redis (room directory, federation state): same
+/// timeouts, same outage rule, same messages.
+pub(crate) async fn connect(target: &Target) -> Result<Conn, StorageError> {
+    connect_with(target, RESPONSE_TIMEOUT).await
+}
+
+/// [`connect`] with another response timeout (a blocking read's connection).
+pub(crate) async fn connect_with(target: &Target, response_timeout: Duration) -> Result<Conn, StorageError> {
+    if let Target::Single(url) = target {
+        Client::open(url.as_str())
+            .map_err(|e| StorageError::Config(format!("bad redis url {:?}: {e}", super::redacted(url))))?;
+    }
+    super::cluster::open(target, response_timeout)
         .await
-        .map_err(|e| StorageError::Unavailable(format!("cannot reach redis at {shown}: {e}")))
+        .map_err(|e| StorageError::Unavailable(format!("cannot reach redis at {}: {e}", target.shown())))
 }
 
 /// Runs a command that is safe to repeat: once more when the connection
 /// turned out dead (the manager reconnects), as [`Link::query`] does.
-pub(crate) async fn query_cmd<T: redis::FromRedisValue>(
-    conn: &ConnectionManager,
-    cmd: &Cmd,
-) -> Result<T, StorageError> {
+pub(crate) async fn query_cmd<T: redis::FromRedisValue>(conn: &Conn, cmd: &Cmd) -> Result<T, StorageError> {
     match cmd.query_async::<T>(&mut conn.clone()).await {
         Err(e) if e.is_unrecoverable_error() => cmd.query_async::<T>(&mut conn.clone()).await,
         other => other,
@@ -209,10 +217,7 @@ pub(crate) async fn query_cmd<T: redis::FromRedisValue>(
 }
 
 /// [`query_cmd`] for a pipeline that is safe to repeat as a whole.
-pub(crate) async fn query_pipe<T: redis::FromRedisValue>(
-    conn: &ConnectionManager,
-    pipe: &Pipeline,
-) -> Result<T, StorageError> {
+pub(crate) async fn query_pipe<T: redis::FromRedisValue>(conn: &Conn, pipe: &Pipeline) -> Result<T, StorageError> {
     match pipe.query_async::<T>(&mut conn.clone()).await {
         Err(e) if e.is_unrecoverable_error() => pipe.query_async::<T>(&mut conn.clone()).await,
         other => other,
@@ -234,9 +239,10 @@ const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
 /// silently would otherwise look like a quiet channel. After every
 /// (re)subscription `tx` gets `subscribed()` (messages published meanwhile
 /// are lost to this process), then `parse(payload)` of each message; a
-/// payload that does not parse is logged and skipped.
+/// payload that does not parse is logged and skipped. `nodes` are tried in
+/// turn (a cluster's nodes: any one hears every `PUBLISH`).
 pub(crate) async fn follow_channel<T>(
-    client: Client,
+    nodes: Vec<Client>,
     channel: &'static str,
     what: &'static str,
     tx: tokio::sync::mpsc::UnboundedSender<T>,
@@ -245,7 +251,10 @@ pub(crate) async fn follow_channel<T>(
 ) {
     use futures_util::StreamExt as _;
     let mut warned = false;
+    let mut turn = 0usize;
     loop {
+        let client = &nodes[turn % nodes.len()];
+        turn += 1;
         let connected = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(channel).await?;

@@ -25,9 +25,14 @@
 //!   `<EPOCH>` → `<generation> <last seq>` listing them;
 //! - `parlor:{ROOM}:txn:<hash of device and txn_id>` string
 //!   `"<fingerprint hex> <epoch> <seq>"`, expiring after the txn TTL;
-//! - `parlor:feed` stream: one entry per append of every room (`r` room, `e`
-//!   epoch, `g` generation, `q` seq, `o` origin, then the event fields),
-//!   trimmed to about [`FEED_MAXLEN`] entries.
+//! - the feed: one entry per append of every room (`r` room, `e` epoch, `g`
+//!   generation, `q` seq, `o` origin, then the event fields), trimmed to
+//!   about [`FEED_MAXLEN`] entries per stream ([`Feeds`]): on one Redis the
+//!   one stream `parlor:feed`, written by the append script itself; on a
+//!   Redis Cluster [`CLUSTER_FEEDS`] streams, one per range of hash slots,
+//!   so that no key is on every send's path (a room's slot picks its feed;
+//!   each feed's own tag puts it in its range), written by the writer right
+//!   after the script (a script may touch only its room's slot).
 //!
 //! An append resolves once the writer has the script's answer *and* the
 //! feed has handed the event to the sink, or after [`FEED_WAIT`] if the feed
@@ -43,9 +48,11 @@
 //! one epoch. What Redis still holds of the old epoch is archived, never
 //! deleted, and stays readable with an epoch selector ([`EventLog::read_epoch`]).
 
+pub mod cluster;
 mod feed;
 mod highwater;
 
+pub use cluster::Target;
 pub use highwater::mark_all_rolled_back;
 pub(crate) mod link;
 mod replies;
@@ -56,7 +63,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::{Client, Value};
+use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -80,13 +87,60 @@ pub const FEED_MAXLEN: u64 = 100_000;
 /// How long an append waits for its own event to come back on the feed.
 pub const FEED_WAIT: Duration = Duration::from_secs(1);
 
-const FEED_KEY: &str = "parlor:feed";
+/// The feed streams of a Redis Cluster; one Redis has one.
+pub const CLUSTER_FEEDS: u16 = 16;
+
+/// The feed streams and which one carries a room.
+#[derive(Clone, Debug)]
+pub(crate) struct Feeds {
+    keys: Vec<String>,
+    /// Written by the writer after the script (a cluster), not by the script.
+    separate: bool,
+}
+
+impl Feeds {
+    fn for_target(target: &Target) -> Self {
+        if !target.is_cluster() {
+            return Feeds { keys: vec!["parlor:feed".into()], separate: false };
+        }
+        let range = cluster::SLOTS / CLUSTER_FEEDS;
+        let keys = (0..CLUSTER_FEEDS)
+            .map(|i| {
+                // The first tag whose slot is in the feed's range: a cluster
+                // made with even slot ranges then holds as many feeds on each
+                // master, next to the rooms they carry.
+                let tag = (0u32..)
+                    .map(|k| format!("feed-{k}"))
+                    .find(|t| cluster::slot(t.as_bytes()) / range == i)
+                    .expect("some tag hashes into every range");
+                format!("parlor:feed:{{{tag}}}")
+            })
+            .collect();
+        Feeds { keys, separate: true }
+    }
+
+    /// The feed that carries `room`'s events.
+    fn of(&self, room: &RoomId) -> &str {
+        if self.keys.len() == 1 {
+            return &self.keys[0];
+        }
+        let range = cluster::SLOTS / self.keys.len() as u16;
+        let i = (cluster::slot(meta_key(room).as_bytes()) / range) as usize;
+        &self.keys[i.min(self.keys.len() - 1)]
+    }
+}
 /// Rooms per pipeline when checking every high-water mark against Redis.
 const CHECK_BATCH: usize = 512;
 /// Feed entries one call of `scrub_feed.lua` looks at: a redaction walks
 /// the whole feed (about [`FEED_MAXLEN`] entries) in steps this long, so
 /// that no step holds Redis for long.
 const SCRUB_STEP: usize = 2_000;
+/// How far from a feed's end a redacted copy is rewritten in place (the
+/// feed's tail from its node on, added again with the same ids: one script
+/// rewriting up to this many entries, a few ms of Redis); a deeper copy's
+/// node is freed by trimming the feed past it, which only a reader this many
+/// appends behind notices (as it notices the feed's own trim).
+const SCRUB_REWRITE_MAX: u64 = 5_000;
 
 fn meta_key(room: &RoomId) -> String {
     format!("parlor:{{{room}}}:meta")
@@ -146,12 +200,9 @@ async fn stream_node_entries(link: &Link) -> Result<u64, StorageError> {
 /// when another server's name is recorded there (see
 /// [`crate::storage::identity`]). Called before the log opens, so a wrong
 /// start touches nothing.
-pub async fn claim_identity(url: &str, server_name: &str) -> Result<(), StorageError> {
+pub async fn claim_identity(target: &Target, server_name: &str) -> Result<(), StorageError> {
     use crate::storage::identity::{IdentityError, REDIS_KEY};
-    let shown = redacted(url);
-    let client = Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url {shown:?}: {e}")))?;
-    let unreachable = |e: redis::RedisError| StorageError::Unavailable(format!("cannot reach redis at {shown}: {e}"));
-    let mut conn = client.get_multiplexed_async_connection().await.map_err(unreachable)?;
+    let mut conn = link::connect(target).await?;
     let (_, owner): (Value, Option<String>) = redis::pipe()
         .cmd("SET")
         .arg(REDIS_KEY)
@@ -195,7 +246,7 @@ fn durability_of(answers: &[Value]) -> Durability {
 /// of its host can lose part of it, and whether it has an AOF (which
 /// `WAITAOF` can wait for). Shared with the account store, so that both
 /// read Redis's persistence the same way.
-pub(crate) async fn persistence(conn: &mut redis::aio::ConnectionManager) -> Result<Persistence, StorageError> {
+pub(crate) async fn persistence(conn: &mut link::Conn) -> Result<Persistence, StorageError> {
     let mut pipe = redis::pipe();
     pipe.cmd("CONFIG").arg("GET").arg("appendonly");
     pipe.cmd("CONFIG").arg("GET").arg("appendfsync");
@@ -221,6 +272,7 @@ pub(crate) struct Persistence {
 
 struct Shared {
     link: Link,
+    feeds: Feeds,
     sink: Arc<dyn EventSink>,
     retention: Option<u64>,
     txn_ttl_secs: u64,
@@ -281,6 +333,30 @@ impl Shared {
         push_known(&mut cmd, self.known(room)?.as_ref());
         cmd.arg(new_epoch()).arg(mode).arg(n).arg(limit.max(1)).arg(want);
         Ok(cmd)
+    }
+
+    /// The feed entries of the imported events with seqs in `written`
+    /// (after the first, up to the second), for a feed the import script
+    /// does not write (a cluster: see [`Feeds`]).
+    async fn feed_imported(&self, room: &RoomId, epoch: &str, generation: u64, written: (u64, u64), events: &[Event]) {
+        let mut pipe = redis::pipe();
+        for e in events.iter().filter(|e| e.seq > written.0 && e.seq <= written.1) {
+            let cmd = pipe.cmd("XADD").arg(self.feeds.of(room)).arg("MAXLEN").arg("~").arg(FEED_MAXLEN).arg("*");
+            cmd.arg("r").arg(room.as_str()).arg("e").arg(epoch).arg("g").arg(generation).arg("q").arg(e.seq);
+            cmd.arg("o").arg(format!("{}/import", self.instance));
+            cmd.arg("t").arg(e.kind.as_str()).arg("s").arg(e.sender.as_str());
+            if let Some(b) = &e.body {
+                cmd.arg("b").arg(b);
+            }
+            cmd.arg("ts").arg(e.ts).arg("i").arg(&e.event_id);
+            if !e.content.is_empty() {
+                cmd.arg("x").arg(serde_json::to_string(&e.content).expect("contents serialize"));
+            }
+            cmd.ignore();
+        }
+        if let Err(e) = self.link.pipeline(&pipe).await {
+            tracing::warn!(error = %e, %room, "cannot write the redis feed: other processes get these events with the room's next");
+        }
     }
 
     /// Reads what Redis's persistence can lose in a crash, which decides
@@ -384,19 +460,29 @@ impl RedisLog {
     /// feeds `sink`. Fails when Redis cannot be reached now: a server that
     /// starts must be able to take sends.
     pub async fn open(
-        url: &str,
+        target: impl Into<Target>,
         db: &Db,
         sink: Arc<dyn EventSink>,
         settings: &LogSettings,
     ) -> Result<Self, StorageError> {
-        let shown = redacted(url);
-        let client = Client::open(url).map_err(|e| StorageError::Config(format!("bad redis url {shown:?}: {e}")))?;
+        let target = &target.into();
+        let shown = target.shown();
         let unreachable =
             |e: redis::RedisError| StorageError::Unavailable(format!("cannot reach redis at {shown}: {e}"));
-        let link = Link::connect(&client).await.map_err(unreachable)?;
-        let feed_conn = link::manager(&client, feed::FEED_BLOCK + RESPONSE_TIMEOUT).await.map_err(unreachable)?;
+        if let Target::Single(url) = target {
+            redis::Client::open(url.as_str())
+                .map_err(|e| StorageError::Config(format!("bad redis url {:?}: {e}", redacted(url))))?;
+        }
+        let link = Link::connect(target).await.map_err(unreachable)?;
+        let feeds = Feeds::for_target(target);
+        // One blocking reader per feed, each on a connection of its own.
+        let mut feed_conns = Vec::with_capacity(feeds.keys.len());
+        for _ in &feeds.keys {
+            feed_conns.push(link::connect_with(target, feed::FEED_BLOCK + RESPONSE_TIMEOUT).await?);
+        }
         let shared = Arc::new(Shared {
             link,
+            feeds,
             sink,
             retention: settings.retention.map(|n| n.max(1)),
             txn_ttl_secs: settings.txn_ttl.as_secs().max(1),
@@ -418,12 +504,20 @@ impl RedisLog {
             );
         }
         let stop = CancellationToken::new();
-        let mut reader = FeedReader::start(shared.clone(), feed_conn, stop.clone()).await.map_err(unreachable)?;
+        let (hand_out_tx, hand_out_rx) = feed::hand_out_channel();
+        let mut readers = Vec::with_capacity(feed_conns.len());
+        for (conn, key) in feed_conns.into_iter().zip(shared.feeds.keys.clone()) {
+            let reader = FeedReader::start(shared.clone(), conn, key, hand_out_tx.clone(), stop.clone())
+                .await
+                .map_err(unreachable)?;
+            readers.push(reader);
+        }
+        drop(hand_out_tx);
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(Writer { shared: shared.clone() }.run(rx));
-        let hand_out = tokio::spawn(reader.hand_out_task());
-        let reader = tokio::spawn(reader.run());
-        Ok(Self { shared, jobs: tx, stop, tasks: Mutex::new(vec![writer, reader, hand_out]) })
+        let mut tasks = vec![tokio::spawn(Writer { shared: shared.clone() }.run(rx))];
+        tasks.push(tokio::spawn(feed::hand_out_task(shared.clone(), hand_out_rx)));
+        tasks.extend(readers.into_iter().map(|r| tokio::spawn(r.run())));
+        Ok(Self { shared, jobs: tx, stop, tasks: Mutex::new(tasks) })
     }
 
     /// A page of the room's current epoch, or of `want` (None when the room
@@ -547,7 +641,8 @@ impl EventLog for RedisLog {
         let epoch: Arc<str> = epoch.into();
         Box::pin(async move {
             let mut cmd = evalsha(&shared.link.scripts.import, 3);
-            cmd.arg(meta_key(&room)).arg(log_key(&room)).arg(FEED_KEY);
+            let feed = if shared.feeds.separate { meta_key(&room) } else { shared.feeds.of(&room).to_owned() };
+            cmd.arg(meta_key(&room)).arg(log_key(&room)).arg(feed);
             cmd.arg(room.as_str()).arg(&*epoch);
             match restart_at {
                 Some(n) => cmd.arg(n.max(1)),
@@ -568,6 +663,9 @@ impl EventLog for RedisLog {
                 };
             }
             let (generation, before, latest, written, hole) = replies::imported(shared.link.query(&cmd).await?)?;
+            if shared.feeds.separate && written > 0 {
+                shared.feed_imported(&room, &epoch, generation, (before, latest), &events).await;
+            }
             shared.seen.observe(&room, &epoch, generation, latest);
             Ok(Imported { before, latest, written: written as usize, hole })
         })
@@ -576,6 +674,7 @@ impl EventLog for RedisLog {
     fn purge<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<bool, StorageError>> {
         Box::pin(async move {
             let conn = self.shared.link.conn();
+            let mut on_node = conn.clone();
             // Every key of the room's log shares the prefix (and hash tag)
             // `parlor:{ROOM}:`, as do the directory's keys, which are left.
             let prefix = format!("parlor:{{{room}}}:");
@@ -590,9 +689,12 @@ impl EventLog for RedisLog {
             let mut keys = Vec::new();
             let mut cursor = 0u64;
             loop {
+                // On a cluster, the node that holds the room's slot.
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+                let answer = on_node.on_node_of(&prefix, scan).await.map_err(|e| storage_error(&e))?;
                 let (next, batch): (u64, Vec<String>) =
-                    query_cmd(conn, redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000))
-                        .await?;
+                    redis::from_redis_value(answer).map_err(|e| StorageError::Redis(e.to_string()))?;
                 keys.extend(batch.into_iter().filter(|k| {
                     let rest = &k[prefix.len().min(k.len())..];
                     matches!(rest, "meta" | "log" | "epochs")
@@ -628,15 +730,23 @@ impl EventLog for RedisLog {
             let link = &self.shared.link;
             // The room stream (or archive) first: it is what reads see.
             let mut cmd = evalsha(&link.scripts.redact, 2);
-            cmd.arg(meta_key(room)).arg(log_key(room)).arg(epoch).arg(stream_node_entries(link).await?);
+            let node_entries = stream_node_entries(link).await?;
+            cmd.arg(meta_key(room)).arg(log_key(room)).arg(epoch).arg(node_entries);
             cmd.arg(seqs);
             let changed: usize = redis::from_redis_value(link.query(&cmd).await?)
                 .map_err(|e| replies::script_error("redact", e.to_string()))?;
-            // Then the feed's copies, wherever they are in it.
+            // Then the feed's copies, wherever they are in it. A node size
+            // of 0 is "no entry limit" (or unknown): then the rewrite starts
+            // as far back as it may.
+            let node = match node_entries {
+                0 => SCRUB_REWRITE_MAX,
+                n => n.min(SCRUB_REWRITE_MAX),
+            };
             let mut after = "-".to_owned();
             loop {
                 let mut cmd = evalsha(&link.scripts.scrub_feed, 1);
-                cmd.arg(FEED_KEY).arg(room.as_str()).arg(epoch).arg(&after).arg(SCRUB_STEP).arg(seqs);
+                cmd.arg(self.shared.feeds.of(room)).arg(room.as_str()).arg(epoch).arg(&after).arg(SCRUB_STEP);
+                cmd.arg(node).arg(SCRUB_REWRITE_MAX).arg(seqs);
                 let (next, _deleted): (String, u64) = redis::from_redis_value(link.query(&cmd).await?)
                     .map_err(|e| replies::script_error("scrub_feed", e.to_string()))?;
                 if next.is_empty() {
@@ -691,6 +801,25 @@ mod tests {
         assert!(a.bytes().all(|b| b.is_ascii_graphic()), "{a}");
         assert_ne!(a, txn_key(&room, "@a:x\0D1", "t2"));
         assert_ne!(a, txn_key(&room, "@a:x\0D2", "t1"));
+    }
+
+    #[test]
+    fn a_cluster_has_one_feed_per_slot_range_in_that_range() {
+        let one = Feeds::for_target(&Target::Single("redis://x/".into()));
+        assert_eq!((one.keys.as_slice(), one.separate), (&["parlor:feed".to_owned()][..], false));
+        let feeds = Feeds::for_target(&Target::cluster("redis://a/,redis://b/"));
+        assert!(feeds.separate);
+        assert_eq!(feeds.keys.len(), CLUSTER_FEEDS as usize);
+        let range = cluster::SLOTS / CLUSTER_FEEDS;
+        for (i, key) in feeds.keys.iter().enumerate() {
+            assert_eq!((cluster::slot(key.as_bytes()) / range) as usize, i, "{key}");
+        }
+        // A room's feed is the one of its slot's range.
+        for n in 0..200 {
+            let room = RoomId::parse(&format!("!r{n}:x")).unwrap();
+            let feed = feeds.of(&room);
+            assert_eq!(cluster::slot(feed.as_bytes()) / range, cluster::slot(meta_key(&room).as_bytes()) / range);
+        }
     }
 
     #[test]

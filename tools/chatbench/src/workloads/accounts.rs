@@ -50,7 +50,7 @@ pub async fn run(ctx: &Ctx, a: &AccountsArgs) -> Result<Outcome> {
     let mut ok = reg.failed == 0;
     let (login, usage) = match &engine {
         None => {
-            let usage = Usage::start(ctx.server_pid);
+            let usage = Usage::start(&ctx.server_pids);
             let login = burst(&ctx.api, &names, a.concurrency, Op::Login).await?;
             let u = usage.stop();
             j.insert("offered_rate".into(), Value::Null);
@@ -73,7 +73,7 @@ pub async fn run(ctx: &Ctx, a: &AccountsArgs) -> Result<Outcome> {
                 })
                 .await?;
             let stop = Rc::new(Cell::new(false));
-            let usage = Usage::start(ctx.server_pid);
+            let usage = Usage::start(&ctx.server_pids);
             let storm = async {
                 let r = burst(&ctx.api, &names, a.concurrency, Op::Login).await;
                 stop.set(true);
@@ -136,30 +136,34 @@ async fn burst(api: &Api, names: &[String], concurrency: usize, op: Op) -> Resul
     let (ok, failed) = (Cell::new(0u64), Cell::new(0u64));
     let first_error = RefCell::new(None);
     let t0 = now_ns();
-    let worker = || async {
-        let mut c = api.conn().await?;
-        loop {
-            let i = next.get();
-            if i >= names.len() {
-                return anyhow::Ok(());
-            }
-            next.set(i + 1);
-            let t = now_ns();
-            let r = match op {
-                Op::Register => c.register(&names[i], PASSWORD).await.map(|_| ()),
-                Op::Login => c.login(&names[i], PASSWORD).await.map(|_| ()),
-            };
-            lat.borrow_mut().record_ns(now_ns() - t);
-            match r {
-                Ok(()) => ok.set(ok.get() + 1),
-                Err(e) => {
-                    failed.set(failed.get() + 1);
-                    first_error.borrow_mut().get_or_insert_with(|| format!("{e:#}"));
+    // Each worker keeps one connection, to the server's processes in turn.
+    let worker = |w: usize| {
+        let (next, lat, ok, failed, first_error) = (&next, &lat, &ok, &failed, &first_error);
+        async move {
+            let mut c = api.process(w).conn().await?;
+            loop {
+                let i = next.get();
+                if i >= names.len() {
+                    return anyhow::Ok(());
+                }
+                next.set(i + 1);
+                let t = now_ns();
+                let r = match op {
+                    Op::Register => c.register(&names[i], PASSWORD).await.map(|_| ()),
+                    Op::Login => c.login(&names[i], PASSWORD).await.map(|_| ()),
+                };
+                lat.borrow_mut().record_ns(now_ns() - t);
+                match r {
+                    Ok(()) => ok.set(ok.get() + 1),
+                    Err(e) => {
+                        failed.set(failed.get() + 1);
+                        first_error.borrow_mut().get_or_insert_with(|| format!("{e:#}"));
+                    }
                 }
             }
         }
     };
-    futures_util::future::try_join_all((0..concurrency.clamp(1, names.len().max(1))).map(|_| worker())).await?;
+    futures_util::future::try_join_all((0..concurrency.clamp(1, names.len().max(1))).map(worker)).await?;
     let secs = (now_ns() - t0) as f64 / 1e9;
     Ok(Burst {
         lat: lat.into_inner(),

@@ -23,7 +23,7 @@ pub async fn run(ctx: &Ctx, a: &FanoutArgs, live_mix: bool) -> Result<Outcome> {
         Rate::PerSec(rate) => Mode::Open { rate },
         Rate::Max => Mode::Closed { window: a.window.unwrap_or(2 * a.rooms as u64).max(1) },
     };
-    let usage = Usage::start(ctx.server_pid);
+    let usage = Usage::start(&ctx.server_pids);
     let res =
         engine.run_phase(PhaseSpec { mode, limit: Some(a.messages), stop: None, drain_timeout: ctx.drain }).await?;
     let u = usage.stop();

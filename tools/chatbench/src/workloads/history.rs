@@ -52,7 +52,7 @@ pub async fn run(ctx: &Ctx, a: &HistoryArgs) -> Result<Outcome> {
         }
     };
 
-    let usage = Usage::start(ctx.server_pid);
+    let usage = Usage::start(&ctx.server_pids);
     let mut first = Lat::default();
     let mut all = Lat::default();
     let mut walk = Walk::default();
@@ -154,7 +154,7 @@ async fn fill(ctx: &Ctx, a: &HistoryArgs, token: &str) -> Result<(String, f64, V
             }
             c.send(token, &room_id, &format!("t{g}"), std::str::from_utf8(&body)?).await?;
             if (g + 1).is_multiple_of(tenth)
-                && let Some(r) = ctx.server_pid.and_then(|p| proc_rss_kib(p).ok())
+                && let Some(r) = ctx.server_pid().and_then(|p| proc_rss_kib(p).ok())
             {
                 rss.borrow_mut().push(r.0);
             }

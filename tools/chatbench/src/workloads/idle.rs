@@ -42,14 +42,14 @@ pub async fn run(ctx: &Ctx, a: &IdleArgs, nofile: u64) -> Result<Outcome> {
     .await?;
     // Let the joins' allocations settle so they are not charged to the connections.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let before = ctx.server_pid.and_then(|p| sys::proc_rss_kib(p).ok()).map(|r| r.0);
+    let before = sys::procs_rss_kib(&ctx.server_pids).map(|r| r.0);
     let client_before = sys::self_rss_kib();
-    let usage = Usage::start(ctx.server_pid);
+    let usage = Usage::start(&ctx.server_pids);
     let t = crate::clock::now_ns();
     engine.connect_all().await?;
     let connect_s = (crate::clock::now_ns() - t) as f64 / 1e9;
     tokio::time::sleep(std::time::Duration::from_secs_f64(a.settle_secs)).await;
-    let after = ctx.server_pid.and_then(|p| sys::proc_rss_kib(p).ok()).map(|r| r.0);
+    let after = sys::procs_rss_kib(&ctx.server_pids).map(|r| r.0);
     let client_after = sys::self_rss_kib();
     // One message per room, all at once: every connection must get its room's.
     let probe = engine

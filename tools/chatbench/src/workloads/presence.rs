@@ -61,7 +61,7 @@ pub async fn run(ctx: &Ctx, a: &PresenceArgs, nofile: u64) -> Result<Outcome> {
         settled = now;
     }
 
-    let usage = Usage::start(ctx.server_pid);
+    let usage = Usage::start(&ctx.server_pids);
     let mut online_ms = Vec::with_capacity(a.cycles);
     let mut offline_ms = Vec::with_capacity(a.cycles);
     let mut failed = None;

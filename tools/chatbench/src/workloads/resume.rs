@@ -18,7 +18,7 @@ use crate::sys::Usage;
 pub async fn run(ctx: &Ctx, a: &ResumeArgs) -> Result<Outcome> {
     let users = ctx.users.take(a.members, ctx.user_concurrency).await?;
     let engine = Engine::build(&ctx.api, super::fanout::layout(ctx, a.rooms, a.members, users, a.body_bytes)).await?;
-    let usage = Usage::start(ctx.server_pid);
+    let usage = Usage::start(&ctx.server_pids);
     let drops = a.drops.max(1) as u64;
     let chat = engine.run_phase(PhaseSpec {
         mode: Mode::Open { rate: a.rate },

@@ -51,13 +51,13 @@ pub async fn run(ctx: &Ctx, a: &StormArgs, nofile: u64) -> Result<Outcome> {
     *proof.borrow_mut() = first.get("device_proof").and_then(Value::as_str).map(str::to_owned);
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let usage = Usage::start(ctx.server_pid);
+    let usage = Usage::start(&ctx.server_pids);
     let rss_before = usage.server_rss0_kib;
     let peak = Rc::new(Cell::new(rss_before.unwrap_or(0)));
     let done = Rc::new(Cell::new(false));
 
     let sampler = {
-        let (peak, done, pid) = (peak.clone(), done.clone(), ctx.server_pid);
+        let (peak, done, pid) = (peak.clone(), done.clone(), ctx.server_pid());
         async move {
             while !done.get() {
                 if let Some((rss, _)) = pid.and_then(|p| sys::proc_rss_kib(p).ok()) {
@@ -138,7 +138,7 @@ pub async fn run(ctx: &Ctx, a: &StormArgs, nofile: u64) -> Result<Outcome> {
     let storm_s = (now_ns() - t0) as f64 / 1e9;
     let u = usage.stop();
     tokio::time::sleep(Duration::from_secs_f64(a.settle_secs)).await;
-    let rss_settled = ctx.server_pid.and_then(|p| sys::proc_rss_kib(p).ok()).map(|r| r.0);
+    let rss_settled = ctx.server_pid().and_then(|p| sys::proc_rss_kib(p).ok()).map(|r| r.0);
 
     let real = real.into_inner();
     let real_ok = real.get("200").copied().unwrap_or(0);
@@ -163,7 +163,7 @@ pub async fn run(ctx: &Ctx, a: &StormArgs, nofile: u64) -> Result<Outcome> {
     j.insert("storm_answers".into(), json!(statuses.into_inner()));
     storm_lat.borrow().put(&mut j, "storm_");
     j.insert("server_rss_before_kib".into(), json!(rss_before));
-    j.insert("server_rss_peak_kib".into(), json!(ctx.server_pid.map(|_| peak.get())));
+    j.insert("server_rss_peak_kib".into(), json!(ctx.server_pid().map(|_| peak.get())));
     j.insert("server_rss_settled_kib".into(), json!(rss_settled));
     put_usage(&mut j, &u);
     Ok(Outcome { json: j, ok: real_ok > 0 })

@@ -2,7 +2,9 @@
 -- counter, the transaction record and the feed entry are all written, or
 -- none is.
 --
--- KEYS: meta, log, feed, txn (the meta key again when there is no txn).
+-- KEYS: meta, log, feed, txn (the meta key again when there is no txn;
+-- the meta key as the feed on a Redis Cluster, whose feed is in another
+-- slot and written by the caller).
 -- ARGV: room, known epoch, known generation, known seq, candidate epoch,
 -- retention (0: all), feed maxlen, fingerprint ('' = no txn), txn ttl
 -- (seconds), origin, ts, then the event's field/value pairs.
@@ -65,6 +67,8 @@ redis.call('HSET', KEYS[1], 'seq', sseq)
 if fp ~= '' then
   redis.call('SET', KEYS[4], fp .. ' ' .. epoch .. ' ' .. sseq, 'EX', ttl)
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', feed_max, '*',
-  'r', room, 'e', epoch, 'g', sgen, 'q', sseq, 'o', origin, unpack(fields))
+if KEYS[3] ~= KEYS[1] then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', feed_max, '*',
+    'r', room, 'e', epoch, 'g', sgen, 'q', sseq, 'o', origin, unpack(fields))
+end
 return {'stored', epoch, gen, seq}

@@ -3,7 +3,8 @@
 -- follows its home: when the home's epoch changes, or it restarts the log
 -- at a later seq, what the replica held is dropped, as on the embedded log.
 --
--- KEYS: meta, log, feed. ARGV: room, epoch, restart seq ('' = none),
+-- KEYS: meta, log, feed (the meta key on a Redis Cluster: no feed entry
+-- here, the caller writes them). ARGV: room, epoch, restart seq ('' = none),
 -- retention (0: all), feed maxlen, origin, count, then per event: seq,
 -- event id, type, sender, has-body ('1'/'0'), body, ts, v1.1 content
 -- ('' = none).
@@ -56,8 +57,10 @@ for _ = 1, n do
     end
     seq = eseq
     written = written + 1
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', feed_max, '*',
-      'r', room, 'e', epoch, 'g', sgen, 'q', string.format('%d', seq), 'o', origin, unpack(fields))
+    if KEYS[3] ~= KEYS[1] then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', feed_max, '*',
+        'r', room, 'e', epoch, 'g', sgen, 'q', string.format('%d', seq), 'o', origin, unpack(fields))
+    end
   end
   i = i + 8
 end
