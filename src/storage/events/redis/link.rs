@@ -47,8 +47,11 @@ impl Scripts {
             append: Script::new(with_epoch!("scripts/append.lua")),
             read: Script::new(with_epoch!("scripts/read.lua")),
             import: Script::new(include_str!("scripts/import.lua")),
-            redact: Script::new(include_str!("scripts/redact.lua")),
-            scrub_feed: Script::new(include_str!("scripts/scrub_feed.lua")),
+            redact: Script::new(concat!(include_str!("scripts/redaction.lua"), include_str!("scripts/redact.lua"))),
+            scrub_feed: Script::new(concat!(
+                include_str!("scripts/redaction.lua"),
+                include_str!("scripts/scrub_feed.lua")
+            )),
         }
     }
 }

@@ -22,21 +22,6 @@ else
   return 0
 end
 
-local function is_redacted(fields)
-  for j = 1, #fields, 2 do
-    if fields[j] == 'b' then
-      return false
-    end
-    if fields[j] == 'x' then
-      local ok, x = pcall(cjson.decode, fields[j + 1])
-      if ok and type(x) == 'table' and x['redacted'] == true then
-        return true
-      end
-    end
-  end
-  return false
-end
-
 -- The seqs still to erase (present, not yet redacted), and the lowest.
 local todo, lowest, n = {}, nil, 0
 for i = 3, #ARGV do
@@ -60,41 +45,7 @@ if node > 0 then
   start = math.max(1, lowest - node + 1)
 end
 local entries = redis.call('XRANGE', stream, string.format('%d-0', start), '+')
-for i = 1, #entries, 1000 do
-  local ids = {}
-  for j = i, math.min(i + 999, #entries) do
-    ids[#ids + 1] = entries[j][1]
-  end
-  redis.call('XDEL', stream, unpack(ids))
-end
--- Back below the deleted ids, so that they can be added again (Redis 7
--- also keeps the highest deleted id, which must not be above it).
-local below = string.format('%d-1', start - 1)
-local r = redis.pcall('XSETID', stream, below, 'MAXDELETEDID', '0-0')
-if type(r) == 'table' and r.err then
-  redis.call('XSETID', stream, below)
-end
-for _, e in ipairs(entries) do
-  local id, fields = e[1], e[2]
-  if todo[id] then
-    local kept, x = {}, nil
-    for j = 1, #fields, 2 do
-      if fields[j] == 'x' then
-        local ok, t = pcall(cjson.decode, fields[j + 1])
-        if ok and type(t) == 'table' then
-          x = t
-        end
-      elseif fields[j] ~= 'b' then
-        kept[#kept + 1] = fields[j]
-        kept[#kept + 1] = fields[j + 1]
-      end
-    end
-    x = x or {}
-    x['redacted'] = true
-    kept[#kept + 1] = 'x'
-    kept[#kept + 1] = cjson.encode(x)
-    fields = kept
-  end
-  redis.call('XADD', stream, id, unpack(fields))
-end
+rewrite_tail(stream, entries, string.format('%d-1', start - 1), function(id)
+  return todo[id]
+end)
 return n

@@ -44,41 +44,6 @@ local function is_hit(f)
   return r == room and ep == epoch and seqs[q] ~= nil
 end
 
-local function is_redacted(f)
-  for j = 1, #f, 2 do
-    if f[j] == 'b' then
-      return false
-    end
-    if f[j] == 'x' then
-      local ok, x = pcall(cjson.decode, f[j + 1])
-      if ok and type(x) == 'table' and x['redacted'] == true then
-        return true
-      end
-    end
-  end
-  return false
-end
-
-local function redacted_fields(f)
-  local kept, x = {}, nil
-  for j = 1, #f, 2 do
-    if f[j] == 'x' then
-      local ok, t = pcall(cjson.decode, f[j + 1])
-      if ok and type(t) == 'table' then
-        x = t
-      end
-    elseif f[j] ~= 'b' then
-      kept[#kept + 1] = f[j]
-      kept[#kept + 1] = f[j + 1]
-    end
-  end
-  x = x or {}
-  x['redacted'] = true
-  kept[#kept + 1] = 'x'
-  kept[#kept + 1] = cjson.encode(x)
-  return kept
-end
-
 local function last_generated_id()
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
   for i = 1, #info, 2 do
@@ -138,26 +103,9 @@ if #before > 0 then
 end
 local top = last_generated_id()
 local tail = redis.call('XRANGE', KEYS[1], start, '+')
-for i = 1, #tail, 1000 do
-  local ids = {}
-  for j = i, math.min(i + 999, #tail) do
-    ids[#ids + 1] = tail[j][1]
-  end
-  redis.call('XDEL', KEYS[1], unpack(ids))
-end
--- Back below the deleted ids so they can be added again (Redis 7 also
--- keeps the highest deleted id, which must not be above the last id).
-local r = redis.pcall('XSETID', KEYS[1], prev, 'MAXDELETEDID', '0-0')
-if type(r) == 'table' and r.err then
-  redis.call('XSETID', KEYS[1], prev)
-end
-for _, e in ipairs(tail) do
-  local f = e[2]
-  if is_hit(f) and not is_redacted(f) then
-    f = redacted_fields(f)
-  end
-  redis.call('XADD', KEYS[1], e[1], unpack(f))
-end
+rewrite_tail(KEYS[1], tail, prev, function(_, f)
+  return is_hit(f) and not is_redacted(f)
+end)
 -- The feed's last id as it was, so the next XADD * is above every id
 -- a reader may have seen.
 if top then
