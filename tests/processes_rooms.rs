@@ -57,18 +57,6 @@ async fn members(api: &Api, token: &str, room: &str) -> (u16, Vec<String>) {
     (s, got)
 }
 
-/// The next `message` event on `ws` (other frames skipped), bounded.
-async fn next_message(ws: &mut WsClient, within: Duration) -> Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let f = ws.recv_within(left).await.unwrap_or_else(|| panic!("no message event within {within:?}"));
-        if f["type"] == "event" && f["event"]["type"] == "message" {
-            return f["event"].clone();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_process_serves_any_room_request() {
     let redis = RedisServer::start();
@@ -111,7 +99,7 @@ async fn any_process_serves_any_room_request() {
     ws.until("caught_up").await;
     let (s, sent) = a.send(&bob_a, room_id, "t1", "from A").await;
     assert_eq!(s, 200, "{sent}");
-    let got = next_message(&mut ws, Duration::from_secs(20)).await;
+    let got = ws.next_message(Duration::from_secs(20)).await;
     assert_eq!((got["body"].as_str(), got["seq"].as_u64()), (Some("from A"), sent["seq"].as_u64()));
 
     // Left on B: A refuses bob's next send at once.
@@ -195,7 +183,7 @@ async fn one_process_pushes_to_each_server_and_another_takes_over_when_it_dies()
         let (s, v) = api.send(token, &room_id, &format!("t{i}"), &format!("m{i}")).await;
         assert_eq!(s, 200, "{v}");
         sent.push(v["seq"].as_u64().unwrap());
-        let got = next_message(&mut ws, Duration::from_secs(30)).await;
+        let got = ws.next_message(Duration::from_secs(30)).await;
         assert_eq!(got["body"], format!("m{i}"), "live on the remote server, in order, once");
     }
     let holder = lease_holder(&redis, "two.test").expect("a process holds the lease on pushing to two.test");
@@ -208,7 +196,7 @@ async fn one_process_pushes_to_each_server_and_another_takes_over_when_it_dies()
     let api = Api::new(&cluster[survivor].url);
     let (s, v) = api.send(&ann_tokens[survivor], &room_id, "t-after", "after the holder died").await;
     assert_eq!(s, 200, "{v}");
-    let got = next_message(&mut ws, Duration::from_secs(60)).await;
+    let got = ws.next_message(Duration::from_secs(60)).await;
     assert_eq!(got["body"], "after the holder died", "pushed by the process that took over");
     let deadline = Instant::now() + Duration::from_secs(30);
     while lease_holder(&redis, "two.test") != Some(cluster[survivor].child.id()) {

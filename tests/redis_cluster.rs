@@ -11,7 +11,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{Api, ParlorProcess, RedisCluster, WsClient, uniq};
 
 /// The room's slot's node (its keys share the `{ROOM}` tag).
@@ -135,18 +135,6 @@ async fn a_master_away_costs_its_slots_503_and_nothing_acknowledged_is_lost() {
     }
 }
 
-/// The next `message` event on `ws` (other frames skipped), bounded.
-async fn next_message(ws: &mut WsClient, within: Duration) -> Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let f = ws.recv_within(left).await.unwrap_or_else(|| panic!("no message event within {within:?}"));
-        if f["type"] == "event" && f["event"]["type"] == "message" {
-            return f["event"].clone();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_first_listed_master_away_other_slots_deliver_live_and_revocations_reach_every_process() {
     let mut cluster = RedisCluster::start();
@@ -204,7 +192,7 @@ async fn with_the_first_listed_master_away_other_slots_deliver_live_and_revocati
         // Poll interval of a wait on a condition (bounded by `deadline`).
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let got = next_message(&mut ws, Duration::from_secs(15)).await;
+    let got = ws.next_message(Duration::from_secs(15)).await;
     assert_eq!((got["body"].as_str(), got["seq"].as_u64()), (Some("while node 0 is away"), sent["seq"].as_u64()));
 
     // logout/all on B: published through a node that is up, heard by A on

@@ -237,6 +237,18 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> WsClient<S> {
         }
     }
 
+    /// The next `message` event (other frames skipped) within `within`; panics without one.
+    pub async fn next_message(&mut self, within: Duration) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self.recv_within(left).await.unwrap_or_else(|| panic!("no message event within {within:?}"));
+            if f["type"] == "event" && f["event"]["type"] == "message" {
+                return f["event"].clone();
+            }
+        }
+    }
+
     /// Reads frames until one of type `ty` arrives; returns it and the frames before it.
     pub async fn until(&mut self, ty: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
         let mut before = Vec::new();
