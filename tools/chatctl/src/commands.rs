@@ -16,7 +16,7 @@ use crate::failure::{Exit, Failure};
 use crate::output::{Out, RecentIds, notice, sanitize, stderr_is_terminal};
 use crate::rooms::Moderation;
 use crate::session::{self, Session, Target, TokenSource};
-use crate::txn::Journal;
+use crate::txn::{Journal, Pending};
 use crate::wire::{
     LoginRequest, LoginResponse, MembersResponse, MessagesResponse, RedactRequest, RegisterRequest, RegisterResponse,
     RoomItem, RoomSummary, RoomsResponse, SendRequest, SendResponse, WhoamiResponse,
@@ -257,18 +257,8 @@ async fn send(
         Some(id) => format!("{room}\u{0}replaces {id}"),
         None => room.to_owned(),
     };
-    let pending = match &txn_id {
-        Some(_) => None,
-        None => Some(Journal::new(&ctx.config_dir()?).begin(&token, &journal_room, &body)?),
-    };
-    let txn_id = match (&txn_id, &pending) {
-        (Some(id), _) => id.clone(),
-        (None, Some(p)) => p.txn_id.clone(),
-        (None, None) => unreachable!(),
-    };
-    if pending.as_ref().is_some_and(|p| p.reused) {
-        notice(&format!("retrying an earlier send of this message whose outcome was unknown (txn {txn_id})"));
-    }
+    let (pending, txn_id) =
+        journaled_txn(ctx, &token, &journal_room, &body, txn_id, "an earlier send of this message")?;
     let path = format!("/rooms/{}/send/{}", encode_segment(room), encode_segment(&txn_id));
     let req = SendRequest { body: &body, replaces };
     let result = api.call::<SendResponse, _>(Method::PUT, &path, Some(&req), Retry::SEND).await;
@@ -286,22 +276,12 @@ async fn send(
             ctx.out.json(&obj);
             Ok(())
         }
-        Err(e) => {
-            // A plain refusal is an answer: nothing was stored and a later
-            // identical send is a new attempt. Anything else may have been
-            // stored, so the txn id is kept for the user's retry.
-            let settled = matches!(e, ApiError::Refused { .. }) && !is_retryable_refusal(&e);
-            let mut failure = e.into_failure(ctx.server());
-            match pending {
-                Some(p) if settled => p.settle()?,
-                Some(p) => {
-                    p.keep();
-                    failure.message.push_str(" (the message may not have been sent; run the same command again to retry: it will not be sent twice)");
-                }
-                None => {}
-            }
-            Err(failure.into())
-        }
+        Err(e) => Err(journaled_failure(
+            ctx,
+            e,
+            pending,
+            " (the message may not have been sent; run the same command again to retry: it will not be sent twice)",
+        )?),
     }
 }
 
@@ -312,18 +292,9 @@ async fn redact(ctx: &Ctx, args: RedactArgs) -> anyhow::Result<()> {
     let token = api.token().expect("authed clients have a token").to_owned();
     let journal_room = format!("{}\u{0}redact {}", args.room, args.event_id);
     let reason = args.reason.as_deref();
-    let pending = match &args.txn_id {
-        Some(_) => None,
-        None => Some(Journal::new(&ctx.config_dir()?).begin(&token, &journal_room, reason.unwrap_or(""))?),
-    };
-    let txn_id = match (&args.txn_id, &pending) {
-        (Some(id), _) => id.clone(),
-        (None, Some(p)) => p.txn_id.clone(),
-        (None, None) => unreachable!(),
-    };
-    if pending.as_ref().is_some_and(|p| p.reused) {
-        notice(&format!("retrying an earlier deletion whose outcome was unknown (txn {txn_id})"));
-    }
+    let given = args.txn_id.clone();
+    let (pending, txn_id) =
+        journaled_txn(ctx, &token, &journal_room, reason.unwrap_or(""), given, "an earlier deletion")?;
     let path = format!(
         "/rooms/{}/redact/{}/{}",
         encode_segment(&args.room),
@@ -341,20 +312,58 @@ async fn redact(ctx: &Ctx, args: RedactArgs) -> anyhow::Result<()> {
                 .json(&json!({"event_id": resp.event_id, "seq": resp.seq, "txn_id": txn_id, "redacts": args.event_id}));
             Ok(())
         }
-        Err(e) => {
-            let settled = matches!(e, ApiError::Refused { .. }) && !is_retryable_refusal(&e);
-            let mut failure = e.into_failure(ctx.server());
-            match pending {
-                Some(p) if settled => p.settle()?,
-                Some(p) => {
-                    p.keep();
-                    failure.message.push_str(" (the message may not be deleted yet; run the same command again to finish: it will not be done twice)");
-                }
-                None => {}
-            }
-            Err(failure.into())
-        }
+        Err(e) => Err(journaled_failure(
+            ctx,
+            e,
+            pending,
+            " (the message may not be deleted yet; run the same command again to finish: it will not be done twice)",
+        )?),
     }
+}
+
+/// The txn id of a journaled request (`send`, `redact`): the one given, or
+/// the journal's for `key` and `content`, which is an earlier attempt's
+/// when its outcome was unknown (said on stderr as `what`'s retry).
+fn journaled_txn(
+    ctx: &Ctx,
+    token: &str,
+    key: &str,
+    content: &str,
+    given: Option<String>,
+    what: &str,
+) -> anyhow::Result<(Option<Pending>, String)> {
+    if let Some(id) = given {
+        return Ok((None, id));
+    }
+    let pending = Journal::new(&ctx.config_dir()?).begin(token, key, content)?;
+    let txn_id = pending.txn_id.clone();
+    if pending.reused {
+        notice(&format!("retrying {what} whose outcome was unknown (txn {txn_id})"));
+    }
+    Ok((Some(pending), txn_id))
+}
+
+/// A journaled request's failure. A plain refusal is an answer: nothing
+/// was stored and a later identical request is a new attempt. Anything
+/// else may have been stored, so the txn id is kept for the user's retry
+/// (`retry_hint` says so).
+fn journaled_failure(
+    ctx: &Ctx,
+    e: ApiError,
+    pending: Option<Pending>,
+    retry_hint: &str,
+) -> anyhow::Result<anyhow::Error> {
+    let settled = matches!(e, ApiError::Refused { .. }) && !is_retryable_refusal(&e);
+    let mut failure = e.into_failure(ctx.server());
+    match pending {
+        Some(p) if settled => p.settle()?,
+        Some(p) => {
+            p.keep();
+            failure.message.push_str(retry_hint);
+        }
+        None => {}
+    }
+    Ok(failure.into())
 }
 
 fn is_retryable_refusal(e: &ApiError) -> bool {
