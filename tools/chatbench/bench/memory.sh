@@ -23,15 +23,8 @@ MESSAGES=${MESSAGES:-200000}
 BODY=${BODY:-1024}
 IDLE_SECS=${IDLE_SECS:-20}
 mkdir -p "$OUT"
-PARLOR=${PARLOR:-target/release/parlor}
-BENCH=${BENCH:-target/release/chatbench}
-[ -x "$PARLOR" ] && [ -x "$BENCH" ] || { echo "build first: cargo build --release -p parlor -p chatbench" >&2; exit 1; }
+. tools/chatbench/bench/common.sh
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # start_parlor PORT DATADIR [args…]: start a server, wait until it listens, set $SERVER_PID.

@@ -29,13 +29,7 @@ IDLE_TOTAL=${IDLE_TOTAL:-100080}
 IDLE_CLIENTS=${IDLE_CLIENTS:-6}
 IDLE_SETTLE=${IDLE_SETTLE:-150}
 mkdir -p "$OUT"
-PARLOR=target/release/parlor
-BENCH=target/release/chatbench
-[ -x "$PARLOR" ] && [ -x "$BENCH" ] || { echo "build first: cargo build --release -p parlor -p chatbench" >&2; exit 1; }
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+. tools/chatbench/bench/common.sh
 
 # stop PID…: SIGTERM, then wait until each has exited (its data dir is free again).
 stop() {
@@ -44,7 +38,6 @@ stop() {
   for p in "$@"; do while [ -e "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; do sleep 0.1; done; done
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_s() { awk '{ print ($14 + $15) / 100 }' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 

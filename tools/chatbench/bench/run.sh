@@ -15,15 +15,7 @@ OUT=${1:-bench-results}
 REPEAT=${REPEAT:-3}
 BACKENDS=${BACKENDS:-"embedded redis"}
 mkdir -p "$OUT"
-PARLOR=target/release/parlor
-BENCH=target/release/chatbench
-[ -x "$PARLOR" ] && [ -x "$BENCH" ] || { echo "build first: cargo build --release -p parlor -p chatbench" >&2; exit 1; }
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. tools/chatbench/bench/common.sh
 
 # start_parlor PORT DATADIR [args…]: start a server, wait until it listens, set $SERVER_PID.
 start_parlor() {
